@@ -1,0 +1,416 @@
+package dispatchsqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"fanout/dispatch"
+)
+
+// insertChunk is how many rows one INSERT statement carries. Fewer, larger
+// statements cut the per-statement cost that dominates small rows.
+const insertChunk = 64
+
+const insertColumns = 9
+
+func insertQuery(rows int, orIgnore bool) string {
+	var b strings.Builder
+	b.WriteString("INSERT ")
+	if orIgnore {
+		b.WriteString("OR IGNORE ")
+	}
+	b.WriteString("INTO calls (id, function, input, run_after, parent_id, gather, idx, created_at, updated_at) VALUES ")
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?,?,?,?)")
+	}
+	return b.String()
+}
+
+// insert writes calls in chunks and returns how many rows were inserted.
+func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
+	var inserted int64
+	args := make([]any, 0, min(len(calls), insertChunk)*insertColumns)
+	for start := 0; start < len(calls); start += insertChunk {
+		chunk := calls[start:min(start+insertChunk, len(calls))]
+		args = args[:0]
+		for _, c := range chunk {
+			var parent any
+			if c.ParentID != "" {
+				parent = c.ParentID
+			}
+			created := c.CreatedAt.UnixNano()
+			args = append(args, c.ID, c.Function, c.Input, c.RunAfter.UnixNano(), parent, c.Gather, c.Index, created, created)
+		}
+		res, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
+		if err != nil {
+			return inserted, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return inserted, err
+		}
+		inserted += n
+	}
+	return inserted, nil
+}
+
+// CallInsertMany implements dispatch.Store.
+func (s *Store) CallInsertMany(ctx context.Context, calls []*dispatch.Call) error {
+	if len(calls) == 0 {
+		return nil
+	}
+	err := s.w.do(ctx, func(tx *wtx) error {
+		_, err := insert(tx, calls, false)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("insert calls: %w", err)
+	}
+	return nil
+}
+
+const claimColumns = `id, function, input, attempt, failures, run_after, parent_id, gather, idx, gathers, created_at`
+
+func claimQuery(functions int) string {
+	return `UPDATE calls SET state = 1, lease_owner = ?, lease_expires = ?, attempt = attempt + 1, updated_at = ?
+	WHERE id IN (
+		SELECT id FROM calls
+		WHERE state = 0 AND run_after <= ? AND function IN (` + placeholders(functions) + `)
+		ORDER BY run_after
+		LIMIT ?
+	)
+	RETURNING ` + claimColumns
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+// CallClaim implements dispatch.Store.
+func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*dispatch.Call, error) {
+	if p.Limit <= 0 || len(p.Functions) == 0 {
+		return nil, nil
+	}
+	now := p.Now.UnixNano()
+	args := make([]any, 0, 5+len(p.Functions))
+	args = append(args, p.Owner, p.LeaseUntil.UnixNano(), now, now)
+	for _, f := range p.Functions {
+		args = append(args, f)
+	}
+	args = append(args, p.Limit)
+	query := claimQuery(len(p.Functions))
+
+	var calls []*dispatch.Call
+	err := s.w.do(ctx, func(tx *wtx) error {
+		calls = calls[:0]
+		rows, err := tx.query(query, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			c := &dispatch.Call{State: dispatch.StateRunning, LeaseOwner: p.Owner, LeaseExpires: p.LeaseUntil}
+			var runAfter, created int64
+			var parent sql.NullString
+			if err := rows.Scan(&c.ID, &c.Function, &c.Input, &c.Attempt, &c.Failures, &runAfter,
+				&parent, &c.Gather, &c.Index, &c.Gathers, &created); err != nil {
+				return err
+			}
+			c.RunAfter, c.CreatedAt, c.ParentID = fromNanos(runAfter), fromNanos(created), parent.String
+			calls = append(calls, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim calls: %w", err)
+	}
+	slices.SortFunc(calls, func(a, b *dispatch.Call) int { return a.RunAfter.Compare(b.RunAfter) })
+	return calls, nil
+}
+
+// CallLeaseRenew implements dispatch.Store.
+func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewParams) error {
+	if len(p.IDs) == 0 {
+		return nil
+	}
+	ids, err := json.Marshal(p.IDs)
+	if err != nil {
+		return err
+	}
+	err = s.w.do(ctx, func(tx *wtx) error {
+		_, err := tx.exec(`UPDATE calls SET lease_expires = ?
+			WHERE id IN (SELECT value FROM json_each(?)) AND state = 1 AND lease_owner = ?`,
+			p.LeaseUntil.UnixNano(), string(ids), p.Owner)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("renew leases: %w", err)
+	}
+	return nil
+}
+
+// CallLeaseRelease implements dispatch.Store.
+func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseReleaseParams) (int, error) {
+	var n int64
+	err := s.w.do(ctx, func(tx *wtx) error {
+		var res sql.Result
+		var err error
+		if p.Owner != "" {
+			res, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+				WHERE state = 1 AND lease_owner = ?`, p.Owner)
+		} else {
+			res, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+				WHERE state = 1 AND lease_expires <= ?`, p.Now.UnixNano())
+		}
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("release leases: %w", err)
+	}
+	return int(n), nil
+}
+
+// CallSuspend implements dispatch.Store.
+func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) (bool, error) {
+	var applied bool
+	now := p.Now.UnixNano()
+	err := s.w.do(ctx, func(tx *wtx) error {
+		applied = false
+		res, err := tx.exec(`UPDATE calls SET state = 2, gathers = ?, waiting = ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+			WHERE id = ? AND state = 1 AND attempt = ?`,
+			p.Gather+1, len(p.Children), now, p.ID, p.Attempt)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		applied = true
+		inserted, err := insert(tx, p.Children, true)
+		if err != nil {
+			return err
+		}
+		if inserted == int64(len(p.Children)) {
+			return nil
+		}
+		// Some children existed already: count those still to wait for.
+		_, err = tx.exec(`UPDATE calls SET
+				waiting = (SELECT count(*) FROM calls WHERE parent_id = ?1 AND gather = ?2 AND state NOT IN (3, 4)),
+				state = CASE WHEN (SELECT count(*) FROM calls WHERE parent_id = ?1 AND gather = ?2 AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
+				run_after = ?3
+			WHERE id = ?1`, p.ID, p.Gather, now)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("suspend call: %w", err)
+	}
+	return applied, nil
+}
+
+// CallFinish implements dispatch.Store.
+func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*dispatch.CallFinishResult, error) {
+	now := p.Now.UnixNano()
+	var failed int
+	if p.State != dispatch.StateDone {
+		failed = 1
+	}
+	var errText any
+	if p.Error != "" {
+		errText = p.Error
+	}
+	var output any
+	if p.State == dispatch.StateDone {
+		output = p.Output
+	}
+	runAfter := now
+	if p.State == dispatch.StatePending {
+		runAfter = p.RunAfter.UnixNano()
+	}
+	res := &dispatch.CallFinishResult{}
+	err := s.w.do(ctx, func(tx *wtx) error {
+		*res = dispatch.CallFinishResult{}
+		rows, err := tx.query(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
+				failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+			WHERE id = ? AND state = 1 AND attempt = ?
+			RETURNING parent_id`,
+			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt)
+		if err != nil {
+			return err
+		}
+		var parent sql.NullString
+		for rows.Next() {
+			res.Applied = true
+			if err := rows.Scan(&parent); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if !res.Applied || !parent.Valid || !p.State.Final() {
+			return nil
+		}
+		var state int
+		err = queryRow(tx, `UPDATE calls SET
+				waiting = waiting - 1,
+				state = CASE WHEN waiting <= 1 THEN 0 ELSE 2 END,
+				run_after = CASE WHEN waiting <= 1 THEN ? ELSE run_after END,
+				updated_at = ?
+			WHERE id = ? AND state = 2
+			RETURNING state`, []any{now, now, parent.String}, &state)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return nil
+		case err != nil:
+			return err
+		}
+		res.ParentResumed = state == int(dispatch.StatePending)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finish call: %w", err)
+	}
+	return res, nil
+}
+
+func queryRow(tx *wtx, query string, args []any, dest ...any) error {
+	rows, err := tx.query(query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	for rows.Next() {
+	}
+	return rows.Err()
+}
+
+const callColumns = `id, function, input, state, attempt, failures, run_after, lease_owner, lease_expires,
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+
+func scanCall(scan func(...any) error) (*dispatch.Call, error) {
+	var c dispatch.Call
+	var runAfter, created, updated int64
+	var leaseExpires sql.NullInt64
+	var leaseOwner, parent, errText sql.NullString
+	var state, status int
+	if err := scan(&c.ID, &c.Function, &c.Input, &state, &c.Attempt, &c.Failures, &runAfter,
+		&leaseOwner, &leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting,
+		&c.Output, &errText, &status, &created, &updated); err != nil {
+		return nil, err
+	}
+	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
+	c.RunAfter, c.CreatedAt, c.UpdatedAt = fromNanos(runAfter), fromNanos(created), fromNanos(updated)
+	c.LeaseOwner, c.ParentID, c.Error = leaseOwner.String, parent.String, errText.String
+	if leaseExpires.Valid {
+		c.LeaseExpires = fromNanos(leaseExpires.Int64)
+	}
+	return &c, nil
+}
+
+// CallGet implements dispatch.Store.
+func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) {
+	row := s.rdb.QueryRowContext(ctx, `SELECT `+callColumns+` FROM calls WHERE id = ?`, id)
+	c, err := scanCall(row.Scan)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, dispatch.ErrCallNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get call: %w", err)
+	}
+	return c, nil
+}
+
+// CallListChildren implements dispatch.Store.
+func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+callColumns+` FROM calls
+		WHERE parent_id = ? ORDER BY gather, idx`, parentID)
+	if err != nil {
+		return nil, fmt.Errorf("list children: %w", err)
+	}
+	defer rows.Close()
+	var calls []*dispatch.Call
+	for rows.Next() {
+		c, err := scanCall(rows.Scan)
+		if err != nil {
+			return nil, fmt.Errorf("list children: %w", err)
+		}
+		calls = append(calls, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list children: %w", err)
+	}
+	return calls, nil
+}
+
+// CallDeleteFinished implements dispatch.Store.
+func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFinishedParams) (int, error) {
+	state := dispatch.StateDone
+	if p.Failed {
+		state = dispatch.StateFailed
+	}
+	var deleted int
+	err := s.w.do(ctx, func(tx *wtx) error {
+		deleted = 0
+		rows, err := tx.query(`SELECT id FROM calls
+			WHERE parent_id IS NULL AND state IN (3, 4) AND state = ? AND updated_at < ?
+			ORDER BY updated_at LIMIT ?`, int(state), p.Before.UnixNano(), p.Limit)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if _, err := tx.exec(`WITH RECURSIVE tree(id) AS (
+					SELECT ?
+					UNION ALL
+					SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
+				)
+				DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, id); err != nil {
+				return err
+			}
+		}
+		deleted = len(ids)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete finished calls: %w", err)
+	}
+	return deleted, nil
+}
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

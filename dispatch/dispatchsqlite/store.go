@@ -1,0 +1,276 @@
+// Package dispatchsqlite is the embedded store of the dispatch runtime: one
+// SQLite file in WAL mode, written by a single goroutine that commits
+// whatever has queued up in one transaction (group commit).
+//
+// Why one writer: SQLite allows one writer at a time. Many goroutines that
+// each begin their own transaction queue up on the database lock, spin in
+// busy handlers and pay one fsync each; a thousand concurrent requests then
+// take a thousand fsyncs. The writer goroutine instead takes every operation
+// that arrived while the previous commit was on its way to disk and commits
+// them together: the fsync is shared, and throughput grows with load instead
+// of collapsing. Reads use their own pool of connections, which WAL lets run
+// beside the writer.
+//
+// Durability: synchronous=FULL, so a commit is on stable storage when an
+// operation returns. The process holds an exclusive lock on the database
+// (a .lock file beside it): a second process on the same file is refused at
+// Open rather than allowed to corrupt the single-writer model. Because of that
+// lock, Open can hand back the calls a crashed process left running at once,
+// without waiting for their leases to expire.
+package dispatchsqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"fanout/dispatch"
+)
+
+//go:embed migration/*.sql
+var migrations embed.FS
+
+// Config configures a Store.
+type Config struct {
+	// Path is the database file. Its directory is created if needed.
+	Path string
+	// Synchronous is SQLite's synchronous pragma: FULL (the default) makes
+	// every commit durable; NORMAL is faster and may lose the last commits
+	// on power loss (not on a process crash). Acknowledged events could be
+	// lost with NORMAL, so it is opt-in.
+	Synchronous string
+	// MaxBatch caps how many operations share one commit (default 512).
+	MaxBatch int
+	// Readers is the size of the read connection pool (default 4).
+	Readers int
+	// Logger receives the store's logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Store is a dispatch.Store on SQLite.
+type Store struct {
+	path   string
+	log    *slog.Logger
+	lock   *flock.Flock
+	wdb    *sql.DB
+	rdb    *sql.DB
+	w      *writer
+	closed chan struct{}
+}
+
+var _ dispatch.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database at cfg.Path, migrates it, and
+// hands back the calls that a previous process left running.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("dispatchsqlite: Config.Path is required")
+	}
+	sync := strings.ToUpper(cfg.Synchronous)
+	switch sync {
+	case "":
+		sync = "FULL"
+	case "FULL", "NORMAL", "EXTRA":
+	default:
+		return nil, fmt.Errorf("dispatchsqlite: synchronous must be FULL, EXTRA or NORMAL, not %q", cfg.Synchronous)
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 512
+	}
+	if cfg.Readers <= 0 {
+		cfg.Readers = 4
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+
+	dir := filepath.Dir(cfg.Path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	lock := flock.New(cfg.Path + ".lock")
+	locked, err := lock.TryLock()
+	if err != nil {
+		return nil, fmt.Errorf("lock database: %w", err)
+	}
+	if !locked {
+		return nil, fmt.Errorf("database %s is in use by another process (it holds %s)", cfg.Path, cfg.Path+".lock")
+	}
+	s := &Store{path: cfg.Path, log: cfg.Logger, lock: lock, closed: make(chan struct{})}
+	if err := s.open(ctx, cfg, sync); err != nil {
+		s.closeDBs()
+		_ = lock.Unlock()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
+	pragmas := []string{
+		"busy_timeout(10000)",
+		"journal_mode(WAL)",
+		"synchronous(" + sync + ")",
+		"foreign_keys(OFF)",
+		"cache_size(-65536)", // 64 MiB
+		"temp_store(MEMORY)",
+	}
+	var err error
+	s.wdb, err = sql.Open("sqlite", dsn(cfg.Path, pragmas, "_txlock=immediate"))
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	s.wdb.SetMaxOpenConns(1)
+	s.wdb.SetMaxIdleConns(1)
+	s.wdb.SetConnMaxLifetime(0)
+	s.wdb.SetConnMaxIdleTime(0)
+	if err := s.migrate(ctx); err != nil {
+		return err
+	}
+	// The lock proves that no other process runs these calls: hand them back
+	// now instead of after their leases expire.
+	res, err := s.wdb.ExecContext(ctx, `UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`)
+	if err != nil {
+		return fmt.Errorf("release calls of the previous process: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		s.log.Info("calls left running by the previous process will run again", "calls", n)
+	}
+
+	s.rdb, err = sql.Open("sqlite", dsn(cfg.Path, append(pragmas[:1:1], "query_only(1)", "cache_size(-16384)")))
+	if err != nil {
+		return fmt.Errorf("open database for reading: %w", err)
+	}
+	s.rdb.SetMaxOpenConns(cfg.Readers)
+	s.rdb.SetMaxIdleConns(cfg.Readers)
+	if err := s.rdb.PingContext(ctx); err != nil {
+		return fmt.Errorf("open database for reading: %w", err)
+	}
+
+	conn, err := s.wdb.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("open writer connection: %w", err)
+	}
+	s.w = newWriter(conn, cfg.MaxBatch, s.log)
+	go s.w.run()
+	return nil
+}
+
+func dsn(path string, pragmas []string, extra ...string) string {
+	q := make([]string, 0, len(pragmas)+len(extra))
+	for _, p := range pragmas {
+		q = append(q, "_pragma="+url.QueryEscape(p))
+	}
+	q = append(q, extra...)
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + strings.Join(q, "&")
+}
+
+// Close stops the writer after the operations already queued, and closes the
+// database. It is safe to call more than once.
+func (s *Store) Close() error {
+	select {
+	case <-s.closed:
+		return nil
+	default:
+	}
+	close(s.closed)
+	var errs []error
+	if s.w != nil {
+		errs = append(errs, s.w.close())
+	}
+	errs = append(errs, s.closeDBs())
+	errs = append(errs, s.lock.Unlock())
+	return errors.Join(errs...)
+}
+
+func (s *Store) closeDBs() error {
+	var errs []error
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
+	if s.wdb != nil {
+		errs = append(errs, s.wdb.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Stats counts the store's work since Open.
+type Stats struct {
+	// Commits is the number of transactions committed by the writer, and
+	// Ops the number of operations they carried: Ops/Commits is how many
+	// operations share an fsync.
+	Commits, Ops int64
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load()}
+}
+
+// Path returns the database file.
+func (s *Store) Path() string { return s.path }
+
+// migrate applies the embedded migrations that the database lacks, each in
+// its own transaction, and records them.
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.wdb.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT    NOT NULL,
+		applied_at INTEGER NOT NULL
+	)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	var current int
+	if err := s.wdb.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migration/*.up.sql")
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		base := filepath.Base(name)
+		version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migrate: bad migration name %s", base)
+		}
+		if version <= current {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		tx, err := s.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrate %s: %w", base, err)
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("migrate %s: %w", base, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+			version, base, time.Now().UnixNano()); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("migrate %s: %w", base, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate %s: %w", base, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,222 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// State is where a call is in its life:
+//
+//	pending -> running -> done | failed
+//	running -> pending            (retry after a retryable failure, or a lost lease)
+//	running -> waiting -> pending (suspended in Gather until every child is final)
+type State int
+
+// The states. Their numeric values are stored.
+const (
+	StatePending State = iota
+	StateRunning
+	StateWaiting
+	StateDone
+	StateFailed
+)
+
+var stateNames = [...]string{"pending", "running", "waiting", "done", "failed"}
+
+func (s State) String() string {
+	if s >= 0 && int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// ParseState is the inverse of State.String.
+func ParseState(s string) (State, error) {
+	for i, name := range stateNames {
+		if name == s {
+			return State(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown call state %q (want one of pending, running, waiting, done, failed)", s)
+}
+
+// Final reports whether a call in this state will never run again by itself.
+func (s State) Final() bool { return s == StateDone || s == StateFailed }
+
+// Call is one durable function call as the store keeps it.
+type Call struct {
+	// ID is unique and never reused. Top-level calls get time-ordered ids
+	// (UUIDv7); a child's id is its parent's id followed by
+	// ".<gather>.<index>", so a parent that runs again derives the same ids.
+	ID       string
+	Function string
+	// Input is the JSON encoding of the function's input, byte for byte.
+	Input []byte
+	State State
+	// Attempt counts the times the call was claimed. A worker completes the
+	// call only while the attempt it claimed is still current, which fences
+	// off a worker whose lease expired and was taken over.
+	Attempt int
+	// Failures counts the attempts that ended in a retryable error; the
+	// retry policy reads it.
+	Failures int
+	// RunAfter is when a pending call becomes runnable.
+	RunAfter time.Time
+	// LeaseOwner and LeaseExpires are set while the call runs. A call whose
+	// lease expired runs again (at-least-once).
+	LeaseOwner   string
+	LeaseExpires time.Time
+	// ParentID is the call that gathered this one, empty for a top-level
+	// call; Gather and Index place it among its siblings.
+	ParentID string
+	Gather   int
+	Index    int
+	// Gathers is how many Gather (or Await) points the call has suspended
+	// on; its children of gather g have Gather == g.
+	Gathers int
+	// Waiting is, while the call is waiting, how many of its children are
+	// not final yet.
+	Waiting int
+	// Output is the JSON encoding of the result of a done call.
+	Output []byte
+	// Error is the last error of the call, kept for the record after a retry
+	// and as the reason of a failed call; Status classifies it.
+	Error     string
+	Status    Status
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Store keeps calls durable. The runtime owns the state machine; a store
+// applies each transition atomically and says whether it applied.
+//
+// Every method that changes state must be durable when it returns nil: the
+// change is on stable storage (fsynced, or committed to a database that
+// promises as much) and survives a crash of the process and of the machine.
+// When it returns an error, nothing of that call was changed.
+//
+// Implementations must be safe for concurrent use and must pass
+// dispatchtest.Exercise.
+type Store interface {
+	// CallInsertMany commits calls all together or not at all. Each call
+	// starts pending with RunAfter as given. Inserting an id that exists is
+	// an error and inserts nothing.
+	CallInsertMany(ctx context.Context, calls []*Call) error
+
+	// CallClaim leases up to Limit runnable calls (pending, RunAfter <= Now,
+	// Function among Functions) to Owner until LeaseUntil, oldest RunAfter
+	// first, increments their Attempt and returns them running.
+	CallClaim(ctx context.Context, params *CallClaimParams) ([]*Call, error)
+
+	// CallLeaseRenew extends the leases of the given calls that Owner still
+	// holds. Calls it no longer holds are skipped.
+	CallLeaseRenew(ctx context.Context, params *CallLeaseRenewParams) error
+
+	// CallLeaseRelease returns running calls to pending: those of Owner
+	// when Owner is set (a clean shutdown hands its calls back), and every
+	// call whose lease expired before Now otherwise. It returns how many.
+	CallLeaseRelease(ctx context.Context, params *CallLeaseReleaseParams) (int, error)
+
+	// CallSuspend parks a running call in a Gather: if the call is still
+	// running at Attempt, it becomes waiting, its Gathers becomes Gather+1,
+	// and Children are inserted (ids that exist are kept as they are). It
+	// returns false, changing nothing, when the attempt is no longer current.
+	CallSuspend(ctx context.Context, params *CallSuspendParams) (bool, error)
+
+	// CallFinish ends an attempt of a running call: State is StateDone,
+	// StateFailed, or StatePending to retry at RunAfter. It applies only
+	// while the call is running at Attempt. When a child becomes final, its
+	// parent's Waiting count drops, and the parent becomes pending (runnable
+	// now) when it reaches zero.
+	CallFinish(ctx context.Context, params *CallFinishParams) (*CallFinishResult, error)
+
+	// CallGet returns the call with this id, or ErrCallNotFound.
+	CallGet(ctx context.Context, id string) (*Call, error)
+
+	// CallListChildren returns the children of a call ordered by Gather and
+	// Index.
+	CallListChildren(ctx context.Context, parentID string) ([]*Call, error)
+
+	// CallDeleteFinished deletes up to Limit top-level calls that are done
+	// (failed, when Failed is set) and were last updated before Before,
+	// together with all their descendants. It returns how many top-level
+	// calls it deleted.
+	CallDeleteFinished(ctx context.Context, params *CallDeleteFinishedParams) (int, error)
+
+	// Close releases the store. Calls made after Close fail.
+	Close() error
+}
+
+// Notifier is implemented by stores that learn of work committed by other
+// processes (another replica on the same database). The runtime claims when
+// the channel fires, instead of waiting for its next poll.
+type Notifier interface {
+	Notify() <-chan struct{}
+}
+
+// CallClaimParams are the arguments of Store.CallClaim.
+type CallClaimParams struct {
+	Owner      string
+	Functions  []string
+	Limit      int
+	Now        time.Time
+	LeaseUntil time.Time
+}
+
+// CallLeaseRenewParams are the arguments of Store.CallLeaseRenew.
+type CallLeaseRenewParams struct {
+	Owner      string
+	IDs        []string
+	LeaseUntil time.Time
+}
+
+// CallLeaseReleaseParams are the arguments of Store.CallLeaseRelease.
+type CallLeaseReleaseParams struct {
+	// Owner, when set, releases this owner's leases, whatever their expiry.
+	Owner string
+	// Now releases, when Owner is empty, every lease that expired before it.
+	Now time.Time
+}
+
+// CallSuspendParams are the arguments of Store.CallSuspend.
+type CallSuspendParams struct {
+	ID       string
+	Attempt  int
+	Gather   int
+	Children []*Call
+	Now      time.Time
+}
+
+// CallFinishParams are the arguments of Store.CallFinish.
+type CallFinishParams struct {
+	ID      string
+	Attempt int
+	// State is StateDone, StateFailed or StatePending (a retry).
+	State State
+	// Output is kept for a done call.
+	Output []byte
+	// Error and Status describe the failure of a failed or retried call.
+	Error  string
+	Status Status
+	// RunAfter is when a retried call runs again.
+	RunAfter time.Time
+	Now      time.Time
+}
+
+// CallFinishResult says what CallFinish did.
+type CallFinishResult struct {
+	// Applied is false when the attempt was no longer current (the lease was
+	// lost and the call taken over): nothing changed.
+	Applied bool
+	// ParentResumed is true when this was the last child its parent waited
+	// for: the parent is now runnable.
+	ParentResumed bool
+}
+
+// CallDeleteFinishedParams are the arguments of Store.CallDeleteFinished.
+type CallDeleteFinishedParams struct {
+	Before time.Time
+	Failed bool
+	Limit  int
+}

@@ -1,0 +1,392 @@
+// Command fanout accepts events over HTTP, stores each one durably before it
+// says yes, and delivers it to every destination URL, retrying each delivery
+// on its own until it succeeds.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"fanout/dispatch"
+	"fanout/dispatch/dispatchsqlite"
+	"fanout/webhook"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fanout: %v\n", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// run is the whole service: it parses args and the environment, opens the
+// store, starts the runtime and the HTTP server, and shuts them down in order
+// when ctx ends or SIGINT/SIGTERM arrives. Tests call it directly.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	store, err := dispatchsqlite.Open(ctx, dispatchsqlite.Config{
+		Path:        filepath.Join(cfg.dataDir, "fanout.db"),
+		Synchronous: cfg.synchronous,
+		Logger:      log,
+	})
+	if err != nil {
+		return fmt.Errorf("open the store in %s (--data): %w", cfg.dataDir, err)
+	}
+	defer store.Close()
+
+	destinations := cfg.destinations
+	if cfg.demo {
+		demoURL, closeDemo, err := startDemo(log)
+		if err != nil {
+			return err
+		}
+		defer closeDemo()
+		destinations = append(destinations, demoURL)
+	}
+	if len(destinations) == 0 {
+		log.Warn("no destination configured: events are accepted and stored but delivered nowhere; " +
+			"start with --destination URL (or FANOUT_DESTINATIONS), or --demo")
+	}
+
+	client := webhook.NewClient(webhook.Config{Timeout: cfg.deliveryTimeout, UserAgent: "fanout/" + version})
+	defer client.Close()
+	fns := newFunctions(staticDestinations(destinations), client)
+	rt, err := dispatch.New(&dispatch.Config{
+		Store:   store,
+		Workers: cfg.workers,
+		RetryPolicy: &dispatch.Backoff{
+			Min:         100 * time.Millisecond,
+			Initial:     cfg.retryInitial,
+			Max:         cfg.retryMax,
+			MaxAge:      cfg.retryMaxAge,
+			MaxAttempts: cfg.retryMaxAttempts,
+		},
+		Retention:       cfg.retention,
+		FailedRetention: cfg.failedRetention,
+		Logger:          log,
+	}, fns.publishEvent, fns.handleEvent)
+	if err != nil {
+		return err
+	}
+	if err := rt.Start(ctx); err != nil {
+		return err
+	}
+
+	ingest := func(ctx context.Context, events []json.RawMessage) ([]string, error) {
+		return fns.ingest(ctx, rt, events)
+	}
+	srv := &http.Server{
+		Handler:           newHandler(log, ingest, cfg.limits),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		WriteTimeout:      time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		_ = rt.Stop(context.Background())
+		return fmt.Errorf("listen on %s (--addr): %w", cfg.addr, err)
+	}
+	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", version,
+		"data", store.Path(), "destinations", len(destinations))
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-serveErr:
+		err = fmt.Errorf("serve: %w", err)
+	}
+	log.Info("shutting down: no new events; letting deliveries in flight finish", "deadline", cfg.shutdownTimeout)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(shutdownCtx); serr != nil {
+		log.Warn("requests still open at the shutdown deadline were cut", "err", serr)
+	}
+	if serr := rt.Stop(shutdownCtx); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	if serr := store.Close(); serr != nil {
+		err = errors.Join(err, fmt.Errorf("close store: %w", serr))
+	}
+	log.Info("stopped")
+	return err
+}
+
+// config is everything run needs, from flags and their FANOUT_* twins.
+type config struct {
+	addr             string
+	dataDir          string
+	destinations     []string
+	demo             bool
+	deliveryTimeout  time.Duration
+	workers          int
+	limits           Limits
+	shutdownTimeout  time.Duration
+	synchronous      string
+	retention        time.Duration
+	failedRetention  time.Duration
+	retryInitial     time.Duration
+	retryMax         time.Duration
+	retryMaxAge      time.Duration
+	retryMaxAttempts int
+	logLevel         string
+	logFormat        string
+}
+
+// usageError is a mistake in flags or environment: exit status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// parseConfig reads flags, then fills every flag not given on the command
+// line from its environment twin (FANOUT_ and the flag's name in capitals).
+// Flags are hand-wired rather than bound by a library so that the environment
+// comes through getenv, which tests replace.
+func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) (*config, error) {
+	cfg := &config{}
+	fs := flag.NewFlagSet("fanout", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	envOf := map[string]string{}
+	fs.StringVar(&cfg.addr, "addr", "localhost:8000", "address to listen on")
+	fs.StringVar(&cfg.dataDir, "data", "data", "directory of the SQLite database")
+	fs.Func("destination", "URL every event is delivered to; repeat for several (env: comma-separated)", func(v string) error {
+		for _, u := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
+			if err := validateDestination(u); err != nil {
+				return err
+			}
+			cfg.destinations = append(cfg.destinations, u)
+		}
+		return nil
+	})
+	envOf["destination"] = "FANOUT_DESTINATIONS"
+	fs.BoolVar(&cfg.demo, "demo", false, "also deliver to a built-in demonstration destination that logs what it receives")
+	fs.DurationVar(&cfg.deliveryTimeout, "delivery-timeout", webhook.DefaultTimeout, "time limit of one delivery attempt")
+	fs.IntVar(&cfg.workers, "workers", 256, "calls (deliveries, fan-outs) that run at once")
+	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second}
+	fs.Var((*byteSize)(&cfg.limits.MaxEventBytes), "max-event-bytes", "largest event accepted (1MiB, 512KB, 65536...)")
+	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted")
+	fs.IntVar(&cfg.limits.MaxBatchEvents, "max-batch-events", cfg.limits.MaxBatchEvents, "most events in one /v1/batch request")
+	fs.DurationVar(&cfg.limits.IngestTimeout, "ingest-timeout", cfg.limits.IngestTimeout, "how long a request waits for the store before answering 503")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long deliveries in flight may take to finish")
+	fs.StringVar(&cfg.synchronous, "synchronous", "FULL", "SQLite synchronous mode: FULL (durable) or NORMAL (faster; may lose acknowledged events on power loss)")
+	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour, "how long delivered events are kept; 0 keeps them forever")
+	fs.DurationVar(&cfg.failedRetention, "failed-retention", 0, "how long events with a failed delivery are kept; 0 keeps them forever")
+	fs.DurationVar(&cfg.retryInitial, "retry-initial", time.Second, "upper bound of the first retry delay (exponential backoff with full jitter)")
+	fs.DurationVar(&cfg.retryMax, "retry-max", time.Hour, "longest delay between two attempts")
+	fs.DurationVar(&cfg.retryMaxAge, "retry-max-age", 72*time.Hour, "give a delivery up this long after its event arrived")
+	fs.IntVar(&cfg.retryMaxAttempts, "retry-max-attempts", 0, "give a delivery up after this many failed attempts; 0 is no limit")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
+	fs.VisitAll(func(f *flag.Flag) {
+		if _, ok := envOf[f.Name]; !ok {
+			envOf[f.Name] = "FANOUT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		}
+	})
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs, envOf)
+			return nil, err
+		}
+		return nil, &usageError{fmt.Errorf("%v (see fanout --help)", err)}
+	}
+	if fs.NArg() > 0 {
+		return nil, &usageError{fmt.Errorf("unexpected argument %q (see fanout --help)", fs.Arg(0))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envOf[f.Name]
+		v := getenv(name)
+		if set[f.Name] || v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %v", name, v, err))
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, &usageError{err}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, &usageError{err}
+	}
+	return cfg, nil
+}
+
+func (c *config) validate() error {
+	var errs []error
+	positive := map[string]time.Duration{
+		"--delivery-timeout": c.deliveryTimeout, "--ingest-timeout": c.limits.IngestTimeout,
+		"--shutdown-timeout": c.shutdownTimeout, "--retry-initial": c.retryInitial, "--retry-max": c.retryMax,
+	}
+	for _, name := range sortedKeys(positive) {
+		if positive[name] <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	if c.workers <= 0 {
+		errs = append(errs, errors.New("--workers must be positive"))
+	}
+	if c.limits.MaxEventBytes <= 0 || c.limits.MaxBatchBytes <= 0 || c.limits.MaxBatchEvents <= 0 {
+		errs = append(errs, errors.New("--max-event-bytes, --max-batch-bytes and --max-batch-events must be positive"))
+	}
+	if c.retention < 0 || c.failedRetention < 0 || c.retryMaxAge < 0 || c.retryMaxAttempts < 0 {
+		errs = append(errs, errors.New("retention and retry limits cannot be negative"))
+	}
+	if c.retryMaxAge == 0 && c.retryMaxAttempts == 0 {
+		errs = append(errs, errors.New("--retry-max-age and --retry-max-attempts cannot both be 0: deliveries would retry forever"))
+	}
+	if c.dataDir == "" {
+		errs = append(errs, errors.New("--data must name a directory"))
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// validateDestination accepts absolute http and https URLs without
+// credentials.
+func validateDestination(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("destination %q is not a URL: %v", raw, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("destination %q must be an http or https URL", raw)
+	case u.Host == "":
+		return fmt.Errorf("destination %q has no host", raw)
+	case u.User != nil:
+		return fmt.Errorf("destination %q carries credentials; pass them another way", raw)
+	case len(raw) > 2048:
+		return fmt.Errorf("destination URL is longer than 2048 characters")
+	}
+	return nil
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet, envOf map[string]string) {
+	fmt.Fprintf(w, `Usage: fanout [flags]
+
+fanout accepts events over HTTP (POST /v1/event, POST /v1/batch), stores each
+one durably before answering 202, and delivers it to every destination,
+retrying each delivery on its own until it succeeds.
+
+Every flag can also be set through the environment variable shown beside it;
+a flag on the command line wins.
+
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s %s\n        %s (env %s", f.Name, name, usage, envOf[f.Name])
+		if f.DefValue != "" && f.DefValue != "[]" {
+			fmt.Fprintf(w, ", default %s", f.DefValue)
+		}
+		fmt.Fprintln(w, ")")
+	})
+}
+
+func newLogger(cfg *config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		return nil, &usageError{fmt.Errorf("--log-level: %v", err)}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch cfg.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, &usageError{fmt.Errorf("--log-format must be text or json, not %q", cfg.logFormat)}
+}
+
+// byteSize is a flag of a number of bytes, written 65536, 64KiB or 1MB.
+type byteSize int64
+
+func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return err
+	}
+	if n > 1<<40 {
+		return fmt.Errorf("%s is too large", s)
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+// startDemo starts the demonstration destination: a receiver on loopback
+// that logs every event it gets, so that a newcomer sees a delivery happen.
+func startDemo(log *slog.Logger) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("start the demo destination: %w", err)
+	}
+	srv := &http.Server{
+		ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+			log.Info("demo destination received an event", "webhook-id", r.Header.Get("webhook-id"),
+				"body", string(body))
+			w.WriteHeader(http.StatusNoContent)
+		}),
+	}
+	go func() { _ = srv.Serve(ln) }()
+	u := "http://" + ln.Addr().String() + "/demo"
+	log.Info("demo destination started", "url", u)
+	return u, func() { _ = srv.Close() }, nil
+}

@@ -1,0 +1,251 @@
+// Package webhook sends events to destination URLs over HTTP and turns what
+// the destination answers into an outcome the dispatch runtime understands:
+// success, a failure worth retrying (with the destination's Retry-After), or
+// a permanent failure.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"fanout/dispatch"
+)
+
+// Defaults of a Client.
+const (
+	DefaultTimeout = 10 * time.Second
+	// DefaultMaxResponseBytes bounds how much of a response is read: enough
+	// to keep the connection reusable for ordinary answers and to quote an
+	// error, never the whole of an endless body.
+	DefaultMaxResponseBytes = 64 << 10
+	// ExcerptBytes is how much of a response body an outcome quotes.
+	ExcerptBytes = 512
+)
+
+// Client sends webhooks. It is safe for concurrent use.
+type Client struct {
+	http             *http.Client
+	timeout          time.Duration
+	maxResponseBytes int64
+	userAgent        string
+	now              func() time.Time
+}
+
+// Config configures a Client.
+type Config struct {
+	// Timeout bounds one attempt: connecting, sending and reading the
+	// answer (default DefaultTimeout).
+	Timeout time.Duration
+	// MaxResponseBytes bounds how much of a response is read (default
+	// DefaultMaxResponseBytes). A longer body is cut and its connection
+	// closed.
+	MaxResponseBytes int64
+	// MaxConnsPerHost bounds the connections to one destination host
+	// (default 256).
+	MaxConnsPerHost int
+	// UserAgent is sent with every request.
+	UserAgent string
+	// DialContext dials connections; nil is a plain net.Dialer. The SSRF
+	// guard plugs in here, after DNS.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Now is the clock of webhook-timestamp (default time.Now).
+	Now func() time.Time
+}
+
+// NewClient returns a client. Redirects are not followed: a destination that
+// redirects is misconfigured, and following would send the event to a URL
+// nobody configured.
+func NewClient(cfg Config) *Client {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if cfg.MaxConnsPerHost <= 0 {
+		cfg.MaxConnsPerHost = 256
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "fanout"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	dial := cfg.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext
+	}
+	transport := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dial,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
+		MaxConnsPerHost:       cfg.MaxConnsPerHost,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   cfg.Timeout,
+		ResponseHeaderTimeout: cfg.Timeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &Client{
+		http: &http.Client{
+			Transport: transport,
+			CheckRedirect: func(*http.Request, []*http.Request) error {
+				return http.ErrUseLastResponse
+			},
+		},
+		timeout:          cfg.Timeout,
+		maxResponseBytes: cfg.MaxResponseBytes,
+		userAgent:        cfg.UserAgent,
+		now:              cfg.Now,
+	}
+}
+
+// Close closes idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// Request is one delivery attempt.
+type Request struct {
+	URL string
+	// ID is the webhook-id header: the same on every attempt, so that a
+	// receiver can drop a duplicate.
+	ID   string
+	Body []byte
+	// Header holds extra headers (signatures, a destination's own).
+	Header http.Header
+}
+
+// Result is what the destination answered.
+type Result struct {
+	StatusCode int           `json:"status"`
+	Duration   time.Duration `json:"duration_ns"`
+	// Excerpt is the start of the response body, for the record.
+	Excerpt string `json:"excerpt,omitempty"`
+}
+
+// Send makes one attempt. It returns the result whenever the destination
+// answered, and an error when the attempt failed; the error is classified for
+// the dispatch runtime: network errors, timeouts, 408, 425, 429 and 5xx are
+// retried (with the destination's Retry-After), other answers are permanent.
+func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
+	if err != nil {
+		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, err)
+	}
+	for k, v := range r.Header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+	req.Header.Set("webhook-id", r.ID)
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(c.now().Unix(), 10))
+
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return nil, fmt.Errorf("%w: no answer within %v: %v", dispatch.ErrTimeout, c.timeout, err)
+		}
+		return nil, err // classified by dispatch.ErrorStatus: network errors are retried
+	}
+	// The status line decides the outcome; a body that fails to arrive in
+	// full (cut at the limit, or the timeout) changes nothing to it.
+	excerpt := drain(resp.Body, c.maxResponseBytes)
+	resp.Body.Close()
+	res := &Result{StatusCode: resp.StatusCode, Duration: time.Since(start), Excerpt: excerpt}
+	return res, classify(resp, excerpt, c.now())
+}
+
+// drain reads at most limit bytes of body, so that the connection can be
+// reused, and returns the start of it as text.
+func drain(body io.Reader, limit int64) string {
+	var buf bytes.Buffer
+	_, _ = io.Copy(&buf, io.LimitReader(body, limit))
+	b := buf.Bytes()
+	if len(b) > ExcerptBytes {
+		b = b[:ExcerptBytes]
+	}
+	for len(b) > 0 && !utf8.Valid(b) {
+		b = b[:len(b)-1]
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// StatusError is the error of a non-2xx answer.
+type StatusError struct {
+	Code       int
+	Excerpt    string
+	RetryAfter time.Duration
+	status     dispatch.Status
+}
+
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("destination answered %d %s", e.Code, http.StatusText(e.Code))
+	if e.Excerpt != "" {
+		msg += ": " + e.Excerpt
+	}
+	return msg
+}
+
+// Status classifies the answer for the dispatch runtime.
+func (e *StatusError) Status() dispatch.Status { return e.status }
+
+func classify(resp *http.Response, excerpt string, now time.Time) error {
+	code := resp.StatusCode
+	if code >= 200 && code < 300 {
+		return nil
+	}
+	e := &StatusError{Code: code, Excerpt: excerpt, status: dispatch.StatusPermanent}
+	switch {
+	case code == http.StatusRequestTimeout:
+		e.status = dispatch.StatusTimeout
+	case code == http.StatusTooManyRequests:
+		e.status = dispatch.StatusThrottled
+	case code == http.StatusTooEarly || code >= 500:
+		e.status = dispatch.StatusTemporary
+	}
+	if !e.status.Retryable() {
+		return e
+	}
+	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), now); ok {
+		e.RetryAfter = d
+		return dispatch.RetryAfter(e, d)
+	}
+	return e
+}
+
+// parseRetryAfter reads a Retry-After header: a number of seconds or an HTTP
+// date.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		return time.Duration(min(secs, int64(365*24*3600))) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// IsStatus reports whether err is a StatusError with this code.
+func IsStatus(err error, code int) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == code
+}
