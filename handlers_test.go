@@ -1,0 +1,708 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+	"fanout/dispatch/dispatchsqlite"
+	"fanout/webhook"
+)
+
+var testLimits = Limits{MaxEventBytes: 64, MaxBatchBytes: 512, MaxBatchEvents: 4, IngestTimeout: 5 * time.Second}
+
+func openTestStore(t testing.TB, dir string) *dispatchsqlite.Store {
+	t.Helper()
+	s, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(dir, "fanout.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// testService is the HTTP API over a real SQLite store, with a runtime that
+// is not started: the tests see exactly what ingest stored.
+type testService struct {
+	store   dispatch.Store
+	handler http.Handler
+}
+
+func newTestService(t testing.TB, store dispatch.Store) *testService {
+	t.Helper()
+	fns := newFunctions(staticDestinations(nil), webhook.NewClient(webhook.Config{}))
+	rt, err := dispatch.New(&dispatch.Config{Store: store}, fns.publishEvent, fns.handleEvent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest := func(ctx context.Context, events []json.RawMessage) ([]string, error) {
+		return fns.ingest(ctx, rt, events)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return &testService{store: store, handler: newHandler(log, ingest, testLimits)}
+}
+
+func (s *testService) do(t testing.TB, method, path, body string, header ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	w := httptest.NewRecorder()
+	s.handler.ServeHTTP(w, req)
+	return w
+}
+
+// stored returns the events in the store (claiming them, which is fine for
+// a store no runtime runs on).
+func stored(t testing.TB, s dispatch.Store) []*dispatch.Call {
+	t.Helper()
+	calls, err := s.CallClaim(context.Background(), &dispatch.CallClaimParams{
+		Owner: "test", Functions: []string{"handleEvent"}, Limit: 100000,
+		Now: time.Now().Add(time.Hour), LeaseUntil: time.Now().Add(2 * time.Hour),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return calls
+}
+
+func TestHandlers_Accept(t *testing.T) {
+	tests := []struct {
+		name   string
+		path   string
+		body   string
+		events []string // the bytes each stored event must have
+	}{
+		{"Event", "/v1/event", `{"user_id": "42"}`, []string{`{"user_id": "42"}`}},
+		{"EventKeepsBytes", "/v1/event", " {\"a\" : 1.50, \"h\":\"<&>\"}\n", []string{" {\"a\" : 1.50, \"h\":\"<&>\"}\n"}},
+		{"Batch", "/v1/batch", `[{"n":1}, {"n":2} ,{"n": 3}]`, []string{`{"n":1}`, `{"n":2}`, `{"n": 3}`}},
+		{"BatchAtLimits", "/v1/batch", `[{},{},{},{"x":"` + strings.Repeat("y", 50) + `"}]`,
+			[]string{`{}`, `{}`, `{}`, `{"x":"` + strings.Repeat("y", 50) + `"}`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := newTestService(t, openTestStore(t, t.TempDir()))
+			w := svc.do(t, "POST", tc.path, tc.body)
+			if w.Code != http.StatusAccepted {
+				t.Fatalf("status %d (%s), want 202", w.Code, w.Body)
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			var resp struct {
+				ID  string   `json:"id"`
+				IDs []string `json:"ids"`
+			}
+			if err := json.Unmarshal(w.Body.Bytes(), &resp); err != nil {
+				t.Fatal(err)
+			}
+			ids := resp.IDs
+			if tc.path == "/v1/event" {
+				ids = []string{resp.ID}
+			}
+			if len(ids) != len(tc.events) {
+				t.Fatalf("got %d ids, want %d", len(ids), len(tc.events))
+			}
+			for i, id := range ids {
+				c, err := svc.store.CallGet(context.Background(), id)
+				if err != nil {
+					t.Fatalf("event %d (%s) not stored: %v", i, id, err)
+				}
+				if string(c.Input) != tc.events[i] || c.Function != "handleEvent" {
+					t.Fatalf("event %d stored as %s %q, want handleEvent %q", i, c.Function, c.Input, tc.events[i])
+				}
+				if i > 0 && ids[i-1] >= id {
+					t.Fatalf("ids %s, %s are not in order", ids[i-1], id)
+				}
+			}
+			if got := len(stored(t, svc.store)); got != len(tc.events) {
+				t.Fatalf("store holds %d events, want %d", got, len(tc.events))
+			}
+		})
+	}
+}
+
+func TestHandlers_Reject(t *testing.T) {
+	idx := func(i int) *int { return &i }
+	tests := []struct {
+		name    string
+		method  string
+		path    string
+		body    string
+		header  []string
+		status  int
+		message string
+		index   *int
+	}{
+		{"EventNotJSON", "POST", "/v1/event", `{"user_id":`, nil, 400, "not valid JSON", nil},
+		{"EventArray", "POST", "/v1/event", `[{"a":1}]`, nil, 400, "must be a JSON object, got an array", nil},
+		{"EventString", "POST", "/v1/event", `"hello"`, nil, 400, "got a string", nil},
+		{"EventNull", "POST", "/v1/event", `null`, nil, 400, "got null", nil},
+		{"EventEmpty", "POST", "/v1/event", ``, nil, 400, "empty", nil},
+		{"EventTwoObjects", "POST", "/v1/event", `{}{}`, nil, 400, "not valid JSON", nil},
+		{"EventTrailingData", "POST", "/v1/event", `{"a":1} x`, nil, 400, "not valid JSON", nil},
+		{"EventBadUTF8", "POST", "/v1/event", "{\"a\":\"\xff\"}", nil, 400, "UTF-8", nil},
+		{"EventTooLarge", "POST", "/v1/event", `{"a":"` + strings.Repeat("x", 80) + `"}`, nil, 413, "limit of 64 bytes (--max-event-bytes)", nil},
+		{"EventGzip", "POST", "/v1/event", `{}`, []string{"Content-Encoding", "gzip"}, 415, "not supported", nil},
+		{"BatchObject", "POST", "/v1/batch", `{"a":1}`, nil, 400, "must be a JSON array of event objects, got an object", nil},
+		{"BatchEmpty", "POST", "/v1/batch", `[]`, nil, 400, "batch is empty", nil},
+		{"BatchEmptyBody", "POST", "/v1/batch", ``, nil, 400, "empty", nil},
+		{"BatchNotJSON", "POST", "/v1/batch", `nope`, nil, 400, "not valid JSON", nil},
+		{"BatchElementNumber", "POST", "/v1/batch", `[{}, 3]`, nil, 400, "event 1 must be a JSON object, got a number", idx(1)},
+		{"BatchElementArray", "POST", "/v1/batch", `[{}, {}, []]`, nil, 400, "event 2 must be a JSON object, got an array", idx(2)},
+		{"BatchElementInvalid", "POST", "/v1/batch", `[{}, {"a":}]`, nil, 400, "event 1 is not valid JSON", idx(1)},
+		{"BatchUnterminated", "POST", "/v1/batch", `[{}, {}`, nil, 400, "not valid JSON", nil},
+		{"BatchTrailingData", "POST", "/v1/batch", `[{}] {}`, nil, 400, "unexpected data after the batch", nil},
+		{"BatchTooManyEvents", "POST", "/v1/batch", `[{},{},{},{},{}]`, nil, 413, "more than 4 events", nil},
+		{"BatchEventTooLarge", "POST", "/v1/batch", `[{}, {"a":"` + strings.Repeat("x", 80) + `"}]`, nil, 413, "event 1 is 88 bytes, over the limit of 64", idx(1)},
+		{"BatchTooLarge", "POST", "/v1/batch", `[` + strings.Repeat(`{"a":"`+strings.Repeat("x", 40)+`"},`, 12) + `{}]`, nil, 413, "limit of 512 bytes (--max-batch-bytes)", nil},
+		{"BatchBadUTF8", "POST", "/v1/batch", "[{\"a\":\"\xc3\x28\"}]", nil, 400, "UTF-8", nil},
+		{"GetEvent", "GET", "/v1/event", ``, nil, 405, "use POST", nil},
+		{"PutBatch", "PUT", "/v1/batch", `[{}]`, nil, 405, "use POST", nil},
+		{"UnknownRoute", "POST", "/v1/events", `{}`, nil, 404, "no route for POST /v1/events", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := newTestService(t, openTestStore(t, t.TempDir()))
+			w := svc.do(t, tc.method, tc.path, tc.body, tc.header...)
+			if w.Code != tc.status {
+				t.Fatalf("status %d (%s), want %d", w.Code, w.Body, tc.status)
+			}
+			var resp errorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &resp); err != nil {
+				t.Fatalf("error body %q is not JSON: %v", w.Body, err)
+			}
+			if !strings.Contains(resp.Error, tc.message) {
+				t.Fatalf("error %q, want it to contain %q", resp.Error, tc.message)
+			}
+			if (resp.Index == nil) != (tc.index == nil) || (resp.Index != nil && *resp.Index != *tc.index) {
+				t.Fatalf("index %v, want %v", resp.Index, tc.index)
+			}
+			if got := len(stored(t, svc.store)); got != 0 {
+				t.Fatalf("a rejected request stored %d events", got)
+			}
+		})
+	}
+}
+
+// poisonStore makes a real SQLite transaction fail part-way: it gives the
+// middle call of a batch the id of a call that exists, so the insert hits a
+// constraint after half the rows went in.
+type poisonStore struct {
+	dispatch.Store
+	poison atomic.Bool
+}
+
+func (p *poisonStore) CallInsertMany(ctx context.Context, calls []*dispatch.Call) error {
+	if p.poison.Load() && len(calls) > 1 {
+		calls[len(calls)/2].ID = "existing"
+	}
+	return p.Store.CallInsertMany(ctx, calls)
+}
+
+func TestHandlers_StorageFailure(t *testing.T) {
+	ctx := context.Background()
+	real := openTestStore(t, t.TempDir())
+	if err := real.CallInsertMany(ctx, []*dispatch.Call{{ID: "existing", Function: "other", Input: []byte(`{}`),
+		RunAfter: time.Now(), CreatedAt: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	store := &poisonStore{Store: real}
+	svc := newTestService(t, store)
+
+	store.poison.Store(true)
+	w := svc.do(t, "POST", "/v1/batch", `[{"n":1},{"n":2},{"n":3},{"n":4}]`)
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("status %d Retry-After %q (%s), want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+	if !strings.Contains(w.Body.String(), "nothing was stored") {
+		t.Fatalf("body %s, want it to say nothing was stored", w.Body)
+	}
+	if got := len(stored(t, store)); got != 0 {
+		t.Fatalf("a failed batch left %d of its events in the store", got)
+	}
+
+	// Ingest recovers with the store.
+	store.poison.Store(false)
+	if w := svc.do(t, "POST", "/v1/batch", `[{"n":1},{"n":2}]`); w.Code != http.StatusAccepted {
+		t.Fatalf("after recovery: status %d (%s)", w.Code, w.Body)
+	}
+
+	// A closed store answers 503 too.
+	if err := real.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if w := svc.do(t, "POST", "/v1/event", `{}`); w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("closed store: status %d (%s), want 503", w.Code, w.Body)
+	}
+}
+
+func TestMessage_MarshalJSON(t *testing.T) {
+	events := []string{`{"a":1}`, " {\n \"h\" : \"<&>\\u00e9\" , \"n\": 1.50e2 }\t", `{}`}
+	for _, e := range events {
+		m := Message{EventID: "id-1", URL: "http://x/\"<", Event: json.RawMessage(e)}
+		b, err := m.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !json.Valid(b) {
+			t.Fatalf("MarshalJSON = %s, not valid JSON", b)
+		}
+		var back Message
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if back.EventID != m.EventID || back.URL != m.URL || string(back.Event) != strings.TrimSpace(e) && string(back.Event) != e {
+			t.Fatalf("round trip of %q gave %+v", e, back)
+		}
+		if !bytes.Contains(b, []byte(e)) {
+			t.Fatalf("MarshalJSON = %s does not carry the event bytes %q as they are", b, e)
+		}
+	}
+}
+
+// FuzzDecodeBatch checks that the batch decoder never panics, and that what
+// it accepts is what encoding/json reads as an array of objects, each within
+// the limits and kept byte for byte.
+func FuzzDecodeBatch(f *testing.F) {
+	for _, s := range []string{`[{"a":1}]`, `[{}, {"b":[1,2,{"c":null}]}]`, `[]`, `[{}, 3]`, `{"a":1}`, ` [ {} , {} ] `,
+		`[{"a":"\u00e9\ud83d\ude00"}]`, `[{}]]`, `[{"a":1e999}]`, "[{\"a\":\"\xff\"}]"} {
+		f.Add([]byte(s))
+	}
+	limits := Limits{MaxEventBytes: 256, MaxBatchBytes: 4096, MaxBatchEvents: 16}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		events, err := decodeBatch(body, limits)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) || ae.Status < 400 || ae.Status > 499 || ae.Message == "" {
+				t.Fatalf("decodeBatch error %v is not a 4xx with a message", err)
+			}
+			return
+		}
+		var want []json.RawMessage
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatalf("decodeBatch accepted %q, which encoding/json rejects: %v", body, err)
+		}
+		if len(events) != len(want) || len(events) == 0 || len(events) > limits.MaxBatchEvents {
+			t.Fatalf("decodeBatch gave %d events, encoding/json %d", len(events), len(want))
+		}
+		for i, e := range events {
+			if err := validateEvent(e); err != nil {
+				t.Fatalf("event %d %q accepted but invalid: %v", i, e, err)
+			}
+			if int64(len(e)) > limits.MaxEventBytes || !bytes.Contains(body, e) {
+				t.Fatalf("event %d %q is over the limit or not the request's own bytes", i, e)
+			}
+		}
+	})
+}
+
+// FuzzValidateEvent checks that an accepted event is a JSON object that
+// encoding/json reads, and that a refusal never panics.
+func FuzzValidateEvent(f *testing.F) {
+	for _, s := range []string{`{"user_id":"42"}`, `[]`, `"x"`, `{`, ``, ` {} `, `{"a":1}{}`, "{\"\xff\":1}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if err := validateEvent(body); err != nil {
+			return
+		}
+		var obj map[string]any
+		if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
+			t.Fatalf("validateEvent accepted %q, which is not a JSON object: %v", body, err)
+		}
+	})
+}
+
+// --- run(): the whole service, end to end ---
+
+// destination is a test receiver on loopback that records what it gets.
+type destination struct {
+	*httptest.Server
+	mu       sync.Mutex
+	received map[string][]byte // by webhook-id
+	count    map[string]int
+	refused  map[string]bool
+	fail     atomic.Bool // answer 503 while set
+	failed   atomic.Int64
+	hold     atomic.Bool  // while set, answer 503 to known events and delay new ones
+	delay    atomic.Int64 // nanoseconds
+	started  atomic.Int64 // delayed requests begun
+}
+
+func newDestination(t testing.TB) *destination {
+	d := &destination{received: make(map[string][]byte), count: make(map[string]int)}
+	d.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		id := r.Header.Get("webhook-id")
+		if d.fail.Load() {
+			d.mu.Lock()
+			if d.refused == nil {
+				d.refused = map[string]bool{}
+			}
+			d.refused[id] = true
+			d.mu.Unlock()
+			d.failed.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		if d.hold.Load() {
+			if d.seenFailing(id) {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			d.started.Add(1)
+			time.Sleep(time.Duration(d.delay.Load()))
+		}
+		d.mu.Lock()
+		d.received[id] = body
+		d.count[id]++
+		d.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(d.Close)
+	return d
+}
+
+// seenFailing reports whether id was refused before (a retry).
+func (d *destination) seenFailing(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.refused == nil {
+		d.refused = map[string]bool{}
+	}
+	return d.refused[id]
+}
+
+func (d *destination) deliveries(id string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.count[id]
+}
+
+func (d *destination) has(id string) ([]byte, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b, ok := d.received[id]
+	return b, ok
+}
+
+func (d *destination) waitAll(t testing.TB, want map[string]string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		missing := 0
+		for id, body := range want {
+			got, ok := d.has(id)
+			if !ok {
+				missing++
+				continue
+			}
+			if string(got) != body {
+				t.Fatalf("destination got %q for %s, want the bytes sent, %q", got, id, body)
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d events not delivered after %v", d.URL, missing, len(want), timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// startRun starts run() on a free loopback port and returns its base URL and
+// a function that stops it and returns run's error.
+func startRun(t testing.TB, args []string, env map[string]string) (string, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	var logs bytes.Buffer
+	var logsMu sync.Mutex
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, append([]string{"--addr", "127.0.0.1:0"}, args...), func(k string) string { return env[k] }, io.Discard, pw)
+		pw.Close()
+		done <- err
+	}()
+	addr := make(chan string, 1)
+	go func() {
+		re := regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			logsMu.Lock()
+			logs.WriteString(sc.Text() + "\n")
+			logsMu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	var stopOnce sync.Once
+	var stopErr error
+	stop := func() error {
+		stopOnce.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(30 * time.Second):
+				stopErr = errors.New("run did not return within 30s of cancellation")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		_ = stop()
+		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
+			logsMu.Lock()
+			t.Logf("fanout logs:\n%s", logs.String())
+			logsMu.Unlock()
+		}
+	})
+	select {
+	case a := <-addr:
+		return a, stop
+	case err := <-done:
+		t.Fatalf("run returned before listening: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not start listening within 10s")
+	}
+	return "", nil
+}
+
+func post(t testing.TB, url, body string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func TestRun_EndToEnd(t *testing.T) {
+	good, flaky := newDestination(t), newDestination(t)
+	flaky.fail.Store(true)
+	base, stop := startRun(t, []string{
+		"--data", t.TempDir(),
+		"--destination", good.URL + "/hook",
+		"--destination", flaky.URL + "/flaky",
+		"--retry-initial", "20ms", "--retry-max", "100ms",
+	}, nil)
+
+	want := map[string]string{}
+	for b := range 9 {
+		var events []string
+		for i := range 100 {
+			events = append(events, fmt.Sprintf(`{"batch":%d, "i":%d, "pad":"%s"}`, b, i, strings.Repeat("x", i%7)))
+		}
+		code, body := post(t, base+"/v1/batch", "["+strings.Join(events, ",")+"]")
+		if code != http.StatusAccepted {
+			t.Fatalf("batch %d: %d %s", b, code, body)
+		}
+		var resp struct{ IDs []string }
+		if err := json.Unmarshal(body, &resp); err != nil || len(resp.IDs) != 100 {
+			t.Fatalf("batch %d: %s", b, body)
+		}
+		for i, id := range resp.IDs {
+			want[id] = events[i]
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for g := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				event := fmt.Sprintf(`{"single":%d}`, g*10+i)
+				code, body := post(t, base+"/v1/event", event)
+				var resp struct{ ID string }
+				if code != http.StatusAccepted || json.Unmarshal(body, &resp) != nil {
+					t.Errorf("event: %d %s", code, body)
+					return
+				}
+				mu.Lock()
+				want[resp.ID] = event
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(want) != 1000 {
+		t.Fatalf("%d distinct ids for 1000 events", len(want))
+	}
+
+	good.waitAll(t, want, 60*time.Second)
+	for flaky.failed.Load() < 100 { // let the flaky one fail for a while
+		time.Sleep(10 * time.Millisecond)
+	}
+	flaky.fail.Store(false)
+	flaky.waitAll(t, want, 60*time.Second)
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	t.Logf("flaky destination refused %d deliveries before it recovered", flaky.failed.Load())
+}
+
+// TestRun_ShutdownAndRestart stops the service while some deliveries are in
+// flight and others wait for a retry: the ones in flight finish before run
+// returns, the others are delivered by the next start, and nothing twice.
+func TestRun_ShutdownAndRestart(t *testing.T) {
+	data := t.TempDir()
+	dest := newDestination(t)
+	args := []string{"--data", data, "--destination", dest.URL, "--retry-initial", "50ms", "--retry-max", "100ms",
+		"--shutdown-timeout", "5s"}
+	base, stop := startRun(t, args, nil)
+	send := func(n int, want map[string]string) {
+		for i := range n {
+			event := fmt.Sprintf(`{"n":%d}`, len(want)+i)
+			code, body := post(t, base+"/v1/event", event)
+			var resp struct{ ID string }
+			if code != http.StatusAccepted || json.Unmarshal(body, &resp) != nil {
+				t.Fatalf("%d %s", code, body)
+			}
+			want[resp.ID] = event
+		}
+	}
+	retrying, inFlight := map[string]string{}, map[string]string{}
+	dest.fail.Store(true)
+	send(20, retrying)
+	for dest.failed.Load() < 20 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	dest.fail.Store(false)
+	dest.delay.Store(int64(500 * time.Millisecond))
+	dest.hold.Store(true) // the retries fail again; new events are slow
+	send(5, inFlight)
+	for dest.started.Load() < 5 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	began := time.Now()
+	if err := stop(); err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("shutdown took %v, over its 5s deadline", took)
+	}
+	for id := range inFlight {
+		if _, ok := dest.has(id); !ok {
+			t.Fatalf("delivery of %s was in flight at shutdown and did not finish", id)
+		}
+	}
+
+	dest.hold.Store(false)
+	dest.delay.Store(0)
+	_, stop = startRun(t, args, nil)
+	dest.waitAll(t, retrying, 30*time.Second)
+	if err := stop(); err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+	for id := range inFlight {
+		if n := dest.deliveries(id); n != 1 {
+			t.Fatalf("event %s delivered %d times, want once: it finished before the shutdown", id, n)
+		}
+	}
+}
+
+func TestRun_Config(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+		check   func(t *testing.T, c *config)
+	}{
+		{name: "Defaults", check: func(t *testing.T, c *config) {
+			if c.addr != "localhost:8000" || c.dataDir != "data" || c.deliveryTimeout != 10*time.Second || len(c.destinations) != 0 {
+				t.Fatalf("defaults %+v", c)
+			}
+		}},
+		{name: "EnvTwins", env: map[string]string{"FANOUT_ADDR": ":9000", "FANOUT_MAX_EVENT_BYTES": "2KiB",
+			"FANOUT_DESTINATIONS": "http://a.example/x, https://b.example/y", "FANOUT_DEMO": "true"},
+			check: func(t *testing.T, c *config) {
+				if c.addr != ":9000" || c.limits.MaxEventBytes != 2048 || len(c.destinations) != 2 || !c.demo {
+					t.Fatalf("config from env %+v", c)
+				}
+			}},
+		{name: "FlagWinsOverEnv", args: []string{"--addr", ":1"}, env: map[string]string{"FANOUT_ADDR": ":2"},
+			check: func(t *testing.T, c *config) {
+				if c.addr != ":1" {
+					t.Fatalf("addr %q, want the flag's", c.addr)
+				}
+			}},
+		{name: "RepeatedDestination", args: []string{"--destination", "http://a/", "--destination", "http://b/"},
+			check: func(t *testing.T, c *config) {
+				if len(c.destinations) != 2 {
+					t.Fatalf("destinations %v", c.destinations)
+				}
+			}},
+		{name: "BadDestinationScheme", args: []string{"--destination", "ftp://a/"}, wantErr: "must be an http or https URL"},
+		{name: "DestinationWithCredentials", args: []string{"--destination", "http://u:p@a/"}, wantErr: "credentials"},
+		{name: "BadEnv", env: map[string]string{"FANOUT_WORKERS": "many"}, wantErr: "FANOUT_WORKERS"},
+		{name: "BadSize", args: []string{"--max-event-bytes", "lots"}, wantErr: "max-event-bytes"},
+		{name: "UnknownFlag", args: []string{"--nope"}, wantErr: "see fanout --help"},
+		{name: "NoRetryBudget", args: []string{"--retry-max-age", "0"}, wantErr: "retry forever"},
+		{name: "ZeroTimeout", args: []string{"--delivery-timeout", "0s"}, wantErr: "--delivery-timeout must be positive"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConfig(tc.args, func(k string) string { return tc.env[k] }, io.Discard, io.Discard)
+			if tc.wantErr != "" {
+				var ue *usageError
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &ue) {
+					t.Fatalf("err %v, want a usage error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestRun_Help(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatalf("run --help: %v", err)
+	}
+	for _, want := range []string{"--addr", "FANOUT_ADDR", "FANOUT_DESTINATIONS", "FANOUT_DATA", "FANOUT_MAX_BATCH_EVENTS", "default localhost:8000"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help does not mention %s:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestRun_DataDirInUse(t *testing.T) {
+	data := t.TempDir()
+	startRun(t, []string{"--data", data}, nil)
+	err := run(context.Background(), []string{"--addr", "127.0.0.1:0", "--data", data}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Fatalf("second run on the same data: %v, want an error saying it is in use", err)
+	}
+}
