@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -468,7 +469,9 @@ func startRun(t testing.TB, args []string, env map[string]string) (string, func(
 			select {
 			case stopErr = <-done:
 			case <-time.After(30 * time.Second):
-				stopErr = errors.New("run did not return within 30s of cancellation")
+				var dump strings.Builder
+				_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
+				stopErr = fmt.Errorf("run did not return within 30s of cancellation; goroutines:\n%s", dump.String())
 			}
 		})
 		return stopErr

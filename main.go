@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
@@ -122,6 +123,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if cfg.debugAddr != "" {
+		closeDebug, err := startDebug(cfg.debugAddr, log)
+		if err != nil {
+			_ = rt.Stop(context.Background())
+			return err
+		}
+		defer closeDebug()
+	}
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		_ = rt.Stop(context.Background())
@@ -173,6 +182,7 @@ type config struct {
 	retryMaxAttempts int
 	logLevel         string
 	logFormat        string
+	debugAddr        string
 }
 
 // usageError is a mistake in flags or environment: exit status 2.
@@ -220,6 +230,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&cfg.retryMaxAttempts, "retry-max-attempts", 0, "give a delivery up after this many failed attempts; 0 is no limit")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&cfg.debugAddr, "debug-addr", "", "if set, serve Go's profiler (/debug/pprof/) on this address; keep it private")
 	fs.VisitAll(func(f *flag.Flag) {
 		if _, ok := envOf[f.Name]; !ok {
 			envOf[f.Name] = "FANOUT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -367,6 +378,24 @@ func (b *byteSize) Set(s string) error {
 	}
 	*b = byteSize(n)
 	return nil
+}
+
+// startDebug serves the profiler on its own listener, away from the API.
+func startDebug(addr string, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (--debug-addr): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("profiler listening", "addr", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return func() { _ = srv.Close() }, nil
 }
 
 // startDemo starts the demonstration destination: a receiver on loopback

@@ -99,9 +99,11 @@ type Call struct {
 // Implementations must be safe for concurrent use and must pass
 // dispatchtest.Exercise.
 type Store interface {
-	// CallInsertMany commits calls all together or not at all. Each call
-	// starts pending with RunAfter as given. Inserting an id that exists is
-	// an error and inserts nothing.
+	// CallInsertMany commits calls all together or not at all. A call is
+	// stored in its State: pending (runnable at RunAfter), or running,
+	// leased to LeaseOwner until LeaseExpires at Attempt, for a process that
+	// stores work in order to run it itself and so saves claiming it.
+	// Inserting an id that exists is an error and inserts nothing.
 	CallInsertMany(ctx context.Context, calls []*Call) error
 
 	// CallClaim leases up to Limit runnable calls (pending, RunAfter <= Now,
@@ -126,9 +128,10 @@ type Store interface {
 
 	// CallFinish ends an attempt of a running call: State is StateDone,
 	// StateFailed, or StatePending to retry at RunAfter. It applies only
-	// while the call is running at Attempt. When a child becomes final, its
-	// parent's Waiting count drops, and the parent becomes pending (runnable
-	// now) when it reaches zero.
+	// while the call is running at Attempt. When a child (ParentID is set)
+	// becomes final, its parent's Waiting count drops; at zero the parent
+	// becomes runnable: leased to ResumeOwner (running, Attempt incremented)
+	// and returned as Parent when ResumeOwner is set, pending otherwise.
 	CallFinish(ctx context.Context, params *CallFinishParams) (*CallFinishResult, error)
 
 	// CallGet returns the call with this id, or ErrCallNotFound.
@@ -192,6 +195,8 @@ type CallSuspendParams struct {
 type CallFinishParams struct {
 	ID      string
 	Attempt int
+	// ParentID is the call's parent, empty for a top-level call.
+	ParentID string
 	// State is StateDone, StateFailed or StatePending (a retry).
 	State State
 	// Output is kept for a done call.
@@ -202,6 +207,10 @@ type CallFinishParams struct {
 	// RunAfter is when a retried call runs again.
 	RunAfter time.Time
 	Now      time.Time
+	// ResumeOwner, when set, leases a parent that this finish makes
+	// runnable to this owner until ResumeLeaseUntil.
+	ResumeOwner      string
+	ResumeLeaseUntil time.Time
 }
 
 // CallFinishResult says what CallFinish did.
@@ -212,6 +221,9 @@ type CallFinishResult struct {
 	// ParentResumed is true when this was the last child its parent waited
 	// for: the parent is now runnable.
 	ParentResumed bool
+	// Parent is the resumed parent, running and leased to ResumeOwner, when
+	// one was given.
+	Parent *Call
 }
 
 // CallDeleteFinishedParams are the arguments of Store.CallDeleteFinished.

@@ -17,7 +17,7 @@ import (
 // statements cut the per-statement cost that dominates small rows.
 const insertChunk = 64
 
-const insertColumns = 9
+const insertColumns = 13
 
 func insertQuery(rows int, orIgnore bool) string {
 	var b strings.Builder
@@ -25,12 +25,12 @@ func insertQuery(rows int, orIgnore bool) string {
 	if orIgnore {
 		b.WriteString("OR IGNORE ")
 	}
-	b.WriteString("INTO calls (id, function, input, run_after, parent_id, gather, idx, created_at, updated_at) VALUES ")
+	b.WriteString("INTO calls (id, function, input, state, attempt, lease_owner, lease_expires, run_after, parent_id, gather, idx, created_at, updated_at) VALUES ")
 	for i := range rows {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString("(?,?,?,?,?,?,?,?,?)")
+		b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?)")
 	}
 	return b.String()
 }
@@ -43,12 +43,17 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 		chunk := calls[start:min(start+insertChunk, len(calls))]
 		args = args[:0]
 		for _, c := range chunk {
-			var parent any
+			var parent, owner, expires any
 			if c.ParentID != "" {
 				parent = c.ParentID
 			}
+			state := dispatch.StatePending
+			if c.State == dispatch.StateRunning {
+				state, owner, expires = dispatch.StateRunning, c.LeaseOwner, c.LeaseExpires.UnixNano()
+			}
 			created := c.CreatedAt.UnixNano()
-			args = append(args, c.ID, c.Function, c.Input, c.RunAfter.UnixNano(), parent, c.Gather, c.Index, created, created)
+			args = append(args, c.ID, c.Function, c.Input, int(state), c.Attempt, owner, expires,
+				c.RunAfter.UnixNano(), parent, c.Gather, c.Index, created, created)
 		}
 		res, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
 		if err != nil {
@@ -227,11 +232,10 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	if p.State != dispatch.StateDone {
 		failed = 1
 	}
-	var errText any
+	var errText, output any
 	if p.Error != "" {
 		errText = p.Error
 	}
-	var output any
 	if p.State == dispatch.StateDone {
 		output = p.Output
 	}
@@ -242,44 +246,49 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	res := &dispatch.CallFinishResult{}
 	err := s.w.do(ctx, func(tx *wtx) error {
 		*res = dispatch.CallFinishResult{}
-		rows, err := tx.query(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
+		r, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
 				failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
-			WHERE id = ? AND state = 1 AND attempt = ?
-			RETURNING parent_id`,
+			WHERE id = ? AND state = 1 AND attempt = ?`,
 			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt)
 		if err != nil {
 			return err
 		}
-		var parent sql.NullString
-		for rows.Next() {
-			res.Applied = true
-			if err := rows.Scan(&parent); err != nil {
-				rows.Close()
-				return err
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		if n, err := r.RowsAffected(); err != nil || n == 0 {
 			return err
 		}
-		if !res.Applied || !parent.Valid || !p.State.Final() {
+		res.Applied = true
+		if p.ParentID == "" || !p.State.Final() {
 			return nil
 		}
-		var state int
-		err = queryRow(tx, `UPDATE calls SET
-				waiting = waiting - 1,
-				state = CASE WHEN waiting <= 1 THEN 0 ELSE 2 END,
-				run_after = CASE WHEN waiting <= 1 THEN ? ELSE run_after END,
-				updated_at = ?
-			WHERE id = ? AND state = 2
-			RETURNING state`, []any{now, now, parent.String}, &state)
+		var waiting int
+		err = queryRow(tx, `UPDATE calls SET waiting = waiting - 1, updated_at = ?
+			WHERE id = ? AND state = 2 RETURNING waiting`, []any{now, p.ParentID}, &waiting)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			return nil
+			return nil // the parent is not waiting (it was redriven, or is gone)
 		case err != nil:
 			return err
+		case waiting > 0:
+			return nil
 		}
-		res.ParentResumed = state == int(dispatch.StatePending)
+		res.ParentResumed = true
+		if p.ResumeOwner == "" {
+			_, err := tx.exec(`UPDATE calls SET state = 0, run_after = ? WHERE id = ?`, now, p.ParentID)
+			return err
+		}
+		parent := &dispatch.Call{State: dispatch.StateRunning, LeaseOwner: p.ResumeOwner, LeaseExpires: p.ResumeLeaseUntil}
+		var ra, created int64
+		var grand sql.NullString
+		err = queryRow(tx, `UPDATE calls SET state = 1, attempt = attempt + 1, lease_owner = ?, lease_expires = ?, run_after = ?
+			WHERE id = ? RETURNING `+claimColumns,
+			[]any{p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, p.ParentID},
+			&parent.ID, &parent.Function, &parent.Input, &parent.Attempt, &parent.Failures, &ra,
+			&grand, &parent.Gather, &parent.Index, &parent.Gathers, &created)
+		if err != nil {
+			return err
+		}
+		parent.RunAfter, parent.CreatedAt, parent.ParentID = fromNanos(ra), fromNanos(created), grand.String
+		res.Parent = parent
 		return nil
 	})
 	if err != nil {

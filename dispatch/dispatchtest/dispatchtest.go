@@ -314,7 +314,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 			resumed bool
 		}{{dispatch.StateDone, false}, {dispatch.StatePending, false}, {dispatch.StateFailed, false}}
 		for i, o := range outcomes {
-			res := mustFinish(t, s, &dispatch.CallFinishParams{ID: claimed[i].ID, Attempt: claimed[i].Attempt,
+			res := mustFinish(t, s, &dispatch.CallFinishParams{ID: claimed[i].ID, Attempt: claimed[i].Attempt, ParentID: "p",
 				State: o.state, Output: []byte(`1`), RunAfter: T0.Add(time.Second), Now: T0})
 			if !res.Applied || res.ParentResumed != o.resumed {
 				t.Fatalf("finish child %d = %+v, want applied, resumed=%v", i, res, o.resumed)
@@ -327,10 +327,10 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		if len(retried) != 1 {
 			t.Fatalf("claimed %v, want the retried child", ids(retried))
 		}
-		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: retried[0].ID, Attempt: retried[0].Attempt,
+		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: retried[0].ID, Attempt: retried[0].Attempt, ParentID: "p",
 			State: dispatch.StateDone, Output: []byte(`2`), Now: T0.Add(2 * time.Second)})
-		if !res.ParentResumed {
-			t.Fatal("the last child finished but the parent did not resume")
+		if !res.ParentResumed || res.Parent != nil {
+			t.Fatalf("finish of the last child = %+v, want the parent resumed (pending, not leased)", res)
 		}
 		if got := mustGet(t, s, "p"); got.State != dispatch.StatePending || got.Waiting != 0 ||
 			!got.RunAfter.Equal(T0.Add(2*time.Second)) {
@@ -352,13 +352,70 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("ResumeLeasesParent", func(t *testing.T) {
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
+		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		kids := []*dispatch.Call{
+			{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0,
+				State: dispatch.StateRunning, Attempt: 1, LeaseOwner: "o", LeaseExpires: T0.Add(time.Minute)},
+			{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0},
+		}
+		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: kids, Now: T0}); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		if got := mustGet(t, s, "p.0.0"); got.State != dispatch.StateRunning || got.LeaseOwner != "o" || got.Attempt != 1 {
+			t.Fatalf("child inserted leased: %+v, want running for o at attempt 1", got)
+		}
+		if got := mustClaim(t, s, "o2", T0, 10); !slices.Equal(ids(got), []string{"p.0.1"}) {
+			t.Fatalf("claimed %v, want only the child that was not leased", ids(got))
+		}
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.1", Attempt: 1, ParentID: "p", State: dispatch.StateDone})
+		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
+			Now: T0.Add(time.Second), ResumeOwner: "o3", ResumeLeaseUntil: T0.Add(time.Hour)})
+		if !res.ParentResumed || res.Parent == nil {
+			t.Fatalf("finish of the last child = %+v, want the parent leased to o3", res)
+		}
+		got := res.Parent
+		if got.ID != "p" || got.State != dispatch.StateRunning || got.Attempt != 2 || got.Gathers != 1 ||
+			string(got.Input) != `{"in":1}` || got.Function != "parent" || !got.CreatedAt.Equal(T0) {
+			t.Fatalf("resumed parent %+v, want p running at attempt 2 with its input and 1 gather", got)
+		}
+		if stored := mustGet(t, s, "p"); stored.State != dispatch.StateRunning || stored.LeaseOwner != "o3" ||
+			!stored.LeaseExpires.Equal(T0.Add(time.Hour)) {
+			t.Fatalf("stored parent %+v, want leased to o3", stored)
+		}
+		if got := mustClaim(t, s, "o4", T0.Add(time.Minute), 10, "parent"); len(got) != 0 {
+			t.Fatal("a parent leased on resume was claimed again")
+		}
+	})
+
+	t.Run("InsertLeased", func(t *testing.T) {
+		s := open(t, t.Name())
+		defer s.Close()
+		c := newCall("c", "f", `{}`, T0)
+		c.State, c.Attempt, c.LeaseOwner, c.LeaseExpires = dispatch.StateRunning, 1, "o", T0.Add(time.Minute)
+		mustInsert(t, s, c)
+		if got := mustClaim(t, s, "o2", T0, 10); len(got) != 0 {
+			t.Fatal("a call inserted leased was claimed")
+		}
+		if n, err := s.CallLeaseRelease(ctx, &dispatch.CallLeaseReleaseParams{Now: T0.Add(2 * time.Minute)}); err != nil || n != 1 {
+			t.Fatalf("release = %d, %v; want the expired lease released", n, err)
+		}
+		got := mustClaim(t, s, "o2", T0.Add(2*time.Minute), 10)
+		if len(got) != 1 || got[0].Attempt != 2 {
+			t.Fatalf("reclaimed %+v, want attempt 2", got)
+		}
+	})
+
 	t.Run("SuspendOnExistingChildren", func(t *testing.T) {
 		s := open(t, t.Name())
 		defer s.Close()
 		child := &dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0}
 		mustInsert(t, s, newCall("p", "parent", `{}`, T0), child)
 		c := mustClaim(t, s, "o", T0, 1)[0]
-		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: "p", State: dispatch.StateDone})
 		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
 		ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Gather: 0,
 			Children: []*dispatch.Call{child}, Now: T0})
@@ -384,7 +441,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 				t.Fatal(ok, err)
 			}
 			c := mustClaim(t, s, "o", T0, 1)[0]
-			mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
+			mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: id, State: dispatch.StateDone})
 			p = mustClaim(t, s, "o", T0, 1, "parent")[0]
 			state, at := dispatch.StateDone, T0
 			switch id {

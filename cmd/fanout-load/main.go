@@ -1,0 +1,126 @@
+// Command fanout-load measures fanout: it drives /v1/event or /v1/batch with
+// concurrent keep-alive clients, runs its own destinations on loopback (a
+// sink that records every delivery, and can be told to misbehave), and
+// reports accepted events/s, ack latency, deliveries/s, ingest-to-delivery
+// latency, missing and duplicate deliveries, and the server's peak RSS.
+//
+// With --baseline it first drives a trivial JSON-accepting server with the
+// same load, in the same run, so that fanout's ingest rate can be read as a
+// share of what this machine's HTTP stack manages at all.
+//
+//	go build -o bin/fanout . && go run ./cmd/fanout-load --fanout bin/fanout --baseline --mode event -c 64 -d 10s
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "baseline-server" {
+		if err := serveBaseline(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "baseline-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "fanout-load:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	url         string
+	fanoutBin   string
+	fanoutArgs  stringList
+	baseline    bool
+	mode        string
+	batch       int
+	concurrency int
+	duration    time.Duration
+	events      int64
+	eventSize   int
+	sinks       int
+	sinkLatency time.Duration
+	faults      faultSpec
+	drain       time.Duration
+	jsonOut     bool
+	progress    bool
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, " ") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("fanout-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.url, "url", "", "base URL of a running fanout (its destinations must be this tool's sinks, see --sinks)")
+	fs.StringVar(&o.fanoutBin, "fanout", "", "fanout binary to start, on loopback with a temporary data directory and this tool's sinks as destinations")
+	fs.Var(&o.fanoutArgs, "fanout-arg", "extra argument for the started fanout (repeatable)")
+	fs.BoolVar(&o.baseline, "baseline", false, "first drive a trivial JSON-accepting server with the same load, and report fanout's rate as a ratio of it")
+	fs.StringVar(&o.mode, "mode", "event", "event (POST /v1/event) or batch (POST /v1/batch)")
+	fs.IntVar(&o.batch, "batch", 100, "events per /v1/batch request")
+	fs.IntVar(&o.concurrency, "c", 64, "concurrent keep-alive clients")
+	fs.DurationVar(&o.duration, "d", 10*time.Second, "how long to send")
+	fs.Int64Var(&o.events, "n", 0, "stop after this many events (0: run for -d)")
+	fs.IntVar(&o.eventSize, "size", 200, "approximate bytes per event")
+	fs.IntVar(&o.sinks, "sinks", 2, "destination endpoints to run on loopback (0: none, ingest only)")
+	fs.DurationVar(&o.sinkLatency, "sink-latency", 0, "time each sink takes to answer")
+	fs.Var(&o.faults, "fault", "sink misbehaviour, as kind=fraction: 5xx=0.1, 429=0.05, slow=0.01, reset=0.01, 410=0.001 (repeatable)")
+	fs.DurationVar(&o.drain, "drain", time.Minute, "after sending, how long to wait for every accepted event to reach every sink")
+	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON")
+	fs.BoolVar(&o.progress, "progress", true, "print a progress line every second")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.mode != "event" && o.mode != "batch" {
+		return fmt.Errorf("--mode must be event or batch")
+	}
+	if (o.url == "") == (o.fanoutBin == "") {
+		return errors.New("give exactly one of --url and --fanout")
+	}
+	if o.batch < 1 || o.concurrency < 1 {
+		return errors.New("--batch and -c must be positive")
+	}
+
+	var reports []*report
+	if o.baseline {
+		r, err := runBaseline(ctx, &o, stderr)
+		if err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+		reports = append(reports, r)
+	}
+	r, err := runFanout(ctx, &o, stderr)
+	if err != nil {
+		return err
+	}
+	reports = append(reports, r)
+	if o.baseline {
+		r.IngestRatio = r.EventsPerSec / reports[0].EventsPerSec
+	}
+	if o.jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(reports)
+	}
+	for _, r := range reports {
+		r.print(stdout)
+	}
+	return nil
+}

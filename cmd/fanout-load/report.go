@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+)
+
+// report is what one run measured. Latencies are in milliseconds.
+type report struct {
+	Target      string  `json:"target"`
+	Mode        string  `json:"mode"`
+	Batch       int     `json:"batch,omitempty"`
+	Concurrency int     `json:"concurrency"`
+	SendSeconds float64 `json:"send_seconds"`
+
+	Requests       int64          `json:"requests"`
+	Accepted       int64          `json:"accepted_events"`
+	EventsPerSec   float64        `json:"accepted_events_per_sec"`
+	RequestsPerSec float64        `json:"requests_per_sec"`
+	AckP50         float64        `json:"ack_p50_ms"`
+	AckP99         float64        `json:"ack_p99_ms"`
+	Errors         map[string]int `json:"errors,omitempty"`
+
+	Sinks            int              `json:"sinks"`
+	Deliveries       int64            `json:"deliveries,omitempty"`
+	DeliveriesPerSec float64          `json:"deliveries_per_sec,omitempty"`
+	DeliveryP50      float64          `json:"delivery_p50_ms,omitempty"`
+	DeliveryP99      float64          `json:"delivery_p99_ms,omitempty"`
+	DeliveryMax      float64          `json:"delivery_max_ms,omitempty"`
+	Missing          []int            `json:"missing_per_destination,omitempty"`
+	Duplicates       []int            `json:"duplicates_per_destination,omitempty"`
+	Drained          bool             `json:"drained"`
+	Faults           map[string]int64 `json:"faults_injected,omitempty"`
+
+	PeakRSSMiB  float64 `json:"peak_rss_mib,omitempty"`
+	IngestRatio float64 `json:"ingest_ratio_to_baseline,omitempty"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// drive sends the load to base, waits for the sinks to drain, and reports.
+func drive(ctx context.Context, target, base string, o *options, sk *sink, stderr io.Writer) *report {
+	d := newDriver(base, o)
+	start := time.Now()
+	deadline := start.Add(o.duration)
+	if o.events > 0 {
+		deadline = start.Add(24 * time.Hour)
+	}
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		if !o.progress {
+			return
+		}
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		var lastSent, lastDelivered int64
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-tick.C:
+			}
+			sent := d.sent.Load()
+			var delivered int64
+			if sk != nil {
+				delivered = sk.delivered.Load()
+			}
+			fmt.Fprintf(stderr, "%s t=%4.0fs accepted=%d (%d/s) delivered=%d (%d/s)\n", target,
+				time.Since(start).Seconds(), sent, sent-lastSent, delivered, delivered-lastDelivered)
+			lastSent, lastDelivered = sent, delivered
+		}
+	}()
+	d.run(ctx, deadline)
+	sendTime := time.Since(start)
+
+	r := &report{Target: target, Mode: o.mode, Concurrency: o.concurrency, SendSeconds: sendTime.Seconds(),
+		Requests: d.reqs.Load(), Accepted: d.sent.Load(), Errors: d.errors}
+	if o.mode == "batch" {
+		r.Batch = o.batch
+	}
+	r.EventsPerSec = float64(r.Accepted) / sendTime.Seconds()
+	r.RequestsPerSec = float64(r.Requests) / sendTime.Seconds()
+	acks := sortDurations(d.acks)
+	r.AckP50, r.AckP99 = ms(percentile(acks, 50)), ms(percentile(acks, 99))
+
+	if sk != nil {
+		r.Sinks = len(sk.endpoints)
+		drainBy := time.Now().Add(o.drain)
+		for ctx.Err() == nil && time.Now().Before(drainBy) {
+			done := true
+			for _, n := range sk.unique() {
+				if int64(n) < r.Accepted {
+					done = false
+				}
+			}
+			if done {
+				r.Drained = true
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(stopProgress)
+		<-progressDone
+		accepted := make(map[string]bool, len(d.accepted))
+		for _, id := range d.accepted {
+			accepted[id] = true
+		}
+		var lat []time.Duration
+		for _, e := range sk.endpoints {
+			e.mu.Lock()
+			missing, dups := 0, 0
+			for id := range accepted {
+				if n := e.seen[id]; n == 0 {
+					missing++
+				} else if n > 1 {
+					dups += int(n - 1)
+				}
+			}
+			lat = append(lat, e.latencies...)
+			e.mu.Unlock()
+			r.Missing = append(r.Missing, missing)
+			r.Duplicates = append(r.Duplicates, dups)
+		}
+		sortDurations(lat)
+		r.Deliveries = sk.delivered.Load()
+		if first, last := sk.firstNS.Load(), sk.lastNS.Load(); last > 0 {
+			r.DeliveriesPerSec = float64(r.Deliveries) / time.Duration(last-start.UnixNano()).Seconds()
+			_ = first
+		}
+		r.DeliveryP50, r.DeliveryP99 = ms(percentile(lat, 50)), ms(percentile(lat, 99))
+		if len(lat) > 0 {
+			r.DeliveryMax = ms(lat[len(lat)-1])
+		}
+		r.Faults = map[string]int64{}
+		sk.faulted.Range(func(k, v any) bool {
+			r.Faults[k.(string)] = v.(interface{ Load() int64 }).Load()
+			return true
+		})
+	} else {
+		close(stopProgress)
+		<-progressDone
+	}
+	return r
+}
+
+func (r *report) print(w io.Writer) {
+	fmt.Fprintf(w, "== %s: %s", r.Target, r.Mode)
+	if r.Batch > 0 {
+		fmt.Fprintf(w, " x%d", r.Batch)
+	}
+	fmt.Fprintf(w, ", %d clients, %.1fs\n", r.Concurrency, r.SendSeconds)
+	fmt.Fprintf(w, "  accepted   %d events, %.0f events/s, %.0f requests/s\n", r.Accepted, r.EventsPerSec, r.RequestsPerSec)
+	fmt.Fprintf(w, "  ack        p50 %.2f ms, p99 %.2f ms\n", r.AckP50, r.AckP99)
+	if r.IngestRatio > 0 {
+		fmt.Fprintf(w, "  vs baseline %.0f%% of the trivial server's events/s\n", r.IngestRatio*100)
+	}
+	if len(r.Errors) > 0 {
+		keys := make([]string, 0, len(r.Errors))
+		for k := range r.Errors {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fmt.Fprintf(w, "  errors    ")
+		for _, k := range keys {
+			fmt.Fprintf(w, " %s:%d", k, r.Errors[k])
+		}
+		fmt.Fprintln(w)
+	}
+	if r.Sinks > 0 {
+		fmt.Fprintf(w, "  delivered  %d to %d destinations, %.0f deliveries/s, drained=%v\n", r.Deliveries, r.Sinks, r.DeliveriesPerSec, r.Drained)
+		fmt.Fprintf(w, "  latency    ingest->delivery p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", r.DeliveryP50, r.DeliveryP99, r.DeliveryMax)
+		fmt.Fprintf(w, "  missing    %v per destination, duplicates %v\n", r.Missing, r.Duplicates)
+		if len(r.Faults) > 0 {
+			fmt.Fprintf(w, "  faults     %v\n", r.Faults)
+		}
+	}
+	if r.PeakRSSMiB > 0 {
+		fmt.Fprintf(w, "  peak RSS   %.0f MiB\n", r.PeakRSSMiB)
+	}
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// faultSpec is how often a sink misbehaves, by kind.
+type faultSpec map[string]float64
+
+var faultKinds = []string{"5xx", "429", "slow", "reset", "410"}
+
+func (f *faultSpec) String() string {
+	var parts []string
+	for _, k := range faultKinds {
+		if v, ok := (*f)[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%g", k, v))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f *faultSpec) Set(v string) error {
+	if *f == nil {
+		*f = faultSpec{}
+	}
+	for _, part := range strings.Split(v, ",") {
+		kind, frac, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return fmt.Errorf("fault %q: want kind=fraction", part)
+		}
+		p, err := strconv.ParseFloat(frac, 64)
+		if err != nil || p < 0 || p > 1 {
+			return fmt.Errorf("fault %q: fraction must be between 0 and 1", part)
+		}
+		known := false
+		for _, k := range faultKinds {
+			known = known || k == kind
+		}
+		if !known {
+			return fmt.Errorf("fault %q: kind must be one of %s", part, strings.Join(faultKinds, ", "))
+		}
+		(*f)[kind] = p
+	}
+	return nil
+}
+
+// sink is the load tool's destination: K endpoints on one loopback listener
+// that record every delivery they accept.
+type sink struct {
+	srv       *http.Server
+	base      string
+	endpoints []*endpoint
+	latency   time.Duration
+	faults    faultSpec
+	slowFor   time.Duration
+
+	delivered atomic.Int64 // accepted deliveries, duplicates included
+	firstNS   atomic.Int64
+	lastNS    atomic.Int64
+	faulted   sync.Map // kind -> *atomic.Int64
+}
+
+type endpoint struct {
+	mu        sync.Mutex
+	seen      map[string]int32
+	latencies []time.Duration // ingest-to-first-delivery, one per event
+}
+
+func startSink(addr string, k int, latency time.Duration, faults faultSpec) (*sink, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("sink: %w", err)
+	}
+	s := &sink{base: "http://" + ln.Addr().String(), latency: latency, faults: faults, slowFor: 15 * time.Second}
+	for range k {
+		s.endpoints = append(s.endpoints, &endpoint{seen: make(map[string]int32, 1<<16)})
+	}
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.srv.Serve(ln) }()
+	return s, nil
+}
+
+func (s *sink) urls() []string {
+	out := make([]string, len(s.endpoints))
+	for i := range s.endpoints {
+		out[i] = fmt.Sprintf("%s/d/%d", s.base, i)
+	}
+	return out
+}
+
+func (s *sink) close() { _ = s.srv.Close() }
+
+func (s *sink) count(kind string) {
+	v, _ := s.faulted.LoadOrStore(kind, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+// misbehave applies a fault to this request, if one is drawn; it reports
+// whether the request was answered by the fault.
+func (s *sink) misbehave(w http.ResponseWriter) bool {
+	if len(s.faults) == 0 {
+		return false
+	}
+	r := rand.Float64()
+	for _, kind := range faultKinds {
+		p := s.faults[kind]
+		if r >= p {
+			r -= p
+			continue
+		}
+		s.count(kind)
+		switch kind {
+		case "5xx":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case "429":
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+		case "410":
+			w.WriteHeader(http.StatusGone)
+		case "slow":
+			time.Sleep(s.slowFor)
+			w.WriteHeader(http.StatusOK)
+		case "reset":
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					if tc, ok := conn.(*net.TCPConn); ok {
+						_ = tc.SetLinger(0) // RST, not FIN
+					}
+					conn.Close()
+					return true
+				}
+			}
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+		return true
+	}
+	return false
+}
+
+func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	i, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/d/"))
+	if err != nil || i < 0 || i >= len(s.endpoints) {
+		http.NotFound(w, r)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return
+	}
+	if s.latency > 0 {
+		time.Sleep(s.latency)
+	}
+	if s.misbehave(w) {
+		return
+	}
+	var ev struct {
+		LoadID string `json:"load_id"`
+		SentNS int64  `json:"sent_ns"`
+	}
+	if err := json.Unmarshal(body, &ev); err != nil || ev.LoadID == "" {
+		s.count("unparseable")
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	now := time.Now().UnixNano()
+	e := s.endpoints[i]
+	e.mu.Lock()
+	n := e.seen[ev.LoadID]
+	e.seen[ev.LoadID] = n + 1
+	if n == 0 {
+		e.latencies = append(e.latencies, time.Duration(now-ev.SentNS))
+	}
+	e.mu.Unlock()
+	s.delivered.Add(1)
+	s.firstNS.CompareAndSwap(0, now)
+	s.lastNS.Store(now)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// unique returns how many distinct events each endpoint has.
+func (s *sink) unique() []int {
+	out := make([]int, len(s.endpoints))
+	for i, e := range s.endpoints {
+		e.mu.Lock()
+		out[i] = len(e.seen)
+		e.mu.Unlock()
+	}
+	return out
+}

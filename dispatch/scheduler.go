@@ -1,0 +1,471 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+)
+
+// Worker slots. A slot is taken by every call leased to this process, from
+// the moment it is leased (or promised, while the store writes it) until a
+// worker is done with it, so that the process never leases more than it can
+// run: the work channel never blocks and memory stays bounded whatever the
+// backlog in the store.
+
+// reserve promises up to n slots and returns how many it could.
+func (r *Runtime) reserve(n int) int {
+	if n <= 0 || r.stopping.Load() || r.state.Load() != stateStarted {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := max(0, min(n, r.workers-len(r.inflight)-r.reserved))
+	r.reserved += k
+	return k
+}
+
+func (r *Runtime) unreserve(n int) {
+	if n <= 0 {
+		return
+	}
+	r.mu.Lock()
+	r.reserved -= n
+	r.mu.Unlock()
+}
+
+// admit turns reservations into calls in flight and hands them to workers.
+// Once stopping, it only gives the slots back: the calls stay leased to this
+// process in the store, and Stop releases them.
+func (r *Runtime) admit(calls []*Call) {
+	if len(calls) == 0 {
+		return
+	}
+	now := r.clock.Now()
+	r.mu.Lock()
+	r.reserved -= len(calls)
+	stopping := r.stopping.Load()
+	if !stopping {
+		for _, c := range calls {
+			r.inflight[c.ID] = &inflight{attempt: c.Attempt, claimedAt: now}
+		}
+	}
+	r.mu.Unlock()
+	if stopping {
+		return
+	}
+	for _, c := range calls {
+		r.work <- c // never blocks: the channel holds as many calls as there are slots
+	}
+}
+
+// leaseNew leases to this process as many of the new calls as it has free
+// slots for, by setting their state before they are stored, and returns how
+// many (the first ones).
+func (r *Runtime) leaseNew(calls []*Call, now time.Time) int {
+	k := r.reserve(len(calls))
+	for _, c := range calls[:k] {
+		c.State = StateRunning
+		c.Attempt = 1
+		c.LeaseOwner = r.owner
+		c.LeaseExpires = now.Add(r.leaseDuration)
+	}
+	return k
+}
+
+func (r *Runtime) free() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workers - len(r.inflight) - r.reserved
+}
+
+// signalBacklog says that the store holds runnable calls that nobody leased.
+func (r *Runtime) signalBacklog() {
+	r.backlog.Store(true)
+	r.wake()
+}
+
+// wake tells the scheduler to look again.
+func (r *Runtime) wake() {
+	select {
+	case r.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// noteDue remembers a retry time so that the scheduler wakes for it.
+func (r *Runtime) noteDue(at time.Time) {
+	n := at.UnixNano()
+	for {
+		cur := r.due.Load()
+		if cur != 0 && cur <= n {
+			return
+		}
+		if r.due.CompareAndSwap(cur, n) {
+			r.wake()
+			return
+		}
+	}
+}
+
+// schedule claims runnable calls from the store when it may hold some (the
+// backlog flag: work stored pending, a retry that came due, a poll, a
+// notification from another process) and workers are free. It claims in
+// batches, at least an eighth of the workers at a time, because a claim is a
+// write: claiming one call per free worker would cost a transaction each.
+func (r *Runtime) schedule(ctx context.Context) {
+	defer r.loops.Done()
+	threshold := max(1, min(r.claimBatch, r.workers/8))
+	var notify <-chan struct{}
+	if n, ok := r.store.(Notifier); ok {
+		notify = n.Notify()
+	}
+	failing := false
+	var retryAt time.Time // after a failed claim, the next try waits for it
+	for {
+		now := r.clock.Now()
+		if due := r.due.Load(); due != 0 && due <= now.UnixNano() {
+			r.due.CompareAndSwap(due, 0)
+			r.backlog.Store(true)
+		}
+		if r.backlog.Load() && !now.Before(retryAt) {
+			free := r.free()
+			if limit := r.reserve(min(free, r.claimBatch)); limit > 0 && (limit >= threshold || free == r.workers) {
+				r.backlog.Store(false)
+				calls, err := r.store.CallClaim(ctx, &CallClaimParams{
+					Owner:      r.owner,
+					Functions:  r.names,
+					Limit:      limit,
+					Now:        now,
+					LeaseUntil: now.Add(r.leaseDuration),
+				})
+				if err != nil {
+					r.unreserve(limit)
+					r.backlog.Store(true)
+					if ctx.Err() != nil {
+						return
+					}
+					if !failing {
+						r.log.Error("claim calls; retrying every poll interval", "err", err)
+					}
+					failing = true
+					retryAt = now.Add(r.pollInterval)
+				} else {
+					if failing {
+						r.log.Info("claiming calls again")
+					}
+					failing = false
+					r.unreserve(limit - len(calls))
+					r.admit(calls)
+					if len(calls) == limit && ctx.Err() == nil {
+						r.backlog.Store(true) // there may be more
+						continue
+					}
+				}
+			} else {
+				r.unreserve(limit)
+			}
+		}
+
+		wait := r.pollInterval
+		if due := r.due.Load(); due != 0 {
+			wait = min(wait, max(0, time.Duration(due-r.clock.Now().UnixNano())))
+		}
+		timer := r.clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-r.wakeCh:
+		case <-notify:
+			r.backlog.Store(true)
+		case <-timer.Chan():
+			r.backlog.Store(true) // poll: other processes, expired leases
+		}
+		timer.Stop()
+	}
+}
+
+func (r *Runtime) worker() {
+	defer r.workersWG.Done()
+	for {
+		select {
+		case c := <-r.work:
+			if !r.stopping.Load() {
+				r.execute(c)
+			}
+			r.mu.Lock()
+			delete(r.inflight, c.ID)
+			r.mu.Unlock()
+			if r.backlog.Load() {
+				r.wake()
+			}
+		case <-r.quit:
+			return
+		}
+	}
+}
+
+// callContext is what a running call knows about itself; Gather reads and
+// writes it through the context.
+type callContext struct {
+	rt       *Runtime
+	call     *Call
+	children [][]*Call // recorded children by gather
+	next     int       // ordinal of the next Gather
+	suspend  *suspension
+}
+
+type suspension struct {
+	gather   int
+	children []*Call
+}
+
+type ctxKey struct{}
+
+func callFrom(ctx context.Context) *callContext {
+	cc, _ := ctx.Value(ctxKey{}).(*callContext)
+	return cc
+}
+
+// errSuspended is what Gather returns when the caller must stop and wait.
+var errSuspended = errors.New("dispatch: call suspended until its gathered calls are final; return this error")
+
+// CallInfo describes the call a durable function is running as.
+type CallInfo struct {
+	ID       string
+	ParentID string
+	// Attempt counts the runs of this call, 1 for the first.
+	Attempt int
+	// Failures counts the earlier attempts that failed and were retried.
+	Failures  int
+	CreatedAt time.Time
+}
+
+// CallFromContext returns the call a durable function runs as.
+func CallFromContext(ctx context.Context) (CallInfo, bool) {
+	cc := callFrom(ctx)
+	if cc == nil {
+		return CallInfo{}, false
+	}
+	c := cc.call
+	return CallInfo{ID: c.ID, ParentID: c.ParentID, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt}, true
+}
+
+func (r *Runtime) execute(c *Call) {
+	// Store writes that record an outcome outlive a shutdown deadline: a
+	// result that was produced should not be thrown away.
+	storeCtx := context.WithoutCancel(r.runCtx)
+	cc := &callContext{rt: r, call: c}
+	if c.Gathers > 0 {
+		children, err := r.store.CallListChildren(storeCtx, c.ID)
+		if err != nil {
+			r.finish(storeCtx, c, nil, fmt.Errorf("%w: load results of gathered calls: %v", ErrTemporary, err))
+			return
+		}
+		cc.children = make([][]*Call, c.Gathers)
+		for _, child := range children {
+			if child.Gather < len(cc.children) {
+				cc.children[child.Gather] = append(cc.children[child.Gather], child)
+			}
+		}
+	}
+
+	fn := r.funcs[c.Function]
+	ctx := context.WithValue(r.runCtx, ctxKey{}, cc)
+	output, err := r.run(ctx, fn, c)
+	if r.runCtx.Err() != nil {
+		// Cancelled by shutdown: Stop hands the call back untouched.
+		return
+	}
+	if cc.suspend != nil {
+		r.suspend(storeCtx, c, cc.suspend)
+		return
+	}
+	r.finish(storeCtx, c, output, err)
+}
+
+func (r *Runtime) run(ctx context.Context, fn AnyFunction, c *Call) (output []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("durable function panicked", "function", c.Function, "call", c.ID,
+				"panic", p, "stack", string(debug.Stack()))
+			output, err = nil, fmt.Errorf("%w: panic: %v", ErrPermanent, p)
+		}
+	}()
+	return fn.run(ctx, c.Input)
+}
+
+// suspend stores the caller's suspension with its children, leasing to this
+// process as many children as it has free slots for.
+func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
+	now := r.clock.Now()
+	leased := r.leaseNew(s.children, now)
+	ok, err := r.store.CallSuspend(ctx, &CallSuspendParams{
+		ID:       c.ID,
+		Attempt:  c.Attempt,
+		Gather:   s.gather,
+		Children: s.children,
+		Now:      now,
+	})
+	switch {
+	case err != nil:
+		r.unreserve(leased)
+		r.log.Error("store suspended call; it runs again when its lease expires", "call", c.ID, "err", err)
+	case !ok:
+		r.unreserve(leased)
+		r.log.Warn("call was taken over while it ran; dropping its suspension", "call", c.ID, "attempt", c.Attempt)
+	default:
+		r.admit(s.children[:leased])
+		if leased < len(s.children) {
+			r.signalBacklog()
+		}
+	}
+}
+
+// finish records the outcome of an attempt: done, failed, or retried later.
+// When it was the last child its parent waited for, the parent is leased to
+// this process in the same transaction, if a slot is free, and run at once.
+func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error) {
+	now := r.clock.Now()
+	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now}
+	switch {
+	case err == nil:
+		p.State = StateDone
+		p.Output = output
+		p.Status = StatusOK
+	default:
+		p.Status = ErrorStatus(err)
+		p.Error = err.Error()
+		p.State = StateFailed
+		if p.Status.Retryable() {
+			hint, _ := retryAfterHint(err)
+			if at, ok := r.policy.NextRetry(c.Failures+1, c.CreatedAt, now, hint); ok {
+				p.State = StatePending
+				p.RunAfter = at
+			} else {
+				p.Error = fmt.Sprintf("gave up after %d attempts: %s", c.Failures+1, p.Error)
+			}
+		}
+		level := slog.LevelDebug
+		if p.State == StateFailed {
+			level = slog.LevelWarn
+		}
+		r.log.Log(ctx, level, "call attempt failed", "function", c.Function, "call", c.ID,
+			"attempt", c.Attempt, "status", p.Status, "err", err, "retry", p.State == StatePending)
+	}
+	resume := 0
+	if c.ParentID != "" && p.State.Final() {
+		if resume = r.reserve(1); resume == 1 {
+			p.ResumeOwner = r.owner
+			p.ResumeLeaseUntil = now.Add(r.leaseDuration)
+		}
+	}
+	res, err := r.store.CallFinish(ctx, p)
+	switch {
+	case err != nil:
+		r.unreserve(resume)
+		r.log.Error("store call outcome; the call runs again when its lease expires", "call", c.ID, "err", err)
+		return
+	case !res.Applied:
+		r.unreserve(resume)
+		r.log.Warn("call was taken over while it ran; dropping its outcome", "call", c.ID, "attempt", c.Attempt)
+		return
+	}
+	if res.Parent != nil {
+		r.admit([]*Call{res.Parent})
+	} else {
+		r.unreserve(resume)
+		if res.ParentResumed {
+			r.signalBacklog()
+		}
+	}
+	if p.State == StatePending {
+		r.noteDue(p.RunAfter)
+	}
+}
+
+// maintain renews the leases of long-running calls, returns expired leases to
+// the store (the calls of a crashed process), and applies retention.
+func (r *Runtime) maintain(ctx context.Context) {
+	defer r.loops.Done()
+	every := max(r.leaseDuration/3, 10*time.Millisecond)
+	ticker := r.clock.NewTicker(every)
+	defer ticker.Stop()
+	var lastRetention time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.Chan():
+		}
+		now := r.clock.Now()
+		r.renewLeases(ctx, now, every)
+		n, err := r.store.CallLeaseRelease(ctx, &CallLeaseReleaseParams{Now: now})
+		if err != nil && ctx.Err() == nil {
+			r.log.Error("release expired leases", "err", err)
+		}
+		if n > 0 {
+			r.log.Warn("calls whose lease expired run again", "calls", n)
+			r.signalBacklog()
+		}
+		if now.Sub(lastRetention) >= time.Minute {
+			lastRetention = now
+			r.applyRetention(ctx, now)
+		}
+	}
+}
+
+func (r *Runtime) renewLeases(ctx context.Context, now time.Time, age time.Duration) {
+	var ids []string
+	r.mu.Lock()
+	for id, f := range r.inflight {
+		if now.Sub(f.claimedAt) >= age {
+			ids = append(ids, id)
+		}
+	}
+	r.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	err := r.store.CallLeaseRenew(ctx, &CallLeaseRenewParams{Owner: r.owner, IDs: ids, LeaseUntil: now.Add(r.leaseDuration)})
+	if err != nil && ctx.Err() == nil {
+		r.log.Error("renew leases", "calls", len(ids), "err", err)
+		return
+	}
+	r.mu.Lock()
+	for _, id := range ids {
+		if f, ok := r.inflight[id]; ok {
+			f.claimedAt = now
+		}
+	}
+	r.mu.Unlock()
+}
+
+func (r *Runtime) applyRetention(ctx context.Context, now time.Time) {
+	rules := []struct {
+		keep   time.Duration
+		failed bool
+	}{{r.retention, false}, {r.failedKeep, true}}
+	for _, rule := range rules {
+		if rule.keep <= 0 {
+			continue
+		}
+		for ctx.Err() == nil {
+			n, err := r.store.CallDeleteFinished(ctx, &CallDeleteFinishedParams{
+				Before: now.Add(-rule.keep), Failed: rule.failed, Limit: 1000,
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Error("delete finished calls", "err", err)
+				}
+				return
+			}
+			if n < 1000 {
+				break
+			}
+		}
+	}
+}

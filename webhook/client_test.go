@@ -1,0 +1,187 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+)
+
+func TestSend_Outcomes(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		status     int
+		header     map[string]string
+		body       string
+		wantErr    bool
+		wantStatus dispatch.Status
+		wantAfter  time.Duration
+		excerpt    string
+	}{
+		{name: "OK", status: 200, wantStatus: dispatch.StatusOK},
+		{name: "NoContent", status: 204, wantStatus: dispatch.StatusOK},
+		{name: "Accepted", status: 202, body: "queued", wantStatus: dispatch.StatusOK, excerpt: "queued"},
+		{name: "ServerError", status: 500, body: "db down", wantErr: true, wantStatus: dispatch.StatusTemporary, excerpt: "db down"},
+		{name: "BadGateway", status: 502, wantErr: true, wantStatus: dispatch.StatusTemporary},
+		{name: "NotImplemented", status: 501, wantErr: true, wantStatus: dispatch.StatusTemporary},
+		{name: "RequestTimeout", status: 408, wantErr: true, wantStatus: dispatch.StatusTimeout},
+		{name: "TooEarly", status: 425, wantErr: true, wantStatus: dispatch.StatusTemporary},
+		{name: "TooManyRequests", status: 429, wantErr: true, wantStatus: dispatch.StatusThrottled},
+		{name: "RetryAfterSeconds", status: 429, header: map[string]string{"Retry-After": "120"}, wantErr: true,
+			wantStatus: dispatch.StatusThrottled, wantAfter: 2 * time.Minute},
+		{name: "RetryAfterDate", status: 503, header: map[string]string{"Retry-After": now.Add(90 * time.Second).Format(http.TimeFormat)},
+			wantErr: true, wantStatus: dispatch.StatusTemporary, wantAfter: 90 * time.Second},
+		{name: "RetryAfterGarbage", status: 503, header: map[string]string{"Retry-After": "soon"}, wantErr: true,
+			wantStatus: dispatch.StatusTemporary},
+		{name: "BadRequest", status: 400, body: `{"error":"schema"}`, wantErr: true, wantStatus: dispatch.StatusPermanent, excerpt: `{"error":"schema"}`},
+		{name: "Unauthorized", status: 401, wantErr: true, wantStatus: dispatch.StatusPermanent},
+		{name: "NotFound", status: 404, wantErr: true, wantStatus: dispatch.StatusPermanent},
+		{name: "Gone", status: 410, wantErr: true, wantStatus: dispatch.StatusPermanent},
+		{name: "RedirectNotFollowed", status: 302, header: map[string]string{"Location": "/elsewhere"}, wantErr: true,
+			wantStatus: dispatch.StatusPermanent},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got *http.Request
+			var gotBody []byte
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/elsewhere" {
+					t.Error("the client followed a redirect")
+				}
+				got = r
+				gotBody, _ = io.ReadAll(r.Body)
+				for k, v := range tc.header {
+					w.Header().Set(k, v)
+				}
+				w.WriteHeader(tc.status)
+				io.WriteString(w, tc.body)
+			}))
+			defer srv.Close()
+			c := NewClient(Config{Now: func() time.Time { return now }})
+			defer c.Close()
+			body := []byte(" {\"a\" : \"<&>\"}\n")
+			res, err := c.Send(context.Background(), &Request{URL: srv.URL + "/hook", ID: "evt_1", Body: body})
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Send err=%v, want error=%v", err, tc.wantErr)
+			}
+			if s := dispatch.ErrorStatus(err); s != tc.wantStatus {
+				t.Fatalf("status of %v = %v, want %v", err, s, tc.wantStatus)
+			}
+			if res == nil || res.StatusCode != tc.status || res.Excerpt != tc.excerpt {
+				t.Fatalf("result %+v, want status %d excerpt %q", res, tc.status, tc.excerpt)
+			}
+			var se *StatusError
+			if tc.wantErr && (!errors.As(err, &se) || se.RetryAfter != tc.wantAfter) {
+				t.Fatalf("error %#v, want a StatusError with RetryAfter %v", err, tc.wantAfter)
+			}
+			if string(gotBody) != string(body) {
+				t.Fatalf("destination got %q, want the exact bytes %q", gotBody, body)
+			}
+			if got.Header.Get("webhook-id") != "evt_1" || got.Header.Get("Content-Type") != "application/json" ||
+				got.Header.Get("webhook-timestamp") != "1772366400" {
+				t.Fatalf("headers %v", got.Header)
+			}
+		})
+	}
+}
+
+func TestSend_Failures(t *testing.T) {
+	hang := make(chan struct{})
+	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hanging.Close()
+	defer close(hang) // before Close, which waits for the handler
+	endless := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(500)
+		chunk := []byte(strings.Repeat("x", 32<<10))
+		for r.Context().Err() == nil {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer endless.Close()
+	// A port that refuses: listen, note the address, close.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := "http://" + ln.Addr().String()
+	ln.Close()
+
+	tests := []struct {
+		name string
+		url  string
+		want dispatch.Status
+	}{
+		{"Hangs", hanging.URL, dispatch.StatusTimeout},
+		{"Refused", refused, dispatch.StatusTCP},
+		{"EndlessBody", endless.URL, dispatch.StatusTemporary},
+		{"BadURL", "http://[::1", dispatch.StatusPermanent},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewClient(Config{Timeout: 300 * time.Millisecond, MaxResponseBytes: 1 << 20})
+			defer c.Close()
+			start := time.Now()
+			_, err := c.Send(context.Background(), &Request{URL: tc.url, ID: "x", Body: []byte(`{}`)})
+			if got := dispatch.ErrorStatus(err); got != tc.want {
+				t.Fatalf("Send err=%v classified %v, want %v", err, got, tc.want)
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Fatalf("Send took %v: the timeout does not bound it", took)
+			}
+		})
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"30", 30 * time.Second, true},
+		{" 5 ", 5 * time.Second, true},
+		{"-1", 0, false},
+		{"", 0, false},
+		{"tomorrow", 0, false},
+		{now.Add(time.Hour).Format(http.TimeFormat), time.Hour, true},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
+		{"99999999999999", 365 * 24 * time.Hour, true},
+	}
+	for _, tc := range tests {
+		got, ok := parseRetryAfter(tc.in, now)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("parseRetryAfter(%q)=%v,%v, want %v,%v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func FuzzParseRetryAfter(f *testing.F) {
+	for _, s := range []string{"120", "Wed, 21 Oct 2015 07:28:00 GMT", "", "-5", "1e9", "Sun, 06 Nov 1994 08:49:37 GMT"} {
+		f.Add(s)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, v string) {
+		d, ok := parseRetryAfter(v, now)
+		if d < 0 || d > 365*24*time.Hour || (!ok && d != 0) {
+			t.Fatalf("parseRetryAfter(%q)=%v,%v", v, d, ok)
+		}
+	})
+}
