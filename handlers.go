@@ -142,21 +142,33 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 	if r.ContentLength > limit {
 		return nil, tooLarge
 	}
-	var buf bytes.Buffer
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var b []byte
+	var err error
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength) + 1)
+		// The common case: read exactly the announced length, in one
+		// allocation, then make sure nothing follows.
+		b = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(body, b)
+		if err == nil {
+			var extra [1]byte
+			if n, _ := body.Read(extra[:]); n > 0 {
+				err = errors.New("body longer than its Content-Length")
+			}
+		}
+	} else {
+		b, err = io.ReadAll(body)
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
 		return nil, tooLarge
 	case err != nil:
 		return nil, badRequest("could not read the request body: %v", err)
-	case buf.Len() == 0:
+	case len(b) == 0:
 		return nil, badRequest("request body is empty")
 	}
-	return buf.Bytes(), nil
+	return b, nil
 }
 
 // decodeBatch splits a JSON array into its events, keeping each element's

@@ -138,7 +138,8 @@ type Store interface {
 	CallGet(ctx context.Context, id string) (*Call, error)
 
 	// CallListChildren returns the children of a call ordered by Gather and
-	// Index.
+	// Index, without their Input: the parent reads their outcomes, and the
+	// input is the bulk of a row.
 	CallListChildren(ctx context.Context, parentID string) ([]*Call, error)
 
 	// CallDeleteFinished deletes up to Limit top-level calls that are done

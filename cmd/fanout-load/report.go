@@ -35,15 +35,21 @@ type report struct {
 	Drained          bool             `json:"drained"`
 	Faults           map[string]int64 `json:"faults_injected,omitempty"`
 
-	PeakRSSMiB  float64 `json:"peak_rss_mib,omitempty"`
-	IngestRatio float64 `json:"ingest_ratio_to_baseline,omitempty"`
+	PeakRSSMiB    float64 `json:"peak_rss_mib,omitempty"`
+	ServerCPU     float64 `json:"server_cpu_cores,omitempty"`
+	CPUPerEventUS float64 `json:"server_cpu_us_per_event,omitempty"`
+	IngestRatio   float64 `json:"ingest_ratio_to_baseline,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // drive sends the load to base, waits for the sinks to drain, and reports.
-func drive(ctx context.Context, target, base string, o *options, sk *sink, stderr io.Writer) *report {
+func drive(ctx context.Context, target, base string, o *options, sk *sink, stderr io.Writer, server *proc) *report {
 	d := newDriver(base, o)
+	var cpu0 float64
+	if server != nil {
+		cpu0 = server.cpuSeconds()
+	}
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	if o.events > 0 {
@@ -77,6 +83,10 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 	}()
 	d.run(ctx, deadline)
 	sendTime := time.Since(start)
+	var cpu float64
+	if server != nil {
+		cpu = server.cpuSeconds() - cpu0
+	}
 
 	r := &report{Target: target, Mode: o.mode, Concurrency: o.concurrency, SendSeconds: sendTime.Seconds(),
 		Requests: d.reqs.Load(), Accepted: d.sent.Load(), Errors: d.errors}
@@ -84,6 +94,10 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 		r.Batch = o.batch
 	}
 	r.EventsPerSec = float64(r.Accepted) / sendTime.Seconds()
+	if cpu > 0 && r.Accepted > 0 {
+		r.ServerCPU = cpu / sendTime.Seconds()
+		r.CPUPerEventUS = cpu / float64(r.Accepted) * 1e6
+	}
 	r.RequestsPerSec = float64(r.Requests) / sendTime.Seconds()
 	acks := sortDurations(d.acks)
 	r.AckP50, r.AckP99 = ms(percentile(acks, 50)), ms(percentile(acks, 99))
@@ -156,6 +170,9 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, ", %d clients, %.1fs\n", r.Concurrency, r.SendSeconds)
 	fmt.Fprintf(w, "  accepted   %d events, %.0f events/s, %.0f requests/s\n", r.Accepted, r.EventsPerSec, r.RequestsPerSec)
 	fmt.Fprintf(w, "  ack        p50 %.2f ms, p99 %.2f ms\n", r.AckP50, r.AckP99)
+	if r.ServerCPU > 0 {
+		fmt.Fprintf(w, "  server CPU %.2f cores while sending, %.1f µs per accepted event\n", r.ServerCPU, r.CPUPerEventUS)
+	}
 	if r.IngestRatio > 0 {
 		fmt.Fprintf(w, "  vs baseline %.0f%% of the trivial server's events/s\n", r.IngestRatio*100)
 	}

@@ -103,6 +103,24 @@ func (p *proc) peakRSS() int64 {
 	return 0
 }
 
+// cpuSeconds returns the CPU time (user and system) the process has used,
+// from /proc (Linux); 0 elsewhere.
+func (p *proc) cpuSeconds() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
 // stop sends SIGTERM and waits, then kills.
 func (p *proc) stop() error {
 	defer func() {
@@ -158,7 +176,7 @@ func runFanout(ctx context.Context, o *options, stderr io.Writer) (*report, erro
 	} else if sk != nil {
 		fmt.Fprintf(stderr, "sinks: configure the fanout at %s with --destination %s\n", base, strings.Join(sk.urls(), " --destination "))
 	}
-	r := drive(ctx, "fanout", base, o, sk, stderr)
+	r := drive(ctx, "fanout", base, o, sk, stderr, server)
 	if server != nil {
 		r.PeakRSSMiB = float64(server.peakRSS()) / (1 << 20)
 	}
@@ -177,7 +195,7 @@ func runBaseline(ctx context.Context, o *options, stderr io.Writer) (*report, er
 	defer server.stop()
 	bo := *o
 	bo.sinks = 0 // the baseline delivers nothing
-	r := drive(ctx, "baseline", "http://"+server.addr, &bo, nil, stderr)
+	r := drive(ctx, "baseline", "http://"+server.addr, &bo, nil, stderr, server)
 	r.PeakRSSMiB = float64(server.peakRSS()) / (1 << 20)
 	return r, nil
 }

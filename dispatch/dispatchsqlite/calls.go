@@ -3,6 +3,7 @@ package dispatchsqlite
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,20 +20,34 @@ const insertChunk = 64
 
 const insertColumns = 13
 
-func insertQuery(rows int, orIgnore bool) string {
-	var b strings.Builder
-	b.WriteString("INSERT ")
-	if orIgnore {
-		b.WriteString("OR IGNORE ")
-	}
-	b.WriteString("INTO calls (id, function, input, state, attempt, lease_owner, lease_expires, run_after, parent_id, gather, idx, created_at, updated_at) VALUES ")
-	for i := range rows {
-		if i > 0 {
-			b.WriteByte(',')
+// insertQueries holds the INSERT statements by row count (1..insertChunk),
+// plain and OR IGNORE, built once.
+var insertQueries = func() (q [2][insertChunk + 1]string) {
+	for ignore := range 2 {
+		for rows := 1; rows <= insertChunk; rows++ {
+			var b strings.Builder
+			b.WriteString("INSERT ")
+			if ignore == 1 {
+				b.WriteString("OR IGNORE ")
+			}
+			b.WriteString("INTO calls (id, function, input, state, attempt, lease_owner, lease_expires, run_after, parent_id, gather, idx, created_at, updated_at) VALUES ")
+			for i := range rows {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?)")
+			}
+			q[ignore][rows] = b.String()
 		}
-		b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?)")
 	}
-	return b.String()
+	return q
+}()
+
+func insertQuery(rows int, orIgnore bool) string {
+	if orIgnore {
+		return insertQueries[1][rows]
+	}
+	return insertQueries[0][rows]
 }
 
 // insert writes calls in chunks and returns how many rows were inserted.
@@ -55,11 +70,7 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 			args = append(args, c.ID, c.Function, c.Input, int(state), c.Attempt, owner, expires,
 				c.RunAfter.UnixNano(), parent, c.Gather, c.Index, created, created)
 		}
-		res, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
-		if err != nil {
-			return inserted, err
-		}
-		n, err := res.RowsAffected()
+		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
 		if err != nil {
 			return inserted, err
 		}
@@ -84,6 +95,24 @@ func (s *Store) CallInsertMany(ctx context.Context, calls []*dispatch.Call) erro
 }
 
 const claimColumns = `id, function, input, attempt, failures, run_after, parent_id, gather, idx, gathers, created_at`
+
+// claimed makes a running call of a row of claimColumns.
+func claimed(row []driver.Value) *dispatch.Call {
+	return &dispatch.Call{
+		State:     dispatch.StateRunning,
+		ID:        asString(row[0]),
+		Function:  asString(row[1]),
+		Input:     asBytes(row[2]),
+		Attempt:   int(asInt(row[3])),
+		Failures:  int(asInt(row[4])),
+		RunAfter:  fromNanos(asInt(row[5])),
+		ParentID:  asString(row[6]),
+		Gather:    int(asInt(row[7])),
+		Index:     int(asInt(row[8])),
+		Gathers:   int(asInt(row[9])),
+		CreatedAt: fromNanos(asInt(row[10])),
+	}
+}
 
 func claimQuery(functions int) string {
 	return `UPDATE calls SET state = 1, lease_owner = ?, lease_expires = ?, attempt = attempt + 1, updated_at = ?
@@ -117,23 +146,12 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 	var calls []*dispatch.Call
 	err := s.w.do(ctx, func(tx *wtx) error {
 		calls = calls[:0]
-		rows, err := tx.query(query, args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			c := &dispatch.Call{State: dispatch.StateRunning, LeaseOwner: p.Owner, LeaseExpires: p.LeaseUntil}
-			var runAfter, created int64
-			var parent sql.NullString
-			if err := rows.Scan(&c.ID, &c.Function, &c.Input, &c.Attempt, &c.Failures, &runAfter,
-				&parent, &c.Gather, &c.Index, &c.Gathers, &created); err != nil {
-				return err
-			}
-			c.RunAfter, c.CreatedAt, c.ParentID = fromNanos(runAfter), fromNanos(created), parent.String
+		return tx.query(query, args, func(row []driver.Value) error {
+			c := claimed(row)
+			c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
 			calls = append(calls, c)
-		}
-		return rows.Err()
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim calls: %w", err)
@@ -167,19 +185,14 @@ func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewPa
 func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseReleaseParams) (int, error) {
 	var n int64
 	err := s.w.do(ctx, func(tx *wtx) error {
-		var res sql.Result
 		var err error
 		if p.Owner != "" {
-			res, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+			n, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
 				WHERE state = 1 AND lease_owner = ?`, p.Owner)
 		} else {
-			res, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+			n, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
 				WHERE state = 1 AND lease_expires <= ?`, p.Now.UnixNano())
 		}
-		if err != nil {
-			return err
-		}
-		n, err = res.RowsAffected()
 		return err
 	})
 	if err != nil {
@@ -194,13 +207,10 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 	now := p.Now.UnixNano()
 	err := s.w.do(ctx, func(tx *wtx) error {
 		applied = false
-		res, err := tx.exec(`UPDATE calls SET state = 2, gathers = ?, waiting = ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+		n, err := tx.exec(`UPDATE calls SET state = 2, gathers = ?, waiting = ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
 			WHERE id = ? AND state = 1 AND attempt = ?`,
 			p.Gather+1, len(p.Children), now, p.ID, p.Attempt)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil || n == 0 {
+		if err != nil || n == 0 {
 			return err
 		}
 		applied = true
@@ -246,75 +256,48 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	res := &dispatch.CallFinishResult{}
 	err := s.w.do(ctx, func(tx *wtx) error {
 		*res = dispatch.CallFinishResult{}
-		r, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
+		n, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
 				failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
 			WHERE id = ? AND state = 1 AND attempt = ?`,
 			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt)
-		if err != nil {
-			return err
-		}
-		if n, err := r.RowsAffected(); err != nil || n == 0 {
+		if err != nil || n == 0 {
 			return err
 		}
 		res.Applied = true
 		if p.ParentID == "" || !p.State.Final() {
 			return nil
 		}
-		var waiting int
-		err = queryRow(tx, `UPDATE calls SET waiting = waiting - 1, updated_at = ?
-			WHERE id = ? AND state = 2 RETURNING waiting`, []any{now, p.ParentID}, &waiting)
+		// Count the child off; the last one makes the parent runnable.
+		n, err = tx.exec(`UPDATE calls SET waiting = waiting - 1, updated_at = ?
+			WHERE id = ? AND state = 2 AND waiting > 1`, now, p.ParentID)
+		if err != nil || n > 0 {
+			return err
+		}
+		if p.ResumeOwner == "" {
+			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 0, run_after = ?, updated_at = ?
+				WHERE id = ? AND state = 2`, now, now, p.ParentID)
+			res.ParentResumed = n > 0
+			return err
+		}
+		row, err := tx.queryRow(`UPDATE calls SET waiting = 0, state = 1, attempt = attempt + 1,
+				lease_owner = ?, lease_expires = ?, run_after = ?, updated_at = ?
+			WHERE id = ? AND state = 2 RETURNING `+claimColumns,
+			p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, now, p.ParentID)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			return nil // the parent is not waiting (it was redriven, or is gone)
 		case err != nil:
 			return err
-		case waiting > 0:
-			return nil
 		}
 		res.ParentResumed = true
-		if p.ResumeOwner == "" {
-			_, err := tx.exec(`UPDATE calls SET state = 0, run_after = ? WHERE id = ?`, now, p.ParentID)
-			return err
-		}
-		parent := &dispatch.Call{State: dispatch.StateRunning, LeaseOwner: p.ResumeOwner, LeaseExpires: p.ResumeLeaseUntil}
-		var ra, created int64
-		var grand sql.NullString
-		err = queryRow(tx, `UPDATE calls SET state = 1, attempt = attempt + 1, lease_owner = ?, lease_expires = ?, run_after = ?
-			WHERE id = ? RETURNING `+claimColumns,
-			[]any{p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, p.ParentID},
-			&parent.ID, &parent.Function, &parent.Input, &parent.Attempt, &parent.Failures, &ra,
-			&grand, &parent.Gather, &parent.Index, &parent.Gathers, &created)
-		if err != nil {
-			return err
-		}
-		parent.RunAfter, parent.CreatedAt, parent.ParentID = fromNanos(ra), fromNanos(created), grand.String
-		res.Parent = parent
+		res.Parent = claimed(row)
+		res.Parent.LeaseOwner, res.Parent.LeaseExpires = p.ResumeOwner, p.ResumeLeaseUntil
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("finish call: %w", err)
 	}
 	return res, nil
-}
-
-func queryRow(tx *wtx, query string, args []any, dest ...any) error {
-	rows, err := tx.query(query, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return sql.ErrNoRows
-	}
-	if err := rows.Scan(dest...); err != nil {
-		return err
-	}
-	for rows.Next() {
-	}
-	return rows.Err()
 }
 
 const callColumns = `id, function, input, state, attempt, failures, run_after, lease_owner, lease_expires,
@@ -355,7 +338,7 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 
 // CallListChildren implements dispatch.Store.
 func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT `+callColumns+` FROM calls
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+childColumns+` FROM calls
 		WHERE parent_id = ? ORDER BY gather, idx`, parentID)
 	if err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
@@ -363,16 +346,41 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 	defer rows.Close()
 	var calls []*dispatch.Call
 	for rows.Next() {
-		c, err := scanCall(rows.Scan)
+		c, err := scanChild(rows.Scan)
 		if err != nil {
 			return nil, fmt.Errorf("list children: %w", err)
 		}
+		c.ParentID = parentID
 		calls = append(calls, c)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
 	}
 	return calls, nil
+}
+
+// childColumns are those of callColumns but the input, which a parent never
+// needs and which is the bulk of a row.
+const childColumns = `id, function, state, attempt, failures, run_after, lease_owner, lease_expires,
+	gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+
+func scanChild(scan func(...any) error) (*dispatch.Call, error) {
+	var c dispatch.Call
+	var runAfter, created, updated int64
+	var leaseExpires sql.NullInt64
+	var leaseOwner, errText sql.NullString
+	var state, status int
+	if err := scan(&c.ID, &c.Function, &state, &c.Attempt, &c.Failures, &runAfter, &leaseOwner, &leaseExpires,
+		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated); err != nil {
+		return nil, err
+	}
+	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
+	c.RunAfter, c.CreatedAt, c.UpdatedAt = fromNanos(runAfter), fromNanos(created), fromNanos(updated)
+	c.LeaseOwner, c.Error = leaseOwner.String, errText.String
+	if leaseExpires.Valid {
+		c.LeaseExpires = fromNanos(leaseExpires.Int64)
+	}
+	return &c, nil
 }
 
 // CallDeleteFinished implements dispatch.Store.
@@ -384,23 +392,15 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	var deleted int
 	err := s.w.do(ctx, func(tx *wtx) error {
 		deleted = 0
-		rows, err := tx.query(`SELECT id FROM calls
-			WHERE parent_id IS NULL AND state IN (3, 4) AND state = ? AND updated_at < ?
-			ORDER BY updated_at LIMIT ?`, int(state), p.Before.UnixNano(), p.Limit)
-		if err != nil {
-			return err
-		}
 		var ids []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		err := tx.query(`SELECT id FROM calls
+			WHERE parent_id IS NULL AND state IN (3, 4) AND state = ? AND updated_at < ?
+			ORDER BY updated_at LIMIT ?`, []any{int(state), p.Before.UnixNano(), p.Limit},
+			func(row []driver.Value) error {
+				ids = append(ids, asString(row[0]))
+				return nil
+			})
+		if err != nil {
 			return err
 		}
 		for _, id := range ids {

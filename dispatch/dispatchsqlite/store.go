@@ -125,7 +125,7 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		"journal_mode(WAL)",
 		"synchronous(" + sync + ")",
 		"foreign_keys(OFF)",
-		"cache_size(-65536)", // 64 MiB
+		"cache_size(-16384)", // 16 MiB
 		"temp_store(MEMORY)",
 	}
 	var err error
@@ -165,7 +165,11 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		return fmt.Errorf("open writer connection: %w", err)
 	}
 	s.w = newWriter(conn, cfg.MaxBatch, s.log)
-	go s.w.run()
+	if err := s.w.start(); err != nil {
+		_ = conn.Close()
+		s.w = nil
+		return err
+	}
 	return nil
 }
 
