@@ -94,7 +94,7 @@ func newFunctions(dests Destinations, client *webhook.Client) *functions {
 			return Fanout{}, err
 		}
 		return Fanout{Destinations: len(deliveries)}, nil
-	})
+	}).Eager() // it only reads before its Gather: store it with its deliveries, in one write
 	return &functions{handleEvent: handleEvent, publishEvent: publishEvent}
 }
 

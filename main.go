@@ -163,6 +163,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if serr := rt.Stop(shutdownCtx); serr != nil {
 		err = errors.Join(err, serr)
 	}
+	st, rs := store.Stats(), rt.Stats()
+	log.Info("totals", "commits", st.Commits, "store_operations", st.Ops, "claims", rs.Claims, "claimed", rs.Claimed,
+		"leased_on_create", rs.LeasedOnCreate, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed)
 	if serr := store.Close(); serr != nil {
 		err = errors.Join(err, fmt.Errorf("close store: %w", serr))
 	}

@@ -92,6 +92,10 @@ type Runtime struct {
 	backlog atomic.Bool  // the store may hold runnable calls nobody leased
 	due     atomic.Int64 // earliest retry this process scheduled, unix nanoseconds; 0 when none
 
+	stats struct {
+		claims, claimed, leasedOnCreate, eager, finished, retried, failed atomic.Int64
+	}
+
 	mu       sync.Mutex
 	inflight map[string]*inflight // leased to this process: queued or running
 	reserved int                  // worker slots promised to calls being stored
@@ -198,6 +202,26 @@ func (r *Runtime) Register(fns ...AnyFunction) error {
 	}
 	slices.Sort(r.names)
 	return nil
+}
+
+// Stats counts what the runtime did since it started.
+type Stats struct {
+	// Claims is the number of claim operations and Claimed the calls they
+	// returned; LeasedOnCreate counts the calls that needed no claim
+	// because they were leased to this process as they were stored, and
+	// Eager the first attempts made before storing (see Function.Eager).
+	Claims, Claimed, LeasedOnCreate, Eager int64
+	// Done, Retried and Failed count attempts by outcome.
+	Done, Retried, Failed int64
+}
+
+// Stats returns the runtime's counters.
+func (r *Runtime) Stats() Stats {
+	return Stats{
+		Claims: r.stats.claims.Load(), Claimed: r.stats.claimed.Load(), LeasedOnCreate: r.stats.leasedOnCreate.Load(),
+		Eager: r.stats.eager.Load(),
+		Done: r.stats.finished.Load(), Retried: r.stats.retried.Load(), Failed: r.stats.failed.Load(),
+	}
 }
 
 // Owner returns the name this runtime leases calls under.
@@ -311,14 +335,63 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		ids[i] = id.String()
 		rows[i] = &Call{ID: ids[i], Function: c.Function, Input: c.Input, RunAfter: now, CreatedAt: now}
 	}
-	leased := r.leaseNew(rows, now)
-	if err := r.store.CallInsertMany(ctx, rows); err != nil {
+	// Run the first attempt of eager calls now; lease what is runnable now
+	// (the others, and the children of eager calls) to this process.
+	runnable, children := rows, []*Call(nil)
+	var due time.Time
+	if r.running() {
+		runnable = runnable[:0:0]
+		for _, c := range rows {
+			if !r.funcs[c.Function].isEager() {
+				runnable = append(runnable, c)
+				continue
+			}
+			kids := r.runEager(ctx, c, now)
+			children = append(children, kids...)
+			runnable = append(runnable, kids...)
+			if c.State == StatePending && (due.IsZero() || c.RunAfter.Before(due)) {
+				due = c.RunAfter
+			}
+		}
+	}
+	leased := r.leaseNew(runnable, now)
+	if err := r.store.CallInsertMany(ctx, append(rows, children...)); err != nil {
 		r.unreserve(leased)
 		return nil, fmt.Errorf("dispatch: store calls: %w", err)
 	}
-	r.admit(rows[:leased])
-	if leased < len(rows) {
+	r.admit(runnable[:leased])
+	if leased < len(runnable) {
 		r.signalBacklog()
 	}
+	if !due.IsZero() {
+		r.noteDue(due)
+	}
 	return ids, nil
+}
+
+// running reports whether the runtime runs calls: started, not stopping.
+func (r *Runtime) running() bool {
+	return r.state.Load() == stateStarted && !r.stopping.Load()
+}
+
+// runEager makes the first attempt of a new call and records its outcome in
+// the call, before it is stored. It returns the children of a suspension.
+func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call {
+	r.stats.eager.Add(1)
+	c.Attempt = 1
+	cc := &callContext{rt: r, call: c}
+	output, err := r.run(context.WithValue(ctx, ctxKey{}, cc), r.funcs[c.Function], c)
+	if s := cc.suspend; s != nil {
+		c.State, c.Gathers, c.Waiting = StateWaiting, s.gather+1, len(s.children)
+		return s.children
+	}
+	p := r.outcome(ctx, c, output, err, now)
+	c.State, c.Output, c.Error, c.Status = p.State, p.Output, p.Error, p.Status
+	if p.State != StateDone {
+		c.Failures = 1
+	}
+	if p.State == StatePending {
+		c.RunAfter = p.RunAfter
+	}
+	return nil
 }

@@ -66,6 +66,7 @@ func (r *Runtime) admit(calls []*Call) {
 // many (the first ones).
 func (r *Runtime) leaseNew(calls []*Call, now time.Time) int {
 	k := r.reserve(len(calls))
+	r.stats.leasedOnCreate.Add(int64(k))
 	for _, c := range calls[:k] {
 		c.State = StateRunning
 		c.Attempt = 1
@@ -157,6 +158,8 @@ func (r *Runtime) schedule(ctx context.Context) {
 						r.log.Info("claiming calls again")
 					}
 					failing = false
+					r.stats.claims.Add(1)
+					r.stats.claimed.Add(int64(len(calls)))
 					r.unreserve(limit - len(calls))
 					r.admit(calls)
 					if len(calls) == limit && ctx.Err() == nil {
@@ -330,32 +333,7 @@ func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
 // this process in the same transaction, if a slot is free, and run at once.
 func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error) {
 	now := r.clock.Now()
-	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now}
-	switch {
-	case err == nil:
-		p.State = StateDone
-		p.Output = output
-		p.Status = StatusOK
-	default:
-		p.Status = ErrorStatus(err)
-		p.Error = err.Error()
-		p.State = StateFailed
-		if p.Status.Retryable() {
-			hint, _ := retryAfterHint(err)
-			if at, ok := r.policy.NextRetry(c.Failures+1, c.CreatedAt, now, hint); ok {
-				p.State = StatePending
-				p.RunAfter = at
-			} else {
-				p.Error = fmt.Sprintf("gave up after %d attempts: %s", c.Failures+1, p.Error)
-			}
-		}
-		level := slog.LevelDebug
-		if p.State == StateFailed {
-			level = slog.LevelWarn
-		}
-		r.log.Log(ctx, level, "call attempt failed", "function", c.Function, "call", c.ID,
-			"attempt", c.Attempt, "status", p.Status, "err", err, "retry", p.State == StatePending)
-	}
+	p := r.outcome(ctx, c, output, err, now)
 	resume := 0
 	if c.ParentID != "" && p.State.Final() {
 		if resume = r.reserve(1); resume == 1 {
@@ -385,6 +363,39 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error)
 	if p.State == StatePending {
 		r.noteDue(p.RunAfter)
 	}
+}
+
+// outcome classifies the result of an attempt: done, failed, or a retry
+// scheduled by the retry policy.
+func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error, now time.Time) *CallFinishParams {
+	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now}
+	if err == nil {
+		p.State, p.Output, p.Status = StateDone, output, StatusOK
+		r.stats.finished.Add(1)
+		return p
+	}
+	p.Status = ErrorStatus(err)
+	p.Error = err.Error()
+	p.State = StateFailed
+	if p.Status.Retryable() {
+		hint, _ := retryAfterHint(err)
+		if at, ok := r.policy.NextRetry(c.Failures+1, c.CreatedAt, now, hint); ok {
+			p.State = StatePending
+			p.RunAfter = at
+		} else {
+			p.Error = fmt.Sprintf("gave up after %d attempts: %s", c.Failures+1, p.Error)
+		}
+	}
+	level := slog.LevelDebug
+	if p.State == StateFailed {
+		level = slog.LevelWarn
+		r.stats.failed.Add(1)
+	} else {
+		r.stats.retried.Add(1)
+	}
+	r.log.Log(ctx, level, "call attempt failed", "function", c.Function, "call", c.ID,
+		"attempt", c.Attempt, "status", p.Status, "err", err, "retry", p.State == StatePending)
+	return p
 }
 
 // maintain renews the leases of long-running calls, returns expired leases to

@@ -99,11 +99,13 @@ type Call struct {
 // Implementations must be safe for concurrent use and must pass
 // dispatchtest.Exercise.
 type Store interface {
-	// CallInsertMany commits calls all together or not at all. A call is
-	// stored in its State: pending (runnable at RunAfter), or running,
-	// leased to LeaseOwner until LeaseExpires at Attempt, for a process that
-	// stores work in order to run it itself and so saves claiming it.
-	// Inserting an id that exists is an error and inserts nothing.
+	// CallInsertMany commits calls all together or not at all, each as
+	// given: pending (runnable at RunAfter); running, leased to LeaseOwner
+	// until LeaseExpires (a process that stores work in order to run it
+	// itself saves claiming it); or with the outcome of a first attempt
+	// already made (done, failed, a retry at RunAfter, or waiting on
+	// Waiting children stored in the same call). Inserting an id that
+	// exists is an error and inserts nothing.
 	CallInsertMany(ctx context.Context, calls []*Call) error
 
 	// CallClaim leases up to Limit runnable calls (pending, RunAfter <= Now,

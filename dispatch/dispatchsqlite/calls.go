@@ -18,7 +18,7 @@ import (
 // statements cut the per-statement cost that dominates small rows.
 const insertChunk = 64
 
-const insertColumns = 13
+const insertColumns = 19
 
 // insertQueries holds the INSERT statements by row count (1..insertChunk),
 // plain and OR IGNORE, built once.
@@ -30,12 +30,13 @@ var insertQueries = func() (q [2][insertChunk + 1]string) {
 			if ignore == 1 {
 				b.WriteString("OR IGNORE ")
 			}
-			b.WriteString("INTO calls (id, function, input, state, attempt, lease_owner, lease_expires, run_after, parent_id, gather, idx, created_at, updated_at) VALUES ")
+			b.WriteString("INTO calls (id, function, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
+				"parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at) VALUES ")
 			for i := range rows {
 				if i > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?)")
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 			}
 			q[ignore][rows] = b.String()
 		}
@@ -58,17 +59,26 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 		chunk := calls[start:min(start+insertChunk, len(calls))]
 		args = args[:0]
 		for _, c := range chunk {
-			var parent, owner, expires any
+			var parent, owner, expires, output, errText any
 			if c.ParentID != "" {
 				parent = c.ParentID
 			}
-			state := dispatch.StatePending
 			if c.State == dispatch.StateRunning {
-				state, owner, expires = dispatch.StateRunning, c.LeaseOwner, c.LeaseExpires.UnixNano()
+				owner, expires = c.LeaseOwner, c.LeaseExpires.UnixNano()
 			}
-			created := c.CreatedAt.UnixNano()
-			args = append(args, c.ID, c.Function, c.Input, int(state), c.Attempt, owner, expires,
-				c.RunAfter.UnixNano(), parent, c.Gather, c.Index, created, created)
+			if c.State == dispatch.StateDone {
+				output = c.Output
+			}
+			if c.Error != "" {
+				errText = c.Error
+			}
+			created, updated := c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano()
+			if c.UpdatedAt.IsZero() {
+				updated = created
+			}
+			args = append(args, c.ID, c.Function, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
+				c.RunAfter.UnixNano(), parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
+				created, updated)
 		}
 		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
 		if err != nil {

@@ -384,6 +384,72 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("EagerFirstAttempt", func(t *testing.T) {
+		s := open(t, t.Name())
+		release := make(chan struct{})
+		child := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
+			<-release
+			return in.N, nil
+		})
+		var runs atomic.Int32
+		parent := dispatch.Func("parent", func(ctx context.Context, in item) (int, error) {
+			runs.Add(1)
+			switch in.N {
+			case 0: // no children: done on the spot
+				return 7, nil
+			case 1:
+				return 0, fmt.Errorf("%w: not yet", dispatch.ErrTemporary)
+			case 2:
+				return 0, errors.New("never")
+			}
+			out, err := child.Gather(ctx, []item{{N: 1}, {N: 2}})
+			if err != nil {
+				return 0, err
+			}
+			return out[0] + out[1], nil
+		}).Eager()
+		clock := clockwork.NewFakeClockAt(T0)
+		policy := &dispatch.Backoff{Initial: time.Minute, MaxAttempts: 3, RandFunc: func() float64 { return 0.5 }}
+		rt := StartRuntime(t, dispatch.Config{Store: s, Clock: clock, RetryPolicy: policy}, child, parent)
+		ids := make([]string, 4)
+		for n := range ids {
+			id, err := parent.Dispatch(ctx, item{N: n})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[n] = id
+		}
+		if got := runs.Load(); got != 4 {
+			t.Fatalf("the eager function ran %d times during Dispatch, want 4", got)
+		}
+		// Stored with the outcome of the first attempt, without waiting for a worker.
+		if c := mustGet(t, s, ids[0]); c.State != dispatch.StateDone || string(c.Output) != "7" || c.Attempt != 1 {
+			t.Fatalf("call without children %+v, want stored done with 7", c)
+		}
+		if c := mustGet(t, s, ids[1]); c.State != dispatch.StatePending || c.Failures != 1 ||
+			!c.RunAfter.Equal(T0.Add(30*time.Second)) || !strings.Contains(c.Error, "not yet") {
+			t.Fatalf("temporary failure %+v, want stored pending for a retry at T0+30s", c)
+		}
+		if c := mustGet(t, s, ids[2]); c.State != dispatch.StateFailed || c.Error != "never" {
+			t.Fatalf("permanent failure %+v, want stored failed", c)
+		}
+		p := mustGet(t, s, ids[3])
+		if p.State != dispatch.StateWaiting || p.Gathers != 1 || p.Waiting != 2 {
+			t.Fatalf("gathering call %+v, want stored waiting on 2 children", p)
+		}
+		kids, err := s.CallListChildren(ctx, ids[3])
+		if err != nil || len(kids) != 2 {
+			t.Fatalf("children stored with the call: %d, %v", len(kids), err)
+		}
+		close(release)
+		if c := WaitCall(t, s, ids[3], dispatch.StateDone, dispatch.StateFailed); c.State != dispatch.StateDone || string(c.Output) != "3" {
+			t.Fatalf("parent %+v, want done with 3", c)
+		}
+		if st := rt.Stats(); st.Eager != 4 {
+			t.Fatalf("Stats().Eager = %d, want 4", st.Eager)
+		}
+	})
+
 	t.Run("ConcurrentDispatch", func(t *testing.T) {
 		s := open(t, t.Name())
 		const goroutines, each = 50, 20
