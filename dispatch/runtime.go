@@ -46,8 +46,9 @@ type Config struct {
 	// RetryPolicy schedules retries (default DefaultBackoff()).
 	RetryPolicy RetryPolicy
 	// Retention, when positive, deletes top-level calls that are done, with
-	// their descendants, this long after they finished. Failed calls are
-	// kept for FailedRetention, or forever when it is zero.
+	// their descendants, once they were created this long ago. Failed calls
+	// are kept for FailedRetention, or forever when it is zero. A call that
+	// is not finished is never deleted.
 	Retention       time.Duration
 	FailedRetention time.Duration
 	// Clock is the time source (default the real clock); tests inject a

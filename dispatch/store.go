@@ -145,9 +145,9 @@ type Store interface {
 	CallListChildren(ctx context.Context, parentID string) ([]*Call, error)
 
 	// CallDeleteFinished deletes up to Limit top-level calls that are done
-	// (failed, when Failed is set) and were last updated before Before,
-	// together with all their descendants. It returns how many top-level
-	// calls it deleted.
+	// (failed, when Failed is set) and were created before Before, together
+	// with all their descendants, oldest first. It returns how many
+	// top-level calls it deleted; fewer than Limit means none is left.
 	CallDeleteFinished(ctx context.Context, params *CallDeleteFinishedParams) (int, error)
 
 	// Close releases the store. Calls made after Close fail.

@@ -394,41 +394,86 @@ func scanChild(scan func(...any) error) (*dispatch.Call, error) {
 }
 
 // CallDeleteFinished implements dispatch.Store.
+//
+// It walks top-level calls in rowid order, which is the order they were
+// stored in and so, near enough, of creation, from a mark kept in memory:
+// the rowid before which nothing is left to delete by this rule. The mark
+// stops at the first call that is not finished yet, so that it is seen again
+// once it is; calls kept by the rule (the other final state) are passed. An
+// index on age would find the calls directly, but every event would pay for
+// it on the write path, where this pays on a pass a minute.
 func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFinishedParams) (int, error) {
-	state := dispatch.StateDone
+	target := dispatch.StateDone
+	rule := 0
 	if p.Failed {
-		state = dispatch.StateFailed
+		target, rule = dispatch.StateFailed, 1
 	}
+	before := p.Before.UnixNano()
 	var deleted int
 	err := s.w.do(ctx, func(tx *wtx) error {
 		deleted = 0
-		var ids []string
-		err := tx.query(`SELECT id FROM calls
-			WHERE parent_id IS NULL AND state IN (3, 4) AND state = ? AND updated_at < ?
-			ORDER BY updated_at LIMIT ?`, []any{int(state), p.Before.UnixNano(), p.Limit},
-			func(row []driver.Value) error {
-				ids = append(ids, asString(row[0]))
-				return nil
-			})
-		if err != nil {
+		mark := s.retentionMark[rule]
+		if row, err := tx.queryRow(`SELECT COALESCE(MAX(rowid), 0) FROM calls`); err != nil {
 			return err
+		} else if asInt(row[0]) < mark {
+			mark = 0 // the table emptied and rowids start again
 		}
-		for _, id := range ids {
-			if _, err := tx.exec(`WITH RECURSIVE tree(id) AS (
-					SELECT ?
-					UNION ALL
-					SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
-				)
-				DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, id); err != nil {
+		type root struct {
+			rowid int64
+			id    string
+			state dispatch.State
+		}
+		for deleted < p.Limit {
+			var roots []root
+			old := true
+			err := tx.query(`SELECT rowid, id, state, created_at FROM calls
+				WHERE rowid > ? AND parent_id IS NULL ORDER BY rowid LIMIT 500`, []any{mark},
+				func(row []driver.Value) error {
+					if asInt(row[3]) >= before {
+						old = false
+					}
+					if old {
+						roots = append(roots, root{asInt(row[0]), asString(row[1]), dispatch.State(asInt(row[2]))})
+					}
+					return nil
+				})
+			if err != nil {
 				return err
 			}
+			blocked := false
+			for _, r := range roots {
+				switch {
+				case r.state == target:
+					if _, err := tx.exec(`WITH RECURSIVE tree(id) AS (
+							SELECT ?
+							UNION ALL
+							SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
+						)
+						DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, r.id); err != nil {
+						return err
+					}
+					deleted++
+				case !r.state.Final():
+					blocked = true
+				}
+				if !blocked {
+					mark = r.rowid
+				}
+				if deleted == p.Limit {
+					break
+				}
+			}
+			if len(roots) < 500 || !old {
+				break
+			}
 		}
-		deleted = len(ids)
+		s.nextMark[rule] = mark
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("delete finished calls: %w", err)
 	}
+	s.retentionMark[rule] = s.nextMark[rule]
 	return deleted, nil
 }
 

@@ -70,6 +70,12 @@ type Store struct {
 	rdb    *sql.DB
 	w      *writer
 	closed chan struct{}
+
+	// retentionMark is, per rule (done, failed), the rowid up to which
+	// CallDeleteFinished has nothing left to delete; nextMark is the mark
+	// a pass computed, kept only once its transaction commits. Both belong
+	// to the writer goroutine (and to the caller after the commit).
+	retentionMark, nextMark [2]int64
 }
 
 var _ dispatch.Store = (*Store)(nil)

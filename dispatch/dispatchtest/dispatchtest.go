@@ -433,42 +433,57 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 	t.Run("DeleteFinished", func(t *testing.T) {
 		s := open(t, t.Name())
 		defer s.Close()
-		for _, id := range []string{"old", "oldfail", "new"} {
-			mustInsert(t, s, newCall(id, "parent", `{}`, T0))
-			p := mustClaim(t, s, "o", T0, 1, "parent")[0]
-			child := &dispatch.Call{ID: id + ".0.0", Function: "f", Input: []byte(`{}`), ParentID: id, RunAfter: T0, CreatedAt: T0}
-			if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: id, Attempt: p.Attempt, Children: []*dispatch.Call{child}, Now: T0}); err != nil || !ok {
-				t.Fatal(ok, err)
-			}
-			c := mustClaim(t, s, "o", T0, 1)[0]
-			mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: id, State: dispatch.StateDone})
-			p = mustClaim(t, s, "o", T0, 1, "parent")[0]
-			state, at := dispatch.StateDone, T0
-			switch id {
-			case "oldfail":
-				state = dispatch.StateFailed
-			case "new":
-				at = T0.Add(time.Hour)
-			}
-			mustFinish(t, s, &dispatch.CallFinishParams{ID: id, Attempt: p.Attempt, State: state, Now: at})
+		// tree stores a top-level call with one child, both finished.
+		tree := func(id string, created time.Time, state dispatch.State) {
+			t.Helper()
+			mustInsert(t, s, &dispatch.Call{ID: id, Function: "parent", Input: []byte(`{}`), RunAfter: created, CreatedAt: created,
+				State: dispatch.StateWaiting, Gathers: 1, Waiting: 1},
+				&dispatch.Call{ID: id + ".0.0", Function: "f", Input: []byte(`{}`), ParentID: id, RunAfter: created, CreatedAt: created})
+			c := mustClaim(t, s, "o", created, 1)[0]
+			mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: id, State: dispatch.StateDone,
+				ResumeOwner: "o", ResumeLeaseUntil: created.Add(time.Hour)})
+			mustFinish(t, s, &dispatch.CallFinishParams{ID: id, Attempt: 1, State: state, Now: created})
 		}
-		n, err := s.CallDeleteFinished(ctx, &dispatch.CallDeleteFinishedParams{Before: T0.Add(time.Minute), Limit: 10})
-		if err != nil || n != 1 {
-			t.Fatalf("CallDeleteFinished = %d, %v; want 1 (old)", n, err)
+		tree("old", T0, dispatch.StateDone)
+		tree("oldfail", T0, dispatch.StateFailed)
+		mustInsert(t, s, newCall("unfinished", "parent", `{}`, T0))
+		tree("old2", T0.Add(time.Second), dispatch.StateDone)
+		for i := range 5 {
+			tree(fmt.Sprintf("batch%d", i), T0.Add(2*time.Second), dispatch.StateDone)
 		}
-		for id, want := range map[string]bool{"old": false, "old.0.0": false, "oldfail": true, "oldfail.0.0": true, "new": true, "new.0.0": true} {
+		tree("new", T0.Add(time.Hour), dispatch.StateDone)
+		cutoff := T0.Add(time.Minute)
+
+		pass := func(before time.Time, failed bool, limit, want int) {
+			t.Helper()
+			n, err := s.CallDeleteFinished(ctx, &dispatch.CallDeleteFinishedParams{Before: before, Failed: failed, Limit: limit})
+			if err != nil || n != want {
+				t.Fatalf("CallDeleteFinished(before %v, failed %v, limit %d) = %d, %v; want %d", before, failed, limit, n, err, want)
+			}
+		}
+		pass(cutoff, false, 2, 2) // old, old2: the limit bounds a pass
+		pass(cutoff, false, 10, 5)
+		present := map[string]bool{"old": false, "old.0.0": false, "old2": false, "batch4.0.0": false, "oldfail": true,
+			"oldfail.0.0": true, "unfinished": true, "new": true, "new.0.0": true}
+		for id, want := range present {
 			_, err := s.CallGet(ctx, id)
 			if got := err == nil; got != want {
 				t.Fatalf("after retention, %s present=%v, want %v (err %v)", id, got, want, err)
 			}
 		}
-		n, err = s.CallDeleteFinished(ctx, &dispatch.CallDeleteFinishedParams{Before: T0.Add(time.Minute), Failed: true, Limit: 10})
-		if err != nil || n != 1 {
-			t.Fatalf("CallDeleteFinished(failed) = %d, %v; want 1", n, err)
-		}
+		pass(cutoff, true, 10, 1)
 		if _, err := s.CallGet(ctx, "oldfail.0.0"); !errors.Is(err, dispatch.ErrCallNotFound) {
 			t.Fatal("children of a deleted failed call remain")
 		}
+		pass(cutoff, false, 10, 0)
+		// The unfinished call goes once it is done.
+		c := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
+		pass(cutoff, false, 10, 1)
+		pass(T0.Add(2*time.Hour), false, 10, 1) // new
+		// After the table emptied, rowids start again: new calls still go.
+		tree("again", T0, dispatch.StateDone)
+		pass(cutoff, false, 10, 1)
 	})
 
 	t.Run("Reopen", func(t *testing.T) {
