@@ -51,9 +51,6 @@ func addRoutes(mux *http.ServeMux, log *slog.Logger, ingest ingestFunc, limits L
 
 // handleEventPost accepts one event: a JSON object.
 func handleEventPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Handler {
-	type response struct {
-		ID string `json:"id"`
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := readBody(w, r, limits.MaxEventBytes, "--max-event-bytes")
 		if err != nil {
@@ -69,7 +66,10 @@ func handleEventPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Ha
 			writeError(w, r, log, err)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, response{ID: ids[0]})
+		// Ids are UUIDs: nothing to escape. This is the hot path.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"id":"`+ids[0]+`"}`+"\n")
 	})
 }
 

@@ -709,3 +709,16 @@ func TestRun_DataDirInUse(t *testing.T) {
 		t.Fatalf("second run on the same data: %v, want an error saying it is in use", err)
 	}
 }
+
+func TestFanout_MarshalJSON(t *testing.T) {
+	for _, n := range []int{0, 2, 1234} {
+		b, err := json.Marshal(Fanout{Destinations: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Fanout
+		if err := json.Unmarshal(b, &back); err != nil || back.Destinations != n {
+			t.Fatalf("Fanout{%d} marshals to %s, which reads back as %+v (%v)", n, b, back, err)
+		}
+	}
+}
