@@ -338,16 +338,24 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 	}
 	// Run the first attempt of eager calls now; lease what is runnable now
 	// (the others, and the children of eager calls) to this process.
+	//
+	// Eager attempts stop once their children would outnumber the free
+	// workers: a burst (a large batch into a busy process) is then stored
+	// as plain calls, one row each, and fanned out as workers free up,
+	// instead of making the request that brought it pay for the whole
+	// fan-out before it is answered.
 	runnable, children := rows, []*Call(nil)
 	var due time.Time
 	if r.running() {
+		budget := r.free()
 		runnable = runnable[:0:0]
 		for _, c := range rows {
-			if !r.funcs[c.Function].isEager() {
+			if budget <= 0 || !r.funcs[c.Function].isEager() {
 				runnable = append(runnable, c)
 				continue
 			}
 			kids := r.runEager(ctx, c, now)
+			budget -= max(1, len(kids))
 			children = append(children, kids...)
 			runnable = append(runnable, kids...)
 			if c.State == StatePending && (due.IsZero() || c.RunAfter.Before(due)) {

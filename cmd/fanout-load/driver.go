@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // driver sends the load: C goroutines, each with its own keep-alive
@@ -26,6 +28,7 @@ type driver struct {
 	runID  string
 	pad    string
 	seq    atomic.Int64
+	limit  *rate.Limiter // nil: no pacing
 	sent   atomic.Int64 // events in requests answered 2xx
 	reqs   atomic.Int64
 
@@ -39,7 +42,16 @@ func newDriver(base string, o *options) *driver {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	pad := max(o.eventSize-60, 0)
+	var limit *rate.Limiter
+	if o.rate > 0 {
+		burst := o.batch
+		if o.mode == "event" {
+			burst = 1
+		}
+		limit = rate.NewLimiter(rate.Limit(o.rate), max(burst, int(o.rate/100)))
+	}
 	return &driver{
+		limit:  limit,
 		client: &http.Client{
 			Timeout: 30 * time.Second,
 			Transport: &http.Transport{
@@ -106,6 +118,11 @@ func (d *driver) run(ctx context.Context, deadline time.Time) {
 			for ctx.Err() == nil && time.Now().Before(deadline) {
 				if d.o.events > 0 && d.seq.Load() >= d.o.events {
 					return
+				}
+				if d.limit != nil {
+					if err := d.limit.WaitN(ctx, per); err != nil {
+						return
+					}
 				}
 				ids := d.body(per, &buf)
 				start := time.Now()

@@ -51,6 +51,7 @@ type options struct {
 	concurrency int
 	duration    time.Duration
 	events      int64
+	rate        float64
 	eventSize   int
 	sinks       int
 	sinkLatency time.Duration
@@ -78,6 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.concurrency, "c", 64, "concurrent keep-alive clients")
 	fs.DurationVar(&o.duration, "d", 10*time.Second, "how long to send")
 	fs.Int64Var(&o.events, "n", 0, "stop after this many events (0: run for -d)")
+	fs.Float64Var(&o.rate, "rate", 0, "send at most this many events per second in all (0: as fast as the server answers)")
 	fs.IntVar(&o.eventSize, "size", 200, "approximate bytes per event")
 	fs.IntVar(&o.sinks, "sinks", 2, "destination endpoints to run on loopback (0: none, ingest only)")
 	fs.DurationVar(&o.sinkLatency, "sink-latency", 0, "time each sink takes to answer")

@@ -335,7 +335,7 @@ func scanCall(scan func(...any) error) (*dispatch.Call, error) {
 
 // CallGet implements dispatch.Store.
 func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) {
-	row := s.rdb.QueryRowContext(ctx, `SELECT `+callColumns+` FROM calls WHERE id = ?`, id)
+	row := s.getStmt.QueryRowContext(ctx, id)
 	c, err := scanCall(row.Scan)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, dispatch.ErrCallNotFound
@@ -348,8 +348,7 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 
 // CallListChildren implements dispatch.Store.
 func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT `+childColumns+` FROM calls
-		WHERE parent_id = ? ORDER BY gather, idx`, parentID)
+	rows, err := s.childrenStmt.QueryContext(ctx, parentID)
 	if err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
 	}

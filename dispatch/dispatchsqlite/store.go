@@ -69,6 +69,10 @@ type Store struct {
 	wdb    *sql.DB
 	rdb    *sql.DB
 	w      *writer
+
+	// Read statements, prepared once: preparing costs more than running them.
+	getStmt, childrenStmt *sql.Stmt
+
 	closed chan struct{}
 
 	// retentionMark is, per rule (done, failed), the rowid up to which
@@ -165,6 +169,13 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 	if err := s.rdb.PingContext(ctx); err != nil {
 		return fmt.Errorf("open database for reading: %w", err)
 	}
+	if s.getStmt, err = s.rdb.PrepareContext(ctx, `SELECT `+callColumns+` FROM calls WHERE id = ?`); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	if s.childrenStmt, err = s.rdb.PrepareContext(ctx, `SELECT `+childColumns+` FROM calls
+		WHERE parent_id = ? ORDER BY gather, idx`); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
 
 	conn, err := s.wdb.Conn(ctx)
 	if err != nil {
@@ -208,6 +219,11 @@ func (s *Store) Close() error {
 
 func (s *Store) closeDBs() error {
 	var errs []error
+	for _, st := range []*sql.Stmt{s.getStmt, s.childrenStmt} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
 	if s.rdb != nil {
 		errs = append(errs, s.rdb.Close())
 	}
