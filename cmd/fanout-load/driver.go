@@ -29,7 +29,7 @@ type driver struct {
 	pad    string
 	seq    atomic.Int64
 	limit  *rate.Limiter // nil: no pacing
-	sent   atomic.Int64 // events in requests answered 2xx
+	sent   atomic.Int64  // events in requests answered 2xx
 	reqs   atomic.Int64
 
 	mu       sync.Mutex
@@ -51,7 +51,7 @@ func newDriver(base string, o *options) *driver {
 		limit = rate.NewLimiter(rate.Limit(o.rate), max(burst, int(o.rate/100)))
 	}
 	return &driver{
-		limit:  limit,
+		limit: limit,
 		client: &http.Client{
 			Timeout: 30 * time.Second,
 			Transport: &http.Transport{

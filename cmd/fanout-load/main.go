@@ -59,6 +59,7 @@ type options struct {
 	drain       time.Duration
 	jsonOut     bool
 	progress    bool
+	runs        int
 }
 
 type stringList []string
@@ -87,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.drain, "drain", time.Minute, "after sending, how long to wait for every accepted event to reach every sink")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON")
 	fs.BoolVar(&o.progress, "progress", true, "print a progress line every second")
+	fs.IntVar(&o.runs, "runs", 1, "repeat the whole measurement this many times and report the median of each figure (the machine is shared: quote medians)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -100,29 +102,58 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("--batch and -c must be positive")
 	}
 
-	var reports []*report
-	if o.baseline {
-		r, err := runBaseline(ctx, &o, stderr)
-		if err != nil {
-			return fmt.Errorf("baseline: %w", err)
+	if o.runs < 1 {
+		o.runs = 1
+	}
+	var all [][]*report // per run: [baseline,] fanout
+	for i := range o.runs {
+		if o.runs > 1 {
+			fmt.Fprintf(stderr, "run %d of %d\n", i+1, o.runs)
 		}
-		reports = append(reports, r)
+		reports, err := measure(ctx, &o, stderr)
+		if err != nil {
+			return err
+		}
+		all = append(all, reports)
+		if o.runs > 1 && !o.jsonOut {
+			for _, r := range reports {
+				fmt.Fprintf(stdout, "run %d %-8s %8.0f events/s  ack p99 %6.2f ms  %7.0f deliveries/s  delivery p50 %7.1f ms p99 %7.1f ms  cpu %5.1f µs/event\n",
+					i+1, r.Target, r.EventsPerSec, r.AckP99, r.DeliveriesPerSec, r.DeliveryP50, r.DeliveryP99, r.CPUPerEventUS)
+			}
+		}
 	}
-	r, err := runFanout(ctx, &o, stderr)
-	if err != nil {
-		return err
-	}
-	reports = append(reports, r)
-	if o.baseline {
-		r.IngestRatio = r.EventsPerSec / reports[0].EventsPerSec
-	}
+	reports := medianReports(all)
 	if o.jsonOut {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(reports)
 	}
+	if o.runs > 1 {
+		fmt.Fprintf(stdout, "medians of %d runs:\n", o.runs)
+	}
 	for _, r := range reports {
 		r.print(stdout)
 	}
 	return nil
+}
+
+// measure runs the baseline (if asked) and fanout once.
+func measure(ctx context.Context, o *options, stderr io.Writer) ([]*report, error) {
+	var reports []*report
+	if o.baseline {
+		r, err := runBaseline(ctx, o, stderr)
+		if err != nil {
+			return nil, fmt.Errorf("baseline: %w", err)
+		}
+		reports = append(reports, r)
+	}
+	r, err := runFanout(ctx, o, stderr)
+	if err != nil {
+		return nil, err
+	}
+	reports = append(reports, r)
+	if o.baseline {
+		r.IngestRatio = r.EventsPerSec / reports[0].EventsPerSec
+	}
+	return reports, nil
 }

@@ -35,6 +35,7 @@ type report struct {
 	Drained          bool             `json:"drained"`
 	Faults           map[string]int64 `json:"faults_injected,omitempty"`
 
+	Runs          int     `json:"runs,omitempty"`
 	PeakRSSMiB    float64 `json:"peak_rss_mib,omitempty"`
 	ServerCPU     float64 `json:"server_cpu_cores,omitempty"`
 	CPUPerEventUS float64 `json:"server_cpu_us_per_event,omitempty"`
@@ -199,4 +200,60 @@ func (r *report) print(w io.Writer) {
 	if r.PeakRSSMiB > 0 {
 		fmt.Fprintf(w, "  peak RSS   %.0f MiB\n", r.PeakRSSMiB)
 	}
+}
+
+// medianReports folds the reports of several runs into one per target, each
+// figure the median of its runs. Counts (missing, duplicates, errors) are
+// the worst run's, so that a loss in any run shows.
+func medianReports(all [][]*report) []*report {
+	if len(all) == 1 {
+		return all[0]
+	}
+	out := make([]*report, len(all[0]))
+	for i := range all[0] {
+		runs := make([]*report, len(all))
+		for j := range all {
+			runs[j] = all[j][i]
+		}
+		m := *runs[len(runs)-1]
+		med := func(f func(*report) float64) float64 {
+			v := make([]float64, len(runs))
+			for j, r := range runs {
+				v[j] = f(r)
+			}
+			sort.Float64s(v)
+			if len(v)%2 == 1 {
+				return v[len(v)/2]
+			}
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
+		m.SendSeconds = med(func(r *report) float64 { return r.SendSeconds })
+		m.EventsPerSec = med(func(r *report) float64 { return r.EventsPerSec })
+		m.RequestsPerSec = med(func(r *report) float64 { return r.RequestsPerSec })
+		m.AckP50 = med(func(r *report) float64 { return r.AckP50 })
+		m.AckP99 = med(func(r *report) float64 { return r.AckP99 })
+		m.DeliveriesPerSec = med(func(r *report) float64 { return r.DeliveriesPerSec })
+		m.DeliveryP50 = med(func(r *report) float64 { return r.DeliveryP50 })
+		m.DeliveryP99 = med(func(r *report) float64 { return r.DeliveryP99 })
+		m.DeliveryMax = med(func(r *report) float64 { return r.DeliveryMax })
+		m.PeakRSSMiB = med(func(r *report) float64 { return r.PeakRSSMiB })
+		m.ServerCPU = med(func(r *report) float64 { return r.ServerCPU })
+		m.CPUPerEventUS = med(func(r *report) float64 { return r.CPUPerEventUS })
+		m.IngestRatio = med(func(r *report) float64 { return r.IngestRatio })
+		m.Accepted = int64(med(func(r *report) float64 { return float64(r.Accepted) }))
+		m.Deliveries = int64(med(func(r *report) float64 { return float64(r.Deliveries) }))
+		m.Drained = true
+		for _, r := range runs {
+			m.Drained = m.Drained && r.Drained
+			for d := range r.Missing {
+				if d < len(m.Missing) {
+					m.Missing[d] = max(m.Missing[d], r.Missing[d])
+					m.Duplicates[d] = max(m.Duplicates[d], r.Duplicates[d])
+				}
+			}
+		}
+		m.Runs = len(runs)
+		out[i] = &m
+	}
+	return out
 }
