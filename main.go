@@ -212,7 +212,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	envOf := map[string]string{}
 	fs.StringVar(&cfg.addr, "addr", "localhost:8000", "address to listen on")
 	fs.StringVar(&cfg.dataDir, "data", "data", "directory of the SQLite database")
-	fs.Func("destination", "URL every event is delivered to; repeat for several (env: comma-separated)", func(v string) error {
+	fs.Func("destination", "`URL` every event is delivered to; repeat the flag for several (the environment takes a comma-separated list)", func(v string) error {
 		for _, u := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
 			if err := validateDestination(u); err != nil {
 				return err
@@ -226,8 +226,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&cfg.deliveryTimeout, "delivery-timeout", webhook.DefaultTimeout, "time limit of one delivery attempt")
 	fs.IntVar(&cfg.workers, "workers", 256, "calls (deliveries, fan-outs) that run at once")
 	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second}
-	fs.Var((*byteSize)(&cfg.limits.MaxEventBytes), "max-event-bytes", "largest event accepted (1MiB, 512KB, 65536...)")
-	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted")
+	fs.Var((*byteSize)(&cfg.limits.MaxEventBytes), "max-event-bytes", "largest event accepted, in bytes (`SIZE`: 65536, 512KiB, 1MiB)")
+	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted, in bytes (`SIZE`)")
 	fs.IntVar(&cfg.limits.MaxBatchEvents, "max-batch-events", cfg.limits.MaxBatchEvents, "most events in one /v1/batch request")
 	fs.DurationVar(&cfg.limits.IngestTimeout, "ingest-timeout", cfg.limits.IngestTimeout, "how long a request waits for the store before answering 503")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long deliveries in flight may take to finish")
@@ -350,7 +350,11 @@ a flag on the command line wins.
 `)
 	fs.VisitAll(func(f *flag.Flag) {
 		name, usage := flag.UnquoteUsage(f)
-		fmt.Fprintf(w, "  --%s %s\n        %s (env %s", f.Name, name, usage, envOf[f.Name])
+		fmt.Fprintf(w, "  --%s", f.Name)
+		if name != "" {
+			fmt.Fprintf(w, " %s", name)
+		}
+		fmt.Fprintf(w, "\n        %s (env %s", usage, envOf[f.Name])
 		if f.DefValue != "" && f.DefValue != "[]" {
 			fmt.Fprintf(w, ", default %s", f.DefValue)
 		}
