@@ -221,7 +221,7 @@ func (r *Runtime) Stats() Stats {
 	return Stats{
 		Claims: r.stats.claims.Load(), Claimed: r.stats.claimed.Load(), LeasedOnCreate: r.stats.leasedOnCreate.Load(),
 		Eager: r.stats.eager.Load(),
-		Done: r.stats.finished.Load(), Retried: r.stats.retried.Load(), Failed: r.stats.failed.Load(),
+		Done:  r.stats.finished.Load(), Retried: r.stats.retried.Load(), Failed: r.stats.failed.Load(),
 	}
 }
 
@@ -347,7 +347,7 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 	runnable, children := rows, []*Call(nil)
 	var due time.Time
 	if r.running() {
-		budget := r.free()
+		budget := r.idle()
 		runnable = runnable[:0:0]
 		for _, c := range rows {
 			if budget <= 0 || !r.funcs[c.Function].isEager() {

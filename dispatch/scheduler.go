@@ -76,6 +76,15 @@ func (r *Runtime) leaseNew(calls []*Call, now time.Time) int {
 	return k
 }
 
+// idle returns how many workers have no call, ignoring slots promised to
+// calls being stored or claimed: a hint of spare capacity, where free is an
+// exact count.
+func (r *Runtime) idle() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workers - len(r.inflight)
+}
+
 func (r *Runtime) free() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -63,12 +63,12 @@ type Config struct {
 
 // Store is a dispatch.Store on SQLite.
 type Store struct {
-	path   string
-	log    *slog.Logger
-	lock   *flock.Flock
-	wdb    *sql.DB
-	rdb    *sql.DB
-	w      *writer
+	path string
+	log  *slog.Logger
+	lock *flock.Flock
+	wdb  *sql.DB
+	rdb  *sql.DB
+	w    *writer
 
 	// Read statements, prepared once: preparing costs more than running them.
 	getStmt, childrenStmt *sql.Stmt
