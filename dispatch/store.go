@@ -150,6 +150,10 @@ type Store interface {
 	// top-level calls it deleted; fewer than Limit means none is left.
 	CallDeleteFinished(ctx context.Context, params *CallDeleteFinishedParams) (int, error)
 
+	// CallCounts counts the calls by function and state. It may read the
+	// whole table: for checks and occasional reports, not for every request.
+	CallCounts(ctx context.Context) ([]CallCount, error)
+
 	// Close releases the store. Calls made after Close fail.
 	Close() error
 }
@@ -159,6 +163,13 @@ type Store interface {
 // the channel fires, instead of waiting for its next poll.
 type Notifier interface {
 	Notify() <-chan struct{}
+}
+
+// CallCount is one line of Store.CallCounts.
+type CallCount struct {
+	Function string
+	State    State
+	N        int64
 }
 
 // CallClaimParams are the arguments of Store.CallClaim.

@@ -476,4 +476,24 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	return deleted, nil
 }
 
+// CallCounts implements dispatch.Store.
+func (s *Store) CallCounts(ctx context.Context) ([]dispatch.CallCount, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT function, state, count(*) FROM calls GROUP BY function, state ORDER BY function, state`)
+	if err != nil {
+		return nil, fmt.Errorf("count calls: %w", err)
+	}
+	defer rows.Close()
+	var out []dispatch.CallCount
+	for rows.Next() {
+		var c dispatch.CallCount
+		var state int
+		if err := rows.Scan(&c.Function, &state, &c.N); err != nil {
+			return nil, fmt.Errorf("count calls: %w", err)
+		}
+		c.State = dispatch.State(state)
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

@@ -486,6 +486,23 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		pass(cutoff, false, 10, 1)
 	})
 
+	t.Run("CallCounts", func(t *testing.T) {
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("a", "f", `{}`, T0), newCall("b", "f", `{}`, T0), newCall("c", "g", `{}`, T0))
+		c := mustClaim(t, s, "o", T0, 1)[0]
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
+		got, err := s.CallCounts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []dispatch.CallCount{{Function: "f", State: dispatch.StatePending, N: 1},
+			{Function: "f", State: dispatch.StateDone, N: 1}, {Function: "g", State: dispatch.StatePending, N: 1}}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("CallCounts = %v, want %v", got, want)
+		}
+	})
+
 	t.Run("Reopen", func(t *testing.T) {
 		key := t.Name()
 		s := open(t, key)
