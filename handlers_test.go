@@ -211,18 +211,18 @@ type poisonStore struct {
 	poison atomic.Bool
 }
 
-func (p *poisonStore) CallInsertMany(ctx context.Context, calls []*dispatch.Call) error {
-	if p.poison.Load() && len(calls) > 1 {
+func (p *poisonStore) CallInsertMany(ctx context.Context, params *dispatch.CallInsertParams) ([]string, error) {
+	if calls := params.Calls; p.poison.Load() && len(calls) > 1 {
 		calls[len(calls)/2].ID = "existing"
 	}
-	return p.Store.CallInsertMany(ctx, calls)
+	return p.Store.CallInsertMany(ctx, params)
 }
 
 func TestHandlers_StorageFailure(t *testing.T) {
 	ctx := context.Background()
 	real := openTestStore(t, t.TempDir())
-	if err := real.CallInsertMany(ctx, []*dispatch.Call{{ID: "existing", Function: "other", Input: []byte(`{}`),
-		RunAfter: time.Now(), CreatedAt: time.Now()}}); err != nil {
+	if _, err := real.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{{ID: "existing",
+		Function: "other", Input: []byte(`{}`), RunAfter: time.Now(), CreatedAt: time.Now()}}}); err != nil {
 		t.Fatal(err)
 	}
 	store := &poisonStore{Store: real}

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -134,6 +135,35 @@ type retryAfterError struct {
 
 func (e *retryAfterError) Error() string { return e.err.Error() }
 func (e *retryAfterError) Unwrap() error { return e.err }
+
+// Detailer is implemented by errors that can describe themselves for the
+// record of a failed attempt (an HTTP status code and the start of the
+// answer, say). Detail's value is stored as JSON.
+type Detailer interface {
+	Detail() any
+}
+
+// errorDetail returns the JSON of the first Detailer in err's chain.
+func errorDetail(err error) []byte {
+	var d Detailer
+	if !errors.As(err, &d) {
+		return nil
+	}
+	b, merr := json.Marshal(d.Detail())
+	if merr != nil {
+		return nil
+	}
+	return b
+}
+
+// Snooze returns an error that puts the call back in the store to run again
+// after d, without counting a failure against its retry budget: for a call
+// that could not be tried (its destination is disabled, say).
+func Snooze(d time.Duration) error { return &snoozeError{after: d} }
+
+type snoozeError struct{ after time.Duration }
+
+func (e *snoozeError) Error() string { return fmt.Sprintf("snoozed for %v", e.after) }
 
 // retryAfterHint returns the hint of the outermost RetryAfter in err's chain.
 func retryAfterHint(err error) (time.Duration, bool) {

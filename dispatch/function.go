@@ -56,7 +56,21 @@ func (f *Function[I, O]) BuildCall(in I) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: encode input of %s: %w", f.name, err)
 	}
-	return &Call{Function: f.name, Input: input}, nil
+	return &Call{Function: f.name, Key: keyOf(in), Input: input}, nil
+}
+
+// Keyed is implemented by inputs that carry a key (see Call.Key): the calls
+// made with them share the key's limits. fanout keys a delivery by its
+// destination.
+type Keyed interface {
+	DispatchKey() string
+}
+
+func keyOf(v any) string {
+	if k, ok := v.(Keyed); ok {
+		return k.DispatchKey()
+	}
+	return ""
 }
 
 // Dispatch stores a call of f and returns its id once the call is durable.
@@ -120,6 +134,7 @@ func (f *Function[I, O]) Gather(ctx context.Context, inputs []I) ([]O, error) {
 		children[i] = &Call{
 			ID:        childID(cc.call.ID, gather, i),
 			Function:  f.name,
+			Key:       keyOf(in),
 			Input:     input,
 			ParentID:  cc.call.ID,
 			Gather:    gather,

@@ -11,11 +11,12 @@ import (
 // and jitter, and so that a caller can give one function another schedule.
 type RetryPolicy interface {
 	// NextRetry returns when to run the call again after its failures-th
-	// failed attempt (1 for the first failure). created is when the call was
-	// dispatched, now is the current time, and hint is a delay the failure
-	// asked for (a Retry-After), zero when it asked for none. ok is false
-	// when the retry budget is spent: the call then ends as failed.
-	NextRetry(failures int, created, now time.Time, hint time.Duration) (at time.Time, ok bool)
+	// failed attempt (1 for the first failure). since is when the call's
+	// retry budget started (its dispatch, or its last re-drive), now is the
+	// current time, and hint is a delay the failure asked for (a
+	// Retry-After), zero when it asked for none. ok is false when the
+	// retry budget is spent: the call then ends as failed.
+	NextRetry(failures int, since, now time.Time, hint time.Duration) (at time.Time, ok bool)
 }
 
 // Backoff is exponential backoff with full jitter and a budget: attempt n
@@ -59,7 +60,7 @@ func DefaultBackoff() *Backoff {
 }
 
 // NextRetry implements RetryPolicy.
-func (b *Backoff) NextRetry(failures int, created, now time.Time, hint time.Duration) (time.Time, bool) {
+func (b *Backoff) NextRetry(failures int, since, now time.Time, hint time.Duration) (time.Time, bool) {
 	if b.MaxAttempts > 0 && failures >= b.MaxAttempts {
 		return time.Time{}, false
 	}
@@ -72,7 +73,7 @@ func (b *Backoff) NextRetry(failures int, created, now time.Time, hint time.Dura
 		delay = max(b.Min, min(hint, limit))
 	}
 	at := now.Add(delay)
-	if b.MaxAge > 0 && at.Sub(created) > b.MaxAge {
+	if b.MaxAge > 0 && at.Sub(since) > b.MaxAge {
 		return time.Time{}, false
 	}
 	return at, true

@@ -51,6 +51,19 @@ type Config struct {
 	// is not finished is never deleted.
 	Retention       time.Duration
 	FailedRetention time.Duration
+	// Keys returns the configuration of a key (see Call.Key): its
+	// concurrency cap, rate, pause and retry policy. It is called often
+	// and must be cheap. Nil: keys have no limit but Workers.
+	Keys func(key string) KeyConfig
+	// OnKeyTrip is called when a key's circuit breaker opens: its calls
+	// kept failing (BreakerFailures in a row over at least BreakerWindow).
+	// The application decides what a trip means; fanout pauses the
+	// destination, so that Keys reports it Paused until someone resumes it.
+	OnKeyTrip       func(key, reason string)
+	BreakerFailures int
+	BreakerWindow   time.Duration
+	// DedupWindow is how long a DedupKey is remembered (default 24h).
+	DedupWindow time.Duration
 	// Clock is the time source (default the real clock); tests inject a
 	// fake one and never sleep.
 	Clock clockwork.Clock
@@ -83,6 +96,11 @@ type Runtime struct {
 	pollInterval  time.Duration
 	retention     time.Duration
 	failedKeep    time.Duration
+	keyConfig     func(string) KeyConfig
+	onTrip        func(key, reason string)
+	tripAfter     int
+	tripWindow    time.Duration
+	dedupWindow   time.Duration
 
 	funcs map[string]AnyFunction
 	names []string
@@ -100,6 +118,8 @@ type Runtime struct {
 	mu       sync.Mutex
 	inflight map[string]*inflight // leased to this process: queued or running
 	reserved int                  // worker slots promised to calls being stored
+	keys     map[string]*keyState // per-key limits and health
+	keyTurn  int                  // rotates which key claims first
 
 	state      atomic.Int32
 	stopping   atomic.Bool
@@ -111,7 +131,7 @@ type Runtime struct {
 }
 
 type inflight struct {
-	attempt   int
+	key       string
 	claimedAt time.Time // or last renewed
 }
 
@@ -139,6 +159,12 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 		pollInterval:  cfg.PollInterval,
 		retention:     cfg.Retention,
 		failedKeep:    cfg.FailedRetention,
+		keyConfig:     cfg.Keys,
+		onTrip:        cfg.OnKeyTrip,
+		tripAfter:     cfg.BreakerFailures,
+		tripWindow:    cfg.BreakerWindow,
+		dedupWindow:   cfg.DedupWindow,
+		keys:          make(map[string]*keyState),
 		funcs:         make(map[string]AnyFunction),
 		wakeCh:        make(chan struct{}, 1),
 		inflight:      make(map[string]*inflight),
@@ -166,6 +192,12 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 	}
 	if r.pollInterval <= 0 {
 		r.pollInterval = time.Second
+	}
+	if r.keyConfig == nil {
+		r.keyConfig = func(string) KeyConfig { return KeyConfig{} }
+	}
+	if r.dedupWindow <= 0 {
+		r.dedupWindow = 24 * time.Hour
 	}
 	r.work = make(chan *Call, r.workers)
 	r.quit = make(chan struct{})
@@ -324,7 +356,6 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 	}
 	now := r.clock.Now()
 	rows := make([]*Call, len(calls))
-	ids := make([]string, len(calls))
 	for i, c := range calls {
 		if _, ok := r.funcs[c.Function]; !ok {
 			return nil, fmt.Errorf("%w: %s", ErrNotRegistered, c.Function)
@@ -333,13 +364,13 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		if err != nil {
 			return nil, fmt.Errorf("dispatch: new call id: %w", err)
 		}
-		ids[i] = id.String()
-		rows[i] = &Call{ID: ids[i], Function: c.Function, Input: c.Input, RunAfter: now, CreatedAt: now}
+		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, Input: c.Input, DedupKey: c.DedupKey,
+			RunAfter: now, CreatedAt: now}
 	}
 	// Run the first attempt of eager calls now; lease what is runnable now
 	// (the others, and the children of eager calls) to this process.
 	//
-	// Eager attempts stop once their children would outnumber the free
+	// Eager attempts stop once their children would outnumber the idle
 	// workers: a burst (a large batch into a busy process) is then stored
 	// as plain calls, one row each, and fanned out as workers free up,
 	// instead of making the request that brought it pay for the whole
@@ -364,12 +395,38 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		}
 	}
 	leased := r.leaseNew(runnable, now)
-	if err := r.store.CallInsertMany(ctx, append(rows, children...)); err != nil {
+	all := append(rows, children...)
+	stored, err := r.store.CallInsertMany(ctx, &CallInsertParams{Calls: all, DedupSince: now.Add(-r.dedupWindow)})
+	if err != nil {
 		r.unreserve(leased)
 		return nil, fmt.Errorf("dispatch: store calls: %w", err)
 	}
-	r.admit(runnable[:leased])
-	if leased < len(runnable) {
+	ids := stored[:len(rows)]
+	// A duplicate and its children were not stored: do not run them.
+	var skipped map[string]bool
+	for i, c := range all {
+		if stored[i] != c.ID {
+			if skipped == nil {
+				skipped = make(map[string]bool)
+			}
+			skipped[c.ID] = true
+		}
+	}
+	if skipped != nil {
+		kept := leased[:0]
+		var dropped []*Call
+		for _, c := range leased {
+			if skipped[c.ID] {
+				dropped = append(dropped, c)
+			} else {
+				kept = append(kept, c)
+			}
+		}
+		r.unreserve(dropped)
+		leased = kept
+	}
+	r.admit(leased)
+	if len(leased) < len(runnable)-len(skipped) {
 		r.signalBacklog()
 	}
 	if !due.IsZero() {
@@ -389,14 +446,15 @@ func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call 
 	r.stats.eager.Add(1)
 	c.Attempt = 1
 	cc := &callContext{rt: r, call: c}
+	started := r.clock.Now()
 	output, err := r.run(context.WithValue(ctx, ctxKey{}, cc), r.funcs[c.Function], c)
 	if s := cc.suspend; s != nil {
 		c.State, c.Gathers, c.Waiting = StateWaiting, s.gather+1, len(s.children)
 		return s.children
 	}
-	p := r.outcome(ctx, c, output, err, now)
+	p := r.outcome(ctx, c, output, err, started, now)
 	c.State, c.Output, c.Error, c.Status = p.State, p.Output, p.Error, p.Status
-	if p.State != StateDone {
+	if p.State != StateDone && !p.Snooze {
 		c.Failures = 1
 	}
 	if p.State == StatePending {
@@ -404,3 +462,21 @@ func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call 
 	}
 	return nil
 }
+
+// Redrive makes failed calls runnable again, with a fresh retry budget; a
+// parent that failed because of them waits for them again. It returns the
+// ids it re-drove: calls that are not failed are left alone.
+func (r *Runtime) Redrive(ctx context.Context, ids []string) ([]string, error) {
+	done, err := r.store.CallRedrive(ctx, &CallRedriveParams{IDs: ids, Now: r.clock.Now()})
+	if err != nil {
+		return nil, err
+	}
+	if len(done) > 0 {
+		r.signalBacklog()
+	}
+	return done, nil
+}
+
+// KeysChanged tells the runtime that key configurations changed (a key was
+// resumed, a limit raised): it looks for work it held back.
+func (r *Runtime) KeysChanged() { r.signalBacklog() }

@@ -9,88 +9,6 @@ import (
 	"time"
 )
 
-// Worker slots. A slot is taken by every call leased to this process, from
-// the moment it is leased (or promised, while the store writes it) until a
-// worker is done with it, so that the process never leases more than it can
-// run: the work channel never blocks and memory stays bounded whatever the
-// backlog in the store.
-
-// reserve promises up to n slots and returns how many it could.
-func (r *Runtime) reserve(n int) int {
-	if n <= 0 || r.stopping.Load() || r.state.Load() != stateStarted {
-		return 0
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	k := max(0, min(n, r.workers-len(r.inflight)-r.reserved))
-	r.reserved += k
-	return k
-}
-
-func (r *Runtime) unreserve(n int) {
-	if n <= 0 {
-		return
-	}
-	r.mu.Lock()
-	r.reserved -= n
-	r.mu.Unlock()
-}
-
-// admit turns reservations into calls in flight and hands them to workers.
-// Once stopping, it only gives the slots back: the calls stay leased to this
-// process in the store, and Stop releases them.
-func (r *Runtime) admit(calls []*Call) {
-	if len(calls) == 0 {
-		return
-	}
-	now := r.clock.Now()
-	r.mu.Lock()
-	r.reserved -= len(calls)
-	stopping := r.stopping.Load()
-	if !stopping {
-		for _, c := range calls {
-			r.inflight[c.ID] = &inflight{attempt: c.Attempt, claimedAt: now}
-		}
-	}
-	r.mu.Unlock()
-	if stopping {
-		return
-	}
-	for _, c := range calls {
-		r.work <- c // never blocks: the channel holds as many calls as there are slots
-	}
-}
-
-// leaseNew leases to this process as many of the new calls as it has free
-// slots for, by setting their state before they are stored, and returns how
-// many (the first ones).
-func (r *Runtime) leaseNew(calls []*Call, now time.Time) int {
-	k := r.reserve(len(calls))
-	r.stats.leasedOnCreate.Add(int64(k))
-	for _, c := range calls[:k] {
-		c.State = StateRunning
-		c.Attempt = 1
-		c.LeaseOwner = r.owner
-		c.LeaseExpires = now.Add(r.leaseDuration)
-	}
-	return k
-}
-
-// idle returns how many workers have no call, ignoring slots promised to
-// calls being stored or claimed: a hint of spare capacity, where free is an
-// exact count.
-func (r *Runtime) idle() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.workers - len(r.inflight)
-}
-
-func (r *Runtime) free() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.workers - len(r.inflight) - r.reserved
-}
-
 // signalBacklog says that the store holds runnable calls that nobody leased.
 func (r *Runtime) signalBacklog() {
 	r.backlog.Store(true)
@@ -122,9 +40,11 @@ func (r *Runtime) noteDue(at time.Time) {
 
 // schedule claims runnable calls from the store when it may hold some (the
 // backlog flag: work stored pending, a retry that came due, a poll, a
-// notification from another process) and workers are free. It claims in
-// batches, at least an eighth of the workers at a time, because a claim is a
-// write: claiming one call per free worker would cost a transaction each.
+// notification from another process) and workers are free. It claims key by
+// key, each within its limits, starting from a different key each round so
+// that no key's backlog starves another's. It claims in batches, at least an
+// eighth of the workers at a time, because a claim is a write: claiming one
+// call per free worker would cost a transaction each.
 func (r *Runtime) schedule(ctx context.Context) {
 	defer r.loops.Done()
 	threshold := max(1, min(r.claimBatch, r.workers/8))
@@ -141,18 +61,11 @@ func (r *Runtime) schedule(ctx context.Context) {
 			r.backlog.Store(true)
 		}
 		if r.backlog.Load() && !now.Before(retryAt) {
-			free := r.free()
-			if limit := r.reserve(min(free, r.claimBatch)); limit > 0 && (limit >= threshold || free == r.workers) {
+			if free := r.free(); free >= threshold || free == r.workers {
 				r.backlog.Store(false)
-				calls, err := r.store.CallClaim(ctx, &CallClaimParams{
-					Owner:      r.owner,
-					Functions:  r.names,
-					Limit:      limit,
-					Now:        now,
-					LeaseUntil: now.Add(r.leaseDuration),
-				})
-				if err != nil {
-					r.unreserve(limit)
+				more, err := r.claimRound(ctx, now)
+				switch {
+				case err != nil:
 					r.backlog.Store(true)
 					if ctx.Err() != nil {
 						return
@@ -162,22 +75,16 @@ func (r *Runtime) schedule(ctx context.Context) {
 					}
 					failing = true
 					retryAt = now.Add(r.pollInterval)
-				} else {
+				default:
 					if failing {
 						r.log.Info("claiming calls again")
 					}
 					failing = false
-					r.stats.claims.Add(1)
-					r.stats.claimed.Add(int64(len(calls)))
-					r.unreserve(limit - len(calls))
-					r.admit(calls)
-					if len(calls) == limit && ctx.Err() == nil {
+					if more && ctx.Err() == nil {
 						r.backlog.Store(true) // there may be more
 						continue
 					}
 				}
-			} else {
-				r.unreserve(limit)
 			}
 		}
 
@@ -200,6 +107,51 @@ func (r *Runtime) schedule(ctx context.Context) {
 	}
 }
 
+// claimRound claims what it can of every key with runnable calls. It reports
+// whether some key filled all the room it was given, so that there may be
+// more to claim at once.
+func (r *Runtime) claimRound(ctx context.Context, now time.Time) (more bool, err error) {
+	keys, err := r.store.CallKeys(ctx, now)
+	if err != nil || len(keys) == 0 {
+		return false, err
+	}
+	r.mu.Lock()
+	r.keyTurn++
+	turn := r.keyTurn
+	r.mu.Unlock()
+	for i := range keys {
+		key := keys[(turn+i)%len(keys)]
+		limit, wake := r.reserveKey(key, min(r.free(), r.claimBatch), now)
+		if !wake.IsZero() {
+			r.noteDue(wake)
+		}
+		if limit == 0 {
+			continue
+		}
+		calls, err := r.store.CallClaim(ctx, &CallClaimParams{
+			Key:        key,
+			Owner:      r.owner,
+			Functions:  r.names,
+			Limit:      limit,
+			Now:        now,
+			LeaseUntil: now.Add(r.leaseDuration),
+		})
+		if err != nil {
+			r.unreserveKey(key, limit)
+			return false, err
+		}
+		r.stats.claims.Add(1)
+		r.stats.claimed.Add(int64(len(calls)))
+		r.unreserveKey(key, limit-len(calls))
+		r.admit(calls)
+		more = more || len(calls) == limit
+		if r.free() <= 0 {
+			return true, nil
+		}
+	}
+	return more, nil
+}
+
 func (r *Runtime) worker() {
 	defer r.workersWG.Done()
 	for {
@@ -208,9 +160,7 @@ func (r *Runtime) worker() {
 			if !r.stopping.Load() {
 				r.execute(c)
 			}
-			r.mu.Lock()
-			delete(r.inflight, c.ID)
-			r.mu.Unlock()
+			r.done(c)
 			if r.backlog.Load() {
 				r.wake()
 			}
@@ -274,7 +224,7 @@ func (r *Runtime) execute(c *Call) {
 	if c.Gathers > 0 {
 		children, err := r.store.CallListChildren(storeCtx, c.ID)
 		if err != nil {
-			r.finish(storeCtx, c, nil, fmt.Errorf("%w: load results of gathered calls: %v", ErrTemporary, err))
+			r.finish(storeCtx, c, nil, fmt.Errorf("%w: load results of gathered calls: %v", ErrTemporary, err), r.clock.Now())
 			return
 		}
 		cc.children = make([][]*Call, c.Gathers)
@@ -285,8 +235,15 @@ func (r *Runtime) execute(c *Call) {
 		}
 	}
 
+	if c.Key != "" && r.keyConfig(c.Key).Paused {
+		// Leased before its key was paused: put it back untried, to run
+		// when the key is resumed.
+		r.snooze(storeCtx, c)
+		return
+	}
 	fn := r.funcs[c.Function]
 	ctx := context.WithValue(r.runCtx, ctxKey{}, cc)
+	started := r.clock.Now()
 	output, err := r.run(ctx, fn, c)
 	if r.runCtx.Err() != nil {
 		// Cancelled by shutdown: Stop hands the call back untouched.
@@ -296,7 +253,7 @@ func (r *Runtime) execute(c *Call) {
 		r.suspend(storeCtx, c, cc.suspend)
 		return
 	}
-	r.finish(storeCtx, c, output, err)
+	r.finish(storeCtx, c, output, err, started)
 }
 
 func (r *Runtime) run(ctx context.Context, fn AnyFunction, c *Call) (output []byte, err error) {
@@ -330,22 +287,39 @@ func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
 		r.unreserve(leased)
 		r.log.Warn("call was taken over while it ran; dropping its suspension", "call", c.ID, "attempt", c.Attempt)
 	default:
-		r.admit(s.children[:leased])
-		if leased < len(s.children) {
+		r.admit(leased)
+		if len(leased) < len(s.children) {
 			r.signalBacklog()
 		}
+	}
+}
+
+// snooze puts a call back in the store untried, runnable at once: its key
+// was paused after it was leased, and claims skip paused keys.
+func (r *Runtime) snooze(ctx context.Context, c *Call) {
+	now := r.clock.Now()
+	_, err := r.store.CallFinish(ctx, &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID,
+		State: StatePending, Snooze: true, RunAfter: now, Now: now})
+	if err != nil {
+		r.log.Error("put back a call of a paused key; it runs again when its lease expires", "call", c.ID, "err", err)
 	}
 }
 
 // finish records the outcome of an attempt: done, failed, or retried later.
 // When it was the last child its parent waited for, the parent is leased to
 // this process in the same transaction, if a slot is free, and run at once.
-func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error) {
+func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error, started time.Time) {
 	now := r.clock.Now()
-	p := r.outcome(ctx, c, output, err, now)
+	p := r.outcome(ctx, c, output, err, started, now)
+	if c.Key != "" && !p.Snooze {
+		r.observe(c.Key, p.Status, now)
+	}
+	// The parent a last child resumes is leased here if there is room.
+	// Its key is not known yet: parents are top-level calls of fanout
+	// (key ""), and a keyed parent simply counts against "" meanwhile.
 	resume := 0
 	if c.ParentID != "" && p.State.Final() {
-		if resume = r.reserve(1); resume == 1 {
+		if resume, _ = r.reserveKey("", 1, now); resume == 1 {
 			p.ResumeOwner = r.owner
 			p.ResumeLeaseUntil = now.Add(r.leaseDuration)
 		}
@@ -353,18 +327,18 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error)
 	res, err := r.store.CallFinish(ctx, p)
 	switch {
 	case err != nil:
-		r.unreserve(resume)
+		r.unreserveKey("", resume)
 		r.log.Error("store call outcome; the call runs again when its lease expires", "call", c.ID, "err", err)
 		return
 	case !res.Applied:
-		r.unreserve(resume)
+		r.unreserveKey("", resume)
 		r.log.Warn("call was taken over while it ran; dropping its outcome", "call", c.ID, "attempt", c.Attempt)
 		return
 	}
 	if res.Parent != nil {
-		r.admit([]*Call{res.Parent})
+		r.admitResumed(res.Parent)
 	} else {
-		r.unreserve(resume)
+		r.unreserveKey("", resume)
 		if res.ParentResumed {
 			r.signalBacklog()
 		}
@@ -375,20 +349,39 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error)
 }
 
 // outcome classifies the result of an attempt: done, failed, or a retry
-// scheduled by the retry policy.
-func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error, now time.Time) *CallFinishParams {
+// scheduled by the retry policy (the key's, if it has its own). A failure is
+// recorded as an attempt.
+func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error, started, now time.Time) *CallFinishParams {
 	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now}
 	if err == nil {
 		p.State, p.Output, p.Status = StateDone, output, StatusOK
 		r.stats.finished.Add(1)
 		return p
 	}
+	var sz *snoozeError
+	if errors.As(err, &sz) {
+		p.State, p.Snooze, p.RunAfter = StatePending, true, now.Add(sz.after)
+		r.stats.retried.Add(1)
+		return p
+	}
 	p.Status = ErrorStatus(err)
 	p.Error = err.Error()
 	p.State = StateFailed
+	p.Record = &Attempt{CallID: c.ID, Attempt: c.Attempt, Started: started, Duration: now.Sub(started),
+		Status: p.Status, Error: p.Error, Detail: errorDetail(err)}
 	if p.Status.Retryable() {
+		policy := r.policy
+		if c.Key != "" {
+			if kp := r.keyConfig(c.Key).RetryPolicy; kp != nil {
+				policy = kp
+			}
+		}
+		since := c.BudgetStart
+		if since.IsZero() {
+			since = c.CreatedAt
+		}
 		hint, _ := retryAfterHint(err)
-		if at, ok := r.policy.NextRetry(c.Failures+1, c.CreatedAt, now, hint); ok {
+		if at, ok := policy.NextRetry(c.Failures+1, since, now, hint); ok {
 			p.State = StatePending
 			p.RunAfter = at
 		} else {

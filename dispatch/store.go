@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -51,6 +52,11 @@ type Call struct {
 	// ".<gather>.<index>", so a parent that runs again derives the same ids.
 	ID       string
 	Function string
+	// Key groups calls that share a limit: the runtime runs at most so
+	// many calls of one key at once, can pause a key, and claims backlog
+	// key by key so that one key's backlog never hides another's. fanout
+	// keys a delivery by its destination. Empty for calls without one.
+	Key string
 	// Input is the JSON encoding of the function's input, byte for byte.
 	Input []byte
 	State State
@@ -58,9 +64,12 @@ type Call struct {
 	// call only while the attempt it claimed is still current, which fences
 	// off a worker whose lease expired and was taken over.
 	Attempt int
-	// Failures counts the attempts that ended in a retryable error; the
-	// retry policy reads it.
+	// Failures counts the attempts that ended in an error; the retry
+	// policy reads it.
 	Failures int
+	// BudgetStart is when the call's retry budget started: its creation,
+	// or the last time it was re-driven after failing for good.
+	BudgetStart time.Time
 	// RunAfter is when a pending call becomes runnable.
 	RunAfter time.Time
 	// LeaseOwner and LeaseExpires are set while the call runs. A call whose
@@ -82,11 +91,47 @@ type Call struct {
 	Output []byte
 	// Error is the last error of the call, kept for the record after a retry
 	// and as the reason of a failed call; Status classifies it.
-	Error     string
-	Status    Status
+	Error  string
+	Status Status
+	// DedupKey, on a top-level call being inserted, makes the insert skip
+	// it if a call stored since CallInsertParams.DedupSince has the same
+	// key. It is not read back.
+	DedupKey  string
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
+
+// Attempt is the record of one failed attempt of a call. A successful
+// attempt's record is the call itself: its Output and UpdatedAt.
+type Attempt struct {
+	CallID   string
+	Attempt  int
+	Started  time.Time
+	Duration time.Duration
+	Status   Status
+	Error    string
+	// Detail is what the failure said of itself, as JSON (see Detailer).
+	Detail []byte
+}
+
+// Doc is a small JSON document that an application keeps beside its calls,
+// in the same store (fanout keeps its destinations there). Version is
+// incremented by every update, which must name the version it replaces.
+type Doc struct {
+	Kind      string
+	ID        string
+	Data      []byte
+	Version   int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Errors of documents.
+var (
+	ErrDocNotFound = errors.New("dispatch: document not found")
+	ErrDocExists   = errors.New("dispatch: document exists")
+	ErrDocConflict = errors.New("dispatch: document changed since it was read")
+)
 
 // Store keeps calls durable. The runtime owns the state machine; a store
 // applies each transition atomically and says whether it applied.
@@ -106,12 +151,23 @@ type Store interface {
 	// already made (done, failed, a retry at RunAfter, or waiting on
 	// Waiting children stored in the same call). Inserting an id that
 	// exists is an error and inserts nothing.
-	CallInsertMany(ctx context.Context, calls []*Call) error
+	//
+	// A top-level call whose DedupKey was given to a call stored at or
+	// after DedupSince is a duplicate: it is not stored, nor are the calls
+	// of the same insert whose ParentID is its id. The result has, for each
+	// call, its own id, or for a duplicate the id of the call it repeats.
+	CallInsertMany(ctx context.Context, params *CallInsertParams) ([]string, error)
 
-	// CallClaim leases up to Limit runnable calls (pending, RunAfter <= Now,
-	// Function among Functions) to Owner until LeaseUntil, oldest RunAfter
-	// first, increments their Attempt and returns them running.
+	// CallClaim leases up to Limit runnable calls of one Key (pending,
+	// RunAfter <= Now, Function among Functions) to Owner until
+	// LeaseUntil, oldest RunAfter first, increments their Attempt and
+	// returns them running.
 	CallClaim(ctx context.Context, params *CallClaimParams) ([]*Call, error)
+
+	// CallKeys returns the keys that have runnable calls (pending, RunAfter
+	// <= Now), in no particular order. It must cost about one index probe
+	// per key, whatever the backlog.
+	CallKeys(ctx context.Context, now time.Time) ([]string, error)
 
 	// CallLeaseRenew extends the leases of the given calls that Owner still
 	// holds. Calls it no longer holds are skipped.
@@ -129,12 +185,21 @@ type Store interface {
 	CallSuspend(ctx context.Context, params *CallSuspendParams) (bool, error)
 
 	// CallFinish ends an attempt of a running call: State is StateDone,
-	// StateFailed, or StatePending to retry at RunAfter. It applies only
-	// while the call is running at Attempt. When a child (ParentID is set)
-	// becomes final, its parent's Waiting count drops; at zero the parent
-	// becomes runnable: leased to ResumeOwner (running, Attempt incremented)
-	// and returned as Parent when ResumeOwner is set, pending otherwise.
+	// StateFailed, or StatePending to retry at RunAfter (or to snooze:
+	// Snooze set, Failures unchanged). It applies only while the call is
+	// running at Attempt, and then stores Record, if set, as the attempt's
+	// record. When a child (ParentID is set) becomes final, its parent's
+	// Waiting count drops; at zero the parent becomes runnable: leased to
+	// ResumeOwner (running, Attempt incremented) and returned as Parent
+	// when ResumeOwner is set, pending otherwise.
 	CallFinish(ctx context.Context, params *CallFinishParams) (*CallFinishResult, error)
+
+	// CallRedrive makes failed calls runnable again: each of IDs that is
+	// failed becomes pending at Now, its retry budget starting again
+	// (Failures 0, BudgetStart Now). Its parent, waiting or failed, waits
+	// for it again; a call whose parent is pending or running (about to
+	// finish) is skipped. It returns the ids it re-drove.
+	CallRedrive(ctx context.Context, params *CallRedriveParams) ([]string, error)
 
 	// CallGet returns the call with this id, or ErrCallNotFound.
 	CallGet(ctx context.Context, id string) (*Call, error)
@@ -144,15 +209,39 @@ type Store interface {
 	// input is the bulk of a row.
 	CallListChildren(ctx context.Context, parentID string) ([]*Call, error)
 
+	// CallList returns calls of one function in one state, optionally of
+	// one key and created in a time range, ordered by id after the cursor
+	// After, without their Input. It is efficient for failed calls by key
+	// (the dead letters of a destination); other states may scan.
+	CallList(ctx context.Context, params *CallListParams) ([]*Call, error)
+
+	// CallAttempts returns the recorded attempts of a call, oldest first.
+	CallAttempts(ctx context.Context, callID string) ([]*Attempt, error)
+
 	// CallDeleteFinished deletes up to Limit top-level calls that are done
 	// (failed, when Failed is set) and were created before Before, together
-	// with all their descendants, oldest first. It returns how many
-	// top-level calls it deleted; fewer than Limit means none is left.
+	// with all their descendants, their attempts and their dedup keys,
+	// oldest first. It returns how many top-level calls it deleted; fewer
+	// than Limit means none is left.
 	CallDeleteFinished(ctx context.Context, params *CallDeleteFinishedParams) (int, error)
 
 	// CallCounts counts the calls by function and state. It may read the
 	// whole table: for checks and occasional reports, not for every request.
 	CallCounts(ctx context.Context) ([]CallCount, error)
+
+	// DocCreate stores a new document at version 1, or returns
+	// ErrDocExists.
+	DocCreate(ctx context.Context, doc *Doc) error
+	// DocGet returns a document, or ErrDocNotFound.
+	DocGet(ctx context.Context, kind, id string) (*Doc, error)
+	// DocList returns the documents of a kind, ordered by id.
+	DocList(ctx context.Context, kind string) ([]*Doc, error)
+	// DocUpdate replaces a document's Data if its stored version is
+	// doc.Version, and stores it at doc.Version+1; ErrDocConflict if the
+	// version differs, ErrDocNotFound if there is none.
+	DocUpdate(ctx context.Context, doc *Doc) error
+	// DocDelete deletes a document, or returns ErrDocNotFound.
+	DocDelete(ctx context.Context, kind, id string) error
 
 	// Close releases the store. Calls made after Close fail.
 	Close() error
@@ -172,8 +261,15 @@ type CallCount struct {
 	N        int64
 }
 
+// CallInsertParams are the arguments of Store.CallInsertMany.
+type CallInsertParams struct {
+	Calls      []*Call
+	DedupSince time.Time
+}
+
 // CallClaimParams are the arguments of Store.CallClaim.
 type CallClaimParams struct {
+	Key        string
 	Owner      string
 	Functions  []string
 	Limit      int
@@ -225,6 +321,11 @@ type CallFinishParams struct {
 	// runnable to this owner until ResumeLeaseUntil.
 	ResumeOwner      string
 	ResumeLeaseUntil time.Time
+	// Snooze, with StatePending, reschedules the call without counting a
+	// failure: it was not tried (its key was paused, say).
+	Snooze bool
+	// Record, when set, is stored as the record of this attempt.
+	Record *Attempt
 }
 
 // CallFinishResult says what CallFinish did.
@@ -238,6 +339,26 @@ type CallFinishResult struct {
 	// Parent is the resumed parent, running and leased to ResumeOwner, when
 	// one was given.
 	Parent *Call
+}
+
+// CallRedriveParams are the arguments of Store.CallRedrive.
+type CallRedriveParams struct {
+	IDs []string
+	Now time.Time
+}
+
+// CallListParams are the arguments of Store.CallList.
+type CallListParams struct {
+	Function string
+	State    State
+	// Key, when set, keeps only calls of this key.
+	Key *string
+	// CreatedAfter and CreatedBefore bound the calls' creation; zero is
+	// unbounded.
+	CreatedAfter, CreatedBefore time.Time
+	// After is the cursor: only ids greater than it.
+	After string
+	Limit int
 }
 
 // CallDeleteFinishedParams are the arguments of Store.CallDeleteFinished.

@@ -18,7 +18,7 @@ import (
 // statements cut the per-statement cost that dominates small rows.
 const insertChunk = 64
 
-const insertColumns = 19
+const insertColumns = 21
 
 // insertQueries holds the INSERT statements by row count (1..insertChunk),
 // plain and OR IGNORE, built once.
@@ -30,13 +30,13 @@ var insertQueries = func() (q [2][insertChunk + 1]string) {
 			if ignore == 1 {
 				b.WriteString("OR IGNORE ")
 			}
-			b.WriteString("INTO calls (id, function, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
-				"parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at) VALUES ")
+			b.WriteString("INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
+				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at) VALUES ")
 			for i := range rows {
 				if i > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 			}
 			q[ignore][rows] = b.String()
 		}
@@ -72,12 +72,15 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 			if c.Error != "" {
 				errText = c.Error
 			}
-			created, updated := c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano()
+			created, updated, budget := c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.BudgetStart.UnixNano()
 			if c.UpdatedAt.IsZero() {
 				updated = created
 			}
-			args = append(args, c.ID, c.Function, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
-				c.RunAfter.UnixNano(), parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
+			if c.BudgetStart.IsZero() {
+				budget = created
+			}
+			args = append(args, c.ID, c.Function, c.Key, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
+				c.RunAfter.UnixNano(), budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
 				created, updated)
 		}
 		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
@@ -90,37 +93,100 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 }
 
 // CallInsertMany implements dispatch.Store.
-func (s *Store) CallInsertMany(ctx context.Context, calls []*dispatch.Call) error {
+func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams) ([]string, error) {
+	calls := p.Calls
+	ids := make([]string, len(calls))
 	if len(calls) == 0 {
-		return nil
+		return ids, nil
+	}
+	deduping := false
+	for _, c := range calls {
+		deduping = deduping || c.DedupKey != ""
 	}
 	err := s.w.do(ctx, func(tx *wtx) error {
-		_, err := insert(tx, calls, false)
+		rows := calls
+		for i, c := range calls {
+			ids[i] = c.ID
+		}
+		if deduping {
+			var err error
+			if rows, err = dedup(tx, calls, ids, p.DedupSince); err != nil {
+				return err
+			}
+		}
+		_, err := insert(tx, rows, false)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("insert calls: %w", err)
+		return nil, fmt.Errorf("insert calls: %w", err)
 	}
-	return nil
+	return ids, nil
 }
 
-const claimColumns = `id, function, input, attempt, failures, run_after, parent_id, gather, idx, gathers, created_at`
+// dedup resolves the dedup keys of an insert: it returns the calls to store,
+// and sets ids[i] to the call a duplicate repeats (to "" for the children of
+// a duplicate, which are not stored).
+func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
+	dups := map[string]bool{}
+	seen := map[string]string{} // key -> call id, within this insert
+	for i, c := range calls {
+		if c.DedupKey == "" || c.ParentID != "" {
+			continue
+		}
+		if prev, ok := seen[c.DedupKey]; ok {
+			ids[i], dups[c.ID] = prev, true
+			continue
+		}
+		row, err := tx.queryRow(`SELECT call_id FROM dedup WHERE key = ? AND created_at >= ?`, c.DedupKey, since.UnixNano())
+		switch {
+		case err == nil:
+			ids[i], dups[c.ID] = asString(row[0]), true
+			continue
+		case !errors.Is(err, sql.ErrNoRows):
+			return nil, err
+		}
+		if _, err := tx.exec(`INSERT INTO dedup (key, call_id, created_at) VALUES (?, ?, ?)
+			ON CONFLICT (key) DO UPDATE SET call_id = excluded.call_id, created_at = excluded.created_at`,
+			c.DedupKey, c.ID, c.CreatedAt.UnixNano()); err != nil {
+			return nil, err
+		}
+		seen[c.DedupKey] = c.ID
+	}
+	if len(dups) == 0 {
+		return calls, nil
+	}
+	rows := make([]*dispatch.Call, 0, len(calls))
+	for i, c := range calls {
+		switch {
+		case dups[c.ID]:
+		case dups[c.ParentID]:
+			ids[i] = ""
+		default:
+			rows = append(rows, c)
+		}
+	}
+	return rows, nil
+}
+
+const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at`
 
 // claimed makes a running call of a row of claimColumns.
 func claimed(row []driver.Value) *dispatch.Call {
 	return &dispatch.Call{
-		State:     dispatch.StateRunning,
-		ID:        asString(row[0]),
-		Function:  asString(row[1]),
-		Input:     asBytes(row[2]),
-		Attempt:   int(asInt(row[3])),
-		Failures:  int(asInt(row[4])),
-		RunAfter:  fromNanos(asInt(row[5])),
-		ParentID:  asString(row[6]),
-		Gather:    int(asInt(row[7])),
-		Index:     int(asInt(row[8])),
-		Gathers:   int(asInt(row[9])),
-		CreatedAt: fromNanos(asInt(row[10])),
+		State:       dispatch.StateRunning,
+		ID:          asString(row[0]),
+		Function:    asString(row[1]),
+		Key:         asString(row[2]),
+		Input:       asBytes(row[3]),
+		Attempt:     int(asInt(row[4])),
+		Failures:    int(asInt(row[5])),
+		RunAfter:    fromNanos(asInt(row[6])),
+		BudgetStart: fromNanos(asInt(row[7])),
+		ParentID:    asString(row[8]),
+		Gather:      int(asInt(row[9])),
+		Index:       int(asInt(row[10])),
+		Gathers:     int(asInt(row[11])),
+		CreatedAt:   fromNanos(asInt(row[12])),
 	}
 }
 
@@ -128,7 +194,7 @@ func claimQuery(functions int) string {
 	return `UPDATE calls SET state = 1, lease_owner = ?, lease_expires = ?, attempt = attempt + 1, updated_at = ?
 	WHERE id IN (
 		SELECT id FROM calls
-		WHERE state = 0 AND run_after <= ? AND function IN (` + placeholders(functions) + `)
+		WHERE state = 0 AND key = ? AND run_after <= ? AND function IN (` + placeholders(functions) + `)
 		ORDER BY run_after
 		LIMIT ?
 	)
@@ -145,8 +211,8 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 		return nil, nil
 	}
 	now := p.Now.UnixNano()
-	args := make([]any, 0, 5+len(p.Functions))
-	args = append(args, p.Owner, p.LeaseUntil.UnixNano(), now, now)
+	args := make([]any, 0, 6+len(p.Functions))
+	args = append(args, p.Owner, p.LeaseUntil.UnixNano(), now, p.Key, now)
 	for _, f := range p.Functions {
 		args = append(args, f)
 	}
@@ -169,6 +235,34 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 	slices.SortFunc(calls, func(a, b *dispatch.Call) int { return a.RunAfter.Compare(b.RunAfter) })
 	return calls, nil
 }
+
+// CallKeys implements dispatch.Store: a loose index scan of calls_runnable,
+// one probe per key, then one probe per key for a runnable call.
+func (s *Store) CallKeys(ctx context.Context, now time.Time) ([]string, error) {
+	rows, err := s.keysStmt.QueryContext(ctx, now.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	defer rows.Close()
+	var keys []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, fmt.Errorf("list keys: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
+}
+
+const keysQuery = `WITH RECURSIVE k(key) AS (
+		SELECT (SELECT MIN(key) FROM calls WHERE state = 0)
+		UNION ALL
+		SELECT (SELECT MIN(key) FROM calls WHERE state = 0 AND key > k.key) FROM k WHERE k.key IS NOT NULL
+	)
+	SELECT key FROM k
+	WHERE key IS NOT NULL
+	AND EXISTS (SELECT 1 FROM calls WHERE state = 0 AND key = k.key AND run_after <= ?)`
 
 // CallLeaseRenew implements dispatch.Store.
 func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewParams) error {
@@ -249,7 +343,7 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*dispatch.CallFinishResult, error) {
 	now := p.Now.UnixNano()
 	var failed int
-	if p.State != dispatch.StateDone {
+	if p.State != dispatch.StateDone && !p.Snooze {
 		failed = 1
 	}
 	var errText, output any
@@ -274,6 +368,17 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 			return err
 		}
 		res.Applied = true
+		if r := p.Record; r != nil {
+			var detail any
+			if len(r.Detail) > 0 {
+				detail = r.Detail
+			}
+			if _, err := tx.exec(`INSERT OR REPLACE INTO attempts (call_id, attempt, started_at, duration_ns, status, error, detail)
+				VALUES (?, ?, ?, ?, ?, ?, ?)`, p.ID, p.Attempt, r.Started.UnixNano(), int64(r.Duration), int(r.Status),
+				r.Error, detail); err != nil {
+				return err
+			}
+		}
 		if p.ParentID == "" || !p.State.Final() {
 			return nil
 		}
@@ -310,22 +415,23 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	return res, nil
 }
 
-const callColumns = `id, function, input, state, attempt, failures, run_after, lease_owner, lease_expires,
+const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
 	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
 
 func scanCall(scan func(...any) error) (*dispatch.Call, error) {
 	var c dispatch.Call
-	var runAfter, created, updated int64
+	var runAfter, budget, created, updated int64
 	var leaseExpires sql.NullInt64
 	var leaseOwner, parent, errText sql.NullString
 	var state, status int
-	if err := scan(&c.ID, &c.Function, &c.Input, &state, &c.Attempt, &c.Failures, &runAfter,
+	if err := scan(&c.ID, &c.Function, &c.Key, &c.Input, &state, &c.Attempt, &c.Failures, &runAfter, &budget,
 		&leaseOwner, &leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting,
 		&c.Output, &errText, &status, &created, &updated); err != nil {
 		return nil, err
 	}
 	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
-	c.RunAfter, c.CreatedAt, c.UpdatedAt = fromNanos(runAfter), fromNanos(created), fromNanos(updated)
+	c.RunAfter, c.BudgetStart = fromNanos(runAfter), fromNanos(budget)
+	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
 	c.LeaseOwner, c.ParentID, c.Error = leaseOwner.String, parent.String, errText.String
 	if leaseExpires.Valid {
 		c.LeaseExpires = fromNanos(leaseExpires.Int64)
@@ -370,26 +476,130 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
-const childColumns = `id, function, state, attempt, failures, run_after, lease_owner, lease_expires,
-	gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
 
 func scanChild(scan func(...any) error) (*dispatch.Call, error) {
 	var c dispatch.Call
-	var runAfter, created, updated int64
+	var runAfter, budget, created, updated int64
 	var leaseExpires sql.NullInt64
-	var leaseOwner, errText sql.NullString
+	var leaseOwner, parent, errText sql.NullString
 	var state, status int
-	if err := scan(&c.ID, &c.Function, &state, &c.Attempt, &c.Failures, &runAfter, &leaseOwner, &leaseExpires,
-		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated); err != nil {
+	if err := scan(&c.ID, &c.Function, &c.Key, &state, &c.Attempt, &c.Failures, &runAfter, &budget, &leaseOwner,
+		&leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status,
+		&created, &updated); err != nil {
 		return nil, err
 	}
 	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
-	c.RunAfter, c.CreatedAt, c.UpdatedAt = fromNanos(runAfter), fromNanos(created), fromNanos(updated)
-	c.LeaseOwner, c.Error = leaseOwner.String, errText.String
+	c.RunAfter, c.BudgetStart = fromNanos(runAfter), fromNanos(budget)
+	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
+	c.LeaseOwner, c.ParentID, c.Error = leaseOwner.String, parent.String, errText.String
 	if leaseExpires.Valid {
 		c.LeaseExpires = fromNanos(leaseExpires.Int64)
 	}
 	return &c, nil
+}
+
+// CallList implements dispatch.Store.
+func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*dispatch.Call, error) {
+	var q strings.Builder
+	args := []any{int(p.State), p.Function, p.After}
+	q.WriteString(`SELECT ` + childColumns + ` FROM calls WHERE state = ? AND function = ? AND id > ?`)
+	if p.Key != nil {
+		q.WriteString(` AND key = ?`)
+		args = append(args, *p.Key)
+	}
+	if !p.CreatedAfter.IsZero() {
+		q.WriteString(` AND created_at >= ?`)
+		args = append(args, p.CreatedAfter.UnixNano())
+	}
+	if !p.CreatedBefore.IsZero() {
+		q.WriteString(` AND created_at < ?`)
+		args = append(args, p.CreatedBefore.UnixNano())
+	}
+	q.WriteString(` ORDER BY id LIMIT ?`)
+	args = append(args, max(p.Limit, 0))
+	rows, err := s.rdb.QueryContext(ctx, q.String(), args...)
+	if err != nil {
+		return nil, fmt.Errorf("list calls: %w", err)
+	}
+	defer rows.Close()
+	var calls []*dispatch.Call
+	for rows.Next() {
+		c, err := scanChild(rows.Scan)
+		if err != nil {
+			return nil, fmt.Errorf("list calls: %w", err)
+		}
+		calls = append(calls, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list calls: %w", err)
+	}
+	return calls, nil
+}
+
+// CallAttempts implements dispatch.Store.
+func (s *Store) CallAttempts(ctx context.Context, callID string) ([]*dispatch.Attempt, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT attempt, started_at, duration_ns, status, error, detail
+		FROM attempts WHERE call_id = ? ORDER BY attempt`, callID)
+	if err != nil {
+		return nil, fmt.Errorf("list attempts: %w", err)
+	}
+	defer rows.Close()
+	var out []*dispatch.Attempt
+	for rows.Next() {
+		a := &dispatch.Attempt{CallID: callID}
+		var started, duration int64
+		var status int
+		if err := rows.Scan(&a.Attempt, &started, &duration, &status, &a.Error, &a.Detail); err != nil {
+			return nil, fmt.Errorf("list attempts: %w", err)
+		}
+		a.Started, a.Duration, a.Status = fromNanos(started), time.Duration(duration), dispatch.Status(status)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// CallRedrive implements dispatch.Store.
+func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) ([]string, error) {
+	now := p.Now.UnixNano()
+	var done []string
+	err := s.w.do(ctx, func(tx *wtx) error {
+		done = done[:0]
+		for _, id := range p.IDs {
+			row, err := tx.queryRow(`SELECT parent_id FROM calls WHERE id = ? AND state = 4`, id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // not failed (any more), or unknown
+			}
+			if err != nil {
+				return err
+			}
+			if parent := asString(row[0]); parent != "" {
+				// The parent waits for this call again: one more if it is
+				// waiting, from scratch if it had failed.
+				n, err := tx.exec(`UPDATE calls SET
+						waiting = CASE state WHEN 2 THEN waiting + 1 ELSE 1 END,
+						state = 2, error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+					WHERE id = ? AND state IN (2, 4)`, now, parent)
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					continue // the parent is about to finish: leave this call be
+				}
+			}
+			if _, err := tx.exec(`UPDATE calls SET state = 0, failures = 0, budget_start = ?, run_after = ?, updated_at = ?
+				WHERE id = ?`, now, now, now, id); err != nil {
+				return err
+			}
+			done = append(done, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redrive calls: %w", err)
+	}
+	return done, nil
 }
 
 // CallDeleteFinished implements dispatch.Store.
@@ -443,12 +653,7 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 			for _, r := range roots {
 				switch {
 				case r.state == target:
-					if _, err := tx.exec(`WITH RECURSIVE tree(id) AS (
-							SELECT ?
-							UNION ALL
-							SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
-						)
-						DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, r.id); err != nil {
+					if err := deleteTree(tx, r.id); err != nil {
 						return err
 					}
 					deleted++
@@ -474,6 +679,24 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	}
 	s.retentionMark[rule] = s.nextMark[rule]
 	return deleted, nil
+}
+
+// deleteTree deletes a call, its descendants, their attempts and the
+// call's dedup key.
+func deleteTree(tx *wtx, id string) error {
+	const tree = `WITH RECURSIVE tree(id) AS (
+			SELECT ?
+			UNION ALL
+			SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
+		)`
+	if _, err := tx.exec(tree+` DELETE FROM attempts WHERE call_id IN (SELECT id FROM tree)`, id); err != nil {
+		return err
+	}
+	if _, err := tx.exec(`DELETE FROM dedup WHERE call_id = ?`, id); err != nil {
+		return err
+	}
+	_, err := tx.exec(tree+` DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, id)
+	return err
 }
 
 // CallCounts implements dispatch.Store.

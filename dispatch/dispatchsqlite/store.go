@@ -71,7 +71,7 @@ type Store struct {
 	w    *writer
 
 	// Read statements, prepared once: preparing costs more than running them.
-	getStmt, childrenStmt *sql.Stmt
+	getStmt, childrenStmt, keysStmt *sql.Stmt
 
 	closed chan struct{}
 
@@ -176,6 +176,9 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		WHERE parent_id = ? ORDER BY gather, idx`); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
+	if s.keysStmt, err = s.rdb.PrepareContext(ctx, keysQuery); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
 
 	conn, err := s.wdb.Conn(ctx)
 	if err != nil {
@@ -219,7 +222,7 @@ func (s *Store) Close() error {
 
 func (s *Store) closeDBs() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.getStmt, s.childrenStmt} {
+	for _, st := range []*sql.Stmt{s.getStmt, s.childrenStmt, s.keysStmt} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

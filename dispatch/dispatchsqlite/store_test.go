@@ -46,7 +46,7 @@ func TestStore_GroupCommit(t *testing.T) {
 			for i := range each {
 				c := &dispatch.Call{ID: string(rune('A'+g%26)) + strings.Repeat("x", g/26) + "-" + string(rune('a'+i%26)) + strings.Repeat("y", i/26),
 					Function: "f", Input: []byte(`{}`), RunAfter: dispatchtest.T0, CreatedAt: dispatchtest.T0}
-				if err := s.CallInsertMany(context.Background(), []*dispatch.Call{c}); err != nil {
+				if _, err := s.CallInsertMany(context.Background(), &dispatch.CallInsertParams{Calls: []*dispatch.Call{c}}); err != nil {
 					t.Error(err)
 					return
 				}

@@ -33,7 +33,9 @@ var T0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 // Exercise runs the conformance suite against the store open returns.
 func Exercise(t *testing.T, open OpenFunc) {
 	t.Run("Store", func(t *testing.T) { exerciseStore(t, open) })
+	t.Run("StoreKeys", func(t *testing.T) { exerciseStoreKeys(t, open) })
 	t.Run("Runtime", func(t *testing.T) { exerciseRuntime(t, open) })
+	t.Run("RuntimeKeys", func(t *testing.T) { exerciseRuntimeKeys(t, open) })
 }
 
 func newCall(id, fn string, input string, runAfter time.Time) *dispatch.Call {
@@ -42,7 +44,7 @@ func newCall(id, fn string, input string, runAfter time.Time) *dispatch.Call {
 
 func mustInsert(t testing.TB, s dispatch.Store, calls ...*dispatch.Call) {
 	t.Helper()
-	if err := s.CallInsertMany(context.Background(), calls); err != nil {
+	if _, err := s.CallInsertMany(context.Background(), &dispatch.CallInsertParams{Calls: calls}); err != nil {
 		t.Fatalf("CallInsertMany: %v", err)
 	}
 }
@@ -118,7 +120,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		defer s.Close()
 		mustInsert(t, s, newCall("dup", "f", `{}`, T0))
 		batch := []*dispatch.Call{newCall("a", "f", `{}`, T0), newCall("dup", "f", `{}`, T0), newCall("b", "f", `{}`, T0)}
-		if err := s.CallInsertMany(ctx, batch); err == nil {
+		if _, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: batch}); err == nil {
 			t.Fatal("CallInsertMany with an existing id: err=nil, want an error")
 		}
 		for _, id := range []string{"a", "b"} {
@@ -451,6 +453,11 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		for i := range 5 {
 			tree(fmt.Sprintf("batch%d", i), T0.Add(2*time.Second), dispatch.StateDone)
 		}
+		// A dedup key goes with its call.
+		if _, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{{ID: "dk", Function: "parent",
+			Input: []byte(`{}`), RunAfter: T0, CreatedAt: T0.Add(2 * time.Second), State: dispatch.StateDone, DedupKey: "key-of-dk"}}}); err != nil {
+			t.Fatal(err)
+		}
 		tree("new", T0.Add(time.Hour), dispatch.StateDone)
 		cutoff := T0.Add(time.Minute)
 
@@ -462,7 +469,11 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 			}
 		}
 		pass(cutoff, false, 2, 2) // old, old2: the limit bounds a pass
-		pass(cutoff, false, 10, 5)
+		pass(cutoff, false, 10, 6) // the batches and dk
+		if got, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{{ID: "dk2", Function: "parent",
+			Input: []byte(`{}`), RunAfter: T0, CreatedAt: T0, State: dispatch.StateDone, DedupKey: "key-of-dk"}}}); err != nil || got[0] != "dk2" {
+			t.Fatalf("the dedup key of a deleted call still names it: %v, %v", got, err)
+		}
 		present := map[string]bool{"old": false, "old.0.0": false, "old2": false, "batch4.0.0": false, "oldfail": true,
 			"oldfail.0.0": true, "unfinished": true, "new": true, "new.0.0": true}
 		for id, want := range present {
@@ -528,7 +539,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 				defer wg.Done()
 				for i := range 20 {
 					c := newCall(fmt.Sprintf("g%02d-%02d", g, i), "f", `{}`, T0)
-					if err := s.CallInsertMany(ctx, []*dispatch.Call{c}); err != nil {
+					if _, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{c}}); err != nil {
 						errs <- err
 						return
 					}
@@ -550,7 +561,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.CallInsertMany(ctx, []*dispatch.Call{newCall("x", "f", `{}`, T0)}); err == nil {
+		if _, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{newCall("x", "f", `{}`, T0)}}); err == nil {
 			t.Fatal("insert into a closed store succeeded")
 		}
 	})

@@ -1,0 +1,45 @@
+package dispatch
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+func TestRuntime_Observe(t *testing.T) {
+	var tripped []string
+	r := &Runtime{workers: 256, keys: map[string]*keyState{}, tripAfter: 4, tripWindow: time.Minute,
+		log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		onTrip: func(key, reason string) { tripped = append(tripped, key) }}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name      string
+		status    Status
+		at        time.Duration
+		wantLimit float64
+		wantTrips int
+	}{
+		{"TimeoutHalves", StatusTimeout, 0, initialLimit / 2, 0},
+		{"SecondLossInSameEventIgnored", StatusThrottled, 10 * time.Millisecond, initialLimit / 2, 0},
+		{"LaterLossHalvesAgain", StatusTemporary, 200 * time.Millisecond, initialLimit / 4, 0},
+		{"PermanentChangesNothing", StatusPermanent, 300 * time.Millisecond, initialLimit / 4, 0},
+		{"FourthFailureBeforeWindowDoesNotTrip", StatusTCP, 400 * time.Millisecond, initialLimit / 8, 0},
+		{"FailureAfterWindowTrips", StatusTimeout, time.Minute + time.Second, initialLimit / 16, 1},
+		{"NoSecondTrip", StatusTimeout, 2 * time.Minute, initialLimit / 32, 1},
+		{"SuccessGrowsByOnePerWindow", StatusOK, 3 * time.Minute, initialLimit/32 + 1/(initialLimit/32), 1},
+	}
+	for _, tc := range tests {
+		r.observe("k", tc.status, t0.Add(tc.at))
+		st := r.KeyStatus("k")
+		if st.Limit != tc.wantLimit || len(tripped) != tc.wantTrips {
+			t.Fatalf("%s: limit %v trips %d, want %v and %d", tc.name, st.Limit, len(tripped), tc.wantLimit, tc.wantTrips)
+		}
+	}
+	for range 100 {
+		r.observe("k", StatusTimeout, t0.Add(time.Hour))
+	}
+	if st := r.KeyStatus("k"); st.Limit < 1 {
+		t.Fatalf("limit fell to %v, below 1", st.Limit)
+	}
+}
