@@ -468,7 +468,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 				t.Fatalf("CallDeleteFinished(before %v, failed %v, limit %d) = %d, %v; want %d", before, failed, limit, n, err, want)
 			}
 		}
-		pass(cutoff, false, 2, 2) // old, old2: the limit bounds a pass
+		pass(cutoff, false, 2, 2)  // old, old2: the limit bounds a pass
 		pass(cutoff, false, 10, 6) // the batches and dk
 		if got, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{{ID: "dk2", Function: "parent",
 			Input: []byte(`{}`), RunAfter: T0, CreatedAt: T0, State: dispatch.StateDone, DedupKey: "key-of-dk"}}}); err != nil || got[0] != "dk2" {
@@ -491,7 +491,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		c := mustClaim(t, s, "o", T0, 1, "parent")[0]
 		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
 		pass(cutoff, false, 10, 1)
-		pass(T0.Add(2*time.Hour), false, 10, 1) // new
+		pass(T0.Add(2*time.Hour), false, 10, 2) // new, dk2
 		// After the table emptied, rowids start again: new calls still go.
 		tree("again", T0, dispatch.StateDone)
 		pass(cutoff, false, 10, 1)
