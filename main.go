@@ -27,6 +27,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"fanout/dispatch"
+	"fanout/dispatch/dispatchpg"
 	"fanout/dispatch/dispatchsqlite"
 	"fanout/webhook"
 )
@@ -70,13 +71,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	store, err := dispatchsqlite.Open(ctx, dispatchsqlite.Config{
-		Path:        filepath.Join(cfg.dataDir, "fanout.db"),
-		Synchronous: cfg.synchronous,
-		Logger:      log,
-	})
+	store, where, err := openStore(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("open the store in %s (--data): %w", cfg.dataDir, err)
+		return err
 	}
 	defer store.Close()
 
@@ -144,7 +141,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen on %s (--addr): %w", cfg.addr, err)
 	}
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", version,
-		"data", store.Path(), "destinations", len(destinations))
+		"store", where, "destinations", len(destinations))
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -163,9 +160,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if serr := rt.Stop(shutdownCtx); serr != nil {
 		err = errors.Join(err, serr)
 	}
-	st, rs := store.Stats(), rt.Stats()
-	log.Info("totals", "commits", st.Commits, "store_operations", st.Ops, "claims", rs.Claims, "claimed", rs.Claimed,
-		"leased_on_create", rs.LeasedOnCreate, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed)
+	rs := rt.Stats()
+	totals := []any{"claims", rs.Claims, "claimed", rs.Claimed, "leased_on_create", rs.LeasedOnCreate,
+		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed}
+	if s, ok := store.(*dispatchsqlite.Store); ok {
+		st := s.Stats()
+		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops)
+	}
+	log.Info("totals", totals...)
 	if serr := store.Close(); serr != nil {
 		err = errors.Join(err, fmt.Errorf("close store: %w", serr))
 	}
@@ -173,10 +175,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
+// openStore opens PostgreSQL when --database-url is set, the embedded SQLite
+// file under --data otherwise, and says which.
+func openStore(ctx context.Context, cfg *config, log *slog.Logger) (dispatch.Store, string, error) {
+	if cfg.databaseURL != "" {
+		s, err := dispatchpg.Open(ctx, dispatchpg.Config{URL: cfg.databaseURL, Logger: log})
+		if err != nil {
+			return nil, "", fmt.Errorf("open the PostgreSQL store (--database-url): %w", err)
+		}
+		return s, "postgresql", nil
+	}
+	path := filepath.Join(cfg.dataDir, "fanout.db")
+	s, err := dispatchsqlite.Open(ctx, dispatchsqlite.Config{Path: path, Synchronous: cfg.synchronous, Logger: log})
+	if err != nil {
+		return nil, "", fmt.Errorf("open the store in %s (--data): %w", cfg.dataDir, err)
+	}
+	return s, path, nil
+}
+
 // config is everything run needs, from flags and their FANOUT_* twins.
 type config struct {
 	addr             string
 	dataDir          string
+	databaseURL      string
 	destinations     []string
 	demo             bool
 	deliveryTimeout  time.Duration
@@ -212,6 +233,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	envOf := map[string]string{}
 	fs.StringVar(&cfg.addr, "addr", "localhost:8000", "address to listen on")
 	fs.StringVar(&cfg.dataDir, "data", "data", "directory of the SQLite database")
+	fs.StringVar(&cfg.databaseURL, "database-url", "", "PostgreSQL connection `URL` (postgres://user:pass@host/db); when set, replaces the SQLite store and lets several replicas share the database")
 	fs.Func("destination", "`URL` every event is delivered to; repeat the flag for several (the environment takes a comma-separated list)", func(v string) error {
 		for _, u := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
 			if err := validateDestination(u); err != nil {
