@@ -120,8 +120,10 @@ type Request struct {
 	// receiver can drop a duplicate.
 	ID   string
 	Body []byte
-	// Header holds extra headers (signatures, a destination's own).
+	// Header holds extra headers (a destination's own).
 	Header http.Header
+	// Keys sign the delivery (see Sign); none, no signature.
+	Keys [][]byte
 }
 
 // Result is what the destination answered.
@@ -148,8 +150,12 @@ func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
+	ts := c.now().Unix()
 	req.Header.Set("webhook-id", r.ID)
-	req.Header.Set("webhook-timestamp", strconv.FormatInt(c.now().Unix(), 10))
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
+	if len(r.Keys) > 0 {
+		req.Header.Set("webhook-signature", Sign(r.Keys, r.ID, ts, r.Body))
+	}
 
 	start := time.Now()
 	resp, err := c.http.Do(req)
