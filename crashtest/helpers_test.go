@@ -1,0 +1,584 @@
+package crashtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+	"fanout/dispatch/dispatchsqlite"
+)
+
+// --- the fanout process ---
+
+// fanoutArgs is the one place that says how the tests start fanout: on a
+// free loopback port, with its data in data, delivering to destinations.
+// Tests add their own flags in extra. (When the binary grows an SSRF guard
+// flag, its --allow-network 127.0.0.0/8 goes here.)
+func fanoutArgs(data string, destinations []string, extra ...string) []string {
+	args := []string{"--addr", "127.0.0.1:0", "--data", data}
+	for _, d := range destinations {
+		args = append(args, "--destination", d)
+	}
+	return append(args, extra...)
+}
+
+// fanoutProc is one run of the fanout binary.
+type fanoutProc struct {
+	cmd     *exec.Cmd
+	URL     string // http://127.0.0.1:PORT once it listens
+	logs    *logLines
+	started time.Time
+	exited  chan struct{} // closed once the process is reaped
+	state   *os.ProcessState
+}
+
+var listeningRE = regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
+
+// startFanout starts fanout with args (made by fanoutArgs) and returns once
+// it listens.
+func startFanout(t testing.TB, args []string) *fanoutProc {
+	t.Helper()
+	p := launch(t, exec.Command(fanoutBin, args...))
+	p.waitListening(t, 30*time.Second)
+	return p
+}
+
+// launch starts cmd, which runs fanout, with its output captured and a
+// cleanup that kills it: nothing outlives the test.
+func launch(t testing.TB, cmd *exec.Cmd) *fanoutProc {
+	t.Helper()
+	p := &fanoutProc{cmd: cmd, logs: &logLines{}, exited: make(chan struct{})}
+	cmd.Env = childEnv()
+	cmd.Stdout = p.logs
+	cmd.Stderr = p.logs
+	p.started = time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start fanout: %v", err)
+	}
+	go func() {
+		_ = cmd.Wait() // the exit status is in cmd.ProcessState
+		p.state = cmd.ProcessState
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = cmd.Process.Kill()
+			select {
+			case <-p.exited:
+			case <-time.After(10 * time.Second):
+				t.Errorf("fanout (pid %d) did not die within 10s of SIGKILL", cmd.Process.Pid)
+			}
+		}
+		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
+			t.Logf("fanout pid %d (%s), last lines of its log:\n%s", cmd.Process.Pid,
+				strings.Join(cmd.Args[1:], " "), p.logs.tail(60))
+		}
+	})
+	return p
+}
+
+// childEnv is the test's environment without what would change fanout's
+// behaviour behind the test's back: its own FANOUT_* settings, and proxies
+// (a proxy would take the deliveries off loopback).
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "FANOUT_") || strings.HasSuffix(strings.ToUpper(name), "_PROXY") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+func (p *fanoutProc) waitListening(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := p.logs.find(listeningRE); m != nil {
+			p.URL = m[1]
+			return
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("fanout exited before listening (%v):\n%s", p.state, p.logs.tail(30))
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fanout did not listen within %v:\n%s", timeout, p.logs.tail(30))
+		}
+	}
+}
+
+// kill sends SIGKILL and waits until the process is gone. It returns when
+// the signal was sent.
+func (p *fanoutProc) kill(t testing.TB) time.Time {
+	t.Helper()
+	at := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatalf("SIGKILL fanout: %v", err)
+	}
+	p.waitExit(t, 10*time.Second)
+	return at
+}
+
+// terminate sends SIGTERM, the clean shutdown, and checks that fanout exits
+// with status 0 within timeout.
+func (p *fanoutProc) terminate(t testing.TB, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM fanout: %v", err)
+	}
+	st := p.waitExit(t, timeout)
+	if !st.Success() {
+		t.Fatalf("fanout exited with %v after SIGTERM, want status 0:\n%s", st, p.logs.tail(30))
+	}
+	return time.Since(start)
+}
+
+func (p *fanoutProc) waitExit(t testing.TB, timeout time.Duration) *os.ProcessState {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.state
+	case <-time.After(timeout):
+		t.Fatalf("fanout (pid %d) still runs %v after it was told to stop:\n%s", p.cmd.Process.Pid, timeout, p.logs.tail(30))
+		return nil
+	}
+}
+
+// waitLog waits until a line of fanout's log contains every one of parts.
+func (p *fanoutProc) waitLog(t testing.TB, timeout time.Duration, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if line, ok := p.logs.contains(parts...); ok {
+			return line
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line of fanout's log has %q within %v:\n%s", parts, timeout, p.logs.tail(30))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// logLines collects a process's output by line, keeping the last maxLines.
+type logLines struct {
+	mu      sync.Mutex
+	partial []byte
+	lines   []string
+	dropped int
+}
+
+const maxLines = 20000
+
+func (l *logLines) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.partial = append(l.partial, b...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		l.lines = append(l.lines, string(l.partial[:i]))
+		l.partial = l.partial[i+1:]
+	}
+	if n := len(l.lines) - maxLines; n > 0 {
+		l.lines = slices.Delete(l.lines, 0, n)
+		l.dropped += n
+	}
+	return len(b), nil
+}
+
+func (l *logLines) find(re *regexp.Regexp) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if m := re.FindStringSubmatch(line); m != nil {
+			return m
+		}
+	}
+	return nil
+}
+
+func (l *logLines) contains(parts ...string) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+next:
+	for _, line := range l.lines {
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				continue next
+			}
+		}
+		return line, true
+	}
+	return "", false
+}
+
+func (l *logLines) count(parts ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+next:
+	for _, line := range l.lines {
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				continue next
+			}
+		}
+		n++
+	}
+	return n
+}
+
+func (l *logLines) all() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n") + string(l.partial)
+}
+
+func (l *logLines) tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lines := l.lines[max(0, len(l.lines)-n):]
+	return strings.Join(lines, "\n") + string(l.partial)
+}
+
+// --- destinations ---
+
+// attempt is one delivery attempt as a sink sees it.
+type attempt struct {
+	ID   string // webhook-id: the event id
+	N    int    // 1 for the first attempt of this event at this sink
+	Body []byte
+	Req  *http.Request
+}
+
+// answer is what a sink says to an attempt. Status 2xx counts as delivered.
+type answer struct {
+	Status int
+	Header map[string]string
+	// Write, if set, writes the body after the status (an endless one, say).
+	Write func(w http.ResponseWriter, r *http.Request)
+}
+
+// behaviour decides a sink's answer; it may block (a hanging destination).
+type behaviour func(a attempt) answer
+
+func healthy(attempt) answer { return answer{Status: http.StatusNoContent} }
+
+// flaky answers 503 to a fraction p of the attempts, at random.
+func flaky(p float64) behaviour {
+	return func(attempt) answer {
+		if rand.Float64() < p {
+			return answer{Status: http.StatusServiceUnavailable}
+		}
+		return answer{Status: http.StatusOK}
+	}
+}
+
+// sink is a destination on loopback in the test process. It records every
+// attempt and every delivery (an attempt it answered 2xx) by webhook-id.
+type sink struct {
+	*httptest.Server
+	behave      behaviour
+	mu          sync.Mutex
+	byID        map[string]*record
+	attempts    atomic.Int64
+	deliveries  atomic.Int64
+	lastAttempt atomic.Int64 // unix nanoseconds
+}
+
+// record is what a sink saw of one event.
+type record struct {
+	attempts   []time.Time // arrival of every attempt
+	deliveries []time.Time // arrival of the attempts answered 2xx
+	body       []byte      // the body of the first delivery
+	differs    []byte      // a later delivered body that was not the same bytes
+}
+
+func newSink(t testing.TB, behave behaviour) *sink {
+	t.Helper()
+	return newSinkOn(t, nil, behave)
+}
+
+// newSinkOn starts a sink on ln, or on a free loopback port when ln is nil.
+func newSinkOn(t testing.TB, ln net.Listener, behave behaviour) *sink {
+	t.Helper()
+	s := &sink{behave: behave, byID: make(map[string]*record)}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	if ln != nil {
+		s.Listener.Close()
+		s.Listener = ln
+	}
+	s.Start()
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
+	at := time.Now()
+	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	if err != nil {
+		return // fanout went away mid-request: not an attempt that counts
+	}
+	id := r.Header.Get("webhook-id")
+	s.attempts.Add(1)
+	s.lastAttempt.Store(at.UnixNano())
+	s.mu.Lock()
+	rec := s.byID[id]
+	if rec == nil {
+		rec = &record{}
+		s.byID[id] = rec
+	}
+	rec.attempts = append(rec.attempts, at)
+	n := len(rec.attempts)
+	s.mu.Unlock()
+
+	ans := s.behave(attempt{ID: id, N: n, Body: body, Req: r})
+	if ans.Status >= 200 && ans.Status < 300 {
+		// Recorded before the answer leaves: once fanout has it, the test
+		// must see the delivery.
+		s.mu.Lock()
+		rec.deliveries = append(rec.deliveries, at)
+		if rec.body == nil {
+			rec.body = body
+		} else if !bytes.Equal(rec.body, body) && rec.differs == nil {
+			rec.differs = body
+		}
+		s.mu.Unlock()
+		s.deliveries.Add(1)
+	}
+	for k, v := range ans.Header {
+		w.Header().Set(k, v)
+	}
+	w.WriteHeader(ans.Status)
+	if ans.Write != nil {
+		ans.Write(w, r)
+	}
+}
+
+func (r *record) clone() record {
+	return record{attempts: slices.Clone(r.attempts), deliveries: slices.Clone(r.deliveries),
+		body: r.body, differs: r.differs}
+}
+
+// get returns a copy of what the sink saw of one event.
+func (s *sink) get(id string) record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec := s.byID[id]; rec != nil {
+		return rec.clone()
+	}
+	return record{}
+}
+
+// snapshot returns a copy of everything the sink saw.
+func (s *sink) snapshot() map[string]record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]record, len(s.byID))
+	for id, rec := range s.byID {
+		out[id] = rec.clone()
+	}
+	return out
+}
+
+// missing returns how many of ids the sink has not had delivered, and one of them.
+func (s *sink) missing(ids []string) (int, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, example := 0, ""
+	for _, id := range ids {
+		if rec := s.byID[id]; rec == nil || len(rec.deliveries) == 0 {
+			n++
+			example = id
+		}
+	}
+	return n, example
+}
+
+// waitDelivered waits until every one of ids was delivered to the sink.
+func (s *sink) waitDelivered(t testing.TB, ids []string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n, example := s.missing(ids)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d events not delivered within %v (for example %s, which saw %d attempts)",
+				s.URL, n, len(ids), timeout, example, len(s.get(example).attempts))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitQuiet waits until no sink has seen an attempt for quiet: with retries
+// at most --retry-max apart (plus the runtime's 100ms minimum), a quiet
+// longer than that means nothing is waiting for a retry any more.
+func waitQuiet(t testing.TB, sinks []*sink, quiet, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		last := int64(0)
+		for _, s := range sinks {
+			last = max(last, s.lastAttempt.Load())
+		}
+		if time.Since(time.Unix(0, last)) >= quiet {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the destinations still saw attempts %v after the load stopped", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func urlsOf(sinks []*sink, path string) []string {
+	urls := make([]string, len(sinks))
+	for i, s := range sinks {
+		urls[i] = s.URL + path
+	}
+	return urls
+}
+
+// --- the API ---
+
+var apiClient = &http.Client{Timeout: 30 * time.Second}
+
+// postEvent posts one event and returns its id; anything but 202 fails the test.
+func postEvent(t testing.TB, base string, body string) string {
+	t.Helper()
+	resp, err := apiClient.Post(base+"/v1/event", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST /v1/event: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out struct{ ID string }
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(b, &out) != nil || out.ID == "" {
+		t.Fatalf("POST /v1/event: %d %s, want 202 with an id", resp.StatusCode, b)
+	}
+	return out.ID
+}
+
+// eventBody is an event that carries its key, with the bytes that a
+// re-encoding would change (spacing, escapes, <&>, non-ASCII), so that the
+// destinations' copy proves it is the client's own bytes.
+func eventBody(key string, n int) []byte {
+	return fmt.Appendf(nil, `{"k":"%s", "n" : %d,"s":"<&>\u00e9 é \"q\"","pad":"%s"}`, key, n, strings.Repeat("x", n%61))
+}
+
+func keyOf(body []byte) string {
+	var e struct {
+		K string `json:"k"`
+	}
+	_ = json.Unmarshal(body, &e)
+	return e.K
+}
+
+// --- the store ---
+
+// openStore opens fanout's database once fanout has stopped (it holds a lock
+// on it while it runs).
+func openStore(t testing.TB, data string) *dispatchsqlite.Store {
+	t.Helper()
+	st, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{
+		Path:   filepath.Join(data, "fanout.db"),
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatalf("open fanout's store: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// callCounts returns the calls in fanout's store by function and state.
+func callCounts(t testing.TB, data string) map[string]map[dispatch.State]int64 {
+	t.Helper()
+	st := openStore(t, data)
+	counts, err := st.CallCounts(context.Background())
+	if err != nil {
+		t.Fatalf("CallCounts: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("close store: %v", err)
+	}
+	out := map[string]map[dispatch.State]int64{}
+	for _, c := range counts {
+		if out[c.Function] == nil {
+			out[c.Function] = map[dispatch.State]int64{}
+		}
+		out[c.Function][c.State] += c.N
+	}
+	return out
+}
+
+// notDone is how many calls of counts are not done.
+func notDone(counts map[string]map[dispatch.State]int64) int64 {
+	var n int64
+	for _, states := range counts {
+		for state, k := range states {
+			if state != dispatch.StateDone {
+				n += k
+			}
+		}
+	}
+	return n
+}
+
+// checkAllDone fails the test unless every call in the store is done, and
+// returns how many handleEvent calls (events) and publishEvent calls
+// (deliveries) it holds.
+func checkAllDone(t testing.TB, data string) (events, deliveries int64) {
+	t.Helper()
+	counts := callCounts(t, data)
+	if n := notDone(counts); n > 0 {
+		t.Errorf("after a clean shutdown the store holds %d calls that are not done, want every call done: %v", n, counts)
+	}
+	return counts["handleEvent"][dispatch.StateDone], counts["publishEvent"][dispatch.StateDone]
+}
+
+// eventCall returns the handleEvent call of an event and its deliveries
+// (publishEvent calls, one per destination, in destination order).
+func eventCall(t testing.TB, st *dispatchsqlite.Store, id string) (*dispatch.Call, []*dispatch.Call) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := st.CallGet(ctx, id)
+	if err != nil {
+		t.Fatalf("CallGet(%s): %v", id, err)
+	}
+	children, err := st.CallListChildren(ctx, id)
+	if err != nil {
+		t.Fatalf("CallListChildren(%s): %v", id, err)
+	}
+	return c, children
+}
