@@ -1,0 +1,594 @@
+package crashtest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+)
+
+// The fault tests run one fanout each against a destination that misbehaves
+// in one way, and check the outcome README.md promises for it: retried and
+// delivered, or failed for good and kept in the store as failed. They run in
+// parallel: most of their time is spent waiting for a timeout or a retry.
+
+// Retries in the fault tests come within about 100-200ms, so that a test can
+// tell "retried" from "not retried" in a second.
+var faultRetries = []string{"--retry-initial", "20ms", "--retry-max", "100ms"}
+
+// deliveryOf stops fanout cleanly and returns, from its store, the
+// handleEvent call of event id and its one delivery (publishEvent call).
+func deliveryOf(t *testing.T, p *fanoutProc, data, id string) (event, delivery *dispatch.Call) {
+	t.Helper()
+	p.terminate(t, time.Minute)
+	event, children := eventCall(t, openStore(t, data), id)
+	if len(children) != 1 {
+		t.Fatalf("event %s has %d deliveries in the store, want 1", id, len(children))
+	}
+	return event, children[0]
+}
+
+// TestDeliver_ExactBytes: a destination receives the bytes the client sent,
+// not a re-encoding of them (README.md, "Deliveries").
+func TestDeliver_ExactBytes(t *testing.T) {
+	t.Parallel()
+	s := newSink(t, healthy)
+	p := startFanout(t, fanoutArgs(t.TempDir(), []string{s.URL + "/hook"}, faultRetries...))
+	tests := []struct {
+		name, body string
+		// trimmed marks a known difference: fanout keeps the JSON value,
+		// not the whitespace around it (see docs/RELIABILITY.md).
+		trimmed bool
+	}{
+		{name: "Escapes", body: `{"html":"<a href=\"x\">&amp;</a>","u":"\u00e9\u2028","raw":"é😀"}`},
+		{name: "SpacingAndNumbers", body: "{ \"a\" :\t1.50e2 ,\n \"b\":[ 1,2 ], \"c\" : { } }"},
+		{name: "DuplicateKeys", body: `{"a":1,"a":2}`},
+		{name: "Deep", body: strings.Repeat(`{"a":`, 200) + "0" + strings.Repeat("}", 200)},
+		{name: "OuterWhitespace", body: " \t{\"a\":1}\n", trimmed: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := postEvent(t, p.URL, tc.body)
+			s.waitDelivered(t, []string{id}, 20*time.Second)
+			got := s.get(id).body
+			switch {
+			case string(got) == tc.body:
+			case tc.trimmed && string(got) == strings.TrimSpace(tc.body):
+				t.Skipf("known difference: delivered %q for %q: the whitespace around the object is not kept, "+
+					"although README.md says exact bytes", got, tc.body)
+			default:
+				t.Errorf("destination got %q, want the bytes sent, %q", got, tc.body)
+			}
+		})
+	}
+}
+
+// TestFault_Retried: destinations that fail for a while in a way that is
+// worth retrying. Each event is delivered, exactly once (the failed
+// attempts were not 2xx), after the expected number of failed attempts.
+func TestFault_Retried(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		extra []string
+		// failures is how many attempts fail before the destination
+		// takes the event.
+		failures int
+		fail     behaviour
+		// minGap is the least time between the first two attempts.
+		minGap time.Duration
+	}{
+		{
+			name:     "ServerErrorThenOK",
+			failures: 3,
+			fail:     func(attempt) answer { return answer{Status: http.StatusInternalServerError} },
+		},
+		{
+			// The destination hangs past --delivery-timeout: fanout gives
+			// up on the attempt, closes the connection and retries.
+			name:     "HangsPastDeliveryTimeout",
+			extra:    []string{"--delivery-timeout", "300ms"},
+			failures: 1,
+			fail: func(a attempt) answer {
+				select {
+				case <-a.Req.Context().Done(): // fanout hung up
+				case <-time.After(20 * time.Second):
+				}
+				// Too late: nobody reads it. Not a 2xx, so that the sink
+				// does not count it as a delivery.
+				return answer{Status: http.StatusServiceUnavailable}
+			},
+			minGap: 300 * time.Millisecond,
+		},
+		{
+			// The connection is dropped without an answer.
+			name:     "ConnectionReset",
+			failures: 2,
+			fail: func(attempt) answer {
+				panic(http.ErrAbortHandler) // net/http closes the connection
+			},
+		},
+		{
+			name:     "BadGatewayWithEndlessBody",
+			failures: 1,
+			fail:     func(attempt) answer { return answer{Status: http.StatusBadGateway, Write: endless(nil)} },
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSink(t, func(a attempt) answer {
+				if a.N <= tc.failures {
+					return tc.fail(a)
+				}
+				return answer{Status: http.StatusNoContent}
+			})
+			data := t.TempDir()
+			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, append(faultRetries, tc.extra...)...))
+			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
+			s.waitDelivered(t, []string{id}, 30*time.Second)
+			rec := s.get(id)
+			if got, want := len(rec.attempts), tc.failures+1; got != want {
+				t.Errorf("%d attempts, want %d: %d failures, then the delivery", got, want, tc.failures)
+			}
+			if len(rec.deliveries) != 1 {
+				t.Errorf("delivered %d times, want once", len(rec.deliveries))
+			}
+			if gap := rec.attempts[1].Sub(rec.attempts[0]); gap < tc.minGap {
+				t.Errorf("second attempt %v after the first, want at least %v", gap, tc.minGap)
+			}
+			event, delivery := deliveryOf(t, p, data, id)
+			if delivery.State != dispatch.StateDone || delivery.Failures != tc.failures || event.State != dispatch.StateDone {
+				t.Errorf("in the store: delivery %v after %d failures, event %v; want done after %d failures, done",
+					delivery.State, delivery.Failures, event.State, tc.failures)
+			}
+		})
+	}
+}
+
+// endless writes a body until the reader goes away (or, if it never does,
+// 1 GiB: the test then fails, because the read was not bounded), counting
+// the bytes written into n.
+func endless(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request) {
+	chunk := bytes.Repeat([]byte("endless "), 4096)
+	return func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < (1<<30)/len(chunk); i++ {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			if n != nil {
+				n.Add(int64(len(chunk)))
+			}
+		}
+	}
+}
+
+// TestFault_ResponseBody: what a destination answers after its status line
+// is read only up to 64 KiB and never changes the outcome: a 200 with an
+// endless or a huge body is delivered, at the first attempt. (A 502 with an
+// endless body is in TestFault_Retried.)
+func TestFault_ResponseBody(t *testing.T) {
+	t.Parallel()
+	huge := bytes.Repeat([]byte("0123456789abcdef"), (32<<20)/16)
+	tests := []struct {
+		name  string
+		write func(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request)
+	}{
+		{"EndlessOK", endless},
+		{"HugeOK", func(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request) {
+			return func(w http.ResponseWriter, r *http.Request) {
+				k, _ := w.Write(huge)
+				n.Add(int64(k))
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var written atomic.Int64
+			done := make(chan struct{}, 8)
+			write := tc.write(&written)
+			s := newSink(t, func(attempt) answer {
+				return answer{Status: http.StatusOK, Write: func(w http.ResponseWriter, r *http.Request) {
+					defer func() { done <- struct{}{} }()
+					write(w, r)
+				}}
+			})
+			data := t.TempDir()
+			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...))
+			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
+			s.waitDelivered(t, []string{id}, 30*time.Second)
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the destination was still writing its answer 30s later")
+			}
+			// fanout reads 64 KiB and closes the connection; what else was
+			// written sits in socket buffers, or failed to write.
+			if n := written.Load(); n >= 1<<30 {
+				t.Errorf("fanout read the whole %d-byte answer: the read is not bounded", n)
+			} else {
+				t.Logf("the destination wrote %d bytes before fanout closed the connection", n)
+			}
+			event, delivery := deliveryOf(t, p, data, id)
+			if n := len(s.get(id).attempts); n != 1 || delivery.State != dispatch.StateDone || event.State != dispatch.StateDone {
+				t.Errorf("%d attempts, delivery %v, event %v; want one attempt, done, done", n, delivery.State, event.State)
+			}
+		})
+	}
+}
+
+// TestFault_RetryAfter: a throttled destination's Retry-After is honoured:
+// the next attempt comes no sooner, although --retry-initial alone would
+// retry within about 120ms; and no later than --retry-max allows, whatever
+// the header asks for.
+func TestFault_RetryAfter(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		status     int
+		retryAfter func() string
+		retryMax   string
+		minGap     time.Duration
+	}{
+		{"Seconds", http.StatusTooManyRequests, func() string { return "1" }, "30s", time.Second},
+		{"HTTPDate", http.StatusServiceUnavailable, func() string {
+			// Whole seconds: the delay fanout reads is between 1s and 2s.
+			return time.Now().Add(2 * time.Second).UTC().Format(http.TimeFormat)
+		}, "30s", time.Second},
+		// An hour is cut to --retry-max: the event is delivered a second
+		// later, well within the test's deadline.
+		{"CappedAtRetryMax", http.StatusTooManyRequests, func() string { return "3600" }, "1s", time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSink(t, func(a attempt) answer {
+				if a.N == 1 {
+					return answer{Status: tc.status, Header: map[string]string{"Retry-After": tc.retryAfter()}}
+				}
+				return answer{Status: http.StatusNoContent}
+			})
+			data := t.TempDir()
+			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"},
+				"--retry-initial", "20ms", "--retry-max", tc.retryMax))
+			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
+			s.waitDelivered(t, []string{id}, 20*time.Second)
+			rec := s.get(id)
+			if gap := rec.attempts[1].Sub(rec.attempts[0]); gap < tc.minGap {
+				t.Errorf("second attempt %v after the first, want at least %v (Retry-After)", gap, tc.minGap)
+			} else {
+				t.Logf("second attempt %v after the first", gap.Round(time.Millisecond))
+			}
+			if len(rec.attempts) != 2 {
+				t.Errorf("%d attempts, want 2", len(rec.attempts))
+			}
+		})
+	}
+}
+
+// TestFault_Permanent: answers that retrying cannot change end the delivery
+// at once: one attempt, no retry, and the store keeps the delivery and its
+// event as failed. A redirect is not followed.
+func TestFault_Permanent(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		status   int
+		redirect bool
+	}{
+		{"Gone", http.StatusGone, false},
+		{"BadRequest", http.StatusBadRequest, false},
+		{"Found", http.StatusFound, true},
+		{"PermanentRedirect", http.StatusPermanentRedirect, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			elsewhere := newSink(t, healthy)
+			s := newSink(t, func(a attempt) answer {
+				h := map[string]string{}
+				if tc.redirect {
+					h["Location"] = elsewhere.URL + "/moved"
+				}
+				return answer{Status: tc.status, Header: h}
+			})
+			data := t.TempDir()
+			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...))
+			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
+			// The event fails once its delivery has: handleEvent logs it.
+			p.waitLog(t, 20*time.Second, `msg="call attempt failed"`, "function=handleEvent", "call="+id, "retry=false")
+			time.Sleep(500 * time.Millisecond) // time for a retry that must not come
+			if n := len(s.get(id).attempts); n != 1 {
+				t.Errorf("%d attempts, want 1: a %d is not retried", n, tc.status)
+			}
+			if n := elsewhere.attempts.Load(); n != 0 {
+				t.Errorf("the redirect's target got %d requests: redirects must not be followed", n)
+			}
+			event, delivery := deliveryOf(t, p, data, id)
+			if delivery.State != dispatch.StateFailed || delivery.Status != dispatch.StatusPermanent ||
+				!strings.Contains(delivery.Error, fmt.Sprint(tc.status)) {
+				t.Errorf("delivery in the store: %v, %v, %q; want failed, permanent, naming the status %d",
+					delivery.State, delivery.Status, delivery.Error, tc.status)
+			}
+			if event.State != dispatch.StateFailed {
+				t.Errorf("event in the store: %v, want failed (its delivery failed)", event.State)
+			}
+		})
+	}
+}
+
+// TestFault_DestinationRefuses: nothing listens at the destination's
+// address; attempts fail with a TCP error and are retried, and the event is
+// delivered once something listens there.
+func TestFault_DestinationRefuses(t *testing.T) {
+	t.Parallel()
+	// A port that refuses: listen, note the address, close.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	data := t.TempDir()
+	p := startFanout(t, fanoutArgs(data, []string{"http://" + addr + "/hook"},
+		append([]string{"--log-level", "debug"}, faultRetries...)...))
+	id := postEvent(t, p.URL, `{"fault":"refused"}`)
+	deadline := time.Now().Add(20 * time.Second)
+	for p.logs.count(`msg="call attempt failed"`, "function=publishEvent", `status="tcp error"`, "retry=true") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("fanout did not retry the refused delivery 3 times within 20s:\n%s", p.logs.tail(20))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ln, err = net.Listen("tcp", addr); err != nil {
+		t.Skipf("cannot listen on %s again (taken meanwhile?): %v", addr, err)
+	}
+	s := newSinkOn(t, ln, healthy)
+	s.waitDelivered(t, []string{id}, 20*time.Second)
+	if _, delivery := deliveryOf(t, p, data, id); delivery.State != dispatch.StateDone || delivery.Failures < 3 {
+		t.Errorf("delivery in the store: %v after %d failures, want done after at least 3", delivery.State, delivery.Failures)
+	}
+}
+
+// TestFault_DNSFailure: the destination's host does not resolve. Attempts
+// are retried until --retry-max-attempts is spent, then the delivery is
+// failed. fanout runs in a mount namespace of its own, with a resolv.conf
+// that names 127.0.0.1, where no DNS server listens, so that its lookups of
+// the .invalid host stay on loopback like all the tests' traffic. Without
+// root (unshare, mount) the test is skipped; webhook's TestSend_DNSFailure
+// still covers the classification.
+func TestFault_DNSFailure(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// sh -c SCRIPT sh RESOLV BIN ARGS...: bind the file, then become fanout
+	// (exec keeps the pid, so that signals reach fanout itself).
+	wrap := func(args ...string) *exec.Cmd {
+		return exec.Command("unshare", append([]string{"--mount", "--", "sh", "-c",
+			`mount --bind "$1" /etc/resolv.conf && shift && exec "$@"`, "sh", resolv}, args...)...)
+	}
+	if out, err := wrap("true").CombinedOutput(); err != nil {
+		t.Skipf("cannot give fanout a resolv.conf of its own (needs root, unshare and mount): %v %s", err, out)
+	}
+
+	data := filepath.Join(dir, "data")
+	args := fanoutArgs(data, []string{"http://fanout-crashtest.invalid/hook"},
+		append([]string{"--log-level", "debug", "--retry-max-attempts", "3"}, faultRetries...)...)
+	p := launch(t, wrap(append([]string{fanoutBin}, args...)...))
+	p.waitListening(t, 30*time.Second)
+	id := postEvent(t, p.URL, `{"fault":"dns"}`)
+	p.waitLog(t, 30*time.Second, `msg="call attempt failed"`, "function=handleEvent", "call="+id, "retry=false")
+	if n := p.logs.count(`msg="call attempt failed"`, "function=publishEvent", `status="dns error"`); n != 3 {
+		t.Errorf("%d failed attempts with a DNS error, want 3 (--retry-max-attempts)", n)
+	}
+	_, delivery := deliveryOf(t, p, data, id)
+	if delivery.State != dispatch.StateFailed || delivery.Status != dispatch.StatusDNS || delivery.Attempt != 3 ||
+		!strings.Contains(delivery.Error, "gave up after 3 attempts") {
+		t.Errorf("delivery in the store: %v, %v, attempt %d, %q; want failed, dns error, 3 attempts, gave up",
+			delivery.State, delivery.Status, delivery.Attempt, delivery.Error)
+	}
+}
+
+// TestStart_UnusableDataDir: a data directory fanout cannot write, or a full
+// disk, stops it at start with a message that names --data and the reason,
+// and exit status 1; never a panic. The tests run as root, who writes
+// through permission bits: the cases use what root cannot write either.
+func TestStart_UnusableDataDir(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T) string // returns --data
+		wantErr string
+	}{
+		{
+			name: "UnderARegularFile",
+			setup: func(t *testing.T) string {
+				f := filepath.Join(t.TempDir(), "file")
+				if err := os.WriteFile(f, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return filepath.Join(f, "data")
+			},
+			wantErr: "not a directory",
+		},
+		{
+			name: "ReadOnly",
+			setup: func(t *testing.T) string {
+				dir := t.TempDir()
+				// Immutable: not even root may create a file in it.
+				if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+					t.Skipf("chattr +i is not available here (%v %s): no directory that root cannot write", err, out)
+				}
+				t.Cleanup(func() { _ = exec.Command("chattr", "-i", dir).Run() })
+				return dir
+			},
+			wantErr: "operation not permitted",
+		},
+		{
+			name: "DiskFull",
+			setup: func(t *testing.T) string {
+				dir := mountTmpfs(t, "64k")
+				fill(t, dir)
+				return dir
+			},
+			wantErr: "disk is full",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data := tc.setup(t)
+			p := launch(t, exec.Command(fanoutBin, fanoutArgs(data, nil)...))
+			st := p.waitExit(t, 30*time.Second)
+			out := p.logs.all()
+			if st.ExitCode() != 1 {
+				t.Errorf("exit status %d, want 1", st.ExitCode())
+			}
+			want := "fanout: open the store in " + data + " (--data): "
+			if !strings.Contains(out, want) || !strings.Contains(out, tc.wantErr) {
+				t.Errorf("output %q, want it to say %q and %q", out, want, tc.wantErr)
+			}
+			if strings.Contains(out, "panic") || strings.Contains(out, "goroutine ") {
+				t.Errorf("fanout panicked:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestFault_DiskFullWhileRunning: when the disk fills up under fanout,
+// ingest answers 503 with Retry-After and stores nothing; once there is room
+// again it accepts events again, and every accepted event is delivered.
+// (TestHandlers_StorageFailure in the root package checks the same contract
+// with a store that fails on purpose.)
+func TestFault_DiskFullWhileRunning(t *testing.T) {
+	t.Parallel()
+	data := mountTmpfs(t, "16m")
+	s := newSink(t, healthy)
+	p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...))
+	accepted := []string{postEvent(t, p.URL, `{"disk":"before"}`)}
+	s.waitDelivered(t, accepted, 20*time.Second)
+
+	filler := fill(t, data)
+	pad := strings.Repeat("x", 8<<10)
+	refused := map[int]bool{}
+	for b := 0; len(refused) == 0; b++ {
+		if b == 200 {
+			t.Fatalf("200 batches of 256 KiB into a full 16 MiB disk, and none was refused")
+		}
+		events := make([]string, 32)
+		for i := range events {
+			events[i] = fmt.Sprintf(`{"disk":"full","b":%d,"pad":"%s"}`, b, pad)
+		}
+		resp, err := apiClient.Post(p.URL+"/v1/batch", "application/json", strings.NewReader("["+strings.Join(events, ",")+"]"))
+		if err != nil {
+			t.Fatalf("POST /v1/batch on a full disk: %v (fanout should answer, not fail)", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusServiceUnavailable:
+			refused[b] = true
+			if resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "nothing was stored") {
+				t.Errorf("503 with Retry-After %q and body %s, want a Retry-After and 'nothing was stored'",
+					resp.Header.Get("Retry-After"), body)
+			}
+		case http.StatusAccepted:
+			// SQLite had free pages left: the disk is not full for it yet.
+			var out struct{ IDs []string }
+			if err := json.Unmarshal(body, &out); err != nil || len(out.IDs) != len(events) {
+				t.Fatalf("202 without the ids: %s", body)
+			}
+			accepted = append(accepted, out.IDs...)
+		default:
+			t.Fatalf("POST /v1/batch on a full disk: %d %s, want 202 or 503", resp.StatusCode, body)
+		}
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := apiClient.Post(p.URL+"/v1/event", "application/json", strings.NewReader(`{"disk":"after"}`))
+		if err != nil {
+			t.Fatalf("POST /v1/event after freeing the disk: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusAccepted {
+			var out struct{ ID string }
+			if err := json.Unmarshal(body, &out); err != nil || out.ID == "" {
+				t.Fatalf("202 without an id: %s", body)
+			}
+			accepted = append(accepted, out.ID)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ingest did not recover within 20s of freeing the disk: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.waitDelivered(t, accepted, 20*time.Second)
+	waitQuiet(t, []*sink{s}, time.Second, time.Minute)
+	p.terminate(t, time.Minute)
+	if events, _ := checkAllDone(t, data); events != int64(len(accepted)) {
+		t.Errorf("the store holds %d events, want the %d accepted", events, len(accepted))
+	}
+	for id, rec := range s.snapshot() {
+		var e struct{ B *int }
+		if json.Unmarshal(rec.body, &e) == nil && e.B != nil && refused[*e.B] {
+			t.Errorf("event %s of batch %d was delivered, but the batch was refused with 503", id, *e.B)
+		}
+	}
+}
+
+// mountTmpfs mounts a tmpfs of size on a new directory, or skips the test
+// where that is not allowed (it needs root).
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a %s tmpfs for a small disk (needs root): %v %s", size, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// fill writes a file in dir until the disk is full, and returns its name.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	name := filepath.Join(dir, "filler")
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	for range 1 << 20 { // at most 4 GiB: the tmpfs is far smaller
+		if _, err := f.Write(chunk); err != nil {
+			return name // full
+		}
+	}
+	t.Fatalf("wrote 4 GiB into %s without filling it", dir)
+	return ""
+}
