@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
+	"fanout/destination"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -19,17 +21,21 @@ import (
 
 // Message is the input of publishEvent: one event for one destination.
 type Message struct {
-	EventID string          `json:"event_id"`
-	URL     string          `json:"url"`
-	Event   json.RawMessage `json:"event"`
+	EventID       string          `json:"event_id"`
+	DestinationID string          `json:"destination_id"`
+	Event         json.RawMessage `json:"event"`
 }
+
+// DispatchKey keys a delivery by its destination: the runtime's limits,
+// pauses and breaker apply per destination.
+func (m Message) DispatchKey() string { return m.DestinationID }
 
 // MarshalJSON writes the event's bytes as they are; encoding/json would
 // compact them and escape <, > and &, and the destination would then receive
 // something other than what the client sent.
 func (m Message) MarshalJSON() ([]byte, error) {
 	type plain Message // the same fields without this method
-	head, err := json.Marshal(plain{EventID: m.EventID, URL: m.URL})
+	head, err := json.Marshal(plain{EventID: m.EventID, DestinationID: m.DestinationID})
 	if err != nil {
 		return nil, err
 	}
@@ -37,7 +43,7 @@ func (m Message) MarshalJSON() ([]byte, error) {
 	if len(event) == 0 {
 		event = json.RawMessage("null")
 	}
-	// head is {"event_id":...,"url":...,"event":null}: swap in the bytes.
+	// head is {...,"event":null}: swap in the bytes.
 	head = head[:len(head)-len(`null}`)]
 	out := make([]byte, 0, len(head)+len(event)+1)
 	out = append(out, head...)
@@ -59,28 +65,31 @@ func (f Fanout) MarshalJSON() ([]byte, error) {
 	return append(strconv.AppendInt([]byte(`{"destinations":`), int64(f.Destinations), 10), '}'), nil
 }
 
-// Destinations says where an event goes.
-type Destinations interface {
-	// For returns the URLs that must receive the event.
-	For(ctx context.Context, event json.RawMessage) ([]string, error)
-}
-
-// staticDestinations sends every event to every configured URL.
-type staticDestinations []string
-
-func (d staticDestinations) For(context.Context, json.RawMessage) ([]string, error) { return d, nil }
-
 // functions are the two durable functions of the seed: handleEvent fans an
-// event out with Gather, one publishEvent per destination, and each
-// publishEvent is retried on its own until its destination has the event.
+// event out with Gather, one publishEvent per destination that wants it, and
+// each publishEvent is retried on its own until its destination has the event.
 type functions struct {
 	handleEvent  *dispatch.Function[json.RawMessage, Fanout]
 	publishEvent *dispatch.Function[Message, Delivery]
 }
 
-func newFunctions(dests Destinations, client *webhook.Client) *functions {
+func newFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time) *functions {
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
-		res, err := client.Send(ctx, &webhook.Request{URL: m.URL, ID: m.EventID, Body: m.Event})
+		d, ok := dests.Get(m.DestinationID)
+		if !ok {
+			return Delivery{}, fmt.Errorf("%w: destination %s was deleted", dispatch.ErrPermanent, m.DestinationID)
+		}
+		if d.PausedAt(now()) {
+			// Paused since this delivery was leased: the runtime holds
+			// the destination's deliveries back until it is resumed.
+			return Delivery{}, dispatch.Snooze(time.Second)
+		}
+		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: m.EventID, Body: m.Event,
+			Header: d.Header(), Keys: d.Keys(now())})
+		if webhook.IsStatus(err, 410) {
+			dests.Gone(d.ID, "the destination answered 410 Gone at "+now().UTC().Format(time.RFC3339)+
+				"; enable it again with PATCH /v1/destinations/"+d.ID)
+		}
 		if err != nil {
 			return Delivery{}, err
 		}
@@ -88,13 +97,10 @@ func newFunctions(dests Destinations, client *webhook.Client) *functions {
 	})
 	handleEvent := dispatch.Func("handleEvent", func(ctx context.Context, event json.RawMessage) (Fanout, error) {
 		call, _ := dispatch.CallFromContext(ctx)
-		urls, err := dests.For(ctx, event)
-		if err != nil {
-			return Fanout{}, fmt.Errorf("%w: find destinations: %v", dispatch.ErrTemporary, err)
-		}
-		messages := make([]Message, len(urls))
-		for i, u := range urls {
-			messages[i] = Message{EventID: call.ID, URL: u, Event: event}
+		matching := dests.Matching(eventFields(event).Type)
+		messages := make([]Message, len(matching))
+		for i, d := range matching {
+			messages[i] = Message{EventID: call.ID, DestinationID: d.ID, Event: event}
 		}
 		deliveries, err := publishEvent.Gather(ctx, messages)
 		if err != nil {
@@ -105,14 +111,67 @@ func newFunctions(dests Destinations, client *webhook.Client) *functions {
 	return &functions{handleEvent: handleEvent, publishEvent: publishEvent}
 }
 
+// fields are the parts of an event fanout reads: its type, for routing, and
+// its id, to drop a repeat.
+type fields struct {
+	Type string
+	ID   string
+}
+
+// eventFields reads an event's "type" (when it is a string) and "id" (a
+// string or a number).
+func eventFields(event json.RawMessage) fields {
+	var v struct {
+		Type json.RawMessage `json:"type"`
+		ID   json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(event, &v) != nil {
+		return fields{}
+	}
+	var f fields
+	if len(v.Type) > 0 && v.Type[0] == '"' {
+		_ = json.Unmarshal(v.Type, &f.Type)
+	}
+	switch {
+	case len(v.ID) > 0 && v.ID[0] == '"':
+		_ = json.Unmarshal(v.ID, &f.ID)
+	case len(v.ID) > 0 && (v.ID[0] == '-' || (v.ID[0] >= '0' && v.ID[0] <= '9')):
+		f.ID = string(v.ID)
+	}
+	return f
+}
+
+// service is what the HTTP API does, over the runtime, the store and the
+// destinations.
+type service struct {
+	rt    *dispatch.Runtime
+	store dispatch.Store
+	fns   *functions
+	dests *destination.Registry
+}
+
 // ingest stores events atomically, each as a handleEvent call, and returns
-// their ids in order once they are durable.
-func (f *functions) ingest(ctx context.Context, rt *dispatch.Runtime, events []json.RawMessage) ([]string, error) {
-	batch := rt.Batch()
-	for _, e := range events {
-		call, err := f.handleEvent.BuildCall(e)
+// their ids in order once they are durable. An event whose idempotency key
+// was seen within the dedup window is not stored again: its id is the
+// original one. The key is the request's Idempotency-Key (with the event's
+// index for a batch, so that a repeated batch is repeated whole), else the
+// event's own "id" field.
+func (s *service) ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) ([]string, error) {
+	batch := s.rt.Batch()
+	for i, e := range events {
+		call, err := s.fns.handleEvent.BuildCall(e)
 		if err != nil {
 			return nil, err
+		}
+		switch {
+		case idempotencyKey != "" && len(events) == 1:
+			call.DedupKey = "key:" + idempotencyKey
+		case idempotencyKey != "":
+			call.DedupKey = "key:" + idempotencyKey + "#" + strconv.Itoa(i)
+		default:
+			if id := eventFields(e).ID; id != "" {
+				call.DedupKey = "id:" + id
+			}
 		}
 		batch.Add(call)
 	}

@@ -10,11 +10,14 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"fanout/destination"
 	"fanout/dispatch"
+	"fanout/webhook"
 )
 
 // Limits bound what one request may carry. A request over a limit is refused
@@ -28,30 +31,78 @@ type Limits struct {
 	IngestTimeout time.Duration
 }
 
-// ingestFunc stores events atomically and returns their ids in order once
-// they are durable.
-type ingestFunc func(ctx context.Context, events []json.RawMessage) ([]string, error)
+// route is one entry of the API.
+type route struct {
+	pattern string // "METHOD /path"
+	handler http.Handler
+}
+
+// routes is the whole API surface.
+func routes(log *slog.Logger, svc *service, limits Limits) []route {
+	return []route{
+		{"POST /v1/event", handleEventPost(log, svc, limits)},
+		{"POST /v1/batch", handleBatchPost(log, svc, limits)},
+		{"GET /v1/events/{id}", handleEventGet(log, svc)},
+		{"POST /v1/destinations", handleDestinationCreate(log, svc)},
+		{"GET /v1/destinations", handleDestinationList(log, svc)},
+		{"GET /v1/destinations/{id}", handleDestinationGet(log, svc)},
+		{"PATCH /v1/destinations/{id}", handleDestinationPatch(log, svc)},
+		{"DELETE /v1/destinations/{id}", handleDestinationDelete(log, svc)},
+		{"POST /v1/destinations/{id}/resume", handleDestinationResume(log, svc)},
+		{"POST /v1/destinations/{id}/rotate-secret", handleDestinationRotate(log, svc)},
+		{"GET /v1/deliveries", handleDeliveryList(log, svc)},
+		{"GET /v1/deliveries/{id}", handleDeliveryGet(log, svc)},
+		{"POST /v1/deliveries/{id}/retry", handleDeliveryRetry(log, svc)},
+		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
+		{"GET /healthz", handleHealthz()},
+	}
+}
 
 // newHandler returns the HTTP API.
-func newHandler(log *slog.Logger, ingest ingestFunc, limits Limits) http.Handler {
+func newHandler(log *slog.Logger, svc *service, limits Limits) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, log, ingest, limits)
+	addRoutes(mux, routes(log, svc, limits))
 	return recoverPanics(log, mux)
 }
 
-// addRoutes is the whole API surface.
-func addRoutes(mux *http.ServeMux, log *slog.Logger, ingest ingestFunc, limits Limits) {
-	mux.Handle("POST /v1/event", handleEventPost(log, ingest, limits))
-	mux.Handle("POST /v1/batch", handleBatchPost(log, ingest, limits))
-	mux.Handle("GET /healthz", handleHealthz())
-	mux.Handle("/v1/event", methodNotAllowed("POST"))
-	mux.Handle("/v1/batch", methodNotAllowed("POST"))
-	mux.Handle("/", handleNotFound())
+// addRoutes mounts the routes, and answers in JSON, like every other
+// answer, 405 naming the allowed methods on a known path and 404 elsewhere.
+// The paths without their methods go on a mux of their own, consulted only
+// for what no route took: on the main mux they would clash with the routes
+// ("/v1/deliveries/retry" against "GET /v1/deliveries/{id}").
+func addRoutes(mux *http.ServeMux, rs []route) {
+	methods := map[string][]string{}
+	var paths []string
+	for _, rt := range rs {
+		mux.Handle(rt.pattern, rt.handler)
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		if _, ok := methods[path]; !ok {
+			paths = append(paths, path)
+		}
+		methods[path] = append(methods[path], method)
+	}
+	known := http.NewServeMux()
+	for _, path := range paths {
+		known.Handle(path, methodNotAllowed(strings.Join(methods[path], ", ")))
+	}
+	notFound := handleNotFound()
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := known.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		notFound.ServeHTTP(w, r)
+	}))
 }
 
 // handleEventPost accepts one event: a JSON object.
-func handleEventPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Handler {
+func handleEventPost(log *slog.Logger, svc *service, limits Limits) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, err := idempotencyKey(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
 		body, err := readBody(w, r, limits.MaxEventBytes, "--max-event-bytes")
 		if err != nil {
 			writeError(w, r, log, err)
@@ -61,7 +112,7 @@ func handleEventPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Ha
 			writeError(w, r, log, badRequest("request body: %v", err))
 			return
 		}
-		ids, err := ingestWithTimeout(r, ingest, limits, []json.RawMessage{body})
+		ids, err := ingestWithTimeout(r, svc, limits, []json.RawMessage{body}, key)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -75,11 +126,16 @@ func handleEventPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Ha
 
 // handleBatchPost accepts a JSON array of events, atomically: every event is
 // stored, or none is.
-func handleBatchPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Handler {
+func handleBatchPost(log *slog.Logger, svc *service, limits Limits) http.Handler {
 	type response struct {
 		IDs []string `json:"ids"`
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, err := idempotencyKey(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
 		body, err := readBody(w, r, limits.MaxBatchBytes, "--max-batch-bytes")
 		if err != nil {
 			writeError(w, r, log, err)
@@ -90,7 +146,7 @@ func handleBatchPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Ha
 			writeError(w, r, log, err)
 			return
 		}
-		ids, err := ingestWithTimeout(r, ingest, limits, events)
+		ids, err := ingestWithTimeout(r, svc, limits, events, key)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -99,13 +155,536 @@ func handleBatchPost(log *slog.Logger, ingest ingestFunc, limits Limits) http.Ha
 	})
 }
 
+// idempotencyKey returns the request's Idempotency-Key, checked.
+func idempotencyKey(r *http.Request) (string, error) {
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > 255 || strings.ContainsFunc(key, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
+		return "", badRequest("Idempotency-Key must be up to 255 printable ASCII characters without spaces")
+	}
+	return key, nil
+}
+
 // ingestWithTimeout stores events under the ingest timeout. A client that
 // hangs up does not cancel a commit under way: its events may be stored,
 // which is the at-least-once side of the bargain, never the lossy one.
-func ingestWithTimeout(r *http.Request, ingest ingestFunc, limits Limits, events []json.RawMessage) ([]string, error) {
+func ingestWithTimeout(r *http.Request, svc *service, limits Limits, events []json.RawMessage, key string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
 	defer cancel()
-	return ingest(ctx, events)
+	return svc.ingest(ctx, events, key)
+}
+
+// eventView is an event and the state of its deliveries.
+type eventView struct {
+	ID         string          `json:"id"`
+	State      string          `json:"state"`
+	ReceivedAt time.Time       `json:"received_at"`
+	Error      string          `json:"error,omitempty"`
+	Event      json.RawMessage `json:"event"`
+	Deliveries []deliveryView  `json:"deliveries"`
+}
+
+// deliveryView is one delivery: an event for a destination.
+type deliveryView struct {
+	ID            string        `json:"id"`
+	EventID       string        `json:"event_id"`
+	DestinationID string        `json:"destination_id"`
+	URL           string        `json:"url,omitempty"`
+	State         string        `json:"state"`
+	Attempts      int           `json:"attempts"`
+	LastStatus    int           `json:"last_status,omitempty"`
+	LastError     string        `json:"last_error,omitempty"`
+	NextAttemptAt *time.Time    `json:"next_attempt_at,omitempty"`
+	DeliveredAt   *time.Time    `json:"delivered_at,omitempty"`
+	CreatedAt     time.Time     `json:"created_at"`
+	UpdatedAt     time.Time     `json:"updated_at"`
+	History       []attemptView `json:"attempt_history,omitempty"`
+}
+
+// attemptView is one attempt of a delivery.
+type attemptView struct {
+	Attempt    int             `json:"attempt"`
+	StartedAt  time.Time       `json:"started_at"`
+	DurationMS float64         `json:"duration_ms"`
+	Status     int             `json:"status,omitempty"`
+	Error      string          `json:"error,omitempty"`
+	Detail     json.RawMessage `json:"detail,omitempty"`
+}
+
+func eventState(s dispatch.State) string {
+	switch s {
+	case dispatch.StateWaiting:
+		return "delivering"
+	case dispatch.StateDone:
+		return "delivered"
+	case dispatch.StateFailed:
+		return "failed"
+	}
+	return "pending" // not fanned out yet
+}
+
+func deliveryState(s dispatch.State) string {
+	switch s {
+	case dispatch.StateRunning:
+		return "delivering"
+	case dispatch.StateDone:
+		return "delivered"
+	case dispatch.StateFailed:
+		return "failed"
+	}
+	return "pending"
+}
+
+// parseDeliveryState is the inverse of deliveryState.
+func parseDeliveryState(s string) (dispatch.State, error) {
+	switch s {
+	case "", "failed":
+		return dispatch.StateFailed, nil
+	case "pending":
+		return dispatch.StatePending, nil
+	case "delivering":
+		return dispatch.StateRunning, nil
+	case "delivered":
+		return dispatch.StateDone, nil
+	}
+	return 0, badRequest("state must be failed, pending, delivering or delivered, not %q", s)
+}
+
+func (svc *service) deliveryView(c *dispatch.Call) deliveryView {
+	v := deliveryView{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, State: deliveryState(c.State),
+		Attempts: c.Attempt, LastError: c.Error, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
+	if d, ok := svc.dests.Get(c.Key); ok {
+		v.URL = d.URL
+	}
+	switch c.State {
+	case dispatch.StatePending:
+		at := c.RunAfter
+		v.NextAttemptAt = &at
+	case dispatch.StateDone:
+		at := c.UpdatedAt
+		v.DeliveredAt = &at
+		var out Delivery
+		if json.Unmarshal(c.Output, &out) == nil {
+			v.LastStatus = out.StatusCode
+		}
+	}
+	return v
+}
+
+// handleEventGet shows an event and, per destination, its delivery.
+func handleEventGet(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		c, err := svc.store.CallGet(r.Context(), id)
+		if errors.Is(err, dispatch.ErrCallNotFound) || (err == nil && (c.Function != svc.fns.handleEvent.Name() || c.ParentID != "")) {
+			writeError(w, r, log, notFound("no event with id %q (delivered events are deleted after --retention)", id))
+			return
+		}
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		children, err := svc.store.CallListChildren(r.Context(), id)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		v := eventView{ID: c.ID, State: eventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
+			Deliveries: make([]deliveryView, 0, len(children))}
+		if c.State == dispatch.StateFailed {
+			v.Error = c.Error
+		}
+		for _, child := range children {
+			v.Deliveries = append(v.Deliveries, svc.deliveryView(child))
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+}
+
+// destinationInput is the body of POST and PATCH /v1/destinations: a field
+// that is absent is left as it is (or defaulted, on creation).
+type destinationInput struct {
+	URL            *string                  `json:"url"`
+	Description    *string                  `json:"description"`
+	Enabled        *bool                    `json:"enabled"`
+	Filter         *[]string                `json:"filter"`
+	Secret         *string                  `json:"secret"`
+	MaxConcurrency *int                     `json:"max_concurrency"`
+	RateLimit      *float64                 `json:"rate_limit"`
+	Headers        *map[string]string       `json:"headers"`
+	Retry          *destination.RetryPolicy `json:"retry"`
+	Paused         *bool                    `json:"paused"`
+}
+
+func (in *destinationInput) apply(d *destination.Destination) {
+	if in.URL != nil {
+		d.URL = *in.URL
+	}
+	if in.Description != nil {
+		d.Description = *in.Description
+	}
+	if in.Enabled != nil {
+		if *in.Enabled && !d.Enabled {
+			d.Reason = ""
+		}
+		d.Enabled = *in.Enabled
+	}
+	if in.Filter != nil {
+		d.Filter = *in.Filter
+	}
+	if in.Secret != nil {
+		d.Secret = *in.Secret
+	}
+	if in.MaxConcurrency != nil {
+		d.MaxConcurrency = *in.MaxConcurrency
+	}
+	if in.RateLimit != nil {
+		d.RateLimit = *in.RateLimit
+	}
+	if in.Headers != nil {
+		d.Headers = *in.Headers
+	}
+	if in.Retry != nil {
+		d.Retry = in.Retry
+		if *in.Retry == (destination.RetryPolicy{}) {
+			d.Retry = nil // {} goes back to the default policy
+		}
+	}
+	if in.Paused != nil {
+		d.Paused = *in.Paused
+		if !d.Paused {
+			d.CircuitOpenUntil, d.Reason = nil, ""
+		}
+	}
+}
+
+// decodeInput reads a JSON object body of at most 64 KiB into v, refusing
+// unknown fields by name.
+func decodeInput(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := readBody(w, r, 64<<10, "a fixed limit")
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("request body: %s", jsonError(err))
+	}
+	if dec.More() {
+		return badRequest("request body: unexpected data after the JSON object")
+	}
+	return nil
+}
+
+func handleDestinationCreate(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in destinationInput
+		if err := decodeInput(w, r, &in); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if in.URL == nil {
+			writeError(w, r, log, badRequest("url is required"))
+			return
+		}
+		d := &destination.Destination{Enabled: true}
+		in.apply(d)
+		if err := svc.dests.Create(r.Context(), d); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.Header().Set("Location", "/v1/destinations/"+d.ID)
+		writeJSON(w, http.StatusCreated, d)
+	})
+}
+
+func handleDestinationList(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		list := svc.dests.List()
+		if list == nil {
+			list = []*destination.Destination{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"destinations": list})
+	})
+}
+
+func handleDestinationGet(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, ok := svc.dests.Get(r.PathValue("id"))
+		if !ok {
+			writeError(w, r, log, destination.ErrNotFound)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+}
+
+func handleDestinationPatch(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in destinationInput
+		if err := decodeInput(w, r, &in); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		d, err := svc.dests.Update(r.Context(), r.PathValue("id"), func(d *destination.Destination) error {
+			in.apply(d)
+			return nil
+		})
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+}
+
+func handleDestinationDelete(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := svc.dests.Delete(r.Context(), r.PathValue("id")); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// handleDestinationResume lifts a pause, by a person or by the breaker.
+func handleDestinationResume(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, err := svc.dests.Update(r.Context(), r.PathValue("id"), func(d *destination.Destination) error {
+			d.Paused, d.CircuitOpenUntil, d.Reason = false, nil, ""
+			return nil
+		})
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+}
+
+// handleDestinationRotate gives a destination a new secret; the old one
+// keeps signing for the grace period.
+func handleDestinationRotate(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, err := svc.dests.Update(r.Context(), r.PathValue("id"), func(d *destination.Destination) error {
+			d.Secret = webhook.GenerateSecret()
+			return nil
+		})
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+}
+
+// deliveryFilter is the query of GET /v1/deliveries and the body of POST
+// /v1/deliveries/retry.
+type deliveryFilter struct {
+	State       string `json:"state"`
+	Destination string `json:"destination"`
+	Since       string `json:"since"`
+	Until       string `json:"until"`
+}
+
+func (f *deliveryFilter) params(svc *service) (*dispatch.CallListParams, error) {
+	state, err := parseDeliveryState(f.State)
+	if err != nil {
+		return nil, err
+	}
+	p := &dispatch.CallListParams{Function: svc.fns.publishEvent.Name(), State: state}
+	if f.Destination != "" {
+		p.Key = &f.Destination
+	}
+	for _, b := range []struct {
+		name  string
+		value string
+		dst   *time.Time
+	}{{"since", f.Since, &p.CreatedAfter}, {"until", f.Until, &p.CreatedBefore}} {
+		if b.value == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339, b.value)
+		if err != nil {
+			return nil, badRequest("%s must be an RFC 3339 time like 2026-11-28T10:00:00Z, not %q", b.name, b.value)
+		}
+		*b.dst = t
+	}
+	return p, nil
+}
+
+// handleDeliveryList lists deliveries, the failed ones (the dead letters) by
+// default, page by page.
+func handleDeliveryList(log *slog.Logger, svc *service) http.Handler {
+	type response struct {
+		Deliveries []deliveryView `json:"deliveries"`
+		NextCursor string         `json:"next_cursor,omitempty"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := deliveryFilter{State: q.Get("state"), Destination: q.Get("destination"), Since: q.Get("since"), Until: q.Get("until")}
+		p, err := f.params(svc)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		p.Limit = 100
+		if s := q.Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > 1000 {
+				writeError(w, r, log, badRequest("limit must be a number from 1 to 1000"))
+				return
+			}
+			p.Limit = n
+		}
+		p.After = q.Get("cursor")
+		calls, err := svc.store.CallList(r.Context(), p)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		resp := response{Deliveries: make([]deliveryView, 0, len(calls))}
+		for _, c := range calls {
+			resp.Deliveries = append(resp.Deliveries, svc.deliveryView(c))
+		}
+		if len(calls) == p.Limit {
+			resp.NextCursor = calls[len(calls)-1].ID
+		}
+		writeJSON(w, http.StatusOK, resp)
+	})
+}
+
+// getDelivery returns a delivery call, or a 404.
+func (svc *service) getDelivery(ctx context.Context, id string) (*dispatch.Call, error) {
+	c, err := svc.store.CallGet(ctx, id)
+	if errors.Is(err, dispatch.ErrCallNotFound) || (err == nil && c.Function != svc.fns.publishEvent.Name()) {
+		return nil, notFound("no delivery with id %q", id)
+	}
+	return c, err
+}
+
+// handleDeliveryGet shows a delivery and every failed attempt.
+func handleDeliveryGet(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := svc.getDelivery(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		attempts, err := svc.store.CallAttempts(r.Context(), c.ID)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		v := svc.deliveryView(c)
+		for _, a := range attempts {
+			av := attemptView{Attempt: a.Attempt, StartedAt: a.Started, DurationMS: float64(a.Duration.Microseconds()) / 1000,
+				Error: a.Error, Detail: a.Detail}
+			var detail struct {
+				StatusCode int `json:"status_code"`
+			}
+			if json.Unmarshal(a.Detail, &detail) == nil {
+				av.Status = detail.StatusCode
+			}
+			v.History = append(v.History, av)
+			if v.LastStatus == 0 && c.State != dispatch.StateDone {
+				v.LastStatus = av.Status
+			}
+		}
+		if len(v.History) > 0 && c.State != dispatch.StateDone {
+			v.LastStatus = v.History[len(v.History)-1].Status
+		}
+		if c.State == dispatch.StateDone {
+			var out Delivery
+			if json.Unmarshal(c.Output, &out) == nil {
+				v.History = append(v.History, attemptView{Attempt: c.Attempt, StartedAt: c.UpdatedAt.Add(-out.Duration),
+					DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode})
+			}
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+}
+
+// handleDeliveryRetry re-drives one failed delivery.
+func handleDeliveryRetry(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := svc.getDelivery(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if c.State != dispatch.StateFailed {
+			writeError(w, r, log, &apiError{Status: http.StatusConflict,
+				Message: fmt.Sprintf("delivery %s is %s; only failed deliveries can be retried", c.ID, deliveryState(c.State))})
+			return
+		}
+		done, err := svc.rt.Redrive(r.Context(), []string{c.ID})
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if len(done) == 0 {
+			writeError(w, r, log, &apiError{Status: http.StatusConflict,
+				Message: fmt.Sprintf("delivery %s cannot be retried now: its event is finishing; try again in a moment", c.ID)})
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]any{"retried": done})
+	})
+}
+
+// maxRedrive bounds one bulk re-drive request; the answer says if more are left.
+const maxRedrive = 100000
+
+// handleDeliveryRetryMany re-drives the failed deliveries of a destination
+// (or of all) created in a time range.
+func handleDeliveryRetryMany(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var f deliveryFilter
+		if err := decodeInput(w, r, &f); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if f.State != "" && f.State != "failed" {
+			writeError(w, r, log, badRequest("only failed deliveries can be retried"))
+			return
+		}
+		p, err := f.params(svc)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		p.Limit = 1000
+		retried, more := 0, false
+		for {
+			calls, err := svc.store.CallList(r.Context(), p)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			if len(calls) == 0 {
+				break
+			}
+			ids := make([]string, len(calls))
+			for i, c := range calls {
+				ids[i] = c.ID
+			}
+			done, err := svc.rt.Redrive(r.Context(), ids)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			retried += len(done)
+			p.After = calls[len(calls)-1].ID
+			if len(calls) < p.Limit {
+				break
+			}
+			if retried >= maxRedrive {
+				more = true
+				break
+			}
+		}
+		writeJSON(w, http.StatusAccepted, map[string]any{"retried": retried, "more": more})
+	})
 }
 
 func handleHealthz() http.Handler {
@@ -126,7 +705,7 @@ func methodNotAllowed(allow string) http.Handler {
 func handleNotFound() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{
-			Error: fmt.Sprintf("no route for %s %s; the API is POST /v1/event and POST /v1/batch", r.Method, r.URL.Path),
+			Error: fmt.Sprintf("no route for %s %s; the API is described in openapi.yaml", r.Method, r.URL.Path),
 		})
 	})
 }
@@ -239,6 +818,10 @@ func badRequest(format string, args ...any) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Message: fmt.Sprintf(format, args...)}
 }
 
+func notFound(format string, args ...any) *apiError {
+	return &apiError{Status: http.StatusNotFound, Message: fmt.Sprintf(format, args...)}
+}
+
 func badIndex(i int, format string, args ...any) *apiError {
 	e := badRequest(format, args...)
 	e.Index = &i
@@ -256,8 +839,19 @@ type errorBody struct {
 // the same request will succeed later.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var ae *apiError
-	if errors.As(err, &ae) {
+	var de *destination.Error
+	switch {
+	case errors.As(err, &ae):
 		writeJSON(w, ae.Status, errorBody{Error: ae.Message, Index: ae.Index})
+		return
+	case errors.As(err, &de):
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: de.Error()})
+		return
+	case errors.Is(err, destination.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("no destination with id %q", r.PathValue("id"))})
+		return
+	case errors.Is(err, destination.ErrExists):
+		writeJSON(w, http.StatusConflict, errorBody{Error: "a destination with this id exists"})
 		return
 	}
 	msg := "storage is unavailable; nothing was stored, retry later"

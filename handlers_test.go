@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"fanout/destination"
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchsqlite"
 	"fanout/webhook"
@@ -42,21 +43,24 @@ func openTestStore(t testing.TB, dir string) *dispatchsqlite.Store {
 // is not started: the tests see exactly what ingest stored.
 type testService struct {
 	store   dispatch.Store
+	svc     *service
 	handler http.Handler
 }
 
 func newTestService(t testing.TB, store dispatch.Store) *testService {
 	t.Helper()
-	fns := newFunctions(staticDestinations(nil), webhook.NewClient(webhook.Config{}))
-	rt, err := dispatch.New(&dispatch.Config{Store: store}, fns.publishEvent, fns.handleEvent)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dests := destination.NewRegistry(destination.Config{Store: store, Logger: log})
+	if err := dests.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fns := newFunctions(dests, webhook.NewClient(webhook.Config{}), time.Now)
+	rt, err := dispatch.New(&dispatch.Config{Store: store, Keys: dests.KeyConfig, Logger: log}, fns.publishEvent, fns.handleEvent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ingest := func(ctx context.Context, events []json.RawMessage) ([]string, error) {
-		return fns.ingest(ctx, rt, events)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return &testService{store: store, handler: newHandler(log, ingest, testLimits)}
+	svc := &service{rt: rt, store: store, fns: fns, dests: dests}
+	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits)}
 }
 
 func (s *testService) do(t testing.TB, method, path, body string, header ...string) *httptest.ResponseRecorder {
@@ -258,7 +262,7 @@ func TestHandlers_StorageFailure(t *testing.T) {
 func TestMessage_MarshalJSON(t *testing.T) {
 	events := []string{`{"a":1}`, " {\n \"h\" : \"<&>\\u00e9\" , \"n\": 1.50e2 }\t", `{}`}
 	for _, e := range events {
-		m := Message{EventID: "id-1", URL: "http://x/\"<", Event: json.RawMessage(e)}
+		m := Message{EventID: "id-1", DestinationID: "dst_\"<", Event: json.RawMessage(e)}
 		b, err := m.MarshalJSON()
 		if err != nil {
 			t.Fatal(err)
@@ -270,7 +274,7 @@ func TestMessage_MarshalJSON(t *testing.T) {
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatal(err)
 		}
-		if back.EventID != m.EventID || back.URL != m.URL || string(back.Event) != strings.TrimSpace(e) && string(back.Event) != e {
+		if back.EventID != m.EventID || back.DestinationID != m.DestinationID || string(back.Event) != strings.TrimSpace(e) && string(back.Event) != e {
 			t.Fatalf("round trip of %q gave %+v", e, back)
 		}
 		if !bytes.Contains(b, []byte(e)) {
@@ -334,8 +338,8 @@ func FuzzValidateEvent(f *testing.F) {
 
 // --- run(): the whole service, end to end ---
 
-// destination is a test receiver on loopback that records what it gets.
-type destination struct {
+// receiver is a test destination on loopback that records what it gets.
+type receiver struct {
 	*httptest.Server
 	mu       sync.Mutex
 	received map[string][]byte // by webhook-id
@@ -348,8 +352,8 @@ type destination struct {
 	started  atomic.Int64 // delayed requests begun
 }
 
-func newDestination(t testing.TB) *destination {
-	d := &destination{received: make(map[string][]byte), count: make(map[string]int)}
+func newReceiver(t testing.TB) *receiver {
+	d := &receiver{received: make(map[string][]byte), count: make(map[string]int)}
 	d.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -386,7 +390,7 @@ func newDestination(t testing.TB) *destination {
 }
 
 // seenFailing reports whether id was refused before (a retry).
-func (d *destination) seenFailing(id string) bool {
+func (d *receiver) seenFailing(id string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.refused == nil {
@@ -395,20 +399,20 @@ func (d *destination) seenFailing(id string) bool {
 	return d.refused[id]
 }
 
-func (d *destination) deliveries(id string) int {
+func (d *receiver) deliveries(id string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.count[id]
 }
 
-func (d *destination) has(id string) ([]byte, bool) {
+func (d *receiver) has(id string) ([]byte, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	b, ok := d.received[id]
 	return b, ok
 }
 
-func (d *destination) waitAll(t testing.TB, want map[string]string, timeout time.Duration) {
+func (d *receiver) waitAll(t testing.TB, want map[string]string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -443,7 +447,8 @@ func startRun(t testing.TB, args []string, env map[string]string) (string, func(
 	var logsMu sync.Mutex
 	done := make(chan error, 1)
 	go func() {
-		err := run(ctx, append([]string{"--addr", "127.0.0.1:0"}, args...), func(k string) string { return env[k] }, io.Discard, pw)
+		err := run(ctx, append([]string{"--addr", "127.0.0.1:0", "--allow-network", "127.0.0.0/8"}, args...),
+			func(k string) string { return env[k] }, io.Discard, pw)
 		pw.Close()
 		done <- err
 	}()
@@ -507,7 +512,7 @@ func post(t testing.TB, url, body string) (int, []byte) {
 }
 
 func TestRun_EndToEnd(t *testing.T) {
-	good, flaky := newDestination(t), newDestination(t)
+	good, flaky := newReceiver(t), newReceiver(t)
 	flaky.fail.Store(true)
 	base, stop := startRun(t, []string{
 		"--data", t.TempDir(),
@@ -576,7 +581,7 @@ func TestRun_EndToEnd(t *testing.T) {
 // returns, the others are delivered by the next start, and nothing twice.
 func TestRun_ShutdownAndRestart(t *testing.T) {
 	data := t.TempDir()
-	dest := newDestination(t)
+	dest := newReceiver(t)
 	args := []string{"--data", data, "--destination", dest.URL, "--retry-initial", "50ms", "--retry-max", "100ms",
 		"--shutdown-timeout", "5s"}
 	base, stop := startRun(t, args, nil)

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,18 +13,21 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
 
+	"fanout/destination"
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchpg"
 	"fanout/dispatch/dispatchsqlite"
@@ -77,35 +79,67 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer store.Close()
 
-	destinations := cfg.destinations
+	allow := cfg.allowNetworks
+	var demo *demoDestination
 	if cfg.demo {
-		demoURL, closeDemo, err := startDemo(log)
-		if err != nil {
+		if demo, err = startDemo(log); err != nil {
 			return err
 		}
-		defer closeDemo()
-		destinations = append(destinations, demoURL)
+		defer demo.close()
+		allow = append(allow, netip.MustParsePrefix("127.0.0.1/32"))
 	}
-	if len(destinations) == 0 {
-		log.Warn("no destination configured: events are accepted and stored but delivered nowhere; " +
-			"start with --destination URL (or FANOUT_DESTINATIONS), or --demo")
+	guard := webhook.NewGuard(allow)
+	client := webhook.NewClient(webhook.Config{Timeout: cfg.deliveryTimeout, UserAgent: "fanout/" + version,
+		DialContext: guard.DialContext(cfg.deliveryTimeout)})
+	defer client.Close()
+	policy := &dispatch.Backoff{
+		Min:         100 * time.Millisecond,
+		Initial:     cfg.retryInitial,
+		Max:         cfg.retryMax,
+		MaxAge:      cfg.retryMaxAge,
+		MaxAttempts: cfg.retryMaxAttempts,
 	}
 
-	client := webhook.NewClient(webhook.Config{Timeout: cfg.deliveryTimeout, UserAgent: "fanout/" + version})
-	defer client.Close()
-	fns := newFunctions(staticDestinations(destinations), client)
-	rt, err := dispatch.New(&dispatch.Config{
-		Store:   store,
-		Workers: cfg.workers,
-		RetryPolicy: &dispatch.Backoff{
-			Min:         100 * time.Millisecond,
-			Initial:     cfg.retryInitial,
-			Max:         cfg.retryMax,
-			MaxAge:      cfg.retryMaxAge,
-			MaxAttempts: cfg.retryMaxAttempts,
+	var rt *dispatch.Runtime
+	dests := destination.NewRegistry(destination.Config{
+		Store: store, Guard: guard, Policy: policy, BreakerCooldown: cfg.breakerCooldown, SecretGrace: cfg.secretGrace,
+		Logger: log,
+		Changed: func() {
+			if rt != nil {
+				rt.KeysChanged() // a destination resumed or was raised: look for what it held back
+			}
 		},
+	})
+	if err := dests.Refresh(ctx); err != nil {
+		return fmt.Errorf("load destinations: %w", err)
+	}
+	for _, u := range cfg.destinations {
+		if err := dests.Ensure(ctx, destination.ConfiguredID(u), u, "from --destination"); err != nil {
+			return fmt.Errorf("--destination %s: %w", u, err)
+		}
+	}
+	if demo != nil {
+		if err := demo.register(ctx, dests); err != nil {
+			return err
+		}
+	}
+	if len(dests.List()) == 0 {
+		log.Warn("no destination: events are accepted and stored but delivered nowhere; " +
+			"add one with POST /v1/destinations, --destination URL (or FANOUT_DESTINATIONS), or start with --demo")
+	}
+
+	fns := newFunctions(dests, client, time.Now)
+	rt, err = dispatch.New(&dispatch.Config{
+		Store:           store,
+		Workers:         cfg.workers,
+		RetryPolicy:     policy,
 		Retention:       cfg.retention,
 		FailedRetention: cfg.failedRetention,
+		Keys:            dests.KeyConfig,
+		OnKeyTrip:       dests.Trip,
+		BreakerFailures: cfg.breakerFailures,
+		BreakerWindow:   cfg.breakerWindow,
+		DedupWindow:     cfg.dedupWindow,
 		Logger:          log,
 	}, fns.publishEvent, fns.handleEvent)
 	if err != nil {
@@ -114,12 +148,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := rt.Start(ctx); err != nil {
 		return err
 	}
+	refreshCtx, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	go dests.Run(refreshCtx, time.Second)
 
-	ingest := func(ctx context.Context, events []json.RawMessage) ([]string, error) {
-		return fns.ingest(ctx, rt, events)
-	}
+	svc := &service{rt: rt, store: store, fns: fns, dests: dests}
 	srv := &http.Server{
-		Handler:           newHandler(log, ingest, cfg.limits),
+		Handler:           newHandler(log, svc, cfg.limits),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		WriteTimeout:      time.Minute,
@@ -141,7 +176,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen on %s (--addr): %w", cfg.addr, err)
 	}
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", version,
-		"store", where, "destinations", len(destinations))
+		"store", where, "destinations", len(dests.List()))
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -214,6 +249,12 @@ type config struct {
 	logLevel         string
 	logFormat        string
 	debugAddr        string
+	allowNetworks    []netip.Prefix
+	dedupWindow      time.Duration
+	breakerFailures  int
+	breakerWindow    time.Duration
+	breakerCooldown  time.Duration
+	secretGrace      time.Duration
 }
 
 // usageError is a mistake in flags or environment: exit status 2.
@@ -244,7 +285,18 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return nil
 	})
 	envOf["destination"] = "FANOUT_DESTINATIONS"
-	fs.BoolVar(&cfg.demo, "demo", false, "also deliver to a built-in demonstration destination that logs what it receives")
+	fs.BoolVar(&cfg.demo, "demo", false, "also deliver to a built-in demonstration destination that logs what it receives (and allows 127.0.0.1)")
+	fs.Func("allow-network", "`CIDR` (or address) that deliveries may reach although it is loopback, private or link-local; repeat the flag for several (the environment takes a comma-separated list)", func(v string) error {
+		nets, err := webhook.ParseNetworks(strings.Split(v, ","))
+		cfg.allowNetworks = append(cfg.allowNetworks, nets...)
+		return err
+	})
+	envOf["allow-network"] = "FANOUT_ALLOW_NETWORKS"
+	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
+	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
+	fs.DurationVar(&cfg.breakerWindow, "breaker-window", time.Minute, "the failures that open the breaker must span at least this long")
+	fs.DurationVar(&cfg.breakerCooldown, "breaker-cooldown", 5*time.Minute, "how long an open breaker pauses the destination before trying it again")
+	fs.DurationVar(&cfg.secretGrace, "secret-grace", 24*time.Hour, "after a secret rotation, how long the old secret still signs")
 	fs.DurationVar(&cfg.deliveryTimeout, "delivery-timeout", webhook.DefaultTimeout, "time limit of one delivery attempt")
 	fs.IntVar(&cfg.workers, "workers", 256, "calls (deliveries, fan-outs) that run at once")
 	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second}
@@ -311,6 +363,9 @@ func (c *config) validate() error {
 		if positive[name] <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if c.dedupWindow <= 0 || c.breakerCooldown <= 0 || c.secretGrace <= 0 || c.breakerWindow < 0 || c.breakerFailures < 0 {
+		errs = append(errs, errors.New("--dedup-window, --breaker-cooldown and --secret-grace must be positive, --breaker-window and --breaker-failures not negative"))
 	}
 	if c.workers <= 0 {
 		errs = append(errs, errors.New("--workers must be positive"))
@@ -434,24 +489,61 @@ func startDebug(addr string, log *slog.Logger) (func(), error) {
 	return func() { _ = srv.Close() }, nil
 }
 
-// startDemo starts the demonstration destination: a receiver on loopback
-// that logs every event it gets, so that a newcomer sees a delivery happen.
-func startDemo(log *slog.Logger) (string, func(), error) {
+// demoDestination is the demonstration destination: a receiver on loopback
+// that logs every event it gets and checks its signature, so that a newcomer
+// sees a delivery happen.
+type demoDestination struct {
+	srv   *http.Server
+	url   string
+	log   *slog.Logger
+	dests *destination.Registry
+}
+
+// demoID is the demonstration destination's id: the same at every start,
+// though its port changes.
+const demoID = "dst_demo"
+
+func startDemo(log *slog.Logger) (*demoDestination, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, fmt.Errorf("start the demo destination: %w", err)
+		return nil, fmt.Errorf("start the demo destination: %w", err)
 	}
-	srv := &http.Server{
-		ReadHeaderTimeout: 10 * time.Second,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
-			log.Info("demo destination received an event", "webhook-id", r.Header.Get("webhook-id"),
-				"body", string(body))
-			w.WriteHeader(http.StatusNoContent)
-		}),
-	}
-	go func() { _ = srv.Serve(ln) }()
-	u := "http://" + ln.Addr().String() + "/demo"
-	log.Info("demo destination started", "url", u)
-	return u, func() { _ = srv.Close() }, nil
+	d := &demoDestination{url: "http://" + ln.Addr().String() + "/demo", log: log}
+	d.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(d.serve)}
+	go func() { _ = d.srv.Serve(ln) }()
+	log.Info("demo destination started", "url", d.url)
+	return d, nil
 }
+
+func (d *demoDestination) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+	signature := "unchecked"
+	if dst, ok := d.dests.Get(demoID); ok {
+		ts, _ := strconv.ParseInt(r.Header.Get("webhook-timestamp"), 10, 64)
+		signature = "invalid"
+		for _, key := range dst.Keys(time.Now()) {
+			if webhook.Verify(key, r.Header.Get("webhook-id"), ts, body, r.Header.Get("webhook-signature")) {
+				signature = "valid"
+			}
+		}
+	}
+	d.log.Info("demo destination received an event", "webhook-id", r.Header.Get("webhook-id"),
+		"signature", signature, "body", string(body))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// register points the demonstration destination at this run's port.
+func (d *demoDestination) register(ctx context.Context, dests *destination.Registry) error {
+	d.dests = dests
+	if _, ok := dests.Get(demoID); ok {
+		_, err := dests.Update(ctx, demoID, func(dst *destination.Destination) error {
+			dst.URL, dst.Enabled, dst.Paused, dst.CircuitOpenUntil = d.url, true, false, nil
+			return nil
+		})
+		return err
+	}
+	return dests.Create(ctx, &destination.Destination{ID: demoID, URL: d.url, Enabled: true,
+		Description: "the demonstration destination of --demo"})
+}
+
+func (d *demoDestination) close() { _ = d.srv.Close() }

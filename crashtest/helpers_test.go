@@ -31,10 +31,10 @@ import (
 
 // fanoutArgs is the one place that says how the tests start fanout: on a
 // free loopback port, with its data in data, delivering to destinations.
-// Tests add their own flags in extra. (When the binary grows an SSRF guard
-// flag, its --allow-network 127.0.0.0/8 goes here.)
+// Tests add their own flags in extra. The destinations are on loopback,
+// which fanout's SSRF guard refuses unless it is allowed.
 func fanoutArgs(data string, destinations []string, extra ...string) []string {
-	args := []string{"--addr", "127.0.0.1:0", "--data", data}
+	args := []string{"--addr", "127.0.0.1:0", "--data", data, "--allow-network", "127.0.0.0/8"}
 	for _, d := range destinations {
 		args = append(args, "--destination", d)
 	}

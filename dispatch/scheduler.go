@@ -121,11 +121,17 @@ func (r *Runtime) claimRound(ctx context.Context, now time.Time) (more bool, err
 	r.mu.Unlock()
 	for i := range keys {
 		key := keys[(turn+i)%len(keys)]
-		limit, wake := r.reserveKey(key, min(r.free(), r.claimBatch), now)
+		limit, wake := r.reserveKeyBatch(key, min(r.free(), r.claimBatch), true, now)
 		if !wake.IsZero() {
-			r.noteDue(wake)
+			r.noteDue(wake) // held back by its rate: look again when a token is due
 		}
 		if limit == 0 {
+			if wake.IsZero() && !r.keyConfig(key).Paused {
+				// Held back by its concurrency limit: keep the backlog
+				// flag up, so that the next call of this process to
+				// finish wakes the scheduler to claim more.
+				r.backlog.Store(true)
+			}
 			continue
 		}
 		calls, err := r.store.CallClaim(ctx, &CallClaimParams{

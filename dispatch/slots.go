@@ -12,10 +12,11 @@ import (
 type KeyConfig struct {
 	// MaxConcurrency caps how many calls of the key run at once in this
 	// process. Within it the runtime adapts the limit to how the key's
-	// calls fare: one more for every full window of successes, half as
-	// many after a timeout, throttling or other retryable failure
-	// (additive increase, multiplicative decrease, as TCP does and as
-	// Dispatch's scheduler did). 0 means no cap but Workers.
+	// calls fare: half as many after a timeout, throttling or other
+	// retryable failure, one more per success up to 32 and then one more
+	// per full window of successes (slow start, additive increase,
+	// multiplicative decrease, as TCP does and as Dispatch's scheduler
+	// did). 0 means no cap but Workers.
 	MaxConcurrency int
 	// Rate, when positive, caps how many calls of the key start per
 	// second, Burst at once (default 1).
@@ -58,8 +59,9 @@ func (r *Runtime) keyState(key string) *keyState {
 }
 
 // keyRoom returns how many more calls of the key may be leased now, given
-// its config, and its state (under r.mu).
-func (r *Runtime) keyRoom(key string, cfg KeyConfig, ks *keyState, now time.Time) int {
+// its config and its state (under r.mu): want at most, and, in a batch,
+// nothing unless a quarter of its concurrency limit is free.
+func (r *Runtime) keyRoom(key string, cfg KeyConfig, ks *keyState, want int, batch bool, now time.Time) int {
 	if cfg.Paused {
 		return 0
 	}
@@ -71,6 +73,9 @@ func (r *Runtime) keyRoom(key string, cfg KeyConfig, ks *keyState, now time.Time
 		limit = int(min(ks.limit, float64(r.workers)))
 	}
 	room := max(0, limit-ks.inflight)
+	if batch && room < want && room < limit/4 {
+		return 0 // see reserveKeyBatch
+	}
 	if cfg.Rate > 0 {
 		burst := max(cfg.Burst, 1)
 		if ks.limiter == nil || ks.rate != cfg.Rate || ks.burst != burst {
@@ -89,6 +94,14 @@ func (r *Runtime) keyRoom(key string, cfg KeyConfig, ks *keyState, now time.Time
 // the key's limits, and returns how many it could. When the key's rate held
 // it back, wake says when to look again.
 func (r *Runtime) reserveKey(key string, n int, now time.Time) (k int, wake time.Time) {
+	return r.reserveKeyBatch(key, n, false, now)
+}
+
+// reserveKeyBatch is reserveKey, but when batch is set it promises nothing
+// unless a quarter of the key's limit is free: a claim is a write, and
+// claiming one call each time one of a busy key's calls finishes would cost
+// a transaction per call.
+func (r *Runtime) reserveKeyBatch(key string, n int, batch bool, now time.Time) (k int, wake time.Time) {
 	if n <= 0 || !r.running() {
 		return 0, time.Time{}
 	}
@@ -97,7 +110,7 @@ func (r *Runtime) reserveKey(key string, n int, now time.Time) (k int, wake time
 	defer r.mu.Unlock()
 	ks := r.keyState(key)
 	free := r.workers - len(r.inflight) - r.reserved
-	k = max(0, min(n, free, r.keyRoom(key, cfg, ks, now)))
+	k = max(0, min(n, free, r.keyRoom(key, cfg, ks, n, batch, now)))
 	if k > 0 && ks.limiter != nil {
 		ks.limiter.AllowN(now, k)
 	}
@@ -228,7 +241,15 @@ func (r *Runtime) observe(key string, status Status, now time.Time) {
 	ks := r.keyState(key)
 	switch {
 	case status == StatusOK:
-		ks.limit += 1 / max(ks.limit, 1)
+		// Below the initial limit, grow by one per success (doubling per
+		// window, TCP's slow start): a destination back from an outage
+		// gets its throughput back in a few round trips. Above it, one
+		// per window of successes.
+		if ks.limit < initialLimit {
+			ks.limit = min(ks.limit+1, initialLimit)
+		} else {
+			ks.limit += 1 / ks.limit
+		}
 		ks.failures, ks.tripped = 0, false
 	case status.Retryable():
 		if now.Sub(ks.lastCut) >= 100*time.Millisecond {

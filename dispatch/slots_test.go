@@ -27,7 +27,7 @@ func TestRuntime_Observe(t *testing.T) {
 		{"FourthFailureBeforeWindowDoesNotTrip", StatusTCP, 400 * time.Millisecond, initialLimit / 8, 0},
 		{"FailureAfterWindowTrips", StatusTimeout, time.Minute + time.Second, initialLimit / 16, 1},
 		{"NoSecondTrip", StatusTimeout, 2 * time.Minute, initialLimit / 32, 1},
-		{"SuccessGrowsByOnePerWindow", StatusOK, 3 * time.Minute, initialLimit/32 + 1/(initialLimit/32), 1},
+		{"SuccessBelowInitialGrowsByOne", StatusOK, 3 * time.Minute, initialLimit/32 + 1, 1},
 	}
 	for _, tc := range tests {
 		r.observe("k", tc.status, t0.Add(tc.at))
@@ -37,9 +37,15 @@ func TestRuntime_Observe(t *testing.T) {
 		}
 	}
 	for range 100 {
-		r.observe("k", StatusTimeout, t0.Add(time.Hour))
+		r.observe("k", StatusOK, t0.Add(time.Hour))
 	}
-	if st := r.KeyStatus("k"); st.Limit < 1 {
-		t.Fatalf("limit fell to %v, below 1", st.Limit)
+	if st := r.KeyStatus("k"); st.Limit <= initialLimit || st.Limit > initialLimit+3 {
+		t.Fatalf("after 100 successes the limit is %v, want a little over %d (slow start, then one per window)", st.Limit, initialLimit)
+	}
+	for i := range 100 {
+		r.observe("k", StatusTimeout, t0.Add(2*time.Hour+time.Duration(i)*time.Second))
+	}
+	if st := r.KeyStatus("k"); st.Limit != 1 {
+		t.Fatalf("limit after 100 losses is %v, want 1", st.Limit)
 	}
 }

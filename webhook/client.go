@@ -207,6 +207,22 @@ func (e *StatusError) Error() string {
 // Status classifies the answer for the dispatch runtime.
 func (e *StatusError) Status() dispatch.Status { return e.status }
 
+// Detail describes the answer in the record of the attempt.
+func (e *StatusError) Detail() any {
+	return struct {
+		StatusCode int    `json:"status_code"`
+		Excerpt    string `json:"excerpt,omitempty"`
+		RetryAfter string `json:"retry_after,omitempty"`
+	}{e.Code, e.Excerpt, durationString(e.RetryAfter)}
+}
+
+func durationString(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
+}
+
 func classify(resp *http.Response, excerpt string, now time.Time) error {
 	code := resp.StatusCode
 	if code >= 200 && code < 300 {

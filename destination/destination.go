@@ -1,0 +1,314 @@
+// Package destination is where events go: the destinations of fanout, their
+// validation, their event-type filters, and the registry that keeps them in
+// the store and caches them for the hot path.
+package destination
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"fanout/dispatch"
+	"fanout/webhook"
+)
+
+// Destination is one URL that events are delivered to.
+type Destination struct {
+	ID          string `json:"id"`
+	URL         string `json:"url"`
+	Description string `json:"description,omitempty"`
+	// Enabled destinations get events; a disabled one gets no new events
+	// and its pending deliveries wait until it is enabled again.
+	Enabled bool `json:"enabled"`
+	// Filter lists the event types the destination wants, matched against
+	// an event's "type" field: "order.paid" exactly, "order.*" by prefix,
+	// "*" anything. No filter: every event, with a type or not.
+	Filter []string `json:"filter,omitempty"`
+	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
+	// rotation, signs too until PreviousSecretExpires.
+	Secret                string     `json:"secret"`
+	PreviousSecret        string     `json:"previous_secret,omitempty"`
+	PreviousSecretExpires *time.Time `json:"previous_secret_expires_at,omitempty"`
+	// MaxConcurrency caps deliveries in flight to this destination, per
+	// fanout process; within it the limit adapts to how the destination
+	// answers.
+	MaxConcurrency int `json:"max_concurrency"`
+	// RateLimit, when set, caps deliveries per second.
+	RateLimit float64 `json:"rate_limit,omitempty"`
+	// Headers are added to every delivery.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Retry replaces the default retry policy for this destination.
+	Retry *RetryPolicy `json:"retry,omitempty"`
+	// Paused destinations keep their deliveries without attempting them.
+	// A person pauses one by API; the circuit breaker pauses one until
+	// CircuitOpenUntil after its deliveries kept failing.
+	Paused           bool       `json:"paused"`
+	CircuitOpenUntil *time.Time `json:"circuit_open_until,omitempty"`
+	// Reason says why the destination was last paused or disabled by fanout
+	// (the breaker, a 410 Gone).
+	Reason    string    `json:"reason,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// Version is the stored version, for updates that must not overwrite a
+	// change made meanwhile.
+	Version int64 `json:"version"`
+}
+
+// RetryPolicy is a destination's own retry schedule: exponential backoff
+// with full jitter, as the default one.
+type RetryPolicy struct {
+	Initial     Duration `json:"initial,omitempty"`
+	Max         Duration `json:"max,omitempty"`
+	MaxAge      Duration `json:"max_age,omitempty"`
+	MaxAttempts int      `json:"max_attempts,omitempty"`
+}
+
+// Duration is a time.Duration written as "90s" in JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads "90s", "1h30m" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var secs float64
+		if err := json.Unmarshal(b, &secs); err != nil {
+			return errors.New(`a duration is a string like "90s" or "2h", or a number of seconds`)
+		}
+		*d = Duration(secs * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %v", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Limits of destination fields.
+const (
+	MaxURLLength       = 2048
+	DefaultConcurrency = 64
+	MaxConcurrency     = 1024
+	maxFilters         = 100
+	maxHeaders         = 50
+)
+
+// Error is a problem with a destination that its author must fix: the HTTP
+// API answers it with 400 and its message.
+type Error struct{ msg string }
+
+func (e *Error) Error() string { return e.msg }
+
+func invalid(format string, args ...any) error { return &Error{msg: fmt.Sprintf(format, args...)} }
+
+// reservedHeaders are set by fanout on every delivery.
+var reservedHeaders = map[string]bool{
+	"content-type": true, "content-length": true, "host": true, "user-agent": true, "transfer-encoding": true,
+	"connection": true, "webhook-id": true, "webhook-timestamp": true, "webhook-signature": true,
+}
+
+// Validate checks a destination and fills defaults. guard, when set, refuses
+// URLs whose host is an address it blocks (a name is checked at dial time).
+func (d *Destination) Validate(guard *webhook.Guard) error {
+	if err := ValidateURL(d.URL, guard); err != nil {
+		return err
+	}
+	if len(d.Description) > 1000 {
+		return invalid("description is longer than 1000 characters")
+	}
+	if len(d.Filter) > maxFilters {
+		return invalid("filter has more than %d event types", maxFilters)
+	}
+	for _, f := range d.Filter {
+		if err := validatePattern(f); err != nil {
+			return err
+		}
+	}
+	if d.Secret == "" {
+		d.Secret = webhook.GenerateSecret()
+	}
+	if _, err := webhook.ParseSecret(d.Secret); err != nil {
+		return invalid("secret: %v", err)
+	}
+	if d.PreviousSecret != "" {
+		if _, err := webhook.ParseSecret(d.PreviousSecret); err != nil {
+			return invalid("previous_secret: %v", err)
+		}
+	}
+	if d.MaxConcurrency == 0 {
+		d.MaxConcurrency = DefaultConcurrency
+	}
+	if d.MaxConcurrency < 1 || d.MaxConcurrency > MaxConcurrency {
+		return invalid("max_concurrency must be between 1 and %d", MaxConcurrency)
+	}
+	if d.RateLimit < 0 || d.RateLimit > 1e6 {
+		return invalid("rate_limit must be between 0 (none) and 1000000 deliveries per second")
+	}
+	if len(d.Headers) > maxHeaders {
+		return invalid("more than %d headers", maxHeaders)
+	}
+	for k, v := range d.Headers {
+		if k == "" || strings.ContainsAny(k, " \t\r\n:") || http.CanonicalHeaderKey(k) == "" {
+			return invalid("header name %q is not valid", k)
+		}
+		if reservedHeaders[strings.ToLower(k)] {
+			return invalid("header %s is set by fanout and cannot be overridden", k)
+		}
+		if strings.ContainsAny(v, "\r\n") || len(v) > 4096 {
+			return invalid("header %s has a value with a line break or over 4096 bytes", k)
+		}
+	}
+	if r := d.Retry; r != nil {
+		if r.Initial < 0 || r.Max < 0 || r.MaxAge < 0 || r.MaxAttempts < 0 {
+			return invalid("retry values cannot be negative")
+		}
+		if r.MaxAge == 0 && r.MaxAttempts == 0 {
+			return invalid("retry needs max_age or max_attempts, or deliveries would be retried forever")
+		}
+	}
+	return nil
+}
+
+// ValidateURL accepts absolute http and https URLs without credentials, of
+// sane length, whose host is not an address the guard refuses.
+func ValidateURL(raw string, guard *webhook.Guard) error {
+	if raw == "" {
+		return invalid("url is required")
+	}
+	if len(raw) > MaxURLLength {
+		return invalid("url is longer than %d characters", MaxURLLength)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return invalid("url %q is not a URL: %v", raw, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return invalid("url %q must be http or https", raw)
+	case u.Host == "" || u.Hostname() == "":
+		return invalid("url %q has no host", raw)
+	case u.User != nil:
+		return invalid("url %q carries credentials; send them as a header instead", raw)
+	case u.Fragment != "":
+		return invalid("url %q has a fragment, which is never sent", raw)
+	}
+	if guard != nil {
+		if addr, err := netip.ParseAddr(u.Hostname()); err == nil {
+			if err := guard.Check(addr); err != nil {
+				return invalid("url %q: %v", raw, err)
+			}
+		}
+	}
+	return nil
+}
+
+func validatePattern(p string) error {
+	switch {
+	case p == "*":
+		return nil
+	case p == "" || len(p) > 200:
+		return invalid("filter entries are event types of 1 to 200 characters")
+	case strings.Contains(strings.TrimSuffix(p, "*"), "*"):
+		return invalid("filter %q: only a trailing * is allowed (order.*)", p)
+	case strings.ContainsAny(p, " \t\r\n"):
+		return invalid("filter %q has white space", p)
+	}
+	return nil
+}
+
+// Matches reports whether the destination wants an event of this type ("" if
+// the event has none).
+func (d *Destination) Matches(eventType string) bool {
+	if len(d.Filter) == 0 {
+		return true
+	}
+	for _, p := range d.Filter {
+		switch {
+		case p == "*":
+			return true
+		case strings.HasSuffix(p, "*"):
+			if eventType != "" && strings.HasPrefix(eventType, p[:len(p)-1]) {
+				return true
+			}
+		case p == eventType:
+			return true
+		}
+	}
+	return false
+}
+
+// PausedAt reports whether deliveries are held back at now, and why.
+func (d *Destination) PausedAt(now time.Time) bool {
+	return !d.Enabled || d.Paused || (d.CircuitOpenUntil != nil && now.Before(*d.CircuitOpenUntil))
+}
+
+// Keys returns the signing keys in force at now: the secret, and the
+// previous one during its grace period.
+func (d *Destination) Keys(now time.Time) [][]byte {
+	var keys [][]byte
+	if k, err := webhook.ParseSecret(d.Secret); err == nil {
+		keys = append(keys, k)
+	}
+	if d.PreviousSecret != "" && d.PreviousSecretExpires != nil && now.Before(*d.PreviousSecretExpires) {
+		if k, err := webhook.ParseSecret(d.PreviousSecret); err == nil {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// Policy returns the destination's retry policy, or nil for the default.
+func (d *Destination) Policy(def *dispatch.Backoff) dispatch.RetryPolicy {
+	if d.Retry == nil {
+		return nil
+	}
+	p := *def
+	if d.Retry.Initial > 0 {
+		p.Initial = time.Duration(d.Retry.Initial)
+	}
+	if d.Retry.Max > 0 {
+		p.Max = time.Duration(d.Retry.Max)
+	}
+	p.MaxAge = time.Duration(d.Retry.MaxAge)
+	p.MaxAttempts = d.Retry.MaxAttempts
+	return &p
+}
+
+// Header returns the destination's own headers.
+func (d *Destination) Header() http.Header {
+	if len(d.Headers) == 0 {
+		return nil
+	}
+	h := make(http.Header, len(d.Headers))
+	for k, v := range d.Headers {
+		h.Set(k, v)
+	}
+	return h
+}
+
+// NewID returns a new destination id.
+func NewID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return "dst_" + hex.EncodeToString(b[:])
+}
+
+// ConfiguredID is the id of a destination created from --destination: the
+// same URL gives the same id, so that a restart finds it instead of adding
+// it again.
+func ConfiguredID(rawURL string) string {
+	sum := sha256.Sum256([]byte(rawURL))
+	return "dst_cfg_" + hex.EncodeToString(sum[:8])
+}

@@ -1,0 +1,335 @@
+package destination
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"fanout/dispatch"
+	"fanout/webhook"
+)
+
+// DocKind is the kind of the store documents that hold destinations.
+const DocKind = "destination"
+
+// Errors of the registry.
+var (
+	ErrNotFound = errors.New("destination not found")
+	ErrExists   = errors.New("destination exists")
+)
+
+// Registry keeps destinations in the store (as documents, so that every
+// replica on a shared database sees the same ones) and caches them: the hot
+// paths (routing an event, a delivery, the runtime's key limits) read the
+// cache, which is reloaded every RefreshInterval and after every change made
+// through this registry. A change made by another replica is seen here
+// within RefreshInterval.
+type Registry struct {
+	store    dispatch.Store
+	guard    *webhook.Guard
+	now      func() time.Time
+	log      *slog.Logger
+	policy   *dispatch.Backoff
+	cooldown time.Duration
+	grace    time.Duration
+	changed  func()
+
+	refreshMu sync.Mutex // one refresh at a time
+	mu        sync.RWMutex
+	byID      map[string]*Destination
+	sorted    []*Destination
+	versions  map[string]int64
+}
+
+// Config configures a Registry.
+type Config struct {
+	Store dispatch.Store
+	// Guard refuses URLs with blocked address literals; nil allows all.
+	Guard *webhook.Guard
+	// Policy is the default retry policy, which a destination's retry
+	// settings amend.
+	Policy *dispatch.Backoff
+	// BreakerCooldown is how long a destination stays paused when the
+	// circuit breaker opens (default 5m).
+	BreakerCooldown time.Duration
+	// SecretGrace is how long a rotated-out secret still signs (default 24h).
+	SecretGrace time.Duration
+	// Changed is called after the cache changed (the runtime then looks for
+	// deliveries a change released).
+	Changed func()
+	Now     func() time.Time
+	Logger  *slog.Logger
+}
+
+// NewRegistry returns an empty registry; call Refresh to load it.
+func NewRegistry(cfg Config) *Registry {
+	r := &Registry{
+		store: cfg.Store, guard: cfg.Guard, now: cfg.Now, log: cfg.Logger, policy: cfg.Policy,
+		cooldown: cfg.BreakerCooldown, grace: cfg.SecretGrace, changed: cfg.Changed,
+		byID: map[string]*Destination{}, versions: map[string]int64{},
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	if r.policy == nil {
+		r.policy = dispatch.DefaultBackoff()
+	}
+	if r.cooldown <= 0 {
+		r.cooldown = 5 * time.Minute
+	}
+	if r.grace <= 0 {
+		r.grace = 24 * time.Hour
+	}
+	return r
+}
+
+// Run refreshes the cache every interval until ctx ends.
+func (r *Registry) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.Refresh(ctx); err != nil {
+			if !failing && ctx.Err() == nil {
+				r.log.Error("reload destinations; keeping the ones known", "err", err)
+			}
+			failing = true
+			continue
+		}
+		failing = false
+	}
+}
+
+// Refresh reloads every destination from the store.
+func (r *Registry) Refresh(ctx context.Context) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	docs, err := r.store.DocList(ctx, DocKind)
+	if err != nil {
+		return err
+	}
+	byID := make(map[string]*Destination, len(docs))
+	versions := make(map[string]int64, len(docs))
+	sorted := make([]*Destination, 0, len(docs))
+	for _, doc := range docs {
+		d, err := fromDoc(doc)
+		if err != nil {
+			r.log.Error("a stored destination does not decode; skipping it", "id", doc.ID, "err", err)
+			continue
+		}
+		byID[d.ID], versions[d.ID] = d, d.Version
+		sorted = append(sorted, d)
+	}
+	r.mu.Lock()
+	changed := len(versions) != len(r.versions)
+	for id, v := range versions {
+		changed = changed || r.versions[id] != v
+	}
+	r.byID, r.sorted, r.versions = byID, sorted, versions
+	r.mu.Unlock()
+	if changed && r.changed != nil {
+		r.changed()
+	}
+	return nil
+}
+
+func fromDoc(doc *dispatch.Doc) (*Destination, error) {
+	var d Destination
+	if err := json.Unmarshal(doc.Data, &d); err != nil {
+		return nil, err
+	}
+	d.ID, d.Version, d.CreatedAt, d.UpdatedAt = doc.ID, doc.Version, doc.CreatedAt, doc.UpdatedAt
+	return &d, nil
+}
+
+func toDoc(d *Destination) (*dispatch.Doc, error) {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	return &dispatch.Doc{Kind: DocKind, ID: d.ID, Data: data, Version: d.Version, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}, nil
+}
+
+// List returns every destination, ordered by id. The values are shared:
+// do not change them.
+func (r *Registry) List() []*Destination {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return slices.Clone(r.sorted)
+}
+
+// Get returns a destination from the cache.
+func (r *Registry) Get(id string) (*Destination, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	d, ok := r.byID[id]
+	return d, ok
+}
+
+// Matching returns the enabled destinations that want an event of this type.
+func (r *Registry) Matching(eventType string) []*Destination {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []*Destination
+	for _, d := range r.sorted {
+		if d.Enabled && d.Matches(eventType) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// KeyConfig is the runtime's view of a destination (its key is its id): its
+// concurrency cap, rate, pause and retry policy. A delivery to a destination
+// that no longer exists is not held back: it runs and fails for good.
+func (r *Registry) KeyConfig(key string) dispatch.KeyConfig {
+	d, ok := r.Get(key)
+	if !ok {
+		return dispatch.KeyConfig{}
+	}
+	return dispatch.KeyConfig{
+		MaxConcurrency: d.MaxConcurrency,
+		Rate:           d.RateLimit,
+		Burst:          max(1, int(d.RateLimit)),
+		Paused:         d.PausedAt(r.now()),
+		RetryPolicy:    d.Policy(r.policy),
+	}
+}
+
+// Create validates and stores a new destination.
+func (r *Registry) Create(ctx context.Context, d *Destination) error {
+	if d.ID == "" {
+		d.ID = NewID()
+	}
+	if err := d.Validate(r.guard); err != nil {
+		return err
+	}
+	now := r.now().UTC()
+	d.CreatedAt, d.UpdatedAt, d.Version = now, now, 1
+	doc, err := toDoc(d)
+	if err != nil {
+		return err
+	}
+	if err := r.store.DocCreate(ctx, doc); err != nil {
+		if errors.Is(err, dispatch.ErrDocExists) {
+			return ErrExists
+		}
+		return err
+	}
+	return r.Refresh(ctx)
+}
+
+// Update changes a destination with apply, which may refuse. A change made
+// meanwhile by someone else is read again and apply runs again on it.
+func (r *Registry) Update(ctx context.Context, id string, apply func(d *Destination) error) (*Destination, error) {
+	for range 5 {
+		doc, err := r.store.DocGet(ctx, DocKind, id)
+		if errors.Is(err, dispatch.ErrDocNotFound) {
+			return nil, ErrNotFound
+		}
+		if err != nil {
+			return nil, err
+		}
+		d, err := fromDoc(doc)
+		if err != nil {
+			return nil, err
+		}
+		oldSecret := d.Secret
+		if err := apply(d); err != nil {
+			return nil, err
+		}
+		d.ID = id
+		if d.Secret != oldSecret && d.Secret != "" && oldSecret != "" {
+			// A new secret: the old one keeps signing for the grace
+			// period, so that receivers can switch without losing any.
+			until := r.now().UTC().Add(r.grace)
+			d.PreviousSecret, d.PreviousSecretExpires = oldSecret, &until
+		}
+		if err := d.Validate(r.guard); err != nil {
+			return nil, err
+		}
+		d.UpdatedAt = r.now().UTC()
+		next, err := toDoc(d)
+		if err != nil {
+			return nil, err
+		}
+		err = r.store.DocUpdate(ctx, next)
+		if errors.Is(err, dispatch.ErrDocConflict) {
+			continue
+		}
+		if errors.Is(err, dispatch.ErrDocNotFound) {
+			return nil, ErrNotFound
+		}
+		if err != nil {
+			return nil, err
+		}
+		d.Version = next.Version
+		return d, r.Refresh(ctx)
+	}
+	return nil, fmt.Errorf("destination %s keeps changing under this update; try again", id)
+}
+
+// Delete removes a destination. Its pending deliveries fail for good when
+// they next run.
+func (r *Registry) Delete(ctx context.Context, id string) error {
+	if err := r.store.DocDelete(ctx, DocKind, id); err != nil {
+		if errors.Is(err, dispatch.ErrDocNotFound) {
+			return ErrNotFound
+		}
+		return err
+	}
+	return r.Refresh(ctx)
+}
+
+// Ensure creates the destination of a configured URL unless it exists: a
+// restart with the same --destination flags adds nothing.
+func (r *Registry) Ensure(ctx context.Context, id, rawURL, description string) error {
+	err := r.Create(ctx, &Destination{ID: id, URL: rawURL, Description: description, Enabled: true})
+	if errors.Is(err, ErrExists) {
+		return nil
+	}
+	return err
+}
+
+// Trip pauses a destination whose deliveries kept failing, until the
+// breaker's cooldown has passed; it is the runtime's OnKeyTrip.
+func (r *Registry) Trip(id, reason string) {
+	until := r.now().UTC().Add(r.cooldown)
+	_, err := r.Update(context.Background(), id, func(d *Destination) error {
+		d.CircuitOpenUntil = &until
+		d.Reason = "circuit breaker: " + reason + "; paused until " + until.Format(time.RFC3339)
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		r.log.Error("pause a failing destination", "destination", id, "err", err)
+		return
+	}
+	r.log.Warn("destination paused by the circuit breaker", "destination", id, "reason", reason, "until", until)
+}
+
+// Gone disables a destination that answered 410 Gone.
+func (r *Registry) Gone(id, reason string) {
+	_, err := r.Update(context.Background(), id, func(d *Destination) error {
+		d.Enabled = false
+		d.Reason = reason
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		r.log.Error("disable a gone destination", "destination", id, "err", err)
+		return
+	}
+	r.log.Warn("destination disabled", "destination", id, "reason", reason)
+}
