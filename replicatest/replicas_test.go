@@ -1,0 +1,470 @@
+package replicatest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+	"fanout/dispatch/dispatchpg"
+	"fanout/internal/pgtest"
+)
+
+// workers is each replica's --workers: it bounds the deliveries a replica
+// has in flight, and so the duplicates its death can cause.
+const workers = 32
+
+var (
+	helpOnce  sync.Once
+	helpFlags string
+)
+
+// fanoutArgs is the one place that says how the tests start a replica: on a
+// free loopback port, on the database, delivering to destinations. The
+// destinations are on loopback, which fanout's SSRF guard refuses unless
+// --allow-network allows it; the flag is passed when the binary has it.
+func fanoutArgs(t testing.TB, databaseURL string, destinations []string, extra ...string) []string {
+	helpOnce.Do(func() {
+		out, _ := exec.Command(fanoutBin, "--help").CombinedOutput()
+		helpFlags = string(out)
+	})
+	args := []string{"--addr", "127.0.0.1:0", "--database-url", databaseURL, "--workers", strconv.Itoa(workers),
+		"--retry-initial", "200ms", "--retry-max", "2s", "--log-level", "info"}
+	if strings.Contains(helpFlags, "--allow-network") {
+		args = append(args, "--allow-network", "127.0.0.0/8")
+	}
+	for _, d := range destinations {
+		args = append(args, "--destination", d)
+	}
+	return append(args, extra...)
+}
+
+// replica is one running fanout process.
+type replica struct {
+	name   string
+	cmd    *exec.Cmd
+	url    string
+	logs   *lines
+	exited chan struct{}
+	dead   atomic.Bool // killed: clients stop sending to it
+}
+
+var listeningRE = regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
+
+// startReplica starts fanout and returns once it listens. A cleanup kills
+// it if it still runs: nothing outlives the test.
+func startReplica(t testing.TB, name string, args []string) *replica {
+	t.Helper()
+	r := &replica{name: name, cmd: exec.Command(fanoutBin, args...), logs: &lines{}, exited: make(chan struct{})}
+	r.cmd.Env = childEnv()
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { _ = r.cmd.Wait(); close(r.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-r.exited:
+		default:
+			_ = r.cmd.Process.Kill()
+			select {
+			case <-r.exited:
+			case <-time.After(10 * time.Second):
+				t.Errorf("%s (pid %d) did not die within 10s of SIGKILL", name, r.cmd.Process.Pid)
+			}
+		}
+		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
+			t.Logf("%s, last lines of its log:\n%s", name, r.logs.tail(40))
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if m := r.logs.find(listeningRE); m != nil {
+			r.url = m[1]
+			return r
+		}
+		select {
+		case <-r.exited:
+			t.Fatalf("%s exited before listening (%v):\n%s", name, r.cmd.ProcessState, r.logs.tail(30))
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not listen within 30s:\n%s", name, r.logs.tail(30))
+		}
+	}
+}
+
+// childEnv is the test's environment without fanout's own settings and
+// proxies, which would change its behaviour behind the test's back.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "FANOUT_") || strings.HasSuffix(strings.ToUpper(name), "_PROXY") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+func (r *replica) kill(t testing.TB) {
+	t.Helper()
+	r.dead.Store(true)
+	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatalf("SIGKILL %s: %v", r.name, err)
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not die within 10s of SIGKILL", r.name)
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit; it returns the "totals"
+// line of the log.
+func (r *replica) stop(t testing.TB) string {
+	t.Helper()
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.exited:
+	case <-time.After(40 * time.Second):
+		t.Fatalf("%s did not stop within 40s of SIGTERM:\n%s", r.name, r.logs.tail(30))
+	}
+	if !r.cmd.ProcessState.Success() {
+		t.Errorf("%s exited with %v after SIGTERM:\n%s", r.name, r.cmd.ProcessState, r.logs.tail(30))
+	}
+	line, _ := r.logs.contains(`msg=totals`)
+	return line
+}
+
+// destination records deliveries by webhook-id, and checks their bytes.
+type destination struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	got  map[string]int
+	bad  []string
+	sent *sentEvents
+}
+
+func newDestination(t testing.TB, sent *sentEvents) *destination {
+	d := &destination{got: map[string]int{}, sent: sent}
+	d.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		// Some deliveries take a while, so that the replica that dies has
+		// some in flight.
+		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
+		id := r.Header.Get("webhook-id")
+		d.mu.Lock()
+		d.got[id]++
+		if want, ok := d.sent.body(id); ok && !bytes.Equal(want, body) {
+			d.bad = append(d.bad, fmt.Sprintf("%s: got %q, sent %q", id, body, want))
+		}
+		d.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(d.srv.Close)
+	return d
+}
+
+func (d *destination) count(id string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.got[id]
+}
+
+// sentEvents are the events a replica acknowledged, by id.
+type sentEvents struct {
+	mu     sync.Mutex
+	bodies map[string][]byte
+	order  []string
+}
+
+func (s *sentEvents) add(id string, body []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bodies[id] = body
+	s.order = append(s.order, id)
+}
+
+func (s *sentEvents) body(id string) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.bodies[id]
+	return b, ok
+}
+
+func (s *sentEvents) ids() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.order...)
+}
+
+// TestReplicas_KillOne loads three replicas on one database through all of
+// them, SIGKILLs one in the middle, and checks what every client of fanout
+// is promised: each acknowledged event reaches every destination, with its
+// bytes; duplicates come only from the deliveries the dead replica had in
+// flight; and nothing is stuck: every call of the database ends done.
+func TestReplicas_KillOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a minute of load and recovery; skipped with -short")
+	}
+	dbURL := pgtest.NewURL(t)
+	sent := &sentEvents{bodies: map[string][]byte{}}
+	dests := []*destination{newDestination(t, sent), newDestination(t, sent)}
+	urls := []string{dests[0].srv.URL + "/a", dests[1].srv.URL + "/b"}
+
+	// The first replica migrates the database; the others find it ready.
+	replicas := make([]*replica, 3)
+	for i := range replicas {
+		replicas[i] = startReplica(t, fmt.Sprintf("replica-%d", i), fanoutArgs(t, dbURL, urls))
+	}
+
+	const (
+		clients  = 12
+		loadFor  = 20 * time.Second
+		killAt   = 8 * time.Second
+		pause    = 15 * time.Millisecond // between a client's requests
+		maxBatch = 5
+	)
+	victim := replicas[1]
+	start := time.Now()
+	var (
+		requests, refused atomic.Int64
+		seq               atomic.Int64
+		wg                sync.WaitGroup
+	)
+	client := &http.Client{Timeout: 15 * time.Second}
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Since(start) < loadFor; i++ {
+				r := replicas[(c+i)%len(replicas)]
+				if r.dead.Load() {
+					continue
+				}
+				n := 1 + rand.IntN(maxBatch)
+				events := make([][]byte, n)
+				for k := range events {
+					events[k] = fmt.Appendf(nil, `{"n": %d, "client": %d, "pad": %q}`, seq.Add(1), c, strings.Repeat("x", rand.IntN(100)))
+				}
+				path, body := "/v1/event", events[0]
+				if n > 1 || i%2 == 0 {
+					path, body = "/v1/batch", append(append([]byte("["), bytes.Join(events, []byte(","))...), ']')
+				}
+				requests.Add(1)
+				ids, err := post(client, r.url+path, body)
+				if err != nil {
+					refused.Add(1) // not acknowledged: it may or may not be stored
+				} else {
+					for k, id := range ids {
+						sent.add(id, events[k])
+					}
+				}
+				time.Sleep(pause)
+			}
+		}()
+	}
+	time.Sleep(killAt)
+	victim.kill(t)
+	killedAt := time.Since(start)
+	wg.Wait()
+	accepted := sent.ids()
+	t.Logf("load: %d requests in %v, %d events acknowledged, %d requests not acknowledged; %s killed at %v",
+		requests.Load(), loadFor, len(accepted), refused.Load(), victim.name, killedAt.Round(time.Millisecond))
+	if len(accepted) < 1000 {
+		t.Fatalf("only %d events acknowledged: the load did not run", len(accepted))
+	}
+
+	// Every acknowledged event reaches every destination. The dead
+	// replica's calls run again once their leases (30s) expire.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		missing := 0
+		for _, id := range accepted {
+			for _, d := range dests {
+				if d.count(id) == 0 {
+					missing++
+				}
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d deliveries of acknowledged events missing 90s after the load", missing)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	delivered := time.Since(start)
+
+	// Nothing is stuck: every call ends done (events that were stored but
+	// not acknowledged, by the replica that died, are delivered too).
+	store, err := dispatchpg.Open(context.Background(), dispatchpg.Config{URL: dbURL,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var counts []dispatch.CallCount
+	for {
+		counts, err = store.CallCounts(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		stuck := int64(0)
+		for _, c := range counts {
+			if c.State != dispatch.StateDone {
+				stuck += c.N
+			}
+		}
+		if stuck == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls not done 90s after the load: %v", counts)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// Duplicates: a delivery that the dead replica was making when it died
+	// may have reached the destination without its outcome being stored;
+	// it runs again. It had at most --workers calls running, so at most
+	// that many deliveries repeat. Live replicas renew their leases and
+	// cause none.
+	dups := 0
+	for _, d := range dests {
+		d.mu.Lock()
+		for _, n := range d.got {
+			dups += n - 1
+		}
+		if len(d.bad) > 0 {
+			t.Errorf("%d deliveries with other bytes than were sent, e.g. %s", len(d.bad), d.bad[0])
+		}
+		d.mu.Unlock()
+	}
+	var events int64
+	for _, c := range counts {
+		if c.Function == "handleEvent" {
+			events += c.N
+		}
+	}
+	t.Logf("all %d acknowledged events delivered to both destinations %v after the start; %d events stored in all; "+
+		"%d duplicate deliveries (bound %d: the dead replica's --workers); calls: %v",
+		len(accepted), delivered.Round(time.Millisecond), events, dups, workers, counts)
+	if dups > workers {
+		t.Errorf("%d duplicate deliveries, more than the %d the dead replica could have had in flight", dups, workers)
+	}
+	if int(events) < len(accepted) {
+		t.Errorf("%d events stored, fewer than the %d acknowledged", events, len(accepted))
+	}
+	if line, ok := replicas[0].logs.contains("calls whose lease expired run again"); ok {
+		t.Logf("replica-0: %s", line)
+	}
+	if line, ok := replicas[2].logs.contains("calls whose lease expired run again"); ok {
+		t.Logf("replica-2: %s", line)
+	}
+	for _, r := range []*replica{replicas[0], replicas[2]} {
+		t.Logf("%s: %s", r.name, r.stop(t))
+	}
+}
+
+// post sends one request and returns the ids of a 2xx answer.
+func post(client *http.Client, url string, body []byte) ([]string, error) {
+	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	var ans struct {
+		ID  string   `json:"id"`
+		IDs []string `json:"ids"`
+	}
+	if err := json.Unmarshal(b, &ans); err != nil {
+		return nil, err
+	}
+	if ans.ID != "" {
+		return []string{ans.ID}, nil
+	}
+	return ans.IDs, nil
+}
+
+// lines collects a process's output by line, keeping the last 20,000.
+type lines struct {
+	mu      sync.Mutex
+	partial []byte
+	all     []string
+}
+
+func (l *lines) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.partial = append(l.partial, b...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		l.all = append(l.all, string(l.partial[:i]))
+		l.partial = l.partial[i+1:]
+	}
+	if len(l.all) > 20000 {
+		l.all = l.all[len(l.all)-20000:]
+	}
+	return len(b), nil
+}
+
+func (l *lines) find(re *regexp.Regexp) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.all {
+		if m := re.FindStringSubmatch(s); m != nil {
+			return m
+		}
+	}
+	return nil
+}
+
+func (l *lines) contains(part string) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.all {
+		if strings.Contains(s, part) {
+			return s, true
+		}
+	}
+	return "", false
+}
+
+func (l *lines) tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.all[max(0, len(l.all)-n):], "\n")
+}
