@@ -15,11 +15,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"fanout/destination"
 	"fanout/dispatch"
@@ -725,5 +728,442 @@ func TestFanout_MarshalJSON(t *testing.T) {
 		if err := json.Unmarshal(b, &back); err != nil || back.Destinations != n {
 			t.Fatalf("Fanout{%d} marshals to %s, which reads back as %+v (%v)", n, b, back, err)
 		}
+	}
+}
+
+// --- destinations, status, dead letters, idempotency ---
+
+// call makes a JSON request and decodes the answer into out (if not nil).
+func call(t testing.TB, method, url string, body any, out any, header ...string) int {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		if s, ok := body.(string); ok {
+			rd = strings.NewReader(s)
+		} else {
+			b, err := json.Marshal(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rd = bytes.NewReader(b)
+		}
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: answer %q is not JSON: %v", method, url, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func TestDestinations_API(t *testing.T) {
+	svc := newTestService(t, openTestStore(t, t.TempDir()))
+	srv := httptest.NewServer(svc.handler)
+	defer srv.Close()
+	base := srv.URL + "/v1/destinations"
+
+	var d destination.Destination
+	if code := call(t, "POST", base, map[string]any{"url": "https://hooks.example.com/a", "filter": []string{"order.*"},
+		"headers": map[string]string{"Authorization": "Bearer x"}}, &d); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	if !strings.HasPrefix(d.ID, "dst_") || !strings.HasPrefix(d.Secret, "whsec_") || !d.Enabled ||
+		d.MaxConcurrency != destination.DefaultConcurrency || d.Version != 1 {
+		t.Fatalf("created %+v, want an id, a generated secret, enabled, default concurrency, version 1", d)
+	}
+	var got destination.Destination
+	if code := call(t, "GET", base+"/"+d.ID, nil, &got); code != 200 || got.URL != d.URL || got.Secret != d.Secret {
+		t.Fatalf("get: %d %+v", code, got)
+	}
+	var list struct{ Destinations []destination.Destination }
+	if code := call(t, "GET", base, nil, &list); code != 200 || len(list.Destinations) != 1 {
+		t.Fatalf("list: %d %+v", code, list)
+	}
+	if code := call(t, "PATCH", base+"/"+d.ID, map[string]any{"enabled": false, "max_concurrency": 3}, &got); code != 200 ||
+		got.Enabled || got.MaxConcurrency != 3 || got.URL != d.URL || got.Version != 2 {
+		t.Fatalf("patch: %d %+v, want disabled, concurrency 3, the rest kept", code, got)
+	}
+	if code := call(t, "POST", base+"/"+d.ID+"/rotate-secret", nil, &got); code != 200 || got.Secret == d.Secret ||
+		got.PreviousSecret != d.Secret || got.PreviousSecretExpires == nil {
+		t.Fatalf("rotate: %d %+v, want a new secret with the old one kept for the grace period", code, got)
+	}
+	if code := call(t, "PATCH", base+"/"+d.ID, map[string]any{"paused": true}, &got); code != 200 || !got.Paused {
+		t.Fatalf("pause: %d %+v", code, got)
+	}
+	if code := call(t, "POST", base+"/"+d.ID+"/resume", nil, &got); code != 200 || got.Paused {
+		t.Fatalf("resume: %d %+v", code, got)
+	}
+	if code := call(t, "DELETE", base+"/"+d.ID, nil, nil); code != 204 {
+		t.Fatalf("delete: %d", code)
+	}
+	var e errorBody
+	if code := call(t, "GET", base+"/"+d.ID, nil, &e); code != 404 || !strings.Contains(e.Error, d.ID) {
+		t.Fatalf("get after delete: %d %q", code, e.Error)
+	}
+	if code := call(t, "DELETE", base+"/"+d.ID, nil, &e); code != 404 {
+		t.Fatalf("second delete: %d", code)
+	}
+}
+
+func TestDestinations_Reject(t *testing.T) {
+	store := openTestStore(t, t.TempDir())
+	svc := newTestService(t, store)
+	// The guard of a real run: loopback and private addresses refused.
+	svc.svc.dests = destination.NewRegistry(destination.Config{Store: store, Guard: webhook.NewGuard(nil)})
+	srv := httptest.NewServer(newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), svc.svc, testLimits))
+	defer srv.Close()
+	tests := []struct {
+		name string
+		body string
+		want string
+	}{
+		{"NoURL", `{"description":"x"}`, "url is required"},
+		{"Scheme", `{"url":"ftp://example.com"}`, "must be http or https"},
+		{"Credentials", `{"url":"https://u:p@example.com"}`, "credentials"},
+		{"Loopback", `{"url":"http://127.0.0.1:9000/x"}`, "--allow-network 127.0.0.1/32"},
+		{"Metadata", `{"url":"http://169.254.169.254/latest"}`, "link-local"},
+		{"LongURL", `{"url":"https://example.com/` + strings.Repeat("a", 2100) + `"}`, "longer than 2048"},
+		{"BadFilter", `{"url":"https://example.com","filter":["a*b"]}`, "only a trailing *"},
+		{"ReservedHeader", `{"url":"https://example.com","headers":{"webhook-id":"x"}}`, "set by fanout"},
+		{"BadSecret", `{"url":"https://example.com","secret":"hunter2"}`, "whsec_"},
+		{"Concurrency", `{"url":"https://example.com","max_concurrency":5000}`, "max_concurrency"},
+		{"RetryForever", `{"url":"https://example.com","retry":{"initial":"1s"}}`, "retried forever"},
+		{"UnknownField", `{"url":"https://example.com","colour":"red"}`, `unknown field "colour"`},
+		{"NotJSON", `{"url":`, "request body"},
+		{"BadDuration", `{"url":"https://example.com","retry":{"max_age":"forever"}}`, "duration"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var e errorBody
+			if code := call(t, "POST", srv.URL+"/v1/destinations", tc.body, &e); code != 400 || !strings.Contains(e.Error, tc.want) {
+				t.Fatalf("POST %s: %d %q, want 400 containing %q", tc.body, code, e.Error, tc.want)
+			}
+		})
+	}
+	var list struct{ Destinations []destination.Destination }
+	call(t, "GET", srv.URL+"/v1/destinations", nil, &list)
+	if len(list.Destinations) != 0 {
+		t.Fatalf("refused destinations were stored: %+v", list.Destinations)
+	}
+	var e errorBody
+	if code := call(t, "PATCH", srv.URL+"/v1/destinations/nope", `{"enabled":true}`, &e); code != 404 {
+		t.Fatalf("PATCH of an unknown destination: %d %q", code, e.Error)
+	}
+}
+
+func TestIdempotentIngest(t *testing.T) {
+	svc := newTestService(t, openTestStore(t, t.TempDir()))
+	srv := httptest.NewServer(svc.handler)
+	defer srv.Close()
+	var a, b, c struct{ ID string }
+	call(t, "POST", srv.URL+"/v1/event", `{"id":"order-1","n":1}`, &a)
+	call(t, "POST", srv.URL+"/v1/event", `{"id":"order-1","n":2}`, &b)
+	call(t, "POST", srv.URL+"/v1/event", `{"id":"order-2"}`, &c)
+	if a.ID == "" || a.ID != b.ID || c.ID == a.ID {
+		t.Fatalf("ids %s %s %s: a repeated event id must give the first id, another id a new one", a.ID, b.ID, c.ID)
+	}
+	var k1, k2 struct{ ID string }
+	call(t, "POST", srv.URL+"/v1/event", `{"n":1}`, &k1, "Idempotency-Key", "req-7")
+	call(t, "POST", srv.URL+"/v1/event", `{"n":1}`, &k2, "Idempotency-Key", "req-7")
+	if k1.ID == "" || k1.ID != k2.ID {
+		t.Fatalf("Idempotency-Key repeat gave %s then %s", k1.ID, k2.ID)
+	}
+	var b1, b2 struct{ IDs []string }
+	call(t, "POST", srv.URL+"/v1/batch", `[{"n":1},{"n":2}]`, &b1, "Idempotency-Key", "batch-1")
+	call(t, "POST", srv.URL+"/v1/batch", `[{"n":1},{"n":2}]`, &b2, "Idempotency-Key", "batch-1")
+	if len(b1.IDs) != 2 || fmt.Sprint(b1.IDs) != fmt.Sprint(b2.IDs) {
+		t.Fatalf("a repeated batch gave %v then %v", b1.IDs, b2.IDs)
+	}
+	if got := len(stored(t, svc.store)); got != 5 {
+		t.Fatalf("store holds %d events, want 5 (3 by id, 1 by key, 2 by batch key)", got)
+	}
+	var e errorBody
+	if code := call(t, "POST", srv.URL+"/v1/event", `{}`, &e, "Idempotency-Key", "has space"); code != 400 {
+		t.Fatalf("a bad Idempotency-Key: %d %q", code, e.Error)
+	}
+}
+
+// TestOpenAPI_MatchesRoutes keeps docs/openapi.yaml and the routes in step:
+// every documented operation is a route, every route is documented.
+func TestOpenAPI_MatchesRoutes(t *testing.T) {
+	b, err := os.ReadFile("docs/openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Paths map[string]map[string]any `yaml:"paths"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("docs/openapi.yaml: %v", err)
+	}
+	documented := map[string]bool{}
+	for path, ops := range doc.Paths {
+		for method := range ops {
+			if method == "parameters" {
+				continue
+			}
+			documented[strings.ToUpper(method)+" "+path] = true
+		}
+	}
+	routed := map[string]bool{}
+	for _, r := range routes(nil, nil, testLimits) {
+		routed[r.pattern] = true
+	}
+	for op := range documented {
+		if !routed[op] {
+			t.Errorf("docs/openapi.yaml documents %s, which is not a route", op)
+		}
+	}
+	for op := range routed {
+		if !documented[op] {
+			t.Errorf("route %s is not in docs/openapi.yaml", op)
+		}
+	}
+}
+
+// signedReceiver is a destination that checks the signature of what it gets.
+type signedReceiver struct {
+	*httptest.Server
+	mu     sync.Mutex
+	key    []byte
+	got    map[string]string // body by webhook-id, well signed
+	bad    int
+	status atomic.Int32 // answer; 0 is 204
+}
+
+func newSignedReceiver(t testing.TB) *signedReceiver {
+	r := &signedReceiver{got: map[string]string{}}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		if code := r.status.Load(); code != 0 {
+			w.WriteHeader(int(code))
+			return
+		}
+		ts, _ := strconv.ParseInt(req.Header.Get("webhook-timestamp"), 10, 64)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.key == nil || !webhook.Verify(r.key, req.Header.Get("webhook-id"), ts, body, req.Header.Get("webhook-signature")) {
+			r.bad++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		r.got[req.Header.Get("webhook-id")] = string(body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *signedReceiver) setSecret(t testing.TB, secret string) {
+	key, err := webhook.ParseSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.key = key
+	r.mu.Unlock()
+}
+
+func (r *signedReceiver) has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.got[id]
+	return ok
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRun_DestinationsEndToEnd routes by type, signs, records, disables a
+// gone destination, lists its dead letters and re-drives them.
+func TestRun_DestinationsEndToEnd(t *testing.T) {
+	orders, all := newSignedReceiver(t), newSignedReceiver(t)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--retry-initial", "20ms", "--retry-max", "100ms"}, nil)
+	var dOrders, dAll destination.Destination
+	if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": orders.URL, "filter": []string{"order.*"}}, &dOrders); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": all.URL}, &dAll); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	orders.setSecret(t, dOrders.Secret)
+	all.setSecret(t, dAll.Secret)
+
+	post := func(body string) string {
+		var r struct{ ID string }
+		if code := call(t, "POST", base+"/v1/event", body, &r); code != 202 {
+			t.Fatalf("ingest %s: %d", body, code)
+		}
+		return r.ID
+	}
+	paid, signup, untyped := post(`{"type":"order.paid","n":1}`), post(`{"type":"user.signup"}`), post(`{"n":3}`)
+	eventually(t, "deliveries", 10*time.Second, func() bool {
+		return orders.has(paid) && all.has(paid) && all.has(signup) && all.has(untyped)
+	})
+	if orders.has(signup) || orders.has(untyped) || orders.bad+all.bad != 0 {
+		t.Fatalf("the order.* destination got other types, or signatures failed (%d, %d)", orders.bad, all.bad)
+	}
+	var ev eventView
+	eventually(t, "event delivered", 10*time.Second, func() bool {
+		call(t, "GET", base+"/v1/events/"+paid, nil, &ev)
+		return ev.State == "delivered"
+	})
+	if len(ev.Deliveries) != 2 || ev.Deliveries[0].LastStatus != 204 || ev.Deliveries[0].DeliveredAt == nil ||
+		string(ev.Event) != `{"type":"order.paid","n":1}` {
+		t.Fatalf("event view %+v", ev)
+	}
+
+	// A destination that answers 410 is disabled; its delivery fails for good.
+	all.status.Store(http.StatusGone)
+	gone := post(`{"type":"user.left"}`)
+	eventually(t, "410 disables the destination", 10*time.Second, func() bool {
+		var d destination.Destination
+		call(t, "GET", base+"/v1/destinations/"+dAll.ID, nil, &d)
+		return !d.Enabled && strings.Contains(d.Reason, "410")
+	})
+	var dead struct {
+		Deliveries []deliveryView
+		NextCursor string `json:"next_cursor"`
+	}
+	eventually(t, "the dead letter", 10*time.Second, func() bool {
+		call(t, "GET", base+"/v1/deliveries?state=failed&destination="+dAll.ID, nil, &dead)
+		return len(dead.Deliveries) == 1
+	})
+	if d := dead.Deliveries[0]; d.EventID != gone || d.State != "failed" || !strings.Contains(d.LastError, "410") {
+		t.Fatalf("dead letter %+v", d)
+	}
+	var one deliveryView
+	call(t, "GET", base+"/v1/deliveries/"+dead.Deliveries[0].ID, nil, &one)
+	if len(one.History) != 1 || one.History[0].Status != 410 || one.LastStatus != 410 {
+		t.Fatalf("delivery %+v, want one recorded attempt with status 410", one)
+	}
+	var e errorBody
+	if code := call(t, "POST", base+"/v1/deliveries/"+paid+".0.0/retry", nil, &e); code != 409 {
+		t.Fatalf("retry of a delivered delivery: %d %q, want 409", code, e.Error)
+	}
+	if code := call(t, "POST", base+"/v1/deliveries/nope/retry", nil, &e); code != 404 {
+		t.Fatalf("retry of an unknown delivery: %d", code)
+	}
+
+	// Fixed and enabled again, the dead letter is re-driven and delivered.
+	all.status.Store(0)
+	call(t, "PATCH", base+"/v1/destinations/"+dAll.ID, map[string]any{"enabled": true}, nil)
+	var retried struct {
+		Retried int
+		More    bool
+	}
+	if code := call(t, "POST", base+"/v1/deliveries/retry", map[string]any{"destination": dAll.ID}, &retried); code != 202 || retried.Retried != 1 {
+		t.Fatalf("bulk retry: %d %+v", code, retried)
+	}
+	eventually(t, "the re-driven delivery", 10*time.Second, func() bool { return all.has(gone) })
+	eventually(t, "the event delivered", 10*time.Second, func() bool {
+		call(t, "GET", base+"/v1/events/"+gone, nil, &ev)
+		return ev.State == "delivered"
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRun_Isolation: a destination that hangs past the timeout holds at most
+// its own concurrency; a healthy one gets every event promptly meanwhile.
+func TestRun_Isolation(t *testing.T) {
+	var inHang, peak atomic.Int32
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inHang.Add(1)
+		defer inHang.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		_, _ = io.Copy(io.Discard, r.Body) // so that the server notices fanout hanging up
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer hang.Close()
+	healthy := newReceiver(t)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--delivery-timeout", "300ms", "--workers", "32",
+		"--retry-initial", "50ms", "--retry-max", "200ms"}, nil)
+	call(t, "POST", base+"/v1/destinations", map[string]any{"url": hang.URL, "max_concurrency": 4}, nil)
+	call(t, "POST", base+"/v1/destinations", map[string]any{"url": healthy.URL}, nil)
+
+	want := map[string]string{}
+	for b := range 5 {
+		var events []string
+		for i := range 100 {
+			events = append(events, fmt.Sprintf(`{"b":%d,"i":%d}`, b, i))
+		}
+		var r struct{ IDs []string }
+		if code := call(t, "POST", base+"/v1/batch", "["+strings.Join(events, ",")+"]", &r); code != 202 {
+			t.Fatalf("batch: %d", code)
+		}
+		for i, id := range r.IDs {
+			want[id] = events[i]
+		}
+	}
+	start := time.Now()
+	healthy.waitAll(t, want, 20*time.Second)
+	took := time.Since(start)
+	if p := peak.Load(); p > 4 {
+		t.Fatalf("the hanging destination had %d deliveries at once, over its max_concurrency of 4", p)
+	}
+	t.Logf("healthy destination got 500 events in %v while the other hung (peak %d at once there)", took, peak.Load())
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRun_CircuitBreaker pauses a destination whose deliveries keep failing,
+// and resumes it by API.
+func TestRun_CircuitBreaker(t *testing.T) {
+	down := newSignedReceiver(t)
+	down.status.Store(http.StatusServiceUnavailable)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--breaker-failures", "5", "--breaker-window", "0s",
+		"--breaker-cooldown", "1h", "--retry-initial", "10ms", "--retry-max", "20ms"}, nil)
+	var d destination.Destination
+	call(t, "POST", base+"/v1/destinations", map[string]any{"url": down.URL}, &d)
+	down.setSecret(t, d.Secret)
+	var r struct{ ID string }
+	call(t, "POST", base+"/v1/event", `{"n":1}`, &r)
+	eventually(t, "the breaker pauses the destination", 10*time.Second, func() bool {
+		call(t, "GET", base+"/v1/destinations/"+d.ID, nil, &d)
+		return d.CircuitOpenUntil != nil && strings.Contains(d.Reason, "circuit breaker")
+	})
+	var ev eventView
+	call(t, "GET", base+"/v1/events/"+r.ID, nil, &ev)
+	if len(ev.Deliveries) != 1 || ev.Deliveries[0].State == "failed" {
+		t.Fatalf("delivery %+v, want it kept while the destination is paused", ev.Deliveries)
+	}
+	down.status.Store(0)
+	var resumed destination.Destination
+	call(t, "POST", base+"/v1/destinations/"+d.ID+"/resume", nil, &resumed)
+	if resumed.CircuitOpenUntil != nil || resumed.Reason != "" || resumed.Version != d.Version+1 {
+		t.Fatalf("resumed destination %+v", resumed)
+	}
+	eventually(t, "delivery after resume", 10*time.Second, func() bool { return down.has(r.ID) })
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
