@@ -191,14 +191,8 @@ func runCrash(t *testing.T, cfg crashConfig) *crashFigures {
 	time.Sleep(cfg.upMin) // the last run takes load too
 	l.stop()
 
-	// Drain: every acknowledged event reaches every destination, then the
-	// destinations stay quiet (nothing left to retry), then a clean stop;
-	// then the store must say that every call is done. The destinations
-	// cannot see the last step of an event, its handleEvent call resuming
-	// once its deliveries are done, and under a backlog those resumes wait
-	// behind older deliveries (claims take the oldest first): if the store
-	// still holds calls that are not done, fanout is started again to
-	// finish them, for as long as each round makes progress.
+	// Drain: every acknowledged event reaches every destination, then
+	// fanout runs until the store says that every call is done.
 	drainStart := time.Now()
 	reqs, sent, unexpected := l.results()
 	var ackedIDs []string
@@ -210,23 +204,7 @@ func runCrash(t *testing.T, cfg crashConfig) *crashFigures {
 	for _, s := range sinks {
 		s.waitDelivered(t, ackedIDs, 3*time.Minute)
 	}
-	rounds := 0
-	for left := int64(-1); ; {
-		waitQuiet(t, sinks, time.Second, 2*time.Minute)
-		p.terminate(t, time.Minute)
-		counts := callCounts(t, data)
-		n := notDone(counts)
-		if n == 0 {
-			break
-		}
-		if rounds++; rounds == 10 || (left >= 0 && n >= left) {
-			t.Fatalf("after %d clean stops the store still holds %d calls that are not done: %v", rounds, n, counts)
-		}
-		left = n
-		t.Logf("after a clean stop %d calls are not done yet (%v): starting fanout again to finish them", n, counts)
-		p = startFanout(t, args)
-		time.Sleep(time.Second)
-	}
+	rounds := stopWhenDone(t, p, func() *fanoutProc { return startFanout(t, args) }, data, sinks)
 	drain := time.Since(drainStart)
 	storedEvents, storedDeliveries := checkAllDone(t, data)
 

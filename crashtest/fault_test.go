@@ -29,14 +29,29 @@ var faultRetries = []string{"--retry-initial", "20ms", "--retry-max", "100ms"}
 
 // deliveryOf stops fanout cleanly and returns, from its store, the
 // handleEvent call of event id and its one delivery (publishEvent call).
-func deliveryOf(t *testing.T, p *fanoutProc, data, id string) (event, delivery *dispatch.Call) {
+//
+// A delivery that just finished may leave its event's handleEvent queued to
+// resume, and a clean stop hands queued calls back to the store: when the
+// event is not final yet, deliveryOf starts fanout again with restart (if
+// not nil) and stops it a moment later, a few times at most.
+func deliveryOf(t *testing.T, p *fanoutProc, restart func() *fanoutProc, data, id string) (event, delivery *dispatch.Call) {
 	t.Helper()
-	p.terminate(t, time.Minute)
-	event, children := eventCall(t, openStore(t, data), id)
-	if len(children) != 1 {
-		t.Fatalf("event %s has %d deliveries in the store, want 1", id, len(children))
+	for i := 0; ; i++ {
+		p.terminate(t, time.Minute)
+		st := openStore(t, data)
+		event, children := eventCall(t, st, id)
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if len(children) != 1 {
+			t.Fatalf("event %s has %d deliveries in the store, want 1", id, len(children))
+		}
+		if event.State.Final() || restart == nil || i == 5 {
+			return event, children[0]
+		}
+		p = restart()
+		time.Sleep(200 * time.Millisecond)
 	}
-	return event, children[0]
 }
 
 // TestDeliver_ExactBytes: a destination receives the bytes the client sent,
@@ -135,7 +150,8 @@ func TestFault_Retried(t *testing.T) {
 				return answer{Status: http.StatusNoContent}
 			})
 			data := t.TempDir()
-			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, append(faultRetries, tc.extra...)...))
+			args := fanoutArgs(data, []string{s.URL + "/hook"}, append(faultRetries, tc.extra...)...)
+			p := startFanout(t, args)
 			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
 			s.waitDelivered(t, []string{id}, 30*time.Second)
 			rec := s.get(id)
@@ -148,7 +164,7 @@ func TestFault_Retried(t *testing.T) {
 			if gap := rec.attempts[1].Sub(rec.attempts[0]); gap < tc.minGap {
 				t.Errorf("second attempt %v after the first, want at least %v", gap, tc.minGap)
 			}
-			event, delivery := deliveryOf(t, p, data, id)
+			event, delivery := deliveryOf(t, p, func() *fanoutProc { return startFanout(t, args) }, data, id)
 			if delivery.State != dispatch.StateDone || delivery.Failures != tc.failures || event.State != dispatch.StateDone {
 				t.Errorf("in the store: delivery %v after %d failures, event %v; want done after %d failures, done",
 					delivery.State, delivery.Failures, event.State, tc.failures)
@@ -206,7 +222,8 @@ func TestFault_ResponseBody(t *testing.T) {
 				}}
 			})
 			data := t.TempDir()
-			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...))
+			args := fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...)
+			p := startFanout(t, args)
 			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
 			s.waitDelivered(t, []string{id}, 30*time.Second)
 			select {
@@ -221,7 +238,7 @@ func TestFault_ResponseBody(t *testing.T) {
 			} else {
 				t.Logf("the destination wrote %d bytes before fanout closed the connection", n)
 			}
-			event, delivery := deliveryOf(t, p, data, id)
+			event, delivery := deliveryOf(t, p, func() *fanoutProc { return startFanout(t, args) }, data, id)
 			if n := len(s.get(id).attempts); n != 1 || delivery.State != dispatch.StateDone || event.State != dispatch.StateDone {
 				t.Errorf("%d attempts, delivery %v, event %v; want one attempt, done, done", n, delivery.State, event.State)
 			}
@@ -316,7 +333,7 @@ func TestFault_Permanent(t *testing.T) {
 			if n := elsewhere.attempts.Load(); n != 0 {
 				t.Errorf("the redirect's target got %d requests: redirects must not be followed", n)
 			}
-			event, delivery := deliveryOf(t, p, data, id)
+			event, delivery := deliveryOf(t, p, nil, data, id) // final: handleEvent said so
 			if delivery.State != dispatch.StateFailed || delivery.Status != dispatch.StatusPermanent ||
 				!strings.Contains(delivery.Error, fmt.Sprint(tc.status)) {
 				t.Errorf("delivery in the store: %v, %v, %q; want failed, permanent, naming the status %d",
@@ -343,8 +360,8 @@ func TestFault_DestinationRefuses(t *testing.T) {
 	ln.Close()
 
 	data := t.TempDir()
-	p := startFanout(t, fanoutArgs(data, []string{"http://" + addr + "/hook"},
-		append([]string{"--log-level", "debug"}, faultRetries...)...))
+	args := fanoutArgs(data, []string{"http://" + addr + "/hook"}, append([]string{"--log-level", "debug"}, faultRetries...)...)
+	p := startFanout(t, args)
 	id := postEvent(t, p.URL, `{"fault":"refused"}`)
 	deadline := time.Now().Add(20 * time.Second)
 	for p.logs.count(`msg="call attempt failed"`, "function=publishEvent", `status="tcp error"`, "retry=true") < 3 {
@@ -358,7 +375,8 @@ func TestFault_DestinationRefuses(t *testing.T) {
 	}
 	s := newSinkOn(t, ln, healthy)
 	s.waitDelivered(t, []string{id}, 20*time.Second)
-	if _, delivery := deliveryOf(t, p, data, id); delivery.State != dispatch.StateDone || delivery.Failures < 3 {
+	restart := func() *fanoutProc { return startFanout(t, args) }
+	if _, delivery := deliveryOf(t, p, restart, data, id); delivery.State != dispatch.StateDone || delivery.Failures < 3 {
 		t.Errorf("delivery in the store: %v after %d failures, want done after at least 3", delivery.State, delivery.Failures)
 	}
 }
@@ -397,7 +415,7 @@ func TestFault_DNSFailure(t *testing.T) {
 	if n := p.logs.count(`msg="call attempt failed"`, "function=publishEvent", `status="dns error"`); n != 3 {
 		t.Errorf("%d failed attempts with a DNS error, want 3 (--retry-max-attempts)", n)
 	}
-	_, delivery := deliveryOf(t, p, data, id)
+	_, delivery := deliveryOf(t, p, nil, data, id) // final: handleEvent said so
 	if delivery.State != dispatch.StateFailed || delivery.Status != dispatch.StatusDNS || delivery.Attempt != 3 ||
 		!strings.Contains(delivery.Error, "gave up after 3 attempts") {
 		t.Errorf("delivery in the store: %v, %v, attempt %d, %q; want failed, dns error, 3 attempts, gave up",
@@ -480,7 +498,8 @@ func TestFault_DiskFullWhileRunning(t *testing.T) {
 	t.Parallel()
 	data := mountTmpfs(t, "16m")
 	s := newSink(t, healthy)
-	p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...))
+	args := fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...)
+	p := startFanout(t, args)
 	accepted := []string{postEvent(t, p.URL, `{"disk":"before"}`)}
 	s.waitDelivered(t, accepted, 20*time.Second)
 
@@ -545,8 +564,7 @@ func TestFault_DiskFullWhileRunning(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.waitDelivered(t, accepted, 20*time.Second)
-	waitQuiet(t, []*sink{s}, time.Second, time.Minute)
-	p.terminate(t, time.Minute)
+	stopWhenDone(t, p, func() *fanoutProc { return startFanout(t, args) }, data, []*sink{s})
 	if events, _ := checkAllDone(t, data); events != int64(len(accepted)) {
 		t.Errorf("the store holds %d events, want the %d accepted", events, len(accepted))
 	}

@@ -23,11 +23,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 // fanoutBin is the binary under test, built by TestMain.
 var fanoutBin string
+
+// guarded is true when the binary has an SSRF guard (--allow-network), which
+// refuses loopback destinations unless allowed: the tests' destinations are
+// all on loopback. See fanoutArgs.
+var guarded bool
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -52,6 +58,13 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
+	help, err := exec.Command(fanoutBin, "--help").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "crashtest: fanout --help: %v\n%s", err, help)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	guarded = strings.Contains(string(help), "--allow-network")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
