@@ -275,7 +275,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&cfg.addr, "addr", "localhost:8000", "address to listen on")
 	fs.StringVar(&cfg.dataDir, "data", "data", "directory of the SQLite database")
 	fs.StringVar(&cfg.databaseURL, "database-url", "", "PostgreSQL connection `URL` (postgres://user:pass@host/db); when set, replaces the SQLite store and lets several replicas share the database")
-	fs.Func("destination", "`URL` every event is delivered to; repeat the flag for several (the environment takes a comma-separated list)", func(v string) error {
+	fs.Func("destination", "creates a destination for this `URL` at start unless it exists (manage them with /v1/destinations); repeat the flag for several (the environment takes a comma-separated list)", func(v string) error {
 		for _, u := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
 			if err := validateDestination(u); err != nil {
 				return err
@@ -301,7 +301,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&cfg.workers, "workers", 256, "calls (deliveries, fan-outs) that run at once")
 	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second}
 	fs.Var((*byteSize)(&cfg.limits.MaxEventBytes), "max-event-bytes", "largest event accepted, in bytes (`SIZE`: 65536, 512KiB, 1MiB)")
-	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted, in bytes (`SIZE`)")
+	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted, in bytes (`SIZE`, as for --max-event-bytes)")
 	fs.IntVar(&cfg.limits.MaxBatchEvents, "max-batch-events", cfg.limits.MaxBatchEvents, "most events in one /v1/batch request")
 	fs.DurationVar(&cfg.limits.IngestTimeout, "ingest-timeout", cfg.limits.IngestTimeout, "how long a request waits for the store before answering 503")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long deliveries in flight may take to finish")
