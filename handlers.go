@@ -587,9 +587,6 @@ func handleDeliveryGet(log *slog.Logger, svc *service) http.Handler {
 				av.Status = detail.StatusCode
 			}
 			v.History = append(v.History, av)
-			if v.LastStatus == 0 && c.State != dispatch.StateDone {
-				v.LastStatus = av.Status
-			}
 		}
 		if len(v.History) > 0 && c.State != dispatch.StateDone {
 			v.LastStatus = v.History[len(v.History)-1].Status
