@@ -247,8 +247,13 @@ func classify(resp *http.Response, excerpt string, now time.Time) error {
 	return e
 }
 
+// maxRetryAfter bounds what parseRetryAfter returns, in either form: the
+// retry policy caps a hint much lower, and the bound keeps the recorded
+// value a sane duration.
+const maxRetryAfter = 365 * 24 * time.Hour
+
 // parseRetryAfter reads a Retry-After header: a number of seconds or an HTTP
-// date.
+// date, at most a year away.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -258,10 +263,10 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		if secs < 0 {
 			return 0, false
 		}
-		return time.Duration(min(secs, int64(365*24*3600))) * time.Second, true
+		return time.Duration(min(secs, int64(maxRetryAfter/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0), true
+		return min(max(t.Sub(now), 0), maxRetryAfter), true
 	}
 	return 0, false
 }

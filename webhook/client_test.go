@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"fanout/dispatch"
 )
@@ -47,6 +49,14 @@ func TestSend_Outcomes(t *testing.T) {
 		{name: "Gone", status: 410, wantErr: true, wantStatus: dispatch.StatusPermanent},
 		{name: "RedirectNotFollowed", status: 302, header: map[string]string{"Location": "/elsewhere"}, wantErr: true,
 			wantStatus: dispatch.StatusPermanent},
+		{name: "MovedPermanentlyNotFollowed", status: 301, header: map[string]string{"Location": "/elsewhere"}, wantErr: true,
+			wantStatus: dispatch.StatusPermanent},
+		{name: "TemporaryRedirectNotFollowed", status: 307, header: map[string]string{"Location": "/elsewhere"}, wantErr: true,
+			wantStatus: dispatch.StatusPermanent},
+		{name: "PermanentRedirectNotFollowed", status: 308, header: map[string]string{"Location": "/elsewhere"}, wantErr: true,
+			wantStatus: dispatch.StatusPermanent},
+		{name: "NegativeRetryAfterIgnored", status: 503, header: map[string]string{"Retry-After": "-3"}, wantErr: true,
+			wantStatus: dispatch.StatusTemporary},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -148,6 +158,136 @@ func TestSend_Failures(t *testing.T) {
 	}
 }
 
+// TestSend_BoundedRead: the answer's body is read up to MaxResponseBytes and
+// no further, whatever its size, and the status line alone decides the
+// outcome. The excerpt kept for the record is valid UTF-8, at most
+// ExcerptBytes, even when the cut falls inside a character.
+func TestSend_BoundedRead(t *testing.T) {
+	multibyte := strings.Repeat("é", ExcerptBytes) // 2 bytes each: the cut at 512 is a boundary
+	odd := "x" + strings.Repeat("€", ExcerptBytes) // 3 bytes each after one: the cut splits a character
+	tests := []struct {
+		name    string
+		status  int
+		body    string // when not endless
+		endless bool
+		wantErr bool
+	}{
+		{name: "EndlessOK", status: 200, endless: true},
+		{name: "EndlessServerError", status: 500, endless: true, wantErr: true},
+		{name: "HugeOK", status: 200, body: strings.Repeat("0123456789abcdef", (16<<20)/16)},
+		{name: "MultibyteExcerpt", status: 200, body: multibyte},
+		{name: "SplitCharacterExcerpt", status: 400, body: odd, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var written atomic.Int64
+			done := make(chan error, 1)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(tc.status)
+				if !tc.endless {
+					_, err := io.WriteString(w, tc.body)
+					done <- err
+					return
+				}
+				chunk := []byte(strings.Repeat("endless ", 4096))
+				for range (1 << 30) / len(chunk) { // bounded: 1 GiB means the client read it all
+					if _, err := w.Write(chunk); err != nil {
+						done <- err
+						return
+					}
+					written.Add(int64(len(chunk)))
+				}
+				done <- nil
+			}))
+			defer srv.Close()
+			c := NewClient(Config{Timeout: 10 * time.Second})
+			defer c.Close()
+			res, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
+			if (err != nil) != tc.wantErr || res == nil || res.StatusCode != tc.status {
+				t.Fatalf("Send = %+v, %v; want status %d and error %v", res, err, tc.status, tc.wantErr)
+			}
+			if len(res.Excerpt) > ExcerptBytes || !utf8.ValidString(res.Excerpt) {
+				t.Errorf("excerpt of %d bytes, valid UTF-8 %v: want at most %d bytes of valid UTF-8",
+					len(res.Excerpt), utf8.ValidString(res.Excerpt), ExcerptBytes)
+			}
+			if !tc.endless && !strings.HasPrefix(tc.body, res.Excerpt) {
+				t.Errorf("excerpt %q is not the start of the body", res.Excerpt)
+			}
+			select {
+			case werr := <-done:
+				if tc.endless && werr == nil {
+					t.Errorf("the client read all %d bytes of an endless body", written.Load())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the destination was still writing 10s after Send returned: the client kept reading")
+			}
+		})
+	}
+}
+
+// TestSend_DNSFailure: a destination whose name does not resolve is a DNS
+// error, which is retried (the name may come back). The client resolves
+// through a DNS server on loopback in the test, so that no lookup leaves the
+// machine: one that answers NXDOMAIN, and a port where none listens.
+func TestSend_DNSFailure(t *testing.T) {
+	nxdomain := fakeDNS(t)
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := ln.LocalAddr().String()
+	ln.Close()
+	for _, tc := range []struct{ name, server string }{{"NoSuchHost", nxdomain}, {"NoServer", nobody}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dialer := &net.Dialer{Timeout: 2 * time.Second, Resolver: &net.Resolver{
+				PreferGo: true,
+				Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, "udp", tc.server)
+				},
+			}}
+			c := NewClient(Config{Timeout: 2 * time.Second, DialContext: dialer.DialContext})
+			defer c.Close()
+			_, err := c.Send(context.Background(), &Request{URL: "http://fanout-test.invalid/hook", ID: "x", Body: []byte(`{}`)})
+			var dnsErr *net.DNSError
+			if !errors.As(err, &dnsErr) {
+				t.Fatalf("Send err=%v, want a DNS error", err)
+			}
+			if got := dispatch.ErrorStatus(err); got != dispatch.StatusDNS || !got.Retryable() {
+				t.Fatalf("Send err=%v classified %v, want %v (retried)", err, got, dispatch.StatusDNS)
+			}
+		})
+	}
+}
+
+// fakeDNS serves, on a loopback UDP port, a DNS server that answers every
+// query NXDOMAIN: the query itself with the response, recursion-available
+// and name-error bits set.
+func fakeDNS(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			if n < 12 {
+				continue
+			}
+			msg := append([]byte(nil), buf[:n]...)
+			msg[2] |= 0x80                  // QR: a response
+			msg[3] = msg[3]&0x70 | 0x80 | 3 // RA, RCODE 3: no such name
+			_, _ = pc.WriteTo(msg, addr)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
 func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	tests := []struct {
@@ -164,6 +304,9 @@ func TestParseRetryAfter(t *testing.T) {
 		{now.Add(time.Hour).Format(http.TimeFormat), time.Hour, true},
 		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
 		{"99999999999999", 365 * 24 * time.Hour, true},
+		// A date far away is cut to a year too (it used to come back as
+		// the largest Duration, 292 years).
+		{"Fri, 31 Dec 9999 23:59:59 GMT", 365 * 24 * time.Hour, true},
 	}
 	for _, tc := range tests {
 		got, ok := parseRetryAfter(tc.in, now)
