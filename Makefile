@@ -23,8 +23,17 @@ build: ## build bin/fanout
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/fanout .
 
 .PHONY: test
-test: lint ## vet, gofmt, then every test with the race detector
+test: lint ## vet, gofmt, every test with the race detector (the crash tests too), then fuzz-short
 	$(GO) test -race -count=1 -timeout 10m ./...
+	@$(MAKE) --no-print-directory fuzz-short
+
+.PHONY: crash
+crash: ## the crash and fault tests alone: the real binary, SIGKILLed and broken around (about a minute)
+	$(GO) test -race -count=1 -timeout 10m -v ./crashtest
+
+.PHONY: soak
+soak: ## kill fanout every few seconds under steady load for SOAK (default 10m), then check every delivery
+	FANOUT_SOAK=1 FANOUT_SOAK_DURATION=$${SOAK:-10m} $(GO) test -race -count=1 -timeout 3h -v -run '^TestSoak$$' ./crashtest
 
 .PHONY: lint
 lint: ## go vet and gofmt
@@ -32,11 +41,21 @@ lint: ## go vet and gofmt
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# Every fuzz target, as package:name.
+FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent \
+	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
+	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate
+
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $${FUZZTIME:-30s} .
-	$(GO) test -run '^$$' -fuzz '^FuzzValidateEvent$$' -fuzztime $${FUZZTIME:-30s} .
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRetryAfter$$' -fuzztime $${FUZZTIME:-30s} ./webhook
+	@$(MAKE) --no-print-directory fuzz-short FUZZTIME=$${FUZZTIME:-30s}
+
+.PHONY: fuzz-short
+fuzz-short: ## run every fuzz target for FUZZTIME each (default 5s): the bounded run make test ends with
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t##*:} in $${t%%:*} for $${FUZZTIME:-5s}"; \
+		$(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $${FUZZTIME:-5s} $${t%%:*}; \
+	done
 
 .PHONY: bench
 bench: ## Go benchmarks of the store and the runtime
