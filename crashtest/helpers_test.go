@@ -413,32 +413,40 @@ func (s *sink) snapshot() map[string]record {
 	return out
 }
 
-// missing returns how many of ids the sink has not had delivered, and one of them.
-func (s *sink) missing(ids []string) (int, string) {
+// delivered returns how many of ids, from the first on, were delivered
+// to the sink, stopping at the first that was not.
+func (s *sink) delivered(ids []string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, example := 0, ""
-	for _, id := range ids {
+	for i, id := range ids {
 		if rec := s.byID[id]; rec == nil || len(rec.deliveries) == 0 {
-			n++
-			example = id
+			return i
 		}
 	}
-	return n, example
+	return len(ids)
 }
 
-// waitDelivered waits until every one of ids was delivered to the sink.
+// waitDelivered waits until every one of ids was delivered to the sink. It
+// moves a cursor through ids rather than checking them all on every look:
+// a soak checks hundreds of thousands, under the lock the sink's handlers
+// need.
 func (s *sink) waitDelivered(t testing.TB, ids []string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
-	for {
-		n, example := s.missing(ids)
-		if n == 0 {
+	for next := 0; ; {
+		next += s.delivered(ids[next:])
+		if next == len(ids) {
 			return
 		}
 		if time.Now().After(deadline) {
+			missing := 0
+			for _, id := range ids[next:] {
+				if len(s.get(id).deliveries) == 0 {
+					missing++
+				}
+			}
 			t.Fatalf("%s: %d of %d events not delivered within %v (for example %s, which saw %d attempts)",
-				s.URL, n, len(ids), timeout, example, len(s.get(example).attempts))
+				s.URL, missing, len(ids), timeout, ids[next], len(s.get(ids[next]).attempts))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
