@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -160,14 +162,16 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 		return invalid("more than %d headers", maxHeaders)
 	}
 	for k, v := range d.Headers {
-		if k == "" || strings.ContainsAny(k, " \t\r\n:") || http.CanonicalHeaderKey(k) == "" {
-			return invalid("header name %q is not valid", k)
+		// The checks net/http makes before it sends a header: one it
+		// refuses would fail every delivery.
+		if !httpguts.ValidHeaderFieldName(k) {
+			return invalid("header name %q is not a valid HTTP field name", k)
 		}
 		if reservedHeaders[strings.ToLower(k)] {
 			return invalid("header %s is set by fanout and cannot be overridden", k)
 		}
-		if strings.ContainsAny(v, "\r\n") || len(v) > 4096 {
-			return invalid("header %s has a value with a line break or over 4096 bytes", k)
+		if !httpguts.ValidHeaderFieldValue(v) || len(v) > 4096 {
+			return invalid("header %s has a value with a control character or over 4096 bytes", k)
 		}
 	}
 	if r := d.Retry; r != nil {
