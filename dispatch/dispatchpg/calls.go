@@ -117,17 +117,12 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	}
 	var err error
 	if !deduping {
+		// Group-committed with whatever else is being written.
 		cols := toColumns(calls, time.Now())
-		err = s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-			// One round trip: the statements of a batch run in one implicit
-			// transaction.
-			b := &pgx.Batch{}
-			b.Queue(insertSQL, cols.args()...)
-			if cols.runnable > 0 {
-				b.Queue(notifySQL, s.channel)
-			}
-			return conn.SendBatch(ctx, b).Close()
-		})
+		args := cols.args()
+		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, queue: func(b *pgx.Batch) {
+			b.Queue(insertSQL, args...)
+		}})
 	} else {
 		err = s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 			rows, err := dedup(ctx, tx, calls, ids, p.DedupSince)
@@ -392,6 +387,44 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 	return applied, nil
 }
 
+// finishSQL ends an attempt in one statement, and so one round trip and
+// one commit: the call's update ($1-$9), the attempt's record when $15
+// ($10-$14), and, for a final child ($19), one update of its parent ($18)
+// that counts the child off or, for the last one, makes the parent
+// runnable: leased to $16 until $17, or pending when $16 is null. Siblings
+// finishing at once are serialized by the parent's row: the second waits
+// for the first, then re-reads the row and counts from what it left. Its
+// last column says whether it left a call runnable by anyone (a retry due
+// at once, $20, or a parent resumed unleased): the writer then notifies
+// other processes once the batch has committed.
+const finishSQL = `WITH me AS (
+		UPDATE calls SET state = $1, output = $2, error = $3, status = $4, run_after = $5,
+			failures = failures + $6, lease_owner = NULL, lease_expires = NULL, updated_at = $7
+		WHERE id = $8 AND state = 1 AND attempt = $9
+		RETURNING id
+	), rec AS (
+		INSERT INTO attempts (call_id, attempt, started_at, duration_ns, status, error, detail)
+		SELECT $8, $9, $10, $11, $12, $13, $14 FROM me WHERE $15::boolean
+		ON CONFLICT (call_id, attempt) DO UPDATE SET started_at = excluded.started_at, duration_ns = excluded.duration_ns,
+			status = excluded.status, error = excluded.error, detail = excluded.detail
+	), par AS (
+		UPDATE calls c SET
+			waiting = CASE WHEN c.waiting > 1 THEN c.waiting - 1 ELSE 0 END,
+			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
+			attempt = CASE WHEN c.waiting > 1 OR $16::text IS NULL THEN c.attempt ELSE c.attempt + 1 END,
+			lease_owner = CASE WHEN c.waiting > 1 THEN NULL ELSE $16::text END,
+			lease_expires = CASE WHEN c.waiting > 1 OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
+			run_after = CASE WHEN c.waiting > 1 THEN c.run_after ELSE $7 END,
+			updated_at = $7
+		WHERE c.id = $18 AND c.state = 2 AND $19::boolean AND EXISTS (SELECT 1 FROM me)
+		RETURNING c.state, c.id, c.function, c.key, CASE WHEN c.state = 1 THEN c.input END AS input, c.attempt, c.failures,
+			c.run_after, c.budget_start, c.parent_id, c.gather, c.idx, c.gathers, c.created_at
+	), applied AS (SELECT count(*) AS n FROM me)
+	SELECT applied.n, p.state, p.id, p.function, p.key, p.input, p.attempt, p.failures, p.run_after, p.budget_start,
+		p.parent_id, p.gather, p.idx, p.gathers, p.created_at,
+		(applied.n > 0 AND $20::boolean) OR p.state IS NOT DISTINCT FROM 0
+	FROM applied LEFT JOIN par p ON true`
+
 // CallFinish implements dispatch.Store.
 func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*dispatch.CallFinishResult, error) {
 	now := p.Now.UnixNano()
@@ -416,75 +449,79 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	}
 	// A retry that is due at once may be run by anyone.
 	notify := p.State == dispatch.StatePending && runAfter <= now && !p.Snooze
+	var rec dispatch.Attempt
+	if p.Record != nil {
+		rec = *p.Record
+	}
+	var detail []byte
+	if len(rec.Detail) > 0 {
+		detail = rec.Detail
+	}
+	var resumeOwner *string
+	var resumeUntil *int64
+	if p.ResumeOwner != "" {
+		until := p.ResumeLeaseUntil.UnixNano()
+		resumeOwner, resumeUntil = &p.ResumeOwner, &until
+	}
+	var parent *string
+	if p.ParentID != "" {
+		parent = &p.ParentID
+	}
+	args := []any{int16(p.State), output, errText, int16(p.Status), runAfter, failed, now, p.ID, p.Attempt,
+		rec.Started.UnixNano(), int64(rec.Duration), int16(rec.Status), rec.Error, detail, p.Record != nil,
+		resumeOwner, resumeUntil, parent, p.ParentID != "" && p.State.Final(), notify}
+	// The operation locks the call, then its parent: batches order their
+	// operations by the parent so that they lock parents in one order.
+	key := p.ID
+	if p.ParentID != "" {
+		key = p.ParentID
+	}
 	res := &dispatch.CallFinishResult{}
-	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		*res = dispatch.CallFinishResult{}
-		tag, err := tx.Exec(ctx, `UPDATE calls SET state = $1, output = $2, error = $3, status = $4, run_after = $5,
-				failures = failures + $6, lease_owner = NULL, lease_expires = NULL, updated_at = $7
-			WHERE id = $8 AND state = 1 AND attempt = $9`,
-			int16(p.State), output, errText, int16(p.Status), runAfter, failed, now, p.ID, p.Attempt)
-		if err != nil || tag.RowsAffected() == 0 {
+	op := &wop{key: key}
+	op.queue = func(b *pgx.Batch) {
+		b.Queue(finishSQL, args...).QueryRow(func(row pgx.Row) error {
+			runnable, err := scanFinish(row, p, res)
+			op.notifyAfter = runnable
 			return err
-		}
-		res.Applied = true
-		if r := p.Record; r != nil {
-			var detail []byte
-			if len(r.Detail) > 0 {
-				detail = r.Detail
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO attempts (call_id, attempt, started_at, duration_ns, status, error, detail)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
-				ON CONFLICT (call_id, attempt) DO UPDATE SET started_at = excluded.started_at, duration_ns = excluded.duration_ns,
-					status = excluded.status, error = excluded.error, detail = excluded.detail`,
-				p.ID, p.Attempt, r.Started.UnixNano(), int64(r.Duration), int16(r.Status), r.Error, detail); err != nil {
-				return err
-			}
-		}
-		if p.ParentID != "" && p.State.Final() {
-			if err := s.countOff(ctx, tx, p, now, res); err != nil {
-				return err
-			}
-			notify = notify || (res.ParentResumed && res.Parent == nil)
-		}
-		if notify {
-			_, err = tx.Exec(ctx, notifySQL, s.channel)
-		}
-		return err
-	})
+		})
+	}
+	err := s.w.do(ctx, op)
 	if err != nil {
 		return nil, fmt.Errorf("finish call: %w", err)
 	}
 	return res, nil
 }
 
-// countOff counts a final child off its parent; the last one makes the
-// parent runnable. Siblings finishing at once are serialized by the
-// parent's row: the second waits for the first, then sees its count.
-func (s *Store) countOff(ctx context.Context, tx pgx.Tx, p *dispatch.CallFinishParams, now int64, res *dispatch.CallFinishResult) error {
-	tag, err := tx.Exec(ctx, `UPDATE calls SET waiting = waiting - 1, updated_at = $1
-		WHERE id = $2 AND state = 2 AND waiting > 1`, now, p.ParentID)
-	if err != nil || tag.RowsAffected() > 0 {
-		return err
+// scanFinish reads the row of finishSQL into res, and whether the finish
+// left a call runnable by anyone.
+func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult) (runnable bool, err error) {
+	var applied int64
+	var state *int16
+	var id, function, key, parentID *string
+	var input []byte
+	var attempt, failures, gather, idx, gathers *int32
+	var runAfter, budget, created *int64
+	if err := row.Scan(&applied, &state, &id, &function, &key, &input, &attempt,
+		&failures, &runAfter, &budget, &parentID, &gather, &idx, &gathers, &created, &runnable); err != nil {
+		return false, err
 	}
-	if p.ResumeOwner == "" {
-		tag, err := tx.Exec(ctx, `UPDATE calls SET waiting = 0, state = 0, run_after = $1, updated_at = $1
-			WHERE id = $2 AND state = 2`, now, p.ParentID)
-		res.ParentResumed = err == nil && tag.RowsAffected() > 0
-		return err
+	*res = dispatch.CallFinishResult{Applied: applied > 0}
+	if state == nil || *state == int16(dispatch.StateWaiting) {
+		return runnable, nil // no parent, or not its last child
 	}
-	parent, err := scanClaimed(tx.QueryRow(ctx, `UPDATE calls c SET waiting = 0, state = 1, attempt = c.attempt + 1,
-			lease_owner = $1, lease_expires = $2, run_after = $3, updated_at = $3
-		WHERE c.id = $4 AND c.state = 2 RETURNING `+claimColumns,
-		p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, p.ParentID))
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return nil // the parent is not waiting (it was re-driven, or is gone)
-	case err != nil:
-		return err
+	res.ParentResumed = true
+	if *state != int16(dispatch.StateRunning) {
+		return runnable, nil
 	}
-	parent.LeaseOwner, parent.LeaseExpires = p.ResumeOwner, p.ResumeLeaseUntil
-	res.ParentResumed, res.Parent = true, parent
-	return nil
+	c := &dispatch.Call{ID: *id, Function: *function, Key: *key, Input: input, State: dispatch.StateRunning,
+		Attempt: int(*attempt), Failures: int(*failures), RunAfter: fromNanos(*runAfter), BudgetStart: fromNanos(*budget),
+		Gather: int(*gather), Index: int(*idx), Gathers: int(*gathers), CreatedAt: fromNanos(*created),
+		LeaseOwner: p.ResumeOwner, LeaseExpires: p.ResumeLeaseUntil}
+	if parentID != nil {
+		c.ParentID = *parentID
+	}
+	res.Parent = c
+	return runnable, nil
 }
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,

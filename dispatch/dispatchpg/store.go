@@ -47,6 +47,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -76,7 +77,7 @@ type Config struct {
 	// ConnectTimeout bounds establishing a connection (default 5s).
 	ConnectTimeout time.Duration
 	// OpTimeout bounds one store operation: waiting for a connection, and
-	// then running (default 15s). A write whose commit is under way when
+	// then running (default 10s, fanout's --ingest-timeout). A write whose commit is under way when
 	// the caller's context ends still waits for its outcome, up to
 	// OpTimeout, so that the caller is not told that something failed
 	// when it is in fact stored.
@@ -85,6 +86,11 @@ type Config struct {
 	// the schema appended when the tables are not in "public", so that
 	// stores in different schemas of one database do not wake each other).
 	Channel string
+	// Writers is how many goroutines group-commit the store's hot writes
+	// (finishing attempts, storing new calls), each with a connection of
+	// the pool while it commits (default 4); MaxBatch caps the operations
+	// of one commit (default 256).
+	Writers, MaxBatch int
 	// AllowAsyncCommit lets Open proceed when the connection's
 	// synchronous_commit is off or local, which loses acknowledged
 	// events when the server crashes. Off by default.
@@ -94,6 +100,7 @@ type Config struct {
 // Store is a dispatch.Store on PostgreSQL.
 type Store struct {
 	pool    *pgxpool.Pool
+	w       *writer
 	connCfg *pgx.ConnConfig
 	log     *slog.Logger
 	timeout time.Duration
@@ -104,6 +111,11 @@ type Store struct {
 	// notifications are dropped, the runtime knows its own work.
 	notify chan struct{}
 	pids   sync.Map // uint32 -> struct{}
+	// lastNotify is when a commit of this store last notified (unix
+	// nanoseconds); trailing asks the notifier for one more.
+	lastNotify   atomic.Int64
+	trailing     chan struct{}
+	notifierDone chan struct{}
 
 	// retention is, per rule (done, failed), the seq up to which
 	// CallDeleteFinished has nothing left to delete.
@@ -143,11 +155,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 16
 	}
+	if cfg.Writers <= 0 {
+		cfg.Writers = 4
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
 	if cfg.OpTimeout <= 0 {
-		cfg.OpTimeout = 15 * time.Second
+		cfg.OpTimeout = 10 * time.Second
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
@@ -168,11 +186,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pcfg.ConnConfig.RuntimeParams["application_name"] = "fanout"
 	}
 	s := &Store{
-		connCfg: pcfg.ConnConfig.Copy(),
-		log:     cfg.Logger,
-		timeout: cfg.OpTimeout,
-		notify:  make(chan struct{}, 1),
-		closed:  make(chan struct{}),
+		connCfg:  pcfg.ConnConfig.Copy(),
+		log:      cfg.Logger,
+		timeout:  cfg.OpTimeout,
+		notify:   make(chan struct{}, 1),
+		trailing: make(chan struct{}, 1),
+		closed:   make(chan struct{}),
 	}
 	pcfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 		s.pids.Store(c.PgConn().PID(), struct{}{})
@@ -190,10 +209,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.pool.Close()
 		return nil, err
 	}
+	s.w = newWriter(s, cfg.Writers, cfg.MaxBatch)
 	lctx, lcancel := context.WithCancel(context.Background())
 	s.listenCancel, s.listenDone = lcancel, make(chan struct{})
 	ready := make(chan struct{})
 	go s.listen(lctx, ready)
+	s.notifierDone = make(chan struct{})
+	go s.notifier(lctx)
 	// Wait (briefly) for LISTEN to be in place, so that work committed
 	// right after Open returns is heard; the runtime polls anyway.
 	select {
@@ -295,9 +317,13 @@ func (s *Store) migrate(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		if s.w != nil {
+			s.w.close()
+		}
 		if s.listenCancel != nil {
 			s.listenCancel()
 			<-s.listenDone
+			<-s.notifierDone
 		}
 		// Closing waits for connections to say goodbye; pgx gives one whose
 		// last operation timed out 15s to do so (it sends the server a
@@ -323,6 +349,57 @@ func (s *Store) Notify() <-chan struct{} { return s.notify }
 
 // Channel returns the LISTEN/NOTIFY channel of the store.
 func (s *Store) Channel() string { return s.channel }
+
+// notifyGap is the shortest time between two notifying commits of a store.
+// A NOTIFY makes its commit take a database-wide lock (commits that notify
+// are serialized, WAL flush included), and one notification wakes every
+// listener for all the work committed so far: a burst of commits needs one,
+// not one each.
+const notifyGap = 20 * time.Millisecond
+
+// notifyNow reports whether a commit that makes work runnable should carry
+// the NOTIFY itself (true), or leave it to one sent after it, within
+// notifyGap, for a burst (false: call notifyAfter once it committed).
+func (s *Store) notifyNow() bool {
+	now := time.Now().UnixNano()
+	last := s.lastNotify.Load()
+	return now-last >= int64(notifyGap) && s.lastNotify.CompareAndSwap(last, now)
+}
+
+// notifyAfter asks for a notification after commits that skipped theirs:
+// the notifier sends one when notifyGap has passed since the last one.
+func (s *Store) notifyAfter() {
+	select {
+	case s.trailing <- struct{}{}:
+	default:
+	}
+}
+
+// notifier sends the notifications that commits of a burst left to it.
+func (s *Store) notifier(ctx context.Context) {
+	defer close(s.notifierDone)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.trailing:
+		}
+		wait := time.Duration(s.lastNotify.Load() + int64(notifyGap) - time.Now().UnixNano())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(max(wait, 0)):
+		}
+		s.lastNotify.Store(time.Now().UnixNano())
+		err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+			_, err := conn.Exec(ctx, notifySQL, s.channel)
+			return err
+		})
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("dispatchpg: notify other replicas; they poll meanwhile", "err", err)
+		}
+	}
+}
 
 func (s *Store) wake() {
 	select {
@@ -463,18 +540,24 @@ func (s *Store) read(ctx context.Context, fn func(ctx context.Context, conn *pgx
 	return fn(rctx, conn)
 }
 
-// Stats is a snapshot of the connection pool.
+// Stats counts the store's work since Open.
 type Stats struct {
+	// Commits is the number of group commits and Ops the number of
+	// operations they carried: Ops/Commits is how many operations share a
+	// commit. Replays counts the group commits that failed and were
+	// replayed operation by operation.
+	Commits, Ops, Replays int64
 	// Conns is how many connections are open, Idle how many of them wait
 	// for work, Waits how many acquisitions had to wait for one.
 	Conns, Idle int32
 	Waits       int64
 }
 
-// Stats returns the pool's counters.
+// Stats returns the store's counters.
 func (s *Store) Stats() Stats {
 	st := s.pool.Stat()
-	return Stats{Conns: st.TotalConns(), Idle: st.IdleConns(), Waits: st.EmptyAcquireCount()}
+	return Stats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load(), Replays: s.w.replays.Load(),
+		Conns: st.TotalConns(), Idle: st.IdleConns(), Waits: st.EmptyAcquireCount()}
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
