@@ -65,8 +65,7 @@ func FuzzValidate(f *testing.F) {
 			_ = d.Matches(strings.TrimSuffix(p, "*") + "x")
 		}
 		if err := headerFieldsValid(d.Headers); err != nil {
-			// Known: see TestValidate_HeaderFieldsNetHTTPRefuses.
-			t.Skipf("bug: Validate accepted a header that net/http refuses to send: %v", err)
+			t.Fatalf("Validate accepted a header that net/http refuses to send: %v", err)
 		}
 
 		stored, err := json.Marshal(&d)
@@ -106,7 +105,7 @@ func TestValidate_HeaderFieldsNetHTTPRefuses(t *testing.T) {
 		}
 	}
 	if len(accepted) > 0 {
-		t.Skipf("bug: Validate accepts headers net/http refuses to send, so every delivery fails: %s",
+		t.Errorf("Validate accepts headers net/http refuses to send, so every delivery would fail: %s",
 			strings.Join(accepted, ", "))
 	}
 }
