@@ -17,6 +17,7 @@ import (
 
 	"fanout/destination"
 	"fanout/dispatch"
+	"fanout/dispatch/dispatchsqlite"
 	"fanout/webhook"
 )
 
@@ -55,6 +56,7 @@ func routes(log *slog.Logger, svc *service, limits Limits) []route {
 		{"POST /v1/deliveries/{id}/retry", handleDeliveryRetry(log, svc)},
 		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
 		{"GET /healthz", handleHealthz()},
+		{"GET /metrics", handleMetrics(svc)},
 	}
 }
 
@@ -681,6 +683,58 @@ func handleDeliveryRetryMany(log *slog.Logger, svc *service) http.Handler {
 			}
 		}
 		writeJSON(w, http.StatusAccepted, map[string]any{"retried": retried, "more": more})
+	})
+}
+
+// handleMetrics writes the runtime's counters and each destination's state in
+// the Prometheus text format. They are read from memory: a scrape costs the
+// store nothing.
+func handleMetrics(svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b strings.Builder
+		metric := func(name, kind, help string) {
+			fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+		}
+		st := svc.rt.Stats()
+		metric("fanout_attempts_total", "counter", "Attempts of calls (fan-outs and deliveries) by outcome.")
+		fmt.Fprintf(&b, "fanout_attempts_total{outcome=\"done\"} %d\n", st.Done)
+		fmt.Fprintf(&b, "fanout_attempts_total{outcome=\"retried\"} %d\n", st.Retried)
+		fmt.Fprintf(&b, "fanout_attempts_total{outcome=\"failed\"} %d\n", st.Failed)
+		metric("fanout_claimed_total", "counter", "Calls claimed from the store's backlog.")
+		fmt.Fprintf(&b, "fanout_claimed_total %d\n", st.Claimed)
+		metric("fanout_leased_on_create_total", "counter", "Calls run without a claim: leased as they were stored.")
+		fmt.Fprintf(&b, "fanout_leased_on_create_total %d\n", st.LeasedOnCreate)
+		if s, ok := svc.store.(interface{ Stats() dispatchsqlite.Stats }); ok {
+			ss := s.Stats()
+			metric("fanout_store_commits_total", "counter", "Transactions committed by the SQLite writer.")
+			fmt.Fprintf(&b, "fanout_store_commits_total %d\n", ss.Commits)
+			metric("fanout_store_operations_total", "counter", "Operations those transactions carried (group commit).")
+			fmt.Fprintf(&b, "fanout_store_operations_total %d\n", ss.Ops)
+		}
+		dests := svc.dests.List()
+		now := time.Now()
+		metric("fanout_destination_in_flight", "gauge", "Deliveries in flight to a destination in this process.")
+		for _, d := range dests {
+			fmt.Fprintf(&b, "fanout_destination_in_flight{destination=%q} %d\n", d.ID, svc.rt.KeyStatus(d.ID).InFlight)
+		}
+		metric("fanout_destination_concurrency_limit", "gauge", "The adaptive limit of deliveries in flight to a destination.")
+		for _, d := range dests {
+			fmt.Fprintf(&b, "fanout_destination_concurrency_limit{destination=%q} %g\n", d.ID, svc.rt.KeyStatus(d.ID).Limit)
+		}
+		metric("fanout_destination_failures_in_a_row", "gauge", "Failed attempts in a row to a destination (the circuit breaker's count).")
+		for _, d := range dests {
+			fmt.Fprintf(&b, "fanout_destination_failures_in_a_row{destination=%q} %d\n", d.ID, svc.rt.KeyStatus(d.ID).Failures)
+		}
+		metric("fanout_destination_paused", "gauge", "1 if a destination's deliveries are held back (disabled, paused, or its breaker open).")
+		for _, d := range dests {
+			paused := 0
+			if d.PausedAt(now) {
+				paused = 1
+			}
+			fmt.Fprintf(&b, "fanout_destination_paused{destination=%q} %d\n", d.ID, paused)
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(w, b.String())
 	})
 }
 

@@ -1167,3 +1167,20 @@ func TestRun_CircuitBreaker(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestMetrics(t *testing.T) {
+	svc := newTestService(t, openTestStore(t, t.TempDir()))
+	if err := svc.svc.dests.Create(context.Background(), &destination.Destination{URL: "https://example.com", Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	w := svc.do(t, "GET", "/metrics", "")
+	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+		t.Fatalf("GET /metrics: %d %s", w.Code, w.Header().Get("Content-Type"))
+	}
+	for _, want := range []string{`fanout_attempts_total{outcome="done"} 0`, "fanout_store_commits_total",
+		`fanout_destination_paused{destination="dst_`, "# TYPE fanout_destination_in_flight gauge"} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, w.Body)
+		}
+	}
+}
