@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -321,9 +319,9 @@ func TestCallKeys_LooseIndexScan(t *testing.T) {
 // store's timeouts, never hang; once it is back, they work again.
 func TestUnreachable(t *testing.T) {
 	u := pgtest.NewURL(t)
-	p := startProxy(t, u)
+	p := pgtest.StartProxy(t, u)
 	cfg := dispatchpg.Config{ConnectTimeout: 500 * time.Millisecond, OpTimeout: time.Second}
-	s := openURL(t, p.url, cfg)
+	s := openURL(t, p.URL, cfg)
 	ctx := context.Background()
 	insert(t, s, call("before", T0))
 
@@ -336,7 +334,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p.set(tc.mode)
+			p.Set(tc.mode)
 			start := time.Now()
 			for i, op := range []func() error{
 				func() error { _, err := s.CallGet(ctx, "before"); return err },
@@ -355,7 +353,7 @@ func TestUnreachable(t *testing.T) {
 				}
 			}
 			t.Logf("3 operations failed in %v", time.Since(start).Round(time.Millisecond))
-			p.set("forward")
+			p.Set(pgtest.Forward)
 			deadline := time.Now().Add(20 * time.Second)
 			for {
 				_, err := s.CallGet(ctx, "before")
@@ -405,105 +403,5 @@ func TestOpen_Errors(t *testing.T) {
 				t.Fatalf("Open took %v to fail", d)
 			}
 		})
-	}
-}
-
-// proxy forwards TCP to the database, and can refuse connections or swallow
-// traffic on command.
-type proxy struct {
-	t      testing.TB
-	target string
-	url    string
-	ln     net.Listener
-	mu     sync.Mutex
-	mode   string
-	conns  map[net.Conn]bool
-}
-
-func startProxy(t testing.TB, dbURL string) *proxy {
-	t.Helper()
-	parsed, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{t: t, target: parsed.Host, ln: ln, mode: "forward", conns: map[net.Conn]bool{}}
-	parsed.Host = ln.Addr().String()
-	p.url = parsed.String()
-	go p.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		p.set("refuse")
-	})
-	return p
-}
-
-// set switches the mode: forward, refuse (close every connection and each
-// new one at once) or blackhole (keep connections open, pass nothing).
-func (p *proxy) set(mode string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.mode = mode
-	if mode == "refuse" {
-		for c := range p.conns {
-			c.Close()
-		}
-		p.conns = map[net.Conn]bool{}
-	}
-}
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		mode := p.mode
-		p.conns[c] = true
-		p.mu.Unlock()
-		switch mode {
-		case "refuse":
-			c.Close()
-		case "blackhole":
-			go func() { _, _ = io.Copy(io.Discard, c) }()
-		default:
-			up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns[up] = true
-			p.mu.Unlock()
-			go p.pipe(up, c)
-			go p.pipe(c, up)
-		}
-	}
-}
-
-// pipe copies from src to dst while the proxy forwards, and drops what it
-// reads while it is a black hole.
-func (p *proxy) pipe(dst, src net.Conn) {
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			mode := p.mode
-			p.mu.Unlock()
-			if mode == "forward" {
-				if _, err := dst.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-		}
-		if err != nil {
-			return
-		}
 	}
 }
