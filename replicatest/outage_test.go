@@ -24,6 +24,7 @@ func TestDatabaseOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for timeouts; skipped with -short")
 	}
+	t.Parallel() // mostly waiting: beside the load of TestReplicas_KillOne
 	tests := []struct {
 		name string
 		mode string
