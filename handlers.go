@@ -114,6 +114,9 @@ func handleEventPost(log *slog.Logger, svc *service, limits Limits) http.Handler
 			writeError(w, r, log, badRequest("request body: %v", err))
 			return
 		}
+		// The event is the JSON value, byte for byte; white space around
+		// it is not part of it (and a batch element has none).
+		body = bytes.Trim(body, " \t\r\n")
 		ids, err := ingestWithTimeout(r, svc, limits, []json.RawMessage{body}, key)
 		if err != nil {
 			writeError(w, r, log, err)
