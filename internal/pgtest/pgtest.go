@@ -252,6 +252,7 @@ func Start(bin string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	removeStale()
 	dir, err := os.MkdirTemp("", "fanout-pgtest-")
 	if err != nil {
 		return nil, err
@@ -353,6 +354,26 @@ func (c *Cluster) Stop() error {
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 		<-c.done
 		return errors.New("postgres did not stop within 30s; killed")
+	}
+}
+
+// removeStale removes the directories of clusters whose test binary died
+// without stopping them (a -timeout panic skips TestMain's cleanup; the
+// server itself got SIGQUIT): older than an hour, with no live postmaster.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "fanout-pgtest-*"))
+	for _, dir := range dirs {
+		fi, err := os.Stat(dir)
+		if err != nil || time.Since(fi.ModTime()) < time.Hour {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid")); err == nil {
+			pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+			if pid > 0 && syscall.Kill(pid, 0) == nil {
+				continue // still running
+			}
+		}
+		_ = os.RemoveAll(dir)
 	}
 }
 
