@@ -56,6 +56,7 @@ type options struct {
 	sinks       int
 	sinkLatency time.Duration
 	faults      faultSpec
+	faulty      int
 	drain       time.Duration
 	jsonOut     bool
 	progress    bool
@@ -85,6 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.sinks, "sinks", 2, "destination endpoints to run on loopback (0: none, ingest only)")
 	fs.DurationVar(&o.sinkLatency, "sink-latency", 0, "time each sink takes to answer")
 	fs.Var(&o.faults, "fault", "sink misbehaviour, as kind=fraction: 5xx=0.1, 429=0.05, slow=0.01, reset=0.01, 410=0.001 (repeatable)")
+	fs.IntVar(&o.faulty, "faulty", -1, "apply --fault to the first N sink endpoints only (-1: all); with slow=1 on 1 of 2, one destination hangs beside a healthy one")
 	fs.DurationVar(&o.drain, "drain", time.Minute, "after sending, how long to wait for every accepted event to reach every sink")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON")
 	fs.BoolVar(&o.progress, "progress", true, "print a progress line every second")
@@ -119,6 +121,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			for _, r := range reports {
 				fmt.Fprintf(stdout, "run %d %-8s %8.0f events/s  ack p99 %6.2f ms  %7.0f deliveries/s  delivery p50 %7.1f ms p99 %7.1f ms  cpu %5.1f µs/event\n",
 					i+1, r.Target, r.EventsPerSec, r.AckP99, r.DeliveriesPerSec, r.DeliveryP50, r.DeliveryP99, r.CPUPerEventUS)
+				if len(r.PerDestination) > 1 {
+					for d, ds := range r.PerDestination {
+						fmt.Fprintf(stdout, "      dest %d: %7.0f deliveries/s  p50 %7.1f ms  p99 %7.1f ms\n", d, ds.PerSec, ds.P50, ds.P99)
+					}
+				}
 			}
 		}
 	}

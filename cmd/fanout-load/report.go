@@ -8,6 +8,15 @@ import (
 	"time"
 )
 
+// destStats is what one sink endpoint received.
+type destStats struct {
+	Deliveries int64   `json:"deliveries"`
+	PerSec     float64 `json:"deliveries_per_sec"`
+	P50        float64 `json:"delivery_p50_ms"`
+	P99        float64 `json:"delivery_p99_ms"`
+	Faulty     bool    `json:"faulty,omitempty"`
+}
+
 // report is what one run measured. Latencies are in milliseconds.
 type report struct {
 	Target      string  `json:"target"`
@@ -30,6 +39,7 @@ type report struct {
 	DeliveryP50      float64          `json:"delivery_p50_ms,omitempty"`
 	DeliveryP99      float64          `json:"delivery_p99_ms,omitempty"`
 	DeliveryMax      float64          `json:"delivery_max_ms,omitempty"`
+	PerDestination   []destStats      `json:"per_destination,omitempty"`
 	Missing          []int            `json:"missing_per_destination,omitempty"`
 	Duplicates       []int            `json:"duplicates_per_destination,omitempty"`
 	Drained          bool             `json:"drained"`
@@ -108,8 +118,8 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 		drainBy := time.Now().Add(o.drain)
 		for ctx.Err() == nil && time.Now().Before(drainBy) {
 			done := true
-			for _, n := range sk.unique() {
-				if int64(n) < r.Accepted {
+			for i, n := range sk.unique() {
+				if int64(n) < r.Accepted && !sk.lost(sk.endpoints[i]) {
 					done = false
 				}
 			}
@@ -128,6 +138,13 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 		var lat []time.Duration
 		for _, e := range sk.endpoints {
 			e.mu.Lock()
+			el := sortDurations(append([]time.Duration(nil), e.latencies...))
+			var delivered int64
+			for _, n := range e.seen {
+				delivered += int64(n)
+			}
+			r.PerDestination = append(r.PerDestination, destStats{Deliveries: delivered, Faulty: e.faulty,
+				PerSec: float64(delivered) / max(e.last.Sub(start).Seconds(), 1e-9), P50: ms(percentile(el, 50)), P99: ms(percentile(el, 99))})
 			missing, dups := 0, 0
 			for id := range accepted {
 				if n := e.seen[id]; n == 0 {
@@ -193,6 +210,15 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "  delivered  %d to %d destinations, %.0f deliveries/s, drained=%v\n", r.Deliveries, r.Sinks, r.DeliveriesPerSec, r.Drained)
 		fmt.Fprintf(w, "  latency    ingest->delivery p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", r.DeliveryP50, r.DeliveryP99, r.DeliveryMax)
 		fmt.Fprintf(w, "  missing    %v per destination, duplicates %v\n", r.Missing, r.Duplicates)
+		if len(r.PerDestination) > 1 {
+			for i, d := range r.PerDestination {
+				faulty := ""
+				if d.Faulty {
+					faulty = " (faulty)"
+				}
+				fmt.Fprintf(w, "  dest %d%s  %d deliveries, %.0f/s, ingest->delivery p50 %.1f ms, p99 %.1f ms\n", i, faulty, d.Deliveries, d.PerSec, d.P50, d.P99)
+			}
+		}
 		if len(r.Faults) > 0 {
 			fmt.Fprintf(w, "  faults     %v\n", r.Faults)
 		}
@@ -251,6 +277,21 @@ func medianReports(all [][]*report) []*report {
 					m.Duplicates[d] = max(m.Duplicates[d], r.Duplicates[d])
 				}
 			}
+		}
+		m.PerDestination = append([]destStats(nil), m.PerDestination...)
+		for d := range m.PerDestination {
+			at := func(f func(destStats) float64) func(*report) float64 {
+				return func(r *report) float64 {
+					if d < len(r.PerDestination) {
+						return f(r.PerDestination[d])
+					}
+					return 0
+				}
+			}
+			m.PerDestination[d].PerSec = med(at(func(s destStats) float64 { return s.PerSec }))
+			m.PerDestination[d].P50 = med(at(func(s destStats) float64 { return s.P50 }))
+			m.PerDestination[d].P99 = med(at(func(s destStats) float64 { return s.P99 }))
+			m.PerDestination[d].Deliveries = int64(med(at(func(s destStats) float64 { return float64(s.Deliveries) })))
 		}
 		m.Runs = len(runs)
 		out[i] = &m

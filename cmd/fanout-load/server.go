@@ -142,7 +142,7 @@ func runFanout(ctx context.Context, o *options, stderr io.Writer) (*report, erro
 	var sk *sink
 	if o.sinks > 0 {
 		var err error
-		sk, err = startSink("127.0.0.1:0", o.sinks, o.sinkLatency, o.faults)
+		sk, err = startSink("127.0.0.1:0", o.sinks, o.sinkLatency, o.faults, o.faulty)
 		if err != nil {
 			return nil, err
 		}

@@ -71,19 +71,24 @@ type sink struct {
 }
 
 type endpoint struct {
+	faulty    bool // the faults apply to it
 	mu        sync.Mutex
+	last      time.Time // of the last delivery
 	seen      map[string]int32
 	latencies []time.Duration // ingest-to-first-delivery, one per event
 }
 
-func startSink(addr string, k int, latency time.Duration, faults faultSpec) (*sink, error) {
+// startSink starts K endpoints; the faults apply to the first faulty of
+// them (all of them when faulty < 0).
+func startSink(addr string, k int, latency time.Duration, faults faultSpec, faulty int) (*sink, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("sink: %w", err)
 	}
 	s := &sink{base: "http://" + ln.Addr().String(), latency: latency, faults: faults, slowFor: 15 * time.Second}
-	for range k {
-		s.endpoints = append(s.endpoints, &endpoint{seen: make(map[string]int32, 1<<16)})
+	for i := range k {
+		s.endpoints = append(s.endpoints, &endpoint{seen: make(map[string]int32, 1<<16),
+			faulty: len(faults) > 0 && (faulty < 0 || i < faulty)})
 	}
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.srv.Serve(ln) }()
@@ -107,8 +112,8 @@ func (s *sink) count(kind string) {
 
 // misbehave applies a fault to this request, if one is drawn; it reports
 // whether the request was answered by the fault.
-func (s *sink) misbehave(w http.ResponseWriter) bool {
-	if len(s.faults) == 0 {
+func (s *sink) misbehave(w http.ResponseWriter, e *endpoint) bool {
+	if !e.faulty {
 		return false
 	}
 	r := rand.Float64()
@@ -160,7 +165,7 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.latency > 0 {
 		time.Sleep(s.latency)
 	}
-	if s.misbehave(w) {
+	if s.misbehave(w, s.endpoints[i]) {
 		return
 	}
 	var ev struct {
@@ -175,6 +180,7 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now().UnixNano()
 	e := s.endpoints[i]
 	e.mu.Lock()
+	e.last = time.Unix(0, now)
 	n := e.seen[ev.LoadID]
 	e.seen[ev.LoadID] = n + 1
 	if n == 0 {
@@ -185,6 +191,20 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.firstNS.CompareAndSwap(0, now)
 	s.lastNS.Store(now)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// lost reports whether an endpoint never accepts a delivery: its faults
+// always answer (a destination that hangs or is gone, say). The drain does
+// not wait for it.
+func (s *sink) lost(e *endpoint) bool {
+	if !e.faulty {
+		return false
+	}
+	total := 0.0
+	for _, p := range s.faults {
+		total += p
+	}
+	return total >= 1
 }
 
 // unique returns how many distinct events each endpoint has.
