@@ -418,15 +418,21 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
 	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
 
-func scanCall(scan func(...any) error) (*dispatch.Call, error) {
+// scanCall scans a row of callColumns, or of childColumns (no input) when
+// input is false.
+func scanCall(scan func(...any) error, input bool) (*dispatch.Call, error) {
 	var c dispatch.Call
 	var runAfter, budget, created, updated int64
 	var leaseExpires sql.NullInt64
 	var leaseOwner, parent, errText sql.NullString
 	var state, status int
-	if err := scan(&c.ID, &c.Function, &c.Key, &c.Input, &state, &c.Attempt, &c.Failures, &runAfter, &budget,
-		&leaseOwner, &leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting,
-		&c.Output, &errText, &status, &created, &updated); err != nil {
+	dest := []any{&c.ID, &c.Function, &c.Key}
+	if input {
+		dest = append(dest, &c.Input)
+	}
+	dest = append(dest, &state, &c.Attempt, &c.Failures, &runAfter, &budget, &leaseOwner, &leaseExpires, &parent,
+		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated)
+	if err := scan(dest...); err != nil {
 		return nil, err
 	}
 	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
@@ -442,7 +448,7 @@ func scanCall(scan func(...any) error) (*dispatch.Call, error) {
 // CallGet implements dispatch.Store.
 func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) {
 	row := s.getStmt.QueryRowContext(ctx, id)
-	c, err := scanCall(row.Scan)
+	c, err := scanCall(row.Scan, true)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, dispatch.ErrCallNotFound
 	}
@@ -461,7 +467,7 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 	defer rows.Close()
 	var calls []*dispatch.Call
 	for rows.Next() {
-		c, err := scanChild(rows.Scan)
+		c, err := scanCall(rows.Scan, false)
 		if err != nil {
 			return nil, fmt.Errorf("list children: %w", err)
 		}
@@ -478,27 +484,6 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 // needs and which is the bulk of a row.
 const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
 	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
-
-func scanChild(scan func(...any) error) (*dispatch.Call, error) {
-	var c dispatch.Call
-	var runAfter, budget, created, updated int64
-	var leaseExpires sql.NullInt64
-	var leaseOwner, parent, errText sql.NullString
-	var state, status int
-	if err := scan(&c.ID, &c.Function, &c.Key, &state, &c.Attempt, &c.Failures, &runAfter, &budget, &leaseOwner,
-		&leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status,
-		&created, &updated); err != nil {
-		return nil, err
-	}
-	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
-	c.RunAfter, c.BudgetStart = fromNanos(runAfter), fromNanos(budget)
-	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
-	c.LeaseOwner, c.ParentID, c.Error = leaseOwner.String, parent.String, errText.String
-	if leaseExpires.Valid {
-		c.LeaseExpires = fromNanos(leaseExpires.Int64)
-	}
-	return &c, nil
-}
 
 // CallList implements dispatch.Store.
 func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*dispatch.Call, error) {
@@ -526,7 +511,7 @@ func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*di
 	defer rows.Close()
 	var calls []*dispatch.Call
 	for rows.Next() {
-		c, err := scanChild(rows.Scan)
+		c, err := scanCall(rows.Scan, false)
 		if err != nil {
 			return nil, fmt.Errorf("list calls: %w", err)
 		}
