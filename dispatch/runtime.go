@@ -115,6 +115,8 @@ type Runtime struct {
 		claims, claimed, leasedOnCreate, eager, finished, retried, failed atomic.Int64
 	}
 
+	results *results // outcomes of children run here, for their parents
+
 	mu       sync.Mutex
 	inflight map[string]*inflight // leased to this process: queued or running
 	reserved int                  // worker slots promised to calls being stored
@@ -133,6 +135,7 @@ type Runtime struct {
 type inflight struct {
 	key       string
 	claimedAt time.Time // or last renewed
+	ran       bool      // its function returned: it no longer counts against its key
 }
 
 const (
@@ -165,6 +168,7 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 		tripWindow:    cfg.BreakerWindow,
 		dedupWindow:   cfg.DedupWindow,
 		keys:          make(map[string]*keyState),
+		results:       newResults(100000),
 		funcs:         make(map[string]AnyFunction),
 		wakeCh:        make(chan struct{}, 1),
 		inflight:      make(map[string]*inflight),
@@ -424,6 +428,17 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		}
 		r.unreserve(dropped)
 		leased = kept
+	}
+	if len(children) > 0 {
+		byParent := make(map[string][]*Call)
+		for _, c := range children {
+			byParent[c.ParentID] = append(byParent[c.ParentID], c)
+		}
+		for parent, kids := range byParent {
+			if !skipped[parent] {
+				r.results.expect(parent, kids)
+			}
+		}
 	}
 	r.admit(leased)
 	if len(leased) < len(runnable)-len(skipped) {

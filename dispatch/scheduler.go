@@ -228,10 +228,14 @@ func (r *Runtime) execute(c *Call) {
 	storeCtx := context.WithoutCancel(r.runCtx)
 	cc := &callContext{rt: r, call: c}
 	if c.Gathers > 0 {
-		children, err := r.store.CallListChildren(storeCtx, c.ID)
-		if err != nil {
-			r.finish(storeCtx, c, nil, fmt.Errorf("%w: load results of gathered calls: %v", ErrTemporary, err), r.clock.Now())
-			return
+		children, ok := r.results.children(c.ID)
+		if !ok {
+			var err error
+			children, err = r.store.CallListChildren(storeCtx, c.ID)
+			if err != nil {
+				r.finish(storeCtx, c, nil, fmt.Errorf("%w: load results of gathered calls: %v", ErrTemporary, err), r.clock.Now())
+				return
+			}
 		}
 		cc.children = make([][]*Call, c.Gathers)
 		for _, child := range children {
@@ -251,6 +255,7 @@ func (r *Runtime) execute(c *Call) {
 	ctx := context.WithValue(r.runCtx, ctxKey{}, cc)
 	started := r.clock.Now()
 	output, err := r.run(ctx, fn, c)
+	r.ran(c)
 	if r.runCtx.Err() != nil {
 		// Cancelled by shutdown: Stop hands the call back untouched.
 		return
@@ -293,6 +298,7 @@ func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
 		r.unreserve(leased)
 		r.log.Warn("call was taken over while it ran; dropping its suspension", "call", c.ID, "attempt", c.Attempt)
 	default:
+		r.results.expect(c.ID, s.children)
 		r.admit(leased)
 		if len(leased) < len(s.children) {
 			r.signalBacklog()
@@ -340,6 +346,15 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 		r.unreserveKey("", resume)
 		r.log.Warn("call was taken over while it ran; dropping its outcome", "call", c.ID, "attempt", c.Attempt)
 		return
+	}
+	if p.State.Final() {
+		if c.ParentID != "" {
+			r.results.record(&Call{ID: c.ID, ParentID: c.ParentID, Function: c.Function, Key: c.Key, Gather: c.Gather,
+				Index: c.Index, State: p.State, Output: p.Output, Error: p.Error, Status: p.Status})
+		}
+		if c.Gathers > 0 {
+			r.results.forget(c.ID)
+		}
 	}
 	if res.Parent != nil {
 		r.admitResumed(res.Parent)

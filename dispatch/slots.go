@@ -185,12 +185,27 @@ func (r *Runtime) admitResumed(parent *Call) {
 	r.admit([]*Call{parent})
 }
 
+// ran gives back a call's place in its key's limit once its function has
+// returned: the limit is of calls running against the key (requests a
+// destination is answering), and recording the outcome is no longer that.
+// The worker's slot is given back by done.
+func (r *Runtime) ran(c *Call) {
+	r.mu.Lock()
+	if f, ok := r.inflight[c.ID]; ok && !f.ran {
+		f.ran = true
+		r.keyState(f.key).inflight--
+	}
+	r.mu.Unlock()
+}
+
 // done ends a call's time in flight.
 func (r *Runtime) done(c *Call) {
 	r.mu.Lock()
 	if f, ok := r.inflight[c.ID]; ok {
 		delete(r.inflight, c.ID)
-		r.keyState(f.key).inflight--
+		if !f.ran {
+			r.keyState(f.key).inflight--
+		}
 	}
 	r.mu.Unlock()
 }

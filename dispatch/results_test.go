@@ -1,0 +1,69 @@
+package dispatch_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"fanout/dispatch"
+	"fanout/dispatch/dispatchsqlite"
+	"fanout/dispatch/dispatchtest"
+)
+
+// countingStore counts the reads of children.
+type countingStore struct {
+	dispatch.Store
+	reads atomic.Int32
+}
+
+func (s *countingStore) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
+	s.reads.Add(1)
+	return s.Store.CallListChildren(ctx, parentID)
+}
+
+// A parent whose children all ran in this process gets their results from
+// memory; the store is read only when they did not (see RestartInsideGather
+// in dispatchtest for that path).
+func TestRuntime_GatherResultsFromMemory(t *testing.T) {
+	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sq.Close() })
+	s := &countingStore{Store: sq}
+	for _, eager := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Plain", true: "Eager"}[eager], func(t *testing.T) { // each its own runtime
+			gatherFromMemory(t, s, eager)
+		})
+	}
+}
+
+func gatherFromMemory(t *testing.T, s *countingStore, eager bool) {
+	{
+		child := dispatch.Func("child", func(ctx context.Context, n int) (int, error) { return n * 2, nil })
+		parent := dispatch.Func("parent", func(ctx context.Context, n int) (int, error) {
+			out, err := child.Gather(ctx, []int{1, 2, 3})
+			if err != nil {
+				return 0, err
+			}
+			more, err := child.Await(ctx, out[2])
+			return out[0] + out[1] + more, err
+		})
+		if eager {
+			parent.Eager()
+		}
+		dispatchtest.StartRuntime(t, dispatch.Config{Store: s}, child, parent)
+		id, err := parent.Dispatch(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := dispatchtest.WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
+		if string(c.Output) != "18" {
+			t.Fatalf("eager=%v: parent %+v, want done with 2+4+12", eager, c)
+		}
+		if n := s.reads.Load(); n != 0 {
+			t.Fatalf("eager=%v: the parent read its children %d times from the store, want 0", eager, n)
+		}
+	}
+}
