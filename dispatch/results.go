@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"runtime"
 	"slices"
 	"sync"
 )
@@ -21,6 +22,11 @@ type results struct {
 type gathered struct {
 	expected map[string]bool  // child ids of the parent's gathers
 	got      map[string]*Call // their outcomes, as far as they ran here
+	// finishing counts the children of this parent whose outcome is being
+	// stored here: siblings that finish in the same commit all return at
+	// once, and the one that resumed the parent must not have it run
+	// before the others recorded theirs.
+	finishing int
 }
 
 func newResults(max int) *results {
@@ -44,11 +50,27 @@ func (rs *results) expect(parent string, children []*Call) {
 	}
 }
 
-// record keeps the final outcome of a child whose parent is expected.
-func (rs *results) record(c *Call) {
+// finishing notes that a child's outcome is about to be stored.
+func (rs *results) finishing(parent string) {
+	rs.mu.Lock()
+	if g := rs.parents[parent]; g != nil {
+		g.finishing++
+	}
+	rs.mu.Unlock()
+}
+
+// finished ends finishing, keeping the child's outcome when it was stored
+// (c is nil when it was not: the attempt was taken over, or the store
+// failed).
+func (rs *results) finished(parent string, c *Call) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if g := rs.parents[c.ParentID]; g != nil && g.expected[c.ID] {
+	g := rs.parents[parent]
+	if g == nil {
+		return
+	}
+	g.finishing--
+	if c != nil && g.expected[c.ID] {
 		g.got[c.ID] = c
 	}
 }
@@ -59,7 +81,15 @@ func (rs *results) children(parent string) ([]*Call, bool) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	g := rs.parents[parent]
-	if g == nil || len(g.got) != len(g.expected) {
+	// Siblings stored in the commit that resumed the parent are a few
+	// instructions from recording their outcome: let them.
+	for i := 0; g != nil && g.finishing > 0 && i < 1000; i++ {
+		rs.mu.Unlock()
+		runtime.Gosched()
+		rs.mu.Lock()
+		g = rs.parents[parent]
+	}
+	if g == nil || g.finishing > 0 || len(g.got) != len(g.expected) {
 		return nil, false
 	}
 	out := make([]*Call, 0, len(g.got))

@@ -336,7 +336,19 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 			p.ResumeLeaseUntil = now.Add(r.leaseDuration)
 		}
 	}
+	recordResult := c.ParentID != "" && p.State.Final()
+	if recordResult {
+		r.results.finishing(c.ParentID)
+	}
 	res, err := r.store.CallFinish(ctx, p)
+	if recordResult {
+		var outcome *Call
+		if err == nil && res.Applied {
+			outcome = &Call{ID: c.ID, ParentID: c.ParentID, Function: c.Function, Key: c.Key, Gather: c.Gather,
+				Index: c.Index, State: p.State, Output: p.Output, Error: p.Error, Status: p.Status}
+		}
+		r.results.finished(c.ParentID, outcome)
+	}
 	switch {
 	case err != nil:
 		r.unreserveKey("", resume)
@@ -347,14 +359,8 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 		r.log.Warn("call was taken over while it ran; dropping its outcome", "call", c.ID, "attempt", c.Attempt)
 		return
 	}
-	if p.State.Final() {
-		if c.ParentID != "" {
-			r.results.record(&Call{ID: c.ID, ParentID: c.ParentID, Function: c.Function, Key: c.Key, Gather: c.Gather,
-				Index: c.Index, State: p.State, Output: p.Output, Error: p.Error, Status: p.Status})
-		}
-		if c.Gathers > 0 {
-			r.results.forget(c.ID)
-		}
+	if p.State.Final() && c.Gathers > 0 {
+		r.results.forget(c.ID)
 	}
 	if res.Parent != nil {
 		r.admitResumed(res.Parent)
