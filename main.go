@@ -197,7 +197,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	rs := rt.Stats()
 	totals := []any{"claims", rs.Claims, "claimed", rs.Claimed, "leased_on_create", rs.LeasedOnCreate,
-		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed}
+		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed,
+		"results_from_memory", rs.ResultsFromMemory, "results_from_store", rs.ResultsFromStore}
 	if s, ok := store.(*dispatchsqlite.Store); ok {
 		st := s.Stats()
 		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops)

@@ -53,7 +53,7 @@ func gatherFromMemory(t *testing.T, s *countingStore, eager bool) {
 		if eager {
 			parent.Eager()
 		}
-		dispatchtest.StartRuntime(t, dispatch.Config{Store: s}, child, parent)
+		rt := dispatchtest.StartRuntime(t, dispatch.Config{Store: s}, child, parent)
 		id, err := parent.Dispatch(context.Background(), 0)
 		if err != nil {
 			t.Fatal(err)
@@ -64,6 +64,9 @@ func gatherFromMemory(t *testing.T, s *countingStore, eager bool) {
 		}
 		if n := s.reads.Load(); n != 0 {
 			t.Fatalf("eager=%v: the parent read its children %d times from the store, want 0", eager, n)
+		}
+		if st := rt.Stats(); st.ResultsFromMemory != 2 || st.ResultsFromStore != 0 {
+			t.Fatalf("eager=%v: Stats %+v, want 2 resumptions from memory", eager, st)
 		}
 	}
 }

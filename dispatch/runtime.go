@@ -113,6 +113,7 @@ type Runtime struct {
 
 	stats struct {
 		claims, claimed, leasedOnCreate, eager, finished, retried, failed atomic.Int64
+		resultsFromMemory, resultsFromStore                               atomic.Int64
 	}
 
 	results *results // outcomes of children run here, for their parents
@@ -250,6 +251,9 @@ type Stats struct {
 	Claims, Claimed, LeasedOnCreate, Eager int64
 	// Done, Retried and Failed count attempts by outcome.
 	Done, Retried, Failed int64
+	// ResultsFromMemory and ResultsFromStore count the resumed parents
+	// that found their children's results here, and those that read them.
+	ResultsFromMemory, ResultsFromStore int64
 }
 
 // Stats returns the runtime's counters.
@@ -258,6 +262,7 @@ func (r *Runtime) Stats() Stats {
 		Claims: r.stats.claims.Load(), Claimed: r.stats.claimed.Load(), LeasedOnCreate: r.stats.leasedOnCreate.Load(),
 		Eager: r.stats.eager.Load(),
 		Done:  r.stats.finished.Load(), Retried: r.stats.retried.Load(), Failed: r.stats.failed.Load(),
+		ResultsFromMemory: r.stats.resultsFromMemory.Load(), ResultsFromStore: r.stats.resultsFromStore.Load(),
 	}
 }
 

@@ -229,7 +229,10 @@ func (r *Runtime) execute(c *Call) {
 	cc := &callContext{rt: r, call: c}
 	if c.Gathers > 0 {
 		children, ok := r.results.children(c.ID)
-		if !ok {
+		if ok {
+			r.stats.resultsFromMemory.Add(1)
+		} else {
+			r.stats.resultsFromStore.Add(1)
 			var err error
 			children, err = r.store.CallListChildren(storeCtx, c.ID)
 			if err != nil {
