@@ -17,6 +17,7 @@ import (
 
 	"fanout/destination"
 	"fanout/dispatch"
+	"fanout/dispatch/dispatchpg"
 	"fanout/dispatch/dispatchsqlite"
 	"fanout/webhook"
 )
@@ -707,13 +708,25 @@ func handleMetrics(svc *service) http.Handler {
 		fmt.Fprintf(&b, "fanout_claimed_total %d\n", st.Claimed)
 		metric("fanout_leased_on_create_total", "counter", "Calls run without a claim: leased as they were stored.")
 		fmt.Fprintf(&b, "fanout_leased_on_create_total %d\n", st.LeasedOnCreate)
-		if s, ok := svc.store.(interface{ Stats() dispatchsqlite.Stats }); ok {
-			ss := s.Stats()
-			metric("fanout_store_commits_total", "counter", "Transactions committed by the SQLite writer.")
-			fmt.Fprintf(&b, "fanout_store_commits_total %d\n", ss.Commits)
-			metric("fanout_store_operations_total", "counter", "Operations those transactions carried (group commit).")
-			fmt.Fprintf(&b, "fanout_store_operations_total %d\n", ss.Ops)
+		commits, ops := int64(-1), int64(0)
+		switch s := svc.store.(type) {
+		case *dispatchsqlite.Store:
+			st := s.Stats()
+			commits, ops = st.Commits, st.Ops
+		case *dispatchpg.Store:
+			st := s.Stats()
+			commits, ops = st.Commits, st.Ops
+			metric("fanout_store_connection_waits_total", "counter", "PostgreSQL connections a caller had to wait for.")
+			fmt.Fprintf(&b, "fanout_store_connection_waits_total %d\n", st.Waits)
 		}
+		if commits >= 0 {
+			metric("fanout_store_commits_total", "counter", "Group commits of the store's writer.")
+			fmt.Fprintf(&b, "fanout_store_commits_total %d\n", commits)
+			metric("fanout_store_operations_total", "counter", "Operations those commits carried.")
+			fmt.Fprintf(&b, "fanout_store_operations_total %d\n", ops)
+		}
+		metric("fanout_results_from_memory_total", "counter", "Resumed events that found their deliveries' results in memory (the rest read the store).")
+		fmt.Fprintf(&b, "fanout_results_from_memory_total %d\n", st.ResultsFromMemory)
 		dests := svc.dests.List()
 		now := time.Now()
 		metric("fanout_destination_in_flight", "gauge", "Deliveries in flight to a destination in this process.")

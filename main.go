@@ -199,9 +199,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	totals := []any{"claims", rs.Claims, "claimed", rs.Claimed, "leased_on_create", rs.LeasedOnCreate,
 		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed,
 		"results_from_memory", rs.ResultsFromMemory, "results_from_store", rs.ResultsFromStore}
-	if s, ok := store.(*dispatchsqlite.Store); ok {
+	switch s := store.(type) {
+	case *dispatchsqlite.Store:
 		st := s.Stats()
 		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops)
+	case *dispatchpg.Store:
+		st := s.Stats()
+		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops, "replays", st.Replays,
+			"connection_waits", st.Waits)
 	}
 	log.Info("totals", totals...)
 	if serr := store.Close(); serr != nil {

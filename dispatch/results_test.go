@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -68,5 +69,44 @@ func gatherFromMemory(t *testing.T, s *countingStore, eager bool) {
 		if st := rt.Stats(); st.ResultsFromMemory != 2 || st.ResultsFromStore != 0 {
 			t.Fatalf("eager=%v: Stats %+v, want 2 resumptions from memory", eager, st)
 		}
+	}
+}
+
+// flakyFinishStore fails the first finishes, as a database that restarts.
+type flakyFinishStore struct {
+	dispatch.Store
+	failures atomic.Int32
+}
+
+func (s *flakyFinishStore) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*dispatch.CallFinishResult, error) {
+	if s.failures.Add(-1) >= 0 {
+		return nil, errors.New("connection refused")
+	}
+	return s.Store.CallFinish(ctx, p)
+}
+
+// An outcome the store fails to take for a moment is stored once it does,
+// without the call running again.
+func TestRuntime_FinishRetriedOnStoreErrors(t *testing.T) {
+	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sq.Close() })
+	s := &flakyFinishStore{Store: sq}
+	s.failures.Store(3)
+	var runs atomic.Int32
+	fn := dispatch.Func("once", func(ctx context.Context, n int) (int, error) {
+		runs.Add(1)
+		return n, nil
+	})
+	dispatchtest.StartRuntime(t, dispatch.Config{Store: s}, fn)
+	id, err := fn.Dispatch(context.Background(), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dispatchtest.WaitCall(t, sq, id, dispatch.StateDone)
+	if runs.Load() != 1 || c.Attempt != 1 || string(c.Output) != "7" {
+		t.Fatalf("call %+v after %d runs, want done on its first and only run", c, runs.Load())
 	}
 }

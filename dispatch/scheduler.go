@@ -286,12 +286,16 @@ func (r *Runtime) run(ctx context.Context, fn AnyFunction, c *Call) (output []by
 func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
 	now := r.clock.Now()
 	leased := r.leaseNew(s.children, now)
-	ok, err := r.store.CallSuspend(ctx, &CallSuspendParams{
-		ID:       c.ID,
-		Attempt:  c.Attempt,
-		Gather:   s.gather,
-		Children: s.children,
-		Now:      now,
+	var ok bool
+	err := r.retryStore(c, func() (err error) {
+		ok, err = r.store.CallSuspend(ctx, &CallSuspendParams{
+			ID:       c.ID,
+			Attempt:  c.Attempt,
+			Gather:   s.gather,
+			Children: s.children,
+			Now:      now,
+		})
+		return err
 	})
 	switch {
 	case err != nil:
@@ -306,6 +310,29 @@ func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
 		if len(leased) < len(s.children) {
 			r.signalBacklog()
 		}
+	}
+}
+
+// retryStore runs op, which records what a call did, until it succeeds or
+// half the call's lease has passed. A store that fails for a moment (a
+// database that restarts, a disk that fills and is freed) then costs a
+// short wait, not a call run twice after its lease expires. An op that
+// failed after all may have been applied (the answer was lost): running it
+// again is then refused as a stale attempt, which is harmless.
+func (r *Runtime) retryStore(c *Call, op func() error) error {
+	deadline := time.Now().Add(r.leaseDuration / 2)
+	wait := 50 * time.Millisecond
+	for logged := false; ; {
+		err := op()
+		if err == nil || errors.Is(err, ErrStopped) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		if !logged {
+			r.log.Warn("store failed to record a call's outcome; retrying", "call", c.ID, "err", err)
+			logged = true
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
 	}
 }
 
@@ -343,19 +370,23 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 	if recordResult {
 		r.results.finishing(c.ParentID)
 	}
-	res, err := r.store.CallFinish(ctx, p)
+	var res *CallFinishResult
+	serr := r.retryStore(c, func() (err error) {
+		res, err = r.store.CallFinish(ctx, p)
+		return err
+	})
 	if recordResult {
 		var outcome *Call
-		if err == nil && res.Applied {
+		if serr == nil && res.Applied {
 			outcome = &Call{ID: c.ID, ParentID: c.ParentID, Function: c.Function, Key: c.Key, Gather: c.Gather,
 				Index: c.Index, State: p.State, Output: p.Output, Error: p.Error, Status: p.Status}
 		}
 		r.results.finished(c.ParentID, outcome)
 	}
 	switch {
-	case err != nil:
+	case serr != nil:
 		r.unreserveKey("", resume)
-		r.log.Error("store call outcome; the call runs again when its lease expires", "call", c.ID, "err", err)
+		r.log.Error("store call outcome; the call runs again when its lease expires", "call", c.ID, "err", serr)
 		return
 	case !res.Applied:
 		r.unreserveKey("", resume)

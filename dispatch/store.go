@@ -220,9 +220,12 @@ type Store interface {
 
 	// CallDeleteFinished deletes up to Limit top-level calls that are done
 	// (failed, when Failed is set) and were created before Before, together
-	// with all their descendants, their attempts and their dedup keys,
-	// oldest first. It returns how many top-level calls it deleted; fewer
-	// than Limit means none is left.
+	// with all their descendants, their attempts and their dedup keys. It
+	// walks top-level calls in the order they were stored (which is their
+	// order of creation, but for calls stored at the same moment) and stops
+	// at the first created at or after Before, so that it needs no index on
+	// age. It returns how many top-level calls it deleted; fewer than Limit
+	// means none is left before that point.
 	CallDeleteFinished(ctx context.Context, params *CallDeleteFinishedParams) (int, error)
 
 	// CallCounts counts the calls by function and state. It may read the
