@@ -24,6 +24,8 @@ build: ## build bin/fanout
 
 .PHONY: test
 test: lint ## vet, gofmt, every test with the race detector (the crash tests too), then fuzz-short
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "$$FANOUT_TEST_DATABASE_URL" ] || \
+		echo "NOTE: the PostgreSQL tests (dispatch/dispatchpg, replicatest) will be SKIPPED: no initdb/postgres here; apt-get install postgresql, or set FANOUT_TEST_DATABASE_URL"
 	$(GO) test -race -count=1 -timeout 10m ./...
 	@$(MAKE) --no-print-directory fuzz-short
 
