@@ -169,7 +169,7 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 		tripWindow:    cfg.BreakerWindow,
 		dedupWindow:   cfg.DedupWindow,
 		keys:          make(map[string]*keyState),
-		results:       newResults(100000),
+		results:       newResults(10000),
 		funcs:         make(map[string]AnyFunction),
 		wakeCh:        make(chan struct{}, 1),
 		inflight:      make(map[string]*inflight),

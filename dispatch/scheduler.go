@@ -127,10 +127,11 @@ func (r *Runtime) claimRound(ctx context.Context, now time.Time) (more bool, err
 		}
 		if limit == 0 {
 			if wake.IsZero() && !r.keyConfig(key).Paused {
-				// Held back by its concurrency limit: keep the backlog
-				// flag up, so that the next call of this process to
-				// finish wakes the scheduler to claim more.
-				r.backlog.Store(true)
+				// Held back by its concurrency limit: the key's own
+				// calls wake the scheduler when enough of them have
+				// returned (see ran). Calls of other keys finishing
+				// meanwhile would only find it held back again.
+				r.markBlocked(key)
 			}
 			continue
 		}

@@ -47,6 +47,10 @@ type keyState struct {
 	limiter  *rate.Limiter
 	rate     float64
 	burst    int
+	// blocked says the key has runnable calls in the store that its
+	// concurrency limit held back: one of its calls returning wakes the
+	// scheduler once a batch fits (see ran).
+	blocked bool
 }
 
 func (r *Runtime) keyState(key string) *keyState {
@@ -190,12 +194,33 @@ func (r *Runtime) admitResumed(parent *Call) {
 // destination is answering), and recording the outcome is no longer that.
 // The worker's slot is given back by done.
 func (r *Runtime) ran(c *Call) {
+	wake := false
 	r.mu.Lock()
 	if f, ok := r.inflight[c.ID]; ok && !f.ran {
 		f.ran = true
-		r.keyState(f.key).inflight--
+		ks := r.keyState(f.key)
+		ks.inflight--
+		if ks.blocked && int(ks.limit)-ks.inflight >= max(1, int(ks.limit)/4) {
+			ks.blocked, wake = false, true
+		}
 	}
 	r.mu.Unlock()
+	if wake {
+		r.signalBacklog()
+	}
+}
+
+// markBlocked notes that a key's backlog waits for its calls to return,
+// unless enough of them returned since it was held back.
+func (r *Runtime) markBlocked(key string) {
+	r.mu.Lock()
+	ks := r.keyState(key)
+	fits := int(ks.limit)-ks.inflight >= max(1, int(ks.limit)/4)
+	ks.blocked = !fits
+	r.mu.Unlock()
+	if fits {
+		r.signalBacklog()
+	}
 }
 
 // done ends a call's time in flight.
