@@ -40,8 +40,9 @@ type Destination struct {
 	PreviousSecret        string     `json:"previous_secret,omitempty"`
 	PreviousSecretExpires *time.Time `json:"previous_secret_expires_at,omitempty"`
 	// MaxConcurrency caps deliveries in flight to this destination, per
-	// fanout process; within it the limit adapts to how the destination
-	// answers.
+	// fanout process (default 256, --workers' default); within it the limit
+	// adapts to how the destination answers, and a slow or failing one
+	// soon gets few.
 	MaxConcurrency int `json:"max_concurrency"`
 	// RateLimit, when set, caps deliveries per second.
 	RateLimit float64 `json:"rate_limit,omitempty"`
@@ -101,7 +102,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // Limits of destination fields.
 const (
 	MaxURLLength       = 2048
-	DefaultConcurrency = 64
+	DefaultConcurrency = 256
 	MaxConcurrency     = 1024
 	maxFilters         = 100
 	maxHeaders         = 50

@@ -12,9 +12,10 @@ import (
 type KeyConfig struct {
 	// MaxConcurrency caps how many calls of the key run at once in this
 	// process. Within it the runtime adapts the limit to how the key's
-	// calls fare: half as many after a timeout, throttling or other
-	// retryable failure, one more per success up to 32 and then one more
-	// per full window of successes (slow start, additive increase,
+	// calls fare: it starts at 32 and doubles per window of successes
+	// until the first loss (a timeout, throttling or other retryable
+	// failure), which halves it; then it grows by one per window, or again
+	// by doubling up to where it was cut (slow start, additive increase,
 	// multiplicative decrease, as TCP does and as Dispatch's scheduler
 	// did). 0 means no cap but Workers.
 	MaxConcurrency int
@@ -38,6 +39,7 @@ const initialLimit = 32
 type keyState struct {
 	inflight int     // calls of the key leased to this process (queued, running) or promised
 	limit    float64 // the adaptive concurrency limit
+	ssthresh float64 // below it the limit grows by one per success (slow start)
 	// lastCut is when the limit was last halved: one loss event halves it
 	// once, not once per call that was in flight when it happened.
 	lastCut  time.Time
@@ -56,7 +58,7 @@ type keyState struct {
 func (r *Runtime) keyState(key string) *keyState {
 	ks := r.keys[key]
 	if ks == nil {
-		ks = &keyState{limit: initialLimit}
+		ks = &keyState{limit: initialLimit, ssthresh: math.Inf(1)}
 		r.keys[key] = ks
 	}
 	return ks
@@ -281,12 +283,11 @@ func (r *Runtime) observe(key string, status Status, now time.Time) {
 	ks := r.keyState(key)
 	switch {
 	case status == StatusOK:
-		// Below the initial limit, grow by one per success (doubling per
-		// window, TCP's slow start): a destination back from an outage
-		// gets its throughput back in a few round trips. Above it, one
-		// per window of successes.
-		if ks.limit < initialLimit {
-			ks.limit = min(ks.limit+1, initialLimit)
+		// Below the slow-start threshold (none until the first loss),
+		// grow by one per success: the limit doubles per window, as TCP's
+		// slow start. Above it, by one per window of successes.
+		if ks.limit < ks.ssthresh {
+			ks.limit++
 		} else {
 			ks.limit += 1 / ks.limit
 		}
@@ -294,6 +295,10 @@ func (r *Runtime) observe(key string, status Status, now time.Time) {
 	case status.Retryable():
 		if now.Sub(ks.lastCut) >= 100*time.Millisecond {
 			ks.limit = max(1, ks.limit/2)
+			// Slow start again up to here, and at least to where a
+			// new key starts: a destination back from an outage gets
+			// its throughput back in a few round trips.
+			ks.ssthresh = max(ks.limit, initialLimit)
 			ks.lastCut = now
 		}
 		if ks.failures == 0 {

@@ -27,7 +27,7 @@ func TestRuntime_Observe(t *testing.T) {
 		{"FourthFailureBeforeWindowDoesNotTrip", StatusTCP, 400 * time.Millisecond, initialLimit / 8, 0},
 		{"FailureAfterWindowTrips", StatusTimeout, time.Minute + time.Second, initialLimit / 16, 1},
 		{"NoSecondTrip", StatusTimeout, 2 * time.Minute, initialLimit / 32, 1},
-		{"SuccessBelowInitialGrowsByOne", StatusOK, 3 * time.Minute, initialLimit/32 + 1, 1},
+		{"SuccessBelowThresholdGrowsByOne", StatusOK, 3 * time.Minute, initialLimit/32 + 1, 1},
 	}
 	for _, tc := range tests {
 		r.observe("k", tc.status, t0.Add(tc.at))
@@ -40,7 +40,14 @@ func TestRuntime_Observe(t *testing.T) {
 		r.observe("k", StatusOK, t0.Add(time.Hour))
 	}
 	if st := r.KeyStatus("k"); st.Limit <= initialLimit || st.Limit > initialLimit+3 {
-		t.Fatalf("after 100 successes the limit is %v, want a little over %d (slow start, then one per window)", st.Limit, initialLimit)
+		t.Fatalf("after 100 successes the limit is %v, want a little over %d (slow start to the threshold, then one per window)", st.Limit, initialLimit)
+	}
+	// A new key doubles per window until its first loss.
+	for range 300 {
+		r.observe("fresh", StatusOK, t0)
+	}
+	if st := r.KeyStatus("fresh"); st.Limit != 256 {
+		t.Fatalf("a new key's limit after 300 successes is %v, want 256 (one per success from 32, capped at Workers)", st.Limit)
 	}
 	for i := range 100 {
 		r.observe("k", StatusTimeout, t0.Add(2*time.Hour+time.Duration(i)*time.Second))
