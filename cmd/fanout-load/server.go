@@ -157,6 +157,9 @@ func runFanout(ctx context.Context, o *options, stderr io.Writer) (*report, erro
 		}
 		args := []string{"--addr", "127.0.0.1:0", "--data", dir}
 		if sk != nil {
+			// The sinks listen on loopback, which fanout's SSRF guard refuses
+			// unless it is allowed; allow exactly the sinks' address.
+			args = append(args, "--allow-network", "127.0.0.1/32")
 			for _, u := range sk.urls() {
 				args = append(args, "--destination", u)
 			}
