@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tidwall/gjson"
+
 	"fanout/destination"
 	"fanout/dispatch"
 	"fanout/webhook"
@@ -118,25 +120,23 @@ type fields struct {
 	ID   string
 }
 
-// eventFields reads an event's "type" (when it is a string) and "id" (a
-// string or a number).
+// eventFields reads an event's top-level "type" (when it is a string) and
+// "id" (a string or a number). Keys match exactly, and when a key appears
+// twice the first one counts. It runs on every event, twice (the id at
+// ingest, the type when routing), so it scans the already validated bytes
+// with gjson instead of decoding them: a full json.Unmarshal here was an
+// eighth of the CPU of a single-event request.
 func eventFields(event json.RawMessage) fields {
-	var v struct {
-		Type json.RawMessage `json:"type"`
-		ID   json.RawMessage `json:"id"`
-	}
-	if json.Unmarshal(event, &v) != nil {
-		return fields{}
-	}
 	var f fields
-	if len(v.Type) > 0 && v.Type[0] == '"' {
-		_ = json.Unmarshal(v.Type, &f.Type)
+	r := gjson.GetManyBytes(event, "type", "id")
+	if r[0].Type == gjson.String {
+		f.Type = r[0].Str
 	}
-	switch {
-	case len(v.ID) > 0 && v.ID[0] == '"':
-		_ = json.Unmarshal(v.ID, &f.ID)
-	case len(v.ID) > 0 && (v.ID[0] == '-' || (v.ID[0] >= '0' && v.ID[0] <= '9')):
-		f.ID = string(v.ID)
+	switch r[1].Type {
+	case gjson.String:
+		f.ID = r[1].Str
+	case gjson.Number:
+		f.ID = r[1].Raw
 	}
 	return f
 }

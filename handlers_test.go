@@ -340,6 +340,84 @@ func FuzzValidateEvent(f *testing.F) {
 	})
 }
 
+func TestEventFields(t *testing.T) {
+	tests := []struct {
+		event   string
+		typ, id string
+	}{
+		{`{"type":"user.created","id":"evt_1"}`, "user.created", "evt_1"},
+		{`{"id":42,"type":"a"}`, "a", "42"},
+		{`{"id":-1.5e3}`, "", "-1.5e3"},
+		{`{"type":"caf\u00e9","id":"a\"b"}`, "café", `a"b`},
+		{`{"type":1,"id":true}`, "", ""},
+		{`{"type":null,"id":{"x":1}}`, "", ""},
+		{`{"data":{"type":"nested","id":"nested"}}`, "", ""},
+		{`{"TYPE":"upper","Id":"upper"}`, "", ""},
+		{`{"type":"first","type":"second"}`, "first", ""},
+		{` { "type" : "spaced" } `, "spaced", ""},
+		{`{}`, "", ""},
+	}
+	for _, tt := range tests {
+		f := eventFields(json.RawMessage(tt.event))
+		if f.Type != tt.typ || f.ID != tt.id {
+			t.Errorf("eventFields(%s) = %+v, want type %q id %q", tt.event, f, tt.typ, tt.id)
+		}
+	}
+}
+
+// FuzzEventFields checks eventFields against a reference on encoding/json's
+// token stream: the first top-level "type" that is a string, the first
+// top-level "id" that is a string (decoded) or a number (as written).
+func FuzzEventFields(f *testing.F) {
+	for _, s := range []string{`{"type":"a.b","id":"x"}`, `{"id":12}`, `{"type":"\u00e9\n","id":"\"q"}`,
+		`{"a":{"type":"n"},"type":"t"}`, `{"type":"1","type":"2"}`, `{"ty\u0070e":"escaped key"}`, `{"id":[1,{"id":2}]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, event []byte) {
+		if validateEvent(event) != nil {
+			return
+		}
+		got := eventFields(event)
+		var want fields
+		var haveType, haveID bool
+		dec := json.NewDecoder(bytes.NewReader(event))
+		dec.UseNumber()
+		if _, err := dec.Token(); err != nil { // {
+			t.Fatal(err)
+		}
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v any
+			if err := dec.Decode(&v); err != nil {
+				t.Fatal(err)
+			}
+			switch k {
+			case "type":
+				if !haveType {
+					haveType = true
+					want.Type, _ = v.(string)
+				}
+			case "id":
+				if !haveID {
+					haveID = true
+					switch v := v.(type) {
+					case string:
+						want.ID = v
+					case json.Number:
+						want.ID = v.String()
+					}
+				}
+			}
+		}
+		if got != want {
+			t.Fatalf("eventFields(%q) = %+v, want %+v", event, got, want)
+		}
+	})
+}
+
 // --- run(): the whole service, end to end ---
 
 // receiver is a test destination on loopback that records what it gets.
