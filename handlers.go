@@ -729,6 +729,24 @@ func handleMetrics(svc *service) http.Handler {
 		fmt.Fprintf(&b, "fanout_results_from_memory_total %d\n", st.ResultsFromMemory)
 		dests := svc.dests.List()
 		now := time.Now()
+		// The backlog comes from the store (pending deliveries are shared by
+		// every replica); a scrape that cannot read it still reports the
+		// rest, and says so in fanout_store_up.
+		backlog, err := svc.store.CallBacklog(r.Context())
+		metric("fanout_store_up", "gauge", "1 if this scrape could read the store, else 0.")
+		if err != nil {
+			b.WriteString("fanout_store_up 0\n")
+		} else {
+			b.WriteString("fanout_store_up 1\n")
+			pending := make(map[string]int64, len(backlog))
+			for _, k := range backlog {
+				pending[k.Key] = k.N
+			}
+			metric("fanout_destination_backlog", "gauge", "Deliveries to a destination waiting in the store (new ones and retries waiting for their time), over all replicas.")
+			for _, d := range dests {
+				fmt.Fprintf(&b, "fanout_destination_backlog{destination=%q} %d\n", d.ID, pending[d.ID])
+			}
+		}
 		metric("fanout_destination_in_flight", "gauge", "Deliveries in flight to a destination in this process.")
 		for _, d := range dests {
 			fmt.Fprintf(&b, "fanout_destination_in_flight{destination=%q} %d\n", d.ID, svc.rt.KeyStatus(d.ID).InFlight)

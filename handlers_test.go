@@ -1328,7 +1328,18 @@ func TestRun_CircuitBreaker(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	svc := newTestService(t, openTestStore(t, t.TempDir()))
-	if err := svc.svc.dests.Create(context.Background(), &destination.Destination{URL: "https://example.com", Enabled: true}); err != nil {
+	d := &destination.Destination{URL: "https://example.com", Enabled: true}
+	if err := svc.svc.dests.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	// Three deliveries waiting for the destination, one of them a retry
+	// later on.
+	var calls []*dispatch.Call
+	for i, after := range []time.Duration{0, 0, time.Hour} {
+		calls = append(calls, &dispatch.Call{ID: fmt.Sprintf("delivery-%d", i), Function: "publishEvent", Key: d.ID,
+			Input: []byte(`{}`), RunAfter: time.Now().Add(after), CreatedAt: time.Now()})
+	}
+	if _, err := svc.store.CallInsertMany(context.Background(), &dispatch.CallInsertParams{Calls: calls}); err != nil {
 		t.Fatal(err)
 	}
 	w := svc.do(t, "GET", "/metrics", "")
@@ -1336,9 +1347,18 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("GET /metrics: %d %s", w.Code, w.Header().Get("Content-Type"))
 	}
 	for _, want := range []string{`fanout_attempts_total{outcome="done"} 0`, "fanout_store_commits_total",
-		`fanout_destination_paused{destination="dst_`, "# TYPE fanout_destination_in_flight gauge"} {
+		`fanout_destination_paused{destination="dst_`, "# TYPE fanout_destination_in_flight gauge",
+		"fanout_store_up 1", fmt.Sprintf("fanout_destination_backlog{destination=%q} 3", d.ID)} {
 		if !strings.Contains(w.Body.String(), want) {
 			t.Errorf("metrics lack %q:\n%s", want, w.Body)
 		}
+	}
+	// A store that cannot be read: the scrape still answers, and says so.
+	if err := svc.store.(*dispatchsqlite.Store).Close(); err != nil {
+		t.Fatal(err)
+	}
+	w = svc.do(t, "GET", "/metrics", "")
+	if body := w.Body.String(); w.Code != 200 || !strings.Contains(body, "fanout_store_up 0") || strings.Contains(body, "fanout_destination_backlog{") {
+		t.Fatalf("GET /metrics on a closed store: %d\n%s", w.Code, body)
 	}
 }

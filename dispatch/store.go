@@ -232,6 +232,13 @@ type Store interface {
 	// whole table: for checks and occasional reports, not for every request.
 	CallCounts(ctx context.Context) ([]CallCount, error)
 
+	// CallBacklog counts the pending calls by key (runnable now or later:
+	// retries waiting for their time count too), keys in order, only those
+	// with a backlog. It needs only the index of pending calls by key, in
+	// time proportional to the backlog: for a metrics scrape, not for
+	// every request.
+	CallBacklog(ctx context.Context) ([]KeyCount, error)
+
 	// DocCreate stores a new document at version 1, or returns
 	// ErrDocExists.
 	DocCreate(ctx context.Context, doc *Doc) error
@@ -262,6 +269,12 @@ type CallCount struct {
 	Function string
 	State    State
 	N        int64
+}
+
+// KeyCount is one line of Store.CallBacklog.
+type KeyCount struct {
+	Key string
+	N   int64
 }
 
 // CallInsertParams are the arguments of Store.CallInsertMany.

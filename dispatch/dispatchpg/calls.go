@@ -843,6 +843,32 @@ func (s *Store) deleteTrees(ctx context.Context, ids []string, state dispatch.St
 	return deleted, err
 }
 
+// CallBacklog implements dispatch.Store; calls_runnable, the partial index
+// of pending calls by key, serves it.
+func (s *Store) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
+	var out []dispatch.KeyCount
+	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		out = out[:0]
+		rows, err := conn.Query(ctx, `SELECT key, count(*) FROM calls WHERE state = 0 GROUP BY key ORDER BY key`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var c dispatch.KeyCount
+			if err := rows.Scan(&c.Key, &c.N); err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count backlog: %w", err)
+	}
+	return out, nil
+}
+
 // CallCounts implements dispatch.Store.
 func (s *Store) CallCounts(ctx context.Context) ([]dispatch.CallCount, error) {
 	var out []dispatch.CallCount

@@ -123,3 +123,28 @@ func BenchmarkClaim(b *testing.B) {
 		claimed += len(calls)
 	}
 }
+
+// BenchmarkCallBacklog counts a backlog of 100,000 pending calls over 10
+// keys: what a /metrics scrape costs when destinations have fallen behind.
+// Reported per scrape and per waiting call.
+func BenchmarkCallBacklog(b *testing.B) {
+	s := benchStore(b)
+	const n, keys = 100_000, 10
+	for i := 0; i < n; i += 1000 {
+		calls := benchCalls(1000, false)
+		for j, c := range calls {
+			c.Function, c.Key = "publishEvent", fmt.Sprintf("dst_%d", (i+j)%keys)
+		}
+		if err := insertMany(s, calls); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		backlog, err := s.CallBacklog(context.Background())
+		if err != nil || len(backlog) != keys || backlog[0].N != n/keys {
+			b.Fatalf("CallBacklog = %v, %v", backlog, err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/waiting-call")
+}

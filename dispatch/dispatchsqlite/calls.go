@@ -704,4 +704,24 @@ func (s *Store) CallCounts(ctx context.Context) ([]dispatch.CallCount, error) {
 	return out, rows.Err()
 }
 
+// CallBacklog implements dispatch.Store with calls_runnable, the partial
+// index of pending calls by key.
+func (s *Store) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT key, count(*) FROM calls INDEXED BY calls_runnable
+		WHERE state = 0 GROUP BY key ORDER BY key`)
+	if err != nil {
+		return nil, fmt.Errorf("count backlog: %w", err)
+	}
+	defer rows.Close()
+	var out []dispatch.KeyCount
+	for rows.Next() {
+		var c dispatch.KeyCount
+		if err := rows.Scan(&c.Key, &c.N); err != nil {
+			return nil, fmt.Errorf("count backlog: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

@@ -514,6 +514,42 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("CallBacklog", func(t *testing.T) {
+		s := open(t, t.Name())
+		defer s.Close()
+		if got, err := s.CallBacklog(ctx); err != nil || len(got) != 0 {
+			t.Fatalf("CallBacklog of an empty store = %v, %v", got, err)
+		}
+		keyed := func(id, key, fn string, runAfter time.Time) *dispatch.Call {
+			c := newCall(id, fn, `{}`, runAfter)
+			c.Key = key
+			return c
+		}
+		mustInsert(t, s,
+			keyed("a1", "a", "f", T0), keyed("a2", "a", "f", T0.Add(time.Hour)), // a retry waiting counts
+			keyed("b1", "b", "f", T0), keyed("b2", "b", "f", T0),
+			keyed("c1", "c", "f", T0),
+			keyed("g1", "a", "g", T0)) // another function, the same key
+		claim := func(key string) *dispatch.Call {
+			calls, err := s.CallClaim(ctx, &dispatch.CallClaimParams{Key: key, Owner: "o", Functions: []string{"f"},
+				Limit: 1, Now: T0, LeaseUntil: T0.Add(time.Minute)})
+			if err != nil || len(calls) != 1 {
+				t.Fatalf("CallClaim(%s) = %v, %v", key, calls, err)
+			}
+			return calls[0]
+		}
+		claim("b") // running: not a backlog
+		c := claim("c")
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
+		got, err := s.CallBacklog(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []dispatch.KeyCount{{Key: "a", N: 3}, {Key: "b", N: 1}}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("CallBacklog = %v, want %v", got, want)
+		}
+	})
+
 	t.Run("Reopen", func(t *testing.T) {
 		key := t.Name()
 		s := open(t, key)
