@@ -730,9 +730,12 @@ func handleMetrics(svc *service) http.Handler {
 		dests := svc.dests.List()
 		now := time.Now()
 		// The backlog comes from the store (pending deliveries are shared by
-		// every replica); a scrape that cannot read it still reports the
-		// rest, and says so in fanout_store_up.
-		backlog, err := svc.store.CallBacklog(r.Context())
+		// every replica); a scrape that cannot read it within two seconds
+		// (a database that does not answer) still reports the rest, and
+		// says so in fanout_store_up.
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		backlog, err := svc.store.CallBacklog(ctx)
+		cancel()
 		metric("fanout_store_up", "gauge", "1 if this scrape could read the store, else 0.")
 		if err != nil {
 			b.WriteString("fanout_store_up 0\n")
