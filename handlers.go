@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,11 +63,52 @@ func routes(log *slog.Logger, svc *service, limits Limits) []route {
 	}
 }
 
-// newHandler returns the HTTP API.
-func newHandler(log *slog.Logger, svc *service, limits Limits) http.Handler {
+// newHandler returns the HTTP API; with tokens, only for requests that
+// carry one of them.
+func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, routes(log, svc, limits))
-	return recoverPanics(log, mux)
+	return recoverPanics(log, requireToken(log, tokens, mux))
+}
+
+// requireToken answers 401 to a request that does not carry one of tokens
+// as its bearer token, but for /healthz and /metrics, left open to probes
+// and scrapers. Several tokens let an operator rotate one without downtime.
+// They are compared as SHA-256 digests in constant time, so that timing
+// tells neither a token's bytes nor its length.
+func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Handler {
+	if len(tokens) == 0 {
+		return next
+	}
+	sums := make([][sha256.Size]byte, len(tokens))
+	for i, t := range tokens {
+		sums[i] = sha256.Sum256([]byte(t))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
+			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
+				Message: "this API needs a token: send the header Authorization: Bearer <token>, with one of fanout's --api-token"})
+			return
+		}
+		sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		match := 0
+		for i := range sums {
+			match |= subtle.ConstantTimeCompare(sum[:], sums[i][:])
+		}
+		if match != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout", error="invalid_token"`)
+			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
+				Message: "the bearer token is not one of fanout's --api-token"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // addRoutes mounts the routes, and answers in JSON, like every other
@@ -955,14 +998,19 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	// Without HTML escaping: answers are read by programs and by people
+	// with curl, not embedded in pages, and "<token>" reads better than
+	// "\u003ctoken\u003e".
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		http.Error(w, `{"error":"internal error"}`, http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(buf.Bytes())
 }
 
 // recoverPanics answers 500 instead of dropping the connection when a handler

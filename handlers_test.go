@@ -64,7 +64,7 @@ func newTestService(t testing.TB, store dispatch.Store) *testService {
 		t.Fatal(err)
 	}
 	svc := &service{rt: rt, store: store, fns: fns, dests: dests}
-	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits)}
+	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits, nil)}
 }
 
 func (s *testService) do(t testing.TB, method, path, body string, header ...string) *httptest.ResponseRecorder {
@@ -836,6 +836,21 @@ func TestRun_Config(t *testing.T) {
 		{name: "UnknownFlag", args: []string{"--nope"}, wantErr: "see fanout --help"},
 		{name: "NoRetryBudget", args: []string{"--retry-max-age", "0"}, wantErr: "retry forever"},
 		{name: "ZeroTimeout", args: []string{"--delivery-timeout", "0s"}, wantErr: "--delivery-timeout must be positive"},
+		{name: "APITokens", args: []string{"--api-token", "aaaaaaaaaaaaaaaa1"}, env: map[string]string{"FANOUT_API_TOKENS": "ignored-the-flag-wins"},
+			check: func(t *testing.T, c *config) {
+				if fmt.Sprint(c.apiTokens) != "[aaaaaaaaaaaaaaaa1]" {
+					t.Fatalf("apiTokens %q", c.apiTokens)
+				}
+			}},
+		{name: "APITokensFromEnv", env: map[string]string{"FANOUT_API_TOKENS": "aaaaaaaaaaaaaaaa1, bbbbbbbbbbbbbbbb2"},
+			check: func(t *testing.T, c *config) {
+				if fmt.Sprint(c.apiTokens) != "[aaaaaaaaaaaaaaaa1 bbbbbbbbbbbbbbbb2]" {
+					t.Fatalf("apiTokens %q", c.apiTokens)
+				}
+			}},
+		{name: "ShortAPIToken", args: []string{"--api-token", "hunter2"}, wantErr: "at least 16"},
+		// The environment's value is a secret: the message does not repeat it.
+		{name: "ShortAPITokenFromEnv", env: map[string]string{"FANOUT_API_TOKENS": "hunter2"}, wantErr: `FANOUT_API_TOKENS="...": an API token must be`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -981,7 +996,7 @@ func TestDestinations_Reject(t *testing.T) {
 	svc := newTestService(t, store)
 	// The guard of a real run: loopback and private addresses refused.
 	svc.svc.dests = destination.NewRegistry(destination.Config{Store: store, Guard: webhook.NewGuard(nil)})
-	srv := httptest.NewServer(newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), svc.svc, testLimits))
+	srv := httptest.NewServer(newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), svc.svc, testLimits, nil))
 	defer srv.Close()
 	tests := []struct {
 		name string
@@ -1323,6 +1338,56 @@ func TestRun_CircuitBreaker(t *testing.T) {
 	eventually(t, "delivery after resume", 10*time.Second, func() bool { return down.has(r.ID) })
 	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestAPIToken(t *testing.T) {
+	ts := newTestService(t, openTestStore(t, t.TempDir()))
+	const one, two = "tok_0123456789abcdef", "tok_fedcba9876543210"
+	h := newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), ts.svc, testLimits, []string{one, two})
+	tests := []struct {
+		name, method, path, auth string
+		want                     int
+		wantError                string
+	}{
+		{"NoHeader", "POST", "/v1/event", "", 401, "needs a token"},
+		{"WrongToken", "POST", "/v1/event", "Bearer tok_0123456789abcdeX", 401, "not one of"},
+		{"PrefixOfToken", "POST", "/v1/event", "Bearer tok_0123", 401, "not one of"},
+		{"OtherScheme", "POST", "/v1/event", "Basic " + one, 401, "needs a token"},
+		{"NoToken", "POST", "/v1/event", "Bearer", 401, "needs a token"},
+		{"UnknownPathNeedsToken", "GET", "/v1/nothing-here", "", 401, "needs a token"},
+		{"FirstToken", "POST", "/v1/event", "Bearer " + one, 202, ""},
+		{"SecondToken", "POST", "/v1/event", "Bearer " + two, 202, ""},
+		{"SchemeAnyCase", "POST", "/v1/event", "bearer " + one, 202, ""},
+		{"ReadWithToken", "GET", "/v1/destinations", "Bearer " + two, 200, ""},
+		{"HealthzOpen", "GET", "/healthz", "", 200, ""},
+		{"MetricsOpen", "GET", "/metrics", "", 200, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(`{"type":"t"}`))
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != tc.want {
+				t.Fatalf("%s %s with %q: %d %s, want %d", tc.method, tc.path, tc.auth, w.Code, w.Body, tc.want)
+			}
+			if tc.want == 401 {
+				var e errorBody
+				if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || !strings.Contains(e.Error, tc.wantError) {
+					t.Fatalf("401 body %s, want an error containing %q", w.Body, tc.wantError)
+				}
+				if !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Bearer") {
+					t.Fatalf("401 without a WWW-Authenticate: Bearer header: %v", w.Header())
+				}
+			}
+		})
+	}
+	// Only the three accepted events were stored.
+	if n := len(stored(t, ts.store)); n != 3 {
+		t.Fatalf("%d events stored, want the 3 sent with a token", n)
 	}
 }
 

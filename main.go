@@ -154,7 +154,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	svc := &service{rt: rt, store: store, fns: fns, dests: dests}
 	srv := &http.Server{
-		Handler:           newHandler(log, svc, cfg.limits),
+		Handler:           newHandler(log, svc, cfg.limits, cfg.apiTokens),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		WriteTimeout:      time.Minute,
@@ -176,7 +176,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen on %s (--addr): %w", cfg.addr, err)
 	}
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", version,
-		"store", where, "destinations", len(dests.List()))
+		"store", where, "destinations", len(dests.List()), "api_tokens", len(cfg.apiTokens))
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && len(cfg.apiTokens) == 0 && !tcp.IP.IsLoopback() {
+		log.Warn("the API answers anyone who can reach "+ln.Addr().String()+" without a token; "+
+			"set FANOUT_API_TOKENS (or --api-token) unless something in front of fanout checks who calls", "addr", ln.Addr().String())
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -261,6 +265,7 @@ type config struct {
 	breakerWindow    time.Duration
 	breakerCooldown  time.Duration
 	secretGrace      time.Duration
+	apiTokens        []string
 }
 
 // usageError is a mistake in flags or environment: exit status 2.
@@ -298,6 +303,17 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return err
 	})
 	envOf["allow-network"] = "FANOUT_ALLOW_NETWORKS"
+	fs.Func("api-token", "a `token` the API requires as \"Authorization: Bearer <token>\" (all but /healthz and /metrics); repeat the flag to accept several while rotating (the environment, better than a flag that ps shows, takes a comma-separated list)", func(v string) error {
+		for _, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			if len(t) < 16 || strings.ContainsFunc(t, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
+				return errors.New("an API token must be at least 16 printable ASCII characters without spaces or commas")
+			}
+			cfg.apiTokens = append(cfg.apiTokens, t)
+		}
+		return nil
+	})
+	envOf["api-token"] = "FANOUT_API_TOKENS"
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
 	fs.DurationVar(&cfg.breakerWindow, "breaker-window", time.Minute, "the failures that open the breaker must span at least this long")
@@ -347,6 +363,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 			return
 		}
 		if err := fs.Set(f.Name, v); err != nil {
+			if f.Name == "api-token" {
+				v = "..." // a secret: not in a message that may reach a log
+			}
 			errs = append(errs, fmt.Errorf("%s=%q: %v", name, v, err))
 		}
 	})

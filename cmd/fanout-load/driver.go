@@ -126,7 +126,16 @@ func (d *driver) run(ctx context.Context, deadline time.Time) {
 				}
 				ids := d.body(per, &buf)
 				start := time.Now()
-				resp, err := d.client.Post(d.url+path, "application/json", bytes.NewReader(buf.Bytes()))
+				req, err := http.NewRequestWithContext(ctx, "POST", d.url+path, bytes.NewReader(buf.Bytes()))
+				if err != nil {
+					errs[errorKind(err)]++
+					continue
+				}
+				req.Header.Set("Content-Type", "application/json")
+				if d.o.token != "" {
+					req.Header.Set("Authorization", "Bearer "+d.o.token)
+				}
+				resp, err := d.client.Do(req)
 				if err != nil {
 					errs[errorKind(err)]++
 					continue

@@ -45,6 +45,7 @@ type options struct {
 	url         string
 	fanoutBin   string
 	fanoutArgs  stringList
+	token       string
 	baseline    bool
 	mode        string
 	batch       int
@@ -75,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.url, "url", "", "base URL of a running fanout (its destinations must be this tool's sinks, see --sinks)")
 	fs.StringVar(&o.fanoutBin, "fanout", "", "fanout binary to start, on loopback with a temporary data directory and this tool's sinks as destinations")
 	fs.Var(&o.fanoutArgs, "fanout-arg", "extra argument for the started fanout (repeatable)")
+	fs.StringVar(&o.token, "token", "", "API token to send as \"Authorization: Bearer\"; with --fanout, the started fanout requires it (--api-token)")
 	fs.BoolVar(&o.baseline, "baseline", false, "first drive a trivial JSON-accepting server with the same load, and report fanout's rate as a ratio of it")
 	fs.StringVar(&o.mode, "mode", "event", "event (POST /v1/event) or batch (POST /v1/batch)")
 	fs.IntVar(&o.batch, "batch", 100, "events per /v1/batch request")

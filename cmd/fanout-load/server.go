@@ -164,6 +164,9 @@ func runFanout(ctx context.Context, o *options, stderr io.Writer) (*report, erro
 				args = append(args, "--destination", u)
 			}
 		}
+		if o.token != "" {
+			args = append(args, "--api-token", o.token)
+		}
 		args = append(args, o.fanoutArgs...)
 		server, err = startProc(ctx, o.fanoutBin, args, dir)
 		if err != nil {
