@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -867,6 +868,16 @@ func TestRun_Config(t *testing.T) {
 			}
 			tc.check(t, c)
 		})
+	}
+}
+
+func TestRun_Version(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"--version"}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatalf("run --version: %v", err)
+	}
+	if !strings.HasPrefix(out.String(), "fanout "+version) || !strings.Contains(out.String(), runtime.Version()) {
+		t.Fatalf("--version printed %q", out.String())
 	}
 }
 

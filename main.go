@@ -37,6 +37,34 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// buildVersion is version, and for a build without it (go build, go
+// install) the commit Go recorded, so that a bug report names the code.
+func buildVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version
+	}
+	v := version
+	if v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		v = info.Main.Version
+	}
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value[:min(12, len(s.Value))]
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = ", modified"
+			}
+		}
+	}
+	if rev != "" {
+		v += " (" + rev + modified + ")"
+	}
+	return v + " " + info.GoVersion
+}
+
 func main() {
 	// Ingest allocates briskly and keeps little: collecting four times less
 	// often than Go's default buys throughput for a few tens of MiB. GOGC
@@ -59,6 +87,10 @@ func main() {
 // store, starts the runtime and the HTTP server, and shuts them down in order
 // when ctx ends or SIGINT/SIGTERM arrives. Tests call it directly.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		fmt.Fprintln(stdout, "fanout", buildVersion())
+		return nil
+	}
 	cfg, err := parseConfig(args, getenv, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -175,7 +207,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = rt.Stop(context.Background())
 		return fmt.Errorf("listen on %s (--addr): %w", cfg.addr, err)
 	}
-	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", version,
+	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", buildVersion(),
 		"store", where, "destinations", len(dests.List()), "api_tokens", len(cfg.apiTokens))
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && len(cfg.apiTokens) == 0 && !tcp.IP.IsLoopback() {
 		log.Warn("the API answers anyone who can reach "+ln.Addr().String()+" without a token; "+
@@ -447,7 +479,7 @@ one durably before answering 202, and delivers it to every destination,
 retrying each delivery on its own until it succeeds.
 
 Every flag can also be set through the environment variable shown beside it;
-a flag on the command line wins.
+a flag on the command line wins. fanout --version prints the version.
 
 `)
 	fs.VisitAll(func(f *flag.Flag) {
