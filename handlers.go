@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -843,12 +844,16 @@ func handleNotFound() http.Handler {
 
 // readBody reads the whole request body, refusing with 413 one over limit.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) ([]byte, error) {
-	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-		return nil, &apiError{Status: http.StatusUnsupportedMediaType,
-			Message: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed", enc)}
-	}
 	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge,
 		Message: fmt.Sprintf("request body is larger than the limit of %d bytes (%s)", limit, flag)}
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		return readGzip(w, r, limit, tooLarge)
+	default:
+		return nil, &apiError{Status: http.StatusUnsupportedMediaType,
+			Message: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed or gzip", enc)}
+	}
 	if r.ContentLength > limit {
 		return nil, tooLarge
 	}
@@ -875,6 +880,36 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 		return nil, tooLarge
 	case err != nil:
 		return nil, badRequest("could not read the request body: %v", err)
+	case len(b) == 0:
+		return nil, badRequest("request body is empty")
+	}
+	return b, nil
+}
+
+// readGzip reads a gzip request body. The limit holds for the body as sent
+// and again for it decompressed, so that a small bomb cannot fill memory;
+// what is stored and delivered is the decompressed JSON.
+func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *apiError) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, tooLarge
+	}
+	zr, err := gzip.NewReader(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return nil, tooLarge
+	}
+	if err != nil {
+		return nil, badRequest("request body is not valid gzip: %v", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(zr, limit+1))
+	switch {
+	case errors.As(err, &mbe):
+		return nil, tooLarge
+	case err != nil:
+		return nil, badRequest("request body is not valid gzip: %v", err)
+	case int64(len(b)) > limit:
+		return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
+			Message: "decompressed " + tooLarge.Message}
 	case len(b) == 0:
 		return nil, badRequest("request body is empty")
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -93,24 +94,38 @@ func stored(t testing.TB, s dispatch.Store) []*dispatch.Call {
 	return calls
 }
 
+// gz compresses s with gzip.
+func gz(s string) string {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	_, _ = zw.Write([]byte(s))
+	_ = zw.Close()
+	return b.String()
+}
+
 func TestHandlers_Accept(t *testing.T) {
+	gzipped := []string{"Content-Encoding", "gzip"}
 	tests := []struct {
 		name   string
 		path   string
 		body   string
 		events []string // the bytes each stored event must have
+		header []string
 	}{
-		{"Event", "/v1/event", `{"user_id": "42"}`, []string{`{"user_id": "42"}`}},
-		{"EventKeepsBytes", "/v1/event", "{\"a\" : 1.50, \"h\":\"<&>\" }", []string{"{\"a\" : 1.50, \"h\":\"<&>\" }"}},
-		{"EventWithoutOuterSpace", "/v1/event", " \t{\"a\":1}\n", []string{`{"a":1}`}},
-		{"Batch", "/v1/batch", `[{"n":1}, {"n":2} ,{"n": 3}]`, []string{`{"n":1}`, `{"n":2}`, `{"n": 3}`}},
+		{"Event", "/v1/event", `{"user_id": "42"}`, []string{`{"user_id": "42"}`}, nil},
+		{"EventKeepsBytes", "/v1/event", "{\"a\" : 1.50, \"h\":\"<&>\" }", []string{"{\"a\" : 1.50, \"h\":\"<&>\" }"}, nil},
+		{"EventWithoutOuterSpace", "/v1/event", " \t{\"a\":1}\n", []string{`{"a":1}`}, nil},
+		{"Batch", "/v1/batch", `[{"n":1}, {"n":2} ,{"n": 3}]`, []string{`{"n":1}`, `{"n":2}`, `{"n": 3}`}, nil},
 		{"BatchAtLimits", "/v1/batch", `[{},{},{},{"x":"` + strings.Repeat("y", 50) + `"}]`,
-			[]string{`{}`, `{}`, `{}`, `{"x":"` + strings.Repeat("y", 50) + `"}`}},
+			[]string{`{}`, `{}`, `{}`, `{"x":"` + strings.Repeat("y", 50) + `"}`}, nil},
+		{"EventGzip", "/v1/event", gz(`{"user_id": "42"}`), []string{`{"user_id": "42"}`}, gzipped},
+		{"BatchGzip", "/v1/batch", gz(`[{"n":1},{"n":2}]`), []string{`{"n":1}`, `{"n":2}`}, []string{"Content-Encoding", "X-GZIP"}},
+		{"EventIdentity", "/v1/event", `{"a":1}`, []string{`{"a":1}`}, []string{"Content-Encoding", "identity"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := newTestService(t, openTestStore(t, t.TempDir()))
-			w := svc.do(t, "POST", tc.path, tc.body)
+			w := svc.do(t, "POST", tc.path, tc.body, tc.header...)
 			if w.Code != http.StatusAccepted {
 				t.Fatalf("status %d (%s), want 202", w.Code, w.Body)
 			}
@@ -171,7 +186,14 @@ func TestHandlers_Reject(t *testing.T) {
 		{"EventTrailingData", "POST", "/v1/event", `{"a":1} x`, nil, 400, "not valid JSON", nil},
 		{"EventBadUTF8", "POST", "/v1/event", "{\"a\":\"\xff\"}", nil, 400, "UTF-8", nil},
 		{"EventTooLarge", "POST", "/v1/event", `{"a":"` + strings.Repeat("x", 80) + `"}`, nil, 413, "limit of 64 bytes (--max-event-bytes)", nil},
-		{"EventGzip", "POST", "/v1/event", `{}`, []string{"Content-Encoding", "gzip"}, 415, "not supported", nil},
+		{"EventBrotli", "POST", "/v1/event", `{}`, []string{"Content-Encoding", "br"}, 415, `"br" is not supported; send the body uncompressed or gzip`, nil},
+		{"EventNotGzip", "POST", "/v1/event", `{}`, []string{"Content-Encoding", "gzip"}, 400, "not valid gzip", nil},
+		{"EventGzipTruncated", "POST", "/v1/event", gz(`{"a":1}`)[:15], []string{"Content-Encoding", "gzip"}, 400, "not valid gzip", nil},
+		{"EventGzipTrailingJunk", "POST", "/v1/event", gz(`{"a":1}`) + "junk", []string{"Content-Encoding", "gzip"}, 400, "not valid gzip", nil},
+		{"EventGzipBomb", "POST", "/v1/event", gz(`{"a":"` + strings.Repeat("x", 10000) + `"}`), []string{"Content-Encoding", "gzip"}, 413, "decompressed request body is larger than the limit of 64 bytes", nil},
+		{"EventGzipNotJSON", "POST", "/v1/event", gz(`{"a":`), []string{"Content-Encoding", "gzip"}, 400, "not valid JSON", nil},
+		{"EventGzipEmpty", "POST", "/v1/event", gz(``), []string{"Content-Encoding", "gzip"}, 400, "empty", nil},
+		{"BatchGzipBadElement", "POST", "/v1/batch", gz(`[{}, 3]`), []string{"Content-Encoding", "gzip"}, 400, "event 1 must be a JSON object", idx(1)},
 		{"BatchObject", "POST", "/v1/batch", `{"a":1}`, nil, 400, "must be a JSON array of event objects, got an object", nil},
 		{"BatchEmpty", "POST", "/v1/batch", `[]`, nil, 400, "batch is empty", nil},
 		{"BatchEmptyBody", "POST", "/v1/batch", ``, nil, 400, "empty", nil},
