@@ -466,6 +466,8 @@ func FuzzAPI(f *testing.F) {
 		{6, "01a21f4d-fc58-7a16-94d8-32106577de72", ""},
 		{7, "x/../../y", ""},
 		{8, "dst_1", ""},
+		{9, "", gz(`[{"a":1},{"b":2}]`)},
+		{9, "", gz(`[{"a":1}`)},
 	} {
 		f.Add(s.route, s.arg, s.body)
 	}
@@ -478,7 +480,7 @@ func FuzzAPI(f *testing.F) {
 	f.Fuzz(func(t *testing.T, route uint8, arg, body string) {
 		var method, path, query string
 		var header []string
-		switch route % 9 {
+		switch route % 10 {
 		case 0:
 			method, path, header = "POST", "/v1/event", []string{"Idempotency-Key", arg}
 		case 1:
@@ -497,6 +499,8 @@ func FuzzAPI(f *testing.F) {
 			method, path = "GET", "/v1/deliveries/"+url.PathEscape(arg)
 		case 8:
 			method, path = "POST", "/v1/destinations/"+url.PathEscape(arg)+"/rotate-secret"
+		case 9:
+			method, path, header = "POST", "/v1/batch", []string{"Content-Encoding", "gzip"}
 		}
 		// The raw query as a client may send it, whatever its bytes:
 		// httptest.NewRequest would refuse to parse some of them.
