@@ -183,7 +183,7 @@ func runCrash(t *testing.T, cfg crashConfig) *crashFigures {
 			l.waitInflight(5 * time.Second)
 		}
 		k := kill{inflight: l.inflight.Load()}
-		k.at = p.kill(t)
+		k.at = p.Kill(t)
 		l.target("") // clients wait instead of hammering a closed port
 		k.restartAt = time.Now()
 		p = startFanout(t, args)

@@ -37,7 +37,7 @@ var faultRetries = []string{"--retry-initial", "20ms", "--retry-max", "100ms"}
 func deliveryOf(t *testing.T, p *fanoutProc, restart func() *fanoutProc, data, id string) (event, delivery *dispatch.Call) {
 	t.Helper()
 	for i := 0; ; i++ {
-		p.terminate(t, time.Minute)
+		terminate(t, p, time.Minute)
 		st := openStore(t, data)
 		event, children := eventCall(t, st, id)
 		if err := st.Close(); err != nil {
@@ -325,7 +325,7 @@ func TestFault_Permanent(t *testing.T) {
 			p := startFanout(t, fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...))
 			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
 			// The event fails once its delivery has: handleEvent logs it.
-			p.waitLog(t, 20*time.Second, `msg="call attempt failed"`, "function=handleEvent", "call="+id, "retry=false")
+			p.WaitLog(t, 20*time.Second, `msg="call attempt failed"`, "function=handleEvent", "call="+id, "retry=false")
 			time.Sleep(500 * time.Millisecond) // time for a retry that must not come
 			if n := len(s.get(id).attempts); n != 1 {
 				t.Errorf("%d attempts, want 1: a %d is not retried", n, tc.status)
@@ -364,9 +364,9 @@ func TestFault_DestinationRefuses(t *testing.T) {
 	p := startFanout(t, args)
 	id := postEvent(t, p.URL, `{"fault":"refused"}`)
 	deadline := time.Now().Add(20 * time.Second)
-	for p.logs.count(`msg="call attempt failed"`, "function=publishEvent", `status="tcp error"`, "retry=true") < 3 {
+	for p.Logs.Count(`msg="call attempt failed"`, "function=publishEvent", `status="tcp error"`, "retry=true") < 3 {
 		if time.Now().After(deadline) {
-			t.Fatalf("fanout did not retry the refused delivery 3 times within 20s:\n%s", p.logs.tail(20))
+			t.Fatalf("fanout did not retry the refused delivery 3 times within 20s:\n%s", p.Logs.Tail(20))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -409,10 +409,10 @@ func TestFault_DNSFailure(t *testing.T) {
 	args := fanoutArgs(data, []string{"http://fanout-crashtest.invalid/hook"},
 		append([]string{"--log-level", "debug", "--retry-max-attempts", "3"}, faultRetries...)...)
 	p := launch(t, wrap(append([]string{fanoutBin}, args...)...))
-	p.waitListening(t, 30*time.Second)
+	p.WaitListening(t, 30*time.Second)
 	id := postEvent(t, p.URL, `{"fault":"dns"}`)
-	p.waitLog(t, 30*time.Second, `msg="call attempt failed"`, "function=handleEvent", "call="+id, "retry=false")
-	if n := p.logs.count(`msg="call attempt failed"`, "function=publishEvent", `status="dns error"`); n != 3 {
+	p.WaitLog(t, 30*time.Second, `msg="call attempt failed"`, "function=handleEvent", "call="+id, "retry=false")
+	if n := p.Logs.Count(`msg="call attempt failed"`, "function=publishEvent", `status="dns error"`); n != 3 {
 		t.Errorf("%d failed attempts with a DNS error, want 3 (--retry-max-attempts)", n)
 	}
 	_, delivery := deliveryOf(t, p, nil, data, id) // final: handleEvent said so
@@ -473,8 +473,8 @@ func TestStart_UnusableDataDir(t *testing.T) {
 			t.Parallel()
 			data := tc.setup(t)
 			p := launch(t, exec.Command(fanoutBin, fanoutArgs(data, nil)...))
-			st := p.waitExit(t, 30*time.Second)
-			out := p.logs.all()
+			st := p.WaitExit(t, 30*time.Second)
+			out := p.Logs.All()
 			if st.ExitCode() != 1 {
 				t.Errorf("exit status %d, want 1", st.ExitCode())
 			}

@@ -11,34 +11,29 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchsqlite"
+	"fanout/internal/proctest"
 )
 
 // --- the fanout process ---
 
 // fanoutArgs is the one place that says how the tests start fanout: on a
 // free loopback port, with its data in data, delivering to destinations.
-// Tests add their own flags in extra. A binary with the SSRF guard refuses
-// loopback destinations, which all the tests' destinations are, unless
-// --allow-network lets them through; a binary without it refuses the flag.
+// Tests add their own flags in extra. The destinations are all on
+// loopback, which fanout's SSRF guard refuses unless --allow-network lets
+// them through.
 func fanoutArgs(data string, destinations []string, extra ...string) []string {
-	args := []string{"--addr", "127.0.0.1:0", "--data", data}
-	if guarded {
-		args = append(args, "--allow-network", "127.0.0.0/8")
-	}
+	args := []string{"--addr", "127.0.0.1:0", "--data", data, "--allow-network", "127.0.0.0/8"}
 	for _, d := range destinations {
 		args = append(args, "--destination", d)
 	}
@@ -46,23 +41,14 @@ func fanoutArgs(data string, destinations []string, extra ...string) []string {
 }
 
 // fanoutProc is one run of the fanout binary.
-type fanoutProc struct {
-	cmd     *exec.Cmd
-	URL     string // http://127.0.0.1:PORT once it listens
-	logs    *logLines
-	started time.Time
-	exited  chan struct{} // closed once the process is reaped
-	state   *os.ProcessState
-}
-
-var listeningRE = regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
+type fanoutProc = proctest.Proc
 
 // startFanout starts fanout with args (made by fanoutArgs) and returns once
 // it listens.
 func startFanout(t testing.TB, args []string) *fanoutProc {
 	t.Helper()
 	p := launch(t, exec.Command(fanoutBin, args...))
-	p.waitListening(t, 30*time.Second)
+	p.WaitListening(t, 30*time.Second)
 	return p
 }
 
@@ -70,207 +56,16 @@ func startFanout(t testing.TB, args []string) *fanoutProc {
 // cleanup that kills it: nothing outlives the test.
 func launch(t testing.TB, cmd *exec.Cmd) *fanoutProc {
 	t.Helper()
-	p := &fanoutProc{cmd: cmd, logs: &logLines{}, exited: make(chan struct{})}
-	cmd.Env = childEnv()
-	cmd.Stdout = p.logs
-	cmd.Stderr = p.logs
-	p.started = time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start fanout: %v", err)
-	}
-	go func() {
-		_ = cmd.Wait() // the exit status is in cmd.ProcessState
-		p.state = cmd.ProcessState
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			_ = cmd.Process.Kill()
-			select {
-			case <-p.exited:
-			case <-time.After(10 * time.Second):
-				t.Errorf("fanout (pid %d) did not die within 10s of SIGKILL", cmd.Process.Pid)
-			}
-		}
-		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
-			t.Logf("fanout pid %d (%s), last lines of its log:\n%s", cmd.Process.Pid,
-				strings.Join(cmd.Args[1:], " "), p.logs.tail(60))
-		}
-	})
-	return p
-}
-
-// childEnv is the test's environment without what would change fanout's
-// behaviour behind the test's back: its own FANOUT_* settings, and proxies
-// (a proxy would take the deliveries off loopback).
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, "FANOUT_") || strings.HasSuffix(strings.ToUpper(name), "_PROXY") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
-func (p *fanoutProc) waitListening(t testing.TB, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if m := p.logs.find(listeningRE); m != nil {
-			p.URL = m[1]
-			return
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("fanout exited before listening (%v):\n%s", p.state, p.logs.tail(30))
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("fanout did not listen within %v:\n%s", timeout, p.logs.tail(30))
-		}
-	}
-}
-
-// kill sends SIGKILL and waits until the process is gone. It returns when
-// the signal was sent.
-func (p *fanoutProc) kill(t testing.TB) time.Time {
-	t.Helper()
-	at := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("SIGKILL fanout: %v", err)
-	}
-	p.waitExit(t, 10*time.Second)
-	return at
+	return proctest.Start(t, "fanout", cmd)
 }
 
 // terminate sends SIGTERM, the clean shutdown, and checks that fanout exits
 // with status 0 within timeout.
-func (p *fanoutProc) terminate(t testing.TB, timeout time.Duration) time.Duration {
+func terminate(t testing.TB, p *fanoutProc, timeout time.Duration) {
 	t.Helper()
-	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM fanout: %v", err)
+	if st := p.Terminate(t, timeout); !st.Success() {
+		t.Fatalf("fanout exited with %v after SIGTERM, want status 0:\n%s", st, p.Logs.Tail(30))
 	}
-	st := p.waitExit(t, timeout)
-	if !st.Success() {
-		t.Fatalf("fanout exited with %v after SIGTERM, want status 0:\n%s", st, p.logs.tail(30))
-	}
-	return time.Since(start)
-}
-
-func (p *fanoutProc) waitExit(t testing.TB, timeout time.Duration) *os.ProcessState {
-	t.Helper()
-	select {
-	case <-p.exited:
-		return p.state
-	case <-time.After(timeout):
-		t.Fatalf("fanout (pid %d) still runs %v after it was told to stop:\n%s", p.cmd.Process.Pid, timeout, p.logs.tail(30))
-		return nil
-	}
-}
-
-// waitLog waits until a line of fanout's log contains every one of parts.
-func (p *fanoutProc) waitLog(t testing.TB, timeout time.Duration, parts ...string) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if line, ok := p.logs.contains(parts...); ok {
-			return line
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no line of fanout's log has %q within %v:\n%s", parts, timeout, p.logs.tail(30))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// logLines collects a process's output by line, keeping the last maxLines.
-type logLines struct {
-	mu      sync.Mutex
-	partial []byte
-	lines   []string
-	dropped int
-}
-
-const maxLines = 20000
-
-func (l *logLines) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.partial = append(l.partial, b...)
-	for {
-		i := bytes.IndexByte(l.partial, '\n')
-		if i < 0 {
-			break
-		}
-		l.lines = append(l.lines, string(l.partial[:i]))
-		l.partial = l.partial[i+1:]
-	}
-	if n := len(l.lines) - maxLines; n > 0 {
-		l.lines = slices.Delete(l.lines, 0, n)
-		l.dropped += n
-	}
-	return len(b), nil
-}
-
-func (l *logLines) find(re *regexp.Regexp) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, line := range l.lines {
-		if m := re.FindStringSubmatch(line); m != nil {
-			return m
-		}
-	}
-	return nil
-}
-
-func (l *logLines) contains(parts ...string) (string, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-next:
-	for _, line := range l.lines {
-		for _, p := range parts {
-			if !strings.Contains(line, p) {
-				continue next
-			}
-		}
-		return line, true
-	}
-	return "", false
-}
-
-func (l *logLines) count(parts ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-next:
-	for _, line := range l.lines {
-		for _, p := range parts {
-			if !strings.Contains(line, p) {
-				continue next
-			}
-		}
-		n++
-	}
-	return n
-}
-
-func (l *logLines) all() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n") + string(l.partial)
-}
-
-func (l *logLines) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lines := l.lines[max(0, len(l.lines)-n):]
-	return strings.Join(lines, "\n") + string(l.partial)
 }
 
 // --- destinations ---
@@ -581,7 +376,7 @@ func stopWhenDone(t testing.TB, p *fanoutProc, restart func() *fanoutProc, data 
 	left := int64(-1)
 	for runs := 0; ; runs++ {
 		waitQuiet(t, sinks, time.Second, 2*time.Minute)
-		p.terminate(t, time.Minute)
+		terminate(t, p, time.Minute)
 		counts := callCounts(t, data)
 		n := notDone(counts)
 		if n == 0 {

@@ -21,51 +21,23 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
+
+	"fanout/internal/proctest"
 )
 
 // fanoutBin is the binary under test, built by TestMain.
 var fanoutBin string
 
-// guarded is true when the binary has an SSRF guard (--allow-network), which
-// refuses loopback destinations unless allowed: the tests' destinations are
-// all on loopback. See fanoutArgs.
-var guarded bool
-
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "fanout-crashtest-")
+	bin, remove, err := proctest.Build("..")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "crashtest:", err)
 		os.Exit(1)
 	}
-	fanoutBin = filepath.Join(dir, "fanout")
-	goCmd := os.Getenv("GO")
-	if goCmd == "" {
-		goCmd = "go"
-	}
-	// The binary is built without -race: the tests check fanout's
-	// behaviour, the race detector runs on the test code (and on fanout's
-	// own packages in their unit tests), and an instrumented child would
-	// only make every crash window slower.
-	build := exec.Command(goCmd, "build", "-o", fanoutBin, "fanout")
-	build.Dir = ".." // the module root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "crashtest: go build fanout: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	help, err := exec.Command(fanoutBin, "--help").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "crashtest: fanout --help: %v\n%s", err, help)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	guarded = strings.Contains(string(help), "--allow-network")
+	fanoutBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }

@@ -16,11 +16,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"fanout/internal/pgtest"
+	"fanout/internal/proctest"
 )
 
 // fanoutBin is the binary under test, built by TestMain.
@@ -28,30 +27,16 @@ var fanoutBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "fanout-replicatest-")
+	bin, remove, err := proctest.Build("..")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "replicatest:", err)
 		os.Exit(1)
 	}
-	fanoutBin = filepath.Join(dir, "fanout")
-	goCmd := os.Getenv("GO")
-	if goCmd == "" {
-		goCmd = "go"
-	}
-	// Without -race: the test checks fanout's behaviour across processes;
-	// the race detector runs on the test code and on fanout's packages in
-	// their own tests.
-	build := exec.Command(goCmd, "build", "-o", fanoutBin, "fanout")
-	build.Dir = ".." // the module root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "replicatest: go build fanout: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
+	fanoutBin = bin
 	code := m.Run()
 	if err := pgtest.Shutdown(); err != nil {
 		fmt.Fprintln(os.Stderr, "replicatest:", err)
 	}
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }

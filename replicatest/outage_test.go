@@ -58,7 +58,7 @@ func TestDatabaseOutage(t *testing.T) {
 			failing.Store(true)
 			var ids []string
 			for i := range 20 {
-				got, err := post(client, r.url+"/v1/event", fmt.Appendf(nil, `{"n": %d}`, i))
+				got, err := post(client, r.URL+"/v1/event", fmt.Appendf(nil, `{"n": %d}`, i))
 				if err != nil {
 					t.Fatalf("event %d before the outage: %v", i, err)
 				}
@@ -68,7 +68,7 @@ func TestDatabaseOutage(t *testing.T) {
 			proxy.Set(tc.mode)
 			failing.Store(false)
 			start := time.Now()
-			resp, err := client.Post(r.url+"/v1/event", "application/json", bytesReader(`{"during": "outage"}`))
+			resp, err := client.Post(r.URL+"/v1/event", "application/json", bytesReader(`{"during": "outage"}`))
 			if err != nil {
 				t.Fatalf("POST during the outage: %v", err)
 			}
@@ -83,8 +83,8 @@ func TestDatabaseOutage(t *testing.T) {
 			t.Logf("ingest answered 503 after %v with the database %s", took.Round(time.Millisecond), tc.mode)
 			time.Sleep(2 * time.Second) // deliveries fail to record their outcome meanwhile
 			select {
-			case <-r.exited:
-				t.Fatalf("the replica exited during the outage:\n%s", r.logs.tail(30))
+			case <-r.Exited():
+				t.Fatalf("the replica exited during the outage:\n%s", r.Logs.Tail(30))
 			default:
 			}
 
@@ -109,7 +109,7 @@ func TestDatabaseOutage(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 			}
 			t.Logf("all %d events acknowledged before the outage delivered %v after it ended", len(ids), time.Since(back).Round(time.Millisecond))
-			if _, err := post(client, r.url+"/v1/event", []byte(`{"after": "outage"}`)); err != nil {
+			if _, err := post(client, r.URL+"/v1/event", []byte(`{"after": "outage"}`)); err != nil {
 				t.Fatalf("POST after the outage: %v", err)
 			}
 		})

@@ -10,45 +10,31 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchpg"
 	"fanout/internal/pgtest"
+	"fanout/internal/proctest"
 )
 
 // workers is each replica's --workers: it bounds the deliveries a replica
 // has in flight, and so the duplicates its death can cause.
 const workers = 32
 
-var (
-	helpOnce  sync.Once
-	helpFlags string
-)
-
 // fanoutArgs is the one place that says how the tests start a replica: on a
 // free loopback port, on the database, delivering to destinations. The
 // destinations are on loopback, which fanout's SSRF guard refuses unless
-// --allow-network allows it; the flag is passed when the binary has it.
+// --allow-network allows it.
 func fanoutArgs(t testing.TB, databaseURL string, destinations []string, extra ...string) []string {
-	helpOnce.Do(func() {
-		out, _ := exec.Command(fanoutBin, "--help").CombinedOutput()
-		helpFlags = string(out)
-	})
 	args := []string{"--addr", "127.0.0.1:0", "--database-url", databaseURL, "--workers", strconv.Itoa(workers),
-		"--retry-initial", "200ms", "--retry-max", "2s", "--log-level", "info"}
-	if strings.Contains(helpFlags, "--allow-network") {
-		args = append(args, "--allow-network", "127.0.0.0/8")
-	}
+		"--retry-initial", "200ms", "--retry-max", "2s", "--log-level", "info", "--allow-network", "127.0.0.0/8"}
 	for _, d := range destinations {
 		args = append(args, "--destination", d)
 	}
@@ -57,100 +43,35 @@ func fanoutArgs(t testing.TB, databaseURL string, destinations []string, extra .
 
 // replica is one running fanout process.
 type replica struct {
-	name   string
-	cmd    *exec.Cmd
-	url    string
-	logs   *lines
-	exited chan struct{}
-	dead   atomic.Bool // killed: clients stop sending to it
+	*proctest.Proc
+	dead atomic.Bool // killed: clients stop sending to it
 }
-
-var listeningRE = regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
 
 // startReplica starts fanout and returns once it listens. A cleanup kills
 // it if it still runs: nothing outlives the test.
 func startReplica(t testing.TB, name string, args []string) *replica {
 	t.Helper()
-	r := &replica{name: name, cmd: exec.Command(fanoutBin, args...), logs: &lines{}, exited: make(chan struct{})}
-	r.cmd.Env = childEnv()
-	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { _ = r.cmd.Wait(); close(r.exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-r.exited:
-		default:
-			_ = r.cmd.Process.Kill()
-			select {
-			case <-r.exited:
-			case <-time.After(10 * time.Second):
-				t.Errorf("%s (pid %d) did not die within 10s of SIGKILL", name, r.cmd.Process.Pid)
-			}
-		}
-		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
-			t.Logf("%s, last lines of its log:\n%s", name, r.logs.tail(40))
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := r.logs.find(listeningRE); m != nil {
-			r.url = m[1]
-			return r
-		}
-		select {
-		case <-r.exited:
-			t.Fatalf("%s exited before listening (%v):\n%s", name, r.cmd.ProcessState, r.logs.tail(30))
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not listen within 30s:\n%s", name, r.logs.tail(30))
-		}
-	}
+	r := &replica{Proc: proctest.Start(t, name, exec.Command(fanoutBin, args...))}
+	r.WaitListening(t, 30*time.Second)
+	return r
 }
 
-// childEnv is the test's environment without fanout's own settings and
-// proxies, which would change its behaviour behind the test's back.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, "FANOUT_") || strings.HasSuffix(strings.ToUpper(name), "_PROXY") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
+// kill SIGKILLs the replica, after telling the clients to stop sending to
+// it.
 func (r *replica) kill(t testing.TB) {
 	t.Helper()
 	r.dead.Store(true)
-	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("SIGKILL %s: %v", r.name, err)
-	}
-	select {
-	case <-r.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%s did not die within 10s of SIGKILL", r.name)
-	}
+	r.Kill(t)
 }
 
 // stop sends SIGTERM and waits for a clean exit; it returns the "totals"
 // line of the log.
 func (r *replica) stop(t testing.TB) string {
 	t.Helper()
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.exited:
-	case <-time.After(40 * time.Second):
-		t.Fatalf("%s did not stop within 40s of SIGTERM:\n%s", r.name, r.logs.tail(30))
+	if st := r.Terminate(t, 40*time.Second); !st.Success() {
+		t.Errorf("%s exited with %v after SIGTERM:\n%s", r.Name, st, r.Logs.Tail(30))
 	}
-	if !r.cmd.ProcessState.Success() {
-		t.Errorf("%s exited with %v after SIGTERM:\n%s", r.name, r.cmd.ProcessState, r.logs.tail(30))
-	}
-	line, _ := r.logs.contains(`msg=totals`)
+	line, _ := r.Logs.Contains(`msg=totals`)
 	return line
 }
 
@@ -273,7 +194,7 @@ func TestReplicas_KillOne(t *testing.T) {
 					path, body = "/v1/batch", append(append([]byte("["), bytes.Join(events, []byte(","))...), ']')
 				}
 				requests.Add(1)
-				ids, err := post(client, r.url+path, body)
+				ids, err := post(client, r.URL+path, body)
 				if err != nil {
 					refused.Add(1) // not acknowledged: it may or may not be stored
 				} else {
@@ -291,7 +212,7 @@ func TestReplicas_KillOne(t *testing.T) {
 	wg.Wait()
 	accepted := sent.ids()
 	t.Logf("load: %d requests in %v, %d events acknowledged, %d requests not acknowledged; %s killed at %v",
-		requests.Load(), loadFor, len(accepted), refused.Load(), victim.name, killedAt.Round(time.Millisecond))
+		requests.Load(), loadFor, len(accepted), refused.Load(), victim.Name, killedAt.Round(time.Millisecond))
 	if len(accepted) < 1000 {
 		t.Fatalf("only %d events acknowledged: the load did not run", len(accepted))
 	}
@@ -378,14 +299,14 @@ func TestReplicas_KillOne(t *testing.T) {
 	if int(events) < len(accepted) {
 		t.Errorf("%d events stored, fewer than the %d acknowledged", events, len(accepted))
 	}
-	if line, ok := replicas[0].logs.contains("calls whose lease expired run again"); ok {
+	if line, ok := replicas[0].Logs.Contains("calls whose lease expired run again"); ok {
 		t.Logf("replica-0: %s", line)
 	}
-	if line, ok := replicas[2].logs.contains("calls whose lease expired run again"); ok {
+	if line, ok := replicas[2].Logs.Contains("calls whose lease expired run again"); ok {
 		t.Logf("replica-2: %s", line)
 	}
 	for _, r := range []*replica{replicas[0], replicas[2]} {
-		t.Logf("%s: %s", r.name, r.stop(t))
+		t.Logf("%s: %s", r.Name, r.stop(t))
 	}
 }
 
@@ -414,57 +335,4 @@ func post(client *http.Client, url string, body []byte) ([]string, error) {
 		return []string{ans.ID}, nil
 	}
 	return ans.IDs, nil
-}
-
-// lines collects a process's output by line, keeping the last 20,000.
-type lines struct {
-	mu      sync.Mutex
-	partial []byte
-	all     []string
-}
-
-func (l *lines) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.partial = append(l.partial, b...)
-	for {
-		i := bytes.IndexByte(l.partial, '\n')
-		if i < 0 {
-			break
-		}
-		l.all = append(l.all, string(l.partial[:i]))
-		l.partial = l.partial[i+1:]
-	}
-	if len(l.all) > 20000 {
-		l.all = l.all[len(l.all)-20000:]
-	}
-	return len(b), nil
-}
-
-func (l *lines) find(re *regexp.Regexp) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range l.all {
-		if m := re.FindStringSubmatch(s); m != nil {
-			return m
-		}
-	}
-	return nil
-}
-
-func (l *lines) contains(part string) (string, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range l.all {
-		if strings.Contains(s, part) {
-			return s, true
-		}
-	}
-	return "", false
-}
-
-func (l *lines) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.all[max(0, len(l.all)-n):], "\n")
 }
