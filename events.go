@@ -148,6 +148,8 @@ type service struct {
 	store dispatch.Store
 	fns   *functions
 	dests *destination.Registry
+	// requests counts the API's answers; newHandler sets it.
+	requests *requestStats
 }
 
 // ingest stores events atomically, each as a handleEvent call, and returns

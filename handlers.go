@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -67,10 +68,76 @@ func routes(log *slog.Logger, svc *service, limits Limits) []route {
 // newHandler returns the HTTP API; with tokens, only for requests that
 // carry one of them.
 func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) http.Handler {
+	rs := routes(log, svc, limits)
+	svc.requests = newRequestStats(rs)
 	mux := http.NewServeMux()
-	addRoutes(mux, routes(log, svc, limits))
-	return recoverPanics(log, requireToken(log, tokens, mux))
+	addRoutes(mux, rs)
+	return svc.requests.count(recoverPanics(log, requireToken(log, tokens, mux)))
 }
+
+// requestStats counts the API's answers by route and status class, for
+// /metrics.
+type requestStats struct {
+	patterns []string                    // the routes' patterns, then "other"
+	answers  map[string]*[5]atomic.Int64 // by pattern, by status class 1xx-5xx
+	events   atomic.Int64                // events in 2xx answers of /v1/event and /v1/batch
+}
+
+func newRequestStats(rs []route) *requestStats {
+	s := &requestStats{answers: make(map[string]*[5]atomic.Int64, len(rs)+1)}
+	for _, rt := range rs {
+		s.patterns = append(s.patterns, rt.pattern)
+	}
+	s.patterns = append(s.patterns, "other")
+	for _, p := range s.patterns {
+		s.answers[p] = new([5]atomic.Int64)
+	}
+	return s
+}
+
+// count counts next's answers under the pattern the mux matched, which it
+// leaves in r.Pattern; a request no route took (404, 405, 401) is "other".
+// The map is read-only once built: no lock on the request path.
+func (s *requestStats) count(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		counts := s.answers[r.Pattern]
+		if counts == nil {
+			counts = s.answers["other"]
+		}
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		if c := status/100 - 1; c >= 0 && c < 5 {
+			counts[c].Add(1)
+		}
+	})
+}
+
+// statusWriter remembers the status a handler answered.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // requireToken answers 401 to a request that does not carry one of tokens
 // as its bearer token, but for /healthz and /metrics, left open to probes
@@ -167,6 +234,7 @@ func handleEventPost(log *slog.Logger, svc *service, limits Limits) http.Handler
 			writeError(w, r, log, err)
 			return
 		}
+		svc.requests.events.Add(1)
 		// Ids are UUIDs: nothing to escape. This is the hot path.
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
@@ -201,6 +269,7 @@ func handleBatchPost(log *slog.Logger, svc *service, limits Limits) http.Handler
 			writeError(w, r, log, err)
 			return
 		}
+		svc.requests.events.Add(int64(len(ids)))
 		writeJSON(w, http.StatusAccepted, response{IDs: ids})
 	})
 }
@@ -743,6 +812,18 @@ func handleMetrics(svc *service) http.Handler {
 		metric := func(name, kind, help string) {
 			fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
 		}
+		metric("fanout_http_requests_total", "counter", "Answers of the API by route and status class (route \"other\": no route took the request).")
+		for _, p := range svc.requests.patterns {
+			for c := range svc.requests.answers[p] {
+				// 1xx and 3xx only once they happened (a redirect
+				// to a cleaned path): the API answers neither.
+				if n := svc.requests.answers[p][c].Load(); n > 0 || c == 1 || c >= 3 {
+					fmt.Fprintf(&b, "fanout_http_requests_total{route=%q,code=\"%dxx\"} %d\n", p, c+1, n)
+				}
+			}
+		}
+		metric("fanout_events_accepted_total", "counter", "Events in 2xx answers of /v1/event and /v1/batch (a repeat that was dropped counts too).")
+		fmt.Fprintf(&b, "fanout_events_accepted_total %d\n", svc.requests.events.Load())
 		st := svc.rt.Stats()
 		metric("fanout_attempts_total", "counter", "Attempts of calls (fan-outs and deliveries) by outcome.")
 		fmt.Fprintf(&b, "fanout_attempts_total{outcome=\"done\"} %d\n", st.Done)

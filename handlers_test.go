@@ -1444,13 +1444,21 @@ func TestMetrics(t *testing.T) {
 	if _, err := svc.store.CallInsertMany(context.Background(), &dispatch.CallInsertParams{Calls: calls}); err != nil {
 		t.Fatal(err)
 	}
+	// Answers by route and status class, and the events accepted.
+	svc.do(t, "POST", "/v1/event", `{"a":1}`)
+	svc.do(t, "POST", "/v1/event", `{"a":`)
+	svc.do(t, "POST", "/v1/batch", `[{},{}]`)
+	svc.do(t, "GET", "/v1/nowhere", "")
 	w := svc.do(t, "GET", "/metrics", "")
 	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
 		t.Fatalf("GET /metrics: %d %s", w.Code, w.Header().Get("Content-Type"))
 	}
 	for _, want := range []string{`fanout_attempts_total{outcome="done"} 0`, "fanout_store_commits_total",
 		`fanout_destination_paused{destination="dst_`, "# TYPE fanout_destination_in_flight gauge",
-		"fanout_store_up 1", fmt.Sprintf("fanout_destination_backlog{destination=%q} 3", d.ID)} {
+		"fanout_store_up 1", fmt.Sprintf("fanout_destination_backlog{destination=%q} 3", d.ID),
+		`fanout_http_requests_total{route="POST /v1/event",code="2xx"} 1`, `fanout_http_requests_total{route="POST /v1/event",code="4xx"} 1`,
+		`fanout_http_requests_total{route="POST /v1/batch",code="2xx"} 1`, `fanout_http_requests_total{route="other",code="4xx"} 1`,
+		`fanout_http_requests_total{route="GET /metrics",code="5xx"} 0`, "fanout_events_accepted_total 3"} {
 		if !strings.Contains(w.Body.String(), want) {
 			t.Errorf("metrics lack %q:\n%s", want, w.Body)
 		}
