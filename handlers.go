@@ -1103,6 +1103,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	}
 	msg := "storage is unavailable; nothing was stored, retry later"
 	switch {
+	case r.Method == http.MethodGet:
+		msg = "storage is unavailable; retry later"
 	case errors.Is(err, dispatch.ErrStopped):
 		msg = "fanout is shutting down; nothing was stored, retry later"
 	case errors.Is(err, context.DeadlineExceeded):
