@@ -148,8 +148,10 @@ type service struct {
 	store dispatch.Store
 	fns   *functions
 	dests *destination.Registry
-	// requests counts the API's answers; newHandler sets it.
+	// requests counts the API's answers, backlog the deliveries waiting;
+	// newHandler sets them.
 	requests *requestStats
+	backlog  *backlogCache
 }
 
 // ingest stores events atomically, each as a handleEvent call, and returns

@@ -250,6 +250,56 @@ func (p *poisonStore) CallInsertMany(ctx context.Context, params *dispatch.CallI
 	return p.Store.CallInsertMany(ctx, params)
 }
 
+// TestHandlers_TooLargeOverTheWire sends a body over the limit that the
+// client has not finished sending: the 413 must come at once, not after the
+// server has tried to read the rest.
+func TestHandlers_TooLargeOverTheWire(t *testing.T) {
+	ts := newTestService(t, openTestStore(t, t.TempDir()))
+	srv := httptest.NewServer(ts.handler)
+	defer srv.Close()
+	for _, tc := range []struct {
+		name     string
+		encoding string
+	}{{"Plain", ""}, {"Gzip", "gzip"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			go func() {
+				// 100 KB of an event, chunked, then the client stalls.
+				chunk := []byte(`{"a":"` + strings.Repeat("x", 100_000))
+				if tc.encoding == "gzip" {
+					chunk = []byte(gz(string(chunk)))
+				}
+				_, _ = pw.Write(chunk)
+			}()
+			req, _ := http.NewRequest("POST", srv.URL+"/v1/event", pr)
+			if tc.encoding != "" {
+				req.Header.Set("Content-Encoding", tc.encoding)
+			}
+			done := make(chan *http.Response, 1)
+			go func() {
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Errorf("POST: %v", err)
+				}
+				done <- resp
+			}()
+			select {
+			case resp := <-done:
+				if resp == nil {
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusRequestEntityTooLarge {
+					t.Fatalf("status %d, want 413", resp.StatusCode)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no answer within 5s to a body over the limit that the client is still sending")
+			}
+		})
+	}
+}
+
 func TestHandlers_StorageFailure(t *testing.T) {
 	ctx := context.Background()
 	real := openTestStore(t, t.TempDir())
@@ -875,13 +925,21 @@ func TestRun_Config(t *testing.T) {
 					t.Fatalf("apiTokens %q", c.apiTokens)
 				}
 			}},
-		{name: "ShortAPIToken", args: []string{"--api-token", "hunter2"}, wantErr: "at least 16"},
-		// The environment's value is a secret: the message does not repeat it.
-		{name: "ShortAPITokenFromEnv", env: map[string]string{"FANOUT_API_TOKENS": "hunter2"}, wantErr: `FANOUT_API_TOKENS="...": an API token must be`},
+		{name: "ShortAPIToken", args: []string{"--api-token", "hunter2"}, wantErr: "API token 1 of 1 (--api-token, FANOUT_API_TOKENS) must be at least 16"},
+		{name: "ShortAPITokenFromEnv", env: map[string]string{"FANOUT_API_TOKENS": "aaaaaaaaaaaaaaaa1,hunter2"}, wantErr: "API token 2 of 2"},
+		{name: "APITokensTrailingComma", env: map[string]string{"FANOUT_API_TOKENS": "aaaaaaaaaaaaaaaa1, "},
+			check: func(t *testing.T, c *config) {
+				if fmt.Sprint(c.apiTokens) != "[aaaaaaaaaaaaaaaa1]" {
+					t.Fatalf("apiTokens %q", c.apiTokens)
+				}
+			}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := parseConfig(tc.args, func(k string) string { return tc.env[k] }, io.Discard, io.Discard)
+			if err != nil && strings.Contains(err.Error(), "hunter2") {
+				t.Fatalf("the error repeats a secret: %v", err)
+			}
 			if tc.wantErr != "" {
 				var ue *usageError
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &ue) {
@@ -1428,6 +1486,45 @@ func TestAPIToken(t *testing.T) {
 	}
 }
 
+// countingStore counts and slows CallBacklog.
+type countingStore struct {
+	dispatch.Store
+	counts atomic.Int64
+}
+
+func (s *countingStore) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
+	s.counts.Add(1)
+	time.Sleep(50 * time.Millisecond)
+	return []dispatch.KeyCount{{Key: "dst_a", N: 7}}, nil
+}
+
+// TestBacklogCache checks that concurrent scrapes share one count, that a
+// fresh count is served from memory, and that an old one is renewed.
+func TestBacklogCache(t *testing.T) {
+	st := &countingStore{}
+	c := newBacklogCache(st)
+	c.maxAge = time.Hour
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			counts, at, err := c.get(time.Now())
+			if err != nil || at.IsZero() || counts["dst_a"] != 7 {
+				t.Errorf("first get = %v, %v, %v: want the count, waited for", counts, at, err)
+			}
+		}()
+	}
+	wg.Wait()
+	c.get(time.Now())
+	if n := st.counts.Load(); n != 1 {
+		t.Fatalf("21 gets counted the backlog %d times, want once", n)
+	}
+	c.maxAge = 0
+	c.get(time.Now()) // serves the old count, starts a new one
+	eventually(t, "a second count", 5*time.Second, func() bool { return st.counts.Load() == 2 })
+}
+
 func TestMetrics(t *testing.T) {
 	svc := newTestService(t, openTestStore(t, t.TempDir()))
 	d := &destination.Destination{URL: "https://example.com", Enabled: true}
@@ -1463,12 +1560,19 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, w.Body)
 		}
 	}
-	// A store that cannot be read: the scrape still answers, and says so.
+	// A store that cannot be read: the scrape still answers, with the last
+	// count and its age, and says so. The next count is due at once.
 	if err := svc.store.(*dispatchsqlite.Store).Close(); err != nil {
 		t.Fatal(err)
 	}
-	w = svc.do(t, "GET", "/metrics", "")
-	if body := w.Body.String(); w.Code != 200 || !strings.Contains(body, "fanout_store_up 0") || strings.Contains(body, "fanout_destination_backlog{") {
-		t.Fatalf("GET /metrics on a closed store: %d\n%s", w.Code, body)
+	svc.svc.backlog.maxAge = 0
+	eventually(t, "fanout_store_up 0 after the store closed", 5*time.Second, func() bool {
+		w = svc.do(t, "GET", "/metrics", "")
+		return w.Code == 200 && strings.Contains(w.Body.String(), "fanout_store_up 0")
+	})
+	for _, want := range []string{fmt.Sprintf("fanout_destination_backlog{destination=%q} 3", d.ID), "fanout_backlog_age_seconds "} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("metrics on a closed store lack the last count %q:\n%s", want, w.Body)
+		}
 	}
 }

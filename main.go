@@ -335,13 +335,13 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return err
 	})
 	envOf["allow-network"] = "FANOUT_ALLOW_NETWORKS"
+	// Tokens are checked in validate, after parsing: the flag package
+	// would repeat a refused value in its message, and a token is a secret.
 	fs.Func("api-token", "a `token` the API requires as \"Authorization: Bearer <token>\" (all but /healthz and /metrics); repeat the flag to accept several while rotating (the environment, better than a flag that ps shows, takes a comma-separated list)", func(v string) error {
 		for _, t := range strings.Split(v, ",") {
-			t = strings.TrimSpace(t)
-			if len(t) < 16 || strings.ContainsFunc(t, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
-				return errors.New("an API token must be at least 16 printable ASCII characters without spaces or commas")
+			if t = strings.TrimSpace(t); t != "" {
+				cfg.apiTokens = append(cfg.apiTokens, t)
 			}
-			cfg.apiTokens = append(cfg.apiTokens, t)
 		}
 		return nil
 	})
@@ -395,9 +395,6 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 			return
 		}
 		if err := fs.Set(f.Name, v); err != nil {
-			if f.Name == "api-token" {
-				v = "..." // a secret: not in a message that may reach a log
-			}
 			errs = append(errs, fmt.Errorf("%s=%q: %v", name, v, err))
 		}
 	})
@@ -438,6 +435,12 @@ func (c *config) validate() error {
 	}
 	if c.dataDir == "" {
 		errs = append(errs, errors.New("--data must name a directory"))
+	}
+	for i, t := range c.apiTokens {
+		// The message says which token, by position, never what it is.
+		if len(t) < 16 || strings.ContainsFunc(t, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
+			errs = append(errs, fmt.Errorf("API token %d of %d (--api-token, FANOUT_API_TOKENS) must be at least 16 printable ASCII characters without spaces or commas", i+1, len(c.apiTokens)))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -146,9 +146,15 @@ func (p *Proc) Kill(t testing.TB) time.Time {
 }
 
 // Terminate sends SIGTERM, the clean shutdown, and returns the exit status
-// once the process has exited, within timeout.
+// once the process has exited, within timeout. A process that has exited
+// already just gives its status, for the caller to judge.
 func (p *Proc) Terminate(t testing.TB, timeout time.Duration) *os.ProcessState {
 	t.Helper()
+	select {
+	case <-p.exited:
+		return p.state
+	default:
+	}
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM %s: %v", p.Name, err)
 	}
