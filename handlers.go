@@ -633,8 +633,9 @@ func handleDestinationDelete(log *slog.Logger, svc *service) http.Handler {
 // handleDestinationResume lifts a pause, by a person or by the breaker.
 func handleDestinationResume(log *slog.Logger, svc *service) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		unpause := false
 		d, err := svc.dests.Update(r.Context(), r.PathValue("id"), func(d *destination.Destination) error {
-			d.Paused, d.CircuitOpenUntil, d.Reason = false, nil, ""
+			(&destinationInput{Paused: &unpause}).apply(d) // the same as PATCH {"paused": false}
 			return nil
 		})
 		if err != nil {

@@ -18,9 +18,6 @@
 package crashtest
 
 import (
-	"flag"
-	"fmt"
-	"os"
 	"testing"
 
 	"fanout/internal/proctest"
@@ -29,15 +26,4 @@ import (
 // fanoutBin is the binary under test, built by TestMain.
 var fanoutBin string
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	bin, remove, err := proctest.Build("..")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "crashtest:", err)
-		os.Exit(1)
-	}
-	fanoutBin = bin
-	code := m.Run()
-	remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { proctest.Main(m, "crashtest", &fanoutBin, nil) }

@@ -13,9 +13,6 @@
 package replicatest
 
 import (
-	"flag"
-	"fmt"
-	"os"
 	"testing"
 
 	"fanout/internal/pgtest"
@@ -25,18 +22,4 @@ import (
 // fanoutBin is the binary under test, built by TestMain.
 var fanoutBin string
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	bin, remove, err := proctest.Build("..")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "replicatest:", err)
-		os.Exit(1)
-	}
-	fanoutBin = bin
-	code := m.Run()
-	if err := pgtest.Shutdown(); err != nil {
-		fmt.Fprintln(os.Stderr, "replicatest:", err)
-	}
-	remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { proctest.Main(m, "replicatest", &fanoutBin, pgtest.Shutdown) }

@@ -520,26 +520,20 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		if got, err := s.CallBacklog(ctx); err != nil || len(got) != 0 {
 			t.Fatalf("CallBacklog of an empty store = %v, %v", got, err)
 		}
-		keyed := func(id, key, fn string, runAfter time.Time) *dispatch.Call {
-			c := newCall(id, fn, `{}`, runAfter)
-			c.Key = key
-			return c
-		}
+		other := keyed("g1", "a", T0) // another function, the same key
+		other.Function = "g"
 		mustInsert(t, s,
-			keyed("a1", "a", "f", T0), keyed("a2", "a", "f", T0.Add(time.Hour)), // a retry waiting counts
-			keyed("b1", "b", "f", T0), keyed("b2", "b", "f", T0),
-			keyed("c1", "c", "f", T0),
-			keyed("g1", "a", "g", T0)) // another function, the same key
-		claim := func(key string) *dispatch.Call {
-			calls, err := s.CallClaim(ctx, &dispatch.CallClaimParams{Key: key, Owner: "o", Functions: []string{"f"},
-				Limit: 1, Now: T0, LeaseUntil: T0.Add(time.Minute)})
-			if err != nil || len(calls) != 1 {
-				t.Fatalf("CallClaim(%s) = %v, %v", key, calls, err)
-			}
-			return calls[0]
+			keyed("a1", "a", T0), keyed("a2", "a", T0.Add(time.Hour)), // a retry waiting counts
+			keyed("b1", "b", T0), keyed("b2", "b", T0),
+			keyed("c1", "c", T0), other)
+		if running := mustClaimKey(t, s, "b", T0, 1); len(running) != 1 { // running: not a backlog
+			t.Fatalf("claimed %d calls of b, want 1", len(running))
 		}
-		claim("b") // running: not a backlog
-		c := claim("c")
+		done := mustClaimKey(t, s, "c", T0, 1)
+		if len(done) != 1 {
+			t.Fatalf("claimed %d calls of c, want 1", len(done))
+		}
+		c := done[0]
 		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: dispatch.StateDone})
 		got, err := s.CallBacklog(ctx)
 		if err != nil {

@@ -218,7 +218,7 @@ func exerciseRuntimeKeys(t *testing.T, open OpenFunc) {
 		}
 		clock.Advance(time.Second)
 		receive(t, ran, "run 3")
-		c = WaitCall(t, s, id, dispatch.StateDone)
+		WaitCall(t, s, id, dispatch.StateDone)
 		atts, err := s.CallAttempts(ctx, id)
 		if err != nil {
 			t.Fatal(err)

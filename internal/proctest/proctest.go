@@ -6,6 +6,7 @@ package proctest
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,6 +45,28 @@ func Build(root string) (bin string, remove func(), err error) {
 		return "", nil, fmt.Errorf("go build fanout: %v\n%s", err, out)
 	}
 	return bin, remove, nil
+}
+
+// Main is a TestMain for a package that runs the fanout binary: it builds
+// it (see Build; the package sits one level below the module root), sets
+// *bin, runs the tests, calls after (when not nil) and removes the binary,
+// then exits with the tests' status.
+func Main(m *testing.M, name string, bin *string, after func() error) {
+	flag.Parse()
+	b, remove, err := Build("..")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
+	*bin = b
+	code := m.Run()
+	if after != nil {
+		if err := after(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		}
+	}
+	remove()
+	os.Exit(code)
 }
 
 // ChildEnv is the test's environment without what would change fanout's
