@@ -675,9 +675,16 @@ func (d *receiver) waitAll(t testing.TB, want map[string]string, timeout time.Du
 	}
 }
 
-// startRun starts run() on a free loopback port and returns its base URL and
-// a function that stops it and returns run's error.
+// startRun starts run() on a free loopback port, with the SSRF guard letting
+// loopback destinations through, and returns its base URL and a function
+// that stops it and returns run's error.
 func startRun(t testing.TB, args []string, env map[string]string) (string, func() error) {
+	t.Helper()
+	return startRunArgs(t, append([]string{"--addr", "127.0.0.1:0", "--allow-network", "127.0.0.0/8"}, args...), env)
+}
+
+// startRunArgs is startRun with exactly these arguments.
+func startRunArgs(t testing.TB, args []string, env map[string]string) (string, func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
@@ -685,8 +692,7 @@ func startRun(t testing.TB, args []string, env map[string]string) (string, func(
 	var logsMu sync.Mutex
 	done := make(chan error, 1)
 	go func() {
-		err := run(ctx, append([]string{"--addr", "127.0.0.1:0", "--allow-network", "127.0.0.0/8"}, args...),
-			func(k string) string { return env[k] }, io.Discard, pw)
+		err := run(ctx, args, func(k string) string { return env[k] }, io.Discard, pw)
 		pw.Close()
 		done <- err
 	}()

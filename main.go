@@ -121,8 +121,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		allow = append(allow, netip.MustParsePrefix("127.0.0.1/32"))
 	}
 	guard := webhook.NewGuard(allow)
+	proxy, proxyFrom, err := webhook.ProxyFunc(cfg.proxy, getenv)
+	if err != nil {
+		return err
+	}
+	if proxy != nil {
+		log.Info("deliveries go through a proxy; the SSRF guard checks each destination's addresses before handing it over",
+			"proxy", proxyFrom)
+	}
 	client := webhook.NewClient(webhook.Config{Timeout: cfg.deliveryTimeout, UserAgent: "fanout/" + version,
-		DialContext: guard.DialContext(cfg.deliveryTimeout)})
+		Guard: guard, Proxy: proxy})
 	defer client.Close()
 	policy := &dispatch.Backoff{
 		Min:         100 * time.Millisecond,
@@ -298,6 +306,7 @@ type config struct {
 	breakerCooldown  time.Duration
 	secretGrace      time.Duration
 	apiTokens        []string
+	proxy            string
 }
 
 // usageError is a mistake in flags or environment: exit status 2.
@@ -346,6 +355,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return nil
 	})
 	envOf["api-token"] = "FANOUT_API_TOKENS"
+	fs.StringVar(&cfg.proxy, "proxy", "", "send every delivery through this HTTP proxy (`URL`: http://proxy.internal:3128); without it, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured. The SSRF guard checks each destination before the proxy gets it")
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
 	fs.DurationVar(&cfg.breakerWindow, "breaker-window", time.Minute, "the failures that open the breaker must span at least this long")
@@ -432,6 +442,11 @@ func (c *config) validate() error {
 	}
 	if c.retryMaxAge == 0 && c.retryMaxAttempts == 0 {
 		errs = append(errs, errors.New("--retry-max-age and --retry-max-attempts cannot both be 0: deliveries would retry forever"))
+	}
+	if c.proxy != "" {
+		if _, _, err := webhook.ProxyFunc(c.proxy, nil); err != nil {
+			errs = append(errs, fmt.Errorf("--proxy: %w", err))
+		}
 	}
 	if c.dataDir == "" {
 		errs = append(errs, errors.New("--data must name a directory"))

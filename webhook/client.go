@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,8 @@ const (
 // Client sends webhooks. It is safe for concurrent use.
 type Client struct {
 	http             *http.Client
+	guard            *Guard
+	proxy            func(*http.Request) (*url.URL, error)
 	timeout          time.Duration
 	maxResponseBytes int64
 	userAgent        string
@@ -54,8 +57,15 @@ type Config struct {
 	MaxConnsPerHost int
 	// UserAgent is sent with every request.
 	UserAgent string
-	// DialContext dials connections; nil is a plain net.Dialer. The SSRF
-	// guard plugs in here, after DNS.
+	// Guard, when set, refuses destinations at addresses it blocks: at
+	// dial time, after DNS, and before a request is handed to a proxy.
+	Guard *Guard
+	// Proxy chooses the proxy of a request, as http.Transport.Proxy does;
+	// nil sends every request directly. The proxy itself is dialed without
+	// the guard's check: the operator named it.
+	Proxy func(*http.Request) (*url.URL, error)
+	// DialContext dials connections when there is no Guard; nil is a plain
+	// net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Now is the clock of webhook-timestamp (default time.Now).
 	Now func() time.Time
@@ -80,12 +90,29 @@ func NewClient(cfg Config) *Client {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	dial := cfg.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext
+	direct := cfg.DialContext
+	if direct == nil {
+		direct = (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext
+	}
+	dial := direct
+	if cfg.Guard != nil {
+		guarded := cfg.Guard.DialContext(cfg.Timeout)
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if p := proxyOf(ctx); p != nil && p.addr == addr {
+				return direct(ctx, network, addr)
+			}
+			return guarded(ctx, network, addr)
+		}
 	}
 	transport := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		// Send decides on the proxy, so that it can check the
+		// destination first; the transport follows its decision.
+		Proxy: func(r *http.Request) (*url.URL, error) {
+			if p := proxyOf(r.Context()); p != nil {
+				return p.url, nil
+			}
+			return nil, nil
+		},
 		DialContext:           dial,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          1024,
@@ -103,6 +130,8 @@ func NewClient(cfg Config) *Client {
 				return http.ErrUseLastResponse
 			},
 		},
+		guard:            cfg.Guard,
+		proxy:            cfg.Proxy,
 		timeout:          cfg.Timeout,
 		maxResponseBytes: cfg.MaxResponseBytes,
 		userAgent:        cfg.UserAgent,
@@ -157,6 +186,9 @@ func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
 		req.Header.Set("webhook-signature", Sign(r.Keys, r.ID, ts, r.Body))
 	}
 
+	if req, err = c.route(req); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -100,6 +100,44 @@ func (g *Guard) Check(addr netip.Addr) error {
 	return &BlockedError{Addr: addr, Reason: reason}
 }
 
+// allowsAll reports whether the allowed networks cover every address, in
+// which case nothing is checked: the operator handed the policy to something
+// else (an egress proxy that enforces it).
+func (g *Guard) allowsAll() bool {
+	var v4, v6 bool
+	for _, p := range g.allow {
+		v4 = v4 || (p.Bits() == 0 && p.Addr().Is4())
+		v6 = v6 || (p.Bits() == 0 && p.Addr().Is6())
+	}
+	return v4 && v6
+}
+
+// CheckHost resolves host (unless it is an address) and returns a
+// BlockedError if any of its addresses may not be reached. It is the check
+// of a destination whose request goes through a proxy: fanout then never
+// dials the destination itself, so the dial-time check cannot see it. The
+// proxy resolves the name again, so a DNS answer that changes in between
+// (rebinding) can still reach a blocked address; an egress proxy that
+// enforces the same rules closes that gap.
+func (g *Guard) CheckHost(ctx context.Context, host string) error {
+	if addr, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return g.Check(addr)
+	}
+	if g.allowsAll() {
+		return nil
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return fmt.Errorf("resolve %s to check it before handing the delivery to the proxy: %w", host, err)
+	}
+	for _, a := range addrs {
+		if err := g.Check(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // DialContext dials like a net.Dialer with this timeout, refusing blocked
 // addresses at connect time.
 func (g *Guard) DialContext(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
