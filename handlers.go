@@ -22,8 +22,6 @@ import (
 
 	"fanout/destination"
 	"fanout/dispatch"
-	"fanout/dispatch/dispatchpg"
-	"fanout/dispatch/dispatchsqlite"
 	"fanout/webhook"
 )
 
@@ -458,7 +456,7 @@ func handleEventGet(log *slog.Logger, svc *service) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		c, err := svc.store.CallGet(r.Context(), id)
-		if errors.Is(err, dispatch.ErrCallNotFound) || (err == nil && (c.Function != svc.fns.handleEvent.Name() || c.ParentID != "")) {
+		if errors.Is(err, dispatch.ErrNotFound) || (err == nil && (c.Function != svc.fns.handleEvent.Name() || c.ParentID != "")) {
 			writeError(w, r, log, notFound("no event with id %q (delivered events are deleted after --retention)", id))
 			return
 		}
@@ -741,7 +739,7 @@ func handleDeliveryList(log *slog.Logger, svc *service) http.Handler {
 // getDelivery returns a delivery call, or a 404.
 func (svc *service) getDelivery(ctx context.Context, id string) (*dispatch.Call, error) {
 	c, err := svc.store.CallGet(ctx, id)
-	if errors.Is(err, dispatch.ErrCallNotFound) || (err == nil && c.Function != svc.fns.publishEvent.Name()) {
+	if errors.Is(err, dispatch.ErrNotFound) || (err == nil && c.Function != svc.fns.publishEvent.Name()) {
 		return nil, notFound("no delivery with id %q", id)
 	}
 	return c, err
@@ -899,15 +897,13 @@ func handleMetrics(svc *service) http.Handler {
 		metric("fanout_leased_on_create_total", "counter", "Calls run without a claim: leased as they were stored.")
 		fmt.Fprintf(&b, "fanout_leased_on_create_total %d\n", st.LeasedOnCreate)
 		commits, ops := int64(-1), int64(0)
-		switch s := svc.store.(type) {
-		case *dispatchsqlite.Store:
-			st := s.Stats()
+		if sr, ok := svc.store.(dispatch.StatsReporter); ok {
+			st := sr.StoreStats()
 			commits, ops = st.Commits, st.Ops
-		case *dispatchpg.Store:
-			st := s.Stats()
-			commits, ops = st.Commits, st.Ops
-			metric("fanout_store_connection_waits_total", "counter", "PostgreSQL connections a caller had to wait for.")
-			fmt.Fprintf(&b, "fanout_store_connection_waits_total %d\n", st.Waits)
+			if _, pg := svc.store.(dispatch.Notifier); pg {
+				metric("fanout_store_connection_waits_total", "counter", "PostgreSQL connections a caller had to wait for.")
+				fmt.Fprintf(&b, "fanout_store_connection_waits_total %d\n", st.ConnWaits)
+			}
 		}
 		if commits >= 0 {
 			metric("fanout_store_commits_total", "counter", "Group commits of the store's writer.")

@@ -48,12 +48,12 @@ func openTestStore(t testing.TB, dir string) *dispatchsqlite.Store {
 // testService is the HTTP API over a real SQLite store, with a runtime that
 // is not started: the tests see exactly what ingest stored.
 type testService struct {
-	store   dispatch.Store
+	store   appStore
 	svc     *service
 	handler http.Handler
 }
 
-func newTestService(t testing.TB, store dispatch.Store) *testService {
+func newTestService(t testing.TB, store appStore) *testService {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dests := destination.NewRegistry(destination.Config{Store: store, Logger: log})
@@ -239,7 +239,7 @@ func TestHandlers_Reject(t *testing.T) {
 // middle call of a batch the id of a call that exists, so the insert hits a
 // constraint after half the rows went in.
 type poisonStore struct {
-	dispatch.Store
+	appStore
 	poison atomic.Bool
 }
 
@@ -247,7 +247,7 @@ func (p *poisonStore) CallInsertMany(ctx context.Context, params *dispatch.CallI
 	if calls := params.Calls; p.poison.Load() && len(calls) > 1 {
 		calls[len(calls)/2].ID = "existing"
 	}
-	return p.Store.CallInsertMany(ctx, params)
+	return p.appStore.CallInsertMany(ctx, params)
 }
 
 // TestHandlers_TooLargeOverTheWire sends a body over the limit that the
@@ -307,7 +307,7 @@ func TestHandlers_StorageFailure(t *testing.T) {
 		Function: "other", Input: []byte(`{}`), RunAfter: time.Now(), CreatedAt: time.Now()}}}); err != nil {
 		t.Fatal(err)
 	}
-	store := &poisonStore{Store: real}
+	store := &poisonStore{appStore: real}
 	svc := newTestService(t, store)
 
 	store.poison.Store(true)
@@ -1494,7 +1494,7 @@ func TestAPIToken(t *testing.T) {
 
 // countingStore counts and slows CallBacklog.
 type countingStore struct {
-	dispatch.Store
+	appStore
 	counts atomic.Int64
 }
 

@@ -243,14 +243,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	totals := []any{"claims", rs.Claims, "claimed", rs.Claimed, "leased_on_create", rs.LeasedOnCreate,
 		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed,
 		"results_from_memory", rs.ResultsFromMemory, "results_from_store", rs.ResultsFromStore}
-	switch s := store.(type) {
-	case *dispatchsqlite.Store:
-		st := s.Stats()
-		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops)
-	case *dispatchpg.Store:
-		st := s.Stats()
+	if sr, ok := store.(dispatch.StatsReporter); ok {
+		st := sr.StoreStats()
 		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops, "replays", st.Replays,
-			"connection_waits", st.Waits)
+			"connection_waits", st.ConnWaits)
 	}
 	log.Info("totals", totals...)
 	if serr := store.Close(); serr != nil {
@@ -260,9 +256,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
+// appStore is what fanout needs of a driver: the runtime's calls, and the
+// destinations kept as documents beside them.
+type appStore interface {
+	dispatch.Store
+	dispatch.DocStore
+}
+
 // openStore opens PostgreSQL when --database-url is set, the embedded SQLite
 // file under --data otherwise, and says which.
-func openStore(ctx context.Context, cfg *config, log *slog.Logger) (dispatch.Store, string, error) {
+func openStore(ctx context.Context, cfg *config, log *slog.Logger) (appStore, string, error) {
 	if cfg.databaseURL != "" {
 		s, err := dispatchpg.Open(ctx, dispatchpg.Config{URL: cfg.databaseURL, Logger: log})
 		if err != nil {

@@ -30,7 +30,7 @@ var (
 // through this registry. A change made by another replica is seen here
 // within RefreshInterval.
 type Registry struct {
-	store    dispatch.Store
+	store    Store
 	guard    *webhook.Guard
 	now      func() time.Time
 	log      *slog.Logger
@@ -46,9 +46,20 @@ type Registry struct {
 	versions  map[string]int64
 }
 
+// Store keeps destinations as documents (kind DocKind): the drivers of
+// dispatch implement it beside their calls, so that destinations live in
+// the database the calls do.
+type Store interface {
+	DocCreate(ctx context.Context, doc *dispatch.Doc) error
+	DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, error)
+	DocList(ctx context.Context, kind string) ([]*dispatch.Doc, error)
+	DocUpdate(ctx context.Context, doc *dispatch.Doc) error
+	DocDelete(ctx context.Context, kind, id string) error
+}
+
 // Config configures a Registry.
 type Config struct {
-	Store dispatch.Store
+	Store Store
 	// Guard refuses URLs with blocked address literals; nil allows all.
 	Guard *webhook.Guard
 	// Policy is the default retry policy, which a destination's retry
@@ -237,7 +248,7 @@ func (r *Registry) Create(ctx context.Context, d *Destination) error {
 func (r *Registry) Update(ctx context.Context, id string, apply func(d *Destination) error) (*Destination, error) {
 	for range 5 {
 		doc, err := r.store.DocGet(ctx, DocKind, id)
-		if errors.Is(err, dispatch.ErrDocNotFound) {
+		if errors.Is(err, dispatch.ErrNotFound) {
 			return nil, ErrNotFound
 		}
 		if err != nil {
@@ -270,7 +281,7 @@ func (r *Registry) Update(ctx context.Context, id string, apply func(d *Destinat
 		if errors.Is(err, dispatch.ErrDocConflict) {
 			continue
 		}
-		if errors.Is(err, dispatch.ErrDocNotFound) {
+		if errors.Is(err, dispatch.ErrNotFound) {
 			return nil, ErrNotFound
 		}
 		if err != nil {
@@ -286,7 +297,7 @@ func (r *Registry) Update(ctx context.Context, id string, apply func(d *Destinat
 // they next run.
 func (r *Registry) Delete(ctx context.Context, id string) error {
 	if err := r.store.DocDelete(ctx, DocKind, id); err != nil {
-		if errors.Is(err, dispatch.ErrDocNotFound) {
+		if errors.Is(err, dispatch.ErrNotFound) {
 			return ErrNotFound
 		}
 		return err

@@ -102,7 +102,9 @@ var (
 	ErrHTTP              error = StatusHTTP
 	ErrUnauthenticated   error = StatusUnauthenticated
 	ErrPermissionDenied  error = StatusPermissionDenied
-	ErrNotFound          error = StatusNotFound
+	// ErrNotFound is also what a Store returns for a call or a document
+	// that does not exist.
+	ErrNotFound error = StatusNotFound
 )
 
 // Errors of the runtime itself.
@@ -112,8 +114,6 @@ var (
 	ErrNotRegistered = errors.New("dispatch: function is not registered with a runtime")
 	// ErrNotInCall is returned by Gather and Await outside a durable function.
 	ErrNotInCall = errors.New("dispatch: Gather and Await work only inside a durable function call")
-	// ErrCallNotFound is returned by stores and lookups for an unknown call id.
-	ErrCallNotFound = errors.New("dispatch: call not found")
 	// ErrStopped is returned when work is submitted to a stopped runtime.
 	ErrStopped = errors.New("dispatch: runtime stopped")
 )

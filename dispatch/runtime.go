@@ -266,12 +266,6 @@ func (r *Runtime) Stats() Stats {
 	}
 }
 
-// Owner returns the name this runtime leases calls under.
-func (r *Runtime) Owner() string { return r.owner }
-
-// Store returns the runtime's store.
-func (r *Runtime) Store() Store { return r.store }
-
 // Start starts the workers and the scheduler. Calls left running by a process
 // that died are picked up once their lease expires.
 func (r *Runtime) Start(ctx context.Context) error {
@@ -343,12 +337,6 @@ type Batch struct {
 
 // Add appends calls built with Function.BuildCall.
 func (b *Batch) Add(calls ...*Call) { b.calls = append(b.calls, calls...) }
-
-// Len returns the number of calls in the batch.
-func (b *Batch) Len() int { return len(b.calls) }
-
-// Reset empties the batch.
-func (b *Batch) Reset() { b.calls = b.calls[:0] }
 
 // Dispatch stores every call of the batch in one transaction and returns
 // their ids, in the order they were added, once they are durable.

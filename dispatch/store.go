@@ -32,16 +32,6 @@ func (s State) String() string {
 	return fmt.Sprintf("state(%d)", int(s))
 }
 
-// ParseState is the inverse of State.String.
-func ParseState(s string) (State, error) {
-	for i, name := range stateNames {
-		if name == s {
-			return State(i), nil
-		}
-	}
-	return 0, fmt.Errorf("unknown call state %q (want one of pending, running, waiting, done, failed)", s)
-}
-
 // Final reports whether a call in this state will never run again by itself.
 func (s State) Final() bool { return s == StateDone || s == StateFailed }
 
@@ -115,8 +105,9 @@ type Attempt struct {
 }
 
 // Doc is a small JSON document that an application keeps beside its calls,
-// in the same store (fanout keeps its destinations there). Version is
-// incremented by every update, which must name the version it replaces.
+// in the same database (fanout keeps its destinations there), so that every
+// process sharing the store sees the same ones. Version is incremented by
+// every update, which must name the version it replaces.
 type Doc struct {
 	Kind      string
 	ID        string
@@ -126,9 +117,8 @@ type Doc struct {
 	UpdatedAt time.Time
 }
 
-// Errors of documents.
+// Errors of documents; a missing one is ErrNotFound.
 var (
-	ErrDocNotFound = errors.New("dispatch: document not found")
 	ErrDocExists   = errors.New("dispatch: document exists")
 	ErrDocConflict = errors.New("dispatch: document changed since it was read")
 )
@@ -201,7 +191,7 @@ type Store interface {
 	// finish) is skipped. It returns the ids it re-drove.
 	CallRedrive(ctx context.Context, params *CallRedriveParams) ([]string, error)
 
-	// CallGet returns the call with this id, or ErrCallNotFound.
+	// CallGet returns the call with this id, or ErrNotFound.
 	CallGet(ctx context.Context, id string) (*Call, error)
 
 	// CallListChildren returns the children of a call ordered by Gather and
@@ -239,22 +229,45 @@ type Store interface {
 	// every request.
 	CallBacklog(ctx context.Context) ([]KeyCount, error)
 
+	// Close releases the store. Calls made after Close fail.
+	Close() error
+}
+
+// DocStore keeps an application's documents beside its calls. The runtime
+// does not use it; the drivers implement it so that an application needs no
+// second database, and dispatchtest.Exercise checks it.
+type DocStore interface {
 	// DocCreate stores a new document at version 1, or returns
 	// ErrDocExists.
 	DocCreate(ctx context.Context, doc *Doc) error
-	// DocGet returns a document, or ErrDocNotFound.
+	// DocGet returns a document, or ErrNotFound.
 	DocGet(ctx context.Context, kind, id string) (*Doc, error)
 	// DocList returns the documents of a kind, ordered by id.
 	DocList(ctx context.Context, kind string) ([]*Doc, error)
 	// DocUpdate replaces a document's Data if its stored version is
 	// doc.Version, and stores it at doc.Version+1; ErrDocConflict if the
-	// version differs, ErrDocNotFound if there is none.
+	// version differs, ErrNotFound if there is none.
 	DocUpdate(ctx context.Context, doc *Doc) error
-	// DocDelete deletes a document, or returns ErrDocNotFound.
+	// DocDelete deletes a document, or returns ErrNotFound.
 	DocDelete(ctx context.Context, kind, id string) error
+}
 
-	// Close releases the store. Calls made after Close fail.
-	Close() error
+// StatsReporter is implemented by stores that count their work, for an
+// application's metrics and logs.
+type StatsReporter interface {
+	StoreStats() StoreStats
+}
+
+// StoreStats counts a store's work since it was opened.
+type StoreStats struct {
+	// Commits is the number of transactions its writer committed, and Ops
+	// the operations they carried: Ops/Commits is how many operations
+	// share a commit (and an fsync).
+	Commits, Ops int64
+	// Replays counts group commits replayed one operation at a time after
+	// one of them failed, and ConnWaits the callers that waited for a
+	// database connection; zero where the store has no such thing.
+	Replays, ConnWaits int64
 }
 
 // Notifier is implemented by stores that learn of work committed by other

@@ -574,7 +574,7 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 		return err
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, dispatch.ErrCallNotFound
+		return nil, dispatch.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get call: %w", err)

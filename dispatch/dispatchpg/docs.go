@@ -45,7 +45,7 @@ func (s *Store) DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, err
 			kind, id).Scan(&d.Data, &d.Version, &created, &updated)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, dispatch.ErrDocNotFound
+		return nil, dispatch.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s %s: %w", kind, id, err)
@@ -93,7 +93,7 @@ func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 		err = conn.QueryRow(ctx, `SELECT 1 FROM docs WHERE kind = $1 AND id = $2`, d.Kind, d.ID).Scan(&one)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			return dispatch.ErrDocNotFound
+			return dispatch.ErrNotFound
 		case err != nil:
 			return err
 		}
@@ -111,7 +111,7 @@ func (s *Store) DocDelete(ctx context.Context, kind, id string) error {
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		tag, err := conn.Exec(ctx, `DELETE FROM docs WHERE kind = $1 AND id = $2`, kind, id)
 		if err == nil && tag.RowsAffected() == 0 {
-			return dispatch.ErrDocNotFound
+			return dispatch.ErrNotFound
 		}
 		return err
 	})

@@ -367,7 +367,7 @@ func TestUnreachable(t *testing.T) {
 			}
 		})
 	}
-	if _, err := s.CallGet(ctx, "Refused"); !errors.Is(err, dispatch.ErrCallNotFound) {
+	if _, err := s.CallGet(ctx, "Refused"); !errors.Is(err, dispatch.ErrNotFound) {
 		t.Fatalf("an insert that failed was stored (err %v)", err)
 	}
 }

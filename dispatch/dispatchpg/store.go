@@ -131,8 +131,10 @@ type Store struct {
 }
 
 var (
-	_ dispatch.Store    = (*Store)(nil)
-	_ dispatch.Notifier = (*Store)(nil)
+	_ dispatch.Store         = (*Store)(nil)
+	_ dispatch.DocStore      = (*Store)(nil)
+	_ dispatch.StatsReporter = (*Store)(nil)
+	_ dispatch.Notifier      = (*Store)(nil)
 )
 
 // errClosed is returned for operations after Close.
@@ -540,24 +542,10 @@ func (s *Store) read(ctx context.Context, fn func(ctx context.Context, conn *pgx
 	return fn(rctx, conn)
 }
 
-// Stats counts the store's work since Open.
-type Stats struct {
-	// Commits is the number of group commits and Ops the number of
-	// operations they carried: Ops/Commits is how many operations share a
-	// commit. Replays counts the group commits that failed and were
-	// replayed operation by operation.
-	Commits, Ops, Replays int64
-	// Conns is how many connections are open, Idle how many of them wait
-	// for work, Waits how many acquisitions had to wait for one.
-	Conns, Idle int32
-	Waits       int64
-}
-
-// Stats returns the store's counters.
-func (s *Store) Stats() Stats {
-	st := s.pool.Stat()
-	return Stats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load(), Replays: s.w.replays.Load(),
-		Conns: st.TotalConns(), Idle: st.IdleConns(), Waits: st.EmptyAcquireCount()}
+// StoreStats implements dispatch.StatsReporter.
+func (s *Store) StoreStats() dispatch.StoreStats {
+	return dispatch.StoreStats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load(), Replays: s.w.replays.Load(),
+		ConnWaits: s.pool.Stat().EmptyAcquireCount()}
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

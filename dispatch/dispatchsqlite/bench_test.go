@@ -76,7 +76,7 @@ func BenchmarkGroupCommit(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	st := s.Stats()
+	st := s.StoreStats()
 	b.ReportMetric(float64(st.Ops)/float64(st.Commits), "ops/commit")
 }
 

@@ -450,7 +450,7 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 	row := s.getStmt.QueryRowContext(ctx, id)
 	c, err := scanCall(row.Scan, true)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, dispatch.ErrCallNotFound
+		return nil, dispatch.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get call: %w", err)

@@ -34,7 +34,7 @@ func (s *Store) DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, err
 	err := s.rdb.QueryRowContext(ctx, `SELECT data, version, created_at, updated_at FROM docs WHERE kind = ? AND id = ?`,
 		kind, id).Scan(&d.Data, &d.Version, &created, &updated)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, dispatch.ErrDocNotFound
+		return nil, dispatch.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s %s: %w", kind, id, err)
@@ -72,7 +72,7 @@ func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 			return err
 		}
 		if _, err := tx.queryRow(`SELECT 1 FROM docs WHERE kind = ? AND id = ?`, d.Kind, d.ID); errors.Is(err, sql.ErrNoRows) {
-			return dispatch.ErrDocNotFound
+			return dispatch.ErrNotFound
 		} else if err != nil {
 			return err
 		}
@@ -90,7 +90,7 @@ func (s *Store) DocDelete(ctx context.Context, kind, id string) error {
 	err := s.w.do(ctx, func(tx *wtx) error {
 		n, err := tx.exec(`DELETE FROM docs WHERE kind = ? AND id = ?`, kind, id)
 		if err == nil && n == 0 {
-			return dispatch.ErrDocNotFound
+			return dispatch.ErrNotFound
 		}
 		return err
 	})

@@ -63,7 +63,6 @@ type Config struct {
 
 // Store is a dispatch.Store on SQLite.
 type Store struct {
-	path string
 	log  *slog.Logger
 	lock *flock.Flock
 	wdb  *sql.DB
@@ -82,7 +81,11 @@ type Store struct {
 	retentionMark, nextMark [2]int64
 }
 
-var _ dispatch.Store = (*Store)(nil)
+var (
+	_ dispatch.Store         = (*Store)(nil)
+	_ dispatch.DocStore      = (*Store)(nil)
+	_ dispatch.StatsReporter = (*Store)(nil)
+)
 
 // Open opens (creating if needed) the database at cfg.Path, migrates it, and
 // hands back the calls that a previous process left running.
@@ -120,7 +123,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if !locked {
 		return nil, fmt.Errorf("database %s is in use by another process (it holds %s)", cfg.Path, cfg.Path+".lock")
 	}
-	s := &Store{path: cfg.Path, log: cfg.Logger, lock: lock, closed: make(chan struct{})}
+	s := &Store{log: cfg.Logger, lock: lock, closed: make(chan struct{})}
 	if err := s.open(ctx, cfg, sync); err != nil {
 		s.closeDBs()
 		_ = lock.Unlock()
@@ -236,21 +239,10 @@ func (s *Store) closeDBs() error {
 	return errors.Join(errs...)
 }
 
-// Stats counts the store's work since Open.
-type Stats struct {
-	// Commits is the number of transactions committed by the writer, and
-	// Ops the number of operations they carried: Ops/Commits is how many
-	// operations share an fsync.
-	Commits, Ops int64
+// StoreStats implements dispatch.StatsReporter.
+func (s *Store) StoreStats() dispatch.StoreStats {
+	return dispatch.StoreStats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load()}
 }
-
-// Stats returns the store's counters.
-func (s *Store) Stats() Stats {
-	return Stats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load()}
-}
-
-// Path returns the database file.
-func (s *Store) Path() string { return s.path }
 
 // migrate applies the embedded migrations that the database lacks, each in
 // its own transaction, and records them.

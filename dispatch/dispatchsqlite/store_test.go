@@ -54,9 +54,9 @@ func TestStore_GroupCommit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	st := s.Stats()
+	st := s.StoreStats()
 	if st.Ops != writers*each {
-		t.Fatalf("Stats().Ops = %d, want %d", st.Ops, writers*each)
+		t.Fatalf("StoreStats().Ops = %d, want %d", st.Ops, writers*each)
 	}
 	// 64 concurrent writers must share commits; one commit each would be
 	// the plain connection-pool behaviour this store exists to avoid.

@@ -110,8 +110,8 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		if !c.RunAfter.Equal(T0) || !c.CreatedAt.Equal(T0) {
 			t.Fatalf("RunAfter=%v CreatedAt=%v, want %v", c.RunAfter, c.CreatedAt, T0)
 		}
-		if _, err := s.CallGet(ctx, "nope"); !errors.Is(err, dispatch.ErrCallNotFound) {
-			t.Fatalf("CallGet(unknown) err=%v, want ErrCallNotFound", err)
+		if _, err := s.CallGet(ctx, "nope"); !errors.Is(err, dispatch.ErrNotFound) {
+			t.Fatalf("CallGet(unknown) err=%v, want ErrNotFound", err)
 		}
 	})
 
@@ -124,7 +124,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 			t.Fatal("CallInsertMany with an existing id: err=nil, want an error")
 		}
 		for _, id := range []string{"a", "b"} {
-			if _, err := s.CallGet(ctx, id); !errors.Is(err, dispatch.ErrCallNotFound) {
+			if _, err := s.CallGet(ctx, id); !errors.Is(err, dispatch.ErrNotFound) {
 				t.Fatalf("CallGet(%s) err=%v: part of a failed batch was stored", id, err)
 			}
 		}
@@ -294,7 +294,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 		if err != nil || ok {
 			t.Fatalf("stale CallSuspend = %v, %v; want false, nil", ok, err)
 		}
-		if _, err := s.CallGet(ctx, "p.0.0"); !errors.Is(err, dispatch.ErrCallNotFound) {
+		if _, err := s.CallGet(ctx, "p.0.0"); !errors.Is(err, dispatch.ErrNotFound) {
 			t.Fatal("a stale suspension inserted children")
 		}
 		ok, err = s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Gather: 0, Children: children, Now: T0})
@@ -483,7 +483,7 @@ func exerciseStore(t *testing.T, open OpenFunc) {
 			}
 		}
 		pass(cutoff, true, 10, 1)
-		if _, err := s.CallGet(ctx, "oldfail.0.0"); !errors.Is(err, dispatch.ErrCallNotFound) {
+		if _, err := s.CallGet(ctx, "oldfail.0.0"); !errors.Is(err, dispatch.ErrNotFound) {
 			t.Fatal("children of a deleted failed call remain")
 		}
 		pass(cutoff, false, 10, 0)

@@ -52,7 +52,7 @@ func WaitCall(t testing.TB, s dispatch.Store, id string, states ...dispatch.Stat
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		c, err := s.CallGet(context.Background(), id)
-		if err != nil && !errors.Is(err, dispatch.ErrCallNotFound) {
+		if err != nil && !errors.Is(err, dispatch.ErrNotFound) {
 			t.Fatalf("CallGet(%s): %v", id, err)
 		}
 		if c != nil {
