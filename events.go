@@ -141,47 +141,6 @@ func eventFields(event json.RawMessage) fields {
 	return f
 }
 
-// service is what the HTTP API does, over the runtime, the store and the
-// destinations.
-type service struct {
-	rt    *dispatch.Runtime
-	store dispatch.Store
-	fns   *functions
-	dests *destination.Registry
-	// requests counts the API's answers, backlog the deliveries waiting;
-	// newHandler sets them.
-	requests *requestStats
-	backlog  *backlogCache
-}
-
-// ingest stores events atomically, each as a handleEvent call, and returns
-// their ids in order once they are durable. An event whose idempotency key
-// was seen within the dedup window is not stored again: its id is the
-// original one. The key is the request's Idempotency-Key (with the event's
-// index for a batch, so that a repeated batch is repeated whole), else the
-// event's own "id" field.
-func (s *service) ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) ([]string, error) {
-	batch := s.rt.Batch()
-	for i, e := range events {
-		call, err := s.fns.handleEvent.BuildCall(e)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case idempotencyKey != "" && len(events) == 1:
-			call.DedupKey = "key:" + idempotencyKey
-		case idempotencyKey != "":
-			call.DedupKey = "key:" + idempotencyKey + "#" + strconv.Itoa(i)
-		default:
-			if id := eventFields(e).ID; id != "" {
-				call.DedupKey = "id:" + id
-			}
-		}
-		batch.Add(call)
-	}
-	return batch.Dispatch(ctx)
-}
-
 // validateEvent checks that b is one JSON object in UTF-8.
 func validateEvent(b []byte) error {
 	if !utf8.Valid(b) {

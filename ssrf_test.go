@@ -40,6 +40,7 @@ func (p *forwardProxy) fetched() []string {
 // through a proxy (named by --proxy or by HTTP_PROXY), and the proxy never
 // receives the refused request; a public destination goes through the proxy.
 func TestRun_SSRFGuard(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		proxy string // "flag", "env" or ""

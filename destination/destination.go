@@ -49,7 +49,7 @@ type Destination struct {
 	// Headers are added to every delivery.
 	Headers map[string]string `json:"headers,omitempty"`
 	// Retry replaces the default retry policy for this destination.
-	Retry *RetryPolicy `json:"retry,omitempty"`
+	Retry *RetrySettings `json:"retry,omitempty"`
 	// Paused destinations keep their deliveries without attempting them.
 	// A person pauses one by API; the circuit breaker pauses one until
 	// CircuitOpenUntil after its deliveries kept failing.
@@ -65,9 +65,10 @@ type Destination struct {
 	Version int64 `json:"version"`
 }
 
-// RetryPolicy is a destination's own retry schedule: exponential backoff
-// with full jitter, as the default one.
-type RetryPolicy struct {
+// RetrySettings are a destination's own retry schedule: they amend the
+// default policy (a dispatch.Backoff, exponential backoff with full jitter)
+// field by field; Policy makes the dispatch.RetryPolicy of them.
+type RetrySettings struct {
 	Initial     Duration `json:"initial,omitempty"`
 	Max         Duration `json:"max,omitempty"`
 	MaxAge      Duration `json:"max_age,omitempty"`

@@ -7,6 +7,7 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -155,7 +156,8 @@ type Request struct {
 	Keys [][]byte
 }
 
-// Result is what the destination answered.
+// Result is what the destination answered to a successful attempt: the
+// output of a delivery, kept in the store as JSON.
 type Result struct {
 	StatusCode int           `json:"status"`
 	Duration   time.Duration `json:"duration_ns"`
@@ -239,13 +241,27 @@ func (e *StatusError) Error() string {
 // Status classifies the answer for the dispatch runtime.
 func (e *StatusError) Status() dispatch.Status { return e.status }
 
+// AttemptDetail is what the record of a failed attempt keeps of the answer
+// (dispatch.Detailer): the API shows it, and reads it back with
+// ParseAttemptDetail rather than knowing its JSON.
+type AttemptDetail struct {
+	StatusCode int    `json:"status_code"`
+	Excerpt    string `json:"excerpt,omitempty"`
+	RetryAfter string `json:"retry_after,omitempty"`
+}
+
+// ParseAttemptDetail reads the detail of a recorded attempt; ok is false
+// when there is none or it is not one of ours (a network error has none).
+func ParseAttemptDetail(b []byte) (d AttemptDetail, ok bool) {
+	if len(b) == 0 || json.Unmarshal(b, &d) != nil {
+		return AttemptDetail{}, false
+	}
+	return d, true
+}
+
 // Detail describes the answer in the record of the attempt.
 func (e *StatusError) Detail() any {
-	return struct {
-		StatusCode int    `json:"status_code"`
-		Excerpt    string `json:"excerpt,omitempty"`
-		RetryAfter string `json:"retry_after,omitempty"`
-	}{e.Code, e.Excerpt, durationString(e.RetryAfter)}
+	return AttemptDetail{StatusCode: e.Code, Excerpt: e.Excerpt, RetryAfter: durationString(e.RetryAfter)}
 }
 
 func durationString(d time.Duration) string {

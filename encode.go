@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+)
+
+// readBody reads the whole request body, refusing with 413 one over limit.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) ([]byte, error) {
+	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge,
+		Message: fmt.Sprintf("request body is larger than the limit of %d bytes (%s)", limit, flag)}
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		return readGzip(w, r, limit, tooLarge)
+	default:
+		return nil, &apiError{Status: http.StatusUnsupportedMediaType,
+			Message: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed or gzip", enc)}
+	}
+	if r.ContentLength > limit {
+		return nil, tooLarge
+	}
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var b []byte
+	var err error
+	if r.ContentLength > 0 {
+		// The common case: read exactly the announced length, in one
+		// allocation, then make sure nothing follows.
+		b = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(body, b)
+		if err == nil {
+			var extra [1]byte
+			if n, _ := body.Read(extra[:]); n > 0 {
+				err = errors.New("body longer than its Content-Length")
+			}
+		}
+	} else {
+		b, err = io.ReadAll(body)
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return nil, tooLarge
+	case err != nil:
+		return nil, badRequest("could not read the request body: %v", err)
+	case len(b) == 0:
+		return nil, badRequest("request body is empty")
+	}
+	return b, nil
+}
+
+// readGzip reads a gzip request body. The limit holds for the body as sent
+// and again for it decompressed, so that a small bomb cannot fill memory;
+// what is stored and delivered is the decompressed JSON.
+func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *apiError) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, tooLarge
+	}
+	zr, err := gzip.NewReader(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return nil, tooLarge
+	}
+	if err != nil {
+		return nil, badRequest("request body is not valid gzip: %v", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(zr, limit+1))
+	switch {
+	case errors.As(err, &mbe):
+		return nil, tooLarge
+	case err != nil:
+		return nil, badRequest("request body is not valid gzip: %v", err)
+	case int64(len(b)) > limit:
+		return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
+			Message: "decompressed " + tooLarge.Message}
+	case len(b) == 0:
+		return nil, badRequest("request body is empty")
+	}
+	return b, nil
+}
+
+// decodeBatch splits a JSON array into its events, keeping each element's
+// bytes exactly, and checks every limit before anything is stored.
+func decodeBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
+	if !utf8.Valid(body) {
+		return nil, badRequest("request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, badRequest("request body is not valid JSON: %s", jsonError(err))
+	}
+	if tok != json.Delim('[') {
+		return nil, badRequest("a batch must be a JSON array of event objects, got %s", jsonKind(body))
+	}
+	events := make([]json.RawMessage, 0, min(limits.MaxBatchEvents, 1024))
+	for dec.More() {
+		i := len(events)
+		if i == limits.MaxBatchEvents {
+			return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
+				Message: fmt.Sprintf("batch has more than %d events, the limit (--max-batch-events)", limits.MaxBatchEvents)}
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, badIndex(i, "event %d is not valid JSON: %s", i, jsonError(err))
+		}
+		if kind := jsonKind(raw); kind != "an object" {
+			return nil, badIndex(i, "event %d must be a JSON object, got %s", i, kind)
+		}
+		if int64(len(raw)) > limits.MaxEventBytes {
+			e := badIndex(i, "event %d is %d bytes, over the limit of %d (--max-event-bytes)", i, len(raw), limits.MaxEventBytes)
+			e.Status = http.StatusRequestEntityTooLarge
+			return nil, e
+		}
+		events = append(events, raw)
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, badRequest("batch array is not valid JSON after event %d: %s", len(events)-1, jsonError(err))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, badRequest("unexpected data after the batch array")
+	}
+	if len(events) == 0 {
+		return nil, badRequest("batch is empty; send at least one event")
+	}
+	return events, nil
+}
+
+func jsonError(err error) string {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return "unexpected end of input"
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	// Without HTML escaping: answers are read by programs and by people
+	// with curl, not embedded in pages, and "<token>" reads better than
+	// "\u003ctoken\u003e".
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		http.Error(w, `{"error":"internal error"}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	// An error may quote the request (a path, a field): no browser should
+	// read the answer as anything but JSON.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
+
+// decodeInput reads a JSON object body of at most 64 KiB into v, refusing
+// unknown fields by name.
+func decodeInput(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := readBody(w, r, 64<<10, "a fixed limit")
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("request body: %s", jsonError(err))
+	}
+	if dec.More() {
+		return badRequest("request body: unexpected data after the JSON object")
+	}
+	return nil
+}

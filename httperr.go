@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+)
+
+// apiError is a mistake in the HTTP exchange itself (a body too large or
+// not JSON, an encoding or header fanout does not take), with the status
+// that says so. The service's own errors (errInvalid, errNotFound,
+// errConflict) are mapped by writeError.
+type apiError struct {
+	Status  int
+	Message string
+	// Index is the position of the offending event in a batch.
+	Index *int
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+func badRequest(format string, args ...any) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Message: fmt.Sprintf(format, args...)}
+}
+
+func badIndex(i int, format string, args ...any) *apiError {
+	e := badRequest(format, args...)
+	e.Index = &i
+	return e
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Index *int   `json:"index,omitempty"`
+}
+
+// statusOf is the status of each kind of service error.
+var statusOf = []struct {
+	kind   error
+	status int
+}{
+	{errInvalid, http.StatusBadRequest},
+	{errNotFound, http.StatusNotFound},
+	{errConflict, http.StatusConflict},
+}
+
+// writeError is the one place where errors become HTTP answers. Client
+// mistakes keep their status and message. Anything else is the store failing
+// or the service stopping: 503 with Retry-After, since nothing was stored and
+// the same request will succeed later.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		if ae.Status == http.StatusRequestEntityTooLarge {
+			// The rest of the body is not read: answer now and close the
+			// connection. http.MaxBytesReader would have the server do so,
+			// but it cannot see the server's writer through statusWriter,
+			// and the server would first try to read what is left.
+			w.Header().Set("Connection", "close")
+		}
+		writeJSON(w, ae.Status, errorBody{Error: ae.Message, Index: ae.Index})
+		return
+	}
+	for _, s := range statusOf {
+		if errors.Is(err, s.kind) {
+			writeJSON(w, s.status, errorBody{Error: err.Error()})
+			return
+		}
+	}
+	msg := "storage is unavailable; nothing was stored, retry later"
+	switch {
+	case r.Method == http.MethodGet:
+		msg = "storage is unavailable; retry later"
+	case errors.Is(err, errShuttingDown):
+		msg = "fanout is shutting down; nothing was stored, retry later"
+	case errors.Is(err, context.DeadlineExceeded):
+		msg = "storage did not take the events in time; nothing was stored, retry later"
+	}
+	log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: msg})
+}

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"regexp"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"fanout/destination"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests if any leaves a goroutine behind: run
+// must stop everything it started.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startRun starts run() on a free loopback port, with the SSRF guard letting
+// loopback destinations through, and returns its base URL and a function
+// that stops it and returns run's error.
+func startRun(t testing.TB, args []string, env map[string]string) (string, func() error) {
+	t.Helper()
+	return startRunArgs(t, append([]string{"--addr", "127.0.0.1:0", "--allow-network", "127.0.0.0/8"}, args...), env)
+}
+
+// startRunArgs is startRun with exactly these arguments.
+func startRunArgs(t testing.TB, args []string, env map[string]string) (string, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	var logs bytes.Buffer
+	var logsMu sync.Mutex
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, args, func(k string) string { return env[k] }, io.Discard, pw)
+		pw.Close()
+		done <- err
+	}()
+	addr := make(chan string, 1)
+	go func() {
+		re := regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			logsMu.Lock()
+			logs.WriteString(sc.Text() + "\n")
+			logsMu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	var stopOnce sync.Once
+	var stopErr error
+	stop := func() error {
+		stopOnce.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(30 * time.Second):
+				var dump strings.Builder
+				_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
+				stopErr = fmt.Errorf("run did not return within 30s of cancellation; goroutines:\n%s", dump.String())
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		_ = stop()
+		if t.Failed() || os.Getenv("FANOUT_TEST_LOGS") != "" {
+			logsMu.Lock()
+			t.Logf("fanout logs:\n%s", logs.String())
+			logsMu.Unlock()
+		}
+	})
+	select {
+	case a := <-addr:
+		return a, stop
+	case err := <-done:
+		t.Fatalf("run returned before listening: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not start listening within 10s")
+	}
+	return "", nil
+}
+
+func TestRun_EndToEnd(t *testing.T) {
+	t.Parallel()
+	good, flaky := newReceiver(t), newReceiver(t)
+	flaky.fail.Store(true)
+	base, stop := startRun(t, []string{
+		"--data", t.TempDir(),
+		"--destination", good.URL + "/hook",
+		"--destination", flaky.URL + "/flaky",
+		"--retry-initial", "20ms", "--retry-max", "100ms",
+	}, nil)
+
+	want := map[string]string{}
+	for b := range 9 {
+		var events []string
+		for i := range 100 {
+			events = append(events, fmt.Sprintf(`{"batch":%d, "i":%d, "pad":"%s"}`, b, i, strings.Repeat("x", i%7)))
+		}
+		code, body := post(t, base+"/v1/batch", "["+strings.Join(events, ",")+"]")
+		if code != http.StatusAccepted {
+			t.Fatalf("batch %d: %d %s", b, code, body)
+		}
+		var resp struct{ IDs []string }
+		if err := json.Unmarshal(body, &resp); err != nil || len(resp.IDs) != 100 {
+			t.Fatalf("batch %d: %s", b, body)
+		}
+		for i, id := range resp.IDs {
+			want[id] = events[i]
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for g := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				event := fmt.Sprintf(`{"single":%d}`, g*10+i)
+				code, body := post(t, base+"/v1/event", event)
+				var resp struct{ ID string }
+				if code != http.StatusAccepted || json.Unmarshal(body, &resp) != nil {
+					t.Errorf("event: %d %s", code, body)
+					return
+				}
+				mu.Lock()
+				want[resp.ID] = event
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(want) != 1000 {
+		t.Fatalf("%d distinct ids for 1000 events", len(want))
+	}
+
+	good.waitAll(t, want, 60*time.Second)
+	for flaky.failed.Load() < 100 { // let the flaky one fail for a while
+		time.Sleep(10 * time.Millisecond)
+	}
+	flaky.fail.Store(false)
+	flaky.waitAll(t, want, 60*time.Second)
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	t.Logf("flaky destination refused %d deliveries before it recovered", flaky.failed.Load())
+}
+
+// TestRun_ShutdownAndRestart stops the service while some deliveries are in
+// flight and others wait for a retry: the ones in flight finish before run
+// returns, the others are delivered by the next start, and nothing twice.
+func TestRun_ShutdownAndRestart(t *testing.T) {
+	t.Parallel()
+	data := t.TempDir()
+	dest := newReceiver(t)
+	args := []string{"--data", data, "--destination", dest.URL, "--retry-initial", "50ms", "--retry-max", "100ms",
+		"--shutdown-timeout", "5s"}
+	base, stop := startRun(t, args, nil)
+	send := func(n int, want map[string]string) {
+		for i := range n {
+			event := fmt.Sprintf(`{"n":%d}`, len(want)+i)
+			code, body := post(t, base+"/v1/event", event)
+			var resp struct{ ID string }
+			if code != http.StatusAccepted || json.Unmarshal(body, &resp) != nil {
+				t.Fatalf("%d %s", code, body)
+			}
+			want[resp.ID] = event
+		}
+	}
+	retrying, inFlight := map[string]string{}, map[string]string{}
+	dest.fail.Store(true)
+	send(20, retrying)
+	for dest.failed.Load() < 20 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	dest.fail.Store(false)
+	dest.delay.Store(int64(500 * time.Millisecond))
+	dest.hold.Store(true) // the retries fail again; new events are slow
+	send(5, inFlight)
+	for dest.started.Load() < 5 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	began := time.Now()
+	if err := stop(); err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("shutdown took %v, over its 5s deadline", took)
+	}
+	for id := range inFlight {
+		if _, ok := dest.has(id); !ok {
+			t.Fatalf("delivery of %s was in flight at shutdown and did not finish", id)
+		}
+	}
+
+	dest.hold.Store(false)
+	dest.delay.Store(0)
+	_, stop = startRun(t, args, nil)
+	dest.waitAll(t, retrying, 30*time.Second)
+	if err := stop(); err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+	for id := range inFlight {
+		if n := dest.deliveries(id); n != 1 {
+			t.Fatalf("event %s delivered %d times, want once: it finished before the shutdown", id, n)
+		}
+	}
+}
+
+func TestRun_DataDirInUse(t *testing.T) {
+	t.Parallel()
+	data := t.TempDir()
+	startRun(t, []string{"--data", data}, nil)
+	err := run(context.Background(), []string{"--addr", "127.0.0.1:0", "--data", data}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Fatalf("second run on the same data: %v, want an error saying it is in use", err)
+	}
+}
+
+// TestRun_Isolation: a destination that hangs past the timeout holds at most
+// its own concurrency; a healthy one gets every event promptly meanwhile.
+func TestRun_Isolation(t *testing.T) {
+	var inHang, peak atomic.Int32
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inHang.Add(1)
+		defer inHang.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		_, _ = io.Copy(io.Discard, r.Body) // so that the server notices fanout hanging up
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer hang.Close()
+	healthy := newReceiver(t)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--delivery-timeout", "300ms", "--workers", "32",
+		"--retry-initial", "50ms", "--retry-max", "200ms"}, nil)
+	call(t, "POST", base+"/v1/destinations", map[string]any{"url": hang.URL, "max_concurrency": 4}, nil)
+	call(t, "POST", base+"/v1/destinations", map[string]any{"url": healthy.URL}, nil)
+
+	want := map[string]string{}
+	for b := range 5 {
+		var events []string
+		for i := range 100 {
+			events = append(events, fmt.Sprintf(`{"b":%d,"i":%d}`, b, i))
+		}
+		var r struct{ IDs []string }
+		if code := call(t, "POST", base+"/v1/batch", "["+strings.Join(events, ",")+"]", &r); code != 202 {
+			t.Fatalf("batch: %d", code)
+		}
+		for i, id := range r.IDs {
+			want[id] = events[i]
+		}
+	}
+	start := time.Now()
+	healthy.waitAll(t, want, 20*time.Second)
+	took := time.Since(start)
+	if p := peak.Load(); p > 4 {
+		t.Fatalf("the hanging destination had %d deliveries at once, over its max_concurrency of 4", p)
+	}
+	t.Logf("healthy destination got 500 events in %v while the other hung (peak %d at once there)", took, peak.Load())
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRun_CircuitBreaker pauses a destination whose deliveries keep failing,
+// and resumes it by API.
+func TestRun_CircuitBreaker(t *testing.T) {
+	t.Parallel()
+	down := newSignedReceiver(t)
+	down.status.Store(http.StatusServiceUnavailable)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--breaker-failures", "5", "--breaker-window", "0s",
+		"--breaker-cooldown", "1h", "--retry-initial", "10ms", "--retry-max", "20ms"}, nil)
+	var d destination.Destination
+	call(t, "POST", base+"/v1/destinations", map[string]any{"url": down.URL}, &d)
+	down.setSecret(t, d.Secret)
+	var r struct{ ID string }
+	call(t, "POST", base+"/v1/event", `{"n":1}`, &r)
+	eventually(t, "the breaker pauses the destination", 10*time.Second, func() bool {
+		call(t, "GET", base+"/v1/destinations/"+d.ID, nil, &d)
+		return d.CircuitOpenUntil != nil && strings.Contains(d.Reason, "circuit breaker")
+	})
+	var ev eventView
+	call(t, "GET", base+"/v1/events/"+r.ID, nil, &ev)
+	if len(ev.Deliveries) != 1 || ev.Deliveries[0].State == "failed" {
+		t.Fatalf("delivery %+v, want it kept while the destination is paused", ev.Deliveries)
+	}
+	down.status.Store(0)
+	var resumed destination.Destination
+	call(t, "POST", base+"/v1/destinations/"+d.ID+"/resume", nil, &resumed)
+	if resumed.CircuitOpenUntil != nil || resumed.Reason != "" || resumed.Version != d.Version+1 {
+		t.Fatalf("resumed destination %+v", resumed)
+	}
+	eventually(t, "delivery after resume", 10*time.Second, func() bool { return down.has(r.ID) })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

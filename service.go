@@ -1,0 +1,537 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"fanout/destination"
+	"fanout/dispatch"
+	"fanout/webhook"
+)
+
+// service is what fanout offers, over the runtime, the store and the
+// destinations: ingest, the views of events and deliveries, re-drive, and
+// the destinations. It is the only code that turns runtime calls into
+// fanout's words (an event is a handleEvent call without a parent, a
+// delivery a publishEvent call keyed by its destination); the HTTP layer
+// sees views and the errors below.
+type service struct {
+	rt    *dispatch.Runtime
+	store dispatch.Store
+	fns   *functions
+	dests *destination.Registry
+	// backlog counts the deliveries waiting in the store, for metrics.
+	backlog *backlogCache
+	// accepted counts the events ingest answered for (a repeat that was
+	// dropped counts too).
+	accepted atomic.Int64
+}
+
+func newService(rt *dispatch.Runtime, store dispatch.Store, fns *functions, dests *destination.Registry) *service {
+	return &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store)}
+}
+
+// Errors of the service, in the words of its callers; writeError gives each
+// kind its HTTP status. A message says what is wrong and what to do.
+var (
+	errInvalid      = errors.New("invalid request")
+	errNotFound     = errors.New("not found")
+	errConflict     = errors.New("conflict")
+	errShuttingDown = errors.New("shutting down")
+)
+
+// serviceError is an error of one of the kinds above, with its message.
+type serviceError struct {
+	kind error
+	msg  string
+}
+
+func (e *serviceError) Error() string { return e.msg }
+func (e *serviceError) Unwrap() error { return e.kind }
+
+func invalid(format string, args ...any) error {
+	return &serviceError{errInvalid, fmt.Sprintf(format, args...)}
+}
+
+func notFound(format string, args ...any) error {
+	return &serviceError{errNotFound, fmt.Sprintf(format, args...)}
+}
+
+func conflict(format string, args ...any) error {
+	return &serviceError{errConflict, fmt.Sprintf(format, args...)}
+}
+
+// StoreStats returns the store's counters, if it keeps them.
+func (s *service) StoreStats() (dispatch.StoreStats, bool) {
+	sr, ok := s.store.(dispatch.StatsReporter)
+	if !ok {
+		return dispatch.StoreStats{}, false
+	}
+	return sr.StoreStats(), true
+}
+
+// --- ingest ---
+
+// Ingest stores events atomically, each as a handleEvent call, and returns
+// their ids in order once they are durable. An event whose idempotency key
+// was seen within the dedup window is not stored again: its id is the
+// original one. The key is the request's Idempotency-Key (with the event's
+// index for a batch, so that a repeated batch is repeated whole), else the
+// event's own "id" field.
+func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) ([]string, error) {
+	batch := s.rt.Batch()
+	for i, e := range events {
+		call, err := s.fns.handleEvent.BuildCall(e)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case idempotencyKey != "" && len(events) == 1:
+			call.DedupKey = "key:" + idempotencyKey
+		case idempotencyKey != "":
+			call.DedupKey = "key:" + idempotencyKey + "#" + strconv.Itoa(i)
+		default:
+			if id := eventFields(e).ID; id != "" {
+				call.DedupKey = "id:" + id
+			}
+		}
+		batch.Add(call)
+	}
+	ids, err := batch.Dispatch(ctx)
+	if errors.Is(err, dispatch.ErrStopped) {
+		return nil, fmt.Errorf("%w: %w", errShuttingDown, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.accepted.Add(int64(len(ids)))
+	return ids, nil
+}
+
+// --- events and deliveries ---
+
+// eventView is an event and the state of its deliveries.
+type eventView struct {
+	ID         string          `json:"id"`
+	State      string          `json:"state"`
+	ReceivedAt time.Time       `json:"received_at"`
+	Error      string          `json:"error,omitempty"`
+	Event      json.RawMessage `json:"event"`
+	Deliveries []deliveryView  `json:"deliveries"`
+}
+
+// deliveryView is one delivery: an event for a destination.
+type deliveryView struct {
+	ID            string        `json:"id"`
+	EventID       string        `json:"event_id"`
+	DestinationID string        `json:"destination_id"`
+	URL           string        `json:"url,omitempty"`
+	State         string        `json:"state"`
+	Attempts      int           `json:"attempts"`
+	LastStatus    int           `json:"last_status,omitempty"`
+	LastError     string        `json:"last_error,omitempty"`
+	NextAttemptAt *time.Time    `json:"next_attempt_at,omitempty"`
+	DeliveredAt   *time.Time    `json:"delivered_at,omitempty"`
+	CreatedAt     time.Time     `json:"created_at"`
+	UpdatedAt     time.Time     `json:"updated_at"`
+	History       []attemptView `json:"attempt_history,omitempty"`
+}
+
+// attemptView is one attempt of a delivery.
+type attemptView struct {
+	Attempt    int             `json:"attempt"`
+	StartedAt  time.Time       `json:"started_at"`
+	DurationMS float64         `json:"duration_ms"`
+	Status     int             `json:"status,omitempty"`
+	Error      string          `json:"error,omitempty"`
+	Detail     json.RawMessage `json:"detail,omitempty"`
+}
+
+func eventState(s dispatch.State) string {
+	switch s {
+	case dispatch.StateWaiting:
+		return "delivering"
+	case dispatch.StateDone:
+		return "delivered"
+	case dispatch.StateFailed:
+		return "failed"
+	}
+	return "pending" // not fanned out yet
+}
+
+func deliveryState(s dispatch.State) string {
+	switch s {
+	case dispatch.StateRunning:
+		return "delivering"
+	case dispatch.StateDone:
+		return "delivered"
+	case dispatch.StateFailed:
+		return "failed"
+	}
+	return "pending"
+}
+
+// parseDeliveryState is the inverse of deliveryState.
+func parseDeliveryState(s string) (dispatch.State, error) {
+	switch s {
+	case "", "failed":
+		return dispatch.StateFailed, nil
+	case "pending":
+		return dispatch.StatePending, nil
+	case "delivering":
+		return dispatch.StateRunning, nil
+	case "delivered":
+		return dispatch.StateDone, nil
+	}
+	return 0, invalid("state must be failed, pending, delivering or delivered, not %q", s)
+}
+
+// deliveryOutput reads what the destination answered to a delivery that
+// succeeded.
+func deliveryOutput(c *dispatch.Call) (Delivery, bool) {
+	var out Delivery
+	return out, c.State == dispatch.StateDone && json.Unmarshal(c.Output, &out) == nil
+}
+
+func (s *service) deliveryView(c *dispatch.Call) deliveryView {
+	v := deliveryView{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, State: deliveryState(c.State),
+		Attempts: c.Attempt, LastError: c.Error, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
+	if d, ok := s.dests.Get(c.Key); ok {
+		v.URL = d.URL
+	}
+	switch c.State {
+	case dispatch.StatePending:
+		at := c.RunAfter
+		v.NextAttemptAt = &at
+	case dispatch.StateDone:
+		at := c.UpdatedAt
+		v.DeliveredAt = &at
+		if out, ok := deliveryOutput(c); ok {
+			v.LastStatus = out.StatusCode
+		}
+	}
+	return v
+}
+
+// Event returns an event and, per destination, its delivery.
+func (s *service) Event(ctx context.Context, id string) (*eventView, error) {
+	c, err := s.store.CallGet(ctx, id)
+	if errors.Is(err, dispatch.ErrNotFound) || (err == nil && (c.Function != s.fns.handleEvent.Name() || c.ParentID != "")) {
+		return nil, notFound("no event with id %q (delivered events are deleted after --retention)", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	children, err := s.store.CallListChildren(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	v := &eventView{ID: c.ID, State: eventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
+		Deliveries: make([]deliveryView, 0, len(children))}
+	if c.State == dispatch.StateFailed {
+		v.Error = c.Error
+	}
+	for _, child := range children {
+		v.Deliveries = append(v.Deliveries, s.deliveryView(child))
+	}
+	return v, nil
+}
+
+// deliveryFilter selects deliveries: the query of GET /v1/deliveries and
+// the body of POST /v1/deliveries/retry.
+type deliveryFilter struct {
+	State       string `json:"state"`
+	Destination string `json:"destination"`
+	Since       string `json:"since"`
+	Until       string `json:"until"`
+}
+
+func (s *service) listParams(f deliveryFilter) (*dispatch.CallListParams, error) {
+	state, err := parseDeliveryState(f.State)
+	if err != nil {
+		return nil, err
+	}
+	p := &dispatch.CallListParams{Function: s.fns.publishEvent.Name(), State: state}
+	if f.Destination != "" {
+		p.Key = &f.Destination
+	}
+	for _, b := range []struct {
+		name  string
+		value string
+		dst   *time.Time
+	}{{"since", f.Since, &p.CreatedAfter}, {"until", f.Until, &p.CreatedBefore}} {
+		if b.value == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339, b.value)
+		if err != nil {
+			return nil, invalid("%s must be an RFC 3339 time like 2026-11-28T10:00:00Z, not %q", b.name, b.value)
+		}
+		*b.dst = t
+	}
+	return p, nil
+}
+
+// Deliveries returns a page of the deliveries f selects, in id order after
+// cursor, and the cursor of the next page ("" on the last).
+func (s *service) Deliveries(ctx context.Context, f deliveryFilter, cursor string, limit int) ([]deliveryView, string, error) {
+	p, err := s.listParams(f)
+	if err != nil {
+		return nil, "", err
+	}
+	p.After, p.Limit = cursor, limit
+	calls, err := s.store.CallList(ctx, p)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]deliveryView, 0, len(calls))
+	for _, c := range calls {
+		out = append(out, s.deliveryView(c))
+	}
+	next := ""
+	if len(calls) == limit {
+		next = calls[len(calls)-1].ID
+	}
+	return out, next, nil
+}
+
+// delivery returns a delivery's call.
+func (s *service) delivery(ctx context.Context, id string) (*dispatch.Call, error) {
+	c, err := s.store.CallGet(ctx, id)
+	if errors.Is(err, dispatch.ErrNotFound) || (err == nil && c.Function != s.fns.publishEvent.Name()) {
+		return nil, notFound("no delivery with id %q", id)
+	}
+	return c, err
+}
+
+// Delivery returns a delivery with the history of its attempts.
+func (s *service) Delivery(ctx context.Context, id string) (*deliveryView, error) {
+	c, err := s.delivery(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	attempts, err := s.store.CallAttempts(ctx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	v := s.deliveryView(c)
+	for _, a := range attempts {
+		av := attemptView{Attempt: a.Attempt, StartedAt: a.Started, DurationMS: float64(a.Duration.Microseconds()) / 1000,
+			Error: a.Error, Detail: a.Detail}
+		if d, ok := webhook.ParseAttemptDetail(a.Detail); ok {
+			av.Status = d.StatusCode
+		}
+		v.History = append(v.History, av)
+	}
+	if len(v.History) > 0 && c.State != dispatch.StateDone {
+		v.LastStatus = v.History[len(v.History)-1].Status
+	}
+	// A success is recorded in the call itself, not as an attempt.
+	if out, ok := deliveryOutput(c); ok {
+		v.History = append(v.History, attemptView{Attempt: c.Attempt, StartedAt: c.UpdatedAt.Add(-out.Duration),
+			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode})
+	}
+	return &v, nil
+}
+
+// RetryDelivery re-drives one failed delivery and returns its id.
+func (s *service) RetryDelivery(ctx context.Context, id string) ([]string, error) {
+	c, err := s.delivery(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if c.State != dispatch.StateFailed {
+		return nil, conflict("delivery %s is %s; only failed deliveries can be retried", c.ID, deliveryState(c.State))
+	}
+	done, err := s.rt.Redrive(ctx, []string{c.ID})
+	if err != nil {
+		return nil, err
+	}
+	if len(done) == 0 {
+		return nil, conflict("delivery %s cannot be retried now: its event is finishing; try again in a moment", c.ID)
+	}
+	return done, nil
+}
+
+// maxRedrive bounds one bulk re-drive request; the answer says if more are left.
+const maxRedrive = 100000
+
+// RetryDeliveries re-drives the failed deliveries f selects, page by page,
+// up to maxRedrive; more says that some are left.
+func (s *service) RetryDeliveries(ctx context.Context, f deliveryFilter) (retried int, more bool, err error) {
+	if f.State != "" && f.State != "failed" {
+		return 0, false, invalid("only failed deliveries can be retried")
+	}
+	p, err := s.listParams(f)
+	if err != nil {
+		return 0, false, err
+	}
+	p.Limit = 1000
+	for {
+		calls, err := s.store.CallList(ctx, p)
+		if err != nil {
+			return retried, false, err
+		}
+		if len(calls) == 0 {
+			return retried, false, nil
+		}
+		ids := make([]string, len(calls))
+		for i, c := range calls {
+			ids[i] = c.ID
+		}
+		done, err := s.rt.Redrive(ctx, ids)
+		if err != nil {
+			return retried, false, err
+		}
+		retried += len(done)
+		p.After = calls[len(calls)-1].ID
+		if len(calls) < p.Limit {
+			return retried, false, nil
+		}
+		if retried >= maxRedrive {
+			return retried, true, nil
+		}
+	}
+}
+
+// --- destinations ---
+
+// destinationInput is a change to a destination, as POST and PATCH
+// /v1/destinations send it: a field that is absent is left as it is (or
+// defaulted, on creation).
+type destinationInput struct {
+	URL            *string                    `json:"url"`
+	Description    *string                    `json:"description"`
+	Enabled        *bool                      `json:"enabled"`
+	Filter         *[]string                  `json:"filter"`
+	Secret         *string                    `json:"secret"`
+	MaxConcurrency *int                       `json:"max_concurrency"`
+	RateLimit      *float64                   `json:"rate_limit"`
+	Headers        *map[string]string         `json:"headers"`
+	Retry          *destination.RetrySettings `json:"retry"`
+	Paused         *bool                      `json:"paused"`
+}
+
+func (in *destinationInput) apply(d *destination.Destination) {
+	if in.URL != nil {
+		d.URL = *in.URL
+	}
+	if in.Description != nil {
+		d.Description = *in.Description
+	}
+	if in.Enabled != nil {
+		if *in.Enabled && !d.Enabled {
+			d.Reason = ""
+		}
+		d.Enabled = *in.Enabled
+	}
+	if in.Filter != nil {
+		d.Filter = *in.Filter
+	}
+	if in.Secret != nil {
+		d.Secret = *in.Secret
+	}
+	if in.MaxConcurrency != nil {
+		d.MaxConcurrency = *in.MaxConcurrency
+	}
+	if in.RateLimit != nil {
+		d.RateLimit = *in.RateLimit
+	}
+	if in.Headers != nil {
+		d.Headers = *in.Headers
+	}
+	if in.Retry != nil {
+		d.Retry = in.Retry
+		if *in.Retry == (destination.RetrySettings{}) {
+			d.Retry = nil // {} goes back to the default policy
+		}
+	}
+	if in.Paused != nil {
+		d.Paused = *in.Paused
+		if !d.Paused {
+			d.CircuitOpenUntil, d.Reason = nil, ""
+		}
+	}
+}
+
+// destinationError says a registry error in the service's words.
+func destinationError(id string, err error) error {
+	var de *destination.Error
+	switch {
+	case errors.As(err, &de):
+		return invalid("%s", de.Error())
+	case errors.Is(err, destination.ErrNotFound):
+		return notFound("no destination with id %q", id)
+	case errors.Is(err, destination.ErrExists):
+		return conflict("a destination with this id exists")
+	}
+	return err
+}
+
+// Destinations returns every destination, ordered by id.
+func (s *service) Destinations() []*destination.Destination {
+	list := s.dests.List()
+	if list == nil {
+		list = []*destination.Destination{}
+	}
+	return list
+}
+
+// Destination returns one destination.
+func (s *service) Destination(id string) (*destination.Destination, error) {
+	d, ok := s.dests.Get(id)
+	if !ok {
+		return nil, destinationError(id, destination.ErrNotFound)
+	}
+	return d, nil
+}
+
+// CreateDestination creates a destination, enabled unless in says otherwise.
+func (s *service) CreateDestination(ctx context.Context, in *destinationInput) (*destination.Destination, error) {
+	if in.URL == nil {
+		return nil, invalid("url is required")
+	}
+	d := &destination.Destination{Enabled: true}
+	in.apply(d)
+	if err := s.dests.Create(ctx, d); err != nil {
+		return nil, destinationError(d.ID, err)
+	}
+	return d, nil
+}
+
+// UpdateDestination applies a change to a destination.
+func (s *service) UpdateDestination(ctx context.Context, id string, in *destinationInput) (*destination.Destination, error) {
+	d, err := s.dests.Update(ctx, id, func(d *destination.Destination) error {
+		in.apply(d)
+		return nil
+	})
+	return d, destinationError(id, err)
+}
+
+// DeleteDestination deletes a destination; its pending deliveries fail for
+// good when they next run.
+func (s *service) DeleteDestination(ctx context.Context, id string) error {
+	return destinationError(id, s.dests.Delete(ctx, id))
+}
+
+// ResumeDestination lifts a pause, by a person or by the breaker: the same
+// as PATCH {"paused": false}.
+func (s *service) ResumeDestination(ctx context.Context, id string) (*destination.Destination, error) {
+	unpause := false
+	return s.UpdateDestination(ctx, id, &destinationInput{Paused: &unpause})
+}
+
+// RotateSecret gives a destination a new secret; the old one keeps signing
+// for the grace period.
+func (s *service) RotateSecret(ctx context.Context, id string) (*destination.Destination, error) {
+	d, err := s.dests.Update(ctx, id, func(d *destination.Destination) error {
+		d.Secret = webhook.GenerateSecret()
+		return nil
+	})
+	return d, destinationError(id, err)
+}
