@@ -145,54 +145,23 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	return ids, nil
 }
 
-// dedup resolves the dedup keys of an insert: it returns the calls to store,
-// and sets ids[i] to the call a duplicate repeats (to "" for the children of
-// a duplicate, which are not stored). Two processes inserting the same key
-// at once are serialized by the key's row: the second waits for the first
-// to commit, then finds its key.
+// dedup resolves the dedup keys of an insert (see dispatch.ResolveDedup).
+// Two processes inserting the same key at once are serialized by the key's
+// row: the second waits for the first to commit, then finds its key.
 func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
-	dups := map[string]bool{}
-	seen := map[string]string{} // key -> call id, within this insert
-	for i, c := range calls {
-		if c.DedupKey == "" || c.ParentID != "" {
-			continue
-		}
-		if prev, ok := seen[c.DedupKey]; ok {
-			ids[i], dups[c.ID] = prev, true
-			continue
-		}
-		var owner string
+	return dispatch.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
+		var holder string
 		err := tx.QueryRow(ctx, `INSERT INTO dedup (key, call_id, created_at) VALUES ($1, $2, $3)
 			ON CONFLICT (key) DO UPDATE SET call_id = excluded.call_id, created_at = excluded.created_at
 			WHERE dedup.created_at < $4
-			RETURNING call_id`, c.DedupKey, c.ID, c.CreatedAt.UnixNano(), since.UnixNano()).Scan(&owner)
-		switch {
-		case err == nil:
-			seen[c.DedupKey] = c.ID
-			continue
-		case !errors.Is(err, pgx.ErrNoRows):
-			return nil, err
+			RETURNING call_id`, c.DedupKey, c.ID, c.CreatedAt.UnixNano(), since.UnixNano()).Scan(&holder)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return holder, err
 		}
 		// The key is taken within the window: this call repeats that one.
-		if err := tx.QueryRow(ctx, `SELECT call_id FROM dedup WHERE key = $1`, c.DedupKey).Scan(&owner); err != nil {
-			return nil, err
-		}
-		ids[i], dups[c.ID] = owner, true
-	}
-	if len(dups) == 0 {
-		return calls, nil
-	}
-	rows := make([]*dispatch.Call, 0, len(calls))
-	for i, c := range calls {
-		switch {
-		case dups[c.ID]:
-		case dups[c.ParentID]:
-			ids[i] = ""
-		default:
-			rows = append(rows, c)
-		}
-	}
-	return rows, nil
+		err = tx.QueryRow(ctx, `SELECT call_id FROM dedup WHERE key = $1`, c.DedupKey).Scan(&holder)
+		return holder, err
+	})
 }
 
 const claimColumns = `c.id, c.function, c.key, c.input, c.attempt, c.failures, c.run_after, c.budget_start, c.parent_id,

@@ -123,49 +123,22 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	return ids, nil
 }
 
-// dedup resolves the dedup keys of an insert: it returns the calls to store,
-// and sets ids[i] to the call a duplicate repeats (to "" for the children of
-// a duplicate, which are not stored).
+// dedup resolves the dedup keys of an insert (see dispatch.ResolveDedup).
+// The writer is the only one: a key read here cannot be taken meanwhile.
 func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
-	dups := map[string]bool{}
-	seen := map[string]string{} // key -> call id, within this insert
-	for i, c := range calls {
-		if c.DedupKey == "" || c.ParentID != "" {
-			continue
-		}
-		if prev, ok := seen[c.DedupKey]; ok {
-			ids[i], dups[c.ID] = prev, true
-			continue
-		}
+	return dispatch.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
 		row, err := tx.queryRow(`SELECT call_id FROM dedup WHERE key = ? AND created_at >= ?`, c.DedupKey, since.UnixNano())
 		switch {
 		case err == nil:
-			ids[i], dups[c.ID] = asString(row[0]), true
-			continue
+			return asString(row[0]), nil
 		case !errors.Is(err, sql.ErrNoRows):
-			return nil, err
+			return "", err
 		}
-		if _, err := tx.exec(`INSERT INTO dedup (key, call_id, created_at) VALUES (?, ?, ?)
+		_, err = tx.exec(`INSERT INTO dedup (key, call_id, created_at) VALUES (?, ?, ?)
 			ON CONFLICT (key) DO UPDATE SET call_id = excluded.call_id, created_at = excluded.created_at`,
-			c.DedupKey, c.ID, c.CreatedAt.UnixNano()); err != nil {
-			return nil, err
-		}
-		seen[c.DedupKey] = c.ID
-	}
-	if len(dups) == 0 {
-		return calls, nil
-	}
-	rows := make([]*dispatch.Call, 0, len(calls))
-	for i, c := range calls {
-		switch {
-		case dups[c.ID]:
-		case dups[c.ParentID]:
-			ids[i] = ""
-		default:
-			rows = append(rows, c)
-		}
-	}
-	return rows, nil
+			c.DedupKey, c.ID, c.CreatedAt.UnixNano())
+		return c.ID, err
+	})
 }
 
 const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at`
