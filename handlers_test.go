@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -367,4 +368,113 @@ func TestIdempotentIngest(t *testing.T) {
 	if code := call(t, "POST", srv.URL+"/v1/event", `{}`, &e, "Idempotency-Key", "has space"); code != 400 {
 		t.Fatalf("a bad Idempotency-Key: %d %q", code, e.Error)
 	}
+}
+
+// selectivePoisonStore fails the inserts of events that ask for it
+// ({"poison":true}) part-way, with the id of a call that exists.
+type selectivePoisonStore struct{ appStore }
+
+func (p *selectivePoisonStore) CallInsertMany(ctx context.Context, params *dispatch.CallInsertParams) ([]string, error) {
+	for _, c := range params.Calls {
+		if strings.Contains(string(c.Input), `"poison"`) && len(params.Calls) > 1 {
+			params.Calls[len(params.Calls)/2].ID = "existing"
+		}
+	}
+	return p.appStore.CallInsertMany(ctx, params)
+}
+
+// lostAnswerStore commits inserts, then reports that it could not tell,
+// as the PostgreSQL store does when the connection is lost during COMMIT
+// and the database stays out of reach.
+type lostAnswerStore struct {
+	appStore
+	lose atomic.Bool
+}
+
+func (p *lostAnswerStore) CallInsertMany(ctx context.Context, params *dispatch.CallInsertParams) ([]string, error) {
+	ids, err := p.appStore.CallInsertMany(ctx, params)
+	if err == nil && p.lose.Load() {
+		return nil, fmt.Errorf("insert calls: %w: connection lost during COMMIT", dispatch.ErrOutcomeUnknown)
+	}
+	return ids, err
+}
+
+// TestHandlers_StorageFailurePaths: a request whose store operation fails
+// among others that share its commit gets 503 and stores nothing, the
+// others are stored; a commit whose answer was lost is a 503 that says the
+// events may be stored, and the same request again stores them once.
+func TestHandlers_StorageFailurePaths(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	existing := &dispatch.CallInsertParams{Calls: []*dispatch.Call{{ID: "existing",
+		Function: "other", Input: []byte(`{}`), RunAfter: time.Now(), CreatedAt: time.Now()}}}
+
+	t.Run("OneOfManyFails", func(t *testing.T) {
+		t.Parallel()
+		real := openTestStore(t, t.TempDir())
+		if _, err := real.CallInsertMany(ctx, existing); err != nil {
+			t.Fatal(err)
+		}
+		svc := newTestService(t, &selectivePoisonStore{real})
+		const n, poisoned = 16, 5
+		codes := make([]int, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				body := fmt.Sprintf(`[{"r":%d},{"r":%d}]`, i, i)
+				if i == poisoned {
+					body = `[{"poison":true},{"r":5},{"r":5}]`
+				}
+				w := svc.do(t, "POST", "/v1/batch", body)
+				codes[i] = w.Code
+				if i == poisoned && !strings.Contains(w.Body.String(), "nothing was stored") {
+					t.Errorf("poisoned batch: %d %s, want 503 saying nothing was stored", w.Code, w.Body)
+				}
+			}()
+		}
+		wg.Wait()
+		for i, code := range codes {
+			if want := map[bool]int{true: 503, false: 202}[i == poisoned]; code != want {
+				t.Errorf("batch %d: status %d, want %d", i, code, want)
+			}
+		}
+		events := stored(t, real)
+		if len(events) != 2*(n-1) {
+			t.Fatalf("%d events stored, want %d: every batch but the failing one", len(events), 2*(n-1))
+		}
+		for _, e := range events {
+			if strings.Contains(string(e.Input), "poison") || string(e.Input) == `{"r":5}` {
+				t.Fatalf("the failing batch left %s in the store", e.Input)
+			}
+		}
+	})
+
+	t.Run("LostAnswer", func(t *testing.T) {
+		t.Parallel()
+		real := openTestStore(t, t.TempDir())
+		store := &lostAnswerStore{appStore: real}
+		svc := newTestService(t, store)
+		store.lose.Store(true)
+		w := svc.do(t, "POST", "/v1/event", `{"n":1}`, "Idempotency-Key", "order-7")
+		if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "may have been stored") ||
+			!strings.Contains(w.Body.String(), "Idempotency-Key") {
+			t.Fatalf("lost answer: %d %s, want 503 saying the events may be stored and how to repeat", w.Code, w.Body)
+		}
+		first := stored(t, real)
+		if len(first) != 1 {
+			t.Fatalf("%d events stored, want the 1 whose answer was lost", len(first))
+		}
+		store.lose.Store(false)
+		w = svc.do(t, "POST", "/v1/event", `{"n":1}`, "Idempotency-Key", "order-7")
+		var got struct{ ID string }
+		if w.Code != http.StatusAccepted || json.Unmarshal(w.Body.Bytes(), &got) != nil || got.ID != first[0].ID {
+			t.Fatalf("repeat: %d %s, want 202 with the stored event's id %s", w.Code, w.Body, first[0].ID)
+		}
+		// stored claimed the first; a second copy would be claimable now.
+		if again := stored(t, real); len(again) != 0 {
+			t.Fatalf("the repeat stored the event again: %d more", len(again))
+		}
+	})
 }

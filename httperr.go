@@ -49,7 +49,8 @@ var statusOf = []struct {
 // writeError is the one place where errors become HTTP answers. Client
 // mistakes keep their status and message. Anything else is the store failing
 // or the service stopping: 503 with Retry-After, since nothing was stored and
-// the same request will succeed later.
+// the same request will succeed later; the one exception (a commit whose
+// answer was lost) says so.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
@@ -73,6 +74,9 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	switch {
 	case r.Method == http.MethodGet:
 		msg = "storage is unavailable; retry later"
+	case errors.Is(err, errMaybeStored):
+		msg = "storage lost the answer to its commit and could not check it in time: the events may have been stored; " +
+			"send the same request again with the same Idempotency-Key (or events that carry an \"id\") to have them stored once"
 	case errors.Is(err, errShuttingDown):
 		msg = "fanout is shutting down; nothing was stored, retry later"
 	case errors.Is(err, context.DeadlineExceeded):

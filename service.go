@@ -43,6 +43,9 @@ var (
 	errNotFound     = errors.New("not found")
 	errConflict     = errors.New("conflict")
 	errShuttingDown = errors.New("shutting down")
+	// errMaybeStored: the store lost the answer to its commit and could
+	// not look afterwards; the events may be stored.
+	errMaybeStored = errors.New("outcome unknown")
 )
 
 // serviceError is an error of one of the kinds above, with its message.
@@ -103,8 +106,11 @@ func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempote
 		batch.Add(call)
 	}
 	ids, err := batch.Dispatch(ctx)
-	if errors.Is(err, dispatch.ErrStopped) {
+	switch {
+	case errors.Is(err, dispatch.ErrStopped):
 		return nil, fmt.Errorf("%w: %w", errShuttingDown, err)
+	case errors.Is(err, dispatch.ErrOutcomeUnknown):
+		return nil, fmt.Errorf("%w: %w", errMaybeStored, err)
 	}
 	if err != nil {
 		return nil, err

@@ -117,6 +117,12 @@ type Doc struct {
 	UpdatedAt time.Time
 }
 
+// ErrOutcomeUnknown is wrapped by a Store's error when the change may have
+// been applied: the commit was sent and its answer lost, and looking at the
+// database afterwards failed too. What was stored is then at-least-once:
+// the caller may repeat it (a DedupKey makes the repeat harmless).
+var ErrOutcomeUnknown = errors.New("dispatch: the store cannot tell whether the change was applied")
+
 // Errors of documents; a missing one is ErrNotFound.
 var (
 	ErrDocExists   = errors.New("dispatch: document exists")
@@ -129,7 +135,10 @@ var (
 // Every method that changes state must be durable when it returns nil: the
 // change is on stable storage (fsynced, or committed to a database that
 // promises as much) and survives a crash of the process and of the machine.
-// When it returns an error, nothing of that call was changed.
+// When it returns an error, nothing of that call was changed, unless the
+// error wraps ErrOutcomeUnknown: the store could not learn whether its last
+// commit went through (a connection lost during COMMIT, and the database
+// out of reach while it tried to look).
 //
 // Implementations must be safe for concurrent use and must pass
 // dispatchtest.Exercise.

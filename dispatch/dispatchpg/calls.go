@@ -115,20 +115,37 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		ids[i] = c.ID
 		deduping = deduping || (c.DedupKey != "" && c.ParentID == "")
 	}
+	// first is the first row to store: it exists if and only if the insert
+	// committed, which is what a commit whose answer was lost needs to know.
+	first := calls[0].ID
+	exists := func(ctx context.Context, conn *pgxpool.Conn) (bool, error) {
+		var ok bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)`, first).Scan(&ok)
+		return ok, err
+	}
 	var err error
 	if !deduping {
 		// Group-committed with whatever else is being written.
 		cols := toColumns(calls, time.Now())
 		args := cols.args()
-		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, queue: func(b *pgx.Batch) {
+		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, verify: exists, queue: func(b *pgx.Batch) {
 			b.Queue(insertSQL, args...)
 		}})
 	} else {
-		err = s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		stored := -1 // rows to store, once known
+		insert := func(ctx context.Context, tx pgx.Tx) error {
+			stored = -1
+			for i, c := range calls {
+				ids[i] = c.ID
+			}
 			rows, err := dedup(ctx, tx, calls, ids, p.DedupSince)
-			if err != nil || len(rows) == 0 {
+			if err != nil {
 				return err
 			}
+			if stored = len(rows); stored == 0 {
+				return nil
+			}
+			first = rows[0].ID
 			cols := toColumns(rows, time.Now())
 			if _, err := tx.Exec(ctx, insertSQL, cols.args()...); err != nil {
 				return err
@@ -137,7 +154,28 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 				_, err = tx.Exec(ctx, notifySQL, s.channel)
 			}
 			return err
-		})
+		}
+		for {
+			err = s.writeTx(ctx, insert)
+			if err == nil || !lostAnswer(err) || stored < 0 {
+				break // stored, refused by the server, or lost before the insert
+			}
+			if stored == 0 {
+				err = nil // every call repeated one stored before: nothing to store
+				break
+			}
+			applied, verr := s.verify(ctx, exists)
+			if verr != nil {
+				err = fmt.Errorf("%w: the commit's answer was lost (%v) and the database could not be asked: %v",
+					dispatch.ErrOutcomeUnknown, err, verr)
+				break
+			}
+			if applied {
+				err = nil
+				break
+			}
+			// Not applied: store it again.
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("insert calls: %w", err)

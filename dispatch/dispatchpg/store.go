@@ -104,6 +104,7 @@ type Store struct {
 	connCfg *pgx.ConnConfig
 	log     *slog.Logger
 	timeout time.Duration
+	hooks   testHooks
 	channel string
 
 	// notify fires when another process commits work that this one may
@@ -525,7 +526,10 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context, conn *pg
 // writeTx runs fn in a transaction (see write).
 func (s *Store) writeTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	return s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return fn(ctx, tx) })
+		if err := s.hooks.before(); err != nil {
+			return err
+		}
+		return s.hooks.after(pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return fn(ctx, tx) }))
 	})
 }
 

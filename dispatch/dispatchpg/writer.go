@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -11,6 +12,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"fanout/dispatch"
 )
 
 // writer group-commits the store's hot writes (finishing attempts, storing
@@ -30,7 +35,11 @@ import (
 // of this process or of another replica, cannot deadlock on each other.
 // When a batch fails, its operations are replayed one by one, each in a
 // transaction of its own, so that one bad operation (an id that exists)
-// fails alone.
+// fails alone. When the batch's answer is lost (the connection broke while
+// it was sent, or during COMMIT), the batch may have committed: an
+// operation that can tell (verify) looks once the database answers again,
+// and is replayed only if it was not applied; the others are replayed,
+// which they tolerate (a finish is fenced by its attempt).
 type writer struct {
 	s    *Store
 	log  *slog.Logger
@@ -55,6 +64,9 @@ type wop struct {
 	// that record its outcome; it may run more than once (replay), so it
 	// must reset what it records.
 	queue func(b *pgx.Batch)
+	// verify, when set, tells whether the operation was applied by a
+	// commit whose answer was lost.
+	verify func(ctx context.Context, conn *pgxpool.Conn) (applied bool, err error)
 	// notify says whether the commit must wake other processes;
 	// notifyAfter, set by the operation's result callback, asks for a
 	// notification once the commit is done.
@@ -167,7 +179,17 @@ func (w *writer) commit(batch []*wop) {
 	}
 	slices.SortStableFunc(live, func(a, b *wop) int { return cmp.Compare(a.key, b.key) })
 	err := w.run(live)
-	if err != nil && len(live) > 1 {
+	switch {
+	case err == nil:
+	case lostAnswer(err):
+		w.replays.Add(1)
+		w.log.Warn("dispatchpg: the answer to a group commit was lost; checking what it applied", "ops", len(live), "err", err)
+		for _, op := range live {
+			op.err = w.settle(op, err)
+			close(op.done)
+		}
+		return
+	case len(live) > 1:
 		w.replays.Add(1)
 		w.log.Debug("dispatchpg: group commit failed; replaying its operations one by one", "ops", len(live), "err", err)
 		for _, op := range live {
@@ -182,13 +204,35 @@ func (w *writer) commit(batch []*wop) {
 	}
 }
 
+// settle finds out what became of op after a commit whose answer was lost:
+// applied (nil), not applied (run again, alone), or, when the database
+// cannot be asked, an error that wraps dispatch.ErrOutcomeUnknown.
+func (w *writer) settle(op *wop, lost error) error {
+	if op.verify == nil {
+		return w.run([]*wop{op})
+	}
+	applied, err := w.s.verify(op.ctx, op.verify)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: the commit's answer was lost (%v) and the database could not be asked: %v",
+			dispatch.ErrOutcomeUnknown, lost, err)
+	case applied:
+		return nil
+	}
+	err = w.run([]*wop{op})
+	if err != nil && lostAnswer(err) {
+		return w.settle(op, err)
+	}
+	return err
+}
+
 // run sends ops as one batch, one implicit transaction.
 func (w *writer) run(ops []*wop) error {
 	ctx, cancel := context.WithTimeout(context.Background(), w.s.timeout)
 	defer cancel()
 	conn, err := w.s.pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return notSent{err}
 	}
 	defer conn.Release()
 	b := &pgx.Batch{}
@@ -203,7 +247,10 @@ func (w *writer) run(ops []*wop) error {
 		b.Queue(notifySQL, w.s.channel)
 	}
 	start := time.Now()
-	err = conn.SendBatch(ctx, b).Close()
+	if err := w.s.hooks.before(); err != nil {
+		return err
+	}
+	err = w.s.hooks.after(conn.SendBatch(ctx, b).Close())
 	if err == nil {
 		w.commits.Add(1)
 		w.opsDone.Add(int64(len(ops)))
@@ -216,6 +263,72 @@ func (w *writer) run(ops []*wop) error {
 		}
 	} else if errors.Is(err, context.DeadlineExceeded) {
 		w.log.Warn("dispatchpg: group commit timed out", "ops", len(ops), "after", time.Since(start))
+	}
+	return err
+}
+
+// notSent is the error of a batch that never reached the server.
+type notSent struct{ err error }
+
+func (e notSent) Error() string { return e.err.Error() }
+func (e notSent) Unwrap() error { return e.err }
+
+// lostAnswer reports whether err leaves a write's outcome unknown: it may
+// have committed. The server's own errors roll the transaction back, and a
+// write that was never sent changed nothing; anything else (the connection
+// broke, the operation timed out while the server worked) may have
+// committed.
+func lostAnswer(err error) bool {
+	var pgErr *pgconn.PgError
+	var ns notSent
+	return err != nil && !errors.As(err, &pgErr) && !errors.As(err, &ns) && !pgconn.SafeToRetry(err)
+}
+
+// verify asks the database, once it answers again, whether a write whose
+// answer was lost was applied, for up to the store's OpTimeout.
+func (s *Store) verify(ctx context.Context, check func(ctx context.Context, conn *pgxpool.Conn) (bool, error)) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		var applied bool
+		err := func() error {
+			conn, err := s.pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Release()
+			applied, err = check(ctx, conn)
+			return err
+		}()
+		if err == nil {
+			return applied, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, err
+		case <-time.After(wait):
+		}
+	}
+}
+
+// testHooks let a test fail a write before it is sent, or replace its
+// outcome once sent (an answer lost after COMMIT): the group commit's and
+// writeTx's. Unset, they cost an atomic load.
+type testHooks struct {
+	beforeSend atomic.Pointer[func() error]
+	afterSend  atomic.Pointer[func(error) error]
+}
+
+func (h *testHooks) before() error {
+	if f := h.beforeSend.Load(); f != nil {
+		return (*f)()
+	}
+	return nil
+}
+
+func (h *testHooks) after(err error) error {
+	if f := h.afterSend.Load(); f != nil {
+		return (*f)(err)
 	}
 	return err
 }
