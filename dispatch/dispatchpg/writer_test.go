@@ -130,7 +130,9 @@ func TestGroupCommit_OneFails(t *testing.T) {
 		}
 		return nil
 	}))
-	go func() { _, _ = s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{newCall("hold", "")}}) }()
+	go func() {
+		_, _ = s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{newCall("hold", "")}})
+	}()
 	<-held
 	ids := []string{"a", "taken", "b", "c"}
 	errs := make([]error, len(ids))
