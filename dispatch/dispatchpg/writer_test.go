@@ -31,8 +31,8 @@ func newCall(id, dedupKey string) *dispatch.Call {
 		RunAfter: time.Now(), CreatedAt: time.Now()}
 }
 
-// once returns a hook that returns err the first time only.
-func once[T any](f T) *T { return &f }
+// ptr returns a pointer to f, for the store's atomic hooks.
+func ptr[T any](f T) *T { return &f }
 
 // TestInsert_LostAnswer: a commit whose answer is lost may have gone
 // through. An insert looks once the database answers: stored, it reports
@@ -63,14 +63,14 @@ func TestInsert_LostAnswer(t *testing.T) {
 			s := openTest(t, proxy.URL, Config{OpTimeout: 2 * time.Second})
 			var fired atomic.Bool
 			if tc.before {
-				s.hooks.beforeSend.Store(once(func() error {
+				s.hooks.beforeSend.Store(ptr(func() error {
 					if fired.CompareAndSwap(false, true) {
 						return lost
 					}
 					return nil
 				}))
 			} else {
-				s.hooks.afterSend.Store(once(func(err error) error {
+				s.hooks.afterSend.Store(ptr(func(err error) error {
 					if err == nil && fired.CompareAndSwap(false, true) {
 						if tc.cut {
 							proxy.Set(pgtest.Refuse)
@@ -123,7 +123,7 @@ func TestGroupCommit_OneFails(t *testing.T) {
 	// Hold the only writer in a first batch while the group queues up.
 	release, held := make(chan struct{}), make(chan struct{})
 	var first atomic.Bool
-	s.hooks.beforeSend.Store(once(func() error {
+	s.hooks.beforeSend.Store(ptr(func() error {
 		if first.CompareAndSwap(false, true) {
 			close(held)
 			<-release
