@@ -370,6 +370,43 @@ func TestIdempotentIngest(t *testing.T) {
 	}
 }
 
+// TestRun_DedupWindow: --dedup-window is how long an event id or an
+// Idempotency-Key is remembered: a repeat inside it gets the first id, one
+// after it is a new event.
+func TestRun_DedupWindow(t *testing.T) {
+	t.Parallel()
+	const window = 500 * time.Millisecond
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--dedup-window", window.String()}, nil)
+	post := func(body string, header ...string) string {
+		var r struct{ ID string }
+		if code := call(t, "POST", base+"/v1/event", body, &r, header...); code != 202 || r.ID == "" {
+			t.Fatalf("ingest %s: %d", body, code)
+		}
+		return r.ID
+	}
+	tests := []struct {
+		name   string
+		body   string
+		header []string
+	}{
+		{"EventID", `{"id":"order-9"}`, nil},
+		{"IdempotencyKey", `{"n":1}`, []string{"Idempotency-Key", "req-9"}},
+	}
+	for _, tc := range tests {
+		first, at := post(tc.body, tc.header...), time.Now()
+		if again := post(tc.body, tc.header...); again != first && time.Since(at) < window {
+			t.Fatalf("%s: a repeat within the window got %s, want %s", tc.name, again, first)
+		}
+		time.Sleep(time.Until(at.Add(window + 50*time.Millisecond)))
+		if later := post(tc.body, tc.header...); later == first {
+			t.Fatalf("%s: a repeat after --dedup-window %v got the first id again", tc.name, window)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // selectivePoisonStore fails the inserts of events that ask for it
 // ({"poison":true}) part-way, with the id of a call that exists.
 type selectivePoisonStore struct{ appStore }
