@@ -163,19 +163,30 @@ func TestSend_Failures(t *testing.T) {
 // no further, whatever its size, and the status line alone decides the
 // outcome. The excerpt kept for the record is valid UTF-8, at most
 // ExcerptBytes, even when the cut falls inside a character.
+//
+// The client's connections count the bytes it reads: at most the limit, the
+// status line and headers, and one buffer of net/http's reader beyond. Both
+// ends' socket buffers are small, so that a body the client stops reading
+// cannot disappear into them: the destination's write of it fails.
 func TestSend_BoundedRead(t *testing.T) {
 	multibyte := strings.Repeat("é", ExcerptBytes) // 2 bytes each: the cut at 512 is a boundary
 	odd := "x" + strings.Repeat("€", ExcerptBytes) // 3 bytes each after one: the cut splits a character
+	const sockBuf = 32 << 10
+	const readSlack = 8 << 10 // status line, headers, and net/http's 4 KiB read buffer
 	tests := []struct {
 		name    string
 		status  int
 		body    string // when not endless
 		endless bool
 		wantErr bool
+		// cut: the body is far larger than the limit and both socket
+		// buffers: the destination's write must fail.
+		cut bool
 	}{
-		{name: "EndlessOK", status: 200, endless: true},
-		{name: "EndlessServerError", status: 500, endless: true, wantErr: true},
-		{name: "HugeOK", status: 200, body: strings.Repeat("0123456789abcdef", (16<<20)/16)},
+		{name: "EndlessOK", status: 200, endless: true, cut: true},
+		{name: "EndlessServerError", status: 500, endless: true, wantErr: true, cut: true},
+		{name: "HugeOK", status: 200, body: strings.Repeat("0123456789abcdef", (16<<20)/16), cut: true},
+		{name: "JustOverTheLimit", status: 200, body: strings.Repeat("x", DefaultMaxResponseBytes+1)},
 		{name: "MultibyteExcerpt", status: 200, body: multibyte},
 		{name: "SplitCharacterExcerpt", status: 400, body: odd, wantErr: true},
 	}
@@ -183,10 +194,11 @@ func TestSend_BoundedRead(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var written atomic.Int64
 			done := make(chan error, 1)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(tc.status)
 				if !tc.endless {
-					_, err := io.WriteString(w, tc.body)
+					n, err := io.WriteString(w, tc.body)
+					written.Add(int64(n))
 					done <- err
 					return
 				}
@@ -200,8 +212,26 @@ func TestSend_BoundedRead(t *testing.T) {
 				}
 				done <- nil
 			}))
+			srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+				if err := c.(*net.TCPConn).SetWriteBuffer(sockBuf); err != nil {
+					t.Errorf("SetWriteBuffer: %v", err)
+				}
+				return ctx
+			}
+			srv.Start()
 			defer srv.Close()
-			c := NewClient(Config{Timeout: 10 * time.Second})
+			var read atomic.Int64
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				if err := c.(*net.TCPConn).SetReadBuffer(sockBuf); err != nil {
+					t.Errorf("SetReadBuffer: %v", err)
+				}
+				return &countingConn{Conn: c, read: &read}, nil
+			}
+			c := NewClient(Config{Timeout: 10 * time.Second, DialContext: dial})
 			defer c.Close()
 			res, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
 			if (err != nil) != tc.wantErr || res == nil || res.StatusCode != tc.status {
@@ -214,16 +244,35 @@ func TestSend_BoundedRead(t *testing.T) {
 			if !tc.endless && !strings.HasPrefix(tc.body, res.Excerpt) {
 				t.Errorf("excerpt %q is not the start of the body", res.Excerpt)
 			}
+			if n := read.Load(); n > DefaultMaxResponseBytes+readSlack {
+				t.Errorf("the client read %d bytes of the answer, over the limit of %d (+ %d for the head and a buffer)",
+					n, DefaultMaxResponseBytes, readSlack)
+			}
 			select {
 			case werr := <-done:
-				if tc.endless && werr == nil {
-					t.Errorf("the client read all %d bytes of an endless body", written.Load())
+				if tc.cut && werr == nil {
+					t.Errorf("the destination wrote all %d bytes of its answer: the client read them, or they sat in the socket buffers", written.Load())
+				}
+				if !tc.cut && werr != nil {
+					t.Errorf("the destination's answer of %d bytes failed to write: %v", len(tc.body), werr)
 				}
 			case <-time.After(10 * time.Second):
 				t.Fatal("the destination was still writing 10s after Send returned: the client kept reading")
 			}
 		})
 	}
+}
+
+// countingConn counts the bytes read from a connection into read.
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
 }
 
 // TestSend_DNSFailure: a destination whose name does not resolve is a DNS
