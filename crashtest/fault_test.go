@@ -51,8 +51,12 @@ func deliveryOf(t *testing.T, p *fanoutProc, restart func() *fanoutProc, data, i
 		if event.State.Final() || restart == nil || i == 5 {
 			return event, children[0]
 		}
+		left := int64(1) // the event
+		if !children[0].State.Final() {
+			left++
+		}
 		p = restart()
-		time.Sleep(200 * time.Millisecond)
+		waitFinished(t, p, left, 20*time.Second)
 	}
 }
 
