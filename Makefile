@@ -22,11 +22,17 @@ demo: ## run the service with a demonstration destination that logs every delive
 build: ## build bin/fanout
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/fanout .
 
+# make test runs go test through internal/cmd/testsum, which prints what go
+# test prints (a line per package, the output of failed tests), then every
+# skipped test with its reason and every failed test, and exits with go
+# test's status.
 .PHONY: test
-test: lint ## vet, gofmt, every test with the race detector (the crash tests too), then fuzz-short
+test: lint ## vet, gofmt, every test with the race detector (the crash tests too), then fuzz-short; lists skipped tests
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "$$FANOUT_TEST_DATABASE_URL" ] || \
 		echo "NOTE: the PostgreSQL tests (dispatch/dispatchpg, replicatest) will be SKIPPED: no initdb/postgres here; apt-get install postgresql, or set FANOUT_TEST_DATABASE_URL"
-	$(GO) test -race -count=1 -timeout 10m ./...
+	@echo "go test -race -count=1 -timeout 10m ./...   (through internal/cmd/testsum)"
+	@bin=$$(mktemp -d) && $(GO) build -o $$bin/testsum ./internal/cmd/testsum && \
+		GO=$(GO) $$bin/testsum -race -count=1 -timeout 10m ./...; rc=$$?; rm -rf $$bin; exit $$rc
 	@$(MAKE) --no-print-directory fuzz-short
 
 .PHONY: crash

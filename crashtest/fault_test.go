@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"fanout/dispatch"
+	"fanout/webhook"
 )
 
 // The fault tests run one fanout each against a destination that misbehaves
@@ -49,8 +51,12 @@ func deliveryOf(t *testing.T, p *fanoutProc, restart func() *fanoutProc, data, i
 		if event.State.Final() || restart == nil || i == 5 {
 			return event, children[0]
 		}
+		left := int64(1) // the event
+		if !children[0].State.Final() {
+			left++
+		}
 		p = restart()
-		time.Sleep(200 * time.Millisecond)
+		waitFinished(t, p, left, 20*time.Second)
 	}
 }
 
@@ -174,8 +180,8 @@ func TestFault_Retried(t *testing.T) {
 }
 
 // endless writes a body until the reader goes away (or, if it never does,
-// 1 GiB: the test then fails, because the read was not bounded), counting
-// the bytes written into n.
+// 1 GiB, so that a broken test still ends), counting the bytes written into
+// n.
 func endless(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request) {
 	chunk := bytes.Repeat([]byte("endless "), 4096)
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -191,82 +197,167 @@ func endless(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request) {
 }
 
 // TestFault_ResponseBody: what a destination answers after its status line
-// is read only up to 64 KiB and never changes the outcome: a 200 with an
-// endless or a huge body is delivered, at the first attempt. (A 502 with an
-// endless body is in TestFault_Retried.)
+// is read only up to webhook.DefaultMaxResponseBytes (64 KiB) and never
+// changes the outcome: a 200 with an endless or a huge body is delivered, at
+// the first attempt, and fanout neither reads on nor keeps it in memory. (A
+// 502 with an endless body is in TestFault_Retried.)
+//
+// What the destination manages to write proves nothing: the kernel buffers
+// megabytes of it on loopback (tcp_rmem allows 32 MiB here). So the test
+// reads fanout's own counters in /proc: rchar, every byte its read calls
+// returned (sockets and files), across one delivery, and its peak resident
+// memory. The events go one at a time to one fanout, so that nothing else
+// is read meanwhile but the event's request and the store's pages.
 func TestFault_ResponseBody(t *testing.T) {
 	t.Parallel()
+	const (
+		// readSlack is what else fanout may read during a delivery: the
+		// POST of the event, the answer's head, the store's pages (about
+		// 250 bytes here, as the Quiet case shows; a reload of the
+		// destinations that falls in the window may read a few pages).
+		readSlack = 32 << 10
+		// memSlack is how much fanout's peak resident memory may grow over
+		// a delivery: far less than the 32 MiB body.
+		memSlack = 16 << 20
+	)
 	huge := bytes.Repeat([]byte("0123456789abcdef"), (32<<20)/16)
-	tests := []struct {
-		name  string
-		write func(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request)
-	}{
-		{"EndlessOK", endless},
-		{"HugeOK", func(n *atomic.Int64) func(w http.ResponseWriter, r *http.Request) {
-			return func(w http.ResponseWriter, r *http.Request) {
-				k, _ := w.Write(huge)
-				n.Add(int64(k))
-			}
-		}},
+	written := make(chan error, 1) // the outcome of the destination's write
+	report := func(err error) {
+		select {
+		case written <- err:
+		default: // an attempt the test did not expect: the checks below say so
+		}
 	}
-	for _, tc := range tests {
+	s := newSink(t, func(a attempt) answer {
+		var e struct{ Fault string }
+		_ = json.Unmarshal(a.Body, &e)
+		return answer{Status: http.StatusOK, Write: func(w http.ResponseWriter, r *http.Request) {
+			switch e.Fault {
+			case "EndlessOK":
+				chunk := bytes.Repeat([]byte("endless "), 4096)
+				for range (1 << 30) / len(chunk) { // 1 GiB: fanout read it all
+					if _, err := w.Write(chunk); err != nil {
+						report(err)
+						return
+					}
+				}
+				report(nil)
+			case "HugeOK":
+				_, err := w.Write(huge)
+				report(err)
+			default:
+				report(nil)
+			}
+		}}
+	})
+	data := t.TempDir()
+	args := fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...)
+	p := startFanout(t, args)
+	pid := p.Cmd.Process.Pid
+
+	var ids []string
+	for _, tc := range []struct {
+		name string
+		cut  bool // the body outgrows what fanout reads: the write must fail
+	}{{"Quiet", false}, {"EndlessOK", true}, {"HugeOK", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var written atomic.Int64
-			done := make(chan struct{}, 8)
-			write := tc.write(&written)
-			s := newSink(t, func(attempt) answer {
-				return answer{Status: http.StatusOK, Write: func(w http.ResponseWriter, r *http.Request) {
-					defer func() { done <- struct{}{} }()
-					write(w, r)
-				}}
-			})
-			data := t.TempDir()
-			args := fanoutArgs(data, []string{s.URL + "/hook"}, faultRetries...)
-			p := startFanout(t, args)
+			read0, peak0 := procCounters(t, pid)
 			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
+			ids = append(ids, id)
 			s.waitDelivered(t, []string{id}, 30*time.Second)
+			var werr error
 			select {
-			case <-done:
+			case werr = <-written:
 			case <-time.After(30 * time.Second):
 				t.Fatal("the destination was still writing its answer 30s later")
 			}
-			// fanout reads 64 KiB and closes the connection; what else was
-			// written sits in socket buffers, or failed to write.
-			if n := written.Load(); n >= 1<<30 {
-				t.Errorf("fanout read the whole %d-byte answer: the read is not bounded", n)
-			} else {
-				t.Logf("the destination wrote %d bytes before fanout closed the connection", n)
+			read1, peak1 := procCounters(t, pid)
+			read, grew := read1-read0, peak1-peak0
+			t.Logf("fanout read %d bytes during the delivery; its peak memory grew by %d KiB; the destination's write: %v",
+				read, grew>>10, werr)
+			if tc.cut && werr == nil {
+				t.Errorf("the destination wrote its whole answer: fanout read it all")
 			}
-			event, delivery := deliveryOf(t, p, func() *fanoutProc { return startFanout(t, args) }, data, id)
-			if n := len(s.get(id).attempts); n != 1 || delivery.State != dispatch.StateDone || event.State != dispatch.StateDone {
-				t.Errorf("%d attempts, delivery %v, event %v; want one attempt, done, done", n, delivery.State, event.State)
+			if read > webhook.DefaultMaxResponseBytes+readSlack {
+				t.Errorf("fanout read %d bytes during one delivery, want at most %d (the answer's limit) + %d: the read is not bounded",
+					read, webhook.DefaultMaxResponseBytes, readSlack)
+			}
+			if grew > memSlack {
+				t.Errorf("fanout's peak resident memory grew by %d MiB during one delivery, want at most %d MiB",
+					grew>>20, memSlack>>20)
 			}
 		})
 	}
+
+	stopWhenDone(t, p, func() *fanoutProc { return startFanout(t, args) }, data, []*sink{s})
+	st := openStore(t, data)
+	for _, id := range ids {
+		event, deliveries := eventCall(t, st, id)
+		if n := len(s.get(id).attempts); n != 1 || len(deliveries) != 1 ||
+			deliveries[0].State != dispatch.StateDone || event.State != dispatch.StateDone {
+			t.Errorf("event %s: %d attempts, %d deliveries, event %v; want one attempt, one delivery done, event done",
+				id, n, len(deliveries), event.State)
+		}
+	}
+}
+
+// procCounters returns, from /proc, the bytes a process's read calls have
+// returned (rchar: sockets and files alike) and its peak resident memory
+// (VmHWM), in bytes.
+func procCounters(t *testing.T, pid int) (read, peak int64) {
+	t.Helper()
+	field := func(file, name string) int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
+		if err != nil {
+			t.Fatalf("read fanout's counters: %v", err)
+		}
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, name+":"); ok {
+				f := strings.Fields(v)
+				n, err := strconv.ParseInt(f[0], 10, 64)
+				if err != nil {
+					t.Fatalf("/proc/%d/%s: %q: %v", pid, file, line, err)
+				}
+				if len(f) > 1 && f[1] == "kB" {
+					n <<= 10
+				}
+				return n
+			}
+		}
+		t.Fatalf("/proc/%d/%s has no %s", pid, file, name)
+		return 0
+	}
+	return field("io", "rchar"), field("status", "VmHWM")
 }
 
 // TestFault_RetryAfter: a throttled destination's Retry-After is honoured:
 // the next attempt comes no sooner, although --retry-initial alone would
 // retry within about 120ms; and no later than --retry-max allows, whatever
-// the header asks for.
+// the header asks for. fanout waits exactly the delay it read (no jitter on
+// a hint), so the second attempt comes within retrySlack of it: the time to
+// record the failure, wake up and connect again (about 3ms here).
 func TestFault_RetryAfter(t *testing.T) {
 	t.Parallel()
+	const retrySlack = 750 * time.Millisecond
 	tests := []struct {
 		name       string
 		status     int
 		retryAfter func() string
 		retryMax   string
-		minGap     time.Duration
+		// The delay fanout should wait: at least minGap, at most maxGap.
+		minGap, maxGap time.Duration
 	}{
-		{"Seconds", http.StatusTooManyRequests, func() string { return "1" }, "30s", time.Second},
+		{"Seconds", http.StatusTooManyRequests, func() string { return "1" }, "30s", time.Second, time.Second},
 		{"HTTPDate", http.StatusServiceUnavailable, func() string {
 			// Whole seconds: the delay fanout reads is between 1s and 2s.
 			return time.Now().Add(2 * time.Second).UTC().Format(http.TimeFormat)
-		}, "30s", time.Second},
+		}, "30s", time.Second, 2 * time.Second},
 		// An hour is cut to --retry-max: the event is delivered a second
-		// later, well within the test's deadline.
-		{"CappedAtRetryMax", http.StatusTooManyRequests, func() string { return "3600" }, "1s", time.Second},
+		// later, not an hour or even two seconds later.
+		{"CappedAtRetryMax", http.StatusTooManyRequests, func() string { return "3600" }, "1s", time.Second, time.Second},
+		{"HTTPDateCappedAtRetryMax", http.StatusServiceUnavailable, func() string {
+			return time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)
+		}, "1s", time.Second, time.Second},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -283,9 +374,14 @@ func TestFault_RetryAfter(t *testing.T) {
 			id := postEvent(t, p.URL, `{"fault":"`+tc.name+`"}`)
 			s.waitDelivered(t, []string{id}, 20*time.Second)
 			rec := s.get(id)
-			if gap := rec.attempts[1].Sub(rec.attempts[0]); gap < tc.minGap {
+			gap := rec.attempts[1].Sub(rec.attempts[0])
+			switch {
+			case gap < tc.minGap:
 				t.Errorf("second attempt %v after the first, want at least %v (Retry-After)", gap, tc.minGap)
-			} else {
+			case gap > tc.maxGap+retrySlack:
+				t.Errorf("second attempt %v after the first, want at most %v (the delay, capped at --retry-max %s) + %v",
+					gap, tc.maxGap, tc.retryMax, retrySlack)
+			default:
 				t.Logf("second attempt %v after the first", gap.Round(time.Millisecond))
 			}
 			if len(rec.attempts) != 2 {

@@ -11,9 +11,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,6 +270,61 @@ func waitQuiet(t testing.TB, sinks []*sink, quiet, timeout time.Duration) {
 	}
 }
 
+// waitSinksDrained waits until no sink holds a connection it has not
+// closed yet: the kernel's table of TCP sockets (/proc/net/tcp) lists none
+// on a sink's port that is established, half-open or closed by the other
+// end only. Called once fanout is dead, it returns when every request the
+// dead process sent has been served and recorded: a sink closes a
+// connection only after it has read it to its end. (A connection that the
+// dead process reset instead had an unread answer on it, so no request
+// waiting.)
+func waitSinksDrained(t testing.TB, sinks []*sink, timeout time.Duration) {
+	t.Helper()
+	ports := map[string]bool{}
+	for _, s := range sinks {
+		_, port, err := net.SplitHostPort(s.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.Atoi(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[fmt.Sprintf("%04X", n)] = true
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		open := 0
+		for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatalf("read the table of TCP sockets: %v", err)
+			}
+			for line := range strings.Lines(string(b)) {
+				// sl local_address rem_address st ...: "0100007F:9C41 0100007F:D0E2 01 ..."
+				f := strings.Fields(line)
+				if len(f) < 4 {
+					continue
+				}
+				_, port, _ := strings.Cut(f[1], ":")
+				switch f[3] {
+				case "01", "03", "08": // ESTABLISHED, SYN_RECV, CLOSE_WAIT
+					if ports[port] {
+						open++
+					}
+				}
+			}
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the destinations still had %d connections open %v after fanout died", open, timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func urlsOf(sinks []*sink, path string) []string {
 	urls := make([]string, len(sinks))
 	for i, s := range sinks {
@@ -388,8 +445,58 @@ func stopWhenDone(t testing.TB, p *fanoutProc, restart func() *fanoutProc, data 
 		left = n
 		t.Logf("after a clean stop %d calls are not done yet (%v): starting fanout again to finish them", n, counts)
 		p = restart()
-		time.Sleep(time.Second)
+		waitFinished(t, p, n, 30*time.Second)
 	}
+}
+
+// waitFinished waits until fanout has finished (done or failed) n call
+// attempts since it started, by its metrics, or until timeout: the calls a
+// clean stop left behind are then run, and the caller's next look at the
+// store says whether that was all.
+func waitFinished(t testing.TB, p *fanoutProc, n int64, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		m := metrics(t, p)
+		finished := m[`fanout_attempts_total{outcome="done"}`] + m[`fanout_attempts_total{outcome="failed"}`]
+		if finished >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Logf("fanout finished %d call attempts in %v, not the %d left: looking at the store anyway", finished, timeout, n)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// metrics scrapes fanout's /metrics: the value of each series, by its name
+// and labels as written.
+func metrics(t testing.TB, p *fanoutProc) map[string]int64 {
+	t.Helper()
+	resp, err := apiClient.Get(p.URL + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+	}
+	out := map[string]int64{}
+	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(line[i+1:]), 64); err == nil {
+			out[line[:i]] = int64(v)
+		}
+	}
+	return out
 }
 
 // checkAllDone fails the test unless every call in the store is done, and

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,13 +39,33 @@ const (
 	// acked: 202 with the ids. Every event must be delivered.
 	acked outcome = iota
 	// rejected: fanout answered 503, which promises that nothing was
-	// stored, or refused the connection. No event may be delivered.
+	// stored, or refused the connection (nothing was sent). No event may
+	// be delivered.
 	rejected
-	// unknown: the connection failed or was cut (fanout was killed). The
-	// events may or may not be stored, but a batch is stored whole or not
-	// at all.
+	// unknown: no answer that says (the connection was cut, the client
+	// gave up, or the answer made no sense). The events may or may not be
+	// stored, and may be delivered, but a batch is stored whole or not at
+	// all.
 	unknown
 )
+
+// fate is what exactly came of a request; each outcome has several, which
+// the tests count and judge apart.
+type fate int
+
+const (
+	fateAcked       fate = iota // 202 with one id per event
+	fate503                     // 503: nothing stored (rejected)
+	fateConnRefused             // connection refused: nothing sent (rejected)
+	fateCut                     // the connection failed before the whole answer came (unknown)
+	fateTimeout                 // the client's timeout (30s) ran out (unknown)
+	fateBad202                  // 202 with an unreadable body or the wrong number of ids (unknown)
+	fateUnexpected              // any other status: a 500, a 4xx (unknown)
+)
+
+var fateNames = [...]string{"acked", "503", "connection refused", "cut", "timed out", "202 without its ids", "unexpected status"}
+
+func (f fate) String() string { return fateNames[f] }
 
 // request is one POST and what came of it.
 type request struct {
@@ -50,10 +73,31 @@ type request struct {
 	keys    []string // the events' keys, in order
 	ids     []string // acked: ids[i] is the id of keys[i]
 	outcome outcome
+	fate    fate
 	status  int
 	err     string
 	start   time.Time
 	end     time.Time
+}
+
+// loadCounts counts requests by fate.
+type loadCounts [len(fateNames)]int
+
+func (c loadCounts) String() string {
+	var parts []string
+	for f, n := range c {
+		parts = append(parts, fmt.Sprintf("%s %d", fate(f), n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// countFates counts reqs by fate.
+func countFates(reqs []*request) loadCounts {
+	var c loadCounts
+	for _, r := range reqs {
+		c[r.fate]++
+	}
+	return c
 }
 
 // loader posts events with unique keys from concurrent clients to whatever
@@ -64,6 +108,9 @@ type loader struct {
 	limiter  *rate.Limiter
 	base     atomic.Pointer[string] // "" while fanout is down
 	inflight atomic.Int64
+	// awaiting counts the requests in flight whose body was sent whole:
+	// fanout has them, and is storing them or answering.
+	awaiting atomic.Int64
 	accepted atomic.Int64 // acked events so far
 
 	mu         sync.Mutex
@@ -154,51 +201,100 @@ func (l *loader) post(base string, batch bool, keys []string, bodies [][]byte) *
 	}
 	l.inflight.Add(1)
 	defer l.inflight.Add(-1)
+	sent := &sentBody{r: bytes.NewReader(body), awaiting: &l.awaiting}
+	defer sent.done()
 	// Not bound to l.ctx: stopping the load must not cut requests in
 	// flight, whose outcome the test then would not know.
-	resp, err := l.client.Post(base+path, "application/json", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, base+path, sent)
 	if err != nil {
-		r.outcome, r.err, r.end = unknown, err.Error(), time.Now()
-		if errors.Is(err, syscall.ECONNREFUSED) {
+		panic(err)
+	}
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := l.client.Do(req)
+	if err != nil {
+		r.end, r.err = time.Now(), err.Error()
+		var ne net.Error
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
 			// Nothing was sent: fanout was down. Nothing may be stored.
-			r.outcome = rejected
+			r.outcome, r.fate = rejected, fateConnRefused
+		case errors.As(err, &ne) && ne.Timeout():
+			r.outcome, r.fate = unknown, fateTimeout
+		default:
+			r.outcome, r.fate = unknown, fateCut
 		}
 		return r
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	r.status, r.end = resp.StatusCode, time.Now()
+	var ne net.Error
 	switch {
+	case err != nil && errors.As(err, &ne) && ne.Timeout():
+		r.outcome, r.fate, r.err = unknown, fateTimeout, err.Error()
 	case err != nil:
-		r.outcome, r.err = unknown, err.Error() // cut while the answer came
+		r.outcome, r.fate, r.err = unknown, fateCut, err.Error() // cut while the answer came
 	case resp.StatusCode == http.StatusAccepted:
 		var out struct {
 			ID  string   `json:"id"`
 			IDs []string `json:"ids"`
 		}
 		if err := json.Unmarshal(b, &out); err != nil {
-			r.outcome, r.err = unknown, fmt.Sprintf("202 with an unreadable body %q: %v", b, err)
+			r.outcome, r.fate, r.err = unknown, fateBad202, fmt.Sprintf("202 with an unreadable body %q: %v", b, err)
+			l.note(fmt.Sprintf("%s: %s", path, r.err))
 			break
 		}
 		if !batch {
 			out.IDs = []string{out.ID}
 		}
-		if len(out.IDs) != len(keys) {
-			r.outcome = unknown
+		if len(out.IDs) != len(keys) || slices.Contains(out.IDs, "") {
+			r.outcome, r.fate = unknown, fateBad202
 			l.note(fmt.Sprintf("%s: 202 with %d ids for %d events: %s", path, len(out.IDs), len(keys), b))
 			break
 		}
-		r.outcome, r.ids = acked, out.IDs
+		r.outcome, r.fate, r.ids = acked, fateAcked, out.IDs
 		l.accepted.Add(int64(len(keys)))
 	case resp.StatusCode == http.StatusServiceUnavailable:
-		r.outcome = rejected
+		r.outcome, r.fate = rejected, fate503
 	default:
 		// A 500 (a panic) or a 4xx (a bad request of ours): nothing the
 		// test expects, and nothing it can say was or wasn't stored.
-		r.outcome = unknown
+		r.outcome, r.fate = unknown, fateUnexpected
 		l.note(fmt.Sprintf("%s: unexpected %d %s", path, resp.StatusCode, b))
 	}
 	return r
+}
+
+// sentBody is a request body that counts its request in awaiting once the
+// transport has read all of it, until done.
+type sentBody struct {
+	r        *bytes.Reader
+	awaiting *atomic.Int64
+	mu       sync.Mutex
+	state    int // 0 sending, 1 sent (counted), 2 done
+}
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.mu.Lock()
+		if b.state == 0 {
+			b.state = 1
+			b.awaiting.Add(1)
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *sentBody) done() {
+	b.mu.Lock()
+	if b.state == 1 {
+		b.awaiting.Add(-1)
+	}
+	b.state = 2
+	b.mu.Unlock()
 }
 
 func (l *loader) note(s string) {
@@ -221,10 +317,11 @@ func (l *loader) waitAccepted(n int64, timeout time.Duration) bool {
 	return true
 }
 
-// waitInflight waits, briefly, until a request is in flight.
-func (l *loader) waitInflight(timeout time.Duration) {
+// waitAwaiting waits, briefly, until a request has been sent whole and not
+// answered yet: fanout is storing it, or answering.
+func (l *loader) waitAwaiting(timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
-	for l.inflight.Load() == 0 && time.Now().Before(deadline) {
+	for l.awaiting.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Microsecond)
 	}
 }

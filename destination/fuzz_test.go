@@ -26,6 +26,7 @@ func FuzzValidate(f *testing.F) {
 		`{"url":"https://h/p?q=1","headers":{"X-Team":"a b"},"retry":{"initial":"1s","max":30,"max_attempts":3}}`,
 		`{"url":"https://h/","retry":{"max_age":"72h"},"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}`,
 		`{"url":"https://h/","filter":["a*b"]}`,
+		`{"url":"https://h/","filter":["order.*","user.created"]}`,
 		`{"url":"ftp://h/"}`,
 		`{"url":"https://u:p@h/"}`,
 		`{"url":"https://h/","headers":{"Webhook-Id":"x"}}`,
@@ -60,9 +61,10 @@ func FuzzValidate(f *testing.F) {
 		if r := d.Retry; r != nil && (r.Initial < 0 || r.Max < 0 || r.MaxAge < 0 || r.MaxAge == 0 && r.MaxAttempts == 0) {
 			t.Fatalf("Validate accepted the retry policy %+v", *r)
 		}
-		for _, p := range d.Filter {
-			_ = d.Matches(p)
-			_ = d.Matches(strings.TrimSuffix(p, "*") + "x")
+		for _, typ := range eventTypesNear(d.Filter) {
+			if got, want := d.Matches(typ), wantsRef(d.Filter, typ); got != want {
+				t.Fatalf("filter %q: Matches(%q) = %v, want %v", d.Filter, typ, got, want)
+			}
 		}
 		if err := headerFieldsValid(d.Headers); err != nil {
 			t.Fatalf("Validate accepted a header that net/http refuses to send: %v", err)
@@ -84,6 +86,76 @@ func FuzzValidate(f *testing.F) {
 			t.Fatalf("a stored destination reads back different:\n%s\n%s", stored, again)
 		}
 	})
+}
+
+// wantsRef is the filter semantics README.md documents ("Filters"), written
+// apart from Matches to be its oracle: no filter takes every event, typed or
+// not; an entry that ends in * takes every type that starts with what comes
+// before the * (so "*" takes every event, and "order.*" takes "order." but
+// not "order" or an untyped event); any other entry takes exactly its type.
+func wantsRef(filter []string, typ string) bool {
+	if len(filter) == 0 {
+		return true
+	}
+	for _, p := range filter {
+		if stem, wildcard := strings.CutSuffix(p, "*"); wildcard {
+			if len(typ) >= len(stem) && typ[:len(stem)] == stem {
+				return true
+			}
+		} else if typ == p {
+			return true
+		}
+	}
+	return false
+}
+
+// eventTypesNear returns event types on both sides of each filter entry's
+// edge: the entry itself, its stem with and without one more or one less
+// byte, the entry with something before or after it, other case, and none.
+func eventTypesNear(filter []string) []string {
+	types := []string{"", "x", "order.paid"}
+	for _, p := range filter {
+		stem := strings.TrimSuffix(p, "*")
+		types = append(types, p, stem, stem+"x", p+"x", "x"+p, strings.ToUpper(p), strings.ToLower(p))
+		if stem != "" {
+			types = append(types, stem[:len(stem)-1])
+		}
+	}
+	return types
+}
+
+// TestMatches checks Matches against wantsRef on the filters README.md
+// shows and their edges.
+func TestMatches(t *testing.T) {
+	tests := []struct {
+		filter []string
+		typ    string
+		want   bool
+	}{
+		{nil, "", true},
+		{nil, "order.paid", true},
+		{[]string{"*"}, "", true},
+		{[]string{"*"}, "anything", true},
+		{[]string{"order.*"}, "order.paid", true},
+		{[]string{"order.*"}, "order.", true},
+		{[]string{"order.*"}, "order", false},
+		{[]string{"order.*"}, "", false},
+		{[]string{"order.*"}, "Order.paid", false},
+		{[]string{"order.paid"}, "order.paid", true},
+		{[]string{"order.paid"}, "order.paid.x", false},
+		{[]string{"order.paid"}, "", false},
+		{[]string{"user.created", "order.*"}, "order.x", true},
+		{[]string{"user.created", "order.*"}, "user.deleted", false},
+	}
+	for _, tc := range tests {
+		d := &Destination{URL: "https://example.com/hook", Filter: tc.filter}
+		if err := d.Validate(nil); err != nil {
+			t.Fatalf("filter %q: %v", tc.filter, err)
+		}
+		if got, ref := d.Matches(tc.typ), wantsRef(tc.filter, tc.typ); got != tc.want || ref != tc.want {
+			t.Errorf("filter %q, type %q: Matches = %v, wantsRef = %v, want %v", tc.filter, tc.typ, got, ref, tc.want)
+		}
+	}
 }
 
 // TestValidate_HeaderFieldsNetHTTPRefuses: a destination's headers are sent

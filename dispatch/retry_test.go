@@ -25,6 +25,12 @@ func TestBackoff_NextRetry(t *testing.T) {
 		{"AgeSpent", Backoff{Initial: time.Minute, MaxAge: time.Hour, RandFunc: half}, 1, created.Add(time.Hour - 10*time.Second), 0, -1},
 		{"HintHonoured", Backoff{Initial: time.Second, Max: time.Hour, MaxAge: 24 * time.Hour, RandFunc: half}, 1, created, 90 * time.Second, 90 * time.Second},
 		{"HintBounded", Backoff{Initial: time.Second, Max: time.Hour, MaxRetryAfter: 10 * time.Minute, MaxAge: 24 * time.Hour, RandFunc: half}, 1, created, 5 * time.Hour, 10 * time.Minute},
+		// MaxRetryAfter 0 means Max: fanout's own policy (main.go) sets no
+		// MaxRetryAfter, so this is what caps a destination's Retry-After at
+		// --retry-max in production.
+		{"HintBoundedByMaxWhenNoMaxRetryAfter", Backoff{Min: 100 * time.Millisecond, Initial: 20 * time.Millisecond, Max: time.Second, MaxAge: 72 * time.Hour, RandFunc: half}, 1, created, time.Hour, time.Second},
+		{"HintUnderMaxWhenNoMaxRetryAfter", Backoff{Min: 100 * time.Millisecond, Initial: 20 * time.Millisecond, Max: time.Minute, MaxAge: 72 * time.Hour, RandFunc: half}, 1, created, 30 * time.Second, 30 * time.Second},
+		{"HintBoundedByMaxWhenMaxRetryAfterNegative", Backoff{Initial: time.Second, Max: 10 * time.Second, MaxRetryAfter: -time.Second, MaxAge: time.Hour, RandFunc: half}, 1, created, time.Hour, 10 * time.Second},
 		{"HintAtLeastMin", Backoff{Min: time.Second, Initial: time.Second, Max: time.Hour, MaxAge: time.Hour, RandFunc: half}, 1, created, time.Millisecond, time.Second},
 		{"HintPastAge", Backoff{Initial: time.Second, Max: time.Hour, MaxAge: time.Hour, RandFunc: half}, 1, created.Add(30 * time.Minute), 2 * time.Hour, -1},
 	}

@@ -58,7 +58,7 @@ func TestDatabaseOutage(t *testing.T) {
 			failing.Store(true)
 			var ids []string
 			for i := range 20 {
-				got, err := post(client, r.URL+"/v1/event", fmt.Appendf(nil, `{"n": %d}`, i))
+				got, err := post(client, r.URL+"/v1/event", fmt.Appendf(nil, `{"n": %d}`, i), 1)
 				if err != nil {
 					t.Fatalf("event %d before the outage: %v", i, err)
 				}
@@ -109,7 +109,7 @@ func TestDatabaseOutage(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 			}
 			t.Logf("all %d events acknowledged before the outage delivered %v after it ended", len(ids), time.Since(back).Round(time.Millisecond))
-			if _, err := post(client, r.URL+"/v1/event", []byte(`{"after": "outage"}`)); err != nil {
+			if _, err := post(client, r.URL+"/v1/event", []byte(`{"after": "outage"}`), 1); err != nil {
 				t.Fatalf("POST after the outage: %v", err)
 			}
 		})

@@ -4,17 +4,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,17 +79,19 @@ func (r *replica) stop(t testing.TB) string {
 	return line
 }
 
-// destination records deliveries by webhook-id, and checks their bytes.
+// destination records deliveries by webhook-id and the events it got by
+// their "n", and checks their bytes.
 type destination struct {
 	srv  *httptest.Server
 	mu   sync.Mutex
 	got  map[string]int
+	ns   map[int64]bool // the "n" of every event delivered
 	bad  []string
 	sent *sentEvents
 }
 
 func newDestination(t testing.TB, sent *sentEvents) *destination {
-	d := &destination{got: map[string]int{}, sent: sent}
+	d := &destination{got: map[string]int{}, ns: map[int64]bool{}, sent: sent}
 	d.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -95,8 +101,17 @@ func newDestination(t testing.TB, sent *sentEvents) *destination {
 		// some in flight.
 		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
 		id := r.Header.Get("webhook-id")
+		var e struct{ N *int64 }
+		if err := json.Unmarshal(body, &e); err != nil || e.N == nil {
+			d.mu.Lock()
+			d.bad = append(d.bad, fmt.Sprintf("%s: an event no client sent: %q", id, body))
+			d.mu.Unlock()
+		}
 		d.mu.Lock()
 		d.got[id]++
+		if e.N != nil {
+			d.ns[*e.N] = true
+		}
 		if want, ok := d.sent.body(id); ok && !bytes.Equal(want, body) {
 			d.bad = append(d.bad, fmt.Sprintf("%s: got %q, sent %q", id, body, want))
 		}
@@ -105,6 +120,19 @@ func newDestination(t testing.TB, sent *sentEvents) *destination {
 	}))
 	t.Cleanup(d.srv.Close)
 	return d
+}
+
+// delivered returns how many of the events ns the destination got.
+func (d *destination) delivered(ns []int64) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := 0
+	for _, n := range ns {
+		if d.ns[n] {
+			k++
+		}
+	}
+	return k
 }
 
 func (d *destination) count(id string) int {
@@ -170,9 +198,10 @@ func TestReplicas_KillOne(t *testing.T) {
 	victim := replicas[1]
 	start := time.Now()
 	var (
-		requests, refused atomic.Int64
-		seq               atomic.Int64
-		wg                sync.WaitGroup
+		seq  atomic.Int64
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		reqs []*request
 	)
 	client := &http.Client{Timeout: 15 * time.Second}
 	for c := range clients {
@@ -185,34 +214,63 @@ func TestReplicas_KillOne(t *testing.T) {
 					continue
 				}
 				n := 1 + rand.IntN(maxBatch)
+				req := &request{replica: r, ns: make([]int64, n)}
 				events := make([][]byte, n)
 				for k := range events {
-					events[k] = fmt.Appendf(nil, `{"n": %d, "client": %d, "pad": %q}`, seq.Add(1), c, strings.Repeat("x", rand.IntN(100)))
+					req.ns[k] = seq.Add(1)
+					events[k] = fmt.Appendf(nil, `{"n": %d, "client": %d, "pad": %q}`, req.ns[k], c, strings.Repeat("x", rand.IntN(100)))
 				}
 				path, body := "/v1/event", events[0]
 				if n > 1 || i%2 == 0 {
 					path, body = "/v1/batch", append(append([]byte("["), bytes.Join(events, []byte(","))...), ']')
 				}
-				requests.Add(1)
-				ids, err := post(client, r.URL+path, body)
-				if err != nil {
-					refused.Add(1) // not acknowledged: it may or may not be stored
-				} else {
-					for k, id := range ids {
+				req.start = time.Now()
+				req.answer = send(client, r.URL+path, body, n)
+				req.end = time.Now()
+				if req.fate == fateAcked {
+					for k, id := range req.ids {
 						sent.add(id, events[k])
 					}
 				}
+				mu.Lock()
+				reqs = append(reqs, req)
+				mu.Unlock()
 				time.Sleep(pause)
 			}
 		}()
 	}
 	time.Sleep(killAt)
+	killFrom := time.Now()
 	victim.kill(t)
-	killedAt := time.Since(start)
+	killTo := time.Now() // the victim is gone: no request to it starts later
+	killedAt := killFrom.Sub(start)
 	wg.Wait()
 	accepted := sent.ids()
-	t.Logf("load: %d requests in %v, %d events acknowledged, %d requests not acknowledged; %s killed at %v",
-		requests.Load(), loadFor, len(accepted), refused.Load(), victim.Name, killedAt.Round(time.Millisecond))
+	var fates [len(fateNames)]int
+	for _, r := range reqs {
+		fates[r.fate]++
+	}
+	t.Logf("load: %d requests in %v (%s), %d events acknowledged; %s killed at %v",
+		len(reqs), loadFor, fateCounts(fates), len(accepted), victim.Name, killedAt.Round(time.Millisecond))
+	// Each fate as it may come: the replicas answer well within the
+	// client's timeout, with ids for every event or a 503; only the victim
+	// leaves requests unanswered, and only those in flight when it died.
+	for _, f := range []fate{fateTimeout, fateBad} {
+		if fates[f] > 0 {
+			t.Errorf("%d requests %s, want none (%s)", fates[f], f, fateCounts(fates))
+		}
+	}
+	errs := 0
+	for _, r := range reqs {
+		if (r.fate == fateCut || r.fate == fateConnRefused) && (r.replica != victim || !r.start.Before(killTo) || !r.end.After(killFrom)) {
+			if errs++; errs > 10 {
+				continue
+			}
+			t.Errorf("a request to %s (%v to %v) failed (%s: %v), but %s was killed from %v to %v",
+				r.replica.Name, r.start.Sub(start), r.end.Sub(start), r.fate, r.err, victim.Name, killedAt, killTo.Sub(start))
+		}
+	}
+
 	if len(accepted) < 1000 {
 		t.Fatalf("only %d events acknowledged: the load did not run", len(accepted))
 	}
@@ -299,6 +357,32 @@ func TestReplicas_KillOne(t *testing.T) {
 	if int(events) < len(accepted) {
 		t.Errorf("%d events stored, fewer than the %d acknowledged", events, len(accepted))
 	}
+	// What was not acknowledged: events refused (503, connection refused)
+	// were not stored and reach no destination; events whose answer was
+	// lost may have been stored, and then reach every destination, all of a
+	// request's or none.
+	var unknownStored, unknownEvents int
+	for _, r := range reqs {
+		switch r.fate {
+		case fate503, fateConnRefused:
+			for i, d := range dests {
+				if k := d.delivered(r.ns); k > 0 {
+					t.Errorf("destination %d got %d of the %d events of a request refused (%s): a refusal stores nothing", i, k, len(r.ns), r.fate)
+				}
+			}
+		case fateCut, fateTimeout, fateBad:
+			unknownEvents += len(r.ns)
+			k0 := dests[0].delivered(r.ns)
+			for i, d := range dests {
+				if k := d.delivered(r.ns); (k != 0 && k != len(r.ns)) || k != k0 {
+					t.Errorf("destination %d got %d of the %d events of a request whose answer was lost (%s), destination 0 %d: all or none, everywhere",
+						i, k, len(r.ns), r.fate, k0)
+				}
+			}
+			unknownStored += k0
+		}
+	}
+	t.Logf("%d events without an answer, %d of them stored and delivered", unknownEvents, unknownStored)
 	if line, ok := replicas[0].Logs.Contains("calls whose lease expired run again"); ok {
 		t.Logf("replica-0: %s", line)
 	}
@@ -310,29 +394,92 @@ func TestReplicas_KillOne(t *testing.T) {
 	}
 }
 
-// post sends one request and returns the ids of a 2xx answer.
-func post(client *http.Client, url string, body []byte) ([]string, error) {
+// fate is what came of a request.
+type fate int
+
+const (
+	fateAcked       fate = iota // 2xx with one id per event
+	fate503                     // 503: nothing stored
+	fateConnRefused             // connection refused: nothing sent
+	fateCut                     // the connection failed before the whole answer: maybe stored
+	fateTimeout                 // the client gave up: maybe stored
+	fateBad                     // another status, or a 2xx without its ids: maybe stored
+)
+
+var fateNames = [...]string{"acked", "503", "connection refused", "cut", "timed out", "unexpected answer"}
+
+func (f fate) String() string { return fateNames[f] }
+
+func fateCounts(c [len(fateNames)]int) string {
+	var parts []string
+	for f, n := range c {
+		parts = append(parts, fmt.Sprintf("%s %d", fate(f), n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// answer is what a client learnt of a request.
+type answer struct {
+	fate fate
+	ids  []string // fateAcked: one per event
+	err  error
+}
+
+// request is one request of the load: the events it carried (their "n"),
+// the replica it went to, and its answer.
+type request struct {
+	replica    *replica
+	ns         []int64
+	start, end time.Time
+	answer
+}
+
+// send posts a request of events events and says what came of it.
+func send(client *http.Client, url string, body []byte, events int) answer {
 	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	var ne net.Error
+	switch {
+	case err != nil && errors.Is(err, syscall.ECONNREFUSED):
+		return answer{fate: fateConnRefused, err: err}
+	case err != nil && errors.As(err, &ne) && ne.Timeout():
+		return answer{fate: fateTimeout, err: err}
+	case err != nil:
+		return answer{fate: fateCut, err: err}
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode/100 != 2 {
-		return nil, fmt.Errorf("%s: %s", resp.Status, b)
+	switch {
+	case err != nil && errors.As(err, &ne) && ne.Timeout():
+		return answer{fate: fateTimeout, err: err}
+	case err != nil:
+		return answer{fate: fateCut, err: err}
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return answer{fate: fate503, err: fmt.Errorf("%s: %s", resp.Status, b)}
+	case resp.StatusCode/100 != 2:
+		return answer{fate: fateBad, err: fmt.Errorf("%s: %s", resp.Status, b)}
 	}
 	var ans struct {
 		ID  string   `json:"id"`
 		IDs []string `json:"ids"`
 	}
 	if err := json.Unmarshal(b, &ans); err != nil {
-		return nil, err
+		return answer{fate: fateBad, err: fmt.Errorf("%s with an unreadable body %q: %v", resp.Status, b, err)}
 	}
 	if ans.ID != "" {
-		return []string{ans.ID}, nil
+		ans.IDs = []string{ans.ID}
 	}
-	return ans.IDs, nil
+	if len(ans.IDs) != events || slices.Contains(ans.IDs, "") {
+		return answer{fate: fateBad, err: fmt.Errorf("%s with %d ids for %d events: %s", resp.Status, len(ans.IDs), events, b)}
+	}
+	return answer{fate: fateAcked, ids: ans.IDs}
+}
+
+// post sends one request of events events and returns the ids of a 2xx
+// answer; anything else is an error that says what came of it.
+func post(client *http.Client, url string, body []byte, events int) ([]string, error) {
+	a := send(client, url, body, events)
+	if a.fate != fateAcked {
+		return nil, fmt.Errorf("%s: %w", a.fate, a.err)
+	}
+	return a.ids, nil
 }

@@ -300,18 +300,21 @@ func classify(resp *http.Response, excerpt string, now time.Time) error {
 // value a sane duration.
 const maxRetryAfter = 365 * 24 * time.Hour
 
-// parseRetryAfter reads a Retry-After header: a number of seconds or an HTTP
-// date, at most a year away.
+// parseRetryAfter reads a Retry-After header: a number of seconds (digits
+// only, RFC 9110's delay-seconds, however many) or an HTTP date, at most a
+// year away.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0, false
 	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs < 0 {
-			return 0, false
+	if strings.Trim(v, "0123456789") == "" {
+		// Only digits: ParseUint fails only beyond 64 bits, far past the cap.
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || secs > uint64(maxRetryAfter/time.Second) {
+			return maxRetryAfter, true
 		}
-		return time.Duration(min(secs, int64(maxRetryAfter/time.Second))) * time.Second, true
+		return time.Duration(secs) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		return min(max(t.Sub(now), 0), maxRetryAfter), true

@@ -142,6 +142,9 @@ func TestParseNetworks(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"10.0.0.0/8", "127.0.0.1/32", "::1/128", "192.168.0.0/16"}
+	if len(got) != len(want) {
+		t.Fatalf("ParseNetworks = %v (%d prefixes), want %v", got, len(got), want)
+	}
 	for i, p := range got {
 		if p.String() != want[i] {
 			t.Fatalf("ParseNetworks = %v, want %v", got, want)
