@@ -337,7 +337,7 @@ type appStore interface {
 // file under --data otherwise, and says which.
 func openStore(ctx context.Context, cfg *config, log *slog.Logger) (appStore, string, error) {
 	if cfg.databaseURL != "" {
-		s, err := dispatchpg.Open(ctx, dispatchpg.Config{URL: cfg.databaseURL, Logger: log})
+		s, err := dispatchpg.Open(ctx, dispatchpg.Config{URL: cfg.databaseURL, Logger: log, OpTimeout: cfg.limits.IngestTimeout})
 		if err != nil {
 			return nil, "", fmt.Errorf("open the PostgreSQL store (--database-url): %w", err)
 		}

@@ -2,6 +2,7 @@ package replicatest
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -39,13 +40,18 @@ func TestDatabaseOutage(t *testing.T) {
 			var failing atomic.Bool
 			var mu sync.Mutex
 			got := map[string]int{}
+			refusedDelivered := 0 // deliveries of the event refused during the outage
 			dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if failing.Load() {
 					w.WriteHeader(http.StatusServiceUnavailable)
 					return
 				}
+				body, _ := io.ReadAll(r.Body)
 				mu.Lock()
 				got[r.Header.Get("webhook-id")]++
+				if strings.Contains(string(body), `"during"`) {
+					refusedDelivered++
+				}
 				mu.Unlock()
 				w.WriteHeader(http.StatusNoContent)
 			}))
@@ -109,8 +115,27 @@ func TestDatabaseOutage(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 			}
 			t.Logf("all %d events acknowledged before the outage delivered %v after it ended", len(ids), time.Since(back).Round(time.Millisecond))
-			if _, err := post(client, r.URL+"/v1/event", []byte(`{"after": "outage"}`), 1); err != nil {
+			after, err := post(client, r.URL+"/v1/event", []byte(`{"after": "outage"}`), 1)
+			if err != nil {
 				t.Fatalf("POST after the outage: %v", err)
+			}
+			// The event refused with 503 during the outage was not stored:
+			// the pipeline delivers what came after it, never it.
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				mu.Lock()
+				n := got[after[0]]
+				mu.Unlock()
+				if n > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the event sent after the outage was not delivered within 30s")
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if refusedDelivered != 0 {
+				t.Fatalf("the event refused with 503 during the outage was delivered %d times", refusedDelivered)
 			}
 		})
 	}
