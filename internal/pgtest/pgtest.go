@@ -10,6 +10,11 @@
 // A test package that uses it runs its tests through Main:
 //
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
+//
+// or, to check something once the cluster is stopped (leaked goroutines, say),
+// through Runner:
+//
+//	func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Runner(m)) }
 package pgtest
 
 import (
@@ -72,11 +77,23 @@ func randomToken() string {
 // Main runs the tests, then stops the cluster if one was started (or drops
 // the schemas made on FANOUT_TEST_DATABASE_URL), and exits.
 func Main(m *testing.M) {
-	code := m.Run()
+	os.Exit(Runner(m).Run())
+}
+
+// Runner returns m with a Run that also does, once the tests are done, what
+// Main does after them, and returns the exit code instead of exiting. It is
+// for a TestMain that checks something after the tests (goleak's
+// VerifyTestMain takes it): the cluster's own goroutines are gone by then.
+func Runner(m *testing.M) interface{ Run() int } { return runner{m} }
+
+type runner struct{ m *testing.M }
+
+func (r runner) Run() int {
+	code := r.m.Run()
 	if err := Shutdown(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
 	}
-	os.Exit(code)
+	return code
 }
 
 // Shutdown stops what Main would stop; for TestMain functions of their own.
