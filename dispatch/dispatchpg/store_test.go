@@ -34,6 +34,7 @@ func opener(run string) dispatchtest.OpenFunc {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	dispatchtest.Exercise(t, opener(pgtest.Unique(t)))
 }
 
