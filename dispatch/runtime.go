@@ -101,12 +101,14 @@ type Runtime struct {
 	funcs map[string]AnyFunction
 	names []string
 
-	pool    *pool         // worker places: calls in flight here, places promised
-	keys    *keyLimiter   // per-key limits and health
-	results *results      // outcomes of children run here, for their parents
-	quit    chan struct{} // closed by Stop: workers return after their call
+	// What the runtime holds in memory, in three parts with a lock each.
+	// A reservation takes the keys' lock, then the pool's (see keyLimiter);
+	// no other lock is ever held together with another.
+	pool    *pool       // worker slots: calls in flight here, slots promised
+	keys    *keyLimiter // per-key limits and health
+	results *results    // outcomes of children run here, for their parents
 
-	// Signals to the schedule goroutine (claim.go).
+	// For the schedule goroutine (claim.go): what wakes it, and its own turn.
 	wakeCh  chan struct{}
 	backlog atomic.Bool  // the store may hold runnable calls nobody leased
 	due     atomic.Int64 // earliest retry this process scheduled, unix nanoseconds; 0 when none
@@ -119,6 +121,7 @@ type Runtime struct {
 
 	state      atomic.Int32
 	stopping   atomic.Bool
+	quit       chan struct{} // closed by Stop: workers return after their call
 	loopCancel context.CancelFunc
 	runCtx     context.Context
 	runCancel  context.CancelFunc
