@@ -6,7 +6,10 @@ default, see dispatchsqlite).
 
 # Model
 
-Func wraps a plain Go function whose input and output are JSON:
+Func wraps a plain Go function whose input and output are JSON. For
+example, a service that hands each event it receives to several receivers
+declares one function that publishes a message and one that handles an
+event by gathering a publish per message:
 
 	publish := dispatch.Func("publish", func(ctx context.Context, m Message) (Receipt, error) { ... })
 	handle := dispatch.Func("handle", func(ctx context.Context, e Event) (any, error) {

@@ -118,8 +118,8 @@ var (
 	ErrStopped = errors.New("dispatch: runtime stopped")
 )
 
-// RetryAfter wraps err with a hint of when to try again, as a destination's
-// Retry-After header gives it. The retry policy honours it within its bounds.
+// RetryAfter wraps err with a hint of when to try again, as an HTTP
+// server's Retry-After header gives it. The retry policy honours it within its bounds.
 // The status is the wrapped error's (throttled when err is nil).
 func RetryAfter(err error, after time.Duration) error {
 	if err == nil {
@@ -158,7 +158,7 @@ func errorDetail(err error) []byte {
 
 // Snooze returns an error that puts the call back in the store to run again
 // after d, without counting a failure against its retry budget: for a call
-// that could not be tried (its destination is disabled, say).
+// that could not be tried (the service it calls is switched off, say).
 func Snooze(d time.Duration) error { return &snoozeError{after: d} }
 
 type snoozeError struct{ after time.Duration }
@@ -185,8 +185,8 @@ func retryAfterHint(err error) (time.Duration, bool) {
 //   - an error nobody classified is permanent: a plain errors.New is final.
 //
 // One rule differs on purpose: the SDK called an unexpected EOF inside an
-// HTTP exchange an invalid response, which is final; a webhook receiver that
-// drops the connection mid-answer is a transport failure and is retried.
+// HTTP exchange an invalid response, which is final; a server that drops the
+// connection mid-answer is a transport failure and is retried.
 func ErrorStatus(err error) Status {
 	return errorStatus(err, 0)
 }

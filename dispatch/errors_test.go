@@ -14,6 +14,7 @@ import (
 )
 
 func TestErrorStatus(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		err  error
@@ -43,6 +44,7 @@ func TestErrorStatus(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			if got := ErrorStatus(tc.err); got != tc.want {
 				t.Fatalf("ErrorStatus(%v)=%v, want %v", tc.err, got, tc.want)
 			}
@@ -51,6 +53,7 @@ func TestErrorStatus(t *testing.T) {
 }
 
 func TestStatus_Retryable(t *testing.T) {
+	t.Parallel()
 	retried := map[Status]bool{StatusTimeout: true, StatusThrottled: true, StatusTemporary: true,
 		StatusIncompatibleState: true, StatusDNS: true, StatusTCP: true, StatusTLS: true, StatusHTTP: true}
 	for s := StatusUnspecified; s <= StatusNotFound; s++ {
@@ -61,6 +64,7 @@ func TestStatus_Retryable(t *testing.T) {
 }
 
 func TestRetryAfterHint(t *testing.T) {
+	t.Parallel()
 	err := fmt.Errorf("deliver: %w", RetryAfter(ErrThrottled, 42*time.Second))
 	if d, ok := retryAfterHint(err); !ok || d != 42*time.Second {
 		t.Fatalf("retryAfterHint=%v,%v, want 42s", d, ok)

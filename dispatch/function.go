@@ -60,8 +60,9 @@ func (f *Function[I, O]) BuildCall(in I) (*Call, error) {
 }
 
 // Keyed is implemented by inputs that carry a key (see Call.Key): the calls
-// made with them share the key's limits. fanout keys a delivery by its
-// destination.
+// made with them share the key's limits. For example, calls that each make a
+// request to one of many services can be keyed by the service, so that each
+// service gets its own concurrency limit, rate and circuit breaker.
 type Keyed interface {
 	DispatchKey() string
 }
@@ -274,7 +275,8 @@ func (f *Function[I, O]) run(ctx context.Context, input []byte) ([]byte, error) 
 
 // encode returns v as JSON. A json.RawMessage is kept byte for byte, and a
 // top-level json.Marshaler's bytes are kept as it wrote them (encoding/json
-// would compact them): an ingest service forwards what it was sent.
+// would compact them): a function that relays its input passes on the
+// bytes it was given.
 func encode(v any) ([]byte, error) {
 	switch m := v.(type) {
 	case json.RawMessage:

@@ -13,8 +13,8 @@ import (
 // It is a cache and only that: a parent whose children did not all finish
 // here (another replica ran some, this process restarted, the cache was
 // full) reads them from the store as before. It holds at most max parents
-// (a few kB each), so that parents waiting long (on a destination that
-// hangs) cannot make it grow without bound.
+// (a few kB each), so that parents waiting long (on children whose calls
+// hang) cannot make it grow without bound.
 type results struct {
 	mu      sync.Mutex
 	parents map[string]*gathered

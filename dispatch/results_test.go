@@ -27,6 +27,7 @@ func (s *countingStore) CallListChildren(ctx context.Context, parentID string) (
 // memory; the store is read only when they did not (see RestartInsideGather
 // in dispatchtest for that path).
 func TestRuntime_GatherResultsFromMemory(t *testing.T) {
+	t.Parallel()
 	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +89,7 @@ func (s *flakyFinishStore) CallFinish(ctx context.Context, p *dispatch.CallFinis
 // An outcome the store fails to take for a moment is stored once it does,
 // without the call running again.
 func TestRuntime_FinishRetriedOnStoreErrors(t *testing.T) {
+	t.Parallel()
 	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
 	if err != nil {
 		t.Fatal(err)

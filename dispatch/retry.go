@@ -21,8 +21,8 @@ type RetryPolicy interface {
 
 // Backoff is exponential backoff with full jitter and a budget: attempt n
 // waits a uniformly random time in [0, min(Max, Initial*2^(n-1))), plus Min.
-// Full jitter spreads the retries of many calls that failed together (a
-// destination that came back up) instead of sending them in waves.
+// Full jitter spreads the retries of many calls that failed together (on a
+// service that came back up) instead of sending them in waves.
 //
 // The budget is spent when MaxAttempts failures have happened (0: no limit)
 // or when the next attempt would start later than MaxAge after the call was
@@ -40,7 +40,7 @@ type Backoff struct {
 	// 0 is unlimited.
 	MaxAge time.Duration
 	// MaxRetryAfter bounds how far a Retry-After hint may push the next
-	// attempt, so that a destination cannot park deliveries for a year.
+	// attempt, so that a failure cannot park a call for a year.
 	// Hints beyond it are cut to it; 0 means Max.
 	MaxRetryAfter time.Duration
 	// RandFunc returns a float in [0, 1); nil means math/rand/v2.

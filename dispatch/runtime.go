@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jonboulle/clockwork"
 )
 
@@ -57,8 +56,9 @@ type Config struct {
 	Keys func(key string) KeyConfig
 	// OnKeyTrip is called when a key's circuit breaker opens: its calls
 	// kept failing (BreakerFailures in a row over at least BreakerWindow).
-	// The application decides what a trip means; fanout pauses the
-	// destination, so that Keys reports it Paused until someone resumes it.
+	// The application decides what a trip means; it may, for example,
+	// pause the key, so that Keys reports it Paused until someone resumes
+	// it.
 	OnKeyTrip       func(key, reason string)
 	BreakerFailures int
 	BreakerWindow   time.Duration
@@ -96,47 +96,37 @@ type Runtime struct {
 	pollInterval  time.Duration
 	retention     time.Duration
 	failedKeep    time.Duration
-	keyConfig     func(string) KeyConfig
-	onTrip        func(key, reason string)
-	tripAfter     int
-	tripWindow    time.Duration
 	dedupWindow   time.Duration
 
 	funcs map[string]AnyFunction
 	names []string
 
-	work    chan *Call    // calls leased to this process, waiting for a worker
-	quit    chan struct{} // closed by Stop: workers return after their call
+	// What the runtime holds in memory, in three parts with a lock each.
+	// A reservation takes the keys' lock, then the pool's (see keyLimiter);
+	// no other lock is ever held together with another.
+	pool    *pool       // worker slots: calls in flight here, slots promised
+	keys    *keyLimiter // per-key limits and health
+	results *results    // outcomes of children run here, for their parents
+
+	// For the schedule goroutine (claim.go): what wakes it, and its own turn.
 	wakeCh  chan struct{}
 	backlog atomic.Bool  // the store may hold runnable calls nobody leased
 	due     atomic.Int64 // earliest retry this process scheduled, unix nanoseconds; 0 when none
+	keyTurn int          // rotates which key claims first; only the schedule goroutine uses it
 
 	stats struct {
 		claims, claimed, leasedOnCreate, eager, finished, retried, failed atomic.Int64
 		resultsFromMemory, resultsFromStore                               atomic.Int64
 	}
 
-	results *results // outcomes of children run here, for their parents
-
-	mu       sync.Mutex
-	inflight map[string]*inflight // leased to this process: queued or running
-	reserved int                  // worker slots promised to calls being stored
-	keys     map[string]*keyState // per-key limits and health
-	keyTurn  int                  // rotates which key claims first
-
 	state      atomic.Int32
 	stopping   atomic.Bool
+	quit       chan struct{} // closed by Stop: workers return after their call
 	loopCancel context.CancelFunc
 	runCtx     context.Context
 	runCancel  context.CancelFunc
 	loops      sync.WaitGroup
 	workersWG  sync.WaitGroup
-}
-
-type inflight struct {
-	key       string
-	claimedAt time.Time // or last renewed
-	ran       bool      // its function returned: it no longer counts against its key
 }
 
 const (
@@ -163,16 +153,11 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 		pollInterval:  cfg.PollInterval,
 		retention:     cfg.Retention,
 		failedKeep:    cfg.FailedRetention,
-		keyConfig:     cfg.Keys,
-		onTrip:        cfg.OnKeyTrip,
-		tripAfter:     cfg.BreakerFailures,
-		tripWindow:    cfg.BreakerWindow,
 		dedupWindow:   cfg.DedupWindow,
-		keys:          make(map[string]*keyState),
 		results:       newResults(10000),
 		funcs:         make(map[string]AnyFunction),
 		wakeCh:        make(chan struct{}, 1),
-		inflight:      make(map[string]*inflight),
+		quit:          make(chan struct{}),
 	}
 	if r.clock == nil {
 		r.clock = clockwork.NewRealClock()
@@ -198,14 +183,22 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 	if r.pollInterval <= 0 {
 		r.pollInterval = time.Second
 	}
-	if r.keyConfig == nil {
-		r.keyConfig = func(string) KeyConfig { return KeyConfig{} }
-	}
 	if r.dedupWindow <= 0 {
 		r.dedupWindow = 24 * time.Hour
 	}
-	r.work = make(chan *Call, r.workers)
-	r.quit = make(chan struct{})
+	r.pool = newPool(r.workers)
+	r.keys = &keyLimiter{
+		config:     cfg.Keys,
+		workers:    r.workers,
+		tripAfter:  cfg.BreakerFailures,
+		tripWindow: cfg.BreakerWindow,
+		onTrip:     cfg.OnKeyTrip,
+		log:        r.log,
+		keys:       make(map[string]*keyState),
+	}
+	if r.keys.config == nil {
+		r.keys.config = func(string) KeyConfig { return KeyConfig{} }
+	}
 	if err := r.Register(fns...); err != nil {
 		return nil, err
 	}
@@ -326,151 +319,6 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Batch returns an empty batch of calls to dispatch together.
-func (r *Runtime) Batch() *Batch { return &Batch{rt: r} }
-
-// Batch is a set of calls dispatched atomically: all are stored, or none.
-type Batch struct {
-	rt    *Runtime
-	calls []*Call
-}
-
-// Add appends calls built with Function.BuildCall.
-func (b *Batch) Add(calls ...*Call) { b.calls = append(b.calls, calls...) }
-
-// Dispatch stores every call of the batch in one transaction and returns
-// their ids, in the order they were added, once they are durable.
-func (b *Batch) Dispatch(ctx context.Context) ([]string, error) {
-	return b.rt.dispatch(ctx, b.calls)
-}
-
-func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error) {
-	if r.state.Load() == stateStopped {
-		return nil, ErrStopped
-	}
-	if len(calls) == 0 {
-		return []string{}, nil
-	}
-	now := r.clock.Now()
-	rows := make([]*Call, len(calls))
-	for i, c := range calls {
-		if _, ok := r.funcs[c.Function]; !ok {
-			return nil, fmt.Errorf("%w: %s", ErrNotRegistered, c.Function)
-		}
-		id, err := uuid.NewV7()
-		if err != nil {
-			return nil, fmt.Errorf("dispatch: new call id: %w", err)
-		}
-		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, Input: c.Input, DedupKey: c.DedupKey,
-			RunAfter: now, CreatedAt: now}
-	}
-	// Run the first attempt of eager calls now; lease what is runnable now
-	// (the others, and the children of eager calls) to this process.
-	//
-	// Eager attempts stop once their children would outnumber the idle
-	// workers: a burst (a large batch into a busy process) is then stored
-	// as plain calls, one row each, and fanned out as workers free up,
-	// instead of making the request that brought it pay for the whole
-	// fan-out before it is answered.
-	runnable, children := rows, []*Call(nil)
-	var due time.Time
-	if r.running() {
-		budget := r.idle()
-		runnable = runnable[:0:0]
-		for _, c := range rows {
-			if budget <= 0 || !r.funcs[c.Function].isEager() {
-				runnable = append(runnable, c)
-				continue
-			}
-			kids := r.runEager(ctx, c, now)
-			budget -= max(1, len(kids))
-			children = append(children, kids...)
-			runnable = append(runnable, kids...)
-			if c.State == StatePending && (due.IsZero() || c.RunAfter.Before(due)) {
-				due = c.RunAfter
-			}
-		}
-	}
-	leased := r.leaseNew(runnable, now)
-	all := append(rows, children...)
-	stored, err := r.store.CallInsertMany(ctx, &CallInsertParams{Calls: all, DedupSince: now.Add(-r.dedupWindow)})
-	if err != nil {
-		r.unreserve(leased)
-		return nil, fmt.Errorf("dispatch: store calls: %w", err)
-	}
-	ids := stored[:len(rows)]
-	// A duplicate and its children were not stored: do not run them.
-	var skipped map[string]bool
-	for i, c := range all {
-		if stored[i] != c.ID {
-			if skipped == nil {
-				skipped = make(map[string]bool)
-			}
-			skipped[c.ID] = true
-		}
-	}
-	if skipped != nil {
-		kept := leased[:0]
-		var dropped []*Call
-		for _, c := range leased {
-			if skipped[c.ID] {
-				dropped = append(dropped, c)
-			} else {
-				kept = append(kept, c)
-			}
-		}
-		r.unreserve(dropped)
-		leased = kept
-	}
-	if len(children) > 0 {
-		byParent := make(map[string][]*Call)
-		for _, c := range children {
-			byParent[c.ParentID] = append(byParent[c.ParentID], c)
-		}
-		for parent, kids := range byParent {
-			if !skipped[parent] {
-				r.results.expect(parent, kids)
-			}
-		}
-	}
-	r.admit(leased)
-	if len(leased) < len(runnable)-len(skipped) {
-		r.signalBacklog()
-	}
-	if !due.IsZero() {
-		r.noteDue(due)
-	}
-	return ids, nil
-}
-
-// running reports whether the runtime runs calls: started, not stopping.
-func (r *Runtime) running() bool {
-	return r.state.Load() == stateStarted && !r.stopping.Load()
-}
-
-// runEager makes the first attempt of a new call and records its outcome in
-// the call, before it is stored. It returns the children of a suspension.
-func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call {
-	r.stats.eager.Add(1)
-	c.Attempt = 1
-	cc := &callContext{rt: r, call: c}
-	started := r.clock.Now()
-	output, err := r.run(context.WithValue(ctx, ctxKey{}, cc), r.funcs[c.Function], c)
-	if s := cc.suspend; s != nil {
-		c.State, c.Gathers, c.Waiting = StateWaiting, s.gather+1, len(s.children)
-		return s.children
-	}
-	p := r.outcome(ctx, c, output, err, started, now)
-	c.State, c.Output, c.Error, c.Status = p.State, p.Output, p.Error, p.Status
-	if p.State != StateDone && !p.Snooze {
-		c.Failures = 1
-	}
-	if p.State == StatePending {
-		c.RunAfter = p.RunAfter
-	}
-	return nil
-}
-
 // Redrive makes failed calls runnable again, with a fresh retry budget; a
 // parent that failed because of them waits for them again. It returns the
 // ids it re-drove: calls that are not failed are left alone.
@@ -488,3 +336,11 @@ func (r *Runtime) Redrive(ctx context.Context, ids []string) ([]string, error) {
 // KeysChanged tells the runtime that key configurations changed (a key was
 // resumed, a limit raised): it looks for work it held back.
 func (r *Runtime) KeysChanged() { r.signalBacklog() }
+
+// KeyStatus returns the state of a key in this process.
+func (r *Runtime) KeyStatus(key string) KeyStatus { return r.keys.status(key) }
+
+// running reports whether the runtime runs calls: started, not stopping.
+func (r *Runtime) running() bool {
+	return r.state.Load() == stateStarted && !r.stopping.Load()
+}

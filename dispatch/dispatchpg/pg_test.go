@@ -47,6 +47,7 @@ func insert(t testing.TB, s dispatch.Store, calls ...*dispatch.Call) {
 
 // Replicas that start together on an empty database migrate it once.
 func TestOpen_ConcurrentMigrations(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	const replicas = 6
 	var wg sync.WaitGroup
@@ -95,6 +96,7 @@ func connect(t testing.TB, u string) *pgx.Conn {
 // Open must not hand back running calls: they may belong to a live replica.
 // Only their expiry, or their owner, releases them.
 func TestOpen_KeepsOtherReplicasLeases(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	a := openURL(t, u, dispatchpg.Config{})
 	insert(t, a, call("c", T0))
@@ -133,6 +135,7 @@ func drain(s *dispatchpg.Store) {
 // Work committed by one replica wakes the others, not itself; work that is
 // not runnable by others (leased on insert, or for later) wakes nobody.
 func TestNotify(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	a := openURL(t, u, dispatchpg.Config{})
 	b := openURL(t, u, dispatchpg.Config{})
@@ -177,6 +180,7 @@ func TestNotify(t *testing.T) {
 // The listener reconnects after its connection is killed, wakes its
 // runtime once (it may have missed notifications), and hears again.
 func TestNotify_Reconnects(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	a := openURL(t, u, dispatchpg.Config{})
 	b := openURL(t, u, dispatchpg.Config{})
@@ -199,6 +203,7 @@ func TestNotify_Reconnects(t *testing.T) {
 // Replicas claiming the same key at once get disjoint calls, and together
 // all of them.
 func TestClaim_ConcurrentReplicasDisjoint(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	stores := []*dispatchpg.Store{openURL(t, u, dispatchpg.Config{}), openURL(t, u, dispatchpg.Config{}), openURL(t, u, dispatchpg.Config{})}
 	const total = 2000
@@ -245,6 +250,7 @@ func TestClaim_ConcurrentReplicasDisjoint(t *testing.T) {
 
 // Two replicas inserting the same dedup key at once store one call.
 func TestDedup_ConcurrentReplicas(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	a := openURL(t, u, dispatchpg.Config{})
 	b := openURL(t, u, dispatchpg.Config{})
@@ -277,6 +283,7 @@ func TestDedup_ConcurrentReplicas(t *testing.T) {
 
 // CallKeys skips through the runnable index: it does not read the history.
 func TestCallKeys_LooseIndexScan(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	s := openURL(t, u, dispatchpg.Config{})
 	conn := connect(t, u)
@@ -318,6 +325,7 @@ func TestCallKeys_LooseIndexScan(t *testing.T) {
 // A database that cannot be reached makes operations fail within the
 // store's timeouts, never hang; once it is back, they work again.
 func TestUnreachable(t *testing.T) {
+	t.Parallel()
 	u := pgtest.NewURL(t)
 	p := pgtest.StartProxy(t, u)
 	cfg := dispatchpg.Config{ConnectTimeout: 500 * time.Millisecond, OpTimeout: time.Second}
@@ -373,6 +381,7 @@ func TestUnreachable(t *testing.T) {
 }
 
 func TestOpen_Errors(t *testing.T) {
+	t.Parallel()
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

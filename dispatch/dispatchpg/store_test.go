@@ -5,13 +5,19 @@ import (
 	"log/slog"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchpg"
 	"fanout/dispatch/dispatchtest"
 	"fanout/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// TestMain fails the tests if they leave goroutines behind: a store that is
+// closed must stop its listener and its pool. The check runs once the test
+// cluster is stopped (pgtest.Runner), since the goroutine that waits for the
+// server process ends only then.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Runner(m)) }
 
 // opener opens the store of one key: a schema of its own in the test
 // cluster, fresh for each run of the calling test.
@@ -28,6 +34,7 @@ func opener(run string) dispatchtest.OpenFunc {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	dispatchtest.Exercise(t, opener(pgtest.Unique(t)))
 }
 

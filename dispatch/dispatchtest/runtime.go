@@ -85,10 +85,13 @@ type item struct {
 	Fail bool `json:"fail,omitempty"`
 }
 
+// exerciseRuntime runs the runtime on the store: dispatch, eager first
+// attempts, batches, concurrent dispatches, dedup keys, and misuse.
 func exerciseRuntime(t *testing.T, open OpenFunc) {
 	ctx := context.Background()
 
 	t.Run("DispatchRuns", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		double := dispatch.Func("double", func(ctx context.Context, in item) (int, error) {
 			info, ok := dispatch.CallFromContext(ctx)
@@ -108,283 +111,8 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 		}
 	})
 
-	t.Run("RetryOnFakeClock", func(t *testing.T) {
-		s := open(t, t.Name())
-		clock := clockwork.NewFakeClockAt(T0)
-		policy := &dispatch.Backoff{Initial: time.Minute, Max: time.Hour, MaxAttempts: 5, RandFunc: func() float64 { return 0.5 }}
-		runs := make(chan int, 10)
-		var n atomic.Int32
-		flaky := dispatch.Func("flaky", func(ctx context.Context, in item) (string, error) {
-			k := int(n.Add(1))
-			runs <- k
-			if k < 3 {
-				return "", fmt.Errorf("%w: upstream busy (run %d)", dispatch.ErrTemporary, k)
-			}
-			return "ok", nil
-		})
-		StartRuntime(t, dispatch.Config{Store: s, Clock: clock, RetryPolicy: policy}, flaky)
-		id, err := flaky.Dispatch(ctx, item{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Delays: jitter 0.5 of 1m, then 0.5 of 2m.
-		wantAt := []time.Time{T0.Add(30 * time.Second), T0.Add(30*time.Second + time.Minute)}
-		for i, at := range wantAt {
-			receive(t, runs, fmt.Sprintf("run %d", i+1))
-			c := WaitCall(t, s, id, dispatch.StatePending)
-			for c.Failures != i+1 {
-				c = WaitCall(t, s, id, dispatch.StatePending)
-			}
-			if !c.RunAfter.Equal(at) || !strings.Contains(c.Error, "upstream busy") || c.Status != dispatch.StatusTemporary {
-				t.Fatalf("after failure %d: %+v, want pending until %v with the error", i+1, c, at)
-			}
-			clock.Advance(at.Sub(clock.Now()) - time.Second)
-			select {
-			case k := <-runs:
-				t.Fatalf("run %d happened a second before its retry time", k)
-			default:
-			}
-			clock.Advance(time.Second)
-		}
-		receive(t, runs, "run 3")
-		c := WaitCall(t, s, id, dispatch.StateDone)
-		if c.Attempt != 3 || c.Failures != 2 || string(c.Output) != `"ok"` {
-			t.Fatalf("call %+v, want done on attempt 3 after 2 failures", c)
-		}
-	})
-
-	t.Run("RetryAfterHint", func(t *testing.T) {
-		s := open(t, t.Name())
-		clock := clockwork.NewFakeClockAt(T0)
-		throttled := dispatch.Func("throttled", func(ctx context.Context, in item) (any, error) {
-			return nil, dispatch.RetryAfter(fmt.Errorf("%w: 429", dispatch.ErrThrottled), 5*time.Minute)
-		})
-		StartRuntime(t, dispatch.Config{Store: s, Clock: clock, RetryPolicy: dispatch.DefaultBackoff()}, throttled)
-		id, err := throttled.Dispatch(ctx, item{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := WaitCall(t, s, id, dispatch.StatePending, dispatch.StateFailed)
-		for c.Failures == 0 {
-			c = WaitCall(t, s, id, dispatch.StatePending, dispatch.StateFailed)
-		}
-		if c.State != dispatch.StatePending || !c.RunAfter.Equal(T0.Add(5*time.Minute)) || c.Status != dispatch.StatusThrottled {
-			t.Fatalf("call %+v, want a throttled retry at T0+5m as asked", c)
-		}
-	})
-
-	t.Run("BudgetSpentAndPermanentErrors", func(t *testing.T) {
-		s := open(t, t.Name())
-		policy := &dispatch.Backoff{Min: time.Millisecond, Initial: time.Millisecond, MaxAttempts: 3}
-		always := dispatch.Func("always", func(ctx context.Context, in item) (any, error) {
-			return nil, dispatch.ErrTimeout
-		})
-		final := dispatch.Func("final", func(ctx context.Context, in item) (any, error) {
-			return nil, errors.New("bad request")
-		})
-		panics := dispatch.Func("panics", func(ctx context.Context, in item) (any, error) {
-			panic("boom")
-		})
-		StartRuntime(t, dispatch.Config{Store: s, RetryPolicy: policy}, always, final, panics)
-		cases := []struct {
-			fn interface {
-				Dispatch(context.Context, item) (string, error)
-			}
-			failures  int
-			errSubstr string
-		}{
-			{always, 3, "gave up after 3 attempts"},
-			{final, 1, "bad request"},
-			{panics, 1, "panic: boom"},
-		}
-		for _, tc := range cases {
-			id, err := tc.fn.Dispatch(ctx, item{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
-			if c.State != dispatch.StateFailed || c.Failures != tc.failures || !strings.Contains(c.Error, tc.errSubstr) {
-				t.Fatalf("call %+v, want failed after %d attempts with %q", c, tc.failures, tc.errSubstr)
-			}
-		}
-	})
-
-	t.Run("GatherMixedOutcomes", func(t *testing.T) {
-		s := open(t, t.Name())
-		child := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
-			if in.Fail {
-				return 0, fmt.Errorf("item %d refused", in.N)
-			}
-			return in.N * 10, nil
-		})
-		type seen struct {
-			out []int
-			err error
-		}
-		results := make(chan seen, 4)
-		parent := dispatch.Func("parent", func(ctx context.Context, in item) (any, error) {
-			items := make([]item, 5)
-			for i := range items {
-				items[i] = item{N: i, Fail: i == 1 || i == 3}
-			}
-			out, err := child.Gather(ctx, items)
-			if out != nil {
-				results <- seen{out, err}
-			}
-			return nil, err
-		})
-		StartRuntime(t, dispatch.Config{Store: s}, child, parent)
-		id, err := parent.Dispatch(ctx, item{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
-		got := receive(t, results, "the parent's gather results")
-		var ge *dispatch.GatherError
-		if !errors.As(got.err, &ge) || len(ge.Failed) != 2 || ge.Failed[0].Index != 1 || ge.Failed[1].Index != 3 ||
-			!strings.Contains(ge.Failed[0].Message, "item 1 refused") {
-			t.Fatalf("Gather error = %v, want a GatherError for items 1 and 3", got.err)
-		}
-		if want := []int{0, 0, 20, 0, 40}; fmt.Sprint(got.out) != fmt.Sprint(want) {
-			t.Fatalf("Gather outputs = %v, want %v", got.out, want)
-		}
-		if p.State != dispatch.StateFailed || !strings.Contains(p.Error, "2 of 5 calls failed") || p.Failures != 1 {
-			t.Fatalf("parent %+v, want failed once, permanently, naming 2 of 5", p)
-		}
-		kids, err := s.CallListChildren(ctx, id)
-		if err != nil || len(kids) != 5 {
-			t.Fatalf("children: %d, %v", len(kids), err)
-		}
-		for i, k := range kids {
-			want := dispatch.StateDone
-			if i == 1 || i == 3 {
-				want = dispatch.StateFailed
-			}
-			if k.State != want || k.Attempt != 1 {
-				t.Fatalf("child %d %+v, want %v after one attempt (permanent errors are not retried)", i, k, want)
-			}
-		}
-	})
-
-	t.Run("ParentRunsAgainWithoutDuplicates", func(t *testing.T) {
-		s := open(t, t.Name())
-		var childRuns sync.Map
-		child := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
-			info, _ := dispatch.CallFromContext(ctx)
-			n, _ := childRuns.LoadOrStore(info.ID, new(atomic.Int32))
-			n.(*atomic.Int32).Add(1)
-			return in.N + 1, nil
-		})
-		var parentRuns atomic.Int32
-		sums := make(chan int, 1)
-		parent := dispatch.Func("parent", func(ctx context.Context, in item) (int, error) {
-			parentRuns.Add(1)
-			first, err := child.Gather(ctx, []item{{N: 1}, {N: 2}, {N: 3}})
-			if err != nil {
-				return 0, err
-			}
-			second, err := child.Await(ctx, item{N: first[0] + first[1] + first[2]})
-			if err != nil {
-				return 0, err
-			}
-			sums <- second
-			return second, nil
-		})
-		StartRuntime(t, dispatch.Config{Store: s}, child, parent)
-		id, err := parent.Dispatch(ctx, item{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
-		if got := receive(t, sums, "the parent's result"); got != 10 || string(p.Output) != "10" {
-			t.Fatalf("parent result %d (%s), want 10", got, p.Output)
-		}
-		if got := parentRuns.Load(); got != 3 {
-			t.Fatalf("parent ran %d times, want 3 (start, after gather, after await)", got)
-		}
-		kids, err := s.CallListChildren(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := []string{id + ".0.0", id + ".0.1", id + ".0.2", id + ".1.0"}; fmt.Sprint(ids(kids)) != fmt.Sprint(want) {
-			t.Fatalf("children %v, want %v", ids(kids), want)
-		}
-		childRuns.Range(func(k, v any) bool {
-			if n := v.(*atomic.Int32).Load(); n != 1 {
-				t.Errorf("child %v ran %d times, want once", k, n)
-			}
-			return true
-		})
-	})
-
-	t.Run("RestartInsideGather", func(t *testing.T) {
-		key := t.Name()
-		s := open(t, key)
-		started := make(chan string, 10)
-		blocked := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
-			info, _ := dispatch.CallFromContext(ctx)
-			started <- info.ID
-			<-ctx.Done() // until shutdown cancels it
-			return 0, ctx.Err()
-		})
-		parentFn := func(child *dispatch.Function[item, int]) *dispatch.Function[item, int] {
-			return dispatch.Func("parent", func(ctx context.Context, in item) (int, error) {
-				out, err := child.Gather(ctx, []item{{N: 1}, {N: 2}, {N: 3}})
-				if err != nil {
-					return 0, err
-				}
-				return out[0] + out[1] + out[2], nil
-			})
-		}
-		parent := parentFn(blocked)
-		rt, err := dispatch.New(&dispatch.Config{Store: s, Workers: 8,
-			Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError}))}, blocked, parent)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rt.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		id, err := parent.Dispatch(ctx, item{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range 3 {
-			receive(t, started, fmt.Sprintf("child %d to start", i))
-		}
-		stopCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-		if err := rt.Stop(stopCtx); err != nil {
-			t.Fatal(err)
-		}
-		cancel()
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-
-		s = open(t, key)
-		if p := mustGet(t, s, id); p.State != dispatch.StateWaiting {
-			t.Fatalf("parent after restart %+v, want waiting", p)
-		}
-		var runs atomic.Int32
-		working := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
-			runs.Add(1)
-			return in.N, nil
-		})
-		StartRuntime(t, dispatch.Config{Store: s}, working, parentFn(working))
-		p := WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
-		if p.State != dispatch.StateDone || string(p.Output) != "6" {
-			t.Fatalf("parent %+v, want done with 6", p)
-		}
-		if got := runs.Load(); got != 3 {
-			t.Fatalf("children ran %d times after restart, want 3", got)
-		}
-		kids, err := s.CallListChildren(ctx, id)
-		if err != nil || len(kids) != 3 {
-			t.Fatalf("children after restart: %d, %v; want 3", len(kids), err)
-		}
-	})
-
 	t.Run("EagerFirstAttempt", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		release := make(chan struct{})
 		child := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
@@ -451,6 +179,7 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 	})
 
 	t.Run("ConcurrentDispatch", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		const goroutines, each = 50, 20
 		var ran atomic.Int32
@@ -505,6 +234,7 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 	})
 
 	t.Run("BatchIsOrdered", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		echo := dispatch.Func("echo", func(ctx context.Context, in item) (int, error) { return in.N, nil })
 		rt := StartRuntime(t, dispatch.Config{Store: s}, echo)
@@ -531,7 +261,45 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("DedupKey", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		var runs atomic.Int32
+		fn := dispatch.Func("once", func(ctx context.Context, in keyedItem) (int, error) {
+			runs.Add(1)
+			return in.N, nil
+		})
+		rt := StartRuntime(t, dispatch.Config{Store: s}, fn)
+		dispatchKey := func(key string) string {
+			t.Helper()
+			c, err := fn.BuildCall(keyedItem{N: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.DedupKey = key
+			b := rt.Batch()
+			b.Add(c)
+			ids, err := b.Dispatch(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ids[0]
+		}
+		first := dispatchKey("order-17")
+		WaitCall(t, s, first, dispatch.StateDone)
+		if again := dispatchKey("order-17"); again != first {
+			t.Fatalf("a repeat returned %s, want the original %s", again, first)
+		}
+		if other := dispatchKey("order-18"); other == first {
+			t.Fatal("another key returned the same id")
+		}
+		if n := runs.Load(); n > 2 {
+			t.Fatalf("function ran %d times for 2 distinct keys", n)
+		}
+	})
+
 	t.Run("MisuseIsAnError", func(t *testing.T) {
+		t.Parallel()
 		loose := dispatch.Func("loose", func(ctx context.Context, in item) (int, error) { return 0, nil })
 		if _, err := loose.Dispatch(ctx, item{}); !errors.Is(err, dispatch.ErrNotRegistered) {
 			t.Fatalf("Dispatch of an unregistered function: err=%v, want ErrNotRegistered", err)

@@ -2,8 +2,6 @@ package dispatchtest
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -24,13 +22,6 @@ type keyedItem struct {
 }
 
 func (k keyedItem) DispatchKey() string { return k.K }
-
-// detailedError is a failure that describes itself for the attempt record.
-type detailedError struct{ code int }
-
-func (e *detailedError) Error() string           { return fmt.Sprintf("answered %d", e.code) }
-func (e *detailedError) Status() dispatch.Status { return dispatch.StatusTemporary }
-func (e *detailedError) Detail() any             { return map[string]int{"status_code": e.code} }
 
 // keyConfigs is a Config.Keys that tests change as they go.
 type keyConfigs struct {
@@ -53,10 +44,13 @@ func (k *keyConfigs) set(key string, c dispatch.KeyConfig) {
 	k.keys[key] = c
 }
 
+// exerciseRuntimeKeys runs keyed calls on the store: concurrency limits,
+// paused keys, the circuit breaker, rates, and a key's own retry policy.
 func exerciseRuntimeKeys(t *testing.T, open OpenFunc) {
 	ctx := context.Background()
 
 	t.Run("KeyConcurrency", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		var running, peak atomic.Int32
 		release := make(chan struct{})
@@ -105,6 +99,7 @@ func exerciseRuntimeKeys(t *testing.T, open OpenFunc) {
 	})
 
 	t.Run("PausedKey", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		var runs atomic.Int32
 		fn := dispatch.Func("pausable", func(ctx context.Context, in keyedItem) (int, error) {
@@ -136,6 +131,7 @@ func exerciseRuntimeKeys(t *testing.T, open OpenFunc) {
 	})
 
 	t.Run("BreakerTrips", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		fn := dispatch.Func("down", func(ctx context.Context, in keyedItem) (int, error) {
 			return 0, &detailedError{code: 503}
@@ -154,6 +150,7 @@ func exerciseRuntimeKeys(t *testing.T, open OpenFunc) {
 	})
 
 	t.Run("RateOnFakeClock", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		clock := clockwork.NewFakeClockAt(T0)
 		started := make(chan int, 10)
@@ -181,129 +178,8 @@ func exerciseRuntimeKeys(t *testing.T, open OpenFunc) {
 		}
 	})
 
-	t.Run("SnoozeAndAttemptRecords", func(t *testing.T) {
-		s := open(t, t.Name())
-		clock := clockwork.NewFakeClockAt(T0)
-		var runs atomic.Int32
-		ran := make(chan int32, 10)
-		fn := dispatch.Func("sleepy", func(ctx context.Context, in keyedItem) (int, error) {
-			n := runs.Add(1)
-			ran <- n
-			switch n {
-			case 1:
-				return 0, dispatch.Snooze(time.Minute)
-			case 2:
-				return 0, &detailedError{code: 502}
-			}
-			return 7, nil
-		})
-		policy := &dispatch.Backoff{Initial: 2 * time.Second, MaxAttempts: 5, RandFunc: func() float64 { return 0.5 }}
-		StartRuntime(t, dispatch.Config{Store: s, Clock: clock, RetryPolicy: policy}, fn)
-		id, err := fn.Dispatch(ctx, keyedItem{K: "s"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		receive(t, ran, "run 1")
-		c := WaitCall(t, s, id, dispatch.StatePending)
-		for !c.RunAfter.Equal(T0.Add(time.Minute)) {
-			c = WaitCall(t, s, id, dispatch.StatePending)
-		}
-		if c.Failures != 0 {
-			t.Fatalf("snoozed call %+v, want no failure counted", c)
-		}
-		clock.Advance(time.Minute)
-		receive(t, ran, "run 2")
-		for c.Failures != 1 {
-			c = WaitCall(t, s, id, dispatch.StatePending)
-		}
-		clock.Advance(time.Second)
-		receive(t, ran, "run 3")
-		WaitCall(t, s, id, dispatch.StateDone)
-		atts, err := s.CallAttempts(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(atts) != 1 || atts[0].Attempt != 2 || atts[0].Error != "answered 502" {
-			t.Fatalf("attempts %+v, want the failed attempt 2 only (a snooze is no attempt)", atts)
-		}
-		var detail map[string]int
-		if err := json.Unmarshal(atts[0].Detail, &detail); err != nil || detail["status_code"] != 502 {
-			t.Fatalf("attempt detail %s (%v), want the error's Detail", atts[0].Detail, err)
-		}
-	})
-
-	t.Run("RedriveGather", func(t *testing.T) {
-		s := open(t, t.Name())
-		var broken atomic.Bool
-		broken.Store(true)
-		child := dispatch.Func("child", func(ctx context.Context, in keyedItem) (int, error) {
-			if in.Fail && broken.Load() {
-				return 0, errors.New("refused")
-			}
-			return in.N, nil
-		})
-		parent := dispatch.Func("parent", func(ctx context.Context, in keyedItem) (int, error) {
-			out, err := child.Gather(ctx, []keyedItem{{K: "a", N: 1}, {K: "b", N: 2, Fail: true}})
-			if err != nil {
-				return 0, err
-			}
-			return out[0] + out[1], nil
-		})
-		rt := StartRuntime(t, dispatch.Config{Store: s}, child, parent)
-		id, err := parent.Dispatch(ctx, keyedItem{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p := WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed); p.State != dispatch.StateFailed {
-			t.Fatalf("parent %+v, want failed", p)
-		}
-		broken.Store(false)
-		done, err := rt.Redrive(ctx, []string{id + ".0.1", id + ".0.0"})
-		if err != nil || len(done) != 1 || done[0] != id+".0.1" {
-			t.Fatalf("Redrive = %v, %v; want only the failed child", done, err)
-		}
-		if p := WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed); p.State != dispatch.StateDone || string(p.Output) != "3" {
-			t.Fatalf("parent after re-drive %+v, want done with 3", p)
-		}
-	})
-
-	t.Run("DedupKey", func(t *testing.T) {
-		s := open(t, t.Name())
-		var runs atomic.Int32
-		fn := dispatch.Func("once", func(ctx context.Context, in keyedItem) (int, error) {
-			runs.Add(1)
-			return in.N, nil
-		})
-		rt := StartRuntime(t, dispatch.Config{Store: s}, fn)
-		dispatchKey := func(key string) string {
-			t.Helper()
-			c, err := fn.BuildCall(keyedItem{N: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.DedupKey = key
-			b := rt.Batch()
-			b.Add(c)
-			ids, err := b.Dispatch(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return ids[0]
-		}
-		first := dispatchKey("order-17")
-		WaitCall(t, s, first, dispatch.StateDone)
-		if again := dispatchKey("order-17"); again != first {
-			t.Fatalf("a repeat returned %s, want the original %s", again, first)
-		}
-		if other := dispatchKey("order-18"); other == first {
-			t.Fatal("another key returned the same id")
-		}
-		if n := runs.Load(); n > 2 {
-			t.Fatalf("function ran %d times for 2 distinct keys", n)
-		}
-	})
-
 	t.Run("KeyRetryPolicy", func(t *testing.T) {
+		t.Parallel()
 		s := open(t, t.Name())
 		fn := dispatch.Func("strict", func(ctx context.Context, in keyedItem) (int, error) {
 			return 0, dispatch.ErrTimeout

@@ -7,9 +7,16 @@
 // the same data. Tests skip, saying how to get PostgreSQL, when neither the
 // server binaries nor FANOUT_TEST_DATABASE_URL are there.
 //
-// A test package that uses it runs its tests through Main:
+// A test package that uses it runs its tests through Runner, which stops the
+// cluster once they are done:
 //
-//	func TestMain(m *testing.M) { pgtest.Main(m) }
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Runner(m).Run()) }
+//
+// or, to check for leaked goroutines once the cluster's own are gone:
+//
+//	func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Runner(m)) }
+//
+// A TestMain that runs the tests itself calls Shutdown after them.
 package pgtest
 
 import (
@@ -69,17 +76,23 @@ func randomToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Main runs the tests, then stops the cluster if one was started (or drops
-// the schemas made on FANOUT_TEST_DATABASE_URL), and exits.
-func Main(m *testing.M) {
-	code := m.Run()
+// Runner returns m with a Run that runs the tests, then calls Shutdown, and
+// returns the tests' exit code. A TestMain that checks something after the
+// tests (goleak.VerifyTestMain takes a Runner) then sees the cluster gone.
+func Runner(m *testing.M) interface{ Run() int } { return runner{m} }
+
+type runner struct{ m *testing.M }
+
+func (r runner) Run() int {
+	code := r.m.Run()
 	if err := Shutdown(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
 	}
-	os.Exit(code)
+	return code
 }
 
-// Shutdown stops what Main would stop; for TestMain functions of their own.
+// Shutdown stops the cluster if one was started, or drops the schemas made
+// on FANOUT_TEST_DATABASE_URL.
 func Shutdown() error {
 	mu.Lock()
 	defer mu.Unlock()

@@ -9,165 +9,23 @@ import (
 	"time"
 )
 
-// signalBacklog says that the store holds runnable calls that nobody leased.
-func (r *Runtime) signalBacklog() {
-	r.backlog.Store(true)
-	r.wake()
-}
-
-// wake tells the scheduler to look again.
-func (r *Runtime) wake() {
-	select {
-	case r.wakeCh <- struct{}{}:
-	default:
-	}
-}
-
-// noteDue remembers a retry time so that the scheduler wakes for it.
-func (r *Runtime) noteDue(at time.Time) {
-	n := at.UnixNano()
-	for {
-		cur := r.due.Load()
-		if cur != 0 && cur <= n {
-			return
-		}
-		if r.due.CompareAndSwap(cur, n) {
-			r.wake()
-			return
-		}
-	}
-}
-
-// schedule claims runnable calls from the store when it may hold some (the
-// backlog flag: work stored pending, a retry that came due, a poll, a
-// notification from another process) and workers are free. It claims key by
-// key, each within its limits, starting from a different key each round so
-// that no key's backlog starves another's. It claims in batches, at least an
-// eighth of the workers at a time, because a claim is a write: claiming one
-// call per free worker would cost a transaction each.
-func (r *Runtime) schedule(ctx context.Context) {
-	defer r.loops.Done()
-	threshold := max(1, min(r.claimBatch, r.workers/8))
-	var notify <-chan struct{}
-	if n, ok := r.store.(Notifier); ok {
-		notify = n.Notify()
-	}
-	failing := false
-	var retryAt time.Time // after a failed claim, the next try waits for it
-	for {
-		now := r.clock.Now()
-		if due := r.due.Load(); due != 0 && due <= now.UnixNano() {
-			r.due.CompareAndSwap(due, 0)
-			r.backlog.Store(true)
-		}
-		if r.backlog.Load() && !now.Before(retryAt) {
-			if free := r.free(); free >= threshold || free == r.workers {
-				r.backlog.Store(false)
-				more, err := r.claimRound(ctx, now)
-				switch {
-				case err != nil:
-					r.backlog.Store(true)
-					if ctx.Err() != nil {
-						return
-					}
-					if !failing {
-						r.log.Error("claim calls; retrying every poll interval", "err", err)
-					}
-					failing = true
-					retryAt = now.Add(r.pollInterval)
-				default:
-					if failing {
-						r.log.Info("claiming calls again")
-					}
-					failing = false
-					if more && ctx.Err() == nil {
-						r.backlog.Store(true) // there may be more
-						continue
-					}
-				}
-			}
-		}
-
-		wait := r.pollInterval
-		if due := r.due.Load(); due != 0 {
-			wait = min(wait, max(0, time.Duration(due-r.clock.Now().UnixNano())))
-		}
-		timer := r.clock.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-r.wakeCh:
-		case <-notify:
-			r.backlog.Store(true)
-		case <-timer.Chan():
-			r.backlog.Store(true) // poll: other processes, expired leases
-		}
-		timer.Stop()
-	}
-}
-
-// claimRound claims what it can of every key with runnable calls. It reports
-// whether some key filled all the room it was given, so that there may be
-// more to claim at once.
-func (r *Runtime) claimRound(ctx context.Context, now time.Time) (more bool, err error) {
-	keys, err := r.store.CallKeys(ctx, now)
-	if err != nil || len(keys) == 0 {
-		return false, err
-	}
-	r.mu.Lock()
-	r.keyTurn++
-	turn := r.keyTurn
-	r.mu.Unlock()
-	for i := range keys {
-		key := keys[(turn+i)%len(keys)]
-		limit, wake := r.reserveKeyBatch(key, min(r.free(), r.claimBatch), true, now)
-		if !wake.IsZero() {
-			r.noteDue(wake) // held back by its rate: look again when a token is due
-		}
-		if limit == 0 {
-			if wake.IsZero() && !r.keyConfig(key).Paused {
-				// Held back by its concurrency limit: the key's own
-				// calls wake the scheduler when enough of them have
-				// returned (see ran). Calls of other keys finishing
-				// meanwhile would only find it held back again.
-				r.markBlocked(key)
-			}
-			continue
-		}
-		calls, err := r.store.CallClaim(ctx, &CallClaimParams{
-			Key:        key,
-			Owner:      r.owner,
-			Functions:  r.names,
-			Limit:      limit,
-			Now:        now,
-			LeaseUntil: now.Add(r.leaseDuration),
-		})
-		if err != nil {
-			r.unreserveKey(key, limit)
-			return false, err
-		}
-		r.stats.claims.Add(1)
-		r.stats.claimed.Add(int64(len(calls)))
-		r.unreserveKey(key, limit-len(calls))
-		r.admit(calls)
-		more = more || len(calls) == limit
-		if r.free() <= 0 {
-			return true, nil
-		}
-	}
-	return more, nil
-}
-
+// worker runs the calls leased to this process, one at a time, until Stop.
+// One attempt reads top to bottom in this file: execute gives a resumed
+// parent what its children returned and runs the function (run); the
+// attempt ends in suspend, when the function gathered new children, or in
+// finish, which classifies the outcome (outcome), records it (retryStore)
+// and may resume the parent of a last child here. done then frees the
+// worker's slot.
 func (r *Runtime) worker() {
 	defer r.workersWG.Done()
 	for {
 		select {
-		case c := <-r.work:
+		case c := <-r.pool.work:
 			if !r.stopping.Load() {
 				r.execute(c)
 			}
 			r.done(c)
+			// A slot is free: work that waits in the store may fit now.
 			if r.backlog.Load() {
 				r.wake()
 			}
@@ -177,52 +35,8 @@ func (r *Runtime) worker() {
 	}
 }
 
-// callContext is what a running call knows about itself; Gather reads and
-// writes it through the context.
-type callContext struct {
-	rt       *Runtime
-	call     *Call
-	children [][]*Call // recorded children by gather
-	next     int       // ordinal of the next Gather
-	suspend  *suspension
-}
-
-type suspension struct {
-	gather   int
-	children []*Call
-}
-
-type ctxKey struct{}
-
-func callFrom(ctx context.Context) *callContext {
-	cc, _ := ctx.Value(ctxKey{}).(*callContext)
-	return cc
-}
-
-// errSuspended is what Gather returns when the caller must stop and wait.
-var errSuspended = errors.New("dispatch: call suspended until its gathered calls are final; return this error")
-
-// CallInfo describes the call a durable function is running as.
-type CallInfo struct {
-	ID       string
-	ParentID string
-	// Attempt counts the runs of this call, 1 for the first.
-	Attempt int
-	// Failures counts the earlier attempts that failed and were retried.
-	Failures  int
-	CreatedAt time.Time
-}
-
-// CallFromContext returns the call a durable function runs as.
-func CallFromContext(ctx context.Context) (CallInfo, bool) {
-	cc := callFrom(ctx)
-	if cc == nil {
-		return CallInfo{}, false
-	}
-	c := cc.call
-	return CallInfo{ID: c.ID, ParentID: c.ParentID, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt}, true
-}
-
+// execute makes one attempt of a call leased to this process and records
+// what came of it.
 func (r *Runtime) execute(c *Call) {
 	// Store writes that record an outcome outlive a shutdown deadline: a
 	// result that was produced should not be thrown away.
@@ -249,7 +63,7 @@ func (r *Runtime) execute(c *Call) {
 		}
 	}
 
-	if c.Key != "" && r.keyConfig(c.Key).Paused {
+	if c.Key != "" && r.keys.config(c.Key).Paused {
 		// Leased before its key was paused: put it back untried, to run
 		// when the key is resumed.
 		r.snooze(storeCtx, c)
@@ -271,6 +85,9 @@ func (r *Runtime) execute(c *Call) {
 	r.finish(storeCtx, c, output, err, started)
 }
 
+// run calls the function, turning a panic into a permanent failure: a
+// function that panics on its input would panic on every retry, and a panic
+// must not take the process and every other call down with it.
 func (r *Runtime) run(ctx context.Context, fn AnyFunction, c *Call) (output []byte, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -355,11 +172,12 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 	now := r.clock.Now()
 	p := r.outcome(ctx, c, output, err, started, now)
 	if c.Key != "" && !p.Snooze {
-		r.observe(c.Key, p.Status, now)
+		r.keys.observe(c.Key, p.Status, now)
 	}
 	// The parent a last child resumes is leased here if there is room.
-	// Its key is not known yet: parents are top-level calls of fanout
-	// (key ""), and a keyed parent simply counts against "" meanwhile.
+	// Its key is not known until the store returns it: its slot is
+	// reserved against key "" and moved to its key when it is admitted
+	// (admitResumed).
 	resume := 0
 	if c.ParentID != "" && p.State.Final() {
 		if resume, _ = r.reserveKey("", 1, now); resume == 1 {
@@ -434,7 +252,7 @@ func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error
 	if p.Status.Retryable() {
 		policy := r.policy
 		if c.Key != "" {
-			if kp := r.keyConfig(c.Key).RetryPolicy; kp != nil {
+			if kp := r.keys.config(c.Key).RetryPolicy; kp != nil {
 				policy = kp
 			}
 		}
@@ -460,87 +278,4 @@ func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error
 	r.log.Log(ctx, level, "call attempt failed", "function", c.Function, "call", c.ID,
 		"attempt", c.Attempt, "status", p.Status, "err", err, "retry", p.State == StatePending)
 	return p
-}
-
-// maintain renews the leases of long-running calls, returns expired leases to
-// the store (the calls of a crashed process), and applies retention.
-func (r *Runtime) maintain(ctx context.Context) {
-	defer r.loops.Done()
-	every := max(r.leaseDuration/3, 10*time.Millisecond)
-	ticker := r.clock.NewTicker(every)
-	defer ticker.Stop()
-	var lastRetention time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.Chan():
-		}
-		now := r.clock.Now()
-		r.renewLeases(ctx, now, every)
-		n, err := r.store.CallLeaseRelease(ctx, &CallLeaseReleaseParams{Now: now})
-		if err != nil && ctx.Err() == nil {
-			r.log.Error("release expired leases", "err", err)
-		}
-		if n > 0 {
-			r.log.Warn("calls whose lease expired run again", "calls", n)
-			r.signalBacklog()
-		}
-		if now.Sub(lastRetention) >= time.Minute {
-			lastRetention = now
-			r.applyRetention(ctx, now)
-		}
-	}
-}
-
-func (r *Runtime) renewLeases(ctx context.Context, now time.Time, age time.Duration) {
-	var ids []string
-	r.mu.Lock()
-	for id, f := range r.inflight {
-		if now.Sub(f.claimedAt) >= age {
-			ids = append(ids, id)
-		}
-	}
-	r.mu.Unlock()
-	if len(ids) == 0 {
-		return
-	}
-	err := r.store.CallLeaseRenew(ctx, &CallLeaseRenewParams{Owner: r.owner, IDs: ids, LeaseUntil: now.Add(r.leaseDuration)})
-	if err != nil && ctx.Err() == nil {
-		r.log.Error("renew leases", "calls", len(ids), "err", err)
-		return
-	}
-	r.mu.Lock()
-	for _, id := range ids {
-		if f, ok := r.inflight[id]; ok {
-			f.claimedAt = now
-		}
-	}
-	r.mu.Unlock()
-}
-
-func (r *Runtime) applyRetention(ctx context.Context, now time.Time) {
-	rules := []struct {
-		keep   time.Duration
-		failed bool
-	}{{r.retention, false}, {r.failedKeep, true}}
-	for _, rule := range rules {
-		if rule.keep <= 0 {
-			continue
-		}
-		for ctx.Err() == nil {
-			n, err := r.store.CallDeleteFinished(ctx, &CallDeleteFinishedParams{
-				Before: now.Add(-rule.keep), Failed: rule.failed, Limit: 1000,
-			})
-			if err != nil {
-				if ctx.Err() == nil {
-					r.log.Error("delete finished calls", "err", err)
-				}
-				return
-			}
-			if n < 1000 {
-				break
-			}
-		}
-	}
 }

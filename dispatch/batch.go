@@ -1,0 +1,174 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Batch returns an empty batch of calls to dispatch together.
+func (r *Runtime) Batch() *Batch { return &Batch{rt: r} }
+
+// Batch is a set of calls dispatched atomically: all are stored, or none.
+type Batch struct {
+	rt    *Runtime
+	calls []*Call
+}
+
+// Add appends calls built with Function.BuildCall.
+func (b *Batch) Add(calls ...*Call) { b.calls = append(b.calls, calls...) }
+
+// Dispatch stores every call of the batch in one transaction and returns
+// their ids, in the order they were added, once they are durable.
+func (b *Batch) Dispatch(ctx context.Context) ([]string, error) {
+	return b.rt.dispatch(ctx, b.calls)
+}
+
+// dispatch stores new top-level calls in one transaction and returns their
+// ids (for a duplicate, the id of the call it repeats). The calls this
+// process has slots for are stored leased to it and handed to its workers
+// once the commit returns: work created here costs no claim and no wait.
+func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error) {
+	if r.state.Load() == stateStopped {
+		return nil, ErrStopped
+	}
+	if len(calls) == 0 {
+		return []string{}, nil
+	}
+	now := r.clock.Now()
+	rows := make([]*Call, len(calls))
+	for i, c := range calls {
+		if _, ok := r.funcs[c.Function]; !ok {
+			return nil, fmt.Errorf("%w: %s", ErrNotRegistered, c.Function)
+		}
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("dispatch: new call id: %w", err)
+		}
+		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, Input: c.Input, DedupKey: c.DedupKey,
+			RunAfter: now, CreatedAt: now}
+	}
+	// Run the first attempt of eager calls now; lease what is runnable now
+	// (the others, and the children of eager calls) to this process.
+	//
+	// Eager attempts stop once their children would outnumber the idle
+	// workers: a burst (a large batch into a busy process) is then stored
+	// as plain calls, one row each, and fanned out as workers free up,
+	// instead of making the request that brought it pay for the whole
+	// fan-out before it is answered.
+	runnable, children := rows, []*Call(nil)
+	var due time.Time
+	if r.running() {
+		budget := r.pool.idle()
+		runnable = runnable[:0:0]
+		for _, c := range rows {
+			if budget <= 0 || !r.funcs[c.Function].isEager() {
+				runnable = append(runnable, c)
+				continue
+			}
+			kids := r.runEager(ctx, c, now)
+			budget -= max(1, len(kids))
+			children = append(children, kids...)
+			runnable = append(runnable, kids...)
+			if c.State == StatePending && (due.IsZero() || c.RunAfter.Before(due)) {
+				due = c.RunAfter
+			}
+		}
+	}
+	leased := r.leaseNew(runnable, now)
+	all := append(rows, children...)
+	stored, err := r.store.CallInsertMany(ctx, &CallInsertParams{Calls: all, DedupSince: now.Add(-r.dedupWindow)})
+	if err != nil {
+		r.unreserve(leased)
+		return nil, fmt.Errorf("dispatch: store calls: %w", err)
+	}
+	ids := stored[:len(rows)]
+	// A duplicate and its children were not stored: do not run them.
+	var skipped map[string]bool
+	for i, c := range all {
+		if stored[i] != c.ID {
+			if skipped == nil {
+				skipped = make(map[string]bool)
+			}
+			skipped[c.ID] = true
+		}
+	}
+	if skipped != nil {
+		kept := leased[:0]
+		var dropped []*Call
+		for _, c := range leased {
+			if skipped[c.ID] {
+				dropped = append(dropped, c)
+			} else {
+				kept = append(kept, c)
+			}
+		}
+		r.unreserve(dropped)
+		leased = kept
+	}
+	if len(children) > 0 {
+		byParent := make(map[string][]*Call)
+		for _, c := range children {
+			byParent[c.ParentID] = append(byParent[c.ParentID], c)
+		}
+		for parent, kids := range byParent {
+			if !skipped[parent] {
+				r.results.expect(parent, kids)
+			}
+		}
+	}
+	r.admit(leased)
+	if len(leased) < len(runnable)-len(skipped) {
+		r.signalBacklog()
+	}
+	if !due.IsZero() {
+		r.noteDue(due)
+	}
+	return ids, nil
+}
+
+// runEager makes the first attempt of a new call and records its outcome in
+// the call, before it is stored. It returns the children of a suspension.
+func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call {
+	r.stats.eager.Add(1)
+	c.Attempt = 1
+	cc := &callContext{rt: r, call: c}
+	started := r.clock.Now()
+	output, err := r.run(context.WithValue(ctx, ctxKey{}, cc), r.funcs[c.Function], c)
+	if s := cc.suspend; s != nil {
+		c.State, c.Gathers, c.Waiting = StateWaiting, s.gather+1, len(s.children)
+		return s.children
+	}
+	p := r.outcome(ctx, c, output, err, started, now)
+	c.State, c.Output, c.Error, c.Status = p.State, p.Output, p.Error, p.Status
+	if p.State != StateDone && !p.Snooze {
+		c.Failures = 1
+	}
+	if p.State == StatePending {
+		c.RunAfter = p.RunAfter
+	}
+	return nil
+}
+
+// leaseNew leases to this process those of the new calls it has room for,
+// by setting their state before they are stored, and returns them.
+func (r *Runtime) leaseNew(calls []*Call, now time.Time) []*Call {
+	if len(calls) == 0 || !r.running() {
+		return nil
+	}
+	var leased []*Call
+	for _, c := range calls {
+		if k, _ := r.reserveKey(c.Key, 1, now); k == 0 {
+			continue
+		}
+		c.State = StateRunning
+		c.Attempt = 1
+		c.LeaseOwner = r.owner
+		c.LeaseExpires = now.Add(r.leaseDuration)
+		leased = append(leased, c)
+	}
+	r.stats.leasedOnCreate.Add(int64(len(leased)))
+	return leased
+}

@@ -1,0 +1,156 @@
+package dispatchtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+)
+
+// exerciseSuspend covers parents and children: CallSuspend, children whose
+// outcomes resume their parent, CallListChildren, and a parent leased as it
+// resumes.
+func exerciseSuspend(t *testing.T, open OpenFunc) {
+	ctx := context.Background()
+
+	t.Run("SuspendAndResume", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("p", "parent", `{}`, T0))
+		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		children := make([]*dispatch.Call, 3)
+		for i := range children {
+			children[i] = &dispatch.Call{ID: fmt.Sprintf("p.0.%d", i), Function: "f", Input: []byte(`{}`),
+				ParentID: "p", Gather: 0, Index: i, RunAfter: T0, CreatedAt: T0}
+		}
+		ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt + 1, Gather: 0, Children: children, Now: T0})
+		if err != nil || ok {
+			t.Fatalf("stale CallSuspend = %v, %v; want false, nil", ok, err)
+		}
+		if _, err := s.CallGet(ctx, "p.0.0"); !errors.Is(err, dispatch.ErrNotFound) {
+			t.Fatal("a stale suspension inserted children")
+		}
+		ok, err = s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Gather: 0, Children: children, Now: T0})
+		if err != nil || !ok {
+			t.Fatalf("CallSuspend = %v, %v; want true, nil", ok, err)
+		}
+		if got := mustGet(t, s, "p"); got.State != dispatch.StateWaiting || got.Gathers != 1 || got.Waiting != 3 {
+			t.Fatalf("suspended parent %+v, want waiting on 3 children of 1 gather", got)
+		}
+		if got := mustClaim(t, s, "o", T0, 10, "parent"); len(got) != 0 {
+			t.Fatal("a waiting parent was claimed")
+		}
+		claimed := mustClaim(t, s, "o", T0, 10)
+		if want := []string{"p.0.0", "p.0.1", "p.0.2"}; !slices.Equal(sorted(ids(claimed)), want) {
+			t.Fatalf("claimed children %v, want %v", ids(claimed), want)
+		}
+		outcomes := []struct {
+			state   dispatch.State
+			resumed bool
+		}{{dispatch.StateDone, false}, {dispatch.StatePending, false}, {dispatch.StateFailed, false}}
+		for i, o := range outcomes {
+			res := mustFinish(t, s, &dispatch.CallFinishParams{ID: claimed[i].ID, Attempt: claimed[i].Attempt, ParentID: "p",
+				State: o.state, Output: []byte(`1`), RunAfter: T0.Add(time.Second), Now: T0})
+			if !res.Applied || res.ParentResumed != o.resumed {
+				t.Fatalf("finish child %d = %+v, want applied, resumed=%v", i, res, o.resumed)
+			}
+		}
+		if got := mustGet(t, s, "p"); got.State != dispatch.StateWaiting || got.Waiting != 1 {
+			t.Fatalf("parent %+v, want waiting on the retried child", got)
+		}
+		retried := mustClaim(t, s, "o", T0.Add(time.Second), 10)
+		if len(retried) != 1 {
+			t.Fatalf("claimed %v, want the retried child", ids(retried))
+		}
+		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: retried[0].ID, Attempt: retried[0].Attempt, ParentID: "p",
+			State: dispatch.StateDone, Output: []byte(`2`), Now: T0.Add(2 * time.Second)})
+		if !res.ParentResumed || res.Parent != nil {
+			t.Fatalf("finish of the last child = %+v, want the parent resumed (pending, not leased)", res)
+		}
+		if got := mustGet(t, s, "p"); got.State != dispatch.StatePending || got.Waiting != 0 ||
+			!got.RunAfter.Equal(T0.Add(2*time.Second)) {
+			t.Fatalf("resumed parent %+v, want pending, runnable at once", got)
+		}
+		kids, err := s.CallListChildren(ctx, "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"p.0.0", "p.0.1", "p.0.2"}; !slices.Equal(ids(kids), want) {
+			t.Fatalf("children %v, want %v in order", ids(kids), want)
+		}
+		if kids[2].State != dispatch.StateFailed || string(kids[1].Output) != `2` {
+			t.Fatalf("children %+v %+v: outcomes not kept", kids[1], kids[2])
+		}
+		again := mustClaim(t, s, "o", T0.Add(2*time.Second), 10, "parent")
+		if len(again) != 1 || again[0].Gathers != 1 || again[0].Attempt != 2 {
+			t.Fatalf("reclaimed parent %+v, want attempt 2 with 1 gather", again)
+		}
+	})
+
+	t.Run("ResumeLeasesParent", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
+		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		kids := []*dispatch.Call{
+			{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0,
+				State: dispatch.StateRunning, Attempt: 1, LeaseOwner: "o", LeaseExpires: T0.Add(time.Minute)},
+			{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0},
+		}
+		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: kids, Now: T0}); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		if got := mustGet(t, s, "p.0.0"); got.State != dispatch.StateRunning || got.LeaseOwner != "o" || got.Attempt != 1 {
+			t.Fatalf("child inserted leased: %+v, want running for o at attempt 1", got)
+		}
+		if got := mustClaim(t, s, "o2", T0, 10); !slices.Equal(ids(got), []string{"p.0.1"}) {
+			t.Fatalf("claimed %v, want only the child that was not leased", ids(got))
+		}
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.1", Attempt: 1, ParentID: "p", State: dispatch.StateDone})
+		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
+			Now: T0.Add(time.Second), ResumeOwner: "o3", ResumeLeaseUntil: T0.Add(time.Hour)})
+		if !res.ParentResumed || res.Parent == nil {
+			t.Fatalf("finish of the last child = %+v, want the parent leased to o3", res)
+		}
+		got := res.Parent
+		if got.ID != "p" || got.State != dispatch.StateRunning || got.Attempt != 2 || got.Gathers != 1 ||
+			string(got.Input) != `{"in":1}` || got.Function != "parent" || !got.CreatedAt.Equal(T0) {
+			t.Fatalf("resumed parent %+v, want p running at attempt 2 with its input and 1 gather", got)
+		}
+		if stored := mustGet(t, s, "p"); stored.State != dispatch.StateRunning || stored.LeaseOwner != "o3" ||
+			!stored.LeaseExpires.Equal(T0.Add(time.Hour)) {
+			t.Fatalf("stored parent %+v, want leased to o3", stored)
+		}
+		if got := mustClaim(t, s, "o4", T0.Add(time.Minute), 10, "parent"); len(got) != 0 {
+			t.Fatal("a parent leased on resume was claimed again")
+		}
+	})
+
+	t.Run("SuspendOnExistingChildren", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		child := &dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0}
+		mustInsert(t, s, newCall("p", "parent", `{}`, T0), child)
+		c := mustClaim(t, s, "o", T0, 1)[0]
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: "p", State: dispatch.StateDone})
+		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Gather: 0,
+			Children: []*dispatch.Call{child}, Now: T0})
+		if err != nil || !ok {
+			t.Fatalf("CallSuspend = %v, %v", ok, err)
+		}
+		if got := mustGet(t, s, "p"); got.State != dispatch.StatePending {
+			t.Fatalf("parent %+v, want pending: its only child was final already", got)
+		}
+		if got := mustGet(t, s, "p.0.0"); got.State != dispatch.StateDone {
+			t.Fatalf("existing child %+v was overwritten", got)
+		}
+	})
+}
