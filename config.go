@@ -110,7 +110,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&cfg.breakerCooldown, "breaker-cooldown", 5*time.Minute, "how long an open breaker pauses the destination before trying it again")
 	fs.DurationVar(&cfg.secretGrace, "secret-grace", 24*time.Hour, "after a secret rotation, how long the old secret still signs")
 	fs.DurationVar(&cfg.deliveryTimeout, "delivery-timeout", webhook.DefaultTimeout, "time limit of one delivery attempt")
-	fs.IntVar(&cfg.workers, "workers", 256, "calls (deliveries, fan-outs) that run at once")
+	fs.IntVar(&cfg.workers, "workers", dispatch.DefaultWorkers, "calls (deliveries, fan-outs) that run at once")
 	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second}
 	fs.Var((*byteSize)(&cfg.limits.MaxEventBytes), "max-event-bytes", "largest event accepted, in bytes (`SIZE`: 65536, 512KiB, 1MiB)")
 	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted, in bytes (`SIZE`, as for --max-event-bytes)")
@@ -188,7 +188,7 @@ func (c *config) validate() error {
 	if c.retention < 0 || c.failedRetention < 0 || c.retryMaxAge < 0 || c.retryMaxAttempts < 0 {
 		errs = append(errs, errors.New("retention and retry limits cannot be negative"))
 	}
-	if c.retryMaxAge == 0 && c.retryMaxAttempts == 0 {
+	if !c.retryPolicy().Bounded() {
 		errs = append(errs, errors.New("--retry-max-age and --retry-max-attempts cannot both be 0: deliveries would retry forever"))
 	}
 	if c.proxy != "" {

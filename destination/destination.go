@@ -40,7 +40,7 @@ type Destination struct {
 	PreviousSecret        string     `json:"previous_secret,omitempty"`
 	PreviousSecretExpires *time.Time `json:"previous_secret_expires_at,omitempty"`
 	// MaxConcurrency caps deliveries in flight to this destination, per
-	// fanout process (default 256, --workers' default); within it the limit
+	// fanout process (default DefaultConcurrency, --workers' default); within it the limit
 	// adapts to how the destination answers, and a slow or failing one
 	// soon gets few.
 	MaxConcurrency int `json:"max_concurrency"`
@@ -103,7 +103,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // Limits of destination fields.
 const (
 	MaxURLLength       = 2048
-	DefaultConcurrency = 256
+	DefaultConcurrency = dispatch.DefaultWorkers
 	MaxConcurrency     = 1024
 	maxFilters         = 100
 	maxHeaders         = 50
@@ -180,7 +180,7 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 		if r.Initial < 0 || r.Max < 0 || r.MaxAge < 0 || r.MaxAttempts < 0 {
 			return invalid("retry values cannot be negative")
 		}
-		if r.MaxAge == 0 && r.MaxAttempts == 0 {
+		if !(&dispatch.Backoff{MaxAge: time.Duration(r.MaxAge), MaxAttempts: r.MaxAttempts}).Bounded() {
 			return invalid("retry needs max_age or max_attempts, or deliveries would be retried forever")
 		}
 	}

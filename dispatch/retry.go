@@ -59,6 +59,10 @@ func DefaultBackoff() *Backoff {
 	}
 }
 
+// Bounded reports whether the budget ends: by attempts or by age. An
+// unbounded policy retries a call that keeps failing for ever.
+func (b *Backoff) Bounded() bool { return b.MaxAge > 0 || b.MaxAttempts > 0 }
+
 // NextRetry implements RetryPolicy.
 func (b *Backoff) NextRetry(failures int, since, now time.Time, hint time.Duration) (time.Time, bool) {
 	if b.MaxAttempts > 0 && failures >= b.MaxAttempts {

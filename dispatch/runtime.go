@@ -16,6 +16,12 @@ import (
 	"github.com/jonboulle/clockwork"
 )
 
+// DefaultWorkers is how many calls a runtime runs at once unless
+// Config.Workers says otherwise: enough to keep many slow services busy,
+// few enough that a process holds a bounded number of goroutines and
+// connections.
+const DefaultWorkers = 256
+
 // Config configures a Runtime. The zero value of every field but Store is a
 // sensible default.
 type Config struct {
@@ -25,7 +31,8 @@ type Config struct {
 	// that share a store; the default is the host name, the process id and
 	// a random suffix.
 	Owner string
-	// Workers is how many calls run at once in this process (default 128).
+	// Workers is how many calls run at once in this process (default
+	// DefaultWorkers).
 	// A call suspended in Gather does not count: it is not running.
 	Workers int
 	// ClaimBatch is the most calls claimed in one store operation (default
@@ -172,7 +179,7 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 		r.owner = defaultOwner()
 	}
 	if r.workers <= 0 {
-		r.workers = 128
+		r.workers = DefaultWorkers
 	}
 	if r.claimBatch <= 0 {
 		r.claimBatch = 256

@@ -44,8 +44,9 @@ type Call struct {
 	Function string
 	// Key groups calls that share a limit: the runtime runs at most so
 	// many calls of one key at once, can pause a key, and claims backlog
-	// key by key so that one key's backlog never hides another's. fanout
-	// keys a delivery by its destination. Empty for calls without one.
+	// key by key so that one key's backlog never hides another's. Calls
+	// that each request one of many services can be keyed by the service.
+	// Empty for calls without one.
 	Key string
 	// Input is the JSON encoding of the function's input, byte for byte.
 	Input []byte
@@ -105,7 +106,7 @@ type Attempt struct {
 }
 
 // Doc is a small JSON document that an application keeps beside its calls,
-// in the same database (fanout keeps its destinations there), so that every
+// in the same database (an application keeps its own records there), so that every
 // process sharing the store sees the same ones. Version is incremented by
 // every update, which must name the version it replaces.
 type Doc struct {
@@ -211,7 +212,7 @@ type Store interface {
 	// CallList returns calls of one function in one state, optionally of
 	// one key and created in a time range, ordered by id after the cursor
 	// After, without their Input. It is efficient for failed calls by key
-	// (the dead letters of a destination); other states may scan.
+	// (the failed calls of one service); other states may scan.
 	CallList(ctx context.Context, params *CallListParams) ([]*Call, error)
 
 	// CallAttempts returns the recorded attempts of a call, oldest first.

@@ -722,14 +722,9 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 	return done, nil
 }
 
-// CallDeleteFinished implements dispatch.Store.
-//
-// It walks top-level calls in insertion order (seq), as the SQLite store
-// walks rowids, from a mark kept in memory: the seq before which nothing is
-// left to delete by this rule. The walk stops at the first call created at
-// or after Before, and the mark at the first call that is not finished, so
-// that it is seen again once it is; calls kept by the rule (the other final
-// state) are passed. Each replica keeps its own mark. The calls to delete
+// CallDeleteFinished implements dispatch.Store with dispatch.WalkRetention
+// over seq (insertion order, as the SQLite store walks rowids), from a mark
+// kept in memory. Each replica keeps its own mark. The calls to delete
 // are locked with SKIP LOCKED: one that another replica is deleting at the
 // same moment is left to it.
 //
@@ -744,65 +739,34 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	if p.Failed {
 		target, rule = dispatch.StateFailed, 1
 	}
-	before := p.Before.UnixNano()
 	s.retention.Lock()
 	defer s.retention.Unlock()
-	mark := s.retention.mark[rule]
-	var ids []string
-	for len(ids) < p.Limit {
-		type root struct {
-			seq   int64
-			id    string
-			state dispatch.State
-		}
-		var roots []root
-		old := true
+	ids, mark, err := dispatch.WalkRetention(s.retention.mark[rule], p.Before, target, p.Limit, func(after int64, n int) ([]dispatch.RetentionRoot, error) {
+		var roots []dispatch.RetentionRoot
 		err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 			roots = roots[:0]
 			rows, err := conn.Query(ctx, `SELECT seq, id, state, created_at FROM calls
-				WHERE parent_id IS NULL AND seq > $1 ORDER BY seq LIMIT 500`, mark)
+				WHERE parent_id IS NULL AND seq > $1 ORDER BY seq LIMIT $2`, after, n)
 			if err != nil {
 				return err
 			}
 			defer rows.Close()
 			for rows.Next() {
-				var r root
+				var r dispatch.RetentionRoot
 				var state int16
 				var created int64
-				if err := rows.Scan(&r.seq, &r.id, &state, &created); err != nil {
+				if err := rows.Scan(&r.Seq, &r.ID, &state, &created); err != nil {
 					return err
 				}
-				r.state = dispatch.State(state)
-				if created >= before {
-					old = false
-				}
-				if old {
-					roots = append(roots, r)
-				}
+				r.State, r.CreatedAt = dispatch.State(state), fromNanos(created)
+				roots = append(roots, r)
 			}
 			return rows.Err()
 		})
-		if err != nil {
-			return 0, fmt.Errorf("delete finished calls: %w", err)
-		}
-		blocked := false
-		for _, r := range roots {
-			switch {
-			case r.state == target:
-				ids = append(ids, r.id)
-			case !r.state.Final():
-				blocked = true
-			}
-			if !blocked {
-				mark = r.seq
-			}
-			if len(ids) == p.Limit {
-				break
-			}
-		}
-		if len(roots) < 500 || !old {
-			break
-		}
+		return roots, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete finished calls: %w", err)
 	}
 	deleted, err := s.deleteTrees(ctx, ids, target)
 	if err != nil {

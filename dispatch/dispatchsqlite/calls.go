@@ -560,22 +560,15 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 	return done, nil
 }
 
-// CallDeleteFinished implements dispatch.Store.
-//
-// It walks top-level calls in rowid order, which is the order they were
-// stored in and so, near enough, of creation, from a mark kept in memory:
-// the rowid before which nothing is left to delete by this rule. The mark
-// stops at the first call that is not finished yet, so that it is seen again
-// once it is; calls kept by the rule (the other final state) are passed. An
-// index on age would find the calls directly, but every event would pay for
-// it on the write path, where this pays on a pass a minute.
+// CallDeleteFinished implements dispatch.Store with dispatch.WalkRetention
+// over rowids (the order calls were stored in), from a mark kept in memory.
+// An index on age would find the calls directly, but every event would pay
+// for it on the write path, where this pays on a pass a minute.
 func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFinishedParams) (int, error) {
-	target := dispatch.StateDone
-	rule := 0
+	target, rule := dispatch.StateDone, 0
 	if p.Failed {
 		target, rule = dispatch.StateFailed, 1
 	}
-	before := p.Before.UnixNano()
 	var deleted int
 	err := s.w.do(ctx, func(tx *wtx) error {
 		deleted = 0
@@ -585,50 +578,26 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 		} else if asInt(row[0]) < mark {
 			mark = 0 // the table emptied and rowids start again
 		}
-		type root struct {
-			rowid int64
-			id    string
-			state dispatch.State
-		}
-		for deleted < p.Limit {
-			var roots []root
-			old := true
+		ids, mark, err := dispatch.WalkRetention(mark, p.Before, target, p.Limit, func(after int64, n int) ([]dispatch.RetentionRoot, error) {
+			var roots []dispatch.RetentionRoot
 			err := tx.query(`SELECT rowid, id, state, created_at FROM calls
-				WHERE rowid > ? AND parent_id IS NULL ORDER BY rowid LIMIT 500`, []any{mark},
+				WHERE rowid > ? AND parent_id IS NULL ORDER BY rowid LIMIT ?`, []any{after, n},
 				func(row []driver.Value) error {
-					if asInt(row[3]) >= before {
-						old = false
-					}
-					if old {
-						roots = append(roots, root{asInt(row[0]), asString(row[1]), dispatch.State(asInt(row[2]))})
-					}
+					roots = append(roots, dispatch.RetentionRoot{Seq: asInt(row[0]), ID: asString(row[1]),
+						State: dispatch.State(asInt(row[2])), CreatedAt: fromNanos(asInt(row[3]))})
 					return nil
 				})
-			if err != nil {
+			return roots, err
+		})
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if err := deleteTree(tx, id); err != nil {
 				return err
 			}
-			blocked := false
-			for _, r := range roots {
-				switch {
-				case r.state == target:
-					if err := deleteTree(tx, r.id); err != nil {
-						return err
-					}
-					deleted++
-				case !r.state.Final():
-					blocked = true
-				}
-				if !blocked {
-					mark = r.rowid
-				}
-				if deleted == p.Limit {
-					break
-				}
-			}
-			if len(roots) < 500 || !old {
-				break
-			}
 		}
+		deleted = len(ids)
 		s.nextMark[rule] = mark
 		return nil
 	})

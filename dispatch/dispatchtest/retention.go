@@ -81,4 +81,41 @@ func exerciseRetention(t *testing.T, open OpenFunc) {
 		tree("again", T0, dispatch.StateDone)
 		pass(cutoff, false, 10, 1)
 	})
+
+	// A call that is not finished stops the mark, not the walk: a pass that
+	// finds nothing to delete among more than a page of calls behind it
+	// (failed ones, kept by the done rule) ends.
+	t.Run("BlockedBeforeAPageOfOthers", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		calls := []*dispatch.Call{newCall("blocker", "parent", `{}`, T0)}
+		for i := range 1200 {
+			c := newCall(fmt.Sprintf("failed-%04d", i), "parent", `{}`, T0)
+			c.State, c.Error, c.Status = dispatch.StateFailed, "no", dispatch.StatusPermanent
+			calls = append(calls, c)
+		}
+		done := newCall("done-after", "parent", `{}`, T0)
+		done.State, done.Output = dispatch.StateDone, []byte(`{}`)
+		mustInsert(t, s, append(calls, done)...)
+		result := make(chan error, 1)
+		go func() {
+			n, err := s.CallDeleteFinished(ctx, &dispatch.CallDeleteFinishedParams{Before: T0.Add(time.Minute), Limit: 10})
+			if err == nil && n != 1 {
+				err = fmt.Errorf("deleted %d, want 1 (done-after)", n)
+			}
+			result <- err
+		}()
+		select {
+		case err := <-result:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("CallDeleteFinished did not return within 20s: the walk is stuck behind a call that is not finished")
+		}
+		if _, err := s.CallGet(ctx, "blocker"); err != nil {
+			t.Fatalf("the unfinished call went: %v", err)
+		}
+	})
 }
