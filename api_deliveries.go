@@ -13,65 +13,45 @@ func handleDeliveryList(log *slog.Logger, svc *service) http.Handler {
 		Deliveries []deliveryView `json:"deliveries"`
 		NextCursor string         `json:"next_cursor,omitempty"`
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return respond(log, http.StatusOK, func(r *http.Request) (*response, error) {
 		q := r.URL.Query()
 		f := deliveryFilter{State: q.Get("state"), Destination: q.Get("destination"), Since: q.Get("since"), Until: q.Get("until")}
 		limit := 100
 		if s := q.Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 || n > 1000 {
-				writeError(w, r, log, badRequest("limit must be a number from 1 to 1000"))
-				return
+				return nil, badRequest("limit must be a number from 1 to 1000")
 			}
 			limit = n
 		}
 		list, next, err := svc.Deliveries(r.Context(), f, q.Get("cursor"), limit)
 		if err != nil {
-			writeError(w, r, log, err)
-			return
+			return nil, err
 		}
-		writeJSON(w, http.StatusOK, response{Deliveries: list, NextCursor: next})
+		return &response{Deliveries: list, NextCursor: next}, nil
 	})
 }
 
 // handleDeliveryGet shows a delivery and every attempt.
 func handleDeliveryGet(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v, err := svc.Delivery(r.Context(), r.PathValue("id"))
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
+	return respond(log, http.StatusOK, func(r *http.Request) (*deliveryView, error) {
+		return svc.Delivery(r.Context(), r.PathValue("id"))
 	})
 }
 
 // handleDeliveryRetry re-drives one failed delivery.
 func handleDeliveryRetry(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return respond(log, http.StatusAccepted, func(r *http.Request) (map[string]any, error) {
 		done, err := svc.RetryDelivery(r.Context(), r.PathValue("id"))
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]any{"retried": done})
+		return map[string]any{"retried": done}, err
 	})
 }
 
 // handleDeliveryRetryMany re-drives the failed deliveries of a destination
 // (or of all) created in a time range.
 func handleDeliveryRetryMany(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var f deliveryFilter
-		if err := decodeInput(w, r, &f); err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		retried, more, err := svc.RetryDeliveries(r.Context(), f)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]any{"retried": retried, "more": more})
+	return respondTo(log, http.StatusAccepted, func(r *http.Request, f *deliveryFilter) (map[string]any, error) {
+		retried, more, err := svc.RetryDeliveries(r.Context(), *f)
+		return map[string]any{"retried": retried, "more": more}, err
 	})
 }

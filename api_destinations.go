@@ -3,6 +3,8 @@ package main
 import (
 	"log/slog"
 	"net/http"
+
+	"fanout/destination"
 )
 
 func handleDestinationCreate(log *slog.Logger, svc *service) http.Handler {
@@ -23,35 +25,20 @@ func handleDestinationCreate(log *slog.Logger, svc *service) http.Handler {
 }
 
 func handleDestinationList(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"destinations": svc.Destinations()})
+	return respond(log, http.StatusOK, func(r *http.Request) (map[string]any, error) {
+		return map[string]any{"destinations": svc.Destinations()}, nil
 	})
 }
 
 func handleDestinationGet(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d, err := svc.Destination(r.PathValue("id"))
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, d)
+	return respond(log, http.StatusOK, func(r *http.Request) (*destination.Destination, error) {
+		return svc.Destination(r.PathValue("id"))
 	})
 }
 
 func handleDestinationPatch(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var in destinationInput
-		if err := decodeInput(w, r, &in); err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		d, err := svc.UpdateDestination(r.Context(), r.PathValue("id"), &in)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, d)
+	return respondTo(log, http.StatusOK, func(r *http.Request, in *destinationInput) (*destination.Destination, error) {
+		return svc.UpdateDestination(r.Context(), r.PathValue("id"), in)
 	})
 }
 
@@ -67,25 +54,15 @@ func handleDestinationDelete(log *slog.Logger, svc *service) http.Handler {
 
 // handleDestinationResume lifts a pause, by a person or by the breaker.
 func handleDestinationResume(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d, err := svc.ResumeDestination(r.Context(), r.PathValue("id"))
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, d)
+	return respond(log, http.StatusOK, func(r *http.Request) (*destination.Destination, error) {
+		return svc.ResumeDestination(r.Context(), r.PathValue("id"))
 	})
 }
 
 // handleDestinationRotate gives a destination a new secret; the old one
 // keeps signing for the grace period.
 func handleDestinationRotate(log *slog.Logger, svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d, err := svc.RotateSecret(r.Context(), r.PathValue("id"))
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, d)
+	return respond(log, http.StatusOK, func(r *http.Request) (*destination.Destination, error) {
+		return svc.RotateSecret(r.Context(), r.PathValue("id"))
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"unicode/utf8"
@@ -175,4 +176,35 @@ func decodeInput(w http.ResponseWriter, r *http.Request, v any) error {
 		return badRequest("request body: unexpected data after the JSON object")
 	}
 	return nil
+}
+
+// respond is the handler of an operation that answers a value: the value in
+// JSON with status, or the operation's error through writeError.
+func respond[T any](log *slog.Logger, status int, op func(r *http.Request) (T, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := op(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, status, v)
+	})
+}
+
+// respondTo is respond for an operation that takes a JSON body, decoded
+// into an I by decodeInput.
+func respondTo[I, T any](log *slog.Logger, status int, op func(r *http.Request, in *I) (T, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in I
+		if err := decodeInput(w, r, &in); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		v, err := op(r, &in)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, status, v)
+	})
 }

@@ -187,12 +187,12 @@ func TestRun_ShutdownAndRestart(t *testing.T) {
 	retrying, inFlight := map[string]string{}, map[string]string{}
 	dest.fail.Store(true)
 	send(20, retrying)
-	eventually(t, "20 failed first attempts", 10*time.Second, func() bool { return dest.failed.Load() >= 20 })
+	eventually(t, "each of the 20 refused once", 10*time.Second, func() bool { return dest.wasRefused(retrying) })
 	dest.fail.Store(false)
 	dest.delay.Store(int64(500 * time.Millisecond))
 	dest.hold.Store(true) // the retries fail again; new events are slow
 	send(5, inFlight)
-	eventually(t, "5 deliveries in flight", 10*time.Second, func() bool { return dest.started.Load() >= 5 })
+	eventually(t, "the 5 new deliveries in flight", 10*time.Second, func() bool { return dest.hasBegun(inFlight) })
 	began := time.Now()
 	if err := stop(); err != nil {
 		t.Fatalf("first run: %v", err)

@@ -424,44 +424,33 @@ type destinationInput struct {
 }
 
 func (in *destinationInput) apply(d *destination.Destination) {
-	if in.URL != nil {
-		d.URL = *in.URL
+	set(&d.URL, in.URL)
+	set(&d.Description, in.Description)
+	if in.Enabled != nil && *in.Enabled && !d.Enabled {
+		d.Reason = "" // enabled again: why it was disabled no longer holds
 	}
-	if in.Description != nil {
-		d.Description = *in.Description
-	}
-	if in.Enabled != nil {
-		if *in.Enabled && !d.Enabled {
-			d.Reason = ""
-		}
-		d.Enabled = *in.Enabled
-	}
-	if in.Filter != nil {
-		d.Filter = *in.Filter
-	}
-	if in.Secret != nil {
-		d.Secret = *in.Secret
-	}
-	if in.MaxConcurrency != nil {
-		d.MaxConcurrency = *in.MaxConcurrency
-	}
-	if in.RateLimit != nil {
-		d.RateLimit = *in.RateLimit
-	}
-	if in.Headers != nil {
-		d.Headers = *in.Headers
-	}
+	set(&d.Enabled, in.Enabled)
+	set(&d.Filter, in.Filter)
+	set(&d.Secret, in.Secret)
+	set(&d.MaxConcurrency, in.MaxConcurrency)
+	set(&d.RateLimit, in.RateLimit)
+	set(&d.Headers, in.Headers)
 	if in.Retry != nil {
 		d.Retry = in.Retry
 		if *in.Retry == (destination.RetrySettings{}) {
 			d.Retry = nil // {} goes back to the default policy
 		}
 	}
-	if in.Paused != nil {
-		d.Paused = *in.Paused
-		if !d.Paused {
-			d.CircuitOpenUntil, d.Reason = nil, ""
-		}
+	set(&d.Paused, in.Paused)
+	if in.Paused != nil && !d.Paused {
+		d.CircuitOpenUntil, d.Reason = nil, ""
+	}
+}
+
+// set sets *dst to *v when v is given.
+func set[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
 	}
 }
 

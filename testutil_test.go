@@ -102,9 +102,10 @@ type receiver struct {
 	refused  map[string]bool
 	fail     atomic.Bool // answer 503 while set
 	failed   atomic.Int64
-	hold     atomic.Bool  // while set, answer 503 to known events and delay new ones
-	delay    atomic.Int64 // nanoseconds
-	started  atomic.Int64 // delayed requests begun
+	hold     atomic.Bool     // while set, answer 503 to known events and delay new ones
+	delay    atomic.Int64    // nanoseconds
+	started  atomic.Int64    // delayed requests begun
+	begun    map[string]bool // ids of the delayed requests begun
 }
 
 func newReceiver(t testing.TB) *receiver {
@@ -131,6 +132,12 @@ func newReceiver(t testing.TB) *receiver {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				return
 			}
+			d.mu.Lock()
+			if d.begun == nil {
+				d.begun = map[string]bool{}
+			}
+			d.begun[id] = true
+			d.mu.Unlock()
 			d.started.Add(1)
 			time.Sleep(time.Duration(d.delay.Load()))
 		}
@@ -142,6 +149,27 @@ func newReceiver(t testing.TB) *receiver {
 	}))
 	t.Cleanup(d.Close)
 	return d
+}
+
+// wasRefused and hasBegun report whether every id was refused once, or
+// began a delayed delivery.
+func (d *receiver) wasRefused(ids map[string]string) bool {
+	return d.all(ids, func() map[string]bool { return d.refused })
+}
+
+func (d *receiver) hasBegun(ids map[string]string) bool {
+	return d.all(ids, func() map[string]bool { return d.begun })
+}
+
+func (d *receiver) all(ids map[string]string, set func() map[string]bool) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id := range ids {
+		if !set()[id] {
+			return false
+		}
+	}
+	return true
 }
 
 // seenFailing reports whether id was refused before (a retry).

@@ -15,31 +15,6 @@ import (
 	"fanout/webhook"
 )
 
-func TestDestination_Matches(t *testing.T) {
-	tests := []struct {
-		filter []string
-		typ    string
-		want   bool
-	}{
-		{nil, "", true},
-		{nil, "order.paid", true},
-		{[]string{"*"}, "", true},
-		{[]string{"order.paid"}, "order.paid", true},
-		{[]string{"order.paid"}, "order.paid.late", false},
-		{[]string{"order.*"}, "order.paid", true},
-		{[]string{"order.*"}, "order", false},
-		{[]string{"order.*"}, "", false},
-		{[]string{"user.created", "order.*"}, "user.created", true},
-		{[]string{"user.created"}, "", false},
-	}
-	for _, tc := range tests {
-		d := &destination.Destination{Filter: tc.filter}
-		if got := d.Matches(tc.typ); got != tc.want {
-			t.Errorf("filter %v Matches(%q) = %v, want %v", tc.filter, tc.typ, got, tc.want)
-		}
-	}
-}
-
 func TestDestination_PausedAndKeys(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	later := now.Add(time.Hour)

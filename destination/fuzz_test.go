@@ -144,8 +144,10 @@ func TestMatches(t *testing.T) {
 		{[]string{"order.paid"}, "order.paid", true},
 		{[]string{"order.paid"}, "order.paid.x", false},
 		{[]string{"order.paid"}, "", false},
+		{[]string{"user.created"}, "", false},
 		{[]string{"user.created", "order.*"}, "order.x", true},
 		{[]string{"user.created", "order.*"}, "user.deleted", false},
+		{[]string{"user.created", "order.*"}, "user.created", true},
 	}
 	for _, tc := range tests {
 		d := &Destination{URL: "https://example.com/hook", Filter: tc.filter}
