@@ -15,7 +15,7 @@ import (
 
 func TestDestinations_API(t *testing.T) {
 	t.Parallel()
-	svc := newTestService(t, openTestStore(t, t.TempDir()))
+	svc := newTestAPI(t)
 	srv := httptest.NewServer(svc.handler)
 	defer srv.Close()
 	base := srv.URL + "/v1/destinations"

@@ -95,24 +95,7 @@ func addRoutes(mux *http.ServeMux, rs []route) {
 // handleEventPost accepts one event: a JSON object.
 func handleEventPost(log *slog.Logger, svc *service, limits Limits) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, err := idempotencyKey(r)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		body, err := readBody(w, r, limits.MaxEventBytes, "--max-event-bytes")
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		if err := validateEvent(body); err != nil {
-			writeError(w, r, log, badRequest("request body: %v", err))
-			return
-		}
-		// The event is the JSON value, byte for byte; white space around
-		// it is not part of it (and a batch element has none).
-		body = bytes.Trim(body, " \t\r\n")
-		ids, err := ingestWithTimeout(r, svc, limits, []json.RawMessage{body}, key)
+		ids, err := ingest(w, r, svc, limits, limits.MaxEventBytes, "--max-event-bytes", decodeEvent)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -130,29 +113,49 @@ func handleBatchPost(log *slog.Logger, svc *service, limits Limits) http.Handler
 	type response struct {
 		IDs []string `json:"ids"`
 	}
+	decode := func(body []byte) ([]json.RawMessage, error) { return decodeBatch(body, limits) }
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, err := idempotencyKey(r)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		body, err := readBody(w, r, limits.MaxBatchBytes, "--max-batch-bytes")
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		events, err := decodeBatch(body, limits)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		ids, err := ingestWithTimeout(r, svc, limits, events, key)
+		ids, err := ingest(w, r, svc, limits, limits.MaxBatchBytes, "--max-batch-bytes", decode)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
 		writeJSON(w, http.StatusAccepted, response{IDs: ids})
 	})
+}
+
+// ingest reads a request's body, at most limit bytes (flag sets it),
+// decodes its events and stores them under the ingest timeout. A client
+// that hangs up does not cancel a commit under way: its events may be
+// stored, which is the at-least-once side of the bargain, never the lossy
+// one.
+func ingest(w http.ResponseWriter, r *http.Request, svc *service, limits Limits, limit int64, flag string,
+	decode func([]byte) ([]json.RawMessage, error)) ([]string, error) {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return nil, err
+	}
+	body, err := readBody(w, r, limit, flag)
+	if err != nil {
+		return nil, err
+	}
+	events, err := decode(body)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
+	defer cancel()
+	return svc.Ingest(ctx, events, key)
+}
+
+// decodeEvent checks a body of one event and returns the event: the JSON
+// value, byte for byte; white space around it is not part of it (and a batch
+// element has none).
+func decodeEvent(body []byte) ([]json.RawMessage, error) {
+	if err := validateEvent(body); err != nil {
+		return nil, badRequest("request body: %v", err)
+	}
+	return []json.RawMessage{bytes.Trim(body, " \t\r\n")}, nil
 }
 
 // idempotencyKey returns the request's Idempotency-Key, checked.
@@ -164,14 +167,6 @@ func idempotencyKey(r *http.Request) (string, error) {
 	return key, nil
 }
 
-// ingestWithTimeout stores events under the ingest timeout. A client that
-// hangs up does not cancel a commit under way: its events may be stored,
-// which is the at-least-once side of the bargain, never the lossy one.
-func ingestWithTimeout(r *http.Request, svc *service, limits Limits, events []json.RawMessage, key string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
-	defer cancel()
-	return svc.Ingest(ctx, events, key)
-}
 
 func handleHealthz() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

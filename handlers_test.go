@@ -39,7 +39,7 @@ func TestHandlers_Accept(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			svc := newTestService(t, openTestStore(t, t.TempDir()))
+			svc := newTestAPI(t)
 			w := svc.do(t, "POST", tc.path, tc.body, tc.header...)
 			if w.Code != http.StatusAccepted {
 				t.Fatalf("status %d (%s), want 202", w.Code, w.Body)
@@ -129,7 +129,7 @@ func TestHandlers_Reject(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			svc := newTestService(t, openTestStore(t, t.TempDir()))
+			svc := newTestAPI(t)
 			w := svc.do(t, tc.method, tc.path, tc.body, tc.header...)
 			if w.Code != tc.status {
 				t.Fatalf("status %d (%s), want %d", w.Code, w.Body, tc.status)
@@ -171,7 +171,7 @@ func (p *poisonStore) CallInsertMany(ctx context.Context, params *dispatch.CallI
 // server has tried to read the rest.
 func TestHandlers_TooLargeOverTheWire(t *testing.T) {
 	t.Parallel()
-	ts := newTestService(t, openTestStore(t, t.TempDir()))
+	ts := newTestAPI(t)
 	srv := httptest.NewServer(ts.handler)
 	defer srv.Close()
 	for _, tc := range []struct {
@@ -284,7 +284,7 @@ func FuzzAPI(f *testing.F) {
 	} {
 		f.Add(s.route, s.arg, s.body)
 	}
-	ts := newTestService(f, openTestStore(f, f.TempDir()))
+	ts := newTestAPI(f)
 	// One destination to patch, resume, rotate and redrive.
 	if w := ts.do(f, "POST", "/v1/destinations", `{"url":"https://example.com/fuzz"}`); w.Code != http.StatusCreated {
 		f.Fatalf("create: %d %s", w.Code, w.Body)
@@ -339,7 +339,7 @@ func FuzzAPI(f *testing.F) {
 
 func TestIdempotentIngest(t *testing.T) {
 	t.Parallel()
-	svc := newTestService(t, openTestStore(t, t.TempDir()))
+	svc := newTestAPI(t)
 	srv := httptest.NewServer(svc.handler)
 	defer srv.Close()
 	var a, b, c struct{ ID string }

@@ -14,7 +14,7 @@ import (
 
 func TestMetrics(t *testing.T) {
 	t.Parallel()
-	svc := newTestService(t, openTestStore(t, t.TempDir()))
+	svc := newTestAPI(t)
 	d := &destination.Destination{URL: "https://example.com", Enabled: true}
 	if err := svc.svc.dests.Create(context.Background(), d); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 
 func TestAPIToken(t *testing.T) {
 	t.Parallel()
-	ts := newTestService(t, openTestStore(t, t.TempDir()))
+	ts := newTestAPI(t)
 	const one, two = "tok_0123456789abcdef", "tok_fedcba9876543210"
 	h := newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), ts.svc, testLimits, []string{one, two})
 	tests := []struct {

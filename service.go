@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -158,41 +159,30 @@ type attemptView struct {
 	Detail     json.RawMessage `json:"detail,omitempty"`
 }
 
-func eventState(s dispatch.State) string {
-	switch s {
-	case dispatch.StateWaiting:
-		return "delivering"
-	case dispatch.StateDone:
-		return "delivered"
-	case dispatch.StateFailed:
-		return "failed"
-	}
-	return "pending" // not fanned out yet
-}
+// eventStates and deliveryStates name the runtime's states in fanout's
+// words: an event is pending until it is fanned out, delivering while it
+// waits for its deliveries; a delivery is delivering while it runs.
+var (
+	eventStates    = map[dispatch.State]string{dispatch.StateWaiting: "delivering", dispatch.StateDone: "delivered", dispatch.StateFailed: "failed"}
+	deliveryStates = map[dispatch.State]string{dispatch.StateRunning: "delivering", dispatch.StateDone: "delivered", dispatch.StateFailed: "failed"}
+)
 
-func deliveryState(s dispatch.State) string {
-	switch s {
-	case dispatch.StateRunning:
-		return "delivering"
-	case dispatch.StateDone:
-		return "delivered"
-	case dispatch.StateFailed:
-		return "failed"
-	}
-	return "pending"
-}
+func eventState(s dispatch.State) string { return cmp.Or(eventStates[s], "pending") }
 
-// parseDeliveryState is the inverse of deliveryState.
+func deliveryState(s dispatch.State) string { return cmp.Or(deliveryStates[s], "pending") }
+
+// parseDeliveryState is the inverse of deliveryState; no state is failed.
 func parseDeliveryState(s string) (dispatch.State, error) {
 	switch s {
 	case "", "failed":
 		return dispatch.StateFailed, nil
 	case "pending":
 		return dispatch.StatePending, nil
-	case "delivering":
-		return dispatch.StateRunning, nil
-	case "delivered":
-		return dispatch.StateDone, nil
+	}
+	for state, name := range deliveryStates {
+		if name == s {
+			return state, nil
+		}
 	}
 	return 0, invalid("state must be failed, pending, delivering or delivered, not %q", s)
 }

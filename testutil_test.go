@@ -59,6 +59,12 @@ func newTestService(t testing.TB, store appStore) *testService {
 	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits, nil)}
 }
 
+// newTestAPI is newTestService over a new store in the test's directory.
+func newTestAPI(t testing.TB) *testService {
+	t.Helper()
+	return newTestService(t, openTestStore(t, t.TempDir()))
+}
+
 func (s *testService) do(t testing.TB, method, path, body string, header ...string) *httptest.ResponseRecorder {
 	t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
@@ -117,12 +123,7 @@ func newReceiver(t testing.TB) *receiver {
 		}
 		id := r.Header.Get("webhook-id")
 		if d.fail.Load() {
-			d.mu.Lock()
-			if d.refused == nil {
-				d.refused = map[string]bool{}
-			}
-			d.refused[id] = true
-			d.mu.Unlock()
+			d.mark(&d.refused, id)
 			d.failed.Add(1)
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
@@ -132,12 +133,7 @@ func newReceiver(t testing.TB) *receiver {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				return
 			}
-			d.mu.Lock()
-			if d.begun == nil {
-				d.begun = map[string]bool{}
-			}
-			d.begun[id] = true
-			d.mu.Unlock()
+			d.mark(&d.begun, id)
 			d.started.Add(1)
 			time.Sleep(time.Duration(d.delay.Load()))
 		}
@@ -149,6 +145,16 @@ func newReceiver(t testing.TB) *receiver {
 	}))
 	t.Cleanup(d.Close)
 	return d
+}
+
+// mark adds id to the set, under the receiver's lock.
+func (d *receiver) mark(set *map[string]bool, id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if *set == nil {
+		*set = map[string]bool{}
+	}
+	(*set)[id] = true
 }
 
 // wasRefused and hasBegun report whether every id was refused once, or

@@ -11,7 +11,12 @@ import (
 	"fanout/dispatch"
 )
 
-// DocCreate implements dispatch.Store.
+// The documents of dispatch.DocStore. The two drivers hold the same five
+// methods, one statement each, in their own SQL and driver API (the SQLite
+// writer's raw statements, pgx here and there): what they share is the
+// shape, which a common helper would only hide behind callbacks.
+
+// DocCreate implements dispatch.DocStore.
 func (s *Store) DocCreate(ctx context.Context, d *dispatch.Doc) error {
 	now := d.CreatedAt.UnixNano()
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
@@ -36,7 +41,7 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-// DocGet implements dispatch.Store.
+// DocGet implements dispatch.DocStore.
 func (s *Store) DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, error) {
 	d := &dispatch.Doc{Kind: kind, ID: id}
 	var created, updated int64
@@ -54,7 +59,7 @@ func (s *Store) DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, err
 	return d, nil
 }
 
-// DocList implements dispatch.Store.
+// DocList implements dispatch.DocStore.
 func (s *Store) DocList(ctx context.Context, kind string) ([]*dispatch.Doc, error) {
 	var out []*dispatch.Doc
 	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
@@ -81,7 +86,7 @@ func (s *Store) DocList(ctx context.Context, kind string) ([]*dispatch.Doc, erro
 	return out, nil
 }
 
-// DocUpdate implements dispatch.Store.
+// DocUpdate implements dispatch.DocStore.
 func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		tag, err := conn.Exec(ctx, `UPDATE docs SET data = $1, version = version + 1, updated_at = $2
@@ -106,7 +111,7 @@ func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 	return nil
 }
 
-// DocDelete implements dispatch.Store.
+// DocDelete implements dispatch.DocStore.
 func (s *Store) DocDelete(ctx context.Context, kind, id string) error {
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		tag, err := conn.Exec(ctx, `DELETE FROM docs WHERE kind = $1 AND id = $2`, kind, id)

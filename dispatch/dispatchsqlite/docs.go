@@ -9,7 +9,12 @@ import (
 	"fanout/dispatch"
 )
 
-// DocCreate implements dispatch.Store.
+// The documents of dispatch.DocStore. The two drivers hold the same five
+// methods, one statement each, in their own SQL and driver API (the SQLite
+// writer's raw statements, pgx here and there): what they share is the
+// shape, which a common helper would only hide behind callbacks.
+
+// DocCreate implements dispatch.DocStore.
 func (s *Store) DocCreate(ctx context.Context, d *dispatch.Doc) error {
 	now := d.CreatedAt.UnixNano()
 	err := s.w.do(ctx, func(tx *wtx) error {
@@ -27,7 +32,7 @@ func (s *Store) DocCreate(ctx context.Context, d *dispatch.Doc) error {
 	return nil
 }
 
-// DocGet implements dispatch.Store.
+// DocGet implements dispatch.DocStore.
 func (s *Store) DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, error) {
 	d := &dispatch.Doc{Kind: kind, ID: id}
 	var created, updated int64
@@ -43,7 +48,7 @@ func (s *Store) DocGet(ctx context.Context, kind, id string) (*dispatch.Doc, err
 	return d, nil
 }
 
-// DocList implements dispatch.Store.
+// DocList implements dispatch.DocStore.
 func (s *Store) DocList(ctx context.Context, kind string) ([]*dispatch.Doc, error) {
 	rows, err := s.rdb.QueryContext(ctx, `SELECT id, data, version, created_at, updated_at FROM docs WHERE kind = ? ORDER BY id`, kind)
 	if err != nil {
@@ -63,7 +68,7 @@ func (s *Store) DocList(ctx context.Context, kind string) ([]*dispatch.Doc, erro
 	return out, rows.Err()
 }
 
-// DocUpdate implements dispatch.Store.
+// DocUpdate implements dispatch.DocStore.
 func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 	err := s.w.do(ctx, func(tx *wtx) error {
 		n, err := tx.exec(`UPDATE docs SET data = ?, version = version + 1, updated_at = ?
@@ -85,7 +90,7 @@ func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 	return nil
 }
 
-// DocDelete implements dispatch.Store.
+// DocDelete implements dispatch.DocStore.
 func (s *Store) DocDelete(ctx context.Context, kind, id string) error {
 	err := s.w.do(ctx, func(tx *wtx) error {
 		n, err := tx.exec(`DELETE FROM docs WHERE kind = ? AND id = ?`, kind, id)

@@ -2,6 +2,7 @@ package dispatchsqlite
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -10,60 +11,115 @@ import (
 	"fanout/dispatch"
 )
 
-// TestGroupCommit_OneFails: when one operation of a group commit fails, the
-// group is replayed with a savepoint per operation: that one fails alone,
-// nothing of it is stored, the others are stored, still in one commit.
-func TestGroupCommit_OneFails(t *testing.T) {
-	t.Parallel()
+// openHeld opens a store in a temporary directory, stores first, then holds
+// the writer in an operation of its own: operations submitted meanwhile
+// queue, and share the next commit for sure, not by the speed of
+// goroutines. waitQueued waits until n have queued; release lets the writer
+// go and waits for the held operation to commit.
+func openHeld(t *testing.T, first *dispatch.CallInsertParams) (s *Store, waitQueued func(n int), release func()) {
+	t.Helper()
 	ctx := context.Background()
 	s, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "fanout.db")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	call := func(ids ...string) *dispatch.CallInsertParams {
-		p := &dispatch.CallInsertParams{}
-		for _, id := range ids {
-			p.Calls = append(p.Calls, &dispatch.Call{ID: id, Function: "f", Input: []byte(`{}`), RunAfter: time.Now(), CreatedAt: time.Now()})
-		}
-		return p
-	}
-	if _, err := s.CallInsertMany(ctx, call("taken")); err != nil {
+	t.Cleanup(func() { _ = s.Close() })
+	if _, err := s.CallInsertMany(ctx, first); err != nil {
 		t.Fatal(err)
 	}
-	// Hold the writer in an operation of its own while the group queues.
-	release, held := make(chan struct{}), make(chan struct{})
-	holding := make(chan error, 1)
+	let, held, holding := make(chan struct{}), make(chan struct{}), make(chan error, 1)
 	go func() {
 		holding <- s.w.do(ctx, func(*wtx) error {
 			close(held)
-			<-release
+			<-let
 			return nil
 		})
 	}()
 	<-held
-	inserts := [][]string{{"a1", "a2"}, {"b1", "taken", "b2"}, {"c1"}, {"d1", "d2", "d3"}}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			close(let)
+			if err := <-holding; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(release)
+	waitQueued = func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); len(s.w.ops) < n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d operations queued behind the held one after 10s", len(s.w.ops), n)
+			}
+		}
+	}
+	return s, waitQueued, release
+}
+
+// insertCalls is the insert of calls with these ids.
+func insertCalls(ids ...string) *dispatch.CallInsertParams {
+	p := &dispatch.CallInsertParams{}
+	for _, id := range ids {
+		p.Calls = append(p.Calls, &dispatch.Call{ID: id, Function: "f", Input: []byte(`{}`), RunAfter: time.Now(), CreatedAt: time.Now()})
+	}
+	return p
+}
+
+// insertAll runs each insert in a goroutine of its own and returns their
+// errors once all returned; queued is called once they were started.
+func insertAll(s *Store, inserts [][]string, queued func(n int), release func()) []error {
 	errs := make([]error, len(inserts))
 	var wg sync.WaitGroup
 	for i, ids := range inserts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = s.CallInsertMany(ctx, call(ids...))
+			_, errs[i] = s.CallInsertMany(context.Background(), insertCalls(ids...))
 		}()
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(s.w.ops) < len(inserts); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d operations queued", len(s.w.ops), len(inserts))
+	queued(len(inserts))
+	release()
+	wg.Wait()
+	return errs
+}
+
+// TestStore_GroupCommit: operations that queue while a commit is on its way
+// to disk share the next commit: two commits follow a held operation and 64
+// inserts queued behind it, the held one's and one with all 64; one commit
+// each would be the plain connection-pool behaviour this store exists to
+// avoid.
+func TestStore_GroupCommit(t *testing.T) {
+	t.Parallel()
+	s, waitQueued, release := openHeld(t, insertCalls("first"))
+	before := s.StoreStats()
+	var inserts [][]string
+	for g := range 64 {
+		inserts = append(inserts, []string{fmt.Sprintf("call-%02d", g)})
+	}
+	for _, err := range insertAll(s, inserts, waitQueued, release) {
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
-	commits := s.w.commits.Load()
-	close(release)
-	wg.Wait()
-	if err := <-holding; err != nil {
-		t.Fatal(err)
+	st := s.StoreStats()
+	ops, commits := st.Ops-before.Ops, st.Commits-before.Commits
+	if ops != int64(len(inserts))+1 || commits != 2 {
+		t.Fatalf("%d operations (%d inserts queued behind a held one) took %d commits, want 2: the held one's, then one for all the inserts",
+			ops, len(inserts), commits)
 	}
-	if got := s.w.commits.Load() - commits; got != 2 {
+}
+
+// TestGroupCommit_OneFails: when one operation of a group commit fails, the
+// group is replayed with a savepoint per operation: that one fails alone,
+// nothing of it is stored, the others are stored, still in one commit.
+func TestGroupCommit_OneFails(t *testing.T) {
+	t.Parallel()
+	s, waitQueued, release := openHeld(t, insertCalls("taken"))
+	commits := s.StoreStats().Commits
+	inserts := [][]string{{"a1", "a2"}, {"b1", "taken", "b2"}, {"c1"}, {"d1", "d2", "d3"}}
+	errs := insertAll(s, inserts, waitQueued, release)
+	if got := s.StoreStats().Commits - commits; got != 2 {
 		t.Fatalf("%d commits, want 2 (the held operation's, then the group's)", got)
 	}
 	for i, ids := range inserts {
@@ -72,7 +128,7 @@ func TestGroupCommit_OneFails(t *testing.T) {
 			t.Errorf("insert %v: err = %v", ids, errs[i])
 		}
 		for _, id := range ids {
-			_, err := s.CallGet(ctx, id)
+			_, err := s.CallGet(context.Background(), id)
 			if stored := err == nil; stored != (!failing || id == "taken") {
 				t.Errorf("%s stored = %v, want %v: the failing insert must store nothing, the others all", id, stored, !stored)
 			}
