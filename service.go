@@ -94,15 +94,15 @@ func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempote
 		if err != nil {
 			return nil, err
 		}
+		f := eventFields(e)
+		call.Tag = f.Type // for listings by type
 		switch {
 		case idempotencyKey != "" && len(events) == 1:
 			call.DedupKey = "key:" + idempotencyKey
 		case idempotencyKey != "":
 			call.DedupKey = "key:" + idempotencyKey + "#" + strconv.Itoa(i)
-		default:
-			if id := eventFields(e).ID; id != "" {
-				call.DedupKey = "id:" + id
-			}
+		case f.ID != "":
+			call.DedupKey = "id:" + f.ID
 		}
 		batch.Add(call)
 	}

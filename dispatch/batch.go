@@ -48,7 +48,7 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 			return nil, fmt.Errorf("dispatch: new call id: %w", err)
 		}
 		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, Input: c.Input, DedupKey: c.DedupKey,
-			RunAfter: now, CreatedAt: now}
+			Tag: c.Tag, Meta: c.Meta, RunAfter: now, CreatedAt: now}
 	}
 	// Run the first attempt of eager calls now; lease what is runnable now
 	// (the others, and the children of eager calls) to this process.

@@ -43,6 +43,8 @@ type CallInfo struct {
 	// Failures counts the earlier attempts that failed and were retried.
 	Failures  int
 	CreatedAt time.Time
+	// Meta is the call's Meta (see Call.Meta); do not change it.
+	Meta []byte
 }
 
 // CallFromContext returns the call a durable function runs as.
@@ -52,5 +54,6 @@ func CallFromContext(ctx context.Context) (CallInfo, bool) {
 		return CallInfo{}, false
 	}
 	c := cc.call
-	return CallInfo{ID: c.ID, ParentID: c.ParentID, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt}, true
+	return CallInfo{ID: c.ID, ParentID: c.ParentID, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt,
+		Meta: c.Meta}, true
 }

@@ -140,6 +140,7 @@ func (f *Function[I, O]) Gather(ctx context.Context, inputs []I) ([]O, error) {
 			ParentID:  cc.call.ID,
 			Gather:    gather,
 			Index:     i,
+			Meta:      cc.call.Meta,
 			RunAfter:  now,
 			CreatedAt: now,
 		}

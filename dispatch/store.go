@@ -84,6 +84,14 @@ type Call struct {
 	// and as the reason of a failed call; Status classifies it.
 	Error  string
 	Status Status
+	// Tag labels a call for an application's listings (fanout tags an
+	// event with its type); empty for none. The runtime stores it and reads
+	// it back, nothing more.
+	Tag string
+	// Meta is a small record an application keeps with a call (fanout: the
+	// trace context of the request that brought an event). A child starts
+	// with its parent's; a running call finds it in CallFromContext.
+	Meta []byte
 	// DedupKey, on a top-level call being inserted, makes the insert skip
 	// it if a call stored since CallInsertParams.DedupSince has the same
 	// key. It is not read back.

@@ -17,10 +17,12 @@ import (
 // insertSQL stores rows given as one array per column: one statement, and
 // one round trip, whatever the number of calls.
 const insertSQL = `INSERT INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires,
-		run_after, budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at)
+		run_after, budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at,
+		tag, meta)
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::integer[], $7::integer[],
 		$8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::integer[], $14::integer[],
-		$15::integer[], $16::integer[], $17::bytea[], $18::text[], $19::smallint[], $20::bigint[], $21::bigint[])`
+		$15::integer[], $16::integer[], $17::bytea[], $18::text[], $19::smallint[], $20::bigint[], $21::bigint[],
+		$22::text[], $23::bytea[])`
 
 // columns are calls laid out as insertSQL's arrays.
 type columns struct {
@@ -33,6 +35,8 @@ type columns struct {
 	runAfter, budget         []int64
 	gather, idx, gathers, wt []int32
 	created, updated         []int64
+	tags                     []*string
+	metas                    [][]byte
 	// runnable counts the rows that anyone may claim now.
 	runnable int
 }
@@ -49,6 +53,7 @@ func toColumns(calls []*dispatch.Call, now time.Time) *columns {
 		runAfter: make([]int64, n), budget: make([]int64, n),
 		gather: make([]int32, n), idx: make([]int32, n), gathers: make([]int32, n), wt: make([]int32, n),
 		created: make([]int64, n), updated: make([]int64, n),
+		tags: make([]*string, n), metas: make([][]byte, n),
 	}
 	for i, call := range calls {
 		c.ids[i], c.functions[i], c.keys[i] = call.ID, call.Function, call.Key
@@ -76,6 +81,13 @@ func toColumns(calls []*dispatch.Call, now time.Time) *columns {
 			e := call.Error
 			c.errs[i] = &e
 		}
+		if call.Tag != "" {
+			tag := call.Tag
+			c.tags[i] = &tag
+		}
+		if len(call.Meta) > 0 {
+			c.metas[i] = call.Meta
+		}
 		created := call.CreatedAt.UnixNano()
 		c.created[i], c.updated[i], c.budget[i] = created, call.UpdatedAt.UnixNano(), call.BudgetStart.UnixNano()
 		if call.UpdatedAt.IsZero() {
@@ -96,7 +108,7 @@ func toColumns(calls []*dispatch.Call, now time.Time) *columns {
 func (c *columns) args() []any {
 	return []any{c.ids, c.functions, c.keys, c.inputs, c.states, c.attempts, c.failures, c.owners, c.expires,
 		c.runAfter, c.budget, c.parents, c.gather, c.idx, c.gathers, c.wt, c.outputs, c.errs, c.statuses,
-		c.created, c.updated}
+		c.created, c.updated, c.tags, c.metas}
 }
 
 // notifySQL wakes the other processes: one notification per commit, sent
@@ -203,7 +215,7 @@ func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string,
 }
 
 const claimColumns = `c.id, c.function, c.key, c.input, c.attempt, c.failures, c.run_after, c.budget_start, c.parent_id,
-	c.gather, c.idx, c.gathers, c.created_at`
+	c.gather, c.idx, c.gathers, c.created_at, c.meta`
 
 // scanClaimed makes a running call of a row of claimColumns.
 func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
@@ -211,7 +223,7 @@ func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
 	var runAfter, budget, created int64
 	var parent *string
 	if err := row.Scan(&c.ID, &c.Function, &c.Key, &c.Input, &c.Attempt, &c.Failures, &runAfter, &budget, &parent,
-		&c.Gather, &c.Index, &c.Gathers, &created); err != nil {
+		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta); err != nil {
 		return nil, err
 	}
 	c.RunAfter, c.BudgetStart, c.CreatedAt = fromNanos(runAfter), fromNanos(budget), fromNanos(created)
@@ -425,10 +437,10 @@ const finishSQL = `WITH me AS (
 			updated_at = $7
 		WHERE c.id = $18 AND c.state = 2 AND $19::boolean AND EXISTS (SELECT 1 FROM me)
 		RETURNING c.state, c.id, c.function, c.key, CASE WHEN c.state = 1 THEN c.input END AS input, c.attempt, c.failures,
-			c.run_after, c.budget_start, c.parent_id, c.gather, c.idx, c.gathers, c.created_at
+			c.run_after, c.budget_start, c.parent_id, c.gather, c.idx, c.gathers, c.created_at, c.meta
 	), applied AS (SELECT count(*) AS n FROM me)
 	SELECT applied.n, p.state, p.id, p.function, p.key, p.input, p.attempt, p.failures, p.run_after, p.budget_start,
-		p.parent_id, p.gather, p.idx, p.gathers, p.created_at,
+		p.parent_id, p.gather, p.idx, p.gathers, p.created_at, p.meta,
 		(applied.n > 0 AND $20::boolean) OR p.state IS NOT DISTINCT FROM 0
 	FROM applied LEFT JOIN par p ON true`
 
@@ -505,11 +517,11 @@ func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFin
 	var applied int64
 	var state *int16
 	var id, function, key, parentID *string
-	var input []byte
+	var input, meta []byte
 	var attempt, failures, gather, idx, gathers *int32
 	var runAfter, budget, created *int64
 	if err := row.Scan(&applied, &state, &id, &function, &key, &input, &attempt,
-		&failures, &runAfter, &budget, &parentID, &gather, &idx, &gathers, &created, &runnable); err != nil {
+		&failures, &runAfter, &budget, &parentID, &gather, &idx, &gathers, &created, &meta, &runnable); err != nil {
 		return false, err
 	}
 	*res = dispatch.CallFinishResult{Applied: applied > 0}
@@ -523,7 +535,7 @@ func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFin
 	c := &dispatch.Call{ID: *id, Function: *function, Key: *key, Input: input, State: dispatch.StateRunning,
 		Attempt: int(*attempt), Failures: int(*failures), RunAfter: fromNanos(*runAfter), BudgetStart: fromNanos(*budget),
 		Gather: int(*gather), Index: int(*idx), Gathers: int(*gathers), CreatedAt: fromNanos(*created),
-		LeaseOwner: p.ResumeOwner, LeaseExpires: p.ResumeLeaseUntil}
+		Meta: meta, LeaseOwner: p.ResumeOwner, LeaseExpires: p.ResumeLeaseUntil}
 	if parentID != nil {
 		c.ParentID = *parentID
 	}
@@ -532,22 +544,22 @@ func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFin
 }
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
 
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
 const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
 
 func scanCall(row pgx.Row, withInput bool) (*dispatch.Call, error) {
 	var c dispatch.Call
 	var runAfter, budget, created, updated int64
 	var leaseExpires *int64
-	var leaseOwner, parent, errText *string
+	var leaseOwner, parent, errText, tag *string
 	var state, status int16
 	dest := []any{&c.ID, &c.Function, &c.Key, &c.Input, &state, &c.Attempt, &c.Failures, &runAfter, &budget,
 		&leaseOwner, &leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting,
-		&c.Output, &errText, &status, &created, &updated}
+		&c.Output, &errText, &status, &created, &updated, &tag, &c.Meta}
 	if !withInput {
 		dest = slices.Delete(dest, 3, 4)
 	}
@@ -565,6 +577,9 @@ func scanCall(row pgx.Row, withInput bool) (*dispatch.Call, error) {
 	}
 	if errText != nil {
 		c.Error = *errText
+	}
+	if tag != nil {
+		c.Tag = *tag
 	}
 	if leaseExpires != nil {
 		c.LeaseExpires = fromNanos(*leaseExpires)

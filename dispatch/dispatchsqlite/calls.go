@@ -18,7 +18,7 @@ import (
 // statements cut the per-statement cost that dominates small rows.
 const insertChunk = 64
 
-const insertColumns = 21
+const insertColumns = 23
 
 // insertQueries holds the INSERT statements by row count (1..insertChunk),
 // plain and OR IGNORE, built once.
@@ -31,12 +31,12 @@ var insertQueries = func() (q [2][insertChunk + 1]string) {
 				b.WriteString("OR IGNORE ")
 			}
 			b.WriteString("INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
-				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at) VALUES ")
+				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta) VALUES ")
 			for i := range rows {
 				if i > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 			}
 			q[ignore][rows] = b.String()
 		}
@@ -59,7 +59,7 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 		chunk := calls[start:min(start+insertChunk, len(calls))]
 		args = args[:0]
 		for _, c := range chunk {
-			var parent, owner, expires, output, errText any
+			var parent, owner, expires, output, errText, tag, meta any
 			if c.ParentID != "" {
 				parent = c.ParentID
 			}
@@ -72,6 +72,12 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 			if c.Error != "" {
 				errText = c.Error
 			}
+			if c.Tag != "" {
+				tag = c.Tag
+			}
+			if len(c.Meta) > 0 {
+				meta = c.Meta
+			}
 			created, updated, budget := c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.BudgetStart.UnixNano()
 			if c.UpdatedAt.IsZero() {
 				updated = created
@@ -81,7 +87,7 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 			}
 			args = append(args, c.ID, c.Function, c.Key, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
 				c.RunAfter.UnixNano(), budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
-				created, updated)
+				created, updated, tag, meta)
 		}
 		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
 		if err != nil {
@@ -141,7 +147,7 @@ func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*d
 	})
 }
 
-const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at`
+const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, meta`
 
 // claimed makes a running call of a row of claimColumns.
 func claimed(row []driver.Value) *dispatch.Call {
@@ -160,6 +166,7 @@ func claimed(row []driver.Value) *dispatch.Call {
 		Index:       int(asInt(row[10])),
 		Gathers:     int(asInt(row[11])),
 		CreatedAt:   fromNanos(asInt(row[12])),
+		Meta:        asBytes(row[13]),
 	}
 }
 
@@ -389,7 +396,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 }
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
 
 // scanCall scans a row of callColumns, or of childColumns (no input) when
 // input is false.
@@ -397,21 +404,21 @@ func scanCall(scan func(...any) error, input bool) (*dispatch.Call, error) {
 	var c dispatch.Call
 	var runAfter, budget, created, updated int64
 	var leaseExpires sql.NullInt64
-	var leaseOwner, parent, errText sql.NullString
+	var leaseOwner, parent, errText, tag sql.NullString
 	var state, status int
 	dest := []any{&c.ID, &c.Function, &c.Key}
 	if input {
 		dest = append(dest, &c.Input)
 	}
 	dest = append(dest, &state, &c.Attempt, &c.Failures, &runAfter, &budget, &leaseOwner, &leaseExpires, &parent,
-		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated)
+		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated, &tag, &c.Meta)
 	if err := scan(dest...); err != nil {
 		return nil, err
 	}
 	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
 	c.RunAfter, c.BudgetStart = fromNanos(runAfter), fromNanos(budget)
 	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
-	c.LeaseOwner, c.ParentID, c.Error = leaseOwner.String, parent.String, errText.String
+	c.LeaseOwner, c.ParentID, c.Error, c.Tag = leaseOwner.String, parent.String, errText.String, tag.String
 	if leaseExpires.Valid {
 		c.LeaseExpires = fromNanos(leaseExpires.Int64)
 	}
@@ -456,7 +463,7 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
 const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
 
 // CallList implements dispatch.Store.
 func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*dispatch.Call, error) {

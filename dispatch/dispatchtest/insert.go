@@ -17,6 +17,37 @@ import (
 func exerciseInsert(t *testing.T, open OpenFunc) {
 	ctx := context.Background()
 
+	t.Run("TagAndMeta", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		parent := newCall("p", "parent", `{}`, T0)
+		parent.Tag, parent.Meta = "order.paid", []byte("00-trace-01")
+		parent.State, parent.Gathers, parent.Waiting = dispatch.StateWaiting, 1, 1
+		child := &dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Meta: parent.Meta,
+			RunAfter: T0, CreatedAt: T0}
+		mustInsert(t, s, parent, child, newCall("plain", "f", `{}`, T0.Add(time.Hour)))
+		if c := mustGet(t, s, "p"); c.Tag != "order.paid" || string(c.Meta) != "00-trace-01" {
+			t.Fatalf("CallGet = tag %q meta %q, want them as stored", c.Tag, c.Meta)
+		}
+		if c := mustGet(t, s, "plain"); c.Tag != "" || len(c.Meta) != 0 {
+			t.Fatalf("a call without them: tag %q meta %q", c.Tag, c.Meta)
+		}
+		kids, err := s.CallListChildren(ctx, "p")
+		if err != nil || len(kids) != 1 || string(kids[0].Meta) != "00-trace-01" {
+			t.Fatalf("CallListChildren = %v, %v; want the child with its meta", kids, err)
+		}
+		claimed := mustClaim(t, s, "o", T0, 10)
+		if len(claimed) != 1 || string(claimed[0].Meta) != "00-trace-01" {
+			t.Fatalf("claimed %v, want the child with its meta (a running call reads it)", claimed)
+		}
+		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: claimed[0].Attempt, ParentID: "p",
+			State: dispatch.StateDone, Output: []byte(`1`), Now: T0, ResumeOwner: "o", ResumeLeaseUntil: T0.Add(time.Minute)})
+		if res.Parent == nil || string(res.Parent.Meta) != "00-trace-01" {
+			t.Fatalf("resumed parent %+v, want it with its meta", res.Parent)
+		}
+	})
+
 	t.Run("InsertAndGet", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())

@@ -20,6 +20,43 @@ import (
 func exerciseRuntimeGather(t *testing.T, open OpenFunc) {
 	ctx := context.Background()
 
+	t.Run("MetaTravelsToChildren", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		seen := make(chan string, 4)
+		child := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
+			info, _ := dispatch.CallFromContext(ctx)
+			seen <- "child " + string(info.Meta)
+			return in.N, nil
+		})
+		parent := dispatch.Func("parent", func(ctx context.Context, in item) (any, error) {
+			info, _ := dispatch.CallFromContext(ctx)
+			seen <- "parent " + string(info.Meta)
+			_, err := child.Gather(ctx, []item{{N: 1}})
+			return nil, err
+		})
+		rt := StartRuntime(t, dispatch.Config{Store: s}, child, parent)
+		call, err := parent.BuildCall(item{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		call.Meta, call.Tag = []byte("trace-1"), "kind"
+		b := rt.Batch()
+		b.Add(call)
+		ids, err := b.Dispatch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := WaitCall(t, s, ids[0], dispatch.StateDone); c.Tag != "kind" || string(c.Meta) != "trace-1" {
+			t.Fatalf("stored parent: tag %q meta %q", c.Tag, c.Meta)
+		}
+		for range 3 { // the parent twice (before and after its Gather), the child once
+			if got := receive(t, seen, "a run"); !strings.HasSuffix(got, " trace-1") {
+				t.Fatalf("%s ran with meta %q, want its parent's trace-1", got, got)
+			}
+		}
+	})
+
 	t.Run("GatherMixedOutcomes", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())
