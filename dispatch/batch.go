@@ -59,6 +59,7 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 	// instead of making the request that brought it pay for the whole
 	// fan-out before it is answered.
 	runnable, children := rows, []*Call(nil)
+	var reports []*AttemptReport
 	var due time.Time
 	if r.running() {
 		budget := r.pool.idle()
@@ -68,7 +69,8 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 				runnable = append(runnable, c)
 				continue
 			}
-			kids := r.runEager(ctx, c, now)
+			kids, rep := r.runEager(ctx, c, now)
+			reports = append(reports, rep)
 			budget -= max(1, len(kids))
 			children = append(children, kids...)
 			runnable = append(runnable, kids...)
@@ -119,6 +121,11 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 			}
 		}
 	}
+	for _, rep := range reports {
+		if !skipped[rep.Call.ID] {
+			r.report(rep)
+		}
+	}
 	r.admit(leased)
 	if len(leased) < len(runnable)-len(skipped) {
 		r.signalBacklog()
@@ -130,8 +137,9 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 }
 
 // runEager makes the first attempt of a new call and records its outcome in
-// the call, before it is stored. It returns the children of a suspension.
-func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call {
+// the call, before it is stored. It returns the children of a suspension,
+// and the report of the attempt, for OnAttempt once the call is stored.
+func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) ([]*Call, *AttemptReport) {
 	r.stats.eager.Add(1)
 	c.Attempt = 1
 	cc := &callContext{rt: r, call: c}
@@ -139,7 +147,8 @@ func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call 
 	output, err := r.run(context.WithValue(ctx, ctxKey{}, cc), r.funcs[c.Function], c)
 	if s := cc.suspend; s != nil {
 		c.State, c.Gathers, c.Waiting = StateWaiting, s.gather+1, len(s.children)
-		return s.children
+		return s.children, &AttemptReport{Call: c, Started: started, Duration: r.clock.Now().Sub(started),
+			Outcome: StateWaiting, Eager: true}
 	}
 	p := r.outcome(ctx, c, output, err, started, now)
 	c.State, c.Output, c.Error, c.Status = p.State, p.Output, p.Error, p.Status
@@ -149,7 +158,9 @@ func (r *Runtime) runEager(ctx context.Context, c *Call, now time.Time) []*Call 
 	if p.State == StatePending {
 		c.RunAfter = p.RunAfter
 	}
-	return nil
+	rep := newReport(c, started, r.clock.Now(), p, err)
+	rep.Eager = true
+	return nil, rep
 }
 
 // leaseNew leases to this process those of the new calls it has room for,

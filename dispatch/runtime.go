@@ -66,7 +66,11 @@ type Config struct {
 	// The application decides what a trip means; it may, for example,
 	// pause the key, so that Keys reports it Paused until someone resumes
 	// it.
-	OnKeyTrip       func(key, reason string)
+	OnKeyTrip func(key, reason string)
+	// OnAttempt, when set, is told of every attempt whose outcome was
+	// stored (see AttemptReport), in the goroutine that ran it, before that
+	// goroutine takes other work: keep it short.
+	OnAttempt       func(AttemptReport)
 	BreakerFailures int
 	BreakerWindow   time.Duration
 	// DedupWindow is how long a DedupKey is remembered (default 24h).
@@ -104,6 +108,7 @@ type Runtime struct {
 	retention     time.Duration
 	failedKeep    time.Duration
 	dedupWindow   time.Duration
+	onAttempt     func(AttemptReport)
 
 	funcs map[string]AnyFunction
 	names []string
@@ -193,6 +198,7 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 	if r.dedupWindow <= 0 {
 		r.dedupWindow = 24 * time.Hour
 	}
+	r.onAttempt = cfg.OnAttempt
 	r.pool = newPool(r.workers)
 	r.keys = &keyLimiter{
 		config:     cfg.Keys,

@@ -79,7 +79,7 @@ func (r *Runtime) execute(c *Call) {
 		return
 	}
 	if cc.suspend != nil {
-		r.suspend(storeCtx, c, cc.suspend)
+		r.suspend(storeCtx, c, cc.suspend, started)
 		return
 	}
 	r.finish(storeCtx, c, output, err, started)
@@ -101,7 +101,7 @@ func (r *Runtime) run(ctx context.Context, fn AnyFunction, c *Call) (output []by
 
 // suspend stores the caller's suspension with its children, leasing to this
 // process as many children as it has free slots for.
-func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
+func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension, started time.Time) {
 	now := r.clock.Now()
 	leased := r.leaseNew(s.children, now)
 	var ok bool
@@ -123,6 +123,7 @@ func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension) {
 		r.unreserve(leased)
 		r.log.Warn("call was taken over while it ran; dropping its suspension", "call", c.ID, "attempt", c.Attempt)
 	default:
+		r.report(&AttemptReport{Call: c, Started: started, Duration: now.Sub(started), Outcome: StateWaiting})
 		r.results.expect(c.ID, s.children)
 		r.admit(leased)
 		if len(leased) < len(s.children) {
@@ -212,6 +213,7 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 		r.log.Warn("call was taken over while it ran; dropping its outcome", "call", c.ID, "attempt", c.Attempt)
 		return
 	}
+	r.report(newReport(c, started, now, p, err))
 	if p.State.Final() && c.Gathers > 0 {
 		r.results.forget(c.ID)
 	}

@@ -178,6 +178,60 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("OnAttempt", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		reports := make(chan dispatch.AttemptReport, 16)
+		var failedOnce atomic.Bool
+		child := dispatch.Func("child", func(ctx context.Context, in item) (int, error) {
+			if in.N == 2 && failedOnce.CompareAndSwap(false, true) {
+				return 0, fmt.Errorf("%w: once", dispatch.ErrTemporary)
+			}
+			return in.N, nil
+		})
+		parent := dispatch.Func("parent", func(ctx context.Context, in item) (int, error) {
+			out, err := child.Gather(ctx, []item{{N: 1}, {N: 2}})
+			if err != nil {
+				return 0, err
+			}
+			return out[0] + out[1], nil
+		}).Eager()
+		policy := &dispatch.Backoff{Initial: time.Millisecond, MaxAttempts: 3}
+		StartRuntime(t, dispatch.Config{Store: s, RetryPolicy: policy,
+			OnAttempt: func(a dispatch.AttemptReport) { reports <- a }}, child, parent)
+		id, err := parent.Dispatch(ctx, item{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		WaitCall(t, s, id, dispatch.StateDone)
+		type seen struct {
+			call    string
+			outcome dispatch.State
+			eager   bool
+		}
+		var got []seen
+		for range 5 { // the parent twice, child 0 once, child 1 twice
+			a := receive(t, reports, "an attempt report")
+			if a.Duration < 0 || a.Started.IsZero() || (a.Outcome == dispatch.StatePending) != (a.Err != nil) {
+				t.Fatalf("report %+v", a)
+			}
+			got = append(got, seen{a.Call.ID, a.Outcome, a.Eager})
+		}
+		want := map[seen]int{
+			{id, dispatch.StateWaiting, true}: 1, {id, dispatch.StateDone, false}: 1,
+			{id + ".0.0", dispatch.StateDone, false}: 1,
+			{id + ".0.1", dispatch.StatePending, false}: 1, {id + ".0.1", dispatch.StateDone, false}: 1,
+		}
+		for _, g := range got {
+			want[g]--
+		}
+		for w, n := range want {
+			if n != 0 {
+				t.Fatalf("reports %+v: %+v seen %d times too few", got, w, n)
+			}
+		}
+	})
+
 	t.Run("ConcurrentDispatch", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())
