@@ -167,7 +167,6 @@ func idempotencyKey(r *http.Request) (string, error) {
 	return key, nil
 }
 
-
 func handleHealthz() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

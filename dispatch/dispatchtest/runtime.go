@@ -219,7 +219,7 @@ func exerciseRuntime(t *testing.T, open OpenFunc) {
 		}
 		want := map[seen]int{
 			{id, dispatch.StateWaiting, true}: 1, {id, dispatch.StateDone, false}: 1,
-			{id + ".0.0", dispatch.StateDone, false}: 1,
+			{id + ".0.0", dispatch.StateDone, false}:    1,
 			{id + ".0.1", dispatch.StatePending, false}: 1, {id + ".0.1", dispatch.StateDone, false}: 1,
 		}
 		for _, g := range got {
