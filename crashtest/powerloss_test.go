@@ -212,4 +212,3 @@ func waitDeliveredOrStalled(s *sink, ids []string, stall, timeout time.Duration)
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
