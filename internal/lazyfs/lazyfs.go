@@ -52,12 +52,22 @@
 // File locks (flock, fcntl) are left to the kernel, which keeps them per
 // mount: they work between the processes of one machine, as SQLite needs.
 //
+// The process that serves a mount must not mmap files on it (SQLite does,
+// for its -shm file, unless locking_mode is EXCLUSIVE): a page fault that
+// waits for the server blocks a thread that Go's scheduler believes is
+// running, and the next garbage collection waits for it forever while the
+// server cannot run. System calls are fine. Run the programs under test as
+// child processes, and read what they left through Disk.CopyTo.
+//
 // Options.NoSync makes fsync do nothing, for showing that a test notices
 // lost data: then nothing written through the mount survives a cut.
 package lazyfs
 
 import (
+	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -489,4 +499,37 @@ func (d *Disk) rename(from *inode, name string, to *inode, newName string, flags
 	to.curEnt[newName] = c
 	from.mtime, to.mtime = time.Now(), time.Now()
 	return 0
+}
+
+// CopyTo writes the current tree (what the mount shows) into dir, a
+// directory on another filesystem, for the process that serves the mount
+// to read without going through it.
+func (d *Disk) CopyTo(dir string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return copyTree(d.root, dir, map[*inode]bool{})
+}
+
+func copyTree(n *inode, dir string, seen map[*inode]bool) error {
+	if seen[n] {
+		return fmt.Errorf("lazyfs: %s is a directory met twice", dir)
+	}
+	seen[n] = true
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, c := range n.curEnt {
+		path := filepath.Join(dir, name)
+		if c.dir {
+			if err := copyTree(c, path, seen); err != nil {
+				return err
+			}
+			continue
+		}
+		buf := make([]byte, c.cur.size)
+		if err := os.WriteFile(path, buf[:c.read(buf, 0)], 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }

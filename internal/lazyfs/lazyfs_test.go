@@ -3,6 +3,8 @@ package lazyfs
 import (
 	"bytes"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -98,7 +100,7 @@ func TestCut_FileData(t *testing.T) {
 // random writes, truncations, fsyncs and cuts.
 func TestCut_FileDataRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for run := range 50 {
+	for run := range 20 {
 		d := New(Options{})
 		f := mustCreate(t, d, d.root, "f", false)
 		d.fsync(d.root)
@@ -367,4 +369,37 @@ func short(s string) string {
 		return s[:20] + "..." + s[len(s)-20:]
 	}
 	return s
+}
+
+func TestCopyTo(t *testing.T) {
+	d := New(Options{})
+	for _, op := range []nsOp{{"mkdir", "d", ""}, {"create", "d/f", ""}, {"write", "d/f", "inner"},
+		{"create", "g", ""}, {"write", "g", big(BlockSize+7, 3)}, {"create", "empty", ""}} {
+		applyNS(t, d, op)
+	}
+	dir := t.TempDir()
+	if err := d.CopyTo(dir); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	err := filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if e.IsDir() {
+			got = append(got, rel+"/")
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		got = append(got, rel+"="+string(b))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if want := tree(d); !slices.Equal(got, want) {
+		t.Fatalf("CopyTo wrote %q, want the current tree %q", got, want)
+	}
 }
