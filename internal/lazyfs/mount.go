@@ -91,12 +91,18 @@ func (m *Mount) Unmount() error {
 // directory and unmounts it. The error says what is missing.
 func Probe() error {
 	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("cannot open /dev/fuse (%v): no FUSE in this kernel or sandbox", err)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return errors.New("no /dev/fuse: this kernel or sandbox has no FUSE")
+	case err != nil:
+		return fmt.Errorf("not allowed to use FUSE: %v", err)
 	}
 	_ = f.Close()
 	if _, err := exec.LookPath("fusermount3"); err != nil {
-		return fmt.Errorf("no fusermount3 on PATH (%v): install it with `apt-get install fuse3`", err)
+		// go-fuse looks in /bin too.
+		if _, err := os.Stat("/bin/fusermount3"); err != nil {
+			return fmt.Errorf("no fusermount3 on PATH or in /bin: install it with `apt-get install fuse3`")
+		}
 	}
 	dir, err := os.MkdirTemp("", "lazyfs-probe-")
 	if err != nil {
