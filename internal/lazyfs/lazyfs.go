@@ -17,7 +17,9 @@
 //     than ext4 with data=ordered, where the kernel's periodic writeback
 //     makes some unsynced data durable; lazyfs never writes back. Data is
 //     kept in blocks of BlockSize bytes, and a cut restores each file to
-//     exactly the bytes and size of its last fsync.
+//     exactly the bytes and size of its last fsync. CutWriteback models
+//     the writeback too: some unsynced blocks reach the disk, at random,
+//     leaving files torn between their old and new content.
 //   - Directory entries (create, mkdir, unlink, rmdir, rename): with
 //     SyncDir, the default, durable only once the directory that holds
 //     the entry is fsynced (fsync of a directory file descriptor), as the
@@ -66,6 +68,7 @@ package lazyfs
 import (
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -209,6 +212,9 @@ type Loss struct {
 	// Entries are the directory entries, as "dir/name", whose current
 	// state was not durable: created, removed or pointing elsewhere.
 	Entries []string
+	// WrittenBack is how many of the lost blocks CutWriteback kept after
+	// all.
+	WrittenBack int
 }
 
 // Blocks is the number of lost blocks in all files.
@@ -237,6 +243,9 @@ func (l Loss) String() string {
 		}
 		b.WriteString(")")
 	}
+	if l.WrittenBack > 0 {
+		b.WriteString(", of which " + strconv.Itoa(l.WrittenBack) + " written back")
+	}
 	b.WriteString(", " + strconv.Itoa(len(l.Entries)) + " directory entries")
 	if len(l.Entries) > 0 {
 		b.WriteString(" (" + strings.Join(l.Entries, ", ") + ")")
@@ -248,7 +257,19 @@ func (l Loss) String() string {
 // now on, and every file and directory goes back to its durable state.
 // It returns what was lost. The mount must still be unmounted before the
 // Disk is mounted again.
-func (d *Disk) Cut() Loss {
+func (d *Disk) Cut() Loss { return d.CutWriteback(nil, 0) }
+
+// CutWriteback is Cut, except that some of the data written since each
+// file's last fsync had reached the disk anyway, as the kernel's writeback
+// may have done before the power went: each such block within the durable
+// size independently with probability p (so a file can be left torn, part
+// old and part new), and of the data appended past the durable size a
+// prefix, block by block while a draw stays under p, with the size that
+// covers it (ext4's delayed allocation writes the size after the data, so
+// an extension never shows garbage); an unsynced truncation with
+// probability p. Directory entries are as for Cut. rng makes it
+// reproducible; with p = 0 it is Cut.
+func (d *Disk) CutWriteback(rng *rand.Rand, p float64) Loss {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.active != nil {
@@ -256,9 +277,59 @@ func (d *Disk) Cut() Loss {
 	}
 	loss := Loss{Files: map[string]int{}}
 	d.unsynced(d.root, "", map[*inode]bool{}, &loss)
-	d.revert(d.root, map[*inode]bool{})
+	d.revert(d.root, map[*inode]bool{}, func(n *inode) {
+		if p > 0 {
+			loss.WrittenBack += n.writeback(rng, p)
+		}
+	})
 	d.stats.Cuts++
 	return loss
+}
+
+// writeback makes part of n's unsynced data durable (see CutWriteback)
+// and returns how many blocks it kept.
+func (n *inode) writeback(rng *rand.Rand, p float64) (kept int) {
+	cur, dur := n.cur, n.dur
+	size := dur.size
+	switch {
+	case cur.size > dur.size:
+		// The extension, in order, block by block.
+		for size < cur.size && rng.Float64() < p {
+			size = min((size/BlockSize+1)*BlockSize, cur.size)
+		}
+	case cur.size < dur.size && rng.Float64() < p:
+		size = cur.size
+	}
+	blocks := make([]*block, blocksFor(size))
+	for i := range blocks {
+		var c, o *block
+		if i < len(cur.blocks) {
+			c = cur.blocks[i]
+		}
+		if i < len(dur.blocks) {
+			o = dur.blocks[i]
+		}
+		switch {
+		case c == o:
+			blocks[i] = o
+		case size > dur.size && int64(i+1)*BlockSize > dur.size:
+			blocks[i] = c // in the extension that reached the disk
+			kept++
+		case rng.Float64() < p:
+			blocks[i] = c
+			kept++
+		default:
+			blocks[i] = o
+		}
+	}
+	// Bytes past the size read as zeros.
+	if last := len(blocks) - 1; last >= 0 && size%BlockSize != 0 && blocks[last] != nil {
+		b := *blocks[last]
+		clear(b[size%BlockSize:])
+		blocks[last] = &b
+	}
+	n.dur = content{size: size, blocks: blocks}
+	return kept
 }
 
 // unsynced adds to loss what of the current tree under n is not durable.
@@ -309,19 +380,20 @@ func (n *inode) lostBlocks() int {
 }
 
 // revert sets the current state of everything reachable from n in the
-// durable tree to its durable state.
-func (d *Disk) revert(n *inode, seen map[*inode]bool) {
+// durable tree to its durable state, after calling before on each file.
+func (d *Disk) revert(n *inode, seen map[*inode]bool, before func(*inode)) {
 	if seen[n] {
 		return
 	}
 	seen[n] = true
 	if !n.dir {
+		before(n)
 		n.cur = n.dur.clone()
 		return
 	}
 	n.curEnt = maps.Clone(n.durEnt)
-	for _, c := range n.durEnt {
-		d.revert(c, seen)
+	for _, name := range slices.Sorted(maps.Keys(n.durEnt)) { // in order: rng draws are reproducible
+		d.revert(n.durEnt[name], seen, before)
 	}
 }
 

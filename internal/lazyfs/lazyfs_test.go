@@ -2,6 +2,7 @@ package lazyfs
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -401,5 +402,87 @@ func TestCopyTo(t *testing.T) {
 	slices.Sort(got)
 	if want := tree(d); !slices.Equal(got, want) {
 		t.Fatalf("CopyTo wrote %q, want the current tree %q", got, want)
+	}
+}
+
+// TestCutWriteback checks the states a cut with writeback leaves against
+// the file's last synced and current content, over random histories.
+func TestCutWriteback(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	at := func(b []byte, from, to int64) []byte { // b's bytes in [from, to), zeros past its end
+		out := make([]byte, to-from)
+		if from < int64(len(b)) {
+			copy(out, b[from:min(to, int64(len(b)))])
+		}
+		return out
+	}
+	for run := range 200 {
+		p := []float64{0, 0.3, 0.5, 1}[run%4]
+		d := New(Options{})
+		f := mustCreate(t, d, d.root, "f", false)
+		d.fsync(d.root)
+		var dur []byte
+		for round := range 5 {
+			// Sync some content, then change it without a sync.
+			cur := slices.Clone(dur)
+			for range 1 + r.IntN(6) {
+				if r.IntN(4) == 0 {
+					n := r.Int64N(6 * BlockSize)
+					f.truncate(n)
+					cur = append(cur[:min(n, int64(len(cur)))], make([]byte, max(0, n-int64(len(cur))))...)
+					continue
+				}
+				off := r.Int64N(6 * BlockSize)
+				data := make([]byte, 1+r.IntN(2*BlockSize))
+				for i := range data {
+					data[i] = byte(1 + r.IntN(255))
+				}
+				d.write(f, data, off)
+				if end := off + int64(len(data)); end > int64(len(cur)) {
+					cur = append(cur, make([]byte, end-int64(len(cur)))...)
+				}
+				copy(cur[off:], data)
+				if r.IntN(5) == 0 {
+					d.fsync(f)
+					dur = slices.Clone(cur)
+				}
+			}
+			loss := d.CutWriteback(rand.New(rand.NewPCG(uint64(run), uint64(round))), p)
+			got := []byte(readAll(f))
+			size := int64(len(got))
+			oldSize, newSize := int64(len(dur)), int64(len(cur))
+			fail := func(format string, args ...any) {
+				t.Helper()
+				t.Fatalf("run %d round %d (p=%v, synced %d bytes, current %d): %s", run, round, p, oldSize, newSize,
+					fmt.Sprintf(format, args...))
+			}
+			switch {
+			case p == 0 && !bytes.Equal(got, dur):
+				fail("p=0 left %d bytes unlike the synced content", size)
+			case p == 1 && !bytes.Equal(got, cur):
+				fail("p=1 left %d bytes unlike the current content", size)
+			case newSize > oldSize && (size < oldSize || size > newSize || (size != oldSize && size != newSize && size%BlockSize != 0)):
+				fail("size %d after an extension: want the synced size, a block boundary in between, or the current size", size)
+			case newSize < oldSize && size != oldSize && size != newSize:
+				fail("size %d after a truncation: want one of the two", size)
+			case newSize == oldSize && size != oldSize:
+				fail("size %d, want %d", size, oldSize)
+			}
+			for from := int64(0); from < size; from += BlockSize {
+				to := min(from+BlockSize, size)
+				b := got[from:to]
+				isNew, isOld := bytes.Equal(b, at(cur, from, to)), bytes.Equal(b, at(dur, from, to))
+				switch {
+				case size > oldSize && to > oldSize && !isNew:
+					fail("block at %d is in the extension that reached the disk, but not the new data", from)
+				case !isNew && !isOld:
+					fail("block at %d is neither the synced nor the current data", from)
+				}
+			}
+			if p == 0 && loss.WrittenBack != 0 {
+				fail("p=0 wrote back %d blocks", loss.WrittenBack)
+			}
+			dur = got // what the disk holds now
+		}
 	}
 }
