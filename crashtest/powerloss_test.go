@@ -101,8 +101,9 @@ func runPowerLoss(t *testing.T, cfg powerConfig) {
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// fanout's data directory is the mount's root, which always exists:
-	// what is at stake is fanout's files in it.
+	// fanout's data directory is the mount's root, which always exists,
+	// so that what is at stake is fanout's files in it; or cfg.subdir in
+	// it, for fanout to create.
 	mount := mountDisk(t, disk, root)
 	data := filepath.Join(root, cfg.subdir)
 	sinks := []*sink{newSink(t, healthy), newSink(t, healthy)}
@@ -126,12 +127,11 @@ func runPowerLoss(t *testing.T, cfg powerConfig) {
 		if !l.waitAccepted(before+1, 30*time.Second) {
 			t.Fatalf("run %d of fanout accepted no event within 30s", i+1)
 		}
-		// The power goes: what was not fsynced is gone, and the
-		// filesystem answers nothing more. Then the process dies, and
-		// the machine reboots.
-		// Every second cut, the kernel had written some unsynced blocks
-		// back before the power went (lazyfs.Disk.CutWriteback): torn
-		// WAL tails and half-done checkpoints, for SQLite to recover.
+		// The power goes: what was not fsynced is gone (except, every
+		// second cut, what the kernel's writeback had written anyway:
+		// torn WAL tails and half-done checkpoints, for SQLite to
+		// recover), and the filesystem answers nothing more. Then the
+		// process dies, and the machine reboots.
 		k := kill{inflight: l.inflight.Load(), at: time.Now()}
 		var loss lazyfs.Loss
 		if i%2 == 1 {
@@ -158,9 +158,9 @@ func runPowerLoss(t *testing.T, cfg powerConfig) {
 	time.Sleep(cfg.upMin) // the last run takes load too
 	l.stop()
 
-	// Drain: every acknowledged event reaches every destination, unless
-	// the destinations go quiet without some (lost); then fanout runs
-	// until its store says that every call is done, and stops cleanly.
+	// Drain: wait until every acknowledged event reached every
+	// destination, or the destinations went quiet without some; then
+	// until fanout's store says that every call is done, and stop it.
 	drainStart := time.Now()
 	reqs, sent, unexpected := l.results()
 	var ackedIDs []string
@@ -169,16 +169,20 @@ func runPowerLoss(t *testing.T, cfg powerConfig) {
 			ackedIDs = append(ackedIDs, r.ids...)
 		}
 	}
-	lost := 0
-	for i, s := range sinks {
-		if n := waitDeliveredOrStalled(s, ackedIDs, 5*time.Second, 2*time.Minute); n > 0 {
-			t.Errorf("destination %d: %d of the %d acknowledged events never arrived (the destinations went quiet with them missing)",
-				i, n, len(ackedIDs))
-			lost = max(lost, n)
-		}
+	for _, s := range sinks {
+		waitDeliveredOrStalled(s, ackedIDs, 5*time.Second, 2*time.Minute)
 	}
 	waitAllDone(t, disk, cfg.subdir, 2*time.Minute)
 	terminate(t, p, time.Minute)
+	// Now that fanout has nothing left to do, what has not arrived never
+	// will.
+	lost := 0
+	for i, s := range sinks {
+		if n := len(ackedIDs) - countDelivered(s, ackedIDs); n > 0 {
+			t.Errorf("destination %d: %d of the %d acknowledged events never arrived", i, n, len(ackedIDs))
+			lost = max(lost, n)
+		}
+	}
 	drain := time.Since(drainStart)
 	final := copyDisk(t, disk, cfg.subdir)
 	integrity(t, final)
@@ -290,28 +294,29 @@ func waitAllDone(t *testing.T, disk *lazyfs.Disk, subdir string, timeout time.Du
 }
 
 // waitDeliveredOrStalled waits until every one of ids was delivered to the
-// sink, and returns how many were not once no attempt reached the sink for
-// stall (nothing is left to retry: retries are --retry-max apart) or
-// timeout passed. Unlike waitDelivered it does not wait minutes for events
-// that a power cut lost.
-func waitDeliveredOrStalled(s *sink, ids []string, stall, timeout time.Duration) int {
+// sink, or no attempt reached the sink for stall (retries are --retry-max
+// apart), or timeout passed. Unlike waitDelivered it does not wait minutes
+// for events that a power cut lost; whether any was lost is for the caller
+// to count once fanout has finished.
+func waitDeliveredOrStalled(s *sink, ids []string, stall, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
-	next := 0
-	for {
+	for next := 0; ; {
 		next += s.delivered(ids[next:])
-		if next == len(ids) {
-			return 0
-		}
 		quiet := time.Since(time.Unix(0, s.lastAttempt.Load())) >= stall
-		if quiet || time.Now().After(deadline) {
-			missing := 0
-			for _, id := range ids[next:] {
-				if len(s.get(id).deliveries) == 0 {
-					missing++
-				}
-			}
-			return missing
+		if next == len(ids) || quiet || time.Now().After(deadline) {
+			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// countDelivered is how many of ids the sink got.
+func countDelivered(s *sink, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if len(s.get(id).deliveries) > 0 {
+			n++
+		}
+	}
+	return n
 }
