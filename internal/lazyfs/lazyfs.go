@@ -12,14 +12,14 @@
 //
 //   - File data and size: durable only up to the last fsync or fdatasync
 //     of that file (both count the same: fdatasync must keep the size
-//     needed to read the data back). A cut loses every write, truncation
-//     and extension made since, whole, in every file. This is harsher
-//     than ext4 with data=ordered, where the kernel's periodic writeback
-//     makes some unsynced data durable; lazyfs never writes back. Data is
-//     kept in blocks of BlockSize bytes, and a cut restores each file to
-//     exactly the bytes and size of its last fsync. CutWriteback models
-//     the writeback too: some unsynced blocks reach the disk, at random,
-//     leaving files torn between their old and new content.
+//     needed to read the data back). Cut loses every write, truncation
+//     and extension made since, whole, in every file: it restores each
+//     file to exactly the bytes and size of its last fsync. This is
+//     harsher than ext4 with data=ordered, where the kernel's periodic
+//     writeback makes some unsynced data durable. CutWriteback models
+//     that writeback: some unsynced blocks (of BlockSize bytes) reach the
+//     disk, at random, leaving files torn between their old and new
+//     content, the states that recovery code must also survive.
 //   - Directory entries (create, mkdir, unlink, rmdir, rename): with
 //     SyncDir, the default, durable only once the directory that holds
 //     the entry is fsynced (fsync of a directory file descriptor), as the
@@ -51,8 +51,9 @@
 // kernel's caches of it (its page cache still holds the lost data), and
 // the Disk mounted afresh.
 //
-// File locks (flock, fcntl) are left to the kernel, which keeps them per
-// mount: they work between the processes of one machine, as SQLite needs.
+// File locks (flock, fcntl) are left to the kernel, which handles them
+// locally: they work between the processes of one machine, as SQLite and
+// fanout's lock file need.
 //
 // The process that serves a mount must not mmap files on it (SQLite does,
 // for its -shm file, unless locking_mode is EXCLUSIVE): a page fault that
