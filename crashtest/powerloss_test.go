@@ -60,25 +60,25 @@ func TestPowerLoss(t *testing.T) {
 
 // TestPowerLoss_NewDataDir is the same with a data directory that fanout
 // creates itself (--data names a directory that does not exist yet), with
-// two cuts. By default lazyfs then models ext4's journal (lazyfs.Journal):
-// an fsync also makes every earlier create durable, the mkdir of the data
-// directory among them. FANOUT_POWERLOSS_STRICT_DIRS=1 models POSIX's
-// letter instead (lazyfs.SyncDir): the new directory's own entry is
-// durable only once its parent is fsynced, which fanout does not do, so a
-// cut loses the whole directory with every event acknowledged in it.
+// two cuts, on POSIX's letter (lazyfs.SyncDir): the new directory's own
+// entry is durable only once its parent is fsynced, which fanout does when
+// it creates it; before it did, a cut lost the whole directory with every
+// event acknowledged in it. FANOUT_POWERLOSS_EXT4_DIRS=1 models ext4's
+// journal instead (lazyfs.Journal: an fsync also makes every earlier create
+// durable, the mkdir of the data directory among them).
 func TestPowerLoss_NewDataDir(t *testing.T) {
 	if err := lazyfs.Probe(); err != nil {
 		t.Skipf("SKIPPED: the power-loss test needs a FUSE mount, and cannot have one here: %v", err)
 	}
 	cfg := powerConfig{
 		subdir: "data",
-		disk:   lazyfs.Options{Metadata: lazyfs.Journal},
+		disk:   lazyfs.Options{Metadata: lazyfs.SyncDir},
 		cuts:   kills(2),
 		upMin:  400 * time.Millisecond, upMax: 1000 * time.Millisecond,
 		load: loadConfig{singles: 6, batchers: 2, minBatch: 2, maxBatch: 20, rate: 600},
 	}
-	if os.Getenv("FANOUT_POWERLOSS_STRICT_DIRS") != "" {
-		cfg.disk.Metadata = lazyfs.SyncDir
+	if os.Getenv("FANOUT_POWERLOSS_EXT4_DIRS") != "" {
+		cfg.disk.Metadata = lazyfs.Journal
 	}
 	runPowerLoss(t, cfg)
 }

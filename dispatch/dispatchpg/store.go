@@ -241,7 +241,7 @@ func (s *Store) open(ctx context.Context, cfg *Config) error {
 			return fmt.Errorf("dispatchpg: synchronous_commit is %q: acknowledged events would be lost in a server crash; "+
 				"set it to on (or set Config.AllowAsyncCommit)", syncCommit)
 		}
-		s.log.Warn("dispatchpg: synchronous_commit is off: a server crash loses the last acknowledged events", "synchronous_commit", syncCommit)
+		s.log.Warn("dispatchpg: synchronous_commit is "+syncCommit+": a server crash loses the last acknowledged events", "synchronous_commit", syncCommit)
 	}
 	s.channel = cfg.Channel
 	if s.channel == "" {

@@ -111,8 +111,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Logger = slog.Default()
 	}
 
-	dir := filepath.Dir(cfg.Path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := mkdirDurable(filepath.Dir(cfg.Path)); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	lock := flock.New(cfg.Path + ".lock")
@@ -192,6 +191,47 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		_ = conn.Close()
 		s.w = nil
 		return err
+	}
+	return nil
+}
+
+// mkdirDurable creates dir and its missing parents, and fsyncs the parent
+// of each directory it created: SQLite fsyncs the files it writes and the
+// directory that holds them, but not that directory's own entry, which a
+// power cut would otherwise take with everything in it.
+func mkdirDurable(dir string) error {
+	dir = filepath.Clean(dir)
+	var created []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		created = append(created, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }
