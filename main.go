@@ -223,6 +223,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		BreakerFailures: cfg.breakerFailures,
 		BreakerWindow:   cfg.breakerWindow,
 		DedupWindow:     cfg.dedupWindow,
+		OnAttempt:       func(r dispatch.AttemptReport) { a.svc.attempted(r) },
 		Logger:          log,
 	}, fns.publishEvent, fns.handleEvent)
 	if err != nil {

@@ -31,6 +31,9 @@ type service struct {
 	// accepted counts the events ingest answered for (a repeat that was
 	// dropped counts too).
 	accepted atomic.Int64
+	// attemptObservers are told of every attempt the runtime reports
+	// (metrics, traces, the console's charts add theirs before Start).
+	attemptObservers []func(dispatch.AttemptReport)
 }
 
 func newService(rt *dispatch.Runtime, store dispatch.Store, fns *functions, dests *destination.Registry) *service {
@@ -68,6 +71,19 @@ func notFound(format string, args ...any) error {
 
 func conflict(format string, args ...any) error {
 	return &serviceError{errConflict, fmt.Sprintf(format, args...)}
+}
+
+// observeAttempts adds f to what is told of every attempt; call it before
+// the runtime starts.
+func (s *service) observeAttempts(f func(dispatch.AttemptReport)) {
+	s.attemptObservers = append(s.attemptObservers, f)
+}
+
+// attempted is the runtime's Config.OnAttempt.
+func (s *service) attempted(a dispatch.AttemptReport) {
+	for _, f := range s.attemptObservers {
+		f(a)
+	}
 }
 
 // StoreStats returns the store's counters, if it keeps them.
