@@ -79,6 +79,7 @@ type options struct {
 	backlog     int64
 	steady      int64
 	cpuProfile  string
+	keepData    bool
 }
 
 type stringList []string
@@ -116,6 +117,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&o.backlog, "backlog", 0, "the backlog scenario: pause the first destination, ingest this many events in batches (--batch, -c) as fast as accepted, resume it and measure the drain (needs --fanout and --sinks >= 1)")
 	fs.Int64Var(&o.steady, "backlog-steady", 0, "events of the backlog scenario's steady-state phase, before the pause (0: a tenth of --backlog, at least 20,000)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this file")
+	fs.BoolVar(&o.keepData, "keep-data", false, "keep the started fanout's data directory (its path is printed), to look into the store afterwards")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ type proc struct {
 	cmd  *exec.Cmd
 	addr string
 	dir  string
+	keep bool // leave dir for a look afterwards (--keep-data)
 	mu   sync.Mutex
 	tail []string // last lines of its stderr, for errors
 	done chan error
@@ -147,9 +148,9 @@ func (p *proc) stop() error {
 	}
 }
 
-// cleanup removes the data directory.
+// cleanup removes the data directory, unless it is to be kept.
 func (p *proc) cleanup() {
-	if p.dir != "" {
+	if p.dir != "" && !p.keep {
 		_ = os.RemoveAll(p.dir)
 	}
 }
@@ -186,6 +187,10 @@ func startFanout(ctx context.Context, o *options, sk *sink, stderr io.Writer) (*
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, "", err
+	}
+	if o.keepData {
+		server.keep = true
+		fmt.Fprintf(stderr, "fanout's data directory, kept: %s\n", dir)
 	}
 	return server, "http://" + server.addr, nil
 }

@@ -107,11 +107,11 @@ func progress(w io.Writer, on bool, target string, sent, delivered interface{ Lo
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	start := time.Now()
+	lastSent, lastDelivered := sent.Load(), delivered.Load()
 	go func() {
 		defer close(finished)
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
-		var lastSent, lastDelivered int64
 		for {
 			select {
 			case <-done:
