@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync/atomic"
 	"time"
 )
 
@@ -95,32 +96,12 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 	if o.events > 0 {
 		deadline = start.Add(24 * time.Hour)
 	}
-	stopProgress := make(chan struct{})
-	progressDone := make(chan struct{})
-	go func() {
-		defer close(progressDone)
-		if !o.progress {
-			return
-		}
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		var lastSent, lastDelivered int64
-		for {
-			select {
-			case <-stopProgress:
-				return
-			case <-tick.C:
-			}
-			sent := d.sent.Load()
-			var delivered int64
-			if sk != nil {
-				delivered = sk.delivered.Load()
-			}
-			fmt.Fprintf(stderr, "%s t=%4.0fs accepted=%d (%d/s) delivered=%d (%d/s)\n", target,
-				time.Since(start).Seconds(), sent, sent-lastSent, delivered, delivered-lastDelivered)
-			lastSent, lastDelivered = sent, delivered
-		}
-	}()
+	var delivered atomic.Int64 // stays 0 without sinks
+	deliveredCount := &delivered
+	if sk != nil {
+		deliveredCount = &sk.delivered
+	}
+	stopProgress := progress(stderr, o.progress, target, &d.sent, deliveredCount)
 	d.run(ctx, deadline)
 	sendTime := time.Since(start)
 	loadCPU := selfCPU() - selfCPU0
@@ -163,8 +144,7 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		close(stopProgress)
-		<-progressDone
+		stopProgress()
 		if r.Deliveries = sk.delivered.Load(); r.Deliveries > 0 {
 			r.LoadCPUPerDeliveryUS = float64((selfCPU() - selfCPU0).Microseconds()) / float64(r.Deliveries)
 		}
@@ -195,9 +175,8 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 		}
 		sortDurations(lat)
 		r.Deliveries = sk.delivered.Load()
-		if first, last := sk.firstNS.Load(), sk.lastNS.Load(); last > 0 {
+		if last := sk.lastNS.Load(); last > 0 {
 			r.DeliveriesPerSec = float64(r.Deliveries) / time.Duration(last-start.UnixNano()).Seconds()
-			_ = first
 		}
 		r.DeliveryP50, r.DeliveryP99 = ms(percentile(lat, 50)), ms(percentile(lat, 99))
 		if len(lat) > 0 {
@@ -209,8 +188,7 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 			return true
 		})
 	} else {
-		close(stopProgress)
-		<-progressDone
+		stopProgress()
 	}
 	return r, nil
 }

@@ -65,7 +65,6 @@ type sink struct {
 	slowFor   time.Duration
 
 	delivered atomic.Int64 // accepted deliveries, duplicates included
-	firstNS   atomic.Int64
 	lastNS    atomic.Int64
 	faulted   sync.Map // kind -> *atomic.Int64
 
@@ -234,7 +233,6 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e.mu.Unlock()
 	s.delivered.Add(1)
-	s.firstNS.CompareAndSwap(0, now)
 	s.lastNS.Store(now)
 	w.WriteHeader(http.StatusNoContent)
 }
