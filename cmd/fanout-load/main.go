@@ -6,7 +6,17 @@
 //
 // With --baseline it first drives a trivial JSON-accepting server with the
 // same load, in the same run, so that fanout's ingest rate can be read as a
-// share of what this machine's HTTP stack manages at all.
+// share of what this machine's HTTP stack manages at all. With
+// --sink-baseline it drives its own sinks directly, as fanout does, and
+// reports fanout's deliveries/s as a share of what they answer. --backlog N
+// pauses a destination while N events arrive, then resumes it and measures
+// the drain (backlog.go).
+//
+// The default client (--client raw) writes pre-built requests to keep-alive
+// connections and reads the answers with a small parser of its own, so that
+// the tool's own CPU per request, which shares the machine with what it
+// measures, is as small as it can be; --client nethttp uses net/http's
+// client instead. The tool reports its own CPU per request.
 //
 //	go build -o bin/fanout . && go run ./cmd/fanout-load --fanout bin/fanout --baseline --mode event -c 64 -d 10s
 package main
@@ -20,6 +30,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -62,6 +73,13 @@ type options struct {
 	jsonOut     bool
 	progress    bool
 	runs        int
+	client      string
+	sinkBase    bool
+	sinkConns   int
+	backlog     int64
+	steady      int64
+	cpuProfile  string
+	keepData    bool
 }
 
 type stringList []string
@@ -93,8 +111,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON")
 	fs.BoolVar(&o.progress, "progress", true, "print a progress line every second")
 	fs.IntVar(&o.runs, "runs", 1, "repeat the whole measurement this many times and report the median of each figure (the machine is shared: quote medians)")
+	fs.StringVar(&o.client, "client", clientRaw, "raw (pre-built requests on keep-alive connections, a minimal response reader: the cheapest per request) or nethttp (Go's net/http client, as the tool had before)")
+	fs.BoolVar(&o.sinkBase, "sink-baseline", false, "in each run, also drive the sinks directly with fanout's request shape for -d, and report fanout's deliveries/s as a ratio of the sinks' requests/s")
+	fs.IntVar(&o.sinkConns, "sink-c", 0, "connections of --sink-baseline (0: as many as fanout held open to the sinks in this invocation's first fanout run)")
+	fs.Int64Var(&o.backlog, "backlog", 0, "the backlog scenario: pause the first destination, ingest this many events in batches (--batch, -c) as fast as accepted, resume it and measure the drain (needs --fanout and --sinks >= 1)")
+	fs.Int64Var(&o.steady, "backlog-steady", 0, "events of the backlog scenario's steady-state phase, before the pause (0: a tenth of --backlog, at least 20,000)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this file")
+	fs.BoolVar(&o.keepData, "keep-data", false, "keep the started fanout's data directory (its path is printed), to look into the store afterwards")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.client != clientRaw && o.client != clientNetHTTP {
+		return errors.New("--client must be raw or nethttp")
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	if o.backlog > 0 {
+		return runBacklog(ctx, &o, stdout, stderr)
 	}
 	if o.mode != "event" && o.mode != "batch" {
 		return fmt.Errorf("--mode must be event or batch")
@@ -114,15 +158,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if o.runs > 1 {
 			fmt.Fprintf(stderr, "run %d of %d\n", i+1, o.runs)
 		}
-		reports, err := measure(ctx, &o, stderr)
+		reports, err := measure(ctx, &o, i, stderr)
 		if err != nil {
 			return err
 		}
 		all = append(all, reports)
 		if o.runs > 1 && !o.jsonOut {
 			for _, r := range reports {
-				fmt.Fprintf(stdout, "run %d %-8s %8.0f events/s  ack p99 %6.2f ms  %7.0f deliveries/s  delivery p50 %7.1f ms p99 %7.1f ms  cpu %5.1f µs/event\n",
-					i+1, r.Target, r.EventsPerSec, r.AckP99, r.DeliveriesPerSec, r.DeliveryP50, r.DeliveryP99, r.CPUPerEventUS)
+				fmt.Fprintf(stdout, "run %d %-8s %8.0f events/s  ack p99 %6.2f ms  %7.0f deliveries/s  delivery p50 %7.1f ms p99 %7.1f ms  cpu %5.1f µs/event  load %5.1f µs/request\n",
+					i+1, r.Target, r.EventsPerSec, r.AckP99, r.DeliveriesPerSec, r.DeliveryP50, r.DeliveryP99, r.CPUPerEventUS, r.LoadCPUPerRequestUS)
 				if len(r.PerDestination) > 1 {
 					for d, ds := range r.PerDestination {
 						fmt.Fprintf(stdout, "      dest %d: %7.0f deliveries/s  p50 %7.1f ms  p99 %7.1f ms\n", d, ds.PerSec, ds.P50, ds.P99)
@@ -146,8 +190,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// measure runs the baseline (if asked) and fanout once.
-func measure(ctx context.Context, o *options, stderr io.Writer) ([]*report, error) {
+// measure runs the baseline (if asked), fanout, and the sink baseline (if
+// asked) once. The sink baseline runs after fanout in the first run, whose
+// connections it copies unless --sink-c says how many, and before it in every
+// second run, so that a drift of the machine's speed does not favour one.
+func measure(ctx context.Context, o *options, run int, stderr io.Writer) ([]*report, error) {
 	var reports []*report
 	if o.baseline {
 		r, err := runBaseline(ctx, o, stderr)
@@ -156,6 +203,24 @@ func measure(ctx context.Context, o *options, stderr io.Writer) ([]*report, erro
 		}
 		reports = append(reports, r)
 	}
+	var sinkReport *report
+	sinkBaseline := func() error {
+		if !o.sinkBase || o.sinks < 1 {
+			return nil
+		}
+		r, err := runSinkBaseline(ctx, o, o.sinkConns, stderr)
+		if err != nil {
+			return fmt.Errorf("sink baseline: %w", err)
+		}
+		sinkReport = r
+		return nil
+	}
+	sinkFirst := run%2 == 1 && o.sinkConns > 0
+	if sinkFirst {
+		if err := sinkBaseline(); err != nil {
+			return nil, err
+		}
+	}
 	r, err := runFanout(ctx, o, stderr)
 	if err != nil {
 		return nil, err
@@ -163,6 +228,21 @@ func measure(ctx context.Context, o *options, stderr io.Writer) ([]*report, erro
 	reports = append(reports, r)
 	if o.baseline {
 		r.IngestRatio = r.EventsPerSec / reports[0].EventsPerSec
+	}
+	if o.sinkBase && o.sinks > 0 && o.sinkConns == 0 {
+		o.sinkConns = int(max(r.SinkPeakConns, 1))
+		fmt.Fprintf(stderr, "sink baseline: %d connections, as many as fanout held open to the sinks\n", o.sinkConns)
+	}
+	if !sinkFirst {
+		if err := sinkBaseline(); err != nil {
+			return nil, err
+		}
+	}
+	if sinkReport != nil {
+		reports = append(reports, sinkReport)
+		if sinkReport.DeliveriesPerSec > 0 {
+			r.DeliveryRatio = r.DeliveriesPerSec / sinkReport.DeliveriesPerSec
+		}
 	}
 	return reports, nil
 }

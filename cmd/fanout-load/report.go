@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,7 @@ type destStats struct {
 // report is what one run measured. Latencies are in milliseconds.
 type report struct {
 	Target      string  `json:"target"`
+	Client      string  `json:"client"`
 	Mode        string  `json:"mode"`
 	Batch       int     `json:"batch,omitempty"`
 	Concurrency int     `json:"concurrency"`
@@ -50,57 +52,70 @@ type report struct {
 	ServerCPU     float64 `json:"server_cpu_cores,omitempty"`
 	CPUPerEventUS float64 `json:"server_cpu_us_per_event,omitempty"`
 	IngestRatio   float64 `json:"ingest_ratio_to_baseline,omitempty"`
+
+	// The load tool's own CPU (user and system, all its goroutines: the
+	// clients, and the sinks when there are any) while sending.
+	LoadCPU             float64 `json:"load_cpu_cores,omitempty"`
+	LoadCPUPerRequestUS float64 `json:"load_cpu_us_per_request,omitempty"`
+
+	// With sinks: the load tool's CPU from the first send to the last
+	// delivery, per delivery (the sinks' share of it is most of it).
+	LoadCPUPerDeliveryUS float64 `json:"load_cpu_us_per_delivery,omitempty"`
+
+	// What the sinks saw of fanout's connections while it sent and
+	// drained: the most open at once, and the most requests in the sinks'
+	// handler at once.
+	SinkPeakConns    int64 `json:"sink_peak_connections,omitempty"`
+	SinkPeakInFlight int64 `json:"sink_peak_in_flight,omitempty"`
+
+	// With --sink-baseline: fanout's deliveries/s over what the sinks
+	// answered, driven directly in the same run.
+	DeliveryRatio float64 `json:"delivery_ratio_to_sink_baseline,omitempty"`
+
+	Disk *diskReport `json:"disk,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // drive sends the load to base, waits for the sinks to drain, and reports.
-func drive(ctx context.Context, target, base string, o *options, sk *sink, stderr io.Writer, server *proc) *report {
-	d := newDriver(base, o)
+func drive(ctx context.Context, target, base string, o *options, sk *sink, stderr io.Writer, server *proc) (*report, error) {
+	d, err := newIngestDriver(base, o)
+	if err != nil {
+		return nil, err
+	}
 	var cpu0 float64
 	if server != nil {
 		cpu0 = server.cpuSeconds()
 	}
+	if sk != nil {
+		sk.resetPeaks()
+	}
+	selfCPU0 := selfCPU()
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	if o.events > 0 {
 		deadline = start.Add(24 * time.Hour)
 	}
-	stopProgress := make(chan struct{})
-	progressDone := make(chan struct{})
-	go func() {
-		defer close(progressDone)
-		if !o.progress {
-			return
-		}
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		var lastSent, lastDelivered int64
-		for {
-			select {
-			case <-stopProgress:
-				return
-			case <-tick.C:
-			}
-			sent := d.sent.Load()
-			var delivered int64
-			if sk != nil {
-				delivered = sk.delivered.Load()
-			}
-			fmt.Fprintf(stderr, "%s t=%4.0fs accepted=%d (%d/s) delivered=%d (%d/s)\n", target,
-				time.Since(start).Seconds(), sent, sent-lastSent, delivered, delivered-lastDelivered)
-			lastSent, lastDelivered = sent, delivered
-		}
-	}()
+	var delivered atomic.Int64 // stays 0 without sinks
+	deliveredCount := &delivered
+	if sk != nil {
+		deliveredCount = &sk.delivered
+	}
+	stopProgress := progress(stderr, o.progress, target, &d.sent, deliveredCount)
 	d.run(ctx, deadline)
 	sendTime := time.Since(start)
+	loadCPU := selfCPU() - selfCPU0
 	var cpu float64
 	if server != nil {
 		cpu = server.cpuSeconds() - cpu0
 	}
 
-	r := &report{Target: target, Mode: o.mode, Concurrency: o.concurrency, SendSeconds: sendTime.Seconds(),
+	r := &report{Target: target, Client: o.client, Mode: o.mode, Concurrency: o.concurrency, SendSeconds: sendTime.Seconds(),
 		Requests: d.reqs.Load(), Accepted: d.sent.Load(), Errors: d.errors}
+	r.LoadCPU = loadCPU.Seconds() / sendTime.Seconds()
+	if r.Requests > 0 {
+		r.LoadCPUPerRequestUS = float64(loadCPU.Microseconds()) / float64(r.Requests)
+	}
 	if o.mode == "batch" {
 		r.Batch = o.batch
 	}
@@ -129,12 +144,12 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		close(stopProgress)
-		<-progressDone
-		accepted := make(map[string]bool, len(d.accepted))
-		for _, id := range d.accepted {
-			accepted[id] = true
+		stopProgress()
+		if r.Deliveries = sk.delivered.Load(); r.Deliveries > 0 {
+			r.LoadCPUPerDeliveryUS = float64((selfCPU() - selfCPU0).Microseconds()) / float64(r.Deliveries)
 		}
+		r.SinkPeakConns, r.SinkPeakInFlight = sk.peakConns.Load(), sk.peakInFlight.Load()
+		ids := d.acceptedIDs()
 		var lat []time.Duration
 		for _, e := range sk.endpoints {
 			e.mu.Lock()
@@ -146,7 +161,7 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 			r.PerDestination = append(r.PerDestination, destStats{Deliveries: delivered, Faulty: e.faulty,
 				PerSec: float64(delivered) / max(e.last.Sub(start).Seconds(), 1e-9), P50: ms(percentile(el, 50)), P99: ms(percentile(el, 99))})
 			missing, dups := 0, 0
-			for id := range accepted {
+			for _, id := range ids {
 				if n := e.seen[id]; n == 0 {
 					missing++
 				} else if n > 1 {
@@ -160,9 +175,8 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 		}
 		sortDurations(lat)
 		r.Deliveries = sk.delivered.Load()
-		if first, last := sk.firstNS.Load(), sk.lastNS.Load(); last > 0 {
+		if last := sk.lastNS.Load(); last > 0 {
 			r.DeliveriesPerSec = float64(r.Deliveries) / time.Duration(last-start.UnixNano()).Seconds()
-			_ = first
 		}
 		r.DeliveryP50, r.DeliveryP99 = ms(percentile(lat, 50)), ms(percentile(lat, 99))
 		if len(lat) > 0 {
@@ -174,13 +188,16 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 			return true
 		})
 	} else {
-		close(stopProgress)
-		<-progressDone
+		stopProgress()
 	}
-	return r
+	return r, nil
 }
 
 func (r *report) print(w io.Writer) {
+	if r.Target == "sink-baseline" {
+		r.printSinkBaseline(w)
+		return
+	}
 	fmt.Fprintf(w, "== %s: %s", r.Target, r.Mode)
 	if r.Batch > 0 {
 		fmt.Fprintf(w, " x%d", r.Batch)
@@ -194,22 +211,26 @@ func (r *report) print(w io.Writer) {
 	if r.IngestRatio > 0 {
 		fmt.Fprintf(w, "  vs baseline %.0f%% of the trivial server's events/s\n", r.IngestRatio*100)
 	}
-	if len(r.Errors) > 0 {
-		keys := make([]string, 0, len(r.Errors))
-		for k := range r.Errors {
-			keys = append(keys, k)
+	if r.LoadCPU > 0 {
+		what := "client"
+		if r.Sinks > 0 {
+			what = "client and sinks"
 		}
-		sort.Strings(keys)
-		fmt.Fprintf(w, "  errors    ")
-		for _, k := range keys {
-			fmt.Fprintf(w, " %s:%d", k, r.Errors[k])
+		fmt.Fprintf(w, "  load tool  %.2f cores while sending (%s), %.1f µs CPU per request (%s client)", r.LoadCPU, what, r.LoadCPUPerRequestUS, r.Client)
+		if r.LoadCPUPerDeliveryUS > 0 {
+			fmt.Fprintf(w, "; %.1f µs per delivery, first send to last delivery", r.LoadCPUPerDeliveryUS)
 		}
 		fmt.Fprintln(w)
 	}
+	r.printErrors(w)
 	if r.Sinks > 0 {
 		fmt.Fprintf(w, "  delivered  %d to %d destinations, %.0f deliveries/s, drained=%v\n", r.Deliveries, r.Sinks, r.DeliveriesPerSec, r.Drained)
 		fmt.Fprintf(w, "  latency    ingest->delivery p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", r.DeliveryP50, r.DeliveryP99, r.DeliveryMax)
 		fmt.Fprintf(w, "  missing    %v per destination, duplicates %v\n", r.Missing, r.Duplicates)
+		fmt.Fprintf(w, "  sinks saw  at most %d connections, %d requests in their handler at once\n", r.SinkPeakConns, r.SinkPeakInFlight)
+		if r.DeliveryRatio > 0 {
+			fmt.Fprintf(w, "  vs sinks   %.0f%% of the requests/s the sinks answer when driven directly (--sink-baseline)\n", r.DeliveryRatio*100)
+		}
 		if len(r.PerDestination) > 1 {
 			for i, d := range r.PerDestination {
 				faulty := ""
@@ -226,6 +247,40 @@ func (r *report) print(w io.Writer) {
 	if r.PeakRSSMiB > 0 {
 		fmt.Fprintf(w, "  peak RSS   %.0f MiB\n", r.PeakRSSMiB)
 	}
+	if r.Disk != nil {
+		r.Disk.print(w)
+	}
+}
+
+func (r *report) printErrors(w io.Writer) {
+	if len(r.Errors) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(r.Errors))
+	for k := range r.Errors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintf(w, "  errors    ")
+	for _, k := range keys {
+		fmt.Fprintf(w, " %s:%d", k, r.Errors[k])
+	}
+	fmt.Fprintln(w)
+}
+
+func (r *report) printSinkBaseline(w io.Writer) {
+	fmt.Fprintf(w, "== sink-baseline: %d sink endpoints driven directly with fanout's requests, %d connections, %.1fs\n",
+		r.Sinks, r.Concurrency, r.SendSeconds)
+	fmt.Fprintf(w, "  answered   %d deliveries, %.0f/s (", r.Deliveries, r.DeliveriesPerSec)
+	for i, d := range r.PerDestination {
+		if i > 0 {
+			fmt.Fprint(w, ", ")
+		}
+		fmt.Fprintf(w, "dest %d %.0f/s", i, d.PerSec)
+	}
+	fmt.Fprintf(w, "); p50 %.2f ms, p99 %.2f ms\n", r.AckP50, r.AckP99)
+	fmt.Fprintf(w, "  load tool  %.2f cores (client and sinks), %.1f µs CPU per delivery (raw client)\n", r.LoadCPU, r.LoadCPUPerRequestUS)
+	r.printErrors(w)
 }
 
 // medianReports folds the reports of several runs into one per target, each
@@ -266,6 +321,14 @@ func medianReports(all [][]*report) []*report {
 		m.ServerCPU = med(func(r *report) float64 { return r.ServerCPU })
 		m.CPUPerEventUS = med(func(r *report) float64 { return r.CPUPerEventUS })
 		m.IngestRatio = med(func(r *report) float64 { return r.IngestRatio })
+		m.LoadCPU = med(func(r *report) float64 { return r.LoadCPU })
+		m.LoadCPUPerRequestUS = med(func(r *report) float64 { return r.LoadCPUPerRequestUS })
+		m.LoadCPUPerDeliveryUS = med(func(r *report) float64 { return r.LoadCPUPerDeliveryUS })
+		m.SinkPeakConns = int64(med(func(r *report) float64 { return float64(r.SinkPeakConns) }))
+		m.SinkPeakInFlight = int64(med(func(r *report) float64 { return float64(r.SinkPeakInFlight) }))
+		m.DeliveryRatio = med(func(r *report) float64 { return r.DeliveryRatio })
+		m.Requests = int64(med(func(r *report) float64 { return float64(r.Requests) }))
+		m.Disk = medianDisk(runs)
 		m.Accepted = int64(med(func(r *report) float64 { return float64(r.Accepted) }))
 		m.Deliveries = int64(med(func(r *report) float64 { return float64(r.Deliveries) }))
 		m.Drained = true

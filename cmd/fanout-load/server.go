@@ -27,6 +27,7 @@ type proc struct {
 	cmd  *exec.Cmd
 	addr string
 	dir  string
+	keep bool // leave dir for a look afterwards (--keep-data)
 	mu   sync.Mutex
 	tail []string // last lines of its stderr, for errors
 	done chan error
@@ -89,18 +90,30 @@ func (p *proc) logs() string {
 
 // peakRSS returns the process's peak resident set size in bytes, from
 // /proc (Linux); 0 elsewhere.
-func (p *proc) peakRSS() int64 {
+func (p *proc) peakRSS() int64 { return p.status("VmHWM:") }
+
+// rss returns the process's resident set size in bytes now.
+func (p *proc) rss() int64 { return p.status("VmRSS:") }
+
+// status reads a field in kB of /proc/<pid>/status, in bytes.
+func (p *proc) status(field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 			return kb << 10
 		}
 	}
 	return 0
+}
+
+// resetPeakRSS starts the process's peak RSS (VmHWM) anew, where Linux
+// allows it (clear_refs 5, Linux 4.0 and later); it reports whether it did.
+func (p *proc) resetPeakRSS() bool {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p.cmd.Process.Pid), []byte("5"), 0) == nil
 }
 
 // cpuSeconds returns the CPU time (user and system) the process has used,
@@ -121,20 +134,71 @@ func (p *proc) cpuSeconds() float64 {
 	return (utime + stime) / 100 // USER_HZ is 100 on Linux
 }
 
-// stop sends SIGTERM and waits, then kills.
+// stop sends SIGTERM and waits, then kills. The data directory stays (see
+// cleanup), so that it can be measured.
 func (p *proc) stop() error {
-	defer func() {
-		if p.dir != "" {
-			_ = os.RemoveAll(p.dir)
-		}
-	}()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
 		return err
 	case <-time.After(60 * time.Second):
 		_ = p.cmd.Process.Kill()
+		<-p.done
 		return errors.New("did not stop within 60s of SIGTERM; killed")
+	}
+}
+
+// cleanup removes the data directory, unless it is to be kept.
+func (p *proc) cleanup() {
+	if p.dir != "" && !p.keep {
+		_ = os.RemoveAll(p.dir)
+	}
+}
+
+// startFanout starts --fanout on loopback with a fresh data directory and the
+// sinks as destinations, and returns it and its base URL; with --url it
+// returns no process and the URL.
+func startFanout(ctx context.Context, o *options, sk *sink, stderr io.Writer) (*proc, string, error) {
+	base := strings.TrimSuffix(o.url, "/")
+	if o.fanoutBin == "" {
+		if sk != nil {
+			fmt.Fprintf(stderr, "sinks: configure the fanout at %s with --destination %s\n", base, strings.Join(sk.urls(), " --destination "))
+		}
+		return nil, base, nil
+	}
+	dir, err := os.MkdirTemp("", "fanout-load-")
+	if err != nil {
+		return nil, "", err
+	}
+	args := []string{"--addr", "127.0.0.1:0", "--data", dir}
+	if sk != nil {
+		// The sinks listen on loopback, which fanout's SSRF guard refuses
+		// unless it is allowed; allow exactly the sinks' address.
+		args = append(args, "--allow-network", "127.0.0.1/32")
+		for _, u := range sk.urls() {
+			args = append(args, "--destination", u)
+		}
+	}
+	if o.token != "" {
+		args = append(args, "--api-token", o.token)
+	}
+	args = append(args, o.fanoutArgs...)
+	server, err := startProc(ctx, o.fanoutBin, args, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, "", err
+	}
+	if o.keepData {
+		server.keep = true
+		fmt.Fprintf(stderr, "fanout's data directory, kept: %s\n", dir)
+	}
+	return server, "http://" + server.addr, nil
+}
+
+// stopFanout stops fanout cleanly and says so if it did not.
+func stopFanout(server *proc, stderr io.Writer) {
+	if err := server.stop(); err != nil {
+		fmt.Fprintf(stderr, "fanout stopped with %v\n%s\n", err, server.logs())
 	}
 }
 
@@ -148,43 +212,28 @@ func runFanout(ctx context.Context, o *options, stderr io.Writer) (*report, erro
 		}
 		defer sk.close()
 	}
-	base := strings.TrimSuffix(o.url, "/")
-	var server *proc
-	if o.fanoutBin != "" {
-		dir, err := os.MkdirTemp("", "fanout-load-")
-		if err != nil {
-			return nil, err
-		}
-		args := []string{"--addr", "127.0.0.1:0", "--data", dir}
-		if sk != nil {
-			// The sinks listen on loopback, which fanout's SSRF guard refuses
-			// unless it is allowed; allow exactly the sinks' address.
-			args = append(args, "--allow-network", "127.0.0.1/32")
-			for _, u := range sk.urls() {
-				args = append(args, "--destination", u)
-			}
-		}
-		if o.token != "" {
-			args = append(args, "--api-token", o.token)
-		}
-		args = append(args, o.fanoutArgs...)
-		server, err = startProc(ctx, o.fanoutBin, args, dir)
-		if err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, err
-		}
-		base = "http://" + server.addr
-		defer func() {
-			if err := server.stop(); err != nil {
-				fmt.Fprintf(stderr, "fanout stopped with %v\n%s\n", err, server.logs())
-			}
-		}()
-	} else if sk != nil {
-		fmt.Fprintf(stderr, "sinks: configure the fanout at %s with --destination %s\n", base, strings.Join(sk.urls(), " --destination "))
+	server, base, err := startFanout(ctx, o, sk, stderr)
+	if err != nil {
+		return nil, err
 	}
-	r := drive(ctx, "fanout", base, o, sk, stderr, server)
-	if server != nil {
-		r.PeakRSSMiB = float64(server.peakRSS()) / (1 << 20)
+	if server == nil {
+		return drive(ctx, "fanout", base, o, sk, stderr, nil)
+	}
+	defer server.cleanup()
+	r, err := drive(ctx, "fanout", base, o, sk, stderr, server)
+	if err != nil {
+		stopFanout(server, stderr)
+		return nil, err
+	}
+	r.PeakRSSMiB = float64(server.peakRSS()) / (1 << 20)
+	running, runningFiles, err := dirSize(server.dir)
+	stopFanout(server, stderr)
+	if err == nil {
+		stopped, stoppedFiles, err := dirSize(server.dir)
+		if err == nil {
+			r.Disk = newDiskReport(r.Accepted, o.sinks, eventBytes(newRunID(), o.eventSize), running, stopped)
+			r.Disk.RunningFiles, r.Disk.StoppedFiles = runningFiles, stoppedFiles
+		}
 	}
 	return r, nil
 }
@@ -201,7 +250,10 @@ func runBaseline(ctx context.Context, o *options, stderr io.Writer) (*report, er
 	defer server.stop()
 	bo := *o
 	bo.sinks = 0 // the baseline delivers nothing
-	r := drive(ctx, "baseline", "http://"+server.addr, &bo, nil, stderr, server)
+	r, err := drive(ctx, "baseline", "http://"+server.addr, &bo, nil, stderr, server)
+	if err != nil {
+		return nil, err
+	}
 	r.PeakRSSMiB = float64(server.peakRSS()) / (1 << 20)
 	return r, nil
 }

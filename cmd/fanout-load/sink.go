@@ -65,9 +65,12 @@ type sink struct {
 	slowFor   time.Duration
 
 	delivered atomic.Int64 // accepted deliveries, duplicates included
-	firstNS   atomic.Int64
 	lastNS    atomic.Int64
 	faulted   sync.Map // kind -> *atomic.Int64
+
+	conns, peakConns       atomic.Int64 // open connections
+	inFlight, peakInFlight atomic.Int64 // requests being answered
+	bufs                   sync.Pool    // *[]byte request bodies
 }
 
 type endpoint struct {
@@ -90,7 +93,7 @@ func startSink(addr string, k int, latency time.Duration, faults faultSpec, faul
 		s.endpoints = append(s.endpoints, &endpoint{seen: make(map[string]int32, 1<<16),
 			faulty: len(faults) > 0 && (faulty < 0 || i < faulty)})
 	}
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ConnState: s.connState}
 	go func() { _ = s.srv.Serve(ln) }()
 	return s, nil
 }
@@ -152,13 +155,47 @@ func (s *sink) misbehave(w http.ResponseWriter, e *endpoint) bool {
 	return false
 }
 
+// connState counts the sink's open connections, and their peak.
+func (s *sink) connState(_ net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		peak(&s.peakConns, s.conns.Add(1))
+	case http.StateClosed, http.StateHijacked:
+		s.conns.Add(-1)
+	}
+}
+
+// peak raises p to v if v is larger.
+func peak(p *atomic.Int64, v int64) {
+	for {
+		old := p.Load()
+		if v <= old || p.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
+// resetPeaks starts the peaks of connections and requests in flight anew.
+func (s *sink) resetPeaks() {
+	s.peakConns.Store(s.conns.Load())
+	s.peakInFlight.Store(s.inFlight.Load())
+}
+
 func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	peak(&s.peakInFlight, s.inFlight.Add(1))
+	defer s.inFlight.Add(-1)
 	i, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/d/"))
 	if err != nil || i < 0 || i >= len(s.endpoints) {
 		http.NotFound(w, r)
 		return
 	}
-	body, err := io.ReadAll(r.Body)
+	bp, _ := s.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer s.bufs.Put(bp)
+	body, err := readAllInto((*bp)[:0], r.Body)
+	*bp = body
 	if err != nil {
 		return
 	}
@@ -168,29 +205,53 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.misbehave(w, s.endpoints[i]) {
 		return
 	}
-	var ev struct {
-		LoadID string `json:"load_id"`
-		SentNS int64  `json:"sent_ns"`
-	}
-	if err := json.Unmarshal(body, &ev); err != nil || ev.LoadID == "" {
-		s.count("unparseable")
-		w.WriteHeader(http.StatusBadRequest)
-		return
+	// The load's own events are read without a JSON decoder; anything
+	// else (a fanout that re-encoded them, say) with one.
+	id, sentNS, ok := parseEvent(body)
+	if !ok {
+		var ev struct {
+			LoadID string `json:"load_id"`
+			SentNS int64  `json:"sent_ns"`
+		}
+		if err := json.Unmarshal(body, &ev); err != nil || ev.LoadID == "" {
+			s.count("unparseable")
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		id, sentNS = []byte(ev.LoadID), ev.SentNS
 	}
 	now := time.Now().UnixNano()
 	e := s.endpoints[i]
 	e.mu.Lock()
 	e.last = time.Unix(0, now)
-	n := e.seen[ev.LoadID]
-	e.seen[ev.LoadID] = n + 1
-	if n == 0 {
-		e.latencies = append(e.latencies, time.Duration(now-ev.SentNS))
+	n, seen := e.seen[string(id)] // no allocation for the lookup
+	if seen {
+		e.seen[string(id)] = n + 1
+	} else {
+		e.seen[string(id)] = 1
+		e.latencies = append(e.latencies, time.Duration(now-sentNS))
 	}
 	e.mu.Unlock()
 	s.delivered.Add(1)
-	s.firstNS.CompareAndSwap(0, now)
 	s.lastNS.Store(now)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// readAllInto reads r to its end, appending to b.
+func readAllInto(b []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				return b, nil
+			}
+			return b, err
+		}
+	}
 }
 
 // lost reports whether an endpoint never accepts a delivery: its faults
@@ -216,4 +277,26 @@ func (s *sink) unique() []int {
 		e.mu.Unlock()
 	}
 	return out
+}
+
+// uniqueOf returns how many distinct events endpoint i has.
+func (s *sink) uniqueOf(i int) int {
+	e := s.endpoints[i]
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.seen)
+}
+
+// lastDelivery returns the time of the last delivery to any of the endpoints.
+func (s *sink) lastDelivery(endpoints []int) time.Time {
+	var last time.Time
+	for _, i := range endpoints {
+		e := s.endpoints[i]
+		e.mu.Lock()
+		if e.last.After(last) {
+			last = e.last
+		}
+		e.mu.Unlock()
+	}
+	return last
 }
