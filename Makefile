@@ -52,7 +52,8 @@ lint: ## go vet and gofmt
 # Every fuzz target, as package:name.
 FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
-	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate
+	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate \
+	./cmd/fanout-load:FuzzReadResponse
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
