@@ -40,6 +40,13 @@ func startRun(t testing.TB, args []string, env map[string]string) (string, func(
 // startRunArgs is startRun with exactly these arguments.
 func startRunArgs(t testing.TB, args []string, env map[string]string) (string, func() error) {
 	t.Helper()
+	base, stop, _ := startRunLogs(t, args, env)
+	return base, stop
+}
+
+// startRunLogs is startRunArgs that also returns what run has logged so far.
+func startRunLogs(t testing.TB, args []string, env map[string]string) (string, func() error, func() string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	var logs bytes.Buffer
@@ -87,15 +94,20 @@ func startRunArgs(t testing.TB, args []string, env map[string]string) (string, f
 			logsMu.Unlock()
 		}
 	})
+	logged := func() string {
+		logsMu.Lock()
+		defer logsMu.Unlock()
+		return logs.String()
+	}
 	select {
 	case a := <-addr:
-		return a, stop
+		return a, stop, logged
 	case err := <-done:
 		t.Fatalf("run returned before listening: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not start listening within 10s")
 	}
-	return "", nil
+	return "", nil, nil
 }
 
 func TestRun_EndToEnd(t *testing.T) {
