@@ -143,6 +143,9 @@ func (f *Function[I, O]) Gather(ctx context.Context, inputs []I) ([]O, error) {
 			Meta:      cc.call.Meta,
 			RunAfter:  now,
 			CreatedAt: now,
+			// Not stored: the child reads it with ParentInput, from
+			// here when it runs here.
+			ParentInput: cc.call.Input,
 		}
 	}
 	cc.suspend = &suspension{gather: gather, children: children}
@@ -299,11 +302,17 @@ func encode(v any) ([]byte, error) {
 }
 
 // decode is json.Unmarshal, except that a json.RawMessage gets the bytes as
-// they are.
+// they are, and that a json.Unmarshaler is handed the bytes without
+// encoding/json's scan of them first: inputs and outputs were checked when
+// they were encoded (see encode), and a type that decodes itself (without
+// reflection, for speed) checks what it reads.
 func decode(data []byte, v any) error {
-	if raw, ok := v.(*json.RawMessage); ok {
-		*raw = append((*raw)[:0], data...)
+	switch t := v.(type) {
+	case *json.RawMessage:
+		*t = append((*t)[:0], data...)
 		return nil
+	case json.Unmarshaler:
+		return t.UnmarshalJSON(data)
 	}
 	return json.Unmarshal(data, v)
 }

@@ -95,9 +95,16 @@ type Call struct {
 	// DedupKey, on a top-level call being inserted, makes the insert skip
 	// it if a call stored since CallInsertParams.DedupSince has the same
 	// key. It is not read back.
-	DedupKey  string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	DedupKey string
+	// ParentInput is, on a child the runtime is about to run, its parent's
+	// Input when the runtime has it at hand (the parent ran here: the same
+	// bytes, not a copy). Stores neither keep nor fill it: a child reads
+	// its parent's input through ParentInput(ctx), which asks the store
+	// when it is not here. A child therefore need not carry a copy of what
+	// its parent holds (fanout: the event a delivery sends).
+	ParentInput []byte
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // Attempt is the record of one failed attempt of a call. A successful

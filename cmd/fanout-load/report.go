@@ -54,7 +54,7 @@ type report struct {
 	// With sinks: fanout's CPU from the first send to the last delivery,
 	// per delivery (ingest included).
 	CPUPerDeliveryUS float64 `json:"server_cpu_us_per_delivery,omitempty"`
-	IngestRatio   float64 `json:"ingest_ratio_to_baseline,omitempty"`
+	IngestRatio      float64 `json:"ingest_ratio_to_baseline,omitempty"`
 
 	// The load tool's own CPU (user and system, all its goroutines: the
 	// clients, and the sinks when there are any) while sending.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -379,8 +380,8 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 			// off: its outcome is read here instead.
 			var left int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state NOT IN (3, 4)) FROM (
-					SELECT state FROM calls WHERE parent_id = $1 AND gather = $2 FOR UPDATE
-				) kids`, p.ID, p.Gather).Scan(&left); err != nil {
+					SELECT state FROM calls WHERE id > $3 AND id < $4 AND parent_id = $1 AND gather = $2 FOR UPDATE
+				) kids`, p.ID, p.Gather, p.ID+"."+strconv.Itoa(p.Gather)+".", p.ID+"."+strconv.Itoa(p.Gather)+"/").Scan(&left); err != nil {
 				return err
 			}
 			state := dispatch.StateWaiting
@@ -627,7 +628,10 @@ func (s *Store) listCalls(ctx context.Context, query string, args ...any) ([]*di
 
 // CallListChildren implements dispatch.Store.
 func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
-	calls, err := s.listCalls(ctx, `SELECT `+childColumns+` FROM calls WHERE parent_id = $1 ORDER BY gather, idx`, parentID)
+	// A child's id starts with its parent's and a dot: the primary key
+	// finds them ('/' follows '.').
+	calls, err := s.listCalls(ctx, `SELECT `+childColumns+` FROM calls WHERE id > $2 AND id < $3 AND parent_id = $1
+		ORDER BY gather, idx`, parentID, parentID+".", parentID+"/")
 	if err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
 	}
@@ -797,10 +801,14 @@ func (s *Store) deleteTrees(ctx context.Context, ids []string, state dispatch.St
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	const tree = `WITH RECURSIVE tree(id) AS (
-			SELECT unnest($1::text[]) COLLATE "C"
+	// A call's descendants are the ids that start with its own and a dot:
+	// one range of the primary key each ('/' follows '.').
+	const tree = `WITH tree(id) AS (
+			SELECT r.id FROM unnest($1::text[]) r(id)
 			UNION ALL
-			SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
+			SELECT c.id FROM unnest($1::text[]) r(id), LATERAL (
+				SELECT id FROM calls WHERE id > r.id || '.' COLLATE "C" AND id < r.id || '/' COLLATE "C" AND parent_id IS NOT NULL
+			) c
 		)`
 	var deleted int
 	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {

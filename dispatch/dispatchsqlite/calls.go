@@ -307,8 +307,8 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 		}
 		// Some children existed already: count those still to wait for.
 		_, err = tx.exec(`UPDATE calls SET
-				waiting = (SELECT count(*) FROM calls WHERE parent_id = ?1 AND gather = ?2 AND state NOT IN (3, 4)),
-				state = CASE WHEN (SELECT count(*) FROM calls WHERE parent_id = ?1 AND gather = ?2 AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
+				waiting = (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)),
+				state = CASE WHEN (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
 				run_after = ?3
 			WHERE id = ?1`, p.ID, p.Gather, now)
 		return err
@@ -615,21 +615,29 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	return deleted, nil
 }
 
+// gatherRange selects the children of call ?1's gather ?2 by their ids
+// (see descendants).
+const gatherRange = `id > ?1 || '.' || ?2 || '.' AND id < ?1 || '.' || ?2 || '/' AND parent_id = ?1 AND gather = ?2`
+
+// descendants selects every descendant of call ?1 by its id: a child's id
+// is its parent's followed by ".<gather>.<index>", so a call's descendants
+// are the ids that start with its own and a dot, one range of the primary
+// key ('/' follows '.'). No index of children by parent is needed.
+const descendants = `(id > ?1 || '.' AND id < ?1 || '/' AND parent_id IS NOT NULL)`
+
 // deleteTree deletes a call, its descendants, their attempts and the
 // call's dedup key.
 func deleteTree(tx *wtx, id string) error {
-	const tree = `WITH RECURSIVE tree(id) AS (
-			SELECT ?
-			UNION ALL
-			SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
-		)`
-	if _, err := tx.exec(tree+` DELETE FROM attempts WHERE call_id IN (SELECT id FROM tree)`, id); err != nil {
+	if _, err := tx.exec(`DELETE FROM attempts WHERE call_id = ?1 OR (call_id > ?1 || '.' AND call_id < ?1 || '/')`, id); err != nil {
 		return err
 	}
 	if _, err := tx.exec(`DELETE FROM dedup WHERE call_id = ?`, id); err != nil {
 		return err
 	}
-	_, err := tx.exec(tree+` DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, id)
+	if _, err := tx.exec(`DELETE FROM calls WHERE `+descendants, id); err != nil {
+		return err
+	}
+	_, err := tx.exec(`DELETE FROM calls WHERE id = ?`, id)
 	return err
 }
 
