@@ -97,11 +97,12 @@ type Call struct {
 	// key. It is not read back.
 	DedupKey string
 	// ParentInput is, on a child the runtime is about to run, its parent's
-	// Input when the runtime has it at hand (the parent ran here: the same
-	// bytes, not a copy). Stores neither keep nor fill it: a child reads
-	// its parent's input through ParentInput(ctx), which asks the store
-	// when it is not here. A child therefore need not carry a copy of what
-	// its parent holds (fanout: the event a delivery sends).
+	// Input: the same bytes, not a copy, when the parent ran here; read
+	// with the child when a store claims it (CallClaim fills it; a store
+	// that cannot leaves it nil). It is not stored. A function reads it
+	// with ParentInput(ctx), which asks the store when it is nil, so that a
+	// child need not carry a copy of what its parent holds (fanout: the
+	// event a delivery sends).
 	ParentInput []byte
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
@@ -176,7 +177,7 @@ type Store interface {
 	// CallClaim leases up to Limit runnable calls of one Key (pending,
 	// RunAfter <= Now, Function among Functions) to Owner until
 	// LeaseUntil, oldest RunAfter first, increments their Attempt and
-	// returns them running.
+	// returns them running, each with its parent's Input in ParentInput.
 	CallClaim(ctx context.Context, params *CallClaimParams) ([]*Call, error)
 
 	// CallKeys returns the keys that have runnable calls (pending, RunAfter

@@ -216,7 +216,8 @@ func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string,
 }
 
 const claimColumns = `c.id, c.function, c.key, c.input, c.attempt, c.failures, c.run_after, c.budget_start, c.parent_id,
-	c.gather, c.idx, c.gathers, c.created_at, c.meta`
+	c.gather, c.idx, c.gathers, c.created_at, c.meta,
+	(SELECT p.input FROM calls p WHERE p.id = c.parent_id)`
 
 // scanClaimed makes a running call of a row of claimColumns.
 func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
@@ -224,7 +225,7 @@ func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
 	var runAfter, budget, created int64
 	var parent *string
 	if err := row.Scan(&c.ID, &c.Function, &c.Key, &c.Input, &c.Attempt, &c.Failures, &runAfter, &budget, &parent,
-		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta); err != nil {
+		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta, &c.ParentInput); err != nil {
 		return nil, err
 	}
 	c.RunAfter, c.BudgetStart, c.CreatedAt = fromNanos(runAfter), fromNanos(budget), fromNanos(created)
