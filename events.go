@@ -166,7 +166,8 @@ func newFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			return Fanout{}, err
 		}
 		return Fanout{Destinations: len(deliveries)}, nil
-	}).Eager() // it only reads before its Gather: store it with its deliveries, in one write
+	}).Eager(). // it only reads before its Gather: store it with its deliveries, in one write
+			ResumeInline() // and after it only counts them: stored done with its last delivery
 	return &functions{handleEvent: handleEvent, publishEvent: publishEvent}
 }
 

@@ -381,6 +381,14 @@ type CallFinishParams struct {
 	Snooze bool
 	// Record, when set, is stored as the record of this attempt.
 	Record *Attempt
+	// FinishParent, for a final child whose parent is top-level, finishes
+	// the parent done with ParentOutput instead of making it runnable, when
+	// this is the last child it waited for: its Attempt is incremented (the
+	// run the runtime made of it, before this finish, with its children's
+	// outcomes) and no lease is taken. When other children are still to
+	// come, the child is counted off as usual and ParentOutput is dropped.
+	FinishParent bool
+	ParentOutput []byte
 }
 
 // CallFinishResult says what CallFinish did.
@@ -394,6 +402,10 @@ type CallFinishResult struct {
 	// Parent is the resumed parent, running and leased to ResumeOwner, when
 	// one was given.
 	Parent *Call
+	// ParentFinished is true when this was the last child its parent
+	// waited for and the parent was finished with ParentOutput
+	// (FinishParent); ParentResumed is then false.
+	ParentFinished bool
 }
 
 // CallRedriveParams are the arguments of Store.CallRedrive.

@@ -431,13 +431,18 @@ const finishSQL = `WITH me AS (
 	), par AS (
 		UPDATE calls c SET
 			waiting = CASE WHEN c.waiting > 1 THEN c.waiting - 1 ELSE 0 END,
-			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
-			attempt = CASE WHEN c.waiting > 1 OR $16::text IS NULL THEN c.attempt ELSE c.attempt + 1 END,
-			lease_owner = CASE WHEN c.waiting > 1 THEN NULL ELSE $16::text END,
-			lease_expires = CASE WHEN c.waiting > 1 OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
+			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $21::boolean THEN 3 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
+			attempt = CASE WHEN c.waiting > 1 THEN c.attempt WHEN $21::boolean THEN c.attempt + 1
+				WHEN $16::text IS NULL THEN c.attempt ELSE c.attempt + 1 END,
+			lease_owner = CASE WHEN c.waiting > 1 OR $21::boolean THEN NULL ELSE $16::text END,
+			lease_expires = CASE WHEN c.waiting > 1 OR $21::boolean OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
+			output = CASE WHEN c.waiting <= 1 AND $21::boolean THEN $22::bytea ELSE c.output END,
+			status = CASE WHEN c.waiting <= 1 AND $21::boolean THEN $23::smallint ELSE c.status END,
+			error = CASE WHEN c.waiting <= 1 AND $21::boolean THEN NULL ELSE c.error END,
 			run_after = CASE WHEN c.waiting > 1 THEN c.run_after ELSE $7 END,
 			updated_at = $7
 		WHERE c.id = $18 AND c.state = 2 AND $19::boolean AND EXISTS (SELECT 1 FROM me)
+			AND (NOT $21::boolean OR c.parent_id IS NULL)
 		RETURNING c.state, c.id, c.function, c.key, CASE WHEN c.state = 1 THEN c.input END AS input, c.attempt, c.failures,
 			c.run_after, c.budget_start, c.parent_id, c.gather, c.idx, c.gathers, c.created_at, c.meta
 	), applied AS (SELECT count(*) AS n FROM me)
@@ -490,7 +495,8 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	}
 	args := []any{int16(p.State), output, errText, int16(p.Status), runAfter, failed, now, p.ID, p.Attempt,
 		rec.Started.UnixNano(), int64(rec.Duration), int16(rec.Status), rec.Error, detail, p.Record != nil,
-		resumeOwner, resumeUntil, parent, p.ParentID != "" && p.State.Final(), notify}
+		resumeOwner, resumeUntil, parent, p.ParentID != "" && p.State.Final(), notify,
+		p.FinishParent, nonNil(p.ParentOutput), int16(dispatch.StatusOK)}
 	// The operation locks the call, then its parent: batches order their
 	// operations by the parent so that they lock parents in one order.
 	key := p.ID
@@ -529,6 +535,10 @@ func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFin
 	*res = dispatch.CallFinishResult{Applied: applied > 0}
 	if state == nil || *state == int16(dispatch.StateWaiting) {
 		return runnable, nil // no parent, or not its last child
+	}
+	if *state == int16(dispatch.StateDone) {
+		res.ParentFinished = true // FinishParent
+		return runnable, nil
 	}
 	res.ParentResumed = true
 	if *state != int16(dispatch.StateRunning) {

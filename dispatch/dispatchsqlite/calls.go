@@ -342,6 +342,10 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	if p.State == dispatch.StatePending {
 		runAfter = p.RunAfter.UnixNano()
 	}
+	var parentOutput any
+	if p.FinishParent {
+		parentOutput = nonNil(p.ParentOutput)
+	}
 	res := &dispatch.CallFinishResult{}
 	err := s.w.do(ctx, func(tx *wtx) error {
 		*res = dispatch.CallFinishResult{}
@@ -371,6 +375,15 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		n, err = tx.exec(`UPDATE calls SET waiting = waiting - 1, updated_at = ?
 			WHERE id = ? AND state = 2 AND waiting > 1`, now, p.ParentID)
 		if err != nil || n > 0 {
+			return err
+		}
+		if p.FinishParent {
+			// The runtime ran the parent with this last outcome: store
+			// its run, done.
+			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
+					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = ?, updated_at = ?
+				WHERE id = ? AND state = 2 AND parent_id IS NULL`, parentOutput, int(dispatch.StatusOK), now, now, p.ParentID)
+			res.ParentFinished = n > 0
 			return err
 		}
 		if p.ResumeOwner == "" {
@@ -687,3 +700,10 @@ func (s *Store) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
