@@ -30,7 +30,7 @@ import (
 
 // defaultMemoryLimit is the Go runtime's soft memory limit unless
 // GOMEMLIMIT is set (see main).
-const defaultMemoryLimit = 64 << 20
+const defaultMemoryLimit = 96 << 20
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"

@@ -19,7 +19,14 @@ type results struct {
 	mu      sync.Mutex
 	parents map[string]*gathered
 	max     int
+	// held is the size of the inputs of the parents kept for a run
+	// inline, at most maxHeld: beyond it a parent is cached without them
+	// (and resumes as usual), so that large inputs do not fill memory.
+	held int
 }
+
+// maxHeld bounds the inputs the cache holds for runs inline.
+const maxHeld = 8 << 20
 
 type gathered struct {
 	// parent is the call as it was stored when it suspended, for a run
@@ -54,7 +61,10 @@ func (rs *results) expect(parent *Call, children []*Call) {
 		g = &gathered{expected: make(map[string]bool, len(children)), got: make(map[string]*Call, len(children))}
 		rs.parents[parent.ID] = g
 	}
-	g.parent = parent
+	if g.parent == nil && rs.held+len(parent.Input) <= maxHeld {
+		g.parent = parent
+		rs.held += len(parent.Input)
+	}
 	for _, c := range children {
 		g.expected[c.ID] = true
 	}
@@ -151,6 +161,9 @@ func (rs *results) children(parent string) ([]*Call, bool) {
 // forget drops a parent that finished (or is no longer ours to run).
 func (rs *results) forget(parent string) {
 	rs.mu.Lock()
+	if g := rs.parents[parent]; g != nil && g.parent != nil {
+		rs.held -= len(g.parent.Input)
+	}
 	delete(rs.parents, parent)
 	rs.mu.Unlock()
 }
