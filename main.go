@@ -28,10 +28,6 @@ import (
 	"fanout/webhook"
 )
 
-// defaultMemoryLimit is the Go runtime's soft memory limit unless
-// GOMEMLIMIT is set (see main).
-const defaultMemoryLimit = 96 << 20
-
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -66,15 +62,14 @@ func buildVersion() string {
 func main() {
 	// Ingest allocates briskly and keeps little (a live heap of 10-30 MiB
 	// under load): collecting four times less often than Go's default buys
-	// throughput. A soft limit keeps that from growing the heap past what a
-	// small machine should give it: near the limit the collector runs as
-	// often as it must. GOGC and GOMEMLIMIT still decide when they are set.
+	// throughput for a few tens of MiB. GOGC and GOMEMLIMIT still decide
+	// when they are set; GOMEMLIMIT=96MiB held the backlog scenario's RSS
+	// to 110 MiB (docs/BENCHMARKS.md, issue 12), but whether it costs
+	// deliveries is not settled, so it is not the default.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
+
 	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: %v\n", err)
