@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,35 +23,75 @@ import (
 // id of the handleEvent call that fans it out.
 
 // Message is the input of publishEvent: one event for one destination.
+//
+// A delivery stores no copy of its event, nor anything else its call
+// already says: the event is its parent's input (the handleEvent call),
+// which publishEvent reads with dispatch.ParentInput; the event's id is the
+// parent's id; the destination is the call's key (DispatchKey). So a
+// delivery's stored input is {}, and each payload is stored once, whatever
+// the number of destinations. The fields are read when present: deliveries
+// stored before (and replays that carry their own bytes) still work.
 type Message struct {
-	EventID       string          `json:"event_id"`
-	DestinationID string          `json:"destination_id"`
-	Event         json.RawMessage `json:"event"`
+	EventID       string          `json:"event_id,omitempty"`
+	DestinationID string          `json:"destination_id,omitempty"`
+	Event         json.RawMessage `json:"event,omitempty"`
 }
 
 // DispatchKey keys a delivery by its destination: the runtime's limits,
 // pauses and breaker apply per destination.
 func (m Message) DispatchKey() string { return m.DestinationID }
 
-// MarshalJSON writes the event's bytes as they are; encoding/json would
-// compact them and escape <, > and &, and the destination would then receive
-// something other than what the client sent.
+// MarshalJSON writes the message without reflection, and the event's bytes,
+// if any, as they are: encoding/json would compact them and escape <, > and
+// &, and the destination would then receive something other than what the
+// client sent. The destination is left out: it is the call's key, which
+// the runtime stores as such (see Message).
 func (m Message) MarshalJSON() ([]byte, error) {
-	type plain Message // the same fields without this method
-	head, err := json.Marshal(plain{EventID: m.EventID, DestinationID: m.DestinationID})
-	if err != nil {
-		return nil, err
+	if m.EventID == "" && len(m.Event) == 0 {
+		return []byte("{}"), nil
 	}
-	event := m.Event
-	if len(event) == 0 {
-		event = json.RawMessage("null")
+	out := make([]byte, 0, len(`{"event_id":"","event":}`)+len(m.EventID)+len(m.Event)+8)
+	out = append(out, '{')
+	if m.EventID != "" {
+		out = append(out, `"event_id":`...)
+		out = appendJSONString(out, m.EventID)
 	}
-	// head is {...,"event":null}: swap in the bytes.
-	head = head[:len(head)-len(`null}`)]
-	out := make([]byte, 0, len(head)+len(event)+1)
-	out = append(out, head...)
-	out = append(out, event...)
+	if len(m.Event) > 0 {
+		if m.EventID != "" {
+			out = append(out, ',')
+		}
+		out = append(out, `"event":`...)
+		out = append(out, m.Event...)
+	}
 	return append(out, '}'), nil
+}
+
+// UnmarshalJSON reads a message without reflection (the runtime hands it
+// bytes it validated when it stored them); the event's bytes are kept as
+// they are.
+func (m *Message) UnmarshalJSON(b []byte) error {
+	if !gjson.ValidBytes(b) {
+		return errors.New("message is not valid JSON")
+	}
+	r := gjson.GetManyBytes(b, "event_id", "destination_id", "event")
+	*m = Message{EventID: r[0].Str, DestinationID: r[1].Str}
+	if r[2].Exists() && r[2].Type != gjson.Null {
+		m.Event = json.RawMessage(r[2].Raw)
+	}
+	return nil
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			q, _ := json.Marshal(s) // rare: let encoding/json escape it
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // Delivery is the output of publishEvent: what the destination answered.
@@ -77,6 +118,10 @@ type functions struct {
 
 func newFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time) *functions {
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
+		info, _ := dispatch.CallFromContext(ctx)
+		if m.DestinationID == "" {
+			m.DestinationID = info.Key // see Message
+		}
 		d, ok := dests.Get(m.DestinationID)
 		if !ok {
 			return Delivery{}, fmt.Errorf("%w: destination %s was deleted", dispatch.ErrPermanent, m.DestinationID)
@@ -86,7 +131,20 @@ func newFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			// the destination's deliveries back until it is resumed.
 			return Delivery{}, dispatch.Snooze(time.Second)
 		}
-		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: m.EventID, Body: m.Event,
+		id, body := m.EventID, []byte(m.Event)
+		if id == "" {
+			id = info.ParentID
+		}
+		if body == nil {
+			// The event is the parent's input: from memory when the
+			// event was handled here, from the store otherwise.
+			in, err := dispatch.ParentInput(ctx)
+			if err != nil {
+				return Delivery{}, err
+			}
+			body = bytes.Trim(in, " \t\r\n")
+		}
+		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: id, Body: body,
 			Header: d.Header(), Keys: d.Keys(now())})
 		if webhook.IsStatus(err, 410) {
 			dests.Gone(d.ID, "the destination answered 410 Gone at "+now().UTC().Format(time.RFC3339)+
@@ -98,18 +156,18 @@ func newFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		return *res, nil
 	})
 	handleEvent := dispatch.Func("handleEvent", func(ctx context.Context, event json.RawMessage) (Fanout, error) {
-		call, _ := dispatch.CallFromContext(ctx)
 		matching := dests.Matching(eventFields(event).Type)
 		messages := make([]Message, len(matching))
 		for i, d := range matching {
-			messages[i] = Message{EventID: call.ID, DestinationID: d.ID, Event: event}
+			messages[i] = Message{DestinationID: d.ID} // the event is this call's input: see Message
 		}
 		deliveries, err := publishEvent.Gather(ctx, messages)
 		if err != nil {
 			return Fanout{}, err
 		}
 		return Fanout{Destinations: len(deliveries)}, nil
-	}).Eager() // it only reads before its Gather: store it with its deliveries, in one write
+	}).Eager(). // it only reads before its Gather: store it with its deliveries, in one write
+			ResumeInline() // and after it only counts them: stored done with its last delivery
 	return &functions{handleEvent: handleEvent, publishEvent: publishEvent}
 }
 

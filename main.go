@@ -60,12 +60,16 @@ func buildVersion() string {
 }
 
 func main() {
-	// Ingest allocates briskly and keeps little: collecting four times less
-	// often than Go's default buys throughput for a few tens of MiB. GOGC
-	// and GOMEMLIMIT still decide when they are set.
+	// Ingest allocates briskly and keeps little (a live heap of 10-30 MiB
+	// under load): collecting four times less often than Go's default buys
+	// throughput for a few tens of MiB. GOGC and GOMEMLIMIT still decide
+	// when they are set; GOMEMLIMIT=96MiB held the backlog scenario's RSS
+	// to 110 MiB (docs/BENCHMARKS.md, issue 12), but whether it costs
+	// deliveries is not settled, so it is not the default.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+
 	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: %v\n", err)

@@ -115,8 +115,8 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		for _, c := range children {
 			byParent[c.ParentID] = append(byParent[c.ParentID], c)
 		}
-		for parent, kids := range byParent {
-			if !skipped[parent] {
+		for _, parent := range rows {
+			if kids := byParent[parent.ID]; kids != nil && !skipped[parent.ID] {
 				r.results.expect(parent, kids)
 			}
 		}

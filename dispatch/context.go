@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -14,6 +15,10 @@ type callContext struct {
 	children [][]*Call // recorded children by gather
 	next     int       // ordinal of the next Gather
 	suspend  *suspension
+	// parentInput is the parent's input once read (call.ParentInput when
+	// the runtime had it).
+	parentInput []byte
+	parentRead  bool
 }
 
 // suspension is what a call that reached a new Gather leaves to be stored:
@@ -38,6 +43,8 @@ var errSuspended = errors.New("dispatch: call suspended until its gathered calls
 type CallInfo struct {
 	ID       string
 	ParentID string
+	// Key is the call's key (see Call.Key).
+	Key string
 	// Attempt counts the runs of this call, 1 for the first.
 	Attempt int
 	// Failures counts the earlier attempts that failed and were retried.
@@ -54,6 +61,38 @@ func CallFromContext(ctx context.Context) (CallInfo, bool) {
 		return CallInfo{}, false
 	}
 	c := cc.call
-	return CallInfo{ID: c.ID, ParentID: c.ParentID, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt,
+	return CallInfo{ID: c.ID, ParentID: c.ParentID, Key: c.Key, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt,
 		Meta: c.Meta}, true
+}
+
+// ParentInput returns the Input of the parent of the call ctx runs: the
+// same bytes the parent was given. A child can so leave out of its own
+// input what its parent holds already (fanout: a delivery carries no copy
+// of its event). The runtime has the parent's input at hand when the parent
+// ran in this process (no copy, no read); otherwise it reads it from the
+// store, once per attempt. It returns nil for a top-level call, and an
+// error outside a durable function or when the store cannot be read (the
+// error is temporary: the call is retried).
+func ParentInput(ctx context.Context) ([]byte, error) {
+	cc := callFrom(ctx)
+	if cc == nil {
+		return nil, ErrNotInCall
+	}
+	if cc.call.ParentID == "" {
+		return nil, nil
+	}
+	if cc.parentRead {
+		return cc.parentInput, nil
+	}
+	if in := cc.call.ParentInput; in != nil {
+		cc.parentInput, cc.parentRead = in, true
+		return in, nil
+	}
+	cc.rt.stats.parentInputReads.Add(1)
+	p, err := cc.rt.store.CallGet(ctx, cc.call.ParentID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read the input of parent %s: %v", ErrTemporary, cc.call.ParentID, err)
+	}
+	cc.parentInput, cc.parentRead = p.Input, true
+	return p.Input, nil
 }

@@ -15,10 +15,11 @@ import (
 //
 // A Function does nothing until it is registered with a Runtime.
 type Function[I, O any] struct {
-	name  string
-	fn    func(context.Context, I) (O, error)
-	rt    *Runtime
-	eager bool
+	name         string
+	fn           func(context.Context, I) (O, error)
+	rt           *Runtime
+	eager        bool
+	resumeInline bool
 }
 
 // Func declares a durable function. name identifies its calls in the store:
@@ -48,6 +49,24 @@ func (f *Function[I, O]) Eager() *Function[I, O] {
 }
 
 func (f *Function[I, O]) isEager() bool { return f.eager }
+
+// ResumeInline lets the runtime run a call of f again, once the last child
+// of its Gather has run here, in that child's worker and before that child's
+// outcome is stored, and store the call as done in the same write, when
+// that run returns without an error and without gathering again: the
+// resumed call then costs no write, no claim and no hand-off of its own. It
+// applies to top-level calls whose children all finished in this process;
+// otherwise, or when that run fails, the call resumes as usual. Use it for
+// a function that, after its Gather, only makes its result of its
+// children's: its run may be made and dropped (the store found other
+// children to wait for), and then made again, as at-least-once allows.
+// Call ResumeInline before registering f.
+func (f *Function[I, O]) ResumeInline() *Function[I, O] {
+	f.resumeInline = true
+	return f
+}
+
+func (f *Function[I, O]) isResumeInline() bool { return f.resumeInline }
 
 // BuildCall encodes a call of f with this input without dispatching it, to
 // add it to a Batch.
@@ -143,6 +162,9 @@ func (f *Function[I, O]) Gather(ctx context.Context, inputs []I) ([]O, error) {
 			Meta:      cc.call.Meta,
 			RunAfter:  now,
 			CreatedAt: now,
+			// Not stored: the child reads it with ParentInput, from
+			// here when it runs here.
+			ParentInput: cc.call.Input,
 		}
 	}
 	cc.suspend = &suspension{gather: gather, children: children}
@@ -246,6 +268,7 @@ func childID(parent string, gather, index int) string {
 type AnyFunction interface {
 	Name() string
 	isEager() bool
+	isResumeInline() bool
 	bind(*Runtime) error
 	run(ctx context.Context, input []byte) ([]byte, error)
 }
@@ -299,11 +322,17 @@ func encode(v any) ([]byte, error) {
 }
 
 // decode is json.Unmarshal, except that a json.RawMessage gets the bytes as
-// they are.
+// they are, and that a json.Unmarshaler is handed the bytes without
+// encoding/json's scan of them first: inputs and outputs were checked when
+// they were encoded (see encode), and a type that decodes itself (without
+// reflection, for speed) checks what it reads.
 func decode(data []byte, v any) error {
-	if raw, ok := v.(*json.RawMessage); ok {
-		*raw = append((*raw)[:0], data...)
+	switch t := v.(type) {
+	case *json.RawMessage:
+		*t = append((*t)[:0], data...)
 		return nil
+	case json.Unmarshaler:
+		return t.UnmarshalJSON(data)
 	}
 	return json.Unmarshal(data, v)
 }

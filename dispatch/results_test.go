@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -110,5 +111,58 @@ func TestRuntime_FinishRetriedOnStoreErrors(t *testing.T) {
 	c := dispatchtest.WaitCall(t, sq, id, dispatch.StateDone)
 	if runs.Load() != 1 || c.Attempt != 1 || string(c.Output) != "7" {
 		t.Fatalf("call %+v after %d runs, want done on its first and only run", c, runs.Load())
+	}
+}
+
+// A ResumeInline parent whose children all ran here is run by its last
+// child's worker and stored done with it: the store is never asked to
+// resume it, and its children read its input from memory.
+func TestRuntime_ResumeInline(t *testing.T) {
+	t.Parallel()
+	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sq.Close() })
+	s := &countingStore{Store: sq}
+	child := dispatch.Func("child", func(ctx context.Context, n int) (int, error) {
+		in, err := dispatch.ParentInput(ctx)
+		if err != nil || string(in) != "10" {
+			return 0, fmt.Errorf("ParentInput = %q, %v; want the parent's input", in, err)
+		}
+		if n == 3 {
+			// The last child finishes once its siblings are stored, so
+			// that its own outcome is the last the parent waits for.
+			info, _ := dispatch.CallFromContext(ctx)
+			for _, sib := range []string{info.ParentID + ".0.0", info.ParentID + ".0.1"} {
+				dispatchtest.WaitCall(t, sq, sib, dispatch.StateDone)
+			}
+		}
+		return n * 2, nil
+	})
+	var runs atomic.Int32
+	parent := dispatch.Func("parent", func(ctx context.Context, n int) (int, error) {
+		runs.Add(1)
+		out, err := child.Gather(ctx, []int{1, 2, 3})
+		if err != nil {
+			return 0, err
+		}
+		return n + out[0] + out[1] + out[2], nil
+	}).Eager().ResumeInline()
+	rt := dispatchtest.StartRuntime(t, dispatch.Config{Store: s}, child, parent)
+	id, err := parent.Dispatch(context.Background(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dispatchtest.WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
+	if string(c.Output) != "22" || c.Attempt != 2 || c.State != dispatch.StateDone {
+		t.Fatalf("parent %+v, want done at attempt 2 with 10+2+4+6", c)
+	}
+	st := rt.Stats()
+	if st.ResumedInline != 1 || st.ResultsFromMemory != 0 || st.ResultsFromStore != 0 || st.ParentInputReads != 0 || s.reads.Load() != 0 {
+		t.Fatalf("Stats %+v (children read %d times), want one inline resumption, nothing read", st, s.reads.Load())
+	}
+	if runs.Load() != 2 {
+		t.Fatalf("the parent ran %d times, want 2 (first, then inline)", runs.Load())
 	}
 }

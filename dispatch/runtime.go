@@ -128,7 +128,8 @@ type Runtime struct {
 
 	stats struct {
 		claims, claimed, leasedOnCreate, eager, finished, retried, failed atomic.Int64
-		resultsFromMemory, resultsFromStore                               atomic.Int64
+		resultsFromMemory, resultsFromStore, parentInputReads             atomic.Int64
+		resumedInline                                                     atomic.Int64
 	}
 
 	state      atomic.Int32
@@ -260,6 +261,12 @@ type Stats struct {
 	// ResultsFromMemory and ResultsFromStore count the resumed parents
 	// that found their children's results here, and those that read them.
 	ResultsFromMemory, ResultsFromStore int64
+	// ParentInputReads counts the calls that read their parent's input
+	// from the store (ParentInput): it was not at hand here.
+	ParentInputReads int64
+	// ResumedInline counts the parents run by their last child's worker
+	// and stored done with it (Function.ResumeInline).
+	ResumedInline int64
 }
 
 // Stats returns the runtime's counters.
@@ -269,6 +276,7 @@ func (r *Runtime) Stats() Stats {
 		Eager: r.stats.eager.Load(),
 		Done:  r.stats.finished.Load(), Retried: r.stats.retried.Load(), Failed: r.stats.failed.Load(),
 		ResultsFromMemory: r.stats.resultsFromMemory.Load(), ResultsFromStore: r.stats.resultsFromStore.Load(),
+		ParentInputReads: r.stats.parentInputReads.Load(), ResumedInline: r.stats.resumedInline.Load(),
 	}
 }
 

@@ -95,9 +95,17 @@ type Call struct {
 	// DedupKey, on a top-level call being inserted, makes the insert skip
 	// it if a call stored since CallInsertParams.DedupSince has the same
 	// key. It is not read back.
-	DedupKey  string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	DedupKey string
+	// ParentInput is, on a child the runtime is about to run, its parent's
+	// Input: the same bytes, not a copy, when the parent ran here; read
+	// with the child when a store claims it (CallClaim fills it; a store
+	// that cannot leaves it nil). It is not stored. A function reads it
+	// with ParentInput(ctx), which asks the store when it is nil, so that a
+	// child need not carry a copy of what its parent holds (fanout: the
+	// event a delivery sends).
+	ParentInput []byte
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // Attempt is the record of one failed attempt of a call. A successful
@@ -169,7 +177,7 @@ type Store interface {
 	// CallClaim leases up to Limit runnable calls of one Key (pending,
 	// RunAfter <= Now, Function among Functions) to Owner until
 	// LeaseUntil, oldest RunAfter first, increments their Attempt and
-	// returns them running.
+	// returns them running, each with its parent's Input in ParentInput.
 	CallClaim(ctx context.Context, params *CallClaimParams) ([]*Call, error)
 
 	// CallKeys returns the keys that have runnable calls (pending, RunAfter
@@ -373,6 +381,14 @@ type CallFinishParams struct {
 	Snooze bool
 	// Record, when set, is stored as the record of this attempt.
 	Record *Attempt
+	// FinishParent, for a final child whose parent is top-level, finishes
+	// the parent done with ParentOutput instead of making it runnable, when
+	// this is the last child it waited for: its Attempt is incremented (the
+	// run the runtime made of it, before this finish, with its children's
+	// outcomes) and no lease is taken. When other children are still to
+	// come, the child is counted off as usual and ParentOutput is dropped.
+	FinishParent bool
+	ParentOutput []byte
 }
 
 // CallFinishResult says what CallFinish did.
@@ -386,6 +402,10 @@ type CallFinishResult struct {
 	// Parent is the resumed parent, running and leased to ResumeOwner, when
 	// one was given.
 	Parent *Call
+	// ParentFinished is true when this was the last child its parent
+	// waited for and the parent was finished with ParentOutput
+	// (FinishParent); ParentResumed is then false.
+	ParentFinished bool
 }
 
 // CallRedriveParams are the arguments of Store.CallRedrive.

@@ -124,7 +124,10 @@ func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension, started t
 		r.log.Warn("call was taken over while it ran; dropping its suspension", "call", c.ID, "attempt", c.Attempt)
 	default:
 		r.report(&AttemptReport{Call: c, Started: started, Duration: now.Sub(started), Outcome: StateWaiting})
-		r.results.expect(c.ID, s.children)
+		parent := *c // as stored: waiting on this gather's children
+		parent.State, parent.Gathers, parent.Waiting = StateWaiting, s.gather+1, len(s.children)
+		parent.LeaseOwner, parent.LeaseExpires = "", time.Time{}
+		r.results.expect(&parent, s.children)
 		r.admit(leased)
 		if len(leased) < len(s.children) {
 			r.signalBacklog()
@@ -175,20 +178,30 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 	if c.Key != "" && !p.Snooze {
 		r.keys.observe(c.Key, p.Status, now)
 	}
+	recordResult := c.ParentID != "" && p.State.Final()
+	var outcome *Call
+	var inline *inlineRun
+	if recordResult {
+		outcome = &Call{ID: c.ID, ParentID: c.ParentID, Function: c.Function, Key: c.Key, Gather: c.Gather,
+			Index: c.Index, State: p.State, Output: p.Output, Error: p.Error, Status: p.Status}
+		if parent, children := r.results.finishing(c.ParentID, outcome); parent != nil {
+			// The last child: the parent may run here and now, and be
+			// stored done with this outcome (Function.ResumeInline).
+			if inline = r.runInline(parent, children); inline != nil {
+				p.FinishParent, p.ParentOutput = true, inline.params.Output
+			}
+		}
+	}
 	// The parent a last child resumes is leased here if there is room.
 	// Its key is not known until the store returns it: its slot is
 	// reserved against key "" and moved to its key when it is admitted
 	// (admitResumed).
 	resume := 0
-	if c.ParentID != "" && p.State.Final() {
+	if recordResult && inline == nil {
 		if resume, _ = r.reserveKey("", 1, now); resume == 1 {
 			p.ResumeOwner = r.owner
 			p.ResumeLeaseUntil = now.Add(r.leaseDuration)
 		}
-	}
-	recordResult := c.ParentID != "" && p.State.Final()
-	if recordResult {
-		r.results.finishing(c.ParentID)
 	}
 	var res *CallFinishResult
 	serr := r.retryStore(c, func() (err error) {
@@ -196,12 +209,7 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 		return err
 	})
 	if recordResult {
-		var outcome *Call
-		if serr == nil && res.Applied {
-			outcome = &Call{ID: c.ID, ParentID: c.ParentID, Function: c.Function, Key: c.Key, Gather: c.Gather,
-				Index: c.Index, State: p.State, Output: p.Output, Error: p.Error, Status: p.Status}
-		}
-		r.results.finished(c.ParentID, outcome)
+		r.results.finished(c.ParentID, outcome, serr == nil && res.Applied)
 	}
 	switch {
 	case serr != nil:
@@ -216,6 +224,12 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 	r.report(newReport(c, started, now, p, err))
 	if p.State.Final() && c.Gathers > 0 {
 		r.results.forget(c.ID)
+	}
+	if res.ParentFinished && inline != nil {
+		r.stats.resumedInline.Add(1)
+		r.stats.finished.Add(1)
+		r.report(newReport(inline.call, inline.started, inline.ended, inline.params, nil))
+		r.results.forget(c.ParentID)
 	}
 	if res.Parent != nil {
 		r.admitResumed(res.Parent)
@@ -280,4 +294,39 @@ func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error
 	r.log.Log(ctx, level, "call attempt failed", "function", c.Function, "call", c.ID,
 		"attempt", c.Attempt, "status", p.Status, "err", err, "retry", p.State == StatePending)
 	return p
+}
+
+// inlineRun is a run of a parent made by the worker of its last child (see
+// Function.ResumeInline): the parent as it ran, and its outcome.
+type inlineRun struct {
+	call           *Call
+	params         *CallFinishParams
+	started, ended time.Time
+}
+
+// runInline runs a parent whose children all finished here (their
+// outcomes, children) as its resumption would, if its function allows it,
+// and returns the run if it ended done; nil otherwise (the parent then
+// resumes as usual).
+func (r *Runtime) runInline(parent *Call, children []*Call) *inlineRun {
+	fn := r.funcs[parent.Function]
+	if fn == nil || !fn.isResumeInline() || parent.ParentID != "" || parent.Gathers == 0 || !r.running() {
+		return nil
+	}
+	c := *parent
+	c.State, c.Attempt, c.Waiting = StateRunning, parent.Attempt+1, 0
+	cc := &callContext{rt: r, call: &c, children: make([][]*Call, c.Gathers)}
+	for _, child := range children {
+		if child.Gather < len(cc.children) {
+			cc.children[child.Gather] = append(cc.children[child.Gather], child)
+		}
+	}
+	started := r.clock.Now()
+	output, err := r.run(context.WithValue(r.runCtx, ctxKey{}, cc), fn, &c)
+	if err != nil || cc.suspend != nil {
+		return nil
+	}
+	ended := r.clock.Now()
+	return &inlineRun{call: &c, started: started, ended: ended,
+		params: &CallFinishParams{ID: c.ID, Attempt: c.Attempt, State: StateDone, Output: output, Status: StatusOK, Now: ended}}
 }

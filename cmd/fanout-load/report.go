@@ -51,7 +51,10 @@ type report struct {
 	PeakRSSMiB    float64 `json:"peak_rss_mib,omitempty"`
 	ServerCPU     float64 `json:"server_cpu_cores,omitempty"`
 	CPUPerEventUS float64 `json:"server_cpu_us_per_event,omitempty"`
-	IngestRatio   float64 `json:"ingest_ratio_to_baseline,omitempty"`
+	// With sinks: fanout's CPU from the first send to the last delivery,
+	// per delivery (ingest included).
+	CPUPerDeliveryUS float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	IngestRatio      float64 `json:"ingest_ratio_to_baseline,omitempty"`
 
 	// The load tool's own CPU (user and system, all its goroutines: the
 	// clients, and the sinks when there are any) while sending.
@@ -147,6 +150,9 @@ func drive(ctx context.Context, target, base string, o *options, sk *sink, stder
 		stopProgress()
 		if r.Deliveries = sk.delivered.Load(); r.Deliveries > 0 {
 			r.LoadCPUPerDeliveryUS = float64((selfCPU() - selfCPU0).Microseconds()) / float64(r.Deliveries)
+			if server != nil {
+				r.CPUPerDeliveryUS = (server.cpuSeconds() - cpu0) / float64(r.Deliveries) * 1e6
+			}
 		}
 		r.SinkPeakConns, r.SinkPeakInFlight = sk.peakConns.Load(), sk.peakInFlight.Load()
 		ids := d.acceptedIDs()
@@ -206,7 +212,11 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "  accepted   %d events, %.0f events/s, %.0f requests/s\n", r.Accepted, r.EventsPerSec, r.RequestsPerSec)
 	fmt.Fprintf(w, "  ack        p50 %.2f ms, p99 %.2f ms\n", r.AckP50, r.AckP99)
 	if r.ServerCPU > 0 {
-		fmt.Fprintf(w, "  server CPU %.2f cores while sending, %.1f µs per accepted event\n", r.ServerCPU, r.CPUPerEventUS)
+		fmt.Fprintf(w, "  server CPU %.2f cores while sending, %.1f µs per accepted event", r.ServerCPU, r.CPUPerEventUS)
+		if r.CPUPerDeliveryUS > 0 {
+			fmt.Fprintf(w, "; %.1f µs per delivery, first send to last delivery", r.CPUPerDeliveryUS)
+		}
+		fmt.Fprintln(w)
 	}
 	if r.IngestRatio > 0 {
 		fmt.Fprintf(w, "  vs baseline %.0f%% of the trivial server's events/s\n", r.IngestRatio*100)
@@ -320,6 +330,7 @@ func medianReports(all [][]*report) []*report {
 		m.PeakRSSMiB = med(func(r *report) float64 { return r.PeakRSSMiB })
 		m.ServerCPU = med(func(r *report) float64 { return r.ServerCPU })
 		m.CPUPerEventUS = med(func(r *report) float64 { return r.CPUPerEventUS })
+		m.CPUPerDeliveryUS = med(func(r *report) float64 { return r.CPUPerDeliveryUS })
 		m.IngestRatio = med(func(r *report) float64 { return r.IngestRatio })
 		m.LoadCPU = med(func(r *report) float64 { return r.LoadCPU })
 		m.LoadCPUPerRequestUS = med(func(r *report) float64 { return r.LoadCPUPerRequestUS })

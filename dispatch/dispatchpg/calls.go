@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -215,7 +216,8 @@ func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string,
 }
 
 const claimColumns = `c.id, c.function, c.key, c.input, c.attempt, c.failures, c.run_after, c.budget_start, c.parent_id,
-	c.gather, c.idx, c.gathers, c.created_at, c.meta`
+	c.gather, c.idx, c.gathers, c.created_at, c.meta,
+	(SELECT p.input FROM calls p WHERE p.id = c.parent_id)`
 
 // scanClaimed makes a running call of a row of claimColumns.
 func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
@@ -223,7 +225,7 @@ func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
 	var runAfter, budget, created int64
 	var parent *string
 	if err := row.Scan(&c.ID, &c.Function, &c.Key, &c.Input, &c.Attempt, &c.Failures, &runAfter, &budget, &parent,
-		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta); err != nil {
+		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta, &c.ParentInput); err != nil {
 		return nil, err
 	}
 	c.RunAfter, c.BudgetStart, c.CreatedAt = fromNanos(runAfter), fromNanos(budget), fromNanos(created)
@@ -379,8 +381,8 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 			// off: its outcome is read here instead.
 			var left int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state NOT IN (3, 4)) FROM (
-					SELECT state FROM calls WHERE parent_id = $1 AND gather = $2 FOR UPDATE
-				) kids`, p.ID, p.Gather).Scan(&left); err != nil {
+					SELECT state FROM calls WHERE id > $3 AND id < $4 AND parent_id = $1 AND gather = $2 FOR UPDATE
+				) kids`, p.ID, p.Gather, p.ID+"."+strconv.Itoa(p.Gather)+".", p.ID+"."+strconv.Itoa(p.Gather)+"/").Scan(&left); err != nil {
 				return err
 			}
 			state := dispatch.StateWaiting
@@ -429,13 +431,18 @@ const finishSQL = `WITH me AS (
 	), par AS (
 		UPDATE calls c SET
 			waiting = CASE WHEN c.waiting > 1 THEN c.waiting - 1 ELSE 0 END,
-			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
-			attempt = CASE WHEN c.waiting > 1 OR $16::text IS NULL THEN c.attempt ELSE c.attempt + 1 END,
-			lease_owner = CASE WHEN c.waiting > 1 THEN NULL ELSE $16::text END,
-			lease_expires = CASE WHEN c.waiting > 1 OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
+			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $21::boolean THEN 3 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
+			attempt = CASE WHEN c.waiting > 1 THEN c.attempt WHEN $21::boolean THEN c.attempt + 1
+				WHEN $16::text IS NULL THEN c.attempt ELSE c.attempt + 1 END,
+			lease_owner = CASE WHEN c.waiting > 1 OR $21::boolean THEN NULL ELSE $16::text END,
+			lease_expires = CASE WHEN c.waiting > 1 OR $21::boolean OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
+			output = CASE WHEN c.waiting <= 1 AND $21::boolean THEN $22::bytea ELSE c.output END,
+			status = CASE WHEN c.waiting <= 1 AND $21::boolean THEN $23::smallint ELSE c.status END,
+			error = CASE WHEN c.waiting <= 1 AND $21::boolean THEN NULL ELSE c.error END,
 			run_after = CASE WHEN c.waiting > 1 THEN c.run_after ELSE $7 END,
 			updated_at = $7
 		WHERE c.id = $18 AND c.state = 2 AND $19::boolean AND EXISTS (SELECT 1 FROM me)
+			AND (NOT $21::boolean OR c.parent_id IS NULL)
 		RETURNING c.state, c.id, c.function, c.key, CASE WHEN c.state = 1 THEN c.input END AS input, c.attempt, c.failures,
 			c.run_after, c.budget_start, c.parent_id, c.gather, c.idx, c.gathers, c.created_at, c.meta
 	), applied AS (SELECT count(*) AS n FROM me)
@@ -488,7 +495,8 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	}
 	args := []any{int16(p.State), output, errText, int16(p.Status), runAfter, failed, now, p.ID, p.Attempt,
 		rec.Started.UnixNano(), int64(rec.Duration), int16(rec.Status), rec.Error, detail, p.Record != nil,
-		resumeOwner, resumeUntil, parent, p.ParentID != "" && p.State.Final(), notify}
+		resumeOwner, resumeUntil, parent, p.ParentID != "" && p.State.Final(), notify,
+		p.FinishParent, nonNil(p.ParentOutput), int16(dispatch.StatusOK)}
 	// The operation locks the call, then its parent: batches order their
 	// operations by the parent so that they lock parents in one order.
 	key := p.ID
@@ -527,6 +535,10 @@ func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFin
 	*res = dispatch.CallFinishResult{Applied: applied > 0}
 	if state == nil || *state == int16(dispatch.StateWaiting) {
 		return runnable, nil // no parent, or not its last child
+	}
+	if *state == int16(dispatch.StateDone) {
+		res.ParentFinished = true // FinishParent
+		return runnable, nil
 	}
 	res.ParentResumed = true
 	if *state != int16(dispatch.StateRunning) {
@@ -627,7 +639,10 @@ func (s *Store) listCalls(ctx context.Context, query string, args ...any) ([]*di
 
 // CallListChildren implements dispatch.Store.
 func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
-	calls, err := s.listCalls(ctx, `SELECT `+childColumns+` FROM calls WHERE parent_id = $1 ORDER BY gather, idx`, parentID)
+	// A child's id starts with its parent's and a dot: the primary key
+	// finds them ('/' follows '.').
+	calls, err := s.listCalls(ctx, `SELECT `+childColumns+` FROM calls WHERE id > $2 AND id < $3 AND parent_id = $1
+		ORDER BY gather, idx`, parentID, parentID+".", parentID+"/")
 	if err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
 	}
@@ -797,10 +812,14 @@ func (s *Store) deleteTrees(ctx context.Context, ids []string, state dispatch.St
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	const tree = `WITH RECURSIVE tree(id) AS (
-			SELECT unnest($1::text[]) COLLATE "C"
+	// A call's descendants are the ids that start with its own and a dot:
+	// one range of the primary key each ('/' follows '.').
+	const tree = `WITH tree(id) AS (
+			SELECT r.id FROM unnest($1::text[]) r(id)
 			UNION ALL
-			SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
+			SELECT c.id FROM unnest($1::text[]) r(id), LATERAL (
+				SELECT id FROM calls WHERE id > r.id || '.' COLLATE "C" AND id < r.id || '/' COLLATE "C" AND parent_id IS NOT NULL
+			) c
 		)`
 	var deleted int
 	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {

@@ -147,7 +147,11 @@ func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*d
 	})
 }
 
-const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, meta`
+// claimColumns are what a claim (or a resume) returns of a call, with its
+// parent's input (see dispatch.Call.ParentInput): a primary key probe of a
+// row the cache holds, in the writer, instead of a read per call later.
+const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, meta,
+	(SELECT p.input FROM calls p WHERE p.id = calls.parent_id)`
 
 // claimed makes a running call of a row of claimColumns.
 func claimed(row []driver.Value) *dispatch.Call {
@@ -167,6 +171,7 @@ func claimed(row []driver.Value) *dispatch.Call {
 		Gathers:     int(asInt(row[11])),
 		CreatedAt:   fromNanos(asInt(row[12])),
 		Meta:        asBytes(row[13]),
+		ParentInput: asBytes(row[14]),
 	}
 }
 
@@ -307,8 +312,8 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 		}
 		// Some children existed already: count those still to wait for.
 		_, err = tx.exec(`UPDATE calls SET
-				waiting = (SELECT count(*) FROM calls WHERE parent_id = ?1 AND gather = ?2 AND state NOT IN (3, 4)),
-				state = CASE WHEN (SELECT count(*) FROM calls WHERE parent_id = ?1 AND gather = ?2 AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
+				waiting = (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)),
+				state = CASE WHEN (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
 				run_after = ?3
 			WHERE id = ?1`, p.ID, p.Gather, now)
 		return err
@@ -336,6 +341,10 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	runAfter := now
 	if p.State == dispatch.StatePending {
 		runAfter = p.RunAfter.UnixNano()
+	}
+	var parentOutput any
+	if p.FinishParent {
+		parentOutput = nonNil(p.ParentOutput)
 	}
 	res := &dispatch.CallFinishResult{}
 	err := s.w.do(ctx, func(tx *wtx) error {
@@ -366,6 +375,15 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		n, err = tx.exec(`UPDATE calls SET waiting = waiting - 1, updated_at = ?
 			WHERE id = ? AND state = 2 AND waiting > 1`, now, p.ParentID)
 		if err != nil || n > 0 {
+			return err
+		}
+		if p.FinishParent {
+			// The runtime ran the parent with this last outcome: store
+			// its run, done.
+			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
+					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = ?, updated_at = ?
+				WHERE id = ? AND state = 2 AND parent_id IS NULL`, parentOutput, int(dispatch.StatusOK), now, now, p.ParentID)
+			res.ParentFinished = n > 0
 			return err
 		}
 		if p.ResumeOwner == "" {
@@ -615,21 +633,29 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	return deleted, nil
 }
 
+// gatherRange selects the children of call ?1's gather ?2 by their ids
+// (see descendants).
+const gatherRange = `id > ?1 || '.' || ?2 || '.' AND id < ?1 || '.' || ?2 || '/' AND parent_id = ?1 AND gather = ?2`
+
+// descendants selects every descendant of call ?1 by its id: a child's id
+// is its parent's followed by ".<gather>.<index>", so a call's descendants
+// are the ids that start with its own and a dot, one range of the primary
+// key ('/' follows '.'). No index of children by parent is needed.
+const descendants = `(id > ?1 || '.' AND id < ?1 || '/' AND parent_id IS NOT NULL)`
+
 // deleteTree deletes a call, its descendants, their attempts and the
 // call's dedup key.
 func deleteTree(tx *wtx, id string) error {
-	const tree = `WITH RECURSIVE tree(id) AS (
-			SELECT ?
-			UNION ALL
-			SELECT c.id FROM calls c JOIN tree t ON c.parent_id = t.id
-		)`
-	if _, err := tx.exec(tree+` DELETE FROM attempts WHERE call_id IN (SELECT id FROM tree)`, id); err != nil {
+	if _, err := tx.exec(`DELETE FROM attempts WHERE call_id = ?1 OR (call_id > ?1 || '.' AND call_id < ?1 || '/')`, id); err != nil {
 		return err
 	}
 	if _, err := tx.exec(`DELETE FROM dedup WHERE call_id = ?`, id); err != nil {
 		return err
 	}
-	_, err := tx.exec(tree+` DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, id)
+	if _, err := tx.exec(`DELETE FROM calls WHERE `+descendants, id); err != nil {
+		return err
+	}
+	_, err := tx.exec(`DELETE FROM calls WHERE id = ?`, id)
 	return err
 }
 
@@ -674,3 +700,10 @@ func (s *Store) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}

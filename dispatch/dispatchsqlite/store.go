@@ -162,7 +162,10 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		s.log.Info("calls left running by the previous process will run again", "calls", n)
 	}
 
-	s.rdb, err = sql.Open("sqlite", dsn(cfg.Path, append(pragmas[:1:1], "query_only(1)", "cache_size(-16384)")))
+	// Readers keep a smaller cache than the writer: they read a row or a
+	// few by key (the pages are in the OS's cache anyway), and each
+	// connection's cache is memory the process holds.
+	s.rdb, err = sql.Open("sqlite", dsn(cfg.Path, append(pragmas[:1:1], "query_only(1)", "cache_size(-4096)")))
 	if err != nil {
 		return fmt.Errorf("open database for reading: %w", err)
 	}
@@ -175,7 +178,7 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		return fmt.Errorf("prepare: %w", err)
 	}
 	if s.childrenStmt, err = s.rdb.PrepareContext(ctx, `SELECT `+childColumns+` FROM calls
-		WHERE parent_id = ? ORDER BY gather, idx`); err != nil {
+		WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 ORDER BY gather, idx`); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
 	if s.keysStmt, err = s.rdb.PrepareContext(ctx, keysQuery); err != nil {

@@ -14,6 +14,28 @@ import (
 func exerciseClaim(t *testing.T, open OpenFunc) {
 	ctx := context.Background()
 
+	t.Run("WithParentInput", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("p", "parent", `{"payload": [1, 2]}`, T0.Add(time.Hour)),
+			&dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0},
+			newCall("top", "f", `{}`, T0))
+		got := mustClaim(t, s, "o", T0, 10)
+		if len(got) != 2 {
+			t.Fatalf("claimed %v, want p.0.0 and top", ids(got))
+		}
+		for _, c := range got {
+			want := ""
+			if c.ID == "p.0.0" {
+				want = `{"payload": [1, 2]}`
+			}
+			if string(c.ParentInput) != want {
+				t.Fatalf("claimed %s with ParentInput %q, want %q (its parent's input, byte for byte)", c.ID, c.ParentInput, want)
+			}
+		}
+	})
+
 	t.Run("Claim", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())

@@ -132,6 +132,50 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("FinishParent", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
+		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		kids := []*dispatch.Call{
+			{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0},
+			{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0},
+		}
+		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: kids, Now: T0}); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		claimed := mustClaim(t, s, "o", T0, 10)
+		if len(claimed) != 2 {
+			t.Fatalf("claimed %v, want both children", ids(claimed))
+		}
+		// Not the last child: counted off, the parent's output dropped.
+		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.1", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
+			FinishParent: true, ParentOutput: []byte(`"early"`)})
+		if !res.Applied || res.ParentFinished || res.ParentResumed {
+			t.Fatalf("finish of the first child = %+v, want applied, the parent still waiting", res)
+		}
+		if got := mustGet(t, s, "p"); got.State != dispatch.StateWaiting || got.Waiting != 1 || got.Output != nil {
+			t.Fatalf("parent after the first child: %+v, want waiting for 1, no output", got)
+		}
+		res = mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
+			Output: []byte(`1`), Now: T0.Add(time.Second), FinishParent: true, ParentOutput: []byte(`{"out":2}`)})
+		if !res.Applied || !res.ParentFinished || res.ParentResumed || res.Parent != nil {
+			t.Fatalf("finish of the last child = %+v, want the parent finished", res)
+		}
+		got := mustGet(t, s, "p")
+		if got.State != dispatch.StateDone || string(got.Output) != `{"out":2}` || got.Attempt != p.Attempt+1 ||
+			got.Waiting != 0 || got.LeaseOwner != "" || got.Status != dispatch.StatusOK || !got.UpdatedAt.Equal(T0.Add(time.Second)) {
+			t.Fatalf("parent finished with its last child: %+v, want done with the output, attempt %d", got, p.Attempt+1)
+		}
+		if got := mustGet(t, s, "p.0.0"); got.State != dispatch.StateDone || string(got.Output) != `1` {
+			t.Fatalf("last child %+v, want done with its output", got)
+		}
+		if got := mustClaim(t, s, "o", T0.Add(time.Minute), 10, "parent", "f"); len(got) != 0 {
+			t.Fatalf("claimed %v after the parent finished, want nothing", ids(got))
+		}
+	})
+
 	t.Run("SuspendOnExistingChildren", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())
