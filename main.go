@@ -230,6 +230,11 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		return nil, err
 	}
 	a.svc = newService(a.rt, a.store, fns, a.dests)
+	a.svc.retention, a.svc.failedRetention = cfg.retention, cfg.failedRetention
+	a.svc.storeName = "sqlite"
+	if cfg.databaseURL != "" {
+		a.svc.storeName = "postgresql"
+	}
 	wired = true
 	return a, nil
 }
