@@ -155,13 +155,10 @@ func (s *service) Replay(ctx context.Context, id string, in *replayRequest) (any
 	if err != nil {
 		return nil, err
 	}
-	v := &replayView{ID: jobID, Destination: job.Destination, Since: job.Since, Until: job.Until, Types: job.Types,
-		Force: job.Force, State: "queued", CreatedAt: now, UpdatedAt: now}
-	// Best effort: the job writes its document itself if this fails.
-	if err := s.saveReplay(ctx, v, 0); err == nil {
-		s.trimReplays(ctx)
-	}
-	return v, nil
+	// The job writes its document on its first attempt (which may already
+	// be running): until then GET shows it queued, from its call.
+	return &replayView{ID: jobID, Destination: job.Destination, Since: job.Since, Until: job.Until, Types: job.Types,
+		Force: job.Force, State: "queued", CreatedAt: now, UpdatedAt: now}, nil
 }
 
 // countReplay counts the events a replay would give a delivery, up to a
@@ -310,6 +307,7 @@ func (s *service) replayPage(ctx context.Context, job replayJob) (replayCount, e
 	}
 	switch {
 	case done:
+		s.trimReplays(ctx)
 		return replayCount{Events: int(v.Created)}, nil
 	case busy:
 		return replayCount{}, dispatch.Snooze(time.Second)

@@ -374,8 +374,9 @@ func (s *service) Delivery(ctx context.Context, id string) (*deliveryView, error
 	}
 	// A success is recorded in the call itself, not as an attempt.
 	if out, ok := deliveryOutput(c); ok {
+		detail, _ := json.Marshal(webhook.AttemptDetail{StatusCode: out.StatusCode, Excerpt: out.Excerpt})
 		v.History = append(v.History, attemptView{Attempt: c.Attempt, StartedAt: c.UpdatedAt.Add(-out.Duration),
-			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode})
+			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode, Detail: detail})
 	}
 	return &v, nil
 }

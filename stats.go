@@ -34,7 +34,6 @@ type statsRing struct {
 	mu           sync.Mutex
 	buckets      [statsBuckets]statsBin
 	lastAccepted int64
-	started      bool
 }
 
 // statsBin is one bucket.
@@ -58,10 +57,8 @@ func (r *statsRing) bin(now time.Time) *statsBin {
 		*b = statsBin{start: start, backlog: -1}
 	}
 	acc := r.svc.accepted.Load()
-	if r.started {
-		b.accepted += acc - r.lastAccepted
-	}
-	r.lastAccepted, r.started = acc, true
+	b.accepted += acc - r.lastAccepted
+	r.lastAccepted = acc
 	return b
 }
 
