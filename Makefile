@@ -50,7 +50,7 @@ lint: ## go vet and gofmt
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 # Every fuzz target, as package:name.
-FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI \
+FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI .:FuzzEventsQuery .:FuzzReplayRequest \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate
 

@@ -10,7 +10,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"fanout/destination"
 	"fanout/dispatch"
 )
 
@@ -160,7 +159,7 @@ func parseTime(name, v string) (time.Time, error) {
 // with: every id made at or after t's millisecond sorts after it, every id
 // made before sorts before.
 func idAt(t time.Time) string {
-	ms := uint64(t.UnixMilli())
+	ms := uint64(min(max(t.UnixMilli(), 0), 1<<48-1)) // the 48 bits of a UUIDv7's time
 	return fmt.Sprintf("%08x-%04x", ms>>16, ms&0xffff)
 }
 
@@ -315,13 +314,4 @@ func eventSummaryOf(c *dispatch.ScannedCall) eventSummary {
 			Delivered:  c.Children[dispatch.StateDone],
 			Failed:     c.Children[dispatch.StateFailed],
 		}}
-}
-
-// matchesTypes reports whether an event type passes a replay's types (the
-// same patterns as a destination's filter; none: any).
-func matchesTypes(types []string, eventType string) bool {
-	if len(types) == 0 {
-		return true
-	}
-	return (&destination.Destination{Filter: types}).Matches(eventType)
 }

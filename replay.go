@@ -79,6 +79,10 @@ type replayView struct {
 	Progress float64 `json:"progress"`
 	// Cursor is the last event handled.
 	Cursor string `json:"cursor,omitempty"`
+	// Total is how many events of the range the destination wants, counted
+	// when the job started, up to a bound (TotalMore: there are more).
+	Total     int64 `json:"total"`
+	TotalMore bool  `json:"total_more,omitempty"`
 	// Scanned events were looked at; Created got a delivery; Skipped had
 	// one already; Gone were deleted (by retention) before their turn.
 	Scanned    int64      `json:"scanned"`
@@ -221,9 +225,13 @@ func (s *service) replayPage(ctx context.Context, job replayJob) (replayCount, e
 	info, _ := dispatch.CallFromContext(ctx)
 	v, version, err := s.loadReplay(ctx, info.ID)
 	if errors.Is(err, errNotFound) {
+		// The first attempt: count what there is to do, for the progress.
 		now := time.Now().UTC()
 		v = &replayView{ID: info.ID, Destination: job.Destination, Since: job.Since, Until: job.Until, Types: job.Types,
 			Force: job.Force, CreatedAt: info.CreatedAt, UpdatedAt: now}
+		if count, err := s.countReplay(ctx, &job); err == nil {
+			v.Total, v.TotalMore = int64(count.Events), count.More
+		}
 	} else if err != nil {
 		return replayCount{}, fmt.Errorf("%w: read the replay's progress: %v", dispatch.ErrTemporary, err)
 	}
@@ -391,11 +399,15 @@ func (s *service) ReplayJob(ctx context.Context, id string) (*replayView, error)
 	return v, nil
 }
 
-// replayProgress is the share of a replay's range done, from its cursor:
-// ids carry their time.
+// replayProgress is the share of a replay done: of the events counted at
+// its start, or when there were too many to count, of its time range, from
+// its cursor (ids carry their time).
 func replayProgress(v *replayView) float64 {
 	if v.State == "done" {
 		return 1
+	}
+	if v.Total > 0 && !v.TotalMore {
+		return min(1, float64(v.Created+v.Skipped+v.Gone)/float64(v.Total))
 	}
 	t, ok := idTime(v.Cursor)
 	span := v.Until.Sub(v.Since)
