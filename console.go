@@ -3,7 +3,9 @@ package main
 import (
 	"embed"
 	"io/fs"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -48,4 +50,17 @@ func addConsole(mux *http.ServeMux) {
 	home := http.RedirectHandler("/console/", http.StatusFound)
 	mux.Handle("GET /{$}", home)
 	mux.Handle("GET /console", home)
+}
+
+// consoleURL is the address to open the console at, for the start-up line:
+// an address that listens on every interface is reached as localhost.
+func consoleURL(addr net.Addr) string {
+	host, port := "localhost", ""
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(tcp.Port)
+		if !tcp.IP.IsUnspecified() {
+			host = tcp.IP.String()
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/console/"
 }
