@@ -513,7 +513,8 @@
     let last = null;
     return {
       title: "events",
-      get live() { return cursors.length === 0 && !cursor; },
+      // A text search reads payloads: it runs when asked, not on every tick.
+      get live() { return cursors.length === 0 && !cursor && !f.q.value.trim(); },
       async refresh(first) {
         if (first || !state.destinations.length) {
           await loadDestinations();
