@@ -66,7 +66,10 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 		match = append(match, "state = ANY("+arg(states)+"::smallint[])")
 	}
 	if p.ChildKey != "" {
-		match = append(match, "EXISTS (SELECT 1 FROM calls ch WHERE ch.parent_id = calls.id AND ch.key = "+arg(p.ChildKey)+")")
+		// Children's ids extend their parent's: the primary key finds them
+		// as a range, with or without an index on parent_id.
+		match = append(match, "EXISTS (SELECT 1 FROM calls ch WHERE ch.id > (calls.id || '.') COLLATE \"C\" "+
+			"AND ch.id < (calls.id || '/') COLLATE \"C\" AND ch.parent_id = calls.id AND ch.key = "+arg(p.ChildKey)+")")
 	}
 	if p.Contains != "" {
 		match = append(match, "convert_from(input, 'UTF8') ILIKE "+arg("%"+escapeLike(p.Contains)+"%"))
@@ -152,8 +155,7 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 	return res, nil
 }
 
-// countChildren counts the children of calls by state, in one query over
-// calls_children.
+// countChildren counts the children of calls by state, in one query.
 func countChildren(ctx context.Context, conn *pgxpool.Conn, calls []*dispatch.ScannedCall) error {
 	byID := make(map[string]*dispatch.ScannedCall, len(calls))
 	ids := make([]string, len(calls))
@@ -161,8 +163,11 @@ func countChildren(ctx context.Context, conn *pgxpool.Conn, calls []*dispatch.Sc
 		byID[c.Call.ID] = c
 		ids[i] = c.Call.ID
 	}
-	rows, err := conn.Query(ctx, `SELECT parent_id, state, count(*) FROM calls
-		WHERE parent_id = ANY($1::text[]) GROUP BY parent_id, state`, ids)
+	// Each parent's children are a range of the primary key.
+	rows, err := conn.Query(ctx, `SELECT p.id, c.state, count(*)
+		FROM unnest($1::text[]) AS p(id)
+		JOIN calls c ON c.id > (p.id || '.') COLLATE "C" AND c.id < (p.id || '/') COLLATE "C" AND c.parent_id = p.id
+		GROUP BY p.id, c.state`, ids)
 	if err != nil {
 		return err
 	}
@@ -239,9 +244,11 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 				c := p.Calls[i]
 				skip := dispatch.AttachRepeats(p.Calls, kept, c, p.Unless)
 				if !skip && p.Unless != dispatch.AttachAlways {
-					q, args := `SELECT EXISTS (SELECT 1 FROM calls WHERE parent_id = $1 AND key = $2)`, []any{parent, c.Key}
+					// The parent's children: a range of the primary key.
+					const children = `id > ($1 || '.') COLLATE "C" AND id < ($1 || '/') COLLATE "C" AND parent_id = $1`
+					q, args := `SELECT EXISTS (SELECT 1 FROM calls WHERE `+children+` AND key = $2)`, []any{parent, c.Key}
 					if p.Unless == dispatch.AttachUnlessKeyTag {
-						q = `SELECT EXISTS (SELECT 1 FROM calls WHERE parent_id = $1 AND key = $2 AND tag IS NOT DISTINCT FROM $3)`
+						q = `SELECT EXISTS (SELECT 1 FROM calls WHERE ` + children + ` AND key = $2 AND tag IS NOT DISTINCT FROM $3)`
 						args = append(args, nullIfEmpty(c.Tag))
 					}
 					if err := tx.QueryRow(ctx, q, args...).Scan(&skip); err != nil {

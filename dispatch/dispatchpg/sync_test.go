@@ -89,7 +89,7 @@ func TestOpen_SynchronousCommit(t *testing.T) {
 				t.Fatalf("SHOW synchronous_commit on a connection with the same URL = %q (%v), want %q", got, err, tc.value)
 			}
 			insert(t, s, call("c", T0))
-			warned := strings.Contains(logs.String(), "synchronous_commit is "+tc.value)
+			warned := strings.Contains(logs.String(), "synchronous_commit is "+tc.value+": a server crash loses")
 			if tc.allow && !warned {
 				t.Errorf("Open with synchronous_commit=%s and AllowAsyncCommit logged no warning:\n%s", tc.value, logs.String())
 			}

@@ -71,7 +71,11 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 		}
 	}
 	if p.ChildKey != "" {
-		match = append(match, "EXISTS (SELECT 1 FROM calls ch WHERE ch.parent_id = calls.id AND ch.key = ?)")
+		// Children's ids extend their parent's ("<parent>.<gather>.<index>"):
+		// the primary key finds them as a range, with or without an index
+		// on parent_id.
+		match = append(match, "EXISTS (SELECT 1 FROM calls ch WHERE ch.id > calls.id || '.' AND ch.id < calls.id || '/' "+
+			"AND ch.parent_id = calls.id AND ch.key = ?)")
 		matchArgs = append(matchArgs, p.ChildKey)
 	}
 	if p.Contains != "" {
@@ -152,28 +156,40 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 	return res, nil
 }
 
-// countChildren counts the children of calls by state, in one query over
-// calls_children.
+// countChildren counts the children of calls by state: a range of the
+// primary key each (children's ids extend their parent's).
 func (s *Store) countChildren(ctx context.Context, calls []*dispatch.ScannedCall) error {
-	byID := make(map[string]*dispatch.ScannedCall, len(calls))
-	args := make([]any, len(calls))
-	for i, c := range calls {
-		byID[c.Call.ID] = c
-		args[i] = c.Call.ID
-	}
-	rows, err := s.rdb.QueryContext(ctx, `SELECT parent_id, state, count(*) FROM calls
-		WHERE parent_id IN (`+placeholders(len(args))+`) GROUP BY parent_id, state`, args...)
+	conn, err := s.rdb.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("count children: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var parent string
-		var state, n int
-		if err := rows.Scan(&parent, &state, &n); err != nil {
+	defer conn.Close()
+	stmt, err := conn.PrepareContext(ctx, `SELECT state, count(*) FROM calls
+		WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 GROUP BY state`)
+	if err != nil {
+		return fmt.Errorf("count children: %w", err)
+	}
+	defer stmt.Close()
+	for _, c := range calls {
+		if err := countChildrenOf(ctx, stmt, c); err != nil {
 			return fmt.Errorf("count children: %w", err)
 		}
-		if c := byID[parent]; c != nil && state >= 0 && state < len(c.Children) {
+	}
+	return nil
+}
+
+func countChildrenOf(ctx context.Context, stmt *sql.Stmt, c *dispatch.ScannedCall) error {
+	rows, err := stmt.QueryContext(ctx, c.Call.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var state, n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return err
+		}
+		if state >= 0 && state < len(c.Children) {
 			c.Children[state] = n
 		}
 	}
@@ -212,9 +228,12 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 				c := p.Calls[i]
 				skip := dispatch.AttachRepeats(p.Calls, kept, c, p.Unless)
 				if !skip && p.Unless != dispatch.AttachAlways {
-					q, args := `SELECT 1 FROM calls WHERE parent_id = ? AND key = ? LIMIT 1`, []any{parent, c.Key}
+					// The parent's children: a range of the primary key.
+					q := `SELECT 1 FROM calls WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 AND key = ?2 LIMIT 1`
+					args := []any{parent, c.Key}
 					if p.Unless == dispatch.AttachUnlessKeyTag {
-						q, args = `SELECT 1 FROM calls WHERE parent_id = ? AND key = ? AND tag IS ? LIMIT 1`, append(args, nullIfEmpty(c.Tag))
+						q = `SELECT 1 FROM calls WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 AND key = ?2 AND tag IS ?3 LIMIT 1`
+						args = append(args, nullIfEmpty(c.Tag))
 					}
 					_, err := tx.queryRow(q, args...)
 					switch {
