@@ -116,11 +116,17 @@ func (r *Runtime) Attach(ctx context.Context, p *CallAttachParams) ([]AttachResu
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: attach calls: %w", err)
 	}
-	for _, a := range res {
+	attached := false
+	for i, a := range res {
 		if a.Outcome == Attached {
-			r.signalBacklog()
-			break
+			// What this process remembers of the parent's children no
+			// longer covers them all.
+			r.results.forget(p.Calls[i].ParentID)
+			attached = true
 		}
+	}
+	if attached {
+		r.signalBacklog()
 	}
 	return res, nil
 }
