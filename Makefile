@@ -30,6 +30,8 @@ build: ## build bin/fanout
 test: lint ## vet, gofmt, every test with the race detector (the crash tests too), then fuzz-short; lists skipped tests
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "$$FANOUT_TEST_DATABASE_URL" ] || \
 		echo "NOTE: the PostgreSQL tests (dispatch/dispatchpg, replicatest) will be SKIPPED: no initdb/postgres here; apt-get install postgresql, or set FANOUT_TEST_DATABASE_URL"
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		echo "NOTE: the console's browser tests (TestConsole_Browser) will be SKIPPED: no Chromium here; apt-get install chromium"
 	@echo "go test -race -count=1 -timeout 10m ./...   (through internal/cmd/testsum)"
 	@bin=$$(mktemp -d) && $(GO) build -o $$bin/testsum ./internal/cmd/testsum && \
 		GO=$(GO) $$bin/testsum -race -count=1 -timeout 10m ./...; rc=$$?; rm -rf $$bin; exit $$rc
@@ -50,7 +52,7 @@ lint: ## go vet and gofmt
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 # Every fuzz target, as package:name.
-FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI \
+FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI .:FuzzEventsQuery .:FuzzReplayRequest \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate \
 	./cmd/fanout-load:FuzzReadResponse

@@ -86,6 +86,7 @@ func TestDestinations_Reject(t *testing.T) {
 		{"ReservedHeader", `{"url":"https://example.com","headers":{"webhook-id":"x"}}`, "set by fanout"},
 		{"BadSecret", `{"url":"https://example.com","secret":"hunter2"}`, "whsec_"},
 		{"Concurrency", `{"url":"https://example.com","max_concurrency":5000}`, "max_concurrency"},
+		{"ZeroConcurrency", `{"url":"https://example.com","max_concurrency":0}`, "leave it out for the default"},
 		{"RetryForever", `{"url":"https://example.com","retry":{"initial":"1s"}}`, "retried forever"},
 		{"UnknownField", `{"url":"https://example.com","colour":"red"}`, `unknown field "colour"`},
 		{"NotJSON", `{"url":`, "request body"},

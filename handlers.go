@@ -34,6 +34,7 @@ func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStat
 	return []route{
 		{"POST /v1/event", handleEventPost(log, svc, limits)},
 		{"POST /v1/batch", handleBatchPost(log, svc, limits)},
+		{"GET /v1/events", handleEventList(log, svc)},
 		{"GET /v1/events/{id}", handleEventGet(log, svc)},
 		{"POST /v1/destinations", handleDestinationCreate(log, svc)},
 		{"GET /v1/destinations", handleDestinationList(log, svc)},
@@ -42,24 +43,30 @@ func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStat
 		{"DELETE /v1/destinations/{id}", handleDestinationDelete(log, svc)},
 		{"POST /v1/destinations/{id}/resume", handleDestinationResume(log, svc)},
 		{"POST /v1/destinations/{id}/rotate-secret", handleDestinationRotate(log, svc)},
+		{"POST /v1/destinations/{id}/replay", handleReplayCreate(log, svc)},
+		{"GET /v1/replays", handleReplayList(log, svc)},
+		{"GET /v1/replays/{id}", handleReplayGet(log, svc)},
 		{"GET /v1/deliveries", handleDeliveryList(log, svc)},
 		{"GET /v1/deliveries/{id}", handleDeliveryGet(log, svc)},
 		{"POST /v1/deliveries/{id}/retry", handleDeliveryRetry(log, svc)},
 		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
+		{"GET /v1/stats", handleStats(svc)},
 		{"GET /healthz", handleHealthz()},
 		{"GET /metrics", handleMetrics(svc, requests)},
 	}
 }
 
-// newHandler returns the HTTP API; with tokens, only for requests that
-// carry one of them.
+// newHandler returns the HTTP API and the console; with tokens, the API
+// only for requests that carry one of them. A browser's cross-site request
+// that would change something is refused (see refuseCrossSite).
 func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) http.Handler {
 	requests := &requestStats{}
 	rs := routes(log, svc, limits, requests)
 	requests.track(rs)
 	mux := http.NewServeMux()
+	addConsole(mux)
 	addRoutes(mux, rs)
-	return requests.count(recoverPanics(log, requireToken(log, tokens, mux)))
+	return requests.count(recoverPanics(log, refuseCrossSite(requireToken(log, tokens, mux))))
 }
 
 // addRoutes mounts the routes, and answers in JSON, like every other

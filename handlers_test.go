@@ -125,7 +125,8 @@ func TestHandlers_Reject(t *testing.T) {
 		{"BatchBadUTF8", "POST", "/v1/batch", "[{\"a\":\"\xc3\x28\"}]", nil, 400, "UTF-8", nil},
 		{"GetEvent", "GET", "/v1/event", ``, nil, 405, "use POST", nil},
 		{"PutBatch", "PUT", "/v1/batch", `[{}]`, nil, 405, "use POST", nil},
-		{"UnknownRoute", "POST", "/v1/events", `{}`, nil, 404, "no route for POST /v1/events", nil},
+		{"UnknownRoute", "POST", "/v1/things", `{}`, nil, 404, "no route for POST /v1/things", nil},
+		{"PostEvents", "POST", "/v1/events", `{}`, nil, 405, "use GET", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

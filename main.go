@@ -125,7 +125,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	a.refreshDestinations(ctx)
 	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens), log)
-	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", buildVersion(),
+	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "console", consoleURL(ln.Addr()), "version", buildVersion(),
 		"store", a.where, "destinations", len(a.dests.List()), "api_tokens", len(cfg.apiTokens))
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && len(cfg.apiTokens) == 0 && !tcp.IP.IsLoopback() {
 		log.Warn("the API answers anyone who can reach "+ln.Addr().String()+" without a token; "+
@@ -234,6 +234,11 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		return nil, err
 	}
 	a.svc = newService(a.rt, a.store, fns, a.dests)
+	a.svc.retention, a.svc.failedRetention = cfg.retention, cfg.failedRetention
+	a.svc.storeName = "sqlite"
+	if cfg.databaseURL != "" {
+		a.svc.storeName = "postgresql"
+	}
 	wired = true
 	return a, nil
 }

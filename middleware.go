@@ -11,7 +11,8 @@ import (
 
 // requireToken answers 401 to a request that does not carry one of tokens
 // as its bearer token, but for /healthz and /metrics, left open to probes
-// and scrapers. Several tokens let an operator rotate one without downtime.
+// and scrapers, and the console's files, which hold no data (the console
+// asks for a token and sends it with each of its API requests). Several tokens let an operator rotate one without downtime.
 // They are compared as SHA-256 digests in constant time, so that timing
 // tells neither a token's bytes nor its length.
 func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Handler {
@@ -23,7 +24,7 @@ func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Han
 		sums[i] = sha256.Sum256([]byte(t))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" || isConsole(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -88,3 +89,20 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// refuseCrossSite answers 403 to a state-changing request (POST, PATCH,
+// DELETE...) that a browser sends from another site: without it, a page
+// anywhere could have the browser of someone who reaches fanout (on
+// localhost, say, without tokens) post a form that creates a destination,
+// since the API takes a body whatever its Content-Type. It is net/http's
+// CrossOriginProtection: browsers say where a request comes from
+// (Sec-Fetch-Site, Origin); clients that are not browsers send neither and
+// pass, as do same-origin requests, the console's among them.
+func refuseCrossSite(next http.Handler) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusForbidden, errorBody{Error: "cross-site request refused: fanout's API changes nothing " +
+			"for a page of another site (send it without a browser, or from fanout's own console)"})
+	}))
+	return cop.Handler(next)
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -34,10 +35,33 @@ type service struct {
 	// attemptObservers are told of every attempt the runtime reports
 	// (metrics, traces, the console's charts add theirs before Start).
 	attemptObservers []func(dispatch.AttemptReport)
+
+	// docs keeps the progress of replays (replay.go); replayFn is their
+	// durable function.
+	docs     dispatch.DocStore
+	replayFn *dispatch.Function[replayJob, replayCount]
+	// retention and failedRetention are the runtime's, shown with the
+	// history (history.go).
+	retention, failedRetention time.Duration
+	// stats are this process's figures for the console (stats.go), since
+	// started; storeName says which store, for the console.
+	stats     *statsRing
+	started   time.Time
+	storeName string
 }
 
+// newService returns the service over a runtime that has not started: it
+// registers the replay function with it, and watches attempts for stats.
 func newService(rt *dispatch.Runtime, store dispatch.Store, fns *functions, dests *destination.Registry) *service {
-	return &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store)}
+	s := &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store), started: time.Now().UTC()}
+	s.docs, _ = store.(dispatch.DocStore)
+	s.replayFn = newReplayFunction(s)
+	if err := rt.Register(s.replayFn); err != nil {
+		panic("register the replay function: " + err.Error()) // only before Start, once: a wiring mistake
+	}
+	s.stats = newStatsRing(s)
+	s.observeAttempts(s.stats.record)
+	return s
 }
 
 // Errors of the service, in the words of its callers; writeError gives each
@@ -163,6 +187,8 @@ type deliveryView struct {
 	CreatedAt     time.Time     `json:"created_at"`
 	UpdatedAt     time.Time     `json:"updated_at"`
 	History       []attemptView `json:"attempt_history,omitempty"`
+	// Replay is the replay job that created the delivery, if one did.
+	Replay string `json:"replay,omitempty"`
 }
 
 // attemptView is one attempt of a delivery.
@@ -215,6 +241,9 @@ func (s *service) deliveryView(c *dispatch.Call) deliveryView {
 		Attempts: c.Attempt, LastError: c.Error, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
 	if d, ok := s.dests.Get(c.Key); ok {
 		v.URL = d.URL
+	}
+	if job, ok := strings.CutPrefix(c.Tag, "replay:"); ok {
+		v.Replay = job
 	}
 	switch c.State {
 	case dispatch.StatePending:
@@ -345,8 +374,9 @@ func (s *service) Delivery(ctx context.Context, id string) (*deliveryView, error
 	}
 	// A success is recorded in the call itself, not as an attempt.
 	if out, ok := deliveryOutput(c); ok {
+		detail, _ := json.Marshal(webhook.AttemptDetail{StatusCode: out.StatusCode, Excerpt: out.Excerpt})
 		v.History = append(v.History, attemptView{Attempt: c.Attempt, StartedAt: c.UpdatedAt.Add(-out.Duration),
-			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode})
+			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode, Detail: detail})
 	}
 	return &v, nil
 }
@@ -429,6 +459,17 @@ type destinationInput struct {
 	Paused         *bool                      `json:"paused"`
 }
 
+// check refuses what apply would read wrong: a zero max_concurrency is
+// not "the default" (leave it out for that), and the destination's own
+// validation would take it for absent.
+func (in *destinationInput) check() error {
+	if in.MaxConcurrency != nil && *in.MaxConcurrency < 1 {
+		return invalid("max_concurrency must be between 1 and %d; leave it out for the default (%d)",
+			destination.MaxConcurrency, destination.DefaultConcurrency)
+	}
+	return nil
+}
+
 func (in *destinationInput) apply(d *destination.Destination) {
 	set(&d.URL, in.URL)
 	set(&d.Description, in.Description)
@@ -497,6 +538,9 @@ func (s *service) CreateDestination(ctx context.Context, in *destinationInput) (
 	if in.URL == nil {
 		return nil, invalid("url is required")
 	}
+	if err := in.check(); err != nil {
+		return nil, err
+	}
 	d := &destination.Destination{Enabled: true}
 	in.apply(d)
 	if err := s.dests.Create(ctx, d); err != nil {
@@ -507,6 +551,9 @@ func (s *service) CreateDestination(ctx context.Context, in *destinationInput) (
 
 // UpdateDestination applies a change to a destination.
 func (s *service) UpdateDestination(ctx context.Context, id string, in *destinationInput) (*destination.Destination, error) {
+	if err := in.check(); err != nil {
+		return nil, err
+	}
 	d, err := s.dests.Update(ctx, id, func(d *destination.Destination) error {
 		in.apply(d)
 		return nil

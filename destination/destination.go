@@ -57,9 +57,15 @@ type Destination struct {
 	CircuitOpenUntil *time.Time `json:"circuit_open_until,omitempty"`
 	// Reason says why the destination was last paused or disabled by fanout
 	// (the breaker, a 410 Gone).
-	Reason    string    `json:"reason,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Reason string `json:"reason,omitempty"`
+	// DisabledAt is when it was last disabled, while it is. Missed, once it
+	// is enabled again, is the period it was disabled: the events that
+	// arrived then were not routed to it, and a replay of that period
+	// (POST /v1/destinations/{id}/replay) sends them.
+	DisabledAt *time.Time `json:"disabled_at,omitempty"`
+	Missed     *Period    `json:"missed,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
 	// Version is the stored version, for updates that must not overwrite a
 	// change made meanwhile.
 	Version int64 `json:"version"`
@@ -98,6 +104,27 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// Period is a time range, since inclusive, until exclusive.
+type Period struct {
+	Since time.Time `json:"since"`
+	Until time.Time `json:"until"`
+}
+
+// noteEnabled keeps the record of the period a destination was disabled,
+// when a change moves it from wasEnabled to its Enabled at now.
+func (d *Destination) noteEnabled(wasEnabled bool, now time.Time) {
+	switch {
+	case wasEnabled && !d.Enabled:
+		d.DisabledAt = &now
+	case !wasEnabled && d.Enabled:
+		since := d.UpdatedAt // disabled before this was recorded: its last change is the best guess
+		if d.DisabledAt != nil {
+			since = *d.DisabledAt
+		}
+		d.Missed, d.DisabledAt = &Period{Since: since, Until: now}, nil
+	}
 }
 
 // Limits of destination fields.

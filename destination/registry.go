@@ -258,10 +258,11 @@ func (r *Registry) Update(ctx context.Context, id string, apply func(d *Destinat
 		if err != nil {
 			return nil, err
 		}
-		oldSecret := d.Secret
+		oldSecret, wasEnabled := d.Secret, d.Enabled
 		if err := apply(d); err != nil {
 			return nil, err
 		}
+		d.noteEnabled(wasEnabled, r.now().UTC())
 		d.ID = id
 		if d.Secret != oldSecret && d.Secret != "" && oldSecret != "" {
 			// A new secret: the old one keeps signing for the grace

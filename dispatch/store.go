@@ -217,6 +217,18 @@ type Store interface {
 	// finish) is skipped. It returns the ids it re-drove.
 	CallRedrive(ctx context.Context, params *CallRedriveParams) ([]string, error)
 
+	// CallAttach gives calls new children after they ran (see attach.go):
+	// in one transaction, for each parent of Calls, the children that
+	// Unless does not skip are inserted as a new gather of it (ordinal its
+	// Gathers, which grows by one), pending at Now with the parent's Meta,
+	// and the parent waits for them: waiting with Waiting grown by their
+	// number if it was waiting, else (done, failed, or pending to run again
+	// after its children) waiting for them alone. A parent that is running,
+	// or pending with no Gathers yet (its first attempt is to come), is
+	// busy and gets nothing. The result says, per child in order, what
+	// was done.
+	CallAttach(ctx context.Context, params *CallAttachParams) ([]AttachResult, error)
+
 	// CallGet returns the call with this id, or ErrNotFound.
 	CallGet(ctx context.Context, id string) (*Call, error)
 

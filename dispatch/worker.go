@@ -43,7 +43,7 @@ func (r *Runtime) execute(c *Call) {
 	storeCtx := context.WithoutCancel(r.runCtx)
 	cc := &callContext{rt: r, call: c}
 	if c.Gathers > 0 {
-		children, ok := r.results.children(c.ID)
+		children, ok := r.results.childrenOf(c)
 		if ok {
 			r.stats.resultsFromMemory.Add(1)
 		} else {
@@ -81,6 +81,9 @@ func (r *Runtime) execute(c *Call) {
 	if cc.suspend != nil {
 		r.suspend(storeCtx, c, cc.suspend, started)
 		return
+	}
+	if err == nil {
+		err = cc.attachedError() // gathers attached after it first ran (attach.go)
 	}
 	r.finish(storeCtx, c, output, err, started)
 }

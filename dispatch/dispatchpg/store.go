@@ -284,8 +284,15 @@ func (s *Store) migrate(ctx context.Context) error {
 		)`); err != nil {
 			return fmt.Errorf("dispatchpg: migrate: %w", err)
 		}
-		var current int
-		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM migrations`).Scan(&current); err != nil {
+		// Every migration not applied yet, in order, not only those past the
+		// highest applied: migrations made on branches land in any order
+		// (a database that has 004 may lack 003).
+		rows, err := tx.Query(ctx, `SELECT version FROM migrations`)
+		if err != nil {
+			return fmt.Errorf("dispatchpg: migrate: %w", err)
+		}
+		applied, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
 			return fmt.Errorf("dispatchpg: migrate: %w", err)
 		}
 		for _, name := range names {
@@ -294,7 +301,7 @@ func (s *Store) migrate(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("dispatchpg: migrate: bad migration name %s", base)
 			}
-			if version <= current {
+			if slices.Contains(applied, int32(version)) {
 				continue
 			}
 			body, err := migrations.ReadFile(name)

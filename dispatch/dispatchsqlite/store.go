@@ -297,8 +297,23 @@ func (s *Store) migrate(ctx context.Context) error {
 	)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	var current int
-	if err := s.wdb.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM migrations`).Scan(&current); err != nil {
+	// Every migration not applied yet, in order, not only those past the
+	// highest applied: migrations made on branches land in any order (a
+	// database that has 004 may lack 003).
+	applied := map[int]bool{}
+	rows, err := s.wdb.QueryContext(ctx, `SELECT version FROM migrations`)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return fmt.Errorf("migrate: %w", err)
+		}
+		applied[v] = true
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	names, err := fs.Glob(migrations, "migration/*.up.sql")
@@ -312,7 +327,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("migrate: bad migration name %s", base)
 		}
-		if version <= current {
+		if applied[version] {
 			continue
 		}
 		body, err := migrations.ReadFile(name)

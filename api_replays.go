@@ -1,0 +1,55 @@
+package main
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// handleReplayCreate starts a replay of a time range to a destination
+// (202 with the job), or with "dry_run" counts the events it would look at
+// (200).
+func handleReplayCreate(log *slog.Logger, svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in replayRequest
+		if err := decodeInput(w, r, &in); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		v, err := svc.Replay(r.Context(), r.PathValue("id"), &in)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if job, ok := v.(*replayView); ok {
+			w.Header().Set("Location", "/v1/replays/"+job.ID)
+			writeJSON(w, http.StatusAccepted, job)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+}
+
+// handleReplayGet shows a replay and how far it got.
+func handleReplayGet(log *slog.Logger, svc *service) http.Handler {
+	return respond(log, http.StatusOK, func(r *http.Request) (*replayView, error) {
+		return svc.ReplayJob(r.Context(), r.PathValue("id"))
+	})
+}
+
+// handleReplayList lists the replays, newest first, of a destination or
+// of all.
+func handleReplayList(log *slog.Logger, svc *service) http.Handler {
+	return respond(log, http.StatusOK, func(r *http.Request) (map[string]any, error) {
+		list, err := svc.Replays(r.Context(), r.URL.Query().Get("destination"))
+		return map[string]any{"replays": list}, err
+	})
+}
+
+// handleStats shows this process's figures of the last hour and the
+// destinations' health, for the console's overview.
+func handleStats(svc *service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, svc.Stats(time.Now()))
+	})
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"embed"
+	"io/fs"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// The console: a page and its script, embedded in the binary, that show
+// and steer fanout through the same JSON API as everyone (no second API,
+// no build step). Everything it shows of an event or of a destination's
+// answer is set as text (textContent), never parsed as HTML; the policy
+// below forbids inline scripts and every origin but fanout's own, so that
+// a payload that slipped through as markup would still run nothing.
+
+//go:embed console
+var consoleFiles embed.FS
+
+// consolePolicy is the console's Content-Security-Policy.
+const consolePolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; font-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; " +
+	"form-action 'self'; frame-ancestors 'none'"
+
+// isConsole reports whether a path is the console's (open without a
+// token: its files hold no data).
+func isConsole(path string) bool {
+	return path == "/" || path == "/console" || strings.HasPrefix(path, "/console/")
+}
+
+// addConsole mounts the console at /console/, and / sends there.
+func addConsole(mux *http.ServeMux) {
+	files, err := fs.Sub(consoleFiles, "console")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	static := http.StripPrefix("/console/", http.FileServerFS(files))
+	mux.Handle("GET /console/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", consolePolicy)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cross-Origin-Opener-Policy", "same-origin")
+		h.Set("Cache-Control", "no-cache")
+		static.ServeHTTP(w, r)
+	}))
+	home := http.RedirectHandler("/console/", http.StatusFound)
+	mux.Handle("GET /{$}", home)
+	mux.Handle("GET /console", home)
+}
+
+// consoleURL is the address to open the console at, for the start-up line:
+// an address that listens on every interface is reached as localhost.
+func consoleURL(addr net.Addr) string {
+	host, port := "localhost", ""
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(tcp.Port)
+		if !tcp.IP.IsUnspecified() {
+			host = tcp.IP.String()
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/console/"
+}

@@ -1,0 +1,1005 @@
+// fanout console: plain JavaScript on fanout's JSON API, no build step.
+//
+// Safety rules, kept everywhere below: whatever comes from the API (an
+// event's payload, a destination's answer, a URL, an error) is put in the
+// page as text (textContent, through el()), never as HTML; links to
+// destination URLs are made only for http and https; no inline script or
+// style (the page's Content-Security-Policy forbids them), no eval. The API
+// token, when fanout needs one, stays in this tab's sessionStorage and goes
+// out only in the Authorization header of the console's own requests.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "fanout-token";
+  const main = document.getElementById("main");
+  const state = {
+    tz: localStorage.getItem("fanout-tz") || "local",
+    live: Number(localStorage.getItem("fanout-live") || "2"),
+    page: null, // the current page: {refresh(), destroy()}
+    timer: null,
+    destinations: [], // cached for selects and names
+  };
+
+  // ---------- DOM helpers: text only ----------
+
+  // el makes an element. attrs: plain attributes (set with setAttribute),
+  // but "class", "on*" handlers (functions) and "text". Children: nodes or
+  // strings (as text nodes); null and false are skipped.
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = String(v);
+      else if (k.startsWith("on") && typeof v === "function") e.addEventListener(k.slice(2), v);
+      else if (k === "href") e.setAttribute("href", safeHref(v));
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  // safeHref allows in-console links and http(s) URLs only.
+  function safeHref(v) {
+    const s = String(v);
+    if (s.startsWith("#/")) return s;
+    try {
+      const u = new URL(s, location.href);
+      if (u.protocol === "http:" || u.protocol === "https:") return u.href;
+    } catch (_) { /* not a URL */ }
+    return "#";
+  }
+
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+
+  function toast(msg, bad) {
+    const t = document.getElementById("toast");
+    t.textContent = msg;
+    t.className = bad ? "bad" : "";
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 6000 : 3000);
+  }
+
+  // ---------- times ----------
+
+  function fmtTime(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (isNaN(d)) return String(iso);
+    if (state.tz === "utc") return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+    const p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+
+  function ago(iso) {
+    const s = (Date.now() - new Date(iso).getTime()) / 1000;
+    if (isNaN(s)) return "";
+    const a = Math.abs(s);
+    const r = a < 60 ? `${Math.round(a)} s` : a < 3600 ? `${Math.round(a / 60)} min` : a < 86400 ? `${Math.round(a / 3600)} h` : `${Math.round(a / 86400)} d`;
+    return s >= 0 ? `${r} ago` : `in ${r}`;
+  }
+
+  // timeEl shows a time in the chosen zone, the exact UTC time on hover.
+  function timeEl(iso, withAgo) {
+    if (!iso) return el("span", { class: "muted", text: "—" });
+    return el("time", { datetime: iso, title: new Date(iso).toISOString() },
+      fmtTime(iso), withAgo ? el("span", { class: "muted small" }, " · ", ago(iso)) : null);
+  }
+
+  // toInput turns an RFC 3339 time into a datetime-local value, and back,
+  // in the chosen zone (explicitly: a datetime-local input has none).
+  function toInput(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    if (state.tz === "utc") return d.toISOString().slice(0, 19);
+    const off = d.getTimezoneOffset() * 60000;
+    return new Date(d.getTime() - off).toISOString().slice(0, 19);
+  }
+  function fromInput(v) {
+    if (!v) return "";
+    const d = state.tz === "utc" ? new Date(v + "Z") : new Date(v);
+    return isNaN(d) ? "" : d.toISOString().replace(/\.\d+Z$/, "Z");
+  }
+
+  function fmtNum(n, digits) {
+    if (n === null || n === undefined || isNaN(n)) return "—";
+    return Number(n).toLocaleString(undefined, { maximumFractionDigits: digits === undefined ? 1 : digits });
+  }
+  function fmtMS(ms) {
+    if (ms === null || ms === undefined) return "—";
+    if (ms < 1000) return `${fmtNum(ms, ms < 10 ? 2 : 0)} ms`;
+    if (ms < 60000) return `${fmtNum(ms / 1000, 1)} s`;
+    return `${fmtNum(ms / 60000, 1)} min`;
+  }
+  function fmtBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1 << 20) return `${fmtNum(n / 1024, 1)} KiB`;
+    return `${fmtNum(n / (1 << 20), 1)} MiB`;
+  }
+
+  // ---------- the API ----------
+
+  class APIError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = "Bearer " + token;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const res = await fetch(path, {
+      method, headers, cache: "no-store", credentials: "omit",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (res.status === 401) {
+      await askToken(token ? "fanout did not take this token." : "");
+      return api(method, path, body);
+    }
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+    if (!res.ok) throw new APIError(res.status, (data && data.error) || text || res.statusText);
+    return data;
+  }
+
+  let tokenWait = null;
+  function askToken(message) {
+    if (tokenWait) return tokenWait;
+    const dlg = document.getElementById("token-dialog");
+    const err = document.getElementById("token-error");
+    const input = document.getElementById("token-input");
+    err.hidden = !message;
+    err.textContent = message || "";
+    input.value = "";
+    tokenWait = new Promise((resolve) => {
+      dlg.addEventListener("close", function done() {
+        dlg.removeEventListener("close", done);
+        if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+        document.getElementById("signout").hidden = !sessionStorage.getItem(TOKEN_KEY);
+        tokenWait = null;
+        resolve();
+      });
+    });
+    if (!dlg.open) dlg.showModal();
+    return tokenWait;
+  }
+
+  // confirmDialog asks before an action; extra is a node shown under the
+  // text (a typed confirmation, say). It resolves true on confirm.
+  function confirmDialog(title, text, okLabel, extra, check) {
+    const dlg = document.getElementById("confirm-dialog");
+    document.getElementById("confirm-title").textContent = title;
+    document.getElementById("confirm-text").textContent = text;
+    const box = document.getElementById("confirm-extra");
+    clear(box);
+    if (extra) box.append(extra);
+    const ok = document.getElementById("confirm-ok");
+    ok.textContent = okLabel || "Confirm";
+    ok.disabled = !!check && !check();
+    const recheck = () => { ok.disabled = !!check && !check(); };
+    box.addEventListener("input", recheck);
+    return new Promise((resolve) => {
+      dlg.addEventListener("close", function done() {
+        dlg.removeEventListener("close", done);
+        box.removeEventListener("input", recheck);
+        resolve(dlg.returnValue === "ok");
+      });
+      dlg.returnValue = "";
+      dlg.showModal();
+    });
+  }
+
+  function copyButton(text, label) {
+    return el("button", {
+      type: "button", class: "copy", title: "copy", text: label || "copy",
+      onclick: async (ev) => {
+        ev.preventDefault();
+        try {
+          await navigator.clipboard.writeText(text);
+          toast("Copied");
+        } catch (_) {
+          toast("The browser refused the clipboard here; select the text instead", true);
+        }
+      },
+    });
+  }
+
+  function badge(s, extra) { return el("span", { class: "badge " + s, text: extra || s }); }
+
+  function failMessage(e) { return e instanceof APIError ? `${e.status}: ${e.message}` : String(e.message || e); }
+
+  function showError(where, e) {
+    clear(where);
+    where.append(el("div", { class: "banner bad" }, failMessage(e)));
+  }
+
+  // ---------- routing and live refresh ----------
+
+  function parseHash() {
+    const h = location.hash.replace(/^#\/?/, "");
+    const [path, query] = h.split("?");
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    return { parts, query: new URLSearchParams(query || "") };
+  }
+
+  function setHashQuery(page, q) {
+    const s = q.toString();
+    const h = "#/" + page + (s ? "?" + s : "");
+    if (location.hash !== h) history.replaceState(null, "", h);
+  }
+
+  const pages = {};
+
+  async function route() {
+    if (state.page && state.page.destroy) state.page.destroy();
+    state.page = null;
+    const { parts, query } = parseHash();
+    let name = parts[0] || "overview";
+    if (!pages[name]) name = "overview";
+    for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === name);
+    clear(main);
+    const page = pages[name](parts.slice(1), query);
+    state.page = page;
+    document.title = "fanout · " + (page.title || name);
+    await refresh(true);
+  }
+
+  // refresh runs the current page's refresh, one at a time per page (a
+  // tick while one is under way is skipped; a first load waits for it).
+  async function refresh(first) {
+    const page = state.page;
+    if (!page || !page.refresh) return;
+    if (page.running) {
+      if (!first) return;
+      await page.running.catch(() => {});
+    }
+    page.running = page.refresh(first);
+    try {
+      await page.running;
+    } catch (e) {
+      if (page === state.page && page.fail) page.fail(e);
+      else if (page === state.page) toast(failMessage(e), true);
+    } finally {
+      page.running = null;
+    }
+  }
+
+  function schedule() {
+    clearInterval(state.timer);
+    if (state.live > 0) {
+      state.timer = setInterval(() => {
+        if (!document.hidden && state.page && state.page.live) refresh(false);
+      }, state.live * 1000);
+    }
+  }
+
+  async function loadDestinations() {
+    const d = await api("GET", "/v1/destinations");
+    state.destinations = d.destinations || [];
+    return state.destinations;
+  }
+  function destName(id) {
+    const d = state.destinations.find((x) => x.id === id);
+    return d ? (d.description || d.url) : id;
+  }
+  function destLink(id) {
+    return el("a", { href: "#/destinations/" + encodeURIComponent(id), title: id, text: destName(id) });
+  }
+  function eventLink(id) {
+    return el("a", { class: "id", href: "#/events/" + encodeURIComponent(id), title: id, text: id });
+  }
+
+  // ---------- overview ----------
+
+  pages.overview = function () {
+    const cards = el("div", { class: "cards" });
+    const charts = el("div", { class: "charts" });
+    const health = el("div", { class: "scroll" });
+    const note = el("p", { class: "muted small" });
+    main.append(el("h1", { text: "Overview" }), cards, charts, el("h2", { text: "Destinations" }), health, note);
+    const plots = {};
+    const observers = [];
+
+    function card(label, value, sub) {
+      return el("div", { class: "card" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }),
+        sub ? el("div", { class: "sub", text: sub }) : null);
+    }
+
+    function chart(key, title, series, data, opts) {
+      if (typeof uPlot === "undefined") return;
+      if (plots[key]) {
+        plots[key].setData(data);
+        return;
+      }
+      const box = el("div", { class: "chart" }, el("h3", { text: title }));
+      charts.append(box);
+      const width = () => Math.max(240, box.clientWidth - 18);
+      const tzDate = state.tz === "utc" ? (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC") : undefined;
+      const plot = new uPlot(Object.assign({
+        width: width(), height: 180, tzDate,
+        series: [{}].concat(series),
+        axes: [{}, { size: 56 }],
+        legend: { live: true },
+        cursor: { drag: { x: false, y: false } },
+      }, opts || {}), data, box);
+      plots[key] = plot;
+      if (typeof ResizeObserver !== "undefined") {
+        const ro = new ResizeObserver(() => {
+          const w = width();
+          if (Math.abs(w - plot.width) > 4) plot.setSize({ width: w, height: 180 });
+        });
+        ro.observe(box);
+        observers.push(ro);
+      }
+    }
+
+    return {
+      title: "overview",
+      live: true,
+      destroy() {
+        for (const o of observers) o.disconnect();
+        for (const p of Object.values(plots)) p.destroy();
+      },
+      async refresh() {
+        const [s] = await Promise.all([api("GET", "/v1/stats"), loadDestinations()]);
+        const r = s.rates;
+        clear(cards);
+        cards.append(
+          card("Events in", `${fmtNum(r.accepted_per_second)}/s`, `${fmtNum(s.accepted_total, 0)} since start`),
+          card("Delivered", `${fmtNum(r.delivered_per_second)}/s`),
+          card("Failed attempts", `${fmtNum(r.retried_per_second + r.dead_per_second)}/s`, `${fmtNum(r.dead_per_second)}/s dead-lettered`),
+          card("Latency p50", fmtMS(r.latency_p50_ms), "arrival to delivered"),
+          card("Latency p99", fmtMS(r.latency_p99_ms)),
+          card("Backlog", fmtNum(s.backlog, 0), s.store_up ? `waiting in the store · ${fmtNum(s.backlog_age_seconds, 0)} s old` : "store unreachable"),
+        );
+        const ser = s.series;
+        const times = ser.time;
+        const failed = ser.retried_per_second.map((v, i) => v + ser.dead_per_second[i]);
+        chart("rates", "Events and deliveries per second", [
+          { label: "in", stroke: "#1f6feb", width: 1.5 },
+          { label: "delivered", stroke: "#1a7f37", width: 1.5 },
+          { label: "failed", stroke: "#cf222e", width: 1.5 },
+        ], [times, ser.accepted_per_second, ser.delivered_per_second, failed]);
+        chart("latency", "Arrival to delivered (ms)", [
+          { label: "p50", stroke: "#8250df", width: 1.5, points: { show: true, size: 4 } },
+          { label: "p99", stroke: "#bf3989", width: 1.5, points: { show: true, size: 4 } },
+        ], [times, ser.latency_p50_ms, ser.latency_p99_ms]);
+        chart("backlog", "Backlog (deliveries waiting)", [
+          { label: "backlog", stroke: "#9a6700", width: 1.5, spanGaps: true, points: { show: true, size: 4 } },
+        ], [times, ser.backlog]);
+        clear(health);
+        const rows = s.destinations.map((d) => el("tr", {},
+          el("td", {}, destLink(d.id), el("div", { class: "muted small mono", text: d.url })),
+          el("td", {}, badge(d.state, d.state === "breaker" ? "breaker open" : d.state),
+            d.breaker_until ? el("div", { class: "small muted" }, "until ", timeEl(d.breaker_until)) : null,
+            d.reason ? el("div", { class: "small muted", text: d.reason }) : null),
+          el("td", { class: "num", text: fmtNum(d.backlog, 0) }),
+          el("td", { class: "num", text: `${d.in_flight} / ${fmtNum(d.concurrency_limit, 0)}` }),
+          el("td", { class: "num", text: String(d.failures_in_a_row) })));
+        health.append(rows.length ? el("table", {},
+          el("thead", {}, el("tr", {}, el("th", { text: "Destination" }), el("th", { text: "State" }),
+            el("th", { class: "num", text: "Backlog" }), el("th", { class: "num", text: "In flight / limit" }),
+            el("th", { class: "num", text: "Failures in a row" }))),
+          el("tbody", {}, rows)) : el("p", { class: "muted" }, "No destination yet: ", el("a", { href: "#/destinations", text: "add one" }), "."));
+        clear(note);
+        note.append(`Figures are this replica's (since ${fmtTime(s.started_at)}; ${s.bucket_seconds}-second buckets, the last hour, kept in memory); `,
+          "the backlog is the store's, over all replicas. ", retentionText(s.retention));
+        footer(s);
+      },
+    };
+  };
+
+  function retentionText(r) {
+    if (!r) return "";
+    const d = r.delivered === "forever" ? "kept forever" : `kept ${r.delivered}` + (r.delivered_since ? ` (back to ${fmtTime(r.delivered_since)})` : "");
+    const f = r.failed === "forever" ? "kept until re-driven or deleted" : `kept ${r.failed}`;
+    return `Delivered events are ${d}; events with a failed delivery are ${f}: a replay reaches that far back.`;
+  }
+
+  function footer(s) {
+    const f = document.getElementById("foot");
+    clear(f);
+    f.append(`fanout ${s.version || ""} · store: ${s.store || "?"} · `, "this page refreshes ",
+      state.live ? `every ${state.live} s` : "only when asked", " (paused while the tab is hidden)");
+  }
+
+  // ---------- events ----------
+
+  const eventStates = ["", "pending", "delivering", "delivered", "failed"];
+
+  pages.events = function (parts, query) {
+    if (parts[0]) return eventPage(parts[0]);
+    const form = el("form", { class: "filters" });
+    const list = el("div");
+    const banner = el("div");
+    const info = el("p", { class: "muted small" });
+    main.append(el("h1", { text: "Events" }), form, banner, list, info);
+    const cursors = []; // the cursors of the pages before this one
+    let cursor = query.get("cursor") || "";
+    let shown = []; // ids shown, for the "new" highlight
+    const f = {};
+    const input = (name, label, attrs) => {
+      const i = el("input", Object.assign({ name, "aria-label": label }, attrs || {}));
+      f[name] = i;
+      return el("label", {}, label, i);
+    };
+    const stateSel = el("select", { name: "state", "aria-label": "state" }, eventStates.map((s) => el("option", { value: s, text: s || "any" })));
+    const destSel = el("select", { name: "destination", "aria-label": "destination" }, el("option", { value: "", text: "any" }));
+    f.state = stateSel;
+    f.destination = destSel;
+    form.append(
+      input("q", "Payload contains", { type: "search", placeholder: "text", maxlength: "200" }),
+      input("type", "Type", { placeholder: "order.paid or order.*" }),
+      el("label", {}, "State", stateSel),
+      el("label", {}, "Destination", destSel),
+      input("since", "Since", { type: "datetime-local", step: "1" }),
+      input("until", "Until", { type: "datetime-local", step: "1" }),
+      el("button", { type: "submit", text: "Filter" }),
+      el("button", { type: "button", class: "secondary", text: "Clear", onclick: () => { location.hash = "#/events"; } }),
+      input("id", "Go to event id", { placeholder: "id" }),
+    );
+    f.q.value = query.get("q") || "";
+    f.type.value = query.get("type") || "";
+    f.since.value = toInput(query.get("since"));
+    f.until.value = toInput(query.get("until"));
+    stateSel.value = query.get("state") || "";
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (f.id.value.trim()) {
+        location.hash = "#/events/" + encodeURIComponent(f.id.value.trim());
+        return;
+      }
+      const q = filterQuery();
+      cursors.length = 0;
+      cursor = "";
+      setHashQuery("events", q);
+      refresh(true);
+    });
+    function filterQuery() {
+      const q = new URLSearchParams();
+      for (const k of ["q", "type"]) if (f[k].value.trim()) q.set(k, f[k].value.trim());
+      if (stateSel.value) q.set("state", stateSel.value);
+      if (destSel.value) q.set("destination", destSel.value);
+      if (f.since.value) q.set("since", fromInput(f.since.value));
+      if (f.until.value) q.set("until", fromInput(f.until.value));
+      return q;
+    }
+
+    function render(page, fresh) {
+      clear(list);
+      const rows = page.events.map((e) => {
+        const d = e.deliveries;
+        return el("tr", { class: fresh.has(e.id) ? "fresh" : null, "data-id": e.id },
+          el("td", {}, timeEl(e.received_at, true)),
+          el("td", {}, eventLink(e.id), copyButton(e.id)),
+          el("td", { class: "mono", text: e.type || "—" }),
+          el("td", {}, badge(e.state)),
+          el("td", { class: "nowrap" },
+            d.delivered ? el("span", { class: "badge delivered", title: "delivered", text: `✓ ${d.delivered}` }) : null, " ",
+            d.failed ? el("span", { class: "badge failed", title: "failed", text: `✗ ${d.failed}` }) : null, " ",
+            d.pending + d.delivering ? el("span", { class: "badge pending", title: "pending or delivering", text: `… ${d.pending + d.delivering}` }) : null,
+            !(d.delivered + d.failed + d.pending + d.delivering) ? el("span", { class: "muted", text: "none" }) : null),
+          el("td", { class: "num hide-narrow", text: fmtBytes(e.size) }));
+      });
+      list.append(el("div", { class: "scroll" }, el("table", { id: "events-table" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Received" }), el("th", { text: "Id" }), el("th", { text: "Type" }),
+          el("th", { text: "State" }), el("th", { text: "Deliveries" }), el("th", { class: "num hide-narrow", text: "Size" }))),
+        el("tbody", {}, rows))));
+      if (!rows.length) list.append(el("p", { class: "muted", text: page.next_cursor ? "No match yet." : "No event matches." }));
+      const pager = el("div", { class: "pager" });
+      if (cursors.length) {
+        pager.append(el("button", { type: "button", class: "secondary", text: "← Newest", onclick: () => { cursors.length = 0; cursor = ""; refresh(true); } }),
+          el("button", { type: "button", class: "secondary", text: "← Newer", onclick: () => { cursor = cursors.pop(); refresh(true); } }));
+      }
+      if (page.next_cursor) {
+        const label = page.searched_to ? "Search older →" : "Older →";
+        pager.append(el("button", { type: "button", class: "secondary", text: label, onclick: () => { cursors.push(cursor); cursor = page.next_cursor; refresh(true); } }));
+      }
+      if (page.searched_to) {
+        pager.append(el("span", { class: "muted small" }, `Searched ${fmtNum(page.scanned, 0)} events back to `, timeEl(page.searched_to),
+          "; each page searches a bounded number of events."));
+      }
+      list.append(pager);
+      clear(info);
+      info.append(retentionText(page.retention), " Lists never show payloads; open an event to see it.");
+    }
+
+    let last = null;
+    return {
+      title: "events",
+      // A text search reads payloads: it runs when asked, not on every tick.
+      get live() { return cursors.length === 0 && !cursor && !f.q.value.trim(); },
+      async refresh(first) {
+        if (first || !state.destinations.length) {
+          await loadDestinations();
+          const sel = query.get("destination") || destSel.value;
+          clear(destSel);
+          destSel.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || d.url })));
+          destSel.value = sel;
+        }
+        const q = filterQuery();
+        q.set("limit", "50");
+        if (cursor) q.set("cursor", cursor);
+        const page = await api("GET", "/v1/events?" + q.toString());
+        const fresh = new Set();
+        if (!first && last) for (const e of page.events) if (!shown.includes(e.id)) fresh.add(e.id);
+        clear(banner);
+        if (fresh.size && window.scrollY > 200) {
+          // The reader is further down: say so instead of moving the rows.
+          banner.append(el("div", { class: "banner info" }, `${fresh.size} new event${fresh.size > 1 ? "s" : ""}`,
+            el("button", { type: "button", class: "secondary", text: "Show", onclick: () => { window.scrollTo(0, 0); clear(banner); render(page, fresh); shown = page.events.map((e) => e.id); } })));
+          return;
+        }
+        last = page;
+        shown = page.events.map((e) => e.id);
+        render(page, fresh);
+      },
+      fail(e) { showError(list, e); },
+    };
+  };
+
+  const LARGE = 256 * 1024;
+
+  function eventPage(id) {
+    const head = el("div");
+    const body = el("div");
+    main.append(el("p", {}, el("a", { href: "#/events", text: "← Events" })), head, body);
+    let pretty = true;
+    let lastState = null;
+    return {
+      title: "event " + id,
+      get live() { return lastState !== "delivered" && lastState !== "failed"; },
+      async refresh(first) {
+        if (first) await loadDestinations();
+        const ev = await api("GET", "/v1/events/" + encodeURIComponent(id));
+        lastState = ev.state;
+        clear(head);
+        clear(body);
+        const raw = JSON.stringify(ev.event);
+        const type = ev.event && typeof ev.event.type === "string" ? ev.event.type : "";
+        head.append(el("h1", {}, "Event ", el("span", { class: "id", text: ev.id }), copyButton(ev.id)),
+          el("dl", { class: "facts" },
+            el("dt", { text: "State" }), el("dd", {}, badge(ev.state)),
+            el("dt", { text: "Type" }), el("dd", { class: "mono", text: type || "—" }),
+            el("dt", { text: "Received" }), el("dd", {}, timeEl(ev.received_at, true)),
+            el("dt", { text: "Size" }), el("dd", { text: fmtBytes(new TextEncoder().encode(raw).length) }),
+            ev.error ? el("dt", { text: "Error" }) : null, ev.error ? el("dd", { class: "error", text: ev.error }) : null));
+        // The payload: text, never markup.
+        const pre = el("pre", { class: "payload", id: "payload" });
+        const large = raw.length > LARGE;
+        pre.textContent = pretty && !large ? JSON.stringify(ev.event, null, 2) : large ? raw.slice(0, LARGE) + "\n… (truncated: download it whole)" : raw;
+        body.append(el("div", { class: "spread" }, el("h2", { text: "Payload" }), el("div", { class: "actions" },
+          large ? null : el("button", { type: "button", class: "secondary", text: pretty ? "Raw" : "Pretty", onclick: () => { pretty = !pretty; refresh(true); } }),
+          copyButton(raw, "Copy"),
+          el("button", { type: "button", class: "secondary", text: "Download", onclick: () => download(ev.id + ".json", raw) }))), pre);
+        body.append(el("h2", { text: "Deliveries" }));
+        if (!ev.deliveries.length) {
+          body.append(el("p", { class: "muted", text: "No destination wanted this event when it arrived. A replay to a destination sends it." }));
+          return;
+        }
+        for (const d of ev.deliveries) body.append(await deliveryPanel(d));
+      },
+      fail(e) { showError(head, e); },
+    };
+  }
+
+  function download(name, text) {
+    const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+    const a = el("a", { download: name });
+    a.href = url; // a blob: URL of our own making
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  async function deliveryPanel(d) {
+    const full = await api("GET", "/v1/deliveries/" + encodeURIComponent(d.id));
+    const panel = el("div", { class: "panel delivery", "data-delivery": d.id });
+    const retry = d.state === "failed" ? el("button", {
+      type: "button", class: "retry", text: "Re-drive",
+      onclick: async (ev) => {
+        ev.target.disabled = true;
+        try {
+          await api("POST", "/v1/deliveries/" + encodeURIComponent(d.id) + "/retry");
+          toast("Re-driven: it will be tried again now");
+          refresh(true);
+        } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+      },
+    }) : null;
+    panel.append(el("div", { class: "spread" },
+      el("div", { class: "row" }, destLink(d.destination_id), badge(d.state), d.replay ? badge("replay", "replayed") : null,
+        el("span", { class: "muted small", text: `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` })),
+      retry));
+    const steps = el("ol", { class: "timeline" });
+    steps.append(el("li", {}, "Queued ", timeEl(full.created_at), full.replay ? el("span", { class: "muted small" }, " by replay ", el("span", { class: "id", text: full.replay })) : null));
+    for (const a of full.attempt_history || []) {
+      let excerpt = "";
+      if (a.detail && typeof a.detail === "object" && a.detail.excerpt) excerpt = a.detail.excerpt;
+      const ok = a.status >= 200 && a.status < 300 && !a.error;
+      steps.append(el("li", { class: ok ? "ok" : "bad" },
+        el("strong", { text: `Attempt ${a.attempt}` }), " · ", timeEl(a.started_at), " · ", fmtMS(a.duration_ms), " · ",
+        a.status ? el("span", { class: ok ? "" : "error", text: `HTTP ${a.status}` }) : null,
+        a.error ? el("div", { class: "error small", text: a.error }) : null,
+        excerpt ? el("pre", { class: "excerpt", text: excerpt }) : null));
+    }
+    if (d.state === "pending" && d.next_attempt_at) steps.append(el("li", { class: "wait" }, "Next attempt ", timeEl(d.next_attempt_at, true)));
+    if (d.state === "delivered") steps.append(el("li", { class: "ok" }, "Delivered ", timeEl(d.delivered_at)));
+    if (d.state === "failed") steps.append(el("li", { class: "bad" }, "Failed for good: a dead letter. ", d.last_error ? el("span", { class: "error small", text: d.last_error }) : null));
+    panel.append(steps);
+    return panel;
+  }
+
+  // ---------- destinations ----------
+
+  pages.destinations = function (parts) {
+    const focus = parts[0] || "";
+    const top = el("div");
+    const list = el("div");
+    main.append(el("h1", { text: "Destinations" }), top, list);
+    let health = {};
+    let replays = [];
+    const open = new Set(focus ? [focus] : []);
+
+    const create = el("form", { class: "stack", id: "create-destination" },
+      el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/hooks" })),
+      el("label", {}, "Filter (event types, comma-separated)", el("input", { name: "filter", placeholder: "order.*, user.created" })),
+      el("label", {}, "Description", el("input", { name: "description", maxlength: "1000" })),
+      el("div", {}, el("button", { type: "submit", text: "Add destination" })));
+    create.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData(create);
+      try {
+        const d = await api("POST", "/v1/destinations", { url: fd.get("url"), description: fd.get("description") || undefined, filter: splitList(fd.get("filter")) });
+        create.reset();
+        open.add(d.id);
+        toast("Added " + d.id);
+        refresh(true);
+      } catch (e) { toast(failMessage(e), true); }
+    });
+    top.append(el("details", { class: "panel" }, el("summary", { text: "Add a destination" }), create));
+
+    return {
+      title: "destinations",
+      live: true,
+      async refresh(first) {
+        const [, s, r] = await Promise.all([loadDestinations(), api("GET", "/v1/stats"), api("GET", "/v1/replays")]);
+        health = Object.fromEntries(s.destinations.map((d) => [d.id, d]));
+        if (first && !focus && state.destinations.length <= 3) for (const d of state.destinations) open.add(d.id);
+        replays = r.replays;
+        // Keep what is being typed: re-render only closed panels and
+        // the figures of open ones.
+        const existing = new Map([...list.children].map((n) => [n.dataset.id, n]));
+        const keep = new Set();
+        for (const d of state.destinations) {
+          keep.add(d.id);
+          const old = existing.get(d.id);
+          const fresh = destinationPanel(d, health[d.id], replays.filter((x) => x.destination === d.id), open);
+          if (old && old.querySelector("form.editing")) {
+            const figs = old.querySelector(".figures");
+            if (figs) figs.replaceWith(fresh.querySelector(".figures"));
+            continue;
+          }
+          if (old) old.replaceWith(fresh); else list.append(fresh);
+        }
+        for (const [id, n] of existing) if (!keep.has(id)) n.remove();
+        if (!state.destinations.length) {
+          clear(list);
+          list.append(el("p", { class: "muted", text: "No destination yet. Events are stored and delivered nowhere until you add one." }));
+        }
+        footer(s);
+      },
+      fail(e) { showError(list, e); },
+    };
+  };
+
+  function splitList(v) {
+    return String(v || "").split(",").map((s) => s.trim()).filter(Boolean);
+  }
+
+  function destinationPanel(d, h, replays, open) {
+    const stateName = !d.enabled ? "disabled" : d.paused ? "paused" : h && h.state === "breaker" ? "breaker" : "active";
+    const panel = el("details", { class: "panel destination", "data-id": d.id, open: open.has(d.id) });
+    panel.addEventListener("toggle", () => { if (panel.open) open.add(d.id); else open.delete(d.id); });
+    const url = /^https?:\/\//i.test(d.url) ? el("a", { href: d.url, rel: "noreferrer noopener", target: "_blank", class: "mono", text: d.url }) : el("span", { class: "mono", text: d.url });
+    panel.append(el("summary", {}, el("strong", { text: d.description || d.id }), " ", badge(stateName, stateName === "breaker" ? "breaker open" : stateName), " ", url));
+
+    const figs = el("div", { class: "figures small muted" },
+      `backlog ${h ? fmtNum(h.backlog, 0) : "—"}`, " · ",
+      `in flight ${h ? h.in_flight : "—"} / limit ${h ? fmtNum(h.concurrency_limit, 0) : "—"} (max ${d.max_concurrency})`, " · ",
+      `failures in a row ${h ? h.failures_in_a_row : "—"}`,
+      d.circuit_open_until ? el("span", {}, " · breaker open until ", timeEl(d.circuit_open_until)) : null);
+    panel.append(figs);
+    if (d.reason) panel.append(el("div", { class: "banner warn", text: d.reason }));
+    if (d.missed && d.enabled) {
+      panel.append(el("div", { class: "banner info missed" },
+        "It was disabled from ", timeEl(d.missed.since), " to ", timeEl(d.missed.until),
+        ": the events of that period were not sent to it.",
+        el("button", { type: "button", class: "secondary", text: "Replay that period", onclick: () => replayForm(d, panel, d.missed.since, d.missed.until) })));
+    }
+    if (!d.enabled) {
+      panel.append(el("div", { class: "banner warn", text: "Disabled: new events are not routed to it, and its pending deliveries wait. " +
+        "Once it is enabled again, replay the period it was disabled to send it what it missed." }));
+    }
+
+    const facts = el("dl", { class: "facts" },
+      el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
+      el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
+      el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret", text: "whsec_…" }), copyButton(d.secret, "copy secret"),
+        d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
+      el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
+      el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
+      el("dt", { text: "Headers" }), el("dd", { class: "mono", text: d.headers ? Object.keys(d.headers).join(", ") : "none" }),
+      el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
+        el("a", { href: "#/dead-letters?destination=" + encodeURIComponent(d.id), text: "its dead letters" })));
+    panel.append(facts);
+
+    const act = (label, cls, fn) => el("button", {
+      type: "button", class: cls, text: label,
+      onclick: async (ev) => {
+        ev.target.disabled = true;
+        try { await fn(); refresh(true); } catch (e) { toast(failMessage(e), true); } finally { ev.target.disabled = false; }
+      },
+    });
+    const path = "/v1/destinations/" + encodeURIComponent(d.id);
+    const actions = el("div", { class: "actions" },
+      d.paused || stateName === "breaker"
+        ? act("Resume", "resume", async () => { await api("POST", path + "/resume"); toast("Resumed"); })
+        : act("Pause", "secondary pause", async () => { await api("PATCH", path, { paused: true }); toast("Paused: deliveries wait"); }),
+      d.enabled
+        ? act("Disable", "secondary", async () => { await api("PATCH", path, { enabled: false }); toast("Disabled"); })
+        : act("Enable", "", async () => { await api("PATCH", path, { enabled: true }); toast("Enabled"); }),
+      el("button", { type: "button", class: "secondary", text: "Edit", onclick: () => editForm(d, panel) }),
+      el("button", { type: "button", class: "secondary replay", text: "Replay…", onclick: () => replayForm(d, panel) }),
+      act("Rotate secret", "secondary", async () => {
+        const nd = await api("POST", path + "/rotate-secret");
+        toast("New secret: the old one signs too until " + fmtTime(nd.previous_secret_expires_at));
+      }),
+      el("button", {
+        type: "button", class: "danger", text: "Delete",
+        onclick: async () => {
+          const input = el("input", { "aria-label": "destination id", placeholder: d.id });
+          const ok = await confirmDialog("Delete this destination?", `Its pending deliveries will fail for good. Type its id, ${d.id}, to confirm.`,
+            "Delete", input, () => input.value === d.id);
+          if (!ok) return;
+          try { await api("DELETE", path); toast("Deleted"); refresh(true); } catch (e) { toast(failMessage(e), true); }
+        },
+      }));
+    panel.append(actions);
+    panel.append(el("div", { class: "slot" }));
+
+    if (replays.length) {
+      panel.append(el("h3", { text: "Replays" }), el("div", { class: "scroll" }, el("table", { class: "replays" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Started" }), el("th", { text: "Range" }), el("th", { text: "State" }),
+          el("th", { text: "Progress" }), el("th", { class: "num", text: "Created" }), el("th", { class: "num", text: "Skipped" }))),
+        el("tbody", {}, replays.slice(0, 10).map((r) => el("tr", { "data-replay": r.id },
+          el("td", {}, timeEl(r.created_at)),
+          el("td", { class: "small" }, fmtTime(r.since), " → ", fmtTime(r.until), r.force ? " (forced)" : ""),
+          el("td", {}, badge(r.state), r.error ? el("div", { class: "error small", text: r.error }) : null),
+          el("td", {}, el("progress", { max: "1", value: String(r.progress) }), " ", `${Math.round(r.progress * 100)}%`),
+          el("td", { class: "num", text: fmtNum(r.created, 0) }),
+          el("td", { class: "num", text: fmtNum(r.skipped, 0) })))))));
+    }
+    return panel;
+  }
+
+  function slotOf(panel) {
+    const slot = panel.querySelector(".slot");
+    clear(slot);
+    return slot;
+  }
+
+  function editForm(d, panel) {
+    const slot = slotOf(panel);
+    const form = el("form", { class: "stack editing" },
+      el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", value: d.url, required: true })),
+      el("label", {}, "Description", el("input", { name: "description", value: d.description || "" })),
+      el("label", {}, "Filter (comma-separated)", el("input", { name: "filter", value: (d.filter || []).join(", ") })),
+      el("label", {}, "Max concurrency (1-1024)", el("input", { name: "max_concurrency", type: "number", min: "1", max: "1024", value: String(d.max_concurrency) })),
+      el("label", {}, "Rate limit (per second, 0: none)", el("input", { name: "rate_limit", type: "number", min: "0", step: "any", value: String(d.rate_limit || 0) })),
+      el("label", { class: "wide" }, "Headers (JSON object)", el("textarea", { name: "headers" }, d.headers ? JSON.stringify(d.headers, null, 2) : "{}")),
+      el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")),
+      el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
+        el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData(form);
+      let headers, retry;
+      try { headers = JSON.parse(fd.get("headers") || "{}"); retry = JSON.parse(fd.get("retry") || "{}"); } catch (e) { toast("Headers and retry must be JSON: " + e.message, true); return; }
+      try {
+        await api("PATCH", "/v1/destinations/" + encodeURIComponent(d.id), {
+          url: fd.get("url"), description: fd.get("description"), filter: splitList(fd.get("filter")),
+          max_concurrency: Number(fd.get("max_concurrency")), rate_limit: Number(fd.get("rate_limit")), headers, retry,
+        });
+        toast("Saved");
+        clear(slot);
+        refresh(true);
+      } catch (e) { toast(failMessage(e), true); }
+    });
+    slot.append(form);
+  }
+
+  function replayForm(d, panel, since, until) {
+    const slot = slotOf(panel);
+    const dayAgo = new Date(Date.now() - 86400000).toISOString();
+    const form = el("form", { class: "stack editing replay-form" },
+      el("label", {}, `Since (${state.tz === "utc" ? "UTC" : "local time"})`, el("input", { name: "since", type: "datetime-local", step: "1", required: true, value: toInput(since || dayAgo) })),
+      el("label", {}, "Until (empty: now)", el("input", { name: "until", type: "datetime-local", step: "1", value: toInput(until) })),
+      el("label", {}, "Only these types (comma-separated, optional)", el("input", { name: "types", placeholder: "order.*" })),
+      el("label", { class: "row" }, el("input", { name: "force", type: "checkbox" }), "Also events it has a delivery of already"),
+      el("div", { class: "actions" }, el("button", { type: "submit", text: "Count events" }),
+        el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => clear(slot) })),
+      el("p", { class: "muted small wide" }, "A replay gives this destination an ordinary delivery (signed, retried, listed with the event) of every stored event of the range that its filter wants. ",
+        "Events deleted by retention cannot be replayed."));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData(form);
+      const body = { since: fromInput(fd.get("since")), types: splitList(fd.get("types")), force: fd.get("force") === "on" };
+      if (fd.get("until")) body.until = fromInput(fd.get("until"));
+      const path = "/v1/destinations/" + encodeURIComponent(d.id) + "/replay";
+      try {
+        const count = await api("POST", path, Object.assign({ dry_run: true }, body));
+        const n = count.more ? `more than ${fmtNum(count.events, 0)}` : fmtNum(count.events, 0);
+        const ok = await confirmDialog("Replay?", `${n} stored event${count.events === 1 ? "" : "s"} of this range match the destination's filter` +
+          (body.force ? "; each gets a new delivery." : "; those it has a delivery of already are skipped."), "Replay");
+        if (!ok) return;
+        const job = await api("POST", path, body);
+        toast("Replay " + job.id + " started");
+        clear(slot);
+        refresh(true);
+      } catch (e) { toast(failMessage(e), true); }
+    });
+    slot.append(form);
+  }
+
+  // ---------- dead letters ----------
+
+  pages["dead-letters"] = function (parts, query) {
+    const form = el("form", { class: "filters" });
+    const list = el("div");
+    main.append(el("h1", { text: "Dead letters" }),
+      el("p", { class: "muted small", text: "Deliveries that failed for good: their destination refused them (a 4xx), or their retries ran out. Re-drive them once the destination is fixed." }),
+      form, list);
+    const destSel = el("select", { name: "destination", "aria-label": "destination" });
+    const since = el("input", { name: "since", type: "datetime-local", step: "1", "aria-label": "since" });
+    const until = el("input", { name: "until", type: "datetime-local", step: "1", "aria-label": "until" });
+    form.append(el("label", {}, "Destination", destSel), el("label", {}, "Since (event received)", since), el("label", {}, "Until", until),
+      el("button", { type: "submit", text: "Filter" }));
+    since.value = toInput(query.get("since"));
+    until.value = toInput(query.get("until"));
+    const cursors = [];
+    let cursor = "";
+    let rowsShown = [];
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); cursors.length = 0; cursor = ""; setHashQuery("dead-letters", filterQuery()); refresh(true); });
+    function filterQuery() {
+      const q = new URLSearchParams();
+      if (destSel.value) q.set("destination", destSel.value);
+      if (since.value) q.set("since", fromInput(since.value));
+      if (until.value) q.set("until", fromInput(until.value));
+      return q;
+    }
+    async function countMatching() {
+      // Count before a bulk re-drive, up to 10,000: no unbounded count.
+      let n = 0, c = "";
+      for (let i = 0; i < 10; i++) {
+        const q = filterQuery();
+        q.set("state", "failed");
+        q.set("limit", "1000");
+        if (c) q.set("cursor", c);
+        const page = await api("GET", "/v1/deliveries?" + q.toString());
+        n += page.deliveries.length;
+        if (!page.next_cursor) return { n, more: false };
+        c = page.next_cursor;
+      }
+      return { n, more: true };
+    }
+    async function redriveAll() {
+      const { n, more } = await countMatching();
+      if (!n) { toast("Nothing to re-drive"); return; }
+      const scope = destSel.value ? destName(destSel.value) : "every destination";
+      const ok = await confirmDialog("Re-drive all matching?", `${more ? "More than " : ""}${fmtNum(n, 0)} failed deliveries (${scope}` +
+        `${since.value ? ", received since " + since.value : ""}${until.value ? ", until " + until.value : ""}) will be tried again with a fresh retry budget.`, "Re-drive all");
+      if (!ok) return;
+      const body = {};
+      const q = filterQuery();
+      for (const k of ["destination", "since", "until"]) if (q.get(k)) body[k] = q.get(k);
+      let total = 0;
+      for (let i = 0; i < 100; i++) {
+        const r = await api("POST", "/v1/deliveries/retry", body);
+        total += r.retried;
+        if (!r.more) break;
+      }
+      toast(`Re-driven: ${fmtNum(total, 0)}`);
+      refresh(true);
+    }
+    return {
+      title: "dead letters",
+      get live() { return !cursor; },
+      async refresh(first) {
+        if (first) {
+          await loadDestinations();
+          const sel = query.get("destination") || destSel.value;
+          clear(destSel);
+          destSel.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || d.url })));
+          destSel.value = sel;
+        }
+        const q = filterQuery();
+        q.set("state", "failed");
+        q.set("limit", "100");
+        if (cursor) q.set("cursor", cursor);
+        const page = await api("GET", "/v1/deliveries?" + q.toString());
+        const selected = new Set([...list.querySelectorAll("input.pick:checked")].map((i) => i.value));
+        clear(list);
+        rowsShown = page.deliveries;
+        const picks = [];
+        const rows = page.deliveries.map((d) => {
+          const pick = el("input", { type: "checkbox", class: "pick", value: d.id, "aria-label": "select " + d.id, checked: selected.has(d.id) });
+          picks.push(pick);
+          return el("tr", { "data-id": d.id },
+            el("td", {}, pick),
+            el("td", {}, timeEl(d.updated_at, true)),
+            el("td", {}, eventLink(d.event_id)),
+            el("td", {}, destLink(d.destination_id)),
+            el("td", { class: "num", text: String(d.attempts) }),
+            el("td", {}, d.last_status ? el("span", { class: "mono", text: `HTTP ${d.last_status}` }) : null,
+              d.last_error ? el("div", { class: "error small", text: d.last_error.length > 300 ? d.last_error.slice(0, 300) + "…" : d.last_error }) : null),
+            el("td", {}, el("button", {
+              type: "button", class: "secondary retry", text: "Re-drive",
+              onclick: async (ev) => {
+                ev.target.disabled = true;
+                try { await api("POST", "/v1/deliveries/" + encodeURIComponent(d.id) + "/retry"); toast("Re-driven"); refresh(false); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+              },
+            })));
+        });
+        const all = el("input", { type: "checkbox", "aria-label": "select all on this page", onchange: (ev) => { for (const p of picks) p.checked = ev.target.checked; } });
+        const bulk = el("div", { class: "actions" },
+          el("button", {
+            type: "button", class: "secondary", text: "Re-drive selected",
+            onclick: async () => {
+              const ids = picks.filter((p) => p.checked).map((p) => p.value);
+              if (!ids.length) { toast("Select some first"); return; }
+              let done = 0;
+              for (const id of ids) { try { await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/retry"); done++; } catch (_) { /* counted below */ } }
+              toast(`Re-driven: ${done} of ${ids.length}`);
+              refresh(false);
+            },
+          }),
+          el("button", { type: "button", class: "redrive-all", text: "Re-drive all matching…", onclick: () => redriveAll().catch((e) => toast(failMessage(e), true)) }));
+        list.append(el("div", { class: "spread" }, el("span", { class: "muted small", text: `${rowsShown.length} on this page` }), bulk),
+          el("div", { class: "scroll" }, el("table", { id: "dead-table" },
+            el("thead", {}, el("tr", {}, el("th", {}, all), el("th", { text: "Failed" }), el("th", { text: "Event" }), el("th", { text: "Destination" }),
+              el("th", { class: "num", text: "Attempts" }), el("th", { text: "Last answer" }), el("th", { text: "" }))),
+            el("tbody", {}, rows))));
+        if (!rows.length) list.append(el("p", { class: "muted", text: "No dead letter: every delivery either succeeded or is still being tried." }));
+        const pager = el("div", { class: "pager" });
+        if (cursors.length) pager.append(el("button", { type: "button", class: "secondary", text: "← First", onclick: () => { cursors.length = 0; cursor = ""; refresh(true); } }));
+        if (page.next_cursor) pager.append(el("button", { type: "button", class: "secondary", text: "Next →", onclick: () => { cursors.push(cursor); cursor = page.next_cursor; refresh(true); } }));
+        list.append(pager);
+      },
+      fail(e) { showError(list, e); },
+    };
+  };
+
+  // ---------- start ----------
+
+  const live = document.getElementById("live");
+  const tz = document.getElementById("tz");
+  live.value = String(state.live);
+  tz.value = state.tz;
+  live.addEventListener("change", () => { state.live = Number(live.value); localStorage.setItem("fanout-live", live.value); schedule(); refresh(false); });
+  tz.addEventListener("change", () => { state.tz = tz.value; localStorage.setItem("fanout-tz", tz.value); route(); });
+  const signout = document.getElementById("signout");
+  signout.hidden = !sessionStorage.getItem(TOKEN_KEY);
+  signout.addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); signout.hidden = true; route(); });
+  document.getElementById("token-form").addEventListener("submit", () => { /* closes the dialog */ });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(false); });
+  window.addEventListener("hashchange", route);
+  schedule();
+  route();
+})();
