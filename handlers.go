@@ -30,7 +30,7 @@ type route struct {
 }
 
 // routes is the whole API surface.
-func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStats) []route {
+func routes(log *slog.Logger, svc *service, limits Limits) []route {
 	return []route{
 		{"POST /v1/event", handleEventPost(log, svc, limits)},
 		{"POST /v1/batch", handleBatchPost(log, svc, limits)},
@@ -47,19 +47,23 @@ func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStat
 		{"POST /v1/deliveries/{id}/retry", handleDeliveryRetry(log, svc)},
 		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
 		{"GET /healthz", handleHealthz()},
-		{"GET /metrics", handleMetrics(svc, requests)},
+		{"GET /readyz", handleReadyz(svc)},
+		{"GET /metrics", handleMetrics(log, svc)},
 	}
 }
 
 // newHandler returns the HTTP API; with tokens, only for requests that
 // carry one of them.
 func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) http.Handler {
-	requests := &requestStats{}
-	rs := routes(log, svc, limits, requests)
-	requests.track(rs)
+	rs := routes(log, svc, limits)
+	svc.metrics.track(rs)
 	mux := http.NewServeMux()
 	addRoutes(mux, rs)
-	return requests.count(recoverPanics(log, requireToken(log, tokens, mux)))
+	h := svc.metrics.instrument(recoverPanics(log, requireToken(log, tokens, mux)))
+	if svc.tracing != nil {
+		h = svc.tracing.serve(h)
+	}
+	return h
 }
 
 // addRoutes mounts the routes, and answers in JSON, like every other
@@ -120,6 +124,7 @@ func handleBatchPost(log *slog.Logger, svc *service, limits Limits) http.Handler
 			writeError(w, r, log, err)
 			return
 		}
+		svc.metrics.batchEvents.Observe(float64(len(ids)))
 		writeJSON(w, http.StatusAccepted, response{IDs: ids})
 	})
 }

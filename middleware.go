@@ -10,8 +10,8 @@ import (
 )
 
 // requireToken answers 401 to a request that does not carry one of tokens
-// as its bearer token, but for /healthz and /metrics, left open to probes
-// and scrapers. Several tokens let an operator rotate one without downtime.
+// as its bearer token, but for /healthz, /readyz and /metrics, left open to
+// probes and scrapers. Several tokens let an operator rotate one without downtime.
 // They are compared as SHA-256 digests in constant time, so that timing
 // tells neither a token's bytes nor its length.
 func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Handler {
@@ -23,7 +23,7 @@ func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Han
 		sums[i] = sha256.Sum256([]byte(t))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" {
 			next.ServeHTTP(w, r)
 			return
 		}
