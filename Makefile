@@ -51,6 +51,7 @@ lint: ## go vet and gofmt
 
 # Every fuzz target, as package:name.
 FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI \
+	.:FuzzDecodeTraceMeta .:FuzzParseKeyValues \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate
 
