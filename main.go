@@ -268,6 +268,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 	}
 	a.svc = newService(a.rt, a.store, fns, a.dests)
 	a.commits.Store(a.svc.metrics)
+	a.svc.ready.log = log
 	if a.tracing != nil {
 		a.svc.tracing, fns.tracing = a.tracing, a.tracing
 		a.svc.observeDeliveries(a.tracing.attempted)

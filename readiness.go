@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -23,6 +25,9 @@ type readiness struct {
 	probe   func(ctx context.Context) error
 	timeout time.Duration
 	maxAge  time.Duration
+	// log, when set, hears when readiness changes, with the store's error
+	// (which /readyz, open to anyone, does not show).
+	log *slog.Logger
 	// draining is set at SIGTERM: not ready from then on.
 	draining atomic.Bool
 
@@ -99,11 +104,23 @@ func (r *readiness) start() chan struct{} {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 		err := r.probe(ctx)
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("no answer within %v: %w", r.timeout, err)
+		}
 		cancel()
 		v := r.view(err)
 		r.mu.Lock()
+		was := r.result
 		r.result, r.at, r.running = v, time.Now(), nil
 		r.mu.Unlock()
+		if r.log != nil && !r.draining.Load() {
+			switch {
+			case !v.Ready && (was.Ready || was.Status == ""):
+				r.log.Warn("not ready: the store does not answer", "err", err)
+			case v.Ready && was.Status != "" && !was.Ready:
+				r.log.Info("ready again: the store answers")
+			}
+		}
 		close(running)
 	}()
 	return running
@@ -119,8 +136,14 @@ func (r *readiness) view(storeErr error) readyView {
 		v.Checks["store"] = "not checked"
 		v.Reason = "shutting down: finishing the requests and deliveries in flight"
 	case storeErr != nil:
-		v.Checks["store"] = storeErr.Error()
-		v.Reason = "the store does not answer: " + storeErr.Error()
+		// Not the error itself: it may name hosts and users, and
+		// /readyz answers anyone. fanout logs it.
+		v.Checks["store"] = "unavailable"
+		v.Reason = "the store does not answer (fanout's log says why)"
+		if errors.Is(storeErr, context.DeadlineExceeded) {
+			v.Checks["store"] = "timeout"
+			v.Reason = fmt.Sprintf("the store does not answer within %v", r.timeout)
+		}
 	}
 	if v.Reason != "" {
 		v.Status, v.Ready = "not ready", false

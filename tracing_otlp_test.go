@@ -1,0 +1,123 @@
+package main
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"fanout/internal/otlptest"
+)
+
+// TestTracing_OTLPAcrossRestart exports to a real OTLP/HTTP endpoint (a
+// receiver in the test that decodes the protobuf) and follows an event
+// across a restart of fanout: its first attempt fails before the restart,
+// the one that delivers it runs after, in a new process, and both are
+// children of the event's create span, which is the child of the ingest
+// span, which is the child of the client's.
+func TestTracing_OTLPAcrossRestart(t *testing.T) {
+	t.Parallel()
+	collector := otlptest.Start(t)
+	dest := newTraceReceiver(t, 1<<30) // refuses until told otherwise
+	data := t.TempDir()
+	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": collector.URL, "OTEL_BSP_SCHEDULE_DELAY": "20",
+		"OTEL_SERVICE_NAME": "fanout-test"}
+	args := []string{"--data", data, "--destination", dest.URL, "--retry-initial", "100ms", "--retry-max", "200ms"}
+
+	const clientTrace, clientSpan = "5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7"
+	base, stop := startRun(t, args, env)
+	var res struct{ ID string }
+	if code := call(t, "POST", base+"/v1/event", `{"type":"user.created"}`, &res, "traceparent",
+		"00-"+clientTrace+"-"+clientSpan+"-01"); code != http.StatusAccepted {
+		t.Fatalf("POST /v1/event: %d", code)
+	}
+	attempts := func(outcome string) []otlptest.Span {
+		var out []otlptest.Span
+		for _, s := range collector.Trace(clientTrace) {
+			if s.Kind == tracepb.Span_SPAN_KIND_CONSUMER && (outcome == "" || s.Attributes["fanout.delivery.outcome"] == outcome) {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	eventually(t, "a failed attempt exported", 10*time.Second, func() bool { return len(attempts("retried")) > 0 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	before := len(attempts(""))
+
+	dest.mu.Lock()
+	dest.failLeft = 0
+	dest.mu.Unlock()
+	base2, _ := startRun(t, args, env)
+	eventually(t, "the delivery exported after the restart", 15*time.Second, func() bool { return len(attempts("done")) == 1 })
+	_ = base2
+
+	spans := collector.Trace(clientTrace)
+	var server, create otlptest.Span
+	for _, s := range spans {
+		switch s.Kind {
+		case tracepb.Span_SPAN_KIND_SERVER:
+			server = s
+		case tracepb.Span_SPAN_KIND_PRODUCER:
+			create = s
+		}
+	}
+	if server.Name != "POST /v1/event" || server.ParentSpanID != clientSpan {
+		t.Fatalf("ingest span %q under %q, want POST /v1/event under the client's %s", server.Name, server.ParentSpanID, clientSpan)
+	}
+	if create.ParentSpanID != server.SpanID || create.Attributes["messaging.message.id"] != res.ID {
+		t.Fatalf("create span under %q (ingest %s), message id %q (event %s)", create.ParentSpanID, server.SpanID,
+			create.Attributes["messaging.message.id"], res.ID)
+	}
+	if server.Resource["service.name"] != "fanout-test" || server.Resource["service.instance.id"] == "" {
+		t.Errorf("resource %v", server.Resource)
+	}
+	all := attempts("")
+	if len(all) <= before {
+		t.Fatalf("%d attempts exported before the restart, %d in all", before, len(all))
+	}
+	consumers := map[string]otlptest.Span{}
+	instances := map[string]bool{}
+	for _, a := range all {
+		consumers[a.SpanID] = a
+		instances[a.Resource["service.instance.id"]] = true
+		if a.ParentSpanID != create.SpanID {
+			t.Errorf("attempt %s (%s) under %q, want the create span %s", a.Attributes["fanout.delivery.attempt"],
+				a.Attributes["fanout.delivery.outcome"], a.ParentSpanID, create.SpanID)
+		}
+	}
+	done := attempts("done")[0]
+	if done.Resource["service.instance.id"] == server.Resource["service.instance.id"] || len(instances) != 2 {
+		t.Errorf("the delivering attempt ran in process %s, the ingest in %s: want two processes (%v)",
+			done.Resource["service.instance.id"], server.Resource["service.instance.id"], instances)
+	}
+	requests := 0
+	for _, s := range spans {
+		if s.Kind != tracepb.Span_SPAN_KIND_CLIENT {
+			continue
+		}
+		requests++
+		if _, ok := consumers[s.ParentSpanID]; !ok {
+			t.Errorf("request span %s under %q, not under an attempt", s.SpanID, s.ParentSpanID)
+		}
+		if s.Name != "POST" || s.Attributes["http.request.method"] != "POST" || s.Attributes["server.address"] != "127.0.0.1" {
+			t.Errorf("request span %q %v", s.Name, s.Attributes)
+		}
+	}
+	if requests != len(all) {
+		t.Errorf("%d request spans for %d attempts", requests, len(all))
+	}
+	got := dest.got()
+	last := got[len(got)-1]
+	var lastRequest string
+	for _, s := range spans {
+		if s.Kind == tracepb.Span_SPAN_KIND_CLIENT && s.ParentSpanID == done.SpanID {
+			lastRequest = s.SpanID
+		}
+	}
+	if want := "00-" + clientTrace + "-" + lastRequest + "-01"; last != want {
+		t.Errorf("the delivered request carried %q, want %q", last, want)
+	}
+}
