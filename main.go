@@ -274,6 +274,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		a.svc.observeDeliveries(a.tracing.attempted)
 	}
 	a.notices = newNotifier(a.svc, a.store, cfg.noticeWindow, log)
+	a.svc.observeDeliveries(a.notices.attempted)
 	wired = true
 	return a, nil
 }

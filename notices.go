@@ -165,13 +165,14 @@ type notice struct {
 	event json.RawMessage
 }
 
+// newNotifier returns a notifier; attempted must hear of every delivery
+// attempt (service.observeDeliveries), and start starts it.
 func newNotifier(svc *service, store noticeStore, window time.Duration, log *slog.Logger) *notifier {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	n := &notifier{svc: svc, dests: svc.dests, store: store, log: log, window: window, process: hex.EncodeToString(b[:]),
 		wake: make(chan struct{}, 1), windows: map[string]*failureWindow{}, recovered: map[string]bool{},
 		limiters: map[string]*rate.Limiter{}}
-	svc.observeDeliveries(n.attempted)
 	return n
 }
 
@@ -199,11 +200,17 @@ func (n *notifier) attempted(d deliveryAttempt) {
 		if _, ok := n.dests.Get(d.DestinationID); !ok {
 			return // deleted: its deliveries fail, as announced by whoever deleted it
 		}
-		at := d.Started.Add(d.Duration)
-		start := at.Truncate(n.window)
 		n.mu.Lock()
 		defer n.mu.Unlock()
+		// The window of now, read under the lock: reports from many
+		// workers then see windows in order, and a window, once
+		// summed up, never opens again (its summary's id would be
+		// taken).
+		start := time.Now().Truncate(n.window)
 		w := n.windows[d.DestinationID]
+		if w != nil && !start.After(w.start) {
+			start = w.start
+		}
 		if w != nil && !w.start.Equal(start) {
 			n.pending = append(n.pending, n.summary(d.DestinationID, w))
 			w = nil
