@@ -332,7 +332,11 @@ func (a *app) stop(ctx context.Context) error {
 	if cerr := a.store.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
 	}
-	if terr := a.tracing.shutdown(ctx); terr != nil {
+	// Spans still queued get a few seconds: a collector that is down must
+	// not hold the exit up for the whole shutdown timeout.
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if terr := a.tracing.shutdown(tctx); terr != nil {
 		a.log.Warn("spans still queued at the shutdown deadline were dropped", "err", terr)
 	}
 	return err

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -119,5 +121,34 @@ func TestTracing_OTLPAcrossRestart(t *testing.T) {
 	}
 	if want := "00-" + clientTrace + "-" + lastRequest + "-01"; last != want {
 		t.Errorf("the delivered request carried %q, want %q", last, want)
+	}
+}
+
+// TestTracing_CollectorDown: with the collector out of reach, events are
+// accepted and delivered as ever, and a shutdown does not wait long for
+// the spans it cannot send.
+func TestTracing_CollectorDown(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	dest := newTraceReceiver(t, 0)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--destination", dest.URL},
+		map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": dead, "OTEL_BSP_SCHEDULE_DELAY": "10"})
+	for i := range 20 {
+		if code, body := post(t, base+"/v1/event", fmt.Sprintf(`{"n":%d}`, i)); code != http.StatusAccepted {
+			t.Fatalf("POST: %d %s", code, body)
+		}
+	}
+	eventually(t, "every event delivered", 10*time.Second, func() bool { return len(dest.got()) == 20 })
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the shutdown took %v with the collector down", took)
 	}
 }
