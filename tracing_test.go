@@ -87,6 +87,9 @@ func TestTraceSettings(t *testing.T) {
 			if s.endpoint != tc.endpoint || s.grpc != tc.grpc {
 				t.Errorf("endpoint %q (grpc %v), want %q (grpc %v)", s.endpoint, s.grpc, tc.endpoint, tc.grpc)
 			}
+			if tc.name == "GenericEndpoint" && (s.compression != "none" || s.timeout != 10*time.Second) {
+				t.Errorf("defaults: compression %q, timeout %v; want none (the specification's), 10s", s.compression, s.timeout)
+			}
 			if tc.name == "Everything" {
 				if s.headers["api-key"] != "a b" || s.headers["x"] != "y" || s.timeout != 500*time.Millisecond ||
 					s.compression != "none" || len(s.propagators) != 1 || len(s.bsp) != 1 {
