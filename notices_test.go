@@ -422,3 +422,34 @@ func mustGather(t *testing.T, m *metrics) []*dto.MetricFamily {
 	}
 	return mfs
 }
+
+// TestNotices_Gone: a destination that answers 410 Gone is disabled, which
+// is announced as automatic with fanout's reason, and its dead letter is
+// summed up.
+func TestNotices_Gone(t *testing.T) {
+	t.Parallel()
+	a := startApp(t, []string{"--data", t.TempDir(), "--notice-window", "1s"}, nil, nil)
+	alerts, gone := newOpSink(t), newOpSink(t)
+	gone.status.Store(http.StatusGone)
+	createDestination(t, a.URL, fmt.Sprintf(`{"url":%q,"filter":["fanout.*"]}`, alerts.URL))
+	id := createDestination(t, a.URL, fmt.Sprintf(`{"url":%q,"filter":["order.*"]}`, gone.URL))
+	if code, _ := postWith(t, a.URL+"/v1/event", `{"type":"order.paid"}`); code != 202 {
+		t.Fatalf("POST: %d", code)
+	}
+	eventually(t, "disabled and failed announced", 10*time.Second, func() bool { return len(alerts.got()) == 2 })
+	byType := map[string]opEvent{}
+	for _, e := range alerts.got() {
+		byType[e.Type] = e
+	}
+	disabled, failed := byType[noticeDisabled], byType[noticeFailed]
+	var dd destinationNotice
+	_ = json.Unmarshal(disabled.Data, &dd)
+	if dd.DestinationID != id || dd.Trigger != "automatic" || !strings.Contains(dd.Reason, "410 Gone") || disabled.ID != "fanout:"+id+":1:disabled" {
+		t.Errorf("disabled event %s", disabled.raw)
+	}
+	var fd failedNotice
+	_ = json.Unmarshal(failed.Data, &fd)
+	if fd.DestinationID != id || fd.Count != 1 || len(fd.First) != 1 || fd.First[0].Status != 410 {
+		t.Errorf("failed event %s", failed.raw)
+	}
+}

@@ -24,7 +24,8 @@ func TestTracing_OTLPAcrossRestart(t *testing.T) {
 	dest := newTraceReceiver(t, 1<<30) // refuses until told otherwise
 	data := t.TempDir()
 	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": collector.URL, "OTEL_BSP_SCHEDULE_DELAY": "20",
-		"OTEL_SERVICE_NAME": "fanout-test"}
+		"OTEL_SERVICE_NAME": "fanout-test", "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s3cr%C3%A9t",
+		"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}
 	args := []string{"--data", data, "--destination", dest.URL, "--retry-initial", "100ms", "--retry-max", "200ms"}
 
 	const clientTrace, clientSpan = "5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7"
@@ -75,6 +76,12 @@ func TestTracing_OTLPAcrossRestart(t *testing.T) {
 	}
 	if server.Resource["service.name"] != "fanout-test" || server.Resource["service.instance.id"] == "" {
 		t.Errorf("resource %v", server.Resource)
+	}
+	if got := collector.Header("x-api-key"); got != "s3crét" {
+		t.Errorf("export header x-api-key %q, want OTEL_EXPORTER_OTLP_HEADERS's", got)
+	}
+	if got := collector.Header("content-encoding"); got != "gzip" {
+		t.Errorf("export Content-Encoding %q with OTEL_EXPORTER_OTLP_COMPRESSION=gzip", got)
 	}
 	all := attempts("")
 	if len(all) <= before {
@@ -150,5 +157,41 @@ func TestTracing_CollectorDown(t *testing.T) {
 	}
 	if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("the shutdown took %v with the collector down", took)
+	}
+}
+
+// TestTracing_GRPC exports over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc) to
+// a receiver in the test.
+func TestTracing_GRPC(t *testing.T) {
+	t.Parallel()
+	collector := otlptest.StartGRPC(t)
+	dest := newTraceReceiver(t, 0)
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--destination", dest.URL}, map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": collector.URL, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "20",
+		"OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=k"})
+	const clientTrace = "7bf92f3577b34da6a3ce929d0e0e4736"
+	if code := call(t, "POST", base+"/v1/event", `{}`, nil, "traceparent", "00-"+clientTrace+"-30f067aa0ba902b7-01"); code != 202 {
+		t.Fatalf("POST: %d", code)
+	}
+	eventually(t, "the attempt exported over gRPC", 10*time.Second, func() bool {
+		for _, s := range collector.Trace(clientTrace) {
+			if s.Kind == tracepb.Span_SPAN_KIND_CONSUMER && s.Attributes["fanout.delivery.outcome"] == "done" {
+				return true
+			}
+		}
+		return false
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[tracepb.Span_SpanKind]int{}
+	for _, s := range collector.Trace(clientTrace) {
+		kinds[s.Kind]++
+	}
+	if kinds[tracepb.Span_SPAN_KIND_SERVER] != 1 || kinds[tracepb.Span_SPAN_KIND_PRODUCER] != 1 || kinds[tracepb.Span_SPAN_KIND_CLIENT] != 1 {
+		t.Errorf("spans by kind %v", kinds)
+	}
+	if collector.Header("x-api-key") != "k" {
+		t.Errorf("gRPC metadata x-api-key %q", collector.Header("x-api-key"))
 	}
 }

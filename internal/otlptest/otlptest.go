@@ -1,17 +1,21 @@
-// Package otlptest is an OTLP/HTTP trace receiver for tests: a loopback
-// server that takes what an exporter sends to /v1/traces (protobuf,
-// gzipped or not), decodes it with the OpenTelemetry protocol's own Go
-// types, and keeps the spans for the test to look at.
+// Package otlptest is an OTLP trace receiver for tests: a loopback server
+// that takes what an exporter sends, to /v1/traces over HTTP (protobuf,
+// gzipped or not) or to the trace service over gRPC, decodes it with the
+// OpenTelemetry protocol's own Go types, and keeps the spans for the test
+// to look at.
 package otlptest
 
 import (
 	"compress/gzip"
+	"context"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +23,8 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -36,18 +42,58 @@ type Span struct {
 
 // Receiver is the server; URL is its base (the OTLP endpoint).
 type Receiver struct {
-	*httptest.Server
+	URL      string
 	mu       sync.Mutex
 	spans    []Span
 	requests int
+	header   map[string]string // of the last export: HTTP headers, or gRPC metadata
 }
 
-// Start starts a receiver that the test's cleanup closes.
+// Start starts an OTLP/HTTP receiver that the test's cleanup closes.
 func Start(t testing.TB) *Receiver {
 	r := &Receiver{}
-	r.Server = httptest.NewServer(http.HandlerFunc(r.serve))
-	t.Cleanup(r.Close)
+	srv := httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(srv.Close)
+	r.URL = srv.URL
 	return r
+}
+
+// StartGRPC starts an OTLP/gRPC receiver (plain text, on loopback) that
+// the test's cleanup stops; its URL is http://127.0.0.1:PORT.
+func StartGRPC(t testing.TB) *Receiver {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Receiver{URL: "http://" + ln.Addr().String()}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, grpcService{r: r})
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return r
+}
+
+type grpcService struct {
+	coltracepb.UnimplementedTraceServiceServer
+	r *Receiver
+}
+
+func (g grpcService) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	header := map[string]string{}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for k, v := range md {
+			header[strings.ToLower(k)] = strings.Join(v, ",")
+		}
+	}
+	g.r.add(req, header)
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// Header returns a header (or gRPC metadata) of the last export.
+func (r *Receiver) Header(name string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.header[strings.ToLower(name)]
 }
 
 func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
@@ -78,6 +124,18 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	header := map[string]string{}
+	for k, v := range req.Header {
+		header[strings.ToLower(k)] = strings.Join(v, ",")
+	}
+	r.add(&msg, header)
+	out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+	w.Header().Set("Content-Type", "application/x-protobuf")
+	_, _ = w.Write(out)
+}
+
+// add keeps the spans of an export.
+func (r *Receiver) add(msg *coltracepb.ExportTraceServiceRequest, header map[string]string) {
 	var got []Span
 	for _, rs := range msg.GetResourceSpans() {
 		res := attributes(rs.GetResource().GetAttributes())
@@ -95,10 +153,8 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	r.spans = append(r.spans, got...)
 	r.requests++
+	r.header = header
 	r.mu.Unlock()
-	out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	_, _ = w.Write(out)
 }
 
 func attributes(kvs []*commonpb.KeyValue) map[string]string {
