@@ -39,15 +39,17 @@ import (
 //
 // What an event's trace holds:
 //
-//	POST /v1/event            SERVER, the child of the client's traceparent if it sent one
+//	POST /v1/batch            SERVER, the child of the client's traceparent if it sent one
 //	  create event            PRODUCER, one per event: its context is stored with the event
 //	    deliver dst_...       CONSUMER, one per delivery attempt, wherever and whenever it runs
 //	      POST                CLIENT, the request to the destination, which carries its traceparent
 //
-// The event's context travels in the store (dispatch.Call.Meta, which its
-// deliveries inherit), so that an attempt hours later, on another replica
-// or after a restart, joins the event's trace as a child of its create
-// span. An attempt's span is made from the runtime's report once the
+// A request of one event (POST /v1/event) has no create span: the
+// request's span is the event's creation context, and the attempts are its
+// children. The event's context travels in the store (dispatch.Call.Meta,
+// which its deliveries inherit), so that an attempt hours later, on
+// another replica or after a restart, joins the event's trace as a child
+// of its creation context. An attempt's span is made from the runtime's report once the
 // attempt's outcome is stored (it knows the retry delay then); its id is
 // derived from the delivery's id and attempt number, so that the request,
 // made while the attempt runs, can already name it as its parent.
@@ -412,19 +414,21 @@ func (t *tracing) serve(next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w}
 		r = r.WithContext(ctx)
 		next.ServeHTTP(sw, r)
-		if _, path, ok := strings.Cut(r.Pattern, " "); ok {
-			span.SetName(r.Method + " " + path)
-			span.SetAttributes(semconv.HTTPRoute(path))
-		}
 		status := sw.status
 		if status == 0 {
 			status = http.StatusOK
 		}
-		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+		after := make([]attribute.KeyValue, 0, 3)
+		after = append(after, semconv.HTTPResponseStatusCode(status))
+		if _, path, ok := strings.Cut(r.Pattern, " "); ok {
+			span.SetName(r.Method + " " + path)
+			after = append(after, semconv.HTTPRoute(path))
+		}
 		if status >= 500 {
-			span.SetAttributes(semconv.ErrorTypeKey.String(strconv.Itoa(status)))
+			after = append(after, semconv.ErrorTypeKey.String(strconv.Itoa(status)))
 			span.SetStatus(codes.Error, http.StatusText(status))
 		}
+		span.SetAttributes(after...)
 	})
 }
 
@@ -439,26 +443,44 @@ func protocolVersion(r *http.Request) string {
 	return strconv.Itoa(r.ProtoMajor) + "." + strconv.Itoa(r.ProtoMinor)
 }
 
-// createSpans are the PRODUCER spans of the events of one ingest request.
+// createSpans are the creation contexts of the events of one ingest
+// request: a PRODUCER span per event of a batch; for a request of one
+// event, the request's own span (OpenTelemetry's messaging conventions let
+// a single message's creation context be the span that sends it), which
+// halves what tracing costs the common case.
 type createSpans struct {
-	t     *tracing
-	ctx   context.Context
-	spans []trace.Span
+	t      *tracing
+	ctx    context.Context
+	spans  []trace.Span
+	single trace.Span // the request's span, for a request of one event
 }
 
 func (t *tracing) startCreate(ctx context.Context, n int) *createSpans {
-	return &createSpans{t: t, ctx: ctx, spans: make([]trace.Span, 0, n)}
+	c := &createSpans{t: t, ctx: ctx}
+	if parent := trace.SpanFromContext(ctx); n == 1 && parent.SpanContext().IsValid() && !parent.SpanContext().IsRemote() {
+		c.single = parent
+		return c
+	}
+	c.spans = make([]trace.Span, 0, n)
+	return c
 }
 
-// start starts the span of the i-th event and returns its context, to be
-// stored with the event (see encodeTraceMeta).
+// start starts the creation context of the i-th event and returns it, to
+// be stored with the event (see encodeTraceMeta).
 func (c *createSpans) start(i int, eventType string) []byte {
-	attrs := []attribute.KeyValue{semconv.MessagingSystemKey.String("fanout"), semconv.MessagingOperationTypeCreate,
-		semconv.MessagingOperationName("create")}
+	if c.single != nil {
+		if eventType != "" {
+			c.single.SetAttributes(attribute.String("fanout.event.type", eventType))
+		}
+		return encodeTraceMeta(c.single.SpanContext())
+	}
+	attrs := make([]attribute.KeyValue, 0, 5)
+	attrs = append(attrs, semconv.MessagingSystemKey.String("fanout"), semconv.MessagingOperationTypeCreate,
+		semconv.MessagingOperationName("create"))
 	if eventType != "" {
 		attrs = append(attrs, attribute.String("fanout.event.type", eventType))
 	}
-	if i > 0 || cap(c.spans) > 1 {
+	if cap(c.spans) > 1 {
 		attrs = append(attrs, attribute.Int("fanout.event.index", i))
 	}
 	_, span := c.t.tracer.Start(c.ctx, "create event", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
@@ -468,6 +490,12 @@ func (c *createSpans) start(i int, eventType string) []byte {
 
 // end ends the spans once the events are stored (ids) or refused (err).
 func (c *createSpans) end(ids []string, err error) {
+	if c.single != nil {
+		if len(ids) == 1 {
+			c.single.SetAttributes(semconv.MessagingMessageID(ids[0]))
+		}
+		return // the request's span ends with the request, with its status
+	}
 	for i, span := range c.spans {
 		if i < len(ids) {
 			span.SetAttributes(semconv.MessagingMessageID(ids[i]))

@@ -13,11 +13,12 @@ import (
 )
 
 // TestTracing_OTLPAcrossRestart exports to a real OTLP/HTTP endpoint (a
-// receiver in the test that decodes the protobuf) and follows an event
-// across a restart of fanout: its first attempt fails before the restart,
-// the one that delivers it runs after, in a new process, and both are
-// children of the event's create span, which is the child of the ingest
-// span, which is the child of the client's.
+// receiver in the test that decodes the protobuf) and follows events
+// across a restart of fanout: their first attempts fail before the
+// restart, the ones that deliver them run after, in a new process, and all
+// are children of their event's creation context: the ingest span of a
+// single event, the create span of an event of a batch (under the batch's
+// ingest span), both under the client's span.
 func TestTracing_OTLPAcrossRestart(t *testing.T) {
 	t.Parallel()
 	collector := otlptest.Start(t)
@@ -34,6 +35,12 @@ func TestTracing_OTLPAcrossRestart(t *testing.T) {
 	if code := call(t, "POST", base+"/v1/event", `{"type":"user.created"}`, &res, "traceparent",
 		"00-"+clientTrace+"-"+clientSpan+"-01"); code != http.StatusAccepted {
 		t.Fatalf("POST /v1/event: %d", code)
+	}
+	const batchTrace, batchSpan = "8bf92f3577b34da6a3ce929d0e0e4736", "40f067aa0ba902b7"
+	var batch struct{ IDs []string }
+	if code := call(t, "POST", base+"/v1/batch", `[{"n":1},{"n":2}]`, &batch, "traceparent",
+		"00-"+batchTrace+"-"+batchSpan+"-01"); code != http.StatusAccepted {
+		t.Fatalf("POST /v1/batch: %d", code)
 	}
 	attempts := func(outcome string) []otlptest.Span {
 		var out []otlptest.Span
@@ -57,23 +64,60 @@ func TestTracing_OTLPAcrossRestart(t *testing.T) {
 	eventually(t, "the delivery exported after the restart", 15*time.Second, func() bool { return len(attempts("done")) == 1 })
 	_ = base2
 
-	spans := collector.Trace(clientTrace)
-	var server, create otlptest.Span
-	for _, s := range spans {
+	// The batch's events: each attempt under its event's create span,
+	// each create span under the batch's ingest span, before and after
+	// the restart.
+	eventually(t, "the batch's deliveries exported", 15*time.Second, func() bool {
+		done := 0
+		for _, s := range collector.Trace(batchTrace) {
+			if s.Kind == tracepb.Span_SPAN_KIND_CONSUMER && s.Attributes["fanout.delivery.outcome"] == "done" {
+				done++
+			}
+		}
+		return done == 2
+	})
+	creates, ingest := map[string]string{}, ""
+	for _, s := range collector.Trace(batchTrace) {
 		switch s.Kind {
 		case tracepb.Span_SPAN_KIND_SERVER:
-			server = s
+			ingest = s.SpanID
+			if s.ParentSpanID != batchSpan || s.Name != "POST /v1/batch" {
+				t.Errorf("batch ingest span %q under %q", s.Name, s.ParentSpanID)
+			}
 		case tracepb.Span_SPAN_KIND_PRODUCER:
-			create = s
+			creates[s.SpanID] = s.Attributes["messaging.message.id"]
+		}
+	}
+	if len(creates) != 2 {
+		t.Fatalf("%d create spans for a batch of 2", len(creates))
+	}
+	for _, s := range collector.Trace(batchTrace) {
+		switch s.Kind {
+		case tracepb.Span_SPAN_KIND_PRODUCER:
+			if s.ParentSpanID != ingest {
+				t.Errorf("create span under %q, want the batch's ingest span %s", s.ParentSpanID, ingest)
+			}
+		case tracepb.Span_SPAN_KIND_CONSUMER:
+			if event, ok := creates[s.ParentSpanID]; !ok || event != s.Attributes["messaging.message.id"] {
+				t.Errorf("attempt of event %s under %q, not its event's create span", s.Attributes["messaging.message.id"], s.ParentSpanID)
+			}
+		}
+	}
+
+	spans := collector.Trace(clientTrace)
+	var server otlptest.Span
+	for _, s := range spans {
+		if s.Kind == tracepb.Span_SPAN_KIND_SERVER {
+			server = s
 		}
 	}
 	if server.Name != "POST /v1/event" || server.ParentSpanID != clientSpan {
 		t.Fatalf("ingest span %q under %q, want POST /v1/event under the client's %s", server.Name, server.ParentSpanID, clientSpan)
 	}
-	if create.ParentSpanID != server.SpanID || create.Attributes["messaging.message.id"] != res.ID {
-		t.Fatalf("create span under %q (ingest %s), message id %q (event %s)", create.ParentSpanID, server.SpanID,
-			create.Attributes["messaging.message.id"], res.ID)
+	if server.Attributes["messaging.message.id"] != res.ID {
+		t.Fatalf("ingest span's message id %q, want the event's %s", server.Attributes["messaging.message.id"], res.ID)
 	}
+	create := server // a single event's creation context is its ingest span
 	if server.Resource["service.name"] != "fanout-test" || server.Resource["service.instance.id"] == "" {
 		t.Errorf("resource %v", server.Resource)
 	}
@@ -93,7 +137,7 @@ func TestTracing_OTLPAcrossRestart(t *testing.T) {
 		consumers[a.SpanID] = a
 		instances[a.Resource["service.instance.id"]] = true
 		if a.ParentSpanID != create.SpanID {
-			t.Errorf("attempt %s (%s) under %q, want the create span %s", a.Attributes["fanout.delivery.attempt"],
+			t.Errorf("attempt %s (%s) under %q, want the ingest span %s", a.Attributes["fanout.delivery.attempt"],
 				a.Attributes["fanout.delivery.outcome"], a.ParentSpanID, create.SpanID)
 		}
 	}
@@ -188,7 +232,7 @@ func TestTracing_GRPC(t *testing.T) {
 	for _, s := range collector.Trace(clientTrace) {
 		kinds[s.Kind]++
 	}
-	if kinds[tracepb.Span_SPAN_KIND_SERVER] != 1 || kinds[tracepb.Span_SPAN_KIND_PRODUCER] != 1 || kinds[tracepb.Span_SPAN_KIND_CLIENT] != 1 {
+	if kinds[tracepb.Span_SPAN_KIND_SERVER] != 1 || kinds[tracepb.Span_SPAN_KIND_CONSUMER] != 1 || kinds[tracepb.Span_SPAN_KIND_CLIENT] != 1 {
 		t.Errorf("spans by kind %v", kinds)
 	}
 	if collector.Header("x-api-key") != "k" {

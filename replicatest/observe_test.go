@@ -85,7 +85,7 @@ func TestReadiness_DatabaseOutage(t *testing.T) {
 // TestTracing_AcrossReplicas: an event ingested by one replica, whose
 // delivery that replica's attempts could not make, is delivered by another
 // replica after the first stopped: the attempt there is a child of the
-// event's create span, made by the first, in the trace the client started.
+// event's ingest span, made by the first, in the trace the client started.
 func TestTracing_AcrossReplicas(t *testing.T) {
 	t.Parallel()
 	collector := otlptest.Start(t)
@@ -147,15 +147,15 @@ func TestTracing_AcrossReplicas(t *testing.T) {
 	}
 	b.stop(t)
 
-	var create otlptest.Span
+	var create otlptest.Span // a single event's creation context: its ingest span
 	for _, s := range collector.Trace(clientTrace) {
-		if s.Kind == tracepb.Span_SPAN_KIND_PRODUCER {
+		if s.Kind == tracepb.Span_SPAN_KIND_SERVER {
 			create = s
 		}
 	}
 	done := attempts("done")[0]
 	if create.SpanID == "" || done.ParentSpanID != create.SpanID {
-		t.Fatalf("the delivering attempt is under %q, want the create span %q", done.ParentSpanID, create.SpanID)
+		t.Fatalf("the delivering attempt is under %q, want the ingest span %q", done.ParentSpanID, create.SpanID)
 	}
 	if done.Resource["service.instance.id"] == create.Resource["service.instance.id"] {
 		t.Fatalf("the event was ingested and delivered by the same process (%s)", done.Resource["service.instance.id"])
