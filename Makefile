@@ -53,6 +53,7 @@ lint: ## go vet and gofmt
 
 # Every fuzz target, as package:name.
 FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI .:FuzzEventsQuery .:FuzzReplayRequest \
+	.:FuzzDecodeTraceMeta .:FuzzParseKeyValues \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate \
 	./cmd/fanout-load:FuzzReadResponse

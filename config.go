@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"fanout/destination"
 	"fanout/dispatch"
@@ -47,6 +48,13 @@ type config struct {
 	secretGrace      time.Duration
 	apiTokens        []string
 	proxy            string
+	otlpEndpoint     string
+	otlpProtocol     string
+	drainDelay       time.Duration
+	noticeWindow     time.Duration
+	// spanExporter, set by tests only, replaces the OTLP exporter when
+	// tracing is on.
+	spanExporter sdktrace.SpanExporter
 }
 
 // retryPolicy is the default retry policy of deliveries: the runtime's
@@ -127,6 +135,10 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&cfg.debugAddr, "debug-addr", "", "if set, serve Go's profiler (/debug/pprof/) on this address; keep it private")
+	fs.StringVar(&cfg.otlpEndpoint, "otlp-endpoint", "", "send traces over OTLP to this `URL` (http://collector:4318; OTEL_EXPORTER_OTLP_ENDPOINT and the other OTEL_* variables work too; off by default)")
+	fs.StringVar(&cfg.otlpProtocol, "otlp-protocol", "", "OTLP transport of traces: http/protobuf (the default) or grpc (else OTEL_EXPORTER_OTLP_PROTOCOL)")
+	fs.DurationVar(&cfg.drainDelay, "drain-delay", 0, "on SIGTERM, keep serving this long with /readyz answering 503, so that load balancers stop sending before fanout stops listening")
+	fs.DurationVar(&cfg.noticeWindow, "notice-window", time.Minute, "dead-lettered deliveries of one destination are announced together, in one fanout.deliveries.failed event per window this long")
 	fs.VisitAll(func(f *flag.Flag) {
 		if _, ok := envOf[f.Name]; !ok {
 			envOf[f.Name] = "FANOUT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -178,6 +190,9 @@ func (c *config) validate() error {
 	}
 	if c.dedupWindow <= 0 || c.breakerCooldown <= 0 || c.secretGrace <= 0 || c.breakerWindow < 0 || c.breakerFailures < 0 {
 		errs = append(errs, errors.New("--dedup-window, --breaker-cooldown and --secret-grace must be positive, --breaker-window and --breaker-failures not negative"))
+	}
+	if c.drainDelay < 0 || c.noticeWindow <= 0 {
+		errs = append(errs, errors.New("--drain-delay cannot be negative, --notice-window must be positive"))
 	}
 	if c.workers <= 0 {
 		errs = append(errs, errors.New("--workers must be positive"))

@@ -114,9 +114,13 @@ func (f Fanout) MarshalJSON() ([]byte, error) {
 type functions struct {
 	handleEvent  *dispatch.Function[json.RawMessage, Fanout]
 	publishEvent *dispatch.Function[Message, Delivery]
+	// tracing, when set before the runtime starts, traces each request
+	// to a destination.
+	tracing *tracing
 }
 
 func newFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time) *functions {
+	fns := &functions{}
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
 		info, _ := dispatch.CallFromContext(ctx)
 		if m.DestinationID == "" {
@@ -144,8 +148,13 @@ func newFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			}
 			body = bytes.Trim(in, " \t\r\n")
 		}
+		header, traced := d.Header(), func(int, error) {}
+		if fns.tracing != nil {
+			header, traced = fns.tracing.startSend(ctx, d, header) // the request's span, and its traceparent
+		}
 		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: id, Body: body,
-			Header: d.Header(), Keys: d.Keys(now())})
+			Header: header, Keys: d.Keys(now())})
+		traced(answered(res), err)
 		if webhook.IsStatus(err, 410) {
 			dests.Gone(d.ID, "the destination answered 410 Gone at "+now().UTC().Format(time.RFC3339)+
 				"; enable it again with PATCH /v1/destinations/"+d.ID)
@@ -156,7 +165,11 @@ func newFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		return *res, nil
 	})
 	handleEvent := dispatch.Func("handleEvent", func(ctx context.Context, event json.RawMessage) (Fanout, error) {
-		matching := dests.Matching(eventFields(event).Type)
+		eventType := eventFields(event).Type
+		matching := dests.Matching(eventType)
+		if isNotice(eventType) {
+			matching = noticeTargets(matching, eventType, event) // never to the destination it is about
+		}
 		messages := make([]Message, len(matching))
 		for i, d := range matching {
 			messages[i] = Message{DestinationID: d.ID} // the event is this call's input: see Message
@@ -168,7 +181,16 @@ func newFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		return Fanout{Destinations: len(deliveries)}, nil
 	}).Eager(). // it only reads before its Gather: store it with its deliveries, in one write
 			ResumeInline() // and after it only counts them: stored done with its last delivery
-	return &functions{handleEvent: handleEvent, publishEvent: publishEvent}
+	fns.handleEvent, fns.publishEvent = handleEvent, publishEvent
+	return fns
+}
+
+// answered is the status of a destination's answer, 0 without one.
+func answered(res *Delivery) int {
+	if res == nil {
+		return 0
+	}
+	return res.StatusCode
 }
 
 // fields are the parts of an event fanout reads: its type, for routing, and

@@ -30,7 +30,7 @@ type route struct {
 }
 
 // routes is the whole API surface.
-func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStats) []route {
+func routes(log *slog.Logger, svc *service, limits Limits) []route {
 	return []route{
 		{"POST /v1/event", handleEventPost(log, svc, limits)},
 		{"POST /v1/batch", handleBatchPost(log, svc, limits)},
@@ -52,7 +52,8 @@ func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStat
 		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
 		{"GET /v1/stats", handleStats(svc)},
 		{"GET /healthz", handleHealthz()},
-		{"GET /metrics", handleMetrics(svc, requests)},
+		{"GET /readyz", handleReadyz(svc)},
+		{"GET /metrics", handleMetrics(log, svc)},
 	}
 }
 
@@ -60,13 +61,16 @@ func routes(log *slog.Logger, svc *service, limits Limits, requests *requestStat
 // only for requests that carry one of them. A browser's cross-site request
 // that would change something is refused (see refuseCrossSite).
 func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) http.Handler {
-	requests := &requestStats{}
-	rs := routes(log, svc, limits, requests)
-	requests.track(rs)
+	rs := routes(log, svc, limits)
+	svc.metrics.track(rs)
 	mux := http.NewServeMux()
 	addConsole(mux)
 	addRoutes(mux, rs)
-	return requests.count(recoverPanics(log, refuseCrossSite(requireToken(log, tokens, mux))))
+	h := svc.metrics.instrument(recoverPanics(log, refuseCrossSite(requireToken(log, tokens, mux))))
+	if svc.tracing != nil {
+		h = svc.tracing.serve(h)
+	}
+	return h
 }
 
 // addRoutes mounts the routes, and answers in JSON, like every other
@@ -127,6 +131,7 @@ func handleBatchPost(log *slog.Logger, svc *service, limits Limits) http.Handler
 			writeError(w, r, log, err)
 			return
 		}
+		svc.metrics.batchEvents.Observe(float64(len(ids)))
 		writeJSON(w, http.StatusAccepted, response{IDs: ids})
 	})
 }

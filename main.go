@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -124,6 +125,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	a.refreshDestinations(ctx)
+	a.notices.start(ctx)
 	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens), log)
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "console", consoleURL(ln.Addr()), "version", buildVersion(),
 		"store", a.where, "destinations", len(a.dests.List()), "api_tokens", len(cfg.apiTokens))
@@ -139,6 +141,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = nil
 	case err = <-serveErr:
 		err = fmt.Errorf("serve: %w", err)
+	}
+	// Not ready first, so that load balancers stop sending; with a drain
+	// delay, keep serving meanwhile.
+	a.svc.ready.drain()
+	if cfg.drainDelay > 0 && err == nil {
+		log.Info("draining: /readyz answers 503; still serving until the drain delay ends", "drain_delay", cfg.drainDelay)
+		select {
+		case <-time.After(cfg.drainDelay):
+		case err = <-serveErr:
+			err = fmt.Errorf("serve: %w", err)
+		}
 	}
 	log.Info("shutting down: no new events; letting deliveries in flight finish", "deadline", cfg.shutdownTimeout)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
@@ -163,6 +176,13 @@ type app struct {
 	dests  *destination.Registry
 	rt     *dispatch.Runtime
 	svc    *service
+	// tracing is nil when traces are off; notices announces operational
+	// events.
+	tracing *tracing
+	notices *notifier
+	// commits is what the store tells of its group commits (its OnCommit),
+	// once the metrics exist.
+	commits atomic.Pointer[metrics]
 
 	stopRefresh context.CancelFunc
 	refreshed   chan struct{}
@@ -178,8 +198,22 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 			a.close()
 		}
 	}()
-	var err error
-	if a.store, a.where, err = openStore(ctx, cfg, log); err != nil {
+	settings, err := traceSettingsFrom(cfg, getenv)
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	if settings != nil {
+		settings.exporter = cfg.spanExporter
+		if a.tracing, err = newTracing(ctx, settings, log); err != nil {
+			return nil, err
+		}
+	}
+	onCommit := func(ops int, took time.Duration) {
+		if m := a.commits.Load(); m != nil {
+			m.committed(ops, took)
+		}
+	}
+	if a.store, a.where, err = openStore(ctx, cfg, log, onCommit); err != nil {
 		return nil, err
 	}
 	allow := cfg.allowNetworks
@@ -208,6 +242,9 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		Changed: func() {
 			if a.rt != nil {
 				a.rt.KeysChanged() // a destination resumed or was raised: look for what it held back
+			}
+			if a.notices != nil {
+				a.notices.poke() // and announce a pause, a recovery
 			}
 		},
 	})
@@ -239,6 +276,14 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 	if cfg.databaseURL != "" {
 		a.svc.storeName = "postgresql"
 	}
+	a.commits.Store(a.svc.metrics)
+	a.svc.ready.log = log
+	if a.tracing != nil {
+		a.svc.tracing, fns.tracing = a.tracing, a.tracing
+		a.svc.observeDeliveries(a.tracing.attempted)
+	}
+	a.notices = newNotifier(a.svc, a.store, cfg.noticeWindow, log)
+	a.svc.observeDeliveries(a.notices.attempted)
 	wired = true
 	return a, nil
 }
@@ -280,6 +325,7 @@ func (a *app) refreshDestinations(ctx context.Context) {
 // stop stops the runtime (deliveries in flight get until ctx ends), logs
 // the totals and closes the store, reporting what failed.
 func (a *app) stop(ctx context.Context) error {
+	a.notices.stop(ctx) // announces the failures counted so far, while the runtime still takes events
 	err := a.rt.Stop(ctx)
 	a.stopRefreshing()
 	rs := a.rt.Stats()
@@ -294,6 +340,13 @@ func (a *app) stop(ctx context.Context) error {
 	a.log.Info("totals", totals...)
 	if cerr := a.store.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
+	}
+	// Spans still queued get a few seconds: a collector that is down must
+	// not hold the exit up for the whole shutdown timeout.
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if terr := a.tracing.shutdown(tctx); terr != nil {
+		a.log.Warn("spans still queued at the shutdown deadline were dropped", "err", terr)
 	}
 	return err
 }
@@ -312,6 +365,11 @@ func (a *app) close() {
 	}
 	if a.store != nil {
 		_ = a.store.Close()
+	}
+	if a.tracing != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = a.tracing.shutdown(ctx) // a no-op once shut down
 	}
 }
 
@@ -345,16 +403,18 @@ type appStore interface {
 
 // openStore opens PostgreSQL when --database-url is set, the embedded SQLite
 // file under --data otherwise, and says which.
-func openStore(ctx context.Context, cfg *config, log *slog.Logger) (appStore, string, error) {
+func openStore(ctx context.Context, cfg *config, log *slog.Logger, onCommit func(int, time.Duration)) (appStore, string, error) {
 	if cfg.databaseURL != "" {
-		s, err := dispatchpg.Open(ctx, dispatchpg.Config{URL: cfg.databaseURL, Logger: log, OpTimeout: cfg.limits.IngestTimeout})
+		s, err := dispatchpg.Open(ctx, dispatchpg.Config{URL: cfg.databaseURL, Logger: log, OpTimeout: cfg.limits.IngestTimeout,
+			OnCommit: onCommit})
 		if err != nil {
 			return nil, "", fmt.Errorf("open the PostgreSQL store (--database-url): %w", err)
 		}
 		return s, "postgresql", nil
 	}
 	path := filepath.Join(cfg.dataDir, "fanout.db")
-	s, err := dispatchsqlite.Open(ctx, dispatchsqlite.Config{Path: path, Synchronous: cfg.synchronous, Logger: log})
+	s, err := dispatchsqlite.Open(ctx, dispatchsqlite.Config{Path: path, Synchronous: cfg.synchronous, Logger: log,
+		OnCommit: onCommit})
 	if err != nil {
 		return nil, "", fmt.Errorf("open the store in %s (--data): %w", cfg.dataDir, err)
 	}

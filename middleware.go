@@ -10,9 +10,10 @@ import (
 )
 
 // requireToken answers 401 to a request that does not carry one of tokens
-// as its bearer token, but for /healthz and /metrics, left open to probes
-// and scrapers, and the console's files, which hold no data (the console
-// asks for a token and sends it with each of its API requests). Several tokens let an operator rotate one without downtime.
+// as its bearer token, but for /healthz, /readyz and /metrics, left open to
+// probes and scrapers, and the console's files, which hold no data (the
+// console asks for a token and sends it with each of its API requests).
+// Several tokens let an operator rotate one without downtime.
 // They are compared as SHA-256 digests in constant time, so that timing
 // tells neither a token's bytes nor its length.
 func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Handler {
@@ -24,7 +25,7 @@ func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Han
 		sums[i] = sha256.Sum256([]byte(t))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" || isConsole(r.URL.Path) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || isConsole(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -39,7 +39,7 @@ func TestOpenAPI_Valid(t *testing.T) {
 	doc := loadOpenAPI(t)
 	for path, item := range doc.Paths.Map() {
 		for method, op := range item.Operations() {
-			if path == "/healthz" || path == "/metrics" {
+			if path == "/healthz" || path == "/readyz" || path == "/metrics" { // open to probes and scrapers
 				continue
 			}
 			if op.Responses.Status(http.StatusUnauthorized) == nil {
@@ -203,6 +203,7 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("POST", "/v1/deliveries/retry", map[string]any{"destination": dst.ID}, nil, false)
 	c.do("GET", "/v1/stats", nil, nil, false)
 	c.do("GET", "/healthz", nil, nil, false)
+	c.do("GET", "/readyz", nil, nil, false)
 	c.do("GET", "/metrics", nil, nil, false)
 	c.do("DELETE", "/v1/destinations/"+dst.ID, nil, nil, false)
 
@@ -211,7 +212,7 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.token = ""
 	for path, item := range doc.Paths.Map() {
 		for method := range item.Operations() {
-			if path == "/healthz" || path == "/metrics" {
+			if path == "/healthz" || path == "/readyz" || path == "/metrics" { // open to probes and scrapers
 				continue
 			}
 			p := strings.ReplaceAll(path, "{id}", "x")

@@ -32,7 +32,7 @@ func TestOpenAPI_MatchesRoutes(t *testing.T) {
 		}
 	}
 	routed := map[string]bool{}
-	for _, r := range routes(nil, nil, testLimits, nil) {
+	for _, r := range routes(nil, nil, testLimits) {
 		routed[r.pattern] = true
 	}
 	for op := range documented {

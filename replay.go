@@ -183,7 +183,7 @@ func (s *service) countReplay(ctx context.Context, job *replayJob) (*replayCount
 		}
 		scanned += res.Scanned
 		for _, c := range res.Calls {
-			if d.Matches(c.Call.Tag) {
+			if routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
 				out.Events++
 			}
 		}
@@ -195,6 +195,18 @@ func (s *service) countReplay(ctx context.Context, job *replayJob) (*replayCount
 			return out, nil
 		}
 		p.After = res.Next
+	}
+}
+
+// payloadOf returns a function that reads an event's payload when asked:
+// a replay reads none but those of operational events, which routing needs.
+func (s *service) payloadOf(ctx context.Context, id string) func() ([]byte, bool) {
+	return func() ([]byte, bool) {
+		c, err := s.store.CallGet(ctx, id)
+		if err != nil {
+			return nil, false
+		}
+		return c.Input, true
 	}
 }
 
@@ -251,7 +263,7 @@ func (s *service) replayPage(ctx context.Context, job replayJob) (replayCount, e
 	var events []string // the event of each child
 	tag := "replay:" + info.ID
 	for _, c := range res.Calls {
-		if !d.Matches(c.Call.Tag) {
+		if !routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
 			continue
 		}
 		// A delivery carries no copy of its event: it reads its parent's

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"fanout/destination"
 	"fanout/dispatch"
 	"fanout/webhook"
@@ -48,12 +50,23 @@ type service struct {
 	stats     *statsRing
 	started   time.Time
 	storeName string
+	// deliveryObservers are told of every delivery attempt, in fanout's
+	// words (see deliveryAttempt).
+	deliveryObservers []func(deliveryAttempt)
+	// metrics is the Prometheus registry of /metrics.
+	metrics *metrics
+	// tracing makes the spans of ingest and deliveries; nil when tracing
+	// is off.
+	tracing *tracing
+	// ready says whether this process is ready for traffic (/readyz).
+	ready *readiness
 }
 
 // newService returns the service over a runtime that has not started: it
 // registers the replay function with it, and watches attempts for stats.
 func newService(rt *dispatch.Runtime, store dispatch.Store, fns *functions, dests *destination.Registry) *service {
-	s := &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store), started: time.Now().UTC()}
+	s := &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store), started: time.Now().UTC(),
+		metrics: newMetrics()}
 	s.docs, _ = store.(dispatch.DocStore)
 	s.replayFn = newReplayFunction(s)
 	if err := rt.Register(s.replayFn); err != nil {
@@ -61,6 +74,10 @@ func newService(rt *dispatch.Runtime, store dispatch.Store, fns *functions, dest
 	}
 	s.stats = newStatsRing(s)
 	s.observeAttempts(s.stats.record)
+	s.ready = newReadiness(s.storeAnswers)
+	s.metrics.watch(s)
+	s.observeAttempts(s.deliveryAttempted)
+	s.observeDeliveries(s.metrics.attempted)
 	return s
 }
 
@@ -110,6 +127,99 @@ func (s *service) attempted(a dispatch.AttemptReport) {
 	}
 }
 
+// observeDeliveries adds f to what is told of every delivery attempt; call
+// it before the runtime starts.
+func (s *service) observeDeliveries(f func(deliveryAttempt)) {
+	s.deliveryObservers = append(s.deliveryObservers, f)
+}
+
+// Outcomes of a delivery attempt, as fanout_attempts_total names them.
+const (
+	outcomeDone    = "done"    // delivered
+	outcomeRetried = "retried" // failed, to be tried again at RetryAt
+	outcomeFailed  = "failed"  // failed for good: a dead letter
+)
+
+// deliveryAttempt is one attempt of a delivery whose outcome is stored, in
+// fanout's words: what metrics, traces and operational events know of it.
+type deliveryAttempt struct {
+	ID            string // the delivery's
+	EventID       string
+	DestinationID string
+	// Attempt counts the delivery's attempts, 1 for the first; First is
+	// set for the first.
+	Attempt int
+	First   bool
+	// EventAt is when the event arrived; Started and Duration time the
+	// attempt.
+	EventAt  time.Time
+	Started  time.Time
+	Duration time.Duration
+	// Outcome is outcomeDone, outcomeRetried or outcomeFailed.
+	Outcome string
+	// Status is the destination's HTTP status when it answered with an
+	// error; ErrorClass names the error ("503", "timeout", "tcp_error"...),
+	// Err is the error itself; all empty when it was delivered.
+	Status     int
+	ErrorClass string
+	Err        error
+	// RetryAt is when a retried delivery runs again.
+	RetryAt time.Time
+	// Trace is what the event's trace context was stored as (Call.Meta).
+	Trace []byte
+}
+
+// deliveryAttempted turns the runtime's report of a delivery attempt into a
+// deliveryAttempt for the delivery observers. Snoozes (a destination paused
+// while the delivery was leased) were no attempt; other calls are not
+// deliveries.
+func (s *service) deliveryAttempted(a dispatch.AttemptReport) {
+	c := a.Call
+	if c.Function != s.fns.publishEvent.Name() || a.Snoozed || len(s.deliveryObservers) == 0 {
+		return
+	}
+	d := deliveryAttempt{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, Attempt: c.Attempt, First: c.Attempt == 1,
+		EventAt: eventTime(c.ParentID, c.CreatedAt), Started: a.Started, Duration: a.Duration, Err: a.Err, Trace: c.Meta}
+	switch a.Outcome {
+	case dispatch.StateDone:
+		d.Outcome = outcomeDone
+	case dispatch.StatePending:
+		d.Outcome, d.RetryAt = outcomeRetried, a.RetryAt
+	case dispatch.StateFailed:
+		d.Outcome = outcomeFailed
+	default:
+		return
+	}
+	if a.Err != nil {
+		var se *webhook.StatusError
+		if errors.As(a.Err, &se) {
+			d.Status, d.ErrorClass = se.Code, strconv.Itoa(se.Code)
+		} else {
+			d.ErrorClass = errorClass(a.Err)
+		}
+	}
+	for _, f := range s.deliveryObservers {
+		f(d)
+	}
+}
+
+// eventTime is when the event of this id arrived: ids are UUIDv7s, which
+// carry their time to a quarter of a microsecond. A delivery's own
+// creation time (fallback) is later when the fan-out waited for a worker.
+func eventTime(id string, fallback time.Time) time.Time {
+	u, err := uuid.Parse(id)
+	if err != nil || u.Version() != 7 {
+		return fallback
+	}
+	ms := int64(u[0])<<40 | int64(u[1])<<32 | int64(u[2])<<24 | int64(u[3])<<16 | int64(u[4])<<8 | int64(u[5])
+	frac := int64(u[6]&0x0f)<<8 | int64(u[7]) // 256 ns units (github.com/google/uuid)
+	t := time.Unix(0, ms*int64(time.Millisecond)+frac<<8)
+	if t.After(fallback) {
+		return fallback
+	}
+	return t
+}
+
 // StoreStats returns the store's counters, if it keeps them.
 func (s *service) StoreStats() (dispatch.StoreStats, bool) {
 	sr, ok := s.store.(dispatch.StatsReporter)
@@ -128,6 +238,21 @@ func (s *service) StoreStats() (dispatch.StoreStats, bool) {
 // index for a batch, so that a repeated batch is repeated whole), else the
 // event's own "id" field.
 func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) ([]string, error) {
+	ids, err := s.ingest(ctx, events, idempotencyKey)
+	if err == nil {
+		s.accepted.Add(int64(len(ids)))
+	}
+	return ids, err
+}
+
+// ingest is Ingest without counting the events as accepted through the API
+// (fanout's operational events come this way).
+func (s *service) ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) (ids []string, err error) {
+	var spans *createSpans
+	if s.tracing != nil {
+		spans = s.tracing.startCreate(ctx, len(events))
+		defer func() { spans.end(ids, err) }()
+	}
 	batch := s.rt.Batch()
 	for i, e := range events {
 		call, err := s.fns.handleEvent.BuildCall(e)
@@ -136,6 +261,12 @@ func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempote
 		}
 		f := eventFields(e)
 		call.Tag = f.Type // for listings by type
+		if spans != nil {
+			// The event's trace context, which its deliveries inherit:
+			// their attempts join the event's trace, wherever and
+			// whenever they run.
+			call.Meta = spans.start(i, f.Type)
+		}
 		switch {
 		case idempotencyKey != "" && len(events) == 1:
 			call.DedupKey = "key:" + idempotencyKey
@@ -146,7 +277,7 @@ func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempote
 		}
 		batch.Add(call)
 	}
-	ids, err := batch.Dispatch(ctx)
+	ids, err = batch.Dispatch(ctx)
 	switch {
 	case errors.Is(err, dispatch.ErrStopped):
 		return nil, fmt.Errorf("%w: %w", errShuttingDown, err)
@@ -156,7 +287,6 @@ func (s *service) Ingest(ctx context.Context, events []json.RawMessage, idempote
 	if err != nil {
 		return nil, err
 	}
-	s.accepted.Add(int64(len(ids)))
 	return ids, nil
 }
 
@@ -473,8 +603,10 @@ func (in *destinationInput) check() error {
 func (in *destinationInput) apply(d *destination.Destination) {
 	set(&d.URL, in.URL)
 	set(&d.Description, in.Description)
-	if in.Enabled != nil && *in.Enabled && !d.Enabled {
-		d.Reason = "" // enabled again: why it was disabled no longer holds
+	if in.Enabled != nil && *in.Enabled != d.Enabled {
+		// Enabled again: why it was disabled no longer holds. Disabled
+		// by a person: the reason fanout had (a breaker's) is not theirs.
+		d.Reason = ""
 	}
 	set(&d.Enabled, in.Enabled)
 	set(&d.Filter, in.Filter)

@@ -95,6 +95,11 @@ type Config struct {
 	// synchronous_commit is off or local, which loses acknowledged
 	// events when the server crashes. Off by default.
 	AllowAsyncCommit bool
+	// OnCommit, when set, is called after each group commit that
+	// succeeded, with how many operations it carried and how long its
+	// round trip took (WAL flush included), for an application's metrics.
+	// It runs on a writer goroutine: keep it short.
+	OnCommit func(ops int, took time.Duration)
 }
 
 // Store is a dispatch.Store on PostgreSQL.
@@ -106,6 +111,8 @@ type Store struct {
 	timeout time.Duration
 	hooks   testHooks
 	channel string
+	// onCommit is Config.OnCommit.
+	onCommit func(ops int, took time.Duration)
 
 	// notify fires when another process commits work that this one may
 	// run. pids are the backends of this store's own pool: their
@@ -212,6 +219,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.pool.Close()
 		return nil, err
 	}
+	s.onCommit = cfg.OnCommit
 	s.w = newWriter(s, cfg.Writers, cfg.MaxBatch)
 	lctx, lcancel := context.WithCancel(context.Background())
 	s.listenCancel, s.listenDone = lcancel, make(chan struct{})

@@ -254,6 +254,9 @@ func (w *writer) run(ops []*wop) error {
 	if err == nil {
 		w.commits.Add(1)
 		w.opsDone.Add(int64(len(ops)))
+		if w.s.onCommit != nil {
+			w.s.onCommit(len(ops), time.Since(start))
+		}
 		after := notify && !inline
 		for _, op := range ops {
 			after = after || op.notifyAfter

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"fanout/dispatch"
 )
@@ -40,6 +41,8 @@ type writer struct {
 
 	commits atomic.Int64
 	opsDone atomic.Int64
+	// onCommit is Config.OnCommit.
+	onCommit func(ops int, took time.Duration)
 }
 
 // driverConn is what the writer needs of the driver's connection.
@@ -207,6 +210,7 @@ func (w *writer) execRaw(query string) error {
 
 func (w *writer) run1(ops []*op, savepoints bool) error {
 	tx := &wtx{w: w, ctx: context.Background()}
+	began := time.Now()
 	if err := w.execRaw("BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
@@ -248,6 +252,9 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 	}
 	w.commits.Add(1)
 	w.opsDone.Add(int64(len(ops)))
+	if w.onCommit != nil {
+		w.onCommit(len(ops), time.Since(began))
+	}
 	return nil
 }
 

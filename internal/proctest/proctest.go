@@ -97,14 +97,15 @@ type Proc struct {
 
 var listeningRE = regexp.MustCompile(`msg="fanout listening" addr=(\S+)`)
 
-// Start starts cmd, which runs fanout, with ChildEnv, its output captured,
-// and a cleanup that kills it if it still runs: nothing outlives the test.
+// Start starts cmd, which runs fanout, with ChildEnv (and what cmd.Env
+// holds already, which wins), its output captured, and a cleanup that
+// kills it if it still runs: nothing outlives the test.
 // With a failed test, or FANOUT_TEST_LOGS set, the cleanup prints the end
 // of its log. Start does not wait for it to listen: see WaitListening.
 func Start(t testing.TB, name string, cmd *exec.Cmd) *Proc {
 	t.Helper()
 	p := &Proc{Name: name, Cmd: cmd, Logs: &Lines{}, exited: make(chan struct{})}
-	cmd.Env = ChildEnv()
+	cmd.Env = append(ChildEnv(), cmd.Env...)
 	cmd.Stdout, cmd.Stderr = p.Logs, p.Logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
