@@ -1,9 +1,9 @@
 package dispatch
 
 import (
-	"runtime"
 	"slices"
 	"sync"
+	"time"
 )
 
 // results remembers the outcomes of the children this process ran, so that
@@ -42,7 +42,15 @@ type gathered struct {
 	finishing int
 	pending   map[string]*Call
 	inline    bool
+	// settled is closed when finishing drops back to 0 (nil when it is).
+	settled chan struct{}
 }
+
+// settleWait bounds how long a resumed parent waits for siblings still
+// recording their outcome here before it reads them from the store: they
+// returned from the same commit and are scheduled soon, but a sibling whose
+// record failed may retry for a while.
+const settleWait = 100 * time.Millisecond
 
 func newResults(max int) *results {
 	return &results{parents: make(map[string]*gathered), max: max}
@@ -81,6 +89,9 @@ func (rs *results) finishing(parentID string, c *Call) (parent *Call, children [
 	if g == nil {
 		return nil, nil
 	}
+	if g.finishing == 0 {
+		g.settled = make(chan struct{})
+	}
 	g.finishing++
 	if g.pending == nil {
 		g.pending = make(map[string]*Call)
@@ -117,6 +128,10 @@ func (rs *results) finished(parentID string, c *Call, stored bool) {
 		return
 	}
 	g.finishing--
+	if g.finishing == 0 {
+		close(g.settled)
+		g.settled = nil
+	}
 	delete(g.pending, c.ID)
 	g.inline = false
 	if stored && g.expected[c.ID] {
@@ -140,10 +155,14 @@ func (rs *results) children(parent string) ([]*Call, bool) {
 	defer rs.mu.Unlock()
 	g := rs.parents[parent]
 	// Siblings stored in the commit that resumed the parent are a few
-	// instructions from recording their outcome: let them.
-	for i := 0; g != nil && g.finishing > 0 && i < 1000; i++ {
+	// instructions from recording their outcome: wait for them.
+	if g != nil && g.finishing > 0 {
+		settled := g.settled
 		rs.mu.Unlock()
-		runtime.Gosched()
+		select {
+		case <-settled:
+		case <-time.After(settleWait):
+		}
 		rs.mu.Lock()
 		g = rs.parents[parent]
 	}
