@@ -50,24 +50,28 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 	if p.Limit <= 0 || len(p.Functions) == 0 {
 		return nil, nil
 	}
+	// A claim is a write: it goes in the next group commit, with the
+	// finishes and inserts of the moment, instead of a commit (and a WAL
+	// flush) of its own. It never waits for a lock (SKIP LOCKED), so it
+	// takes its place first in a batch (key "").
 	var calls []*dispatch.Call
-	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+	args := []any{p.Key, p.Now.UnixNano(), p.Functions, p.Limit, p.Owner, p.LeaseUntil.UnixNano()}
+	op := &wop{}
+	op.queue = func(b *pgx.Batch) {
 		calls = calls[:0]
-		rows, err := conn.Query(ctx, claimSQL, p.Key, p.Now.UnixNano(), p.Functions, p.Limit, p.Owner, p.LeaseUntil.UnixNano())
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			c, err := scanClaimed(rows)
-			if err != nil {
-				return err
+		b.Queue(claimSQL, args...).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				c, err := scanClaimed(rows)
+				if err != nil {
+					return err
+				}
+				c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
+				calls = append(calls, c)
 			}
-			c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
-			calls = append(calls, c)
-		}
-		return rows.Err()
-	})
+			return rows.Err()
+		})
+	}
+	err := s.w.do(ctx, op)
 	if err != nil {
 		return nil, fmt.Errorf("claim calls: %w", err)
 	}
@@ -75,18 +79,35 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 	return calls, nil
 }
 
-// keysSQL is a loose index scan of calls_runnable: each step finds the next
-// key after the last one with one index probe, then one probe per key looks
-// for a call that is runnable now.
+// keysSQL is a loose index scan of calls_runnable, walked from its end:
+// each step finds the key before the last one with one index probe, then
+// one probe per key looks for a call that is runnable now, newest first.
+//
+// Why this shape (docs/BENCHMARKS.md, "CallKeys" under issue 12):
+//
+//   - The probe is a scalar subquery with LIMIT 1, not an EXISTS: the
+//     planner turns an EXISTS into a semi-join, and when it believed the
+//     backlog small (the statistics of a queue table are stale within
+//     seconds) it read every runnable call of the table and hashed them by
+//     key: 27-45 ms and 3,000-5,000 buffers at a backlog of 40,000-60,000.
+//   - Both probes go newest first. A claim makes a pending call running,
+//     which is never a HOT update (state is in the index's predicate): the
+//     call's entry stays in calls_runnable, pointing at a dead row, until a
+//     vacuum. Claims take the oldest calls first, so those dead entries pile
+//     up at the low end of each key's run_after range, where a probe that
+//     walks upwards starts: with 100,000-180,000 of them (a minute of
+//     claims: autovacuum visits a database once a minute) it read 600-1,900
+//     index pages, 1-8 ms, 120 ms once the backlog was nearly drained. The
+//     newest calls of a backlog are alive: walked downwards, 30 pages.
 const keysSQL = `WITH RECURSIVE k(key) AS (
-		(SELECT key FROM calls WHERE state = 0 ORDER BY key LIMIT 1)
+		(SELECT key FROM calls WHERE state = 0 ORDER BY key DESC, run_after DESC LIMIT 1)
 		UNION ALL
-		SELECT (SELECT c.key FROM calls c WHERE c.state = 0 AND c.key > k.key ORDER BY c.key LIMIT 1)
+		SELECT (SELECT c.key FROM calls c WHERE c.state = 0 AND c.key < k.key ORDER BY c.key DESC, c.run_after DESC LIMIT 1)
 		FROM k WHERE k.key IS NOT NULL
 	)
 	SELECT key FROM k
 	WHERE key IS NOT NULL
-	AND EXISTS (SELECT 1 FROM calls c WHERE c.state = 0 AND c.key = k.key AND c.run_after <= $1)`
+	AND (SELECT true FROM calls c WHERE c.state = 0 AND c.key = k.key AND c.run_after <= $1 ORDER BY c.run_after DESC LIMIT 1)`
 
 // CallKeys implements dispatch.Store.
 func (s *Store) CallKeys(ctx context.Context, now time.Time) ([]string, error) {

@@ -5,19 +5,89 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
 )
 
-// CallSuspend implements dispatch.Store.
+// suspendSQL parks a running call ($4, fenced by its attempt $5) in a
+// Gather and stores its children (insertSQL's arrays, $1-$23 renumbered as
+// $6-$28), in one statement: one round trip, group-committed with the
+// writer's other operations. It returns whether the call was parked and how
+// many children were inserted. When some children existed already (a
+// repeat), waiting must be counted from them under their locks, which this
+// statement does not do: it then fails with errChildrenExist's text, and
+// CallSuspend does it the long way, in a transaction of its own.
+var suspendSQL = `WITH me AS (
+		UPDATE calls SET state = 2, gathers = $1, waiting = $2, lease_owner = NULL, lease_expires = NULL, updated_at = $3
+		WHERE id = $4 AND state = 1 AND attempt = $5
+		RETURNING id
+	), ins AS (
+		INSERT INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires,
+			run_after, budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at,
+			tag, meta)
+		SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[], $10::smallint[], $11::integer[], $12::integer[],
+			$13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::text[], $18::integer[], $19::integer[],
+			$20::integer[], $21::integer[], $22::bytea[], $23::text[], $24::smallint[], $25::bigint[], $26::bigint[],
+			$27::text[], $28::bytea[])
+		WHERE EXISTS (SELECT 1 FROM me)
+		ON CONFLICT (id) DO NOTHING
+		RETURNING 1
+	), n AS (SELECT (SELECT count(*) FROM me) AS applied, (SELECT count(*) FROM ins) AS inserted)
+	SELECT applied, CASE WHEN applied > 0 AND inserted < $2 THEN ('` + errChildrenExist + ` ' || inserted)::int END FROM n`
+
+// errChildrenExist starts the error suspendSQL raises when children of the
+// gather existed already.
+const errChildrenExist = "dispatchpg: children exist"
+
+// CallSuspend implements dispatch.Store: one statement in the next group
+// commit (suspendSQL); the long way, in a transaction of its own, when some
+// of the children existed already.
 func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) (bool, error) {
+	cols := toColumns(p.Children, p.Now)
+	args := append([]any{p.Gather + 1, len(p.Children), p.Now.UnixNano(), p.ID, p.Attempt}, cols.args()...)
+	var applied bool
+	op := &wop{key: p.ID, notify: cols.runnable > 0}
+	op.queue = func(b *pgx.Batch) {
+		applied = false
+		b.Queue(suspendSQL, args...).QueryRow(func(row pgx.Row) error {
+			var n int64
+			if err := row.Scan(&n, nil); err != nil {
+				return err
+			}
+			applied = n > 0
+			return nil
+		})
+	}
+	err := s.w.do(ctx, op)
+	if isChildrenExist(err) {
+		return s.suspendTx(ctx, p, cols)
+	}
+	if err != nil {
+		return false, fmt.Errorf("suspend call: %w", err)
+	}
+	return applied, nil
+}
+
+// isChildrenExist reports whether err is suspendSQL's refusal of children
+// that existed already.
+func isChildrenExist(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.Contains(pgErr.Message, errChildrenExist)
+}
+
+// suspendTx is CallSuspend when some children may exist already: their
+// outcomes are counted under their locks.
+func (s *Store) suspendTx(ctx context.Context, p *dispatch.CallSuspendParams, cols *columns) (bool, error) {
 	var applied bool
 	now := p.Now.UnixNano()
-	cols := toColumns(p.Children, p.Now)
 	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		applied = false
+		runnable := cols.runnable
 		tag, err := tx.Exec(ctx, `UPDATE calls SET state = 2, gathers = $1, waiting = $2, lease_owner = NULL, lease_expires = NULL,
 				updated_at = $3
 			WHERE id = $4 AND state = 1 AND attempt = $5`, p.Gather+1, len(p.Children), now, p.ID, p.Attempt)
@@ -49,10 +119,10 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 				return err
 			}
 			if state == dispatch.StatePending {
-				cols.runnable++
+				runnable++
 			}
 		}
-		if cols.runnable > 0 {
+		if runnable > 0 {
 			_, err = tx.Exec(ctx, notifySQL, s.channel)
 		}
 		return err
@@ -210,49 +280,53 @@ func scanFinish(row pgx.Row, p *dispatch.CallFinishParams, res *dispatch.CallFin
 	return runnable, nil
 }
 
-// CallRedrive implements dispatch.Store.
+// redriveSQL re-drives the failed calls among $1 in one statement, and so
+// one round trip whatever their number: each becomes pending at $2 with a
+// fresh budget, and its parent, waiting or failed, waits for it again (one
+// more per re-driven child). A call whose parent is pending or running
+// (about to finish) is left be, and so is a failed parent re-driven with
+// its own children: it waits for them instead. It returns the ids re-driven,
+// in the order asked.
+const redriveSQL = `WITH want AS (
+		SELECT id, min(n) AS n FROM unnest($1::text[]) WITH ORDINALITY AS w(id, n) GROUP BY id
+	), f AS (
+		SELECT c.id, c.parent_id, want.n FROM calls c JOIN want ON c.id = want.id
+		WHERE c.state = 4 ORDER BY c.id FOR UPDATE OF c
+	), par AS (
+		UPDATE calls p SET waiting = CASE p.state WHEN 2 THEN p.waiting + k.n ELSE k.n END,
+			state = 2, error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = $2
+		FROM (SELECT parent_id, count(*) AS n FROM f WHERE parent_id IS NOT NULL GROUP BY parent_id) k
+		WHERE p.id = k.parent_id AND p.state IN (2, 4)
+		RETURNING p.id
+	), me AS (
+		UPDATE calls c SET state = 0, failures = 0, budget_start = $2, run_after = $2, updated_at = $2
+		FROM f WHERE c.id = f.id AND (f.parent_id IS NULL OR f.parent_id IN (SELECT id FROM par))
+			AND c.id NOT IN (SELECT id FROM par)
+		RETURNING c.id, f.n
+	)
+	SELECT id FROM me ORDER BY n`
+
+// CallRedrive implements dispatch.Store with redriveSQL, in a transaction
+// of its own (it locks many rows: not in a group commit, whose operations
+// lock one call and its parent each, in order).
 func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) ([]string, error) {
-	now := p.Now.UnixNano()
+	if len(p.IDs) == 0 {
+		return nil, nil
+	}
 	var done []string
-	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		done = done[:0]
-		for _, id := range p.IDs {
-			var parent *string
-			err := tx.QueryRow(ctx, `SELECT parent_id FROM calls WHERE id = $1 AND state = 4 FOR UPDATE`, id).Scan(&parent)
-			if errors.Is(err, pgx.ErrNoRows) {
-				continue // not failed (any more), or unknown
-			}
-			if err != nil {
-				return err
-			}
-			if parent != nil {
-				// The parent waits for this call again: one more if it is
-				// waiting, from scratch if it had failed.
-				tag, err := tx.Exec(ctx, `UPDATE calls SET
-						waiting = CASE state WHEN 2 THEN waiting + 1 ELSE 1 END,
-						state = 2, error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = $1
-					WHERE id = $2 AND state IN (2, 4)`, now, *parent)
-				if err != nil {
-					return err
-				}
-				if tag.RowsAffected() == 0 {
-					continue // the parent is about to finish: leave this call be
-				}
-			}
-			if _, err := tx.Exec(ctx, `UPDATE calls SET state = 0, failures = 0, budget_start = $1, run_after = $1, updated_at = $1
-				WHERE id = $2`, now, id); err != nil {
-				return err
-			}
-			done = append(done, id)
-		}
-		if len(done) > 0 {
-			_, err := tx.Exec(ctx, notifySQL, s.channel)
+	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		rows, err := conn.Query(ctx, redriveSQL, p.IDs, p.Now.UnixNano())
+		if err != nil {
 			return err
 		}
-		return nil
+		done, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("redrive calls: %w", err)
+	}
+	if len(done) > 0 {
+		s.notifyAfter()
 	}
 	return done, nil
 }
