@@ -124,6 +124,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	a.refreshDestinations(ctx)
+	a.startUpgrades(ctx)
 	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens), log)
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "version", buildVersion(),
 		"store", a.where, "destinations", len(a.dests.List()), "api_tokens", len(cfg.apiTokens))
@@ -166,6 +167,9 @@ type app struct {
 
 	stopRefresh context.CancelFunc
 	refreshed   chan struct{}
+	// stopUpgrades and upgraded are those of startUpgrades.
+	stopUpgrades context.CancelFunc
+	upgraded     chan struct{}
 }
 
 // newApp opens the store and wires the parts; nothing runs yet but the demo
@@ -275,6 +279,7 @@ func (a *app) refreshDestinations(ctx context.Context) {
 // stop stops the runtime (deliveries in flight get until ctx ends), logs
 // the totals and closes the store, reporting what failed.
 func (a *app) stop(ctx context.Context) error {
+	a.stopUpgrading()
 	err := a.rt.Stop(ctx)
 	a.stopRefreshing()
 	rs := a.rt.Stats()
@@ -299,6 +304,7 @@ func (a *app) close() {
 		_ = a.rt.Stop(context.Background()) // a no-op once stopped, or if never started
 	}
 	a.stopRefreshing()
+	a.stopUpgrading()
 	if a.client != nil {
 		a.client.Close()
 	}

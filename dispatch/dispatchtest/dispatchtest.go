@@ -46,6 +46,7 @@ func Exercise(t *testing.T, open OpenFunc) {
 		{"Redrive", exerciseRedrive},
 		{"Retention", exerciseRetention},
 		{"List", exerciseList},
+		{"Rewrite", exerciseRewrite},
 		{"Documents", exerciseDocs},
 		{"Lifecycle", exerciseLifecycle},
 		{"Runtime", exerciseRuntime},
