@@ -103,6 +103,22 @@ func toColumns(calls []*dispatch.Call, now time.Time) *columns {
 	return c
 }
 
+// add appends o's rows to c's.
+func (c *columns) add(o *columns) {
+	c.ids, c.functions, c.keys = append(c.ids, o.ids...), append(c.functions, o.functions...), append(c.keys, o.keys...)
+	c.inputs, c.outputs = append(c.inputs, o.inputs...), append(c.outputs, o.outputs...)
+	c.states, c.statuses = append(c.states, o.states...), append(c.statuses, o.statuses...)
+	c.attempts, c.failures = append(c.attempts, o.attempts...), append(c.failures, o.failures...)
+	c.owners, c.parents, c.errs = append(c.owners, o.owners...), append(c.parents, o.parents...), append(c.errs, o.errs...)
+	c.expires = append(c.expires, o.expires...)
+	c.runAfter, c.budget = append(c.runAfter, o.runAfter...), append(c.budget, o.budget...)
+	c.gather, c.idx = append(c.gather, o.gather...), append(c.idx, o.idx...)
+	c.gathers, c.wt = append(c.gathers, o.gathers...), append(c.wt, o.wt...)
+	c.created, c.updated = append(c.created, o.created...), append(c.updated, o.updated...)
+	c.tags, c.metas = append(c.tags, o.tags...), append(c.metas, o.metas...)
+	c.runnable += o.runnable
+}
+
 func (c *columns) args() []any {
 	return []any{c.ids, c.functions, c.keys, c.inputs, c.states, c.attempts, c.failures, c.owners, c.expires,
 		c.runAfter, c.budget, c.parents, c.gather, c.idx, c.gathers, c.wt, c.outputs, c.errs, c.statuses,
@@ -136,11 +152,10 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	var err error
 	if !deduping {
 		// Group-committed with whatever else is being written.
+		// The writer merges the rows of every insert of a batch into one
+		// statement (wop.rows).
 		cols := toColumns(calls, time.Now())
-		args := cols.args()
-		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, verify: exists, queue: func(b *pgx.Batch) {
-			b.Queue(insertSQL, args...)
-		}})
+		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, verify: exists, rows: cols})
 	} else {
 		stored := -1 // rows to store, once known
 		insert := func(ctx context.Context, tx pgx.Tx) error {
