@@ -29,7 +29,7 @@ func claimed(row []driver.Value) *dispatch.Call {
 		Attempt:     int(asInt(row[4])),
 		Failures:    int(asInt(row[5])),
 		RunAfter:    fromNanos(asInt(row[6])),
-		BudgetStart: fromNanos(asInt(row[7])),
+		BudgetStart: fromNanos(orElse(asInt(row[7]), asInt(row[12]))),
 		ParentID:    asString(row[8]),
 		Gather:      int(asInt(row[9])),
 		Index:       int(asInt(row[10])),

@@ -57,7 +57,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	if p.State == dispatch.StateDone {
 		output = p.Output
 	}
-	runAfter := now
+	var runAfter int64 // final: updated_at (see orElse)
 	if p.State == dispatch.StatePending {
 		runAfter = p.RunAfter.UnixNano()
 	}
@@ -100,8 +100,8 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 			// The runtime ran the parent with this last outcome: store
 			// its run, done.
 			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
-					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = ?, updated_at = ?
-				WHERE id = ? AND state = 2 AND parent_id IS NULL`, parentOutput, int(dispatch.StatusOK), now, now, p.ParentID)
+					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = 0, updated_at = ?
+				WHERE id = ? AND state = 2 AND parent_id IS NULL`, parentOutput, int(dispatch.StatusOK), now, p.ParentID)
 			res.ParentFinished = n > 0
 			return err
 		}

@@ -79,8 +79,8 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 			if c.UpdatedAt.IsZero() {
 				updated = created
 			}
-			if c.BudgetStart.IsZero() {
-				budget = created
+			if c.BudgetStart.IsZero() || budget == created {
+				budget = 0 // see sameAsCreated
 			}
 			args = append(args, c.ID, c.Function, c.Key, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
 				c.RunAfter.UnixNano(), budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),

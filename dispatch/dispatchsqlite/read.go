@@ -32,7 +32,7 @@ func scanCall(scan func(...any) error, input bool) (*dispatch.Call, error) {
 		return nil, err
 	}
 	c.State, c.Status = dispatch.State(state), dispatch.Status(status)
-	c.RunAfter, c.BudgetStart = fromNanos(runAfter), fromNanos(budget)
+	c.RunAfter, c.BudgetStart = fromNanos(orElse(runAfter, updated)), fromNanos(orElse(budget, created))
 	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
 	c.LeaseOwner, c.ParentID, c.Error, c.Tag = leaseOwner.String, parent.String, errText.String, tag.String
 	if leaseExpires.Valid {
@@ -182,6 +182,29 @@ func (s *Store) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// A time column that holds what another one holds is stored as 0, which
+// SQLite writes in no bytes at all (an integer of 0 or 1 is all header),
+// instead of 8 (issue 12: 4 KiB events to 10 destinations took 7,825 B on
+// disk per event against 7,325 allowed):
+//
+//   - budget_start is 0 when the budget starts at the call's creation
+//     (always, but for a re-driven call): it reads as created_at;
+//   - run_after is 0 once a call is final (its finish stored run_after =
+//     updated_at = now): it reads as updated_at. A final call that is
+//     re-driven or resumed gets a run_after of its own again.
+//
+// Rows stored before keep their explicit values, which read the same: no
+// migration rewrites them (it would rewrite every row of the table, in one
+// transaction, to free 16 bytes in each).
+//
+// orElse reads such a column: v, or def when v is 0.
+func orElse(v, def int64) int64 {
+	if v == 0 {
+		return def
+	}
+	return v
+}
 
 func nonNil(b []byte) []byte {
 	if b == nil {
