@@ -158,6 +158,11 @@ func TestRuntime_ResumeInline(t *testing.T) {
 	if string(c.Output) != "22" || c.Attempt != 2 || c.State != dispatch.StateDone {
 		t.Fatalf("parent %+v, want done at attempt 2 with 10+2+4+6", c)
 	}
+	// The worker counts the inline resumption once the store has it done:
+	// the parent can be seen done before that. Stop waits for the worker.
+	if err := rt.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	st := rt.Stats()
 	if st.ResumedInline != 1 || st.ResultsFromMemory != 0 || st.ResultsFromStore != 0 || st.ParentInputReads != 0 || s.reads.Load() != 0 {
 		t.Fatalf("Stats %+v (children read %d times), want one inline resumption, nothing read", st, s.reads.Load())

@@ -267,6 +267,18 @@ type Store interface {
 	// every request.
 	CallBacklog(ctx context.Context) ([]KeyCount, error)
 
+	// CallRewriteInputs rewrites, in one transaction, the inputs of up to
+	// Limit calls of Function that have a parent, those whose ids come after
+	// After, in id order: each is given to Rewrite with its ParentInput,
+	// ParentID, Key and State, and its stored input is replaced when Rewrite
+	// says so. It returns how many inputs it replaced and the id to go on
+	// after, "" once none is left. An application uses it to change how it
+	// stores its inputs, page by page, while the runtime runs (fanout: a
+	// delivery that carried a copy of its event now reads it from its
+	// parent): Rewrite must return an input that the function reads as it
+	// read the old one, since a call may be running with the old one.
+	CallRewriteInputs(ctx context.Context, params *CallRewriteInputsParams) (*CallRewriteInputsResult, error)
+
 	// Close releases the store. Calls made after Close fail.
 	Close() error
 }
@@ -445,4 +457,23 @@ type CallDeleteFinishedParams struct {
 	Before time.Time
 	Failed bool
 	Limit  int
+}
+
+// CallRewriteInputsParams are the arguments of Store.CallRewriteInputs.
+type CallRewriteInputsParams struct {
+	Function string
+	// After is the cursor: only ids greater than it.
+	After string
+	Limit int
+	// Rewrite returns a call's new input and true, or false to leave it.
+	// It runs inside the store's transaction: it must be quick, and may
+	// run more than once for the same call.
+	Rewrite func(c *Call) ([]byte, bool)
+}
+
+// CallRewriteInputsResult says what Store.CallRewriteInputs did.
+type CallRewriteInputsResult struct {
+	Rewritten int
+	// Next is the cursor of the next page, "" when none is left.
+	Next string
 }

@@ -64,6 +64,10 @@ type wop struct {
 	// that record its outcome; it may run more than once (replay), so it
 	// must reset what it records.
 	queue func(b *pgx.Batch)
+	// rows, instead of queue, makes the operation an insert of these rows:
+	// the inserts of a batch go in one statement, first (a statement of
+	// its own each cost the server more than its rows).
+	rows *columns
 	// verify, when set, tells whether the operation was applied by a
 	// commit whose answer was lost.
 	verify func(ctx context.Context, conn *pgxpool.Conn) (applied bool, err error)
@@ -237,9 +241,31 @@ func (w *writer) run(ops []*wop) error {
 	defer conn.Release()
 	b := &pgx.Batch{}
 	notify := false
+	var inserts []*columns
+	for _, op := range ops {
+		if op.rows != nil {
+			inserts = append(inserts, op.rows)
+		}
+	}
+	var rows *columns
+	switch len(inserts) {
+	case 0:
+	case 1:
+		rows = inserts[0]
+	default:
+		rows = &columns{}
+		for _, r := range inserts {
+			rows.add(r)
+		}
+	}
+	if rows != nil {
+		b.Queue(insertSQL, rows.args()...)
+	}
 	for _, op := range ops {
 		op.notifyAfter = false
-		op.queue(b)
+		if op.rows == nil {
+			op.queue(b)
+		}
 		notify = notify || op.notify
 	}
 	inline := notify && w.s.notifyNow()

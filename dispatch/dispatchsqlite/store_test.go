@@ -2,6 +2,7 @@ package dispatchsqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,4 +73,56 @@ func TestOpen_Errors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A database Open creates has Config.PageSize (2048 by default); one that
+// exists keeps its own.
+func TestOpen_PageSize(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		cfg  int
+		want int
+	}{{"new", 0, 2048}, {"new4k", 4096, 4096}} {
+		path := filepath.Join(dir, tc.name+".db")
+		s, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: path, PageSize: tc.cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if got := pageSize(t, path); got != tc.want {
+			t.Fatalf("%s: page size %d, want %d", tc.name, got, tc.want)
+		}
+		// Opened again with another page size, it keeps its own.
+		s, err = dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: path, PageSize: 1024})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if got := pageSize(t, path); got != tc.want {
+			t.Fatalf("%s reopened: page size %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	if _, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(dir, "bad.db"), PageSize: 3000}); err == nil {
+		t.Fatal("Open accepted a page size of 3000")
+	}
+}
+
+func pageSize(t *testing.T, path string) int {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	var mode string
+	if err := db.QueryRow("PRAGMA page_size").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal_mode %q, %v; want wal", mode, err)
+	}
+	return n
 }

@@ -47,6 +47,7 @@ func Exercise(t *testing.T, open OpenFunc) {
 		{"Retention", exerciseRetention},
 		{"List", exerciseList},
 		{"History", exerciseHistory},
+		{"Rewrite", exerciseRewrite},
 		{"Documents", exerciseDocs},
 		{"Lifecycle", exerciseLifecycle},
 		{"Runtime", exerciseRuntime},

@@ -1,0 +1,156 @@
+package dispatchsqlite
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"fanout/dispatch"
+)
+
+// claimColumns are what a claim (or a resume) returns of a call, with its
+// parent's input (see dispatch.Call.ParentInput): a primary key probe of a
+// row the cache holds, in the writer, instead of a read per call later.
+const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, meta,
+	(SELECT p.input FROM calls p WHERE p.id = calls.parent_id)`
+
+// claimed makes a running call of a row of claimColumns.
+func claimed(row []driver.Value) *dispatch.Call {
+	return &dispatch.Call{
+		State:       dispatch.StateRunning,
+		ID:          asString(row[0]),
+		Function:    asString(row[1]),
+		Key:         asString(row[2]),
+		Input:       asBytes(row[3]),
+		Attempt:     int(asInt(row[4])),
+		Failures:    int(asInt(row[5])),
+		RunAfter:    fromNanos(asInt(row[6])),
+		BudgetStart: fromNanos(orElse(asInt(row[7]), asInt(row[12]))),
+		ParentID:    asString(row[8]),
+		Gather:      int(asInt(row[9])),
+		Index:       int(asInt(row[10])),
+		Gathers:     int(asInt(row[11])),
+		CreatedAt:   fromNanos(asInt(row[12])),
+		Meta:        asBytes(row[13]),
+		ParentInput: asBytes(row[14]),
+	}
+}
+
+func claimQuery(functions int) string {
+	return `UPDATE calls SET state = 1, lease_owner = ?, lease_expires = ?, attempt = attempt + 1, updated_at = ?
+	WHERE id IN (
+		SELECT id FROM calls
+		WHERE state = 0 AND key = ? AND run_after <= ? AND function IN (` + placeholders(functions) + `)
+		ORDER BY run_after
+		LIMIT ?
+	)
+	RETURNING ` + claimColumns
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+// CallClaim implements dispatch.Store.
+func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*dispatch.Call, error) {
+	if p.Limit <= 0 || len(p.Functions) == 0 {
+		return nil, nil
+	}
+	now := p.Now.UnixNano()
+	args := make([]any, 0, 6+len(p.Functions))
+	args = append(args, p.Owner, p.LeaseUntil.UnixNano(), now, p.Key, now)
+	for _, f := range p.Functions {
+		args = append(args, f)
+	}
+	args = append(args, p.Limit)
+	query := claimQuery(len(p.Functions))
+
+	var calls []*dispatch.Call
+	err := s.w.do(ctx, func(tx *wtx) error {
+		calls = calls[:0]
+		return tx.query(query, args, func(row []driver.Value) error {
+			c := claimed(row)
+			c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
+			calls = append(calls, c)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim calls: %w", err)
+	}
+	slices.SortFunc(calls, func(a, b *dispatch.Call) int { return a.RunAfter.Compare(b.RunAfter) })
+	return calls, nil
+}
+
+// CallKeys implements dispatch.Store: a loose index scan of calls_runnable,
+// one probe per key, then one probe per key for a runnable call.
+func (s *Store) CallKeys(ctx context.Context, now time.Time) ([]string, error) {
+	rows, err := s.keysStmt.QueryContext(ctx, now.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	defer rows.Close()
+	var keys []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, fmt.Errorf("list keys: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
+}
+
+const keysQuery = `WITH RECURSIVE k(key) AS (
+		SELECT (SELECT MIN(key) FROM calls WHERE state = 0)
+		UNION ALL
+		SELECT (SELECT MIN(key) FROM calls WHERE state = 0 AND key > k.key) FROM k WHERE k.key IS NOT NULL
+	)
+	SELECT key FROM k
+	WHERE key IS NOT NULL
+	AND EXISTS (SELECT 1 FROM calls WHERE state = 0 AND key = k.key AND run_after <= ?)`
+
+// CallLeaseRenew implements dispatch.Store.
+func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewParams) error {
+	if len(p.IDs) == 0 {
+		return nil
+	}
+	ids, err := json.Marshal(p.IDs)
+	if err != nil {
+		return err
+	}
+	err = s.w.do(ctx, func(tx *wtx) error {
+		_, err := tx.exec(`UPDATE calls SET lease_expires = ?
+			WHERE id IN (SELECT value FROM json_each(?)) AND state = 1 AND lease_owner = ?`,
+			p.LeaseUntil.UnixNano(), string(ids), p.Owner)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("renew leases: %w", err)
+	}
+	return nil
+}
+
+// CallLeaseRelease implements dispatch.Store.
+func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseReleaseParams) (int, error) {
+	var n int64
+	err := s.w.do(ctx, func(tx *wtx) error {
+		var err error
+		if p.Owner != "" {
+			n, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+				WHERE state = 1 AND lease_owner = ?`, p.Owner)
+		} else {
+			n, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+				WHERE state = 1 AND lease_expires <= ?`, p.Now.UnixNano())
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("release leases: %w", err)
+	}
+	return int(n), nil
+}

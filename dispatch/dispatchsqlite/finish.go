@@ -1,0 +1,179 @@
+package dispatchsqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"fanout/dispatch"
+)
+
+// CallSuspend implements dispatch.Store.
+func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) (bool, error) {
+	var applied bool
+	now := p.Now.UnixNano()
+	err := s.w.do(ctx, func(tx *wtx) error {
+		applied = false
+		n, err := tx.exec(`UPDATE calls SET state = 2, gathers = ?, waiting = ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+			WHERE id = ? AND state = 1 AND attempt = ?`,
+			p.Gather+1, len(p.Children), now, p.ID, p.Attempt)
+		if err != nil || n == 0 {
+			return err
+		}
+		applied = true
+		inserted, err := insert(tx, p.Children, true)
+		if err != nil {
+			return err
+		}
+		if inserted == int64(len(p.Children)) {
+			return nil
+		}
+		// Some children existed already: count those still to wait for.
+		_, err = tx.exec(`UPDATE calls SET
+				waiting = (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)),
+				state = CASE WHEN (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
+				run_after = ?3
+			WHERE id = ?1`, p.ID, p.Gather, now)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("suspend call: %w", err)
+	}
+	return applied, nil
+}
+
+// CallFinish implements dispatch.Store.
+func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*dispatch.CallFinishResult, error) {
+	now := p.Now.UnixNano()
+	var failed int
+	if p.State != dispatch.StateDone && !p.Snooze {
+		failed = 1
+	}
+	var errText, output any
+	if p.Error != "" {
+		errText = p.Error
+	}
+	if p.State == dispatch.StateDone {
+		output = p.Output
+	}
+	var runAfter int64 // final: updated_at (see orElse)
+	if p.State == dispatch.StatePending {
+		runAfter = p.RunAfter.UnixNano()
+	}
+	var parentOutput any
+	if p.FinishParent {
+		parentOutput = nonNil(p.ParentOutput)
+	}
+	res := &dispatch.CallFinishResult{}
+	err := s.w.do(ctx, func(tx *wtx) error {
+		*res = dispatch.CallFinishResult{}
+		n, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
+				failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+			WHERE id = ? AND state = 1 AND attempt = ?`,
+			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt)
+		if err != nil || n == 0 {
+			return err
+		}
+		res.Applied = true
+		if r := p.Record; r != nil {
+			var detail any
+			if len(r.Detail) > 0 {
+				detail = r.Detail
+			}
+			if _, err := tx.exec(`INSERT OR REPLACE INTO attempts (call_id, attempt, started_at, duration_ns, status, error, detail)
+				VALUES (?, ?, ?, ?, ?, ?, ?)`, p.ID, p.Attempt, r.Started.UnixNano(), int64(r.Duration), int(r.Status),
+				r.Error, detail); err != nil {
+				return err
+			}
+		}
+		if p.ParentID == "" || !p.State.Final() {
+			return nil
+		}
+		// Count the child off; the last one makes the parent runnable.
+		n, err = tx.exec(`UPDATE calls SET waiting = waiting - 1, updated_at = ?
+			WHERE id = ? AND state = 2 AND waiting > 1`, now, p.ParentID)
+		if err != nil || n > 0 {
+			return err
+		}
+		if p.FinishParent {
+			// The runtime ran the parent with this last outcome: store
+			// its run, done.
+			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
+					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = 0, updated_at = ?
+				WHERE id = ? AND state = 2 AND parent_id IS NULL`, parentOutput, int(dispatch.StatusOK), now, p.ParentID)
+			res.ParentFinished = n > 0
+			return err
+		}
+		if p.ResumeOwner == "" {
+			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 0, run_after = ?, updated_at = ?
+				WHERE id = ? AND state = 2`, now, now, p.ParentID)
+			res.ParentResumed = n > 0
+			return err
+		}
+		row, err := tx.queryRow(`UPDATE calls SET waiting = 0, state = 1, attempt = attempt + 1,
+				lease_owner = ?, lease_expires = ?, run_after = ?, updated_at = ?
+			WHERE id = ? AND state = 2 RETURNING `+claimColumns,
+			p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, now, p.ParentID)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return nil // the parent is not waiting (it was redriven, or is gone)
+		case err != nil:
+			return err
+		}
+		res.ParentResumed = true
+		res.Parent = claimed(row)
+		res.Parent.LeaseOwner, res.Parent.LeaseExpires = p.ResumeOwner, p.ResumeLeaseUntil
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finish call: %w", err)
+	}
+	return res, nil
+}
+
+// CallRedrive implements dispatch.Store.
+func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) ([]string, error) {
+	now := p.Now.UnixNano()
+	var done []string
+	err := s.w.do(ctx, func(tx *wtx) error {
+		done = done[:0]
+		for _, id := range p.IDs {
+			row, err := tx.queryRow(`SELECT parent_id FROM calls WHERE id = ? AND state = 4`, id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // not failed (any more), or unknown
+			}
+			if err != nil {
+				return err
+			}
+			if parent := asString(row[0]); parent != "" {
+				// The parent waits for this call again: one more if it is
+				// waiting, from scratch if it had failed.
+				n, err := tx.exec(`UPDATE calls SET
+						waiting = CASE state WHEN 2 THEN waiting + 1 ELSE 1 END,
+						state = 2, error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+					WHERE id = ? AND state IN (2, 4)`, now, parent)
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					continue // the parent is about to finish: leave this call be
+				}
+			}
+			if _, err := tx.exec(`UPDATE calls SET state = 0, failures = 0, budget_start = ?, run_after = ?, updated_at = ?
+				WHERE id = ?`, now, now, now, id); err != nil {
+				return err
+			}
+			done = append(done, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redrive calls: %w", err)
+	}
+	return done, nil
+}
+
+// gatherRange selects the children of call ?1's gather ?2 by their ids
+// (see descendants).
+const gatherRange = `id > ?1 || '.' || ?2 || '.' AND id < ?1 || '.' || ?2 || '/' AND parent_id = ?1 AND gather = ?2`

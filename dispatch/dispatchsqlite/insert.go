@@ -1,0 +1,145 @@
+package dispatchsqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"fanout/dispatch"
+)
+
+// insertChunk is how many rows one INSERT statement carries. Fewer, larger
+// statements cut the per-statement cost that dominates small rows.
+const insertChunk = 64
+
+const insertColumns = 23
+
+// insertQueries holds the INSERT statements by row count (1..insertChunk),
+// plain and OR IGNORE, built once.
+var insertQueries = func() (q [2][insertChunk + 1]string) {
+	for ignore := range 2 {
+		for rows := 1; rows <= insertChunk; rows++ {
+			var b strings.Builder
+			b.WriteString("INSERT ")
+			if ignore == 1 {
+				b.WriteString("OR IGNORE ")
+			}
+			b.WriteString("INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
+				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta) VALUES ")
+			for i := range rows {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+			}
+			q[ignore][rows] = b.String()
+		}
+	}
+	return q
+}()
+
+func insertQuery(rows int, orIgnore bool) string {
+	if orIgnore {
+		return insertQueries[1][rows]
+	}
+	return insertQueries[0][rows]
+}
+
+// insert writes calls in chunks and returns how many rows were inserted.
+func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
+	var inserted int64
+	args := make([]any, 0, min(len(calls), insertChunk)*insertColumns)
+	for start := 0; start < len(calls); start += insertChunk {
+		chunk := calls[start:min(start+insertChunk, len(calls))]
+		args = args[:0]
+		for _, c := range chunk {
+			var parent, owner, expires, output, errText, tag, meta any
+			if c.ParentID != "" {
+				parent = c.ParentID
+			}
+			if c.State == dispatch.StateRunning {
+				owner, expires = c.LeaseOwner, c.LeaseExpires.UnixNano()
+			}
+			if c.State == dispatch.StateDone {
+				output = c.Output
+			}
+			if c.Error != "" {
+				errText = c.Error
+			}
+			if c.Tag != "" {
+				tag = c.Tag
+			}
+			if len(c.Meta) > 0 {
+				meta = c.Meta
+			}
+			created, updated, budget := c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.BudgetStart.UnixNano()
+			if c.UpdatedAt.IsZero() {
+				updated = created
+			}
+			if c.BudgetStart.IsZero() || budget == created {
+				budget = 0 // see sameAsCreated
+			}
+			args = append(args, c.ID, c.Function, c.Key, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
+				c.RunAfter.UnixNano(), budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
+				created, updated, tag, meta)
+		}
+		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
+		if err != nil {
+			return inserted, err
+		}
+		inserted += n
+	}
+	return inserted, nil
+}
+
+// CallInsertMany implements dispatch.Store.
+func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams) ([]string, error) {
+	calls := p.Calls
+	ids := make([]string, len(calls))
+	if len(calls) == 0 {
+		return ids, nil
+	}
+	deduping := false
+	for _, c := range calls {
+		deduping = deduping || c.DedupKey != ""
+	}
+	err := s.w.do(ctx, func(tx *wtx) error {
+		rows := calls
+		for i, c := range calls {
+			ids[i] = c.ID
+		}
+		if deduping {
+			var err error
+			if rows, err = dedup(tx, calls, ids, p.DedupSince); err != nil {
+				return err
+			}
+		}
+		_, err := insert(tx, rows, false)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("insert calls: %w", err)
+	}
+	return ids, nil
+}
+
+// dedup resolves the dedup keys of an insert (see dispatch.ResolveDedup).
+// The writer is the only one: a key read here cannot be taken meanwhile.
+func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
+	return dispatch.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
+		row, err := tx.queryRow(`SELECT call_id FROM dedup WHERE key = ? AND created_at >= ?`, c.DedupKey, since.UnixNano())
+		switch {
+		case err == nil:
+			return asString(row[0]), nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return "", err
+		}
+		_, err = tx.exec(`INSERT INTO dedup (key, call_id, created_at) VALUES (?, ?, ?)
+			ON CONFLICT (key) DO UPDATE SET call_id = excluded.call_id, created_at = excluded.created_at`,
+			c.DedupKey, c.ID, c.CreatedAt.UnixNano())
+		return c.ID, err
+	})
+}
