@@ -411,8 +411,14 @@ type CallFinishParams struct {
 	// run the runtime made of it, before this finish, with its children's
 	// outcomes) and no lease is taken. When other children are still to
 	// come, the child is counted off as usual and ParentOutput is dropped.
-	FinishParent bool
-	ParentOutput []byte
+	// ParentGathers is the parent's number of gathers that run saw: if the
+	// stored parent has more (children were attached to it since, by
+	// CallAttach, possibly in another process, so the run missed their
+	// outcomes), ParentOutput is dropped too and the parent is made
+	// runnable as without FinishParent.
+	FinishParent  bool
+	ParentOutput  []byte
+	ParentGathers int
 }
 
 // CallFinishResult says what CallFinish did.

@@ -191,7 +191,7 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 			// The last child: the parent may run here and now, and be
 			// stored done with this outcome (Function.ResumeInline).
 			if inline = r.runInline(parent, children); inline != nil {
-				p.FinishParent, p.ParentOutput = true, inline.params.Output
+				p.FinishParent, p.ParentOutput, p.ParentGathers = true, inline.params.Output, parent.Gathers
 			}
 		}
 	}

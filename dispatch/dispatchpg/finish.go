@@ -136,8 +136,10 @@ func (s *Store) suspendTx(ctx context.Context, p *dispatch.CallSuspendParams, co
 // finishSQL ends an attempt in one statement, and so one round trip and
 // one commit: the call's update ($1-$9), the attempt's record when $15
 // ($10-$14), and, for a final child ($19), one update of its parent ($18)
-// that counts the child off or, for the last one, makes the parent
-// runnable: leased to $16 until $17, or pending when $16 is null. Siblings
+// that counts the child off or, for the last one, finishes the parent done
+// with $22 (FinishParent, $21, if the parent still has the $24 gathers
+// the runtime's run of it saw) or makes it runnable: leased to $16 until
+// $17, or pending when $16 is null. Siblings
 // finishing at once are serialized by the parent's row: the second waits
 // for the first, then re-reads the row and counts from what it left. Its
 // last column says whether it left a call runnable by anyone (a retry due
@@ -156,18 +158,17 @@ const finishSQL = `WITH me AS (
 	), par AS (
 		UPDATE calls c SET
 			waiting = CASE WHEN c.waiting > 1 THEN c.waiting - 1 ELSE 0 END,
-			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $21::boolean THEN 3 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
-			attempt = CASE WHEN c.waiting > 1 THEN c.attempt WHEN $21::boolean THEN c.attempt + 1
+			state = CASE WHEN c.waiting > 1 THEN 2 WHEN $21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL THEN 3 WHEN $16::text IS NULL THEN 0 ELSE 1 END,
+			attempt = CASE WHEN c.waiting > 1 THEN c.attempt WHEN $21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL THEN c.attempt + 1
 				WHEN $16::text IS NULL THEN c.attempt ELSE c.attempt + 1 END,
-			lease_owner = CASE WHEN c.waiting > 1 OR $21::boolean THEN NULL ELSE $16::text END,
-			lease_expires = CASE WHEN c.waiting > 1 OR $21::boolean OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
-			output = CASE WHEN c.waiting <= 1 AND $21::boolean THEN $22::bytea ELSE c.output END,
-			status = CASE WHEN c.waiting <= 1 AND $21::boolean THEN $23::smallint ELSE c.status END,
-			error = CASE WHEN c.waiting <= 1 AND $21::boolean THEN NULL ELSE c.error END,
+			lease_owner = CASE WHEN c.waiting > 1 OR ($21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL) THEN NULL ELSE $16::text END,
+			lease_expires = CASE WHEN c.waiting > 1 OR ($21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL) OR $16::text IS NULL THEN NULL ELSE $17::bigint END,
+			output = CASE WHEN c.waiting <= 1 AND $21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL THEN $22::bytea ELSE c.output END,
+			status = CASE WHEN c.waiting <= 1 AND $21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL THEN $23::smallint ELSE c.status END,
+			error = CASE WHEN c.waiting <= 1 AND $21::boolean AND c.gathers = $24::integer AND c.parent_id IS NULL THEN NULL ELSE c.error END,
 			run_after = CASE WHEN c.waiting > 1 THEN c.run_after ELSE $7 END,
 			updated_at = $7
 		WHERE c.id = $18 AND c.state = 2 AND $19::boolean AND EXISTS (SELECT 1 FROM me)
-			AND (NOT $21::boolean OR c.parent_id IS NULL)
 		RETURNING c.state, c.id, c.function, c.key, CASE WHEN c.state = 1 THEN c.input END AS input, c.attempt, c.failures,
 			c.run_after, c.budget_start, c.parent_id, c.gather, c.idx, c.gathers, c.created_at, c.meta
 	), applied AS (SELECT count(*) AS n FROM me)
@@ -221,7 +222,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	args := []any{int16(p.State), output, errText, int16(p.Status), runAfter, failed, now, p.ID, p.Attempt,
 		rec.Started.UnixNano(), int64(rec.Duration), int16(rec.Status), rec.Error, detail, p.Record != nil,
 		resumeOwner, resumeUntil, parent, p.ParentID != "" && p.State.Final(), notify,
-		p.FinishParent, nonNil(p.ParentOutput), int16(dispatch.StatusOK)}
+		p.FinishParent, nonNil(p.ParentOutput), int16(dispatch.StatusOK), int32(p.ParentGathers)}
 	// The operation locks the call, then its parent: batches order their
 	// operations by the parent so that they lock parents in one order.
 	key := p.ID

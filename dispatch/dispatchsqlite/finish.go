@@ -98,12 +98,16 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		}
 		if p.FinishParent {
 			// The runtime ran the parent with this last outcome: store
-			// its run, done.
+			// its run, done, unless children were attached to it since
+			// (it then resumes below, to run with all of them).
 			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
 					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = 0, updated_at = ?
-				WHERE id = ? AND state = 2 AND parent_id IS NULL`, parentOutput, int(dispatch.StatusOK), now, p.ParentID)
-			res.ParentFinished = n > 0
-			return err
+				WHERE id = ? AND state = 2 AND parent_id IS NULL AND gathers = ?`,
+				parentOutput, int(dispatch.StatusOK), now, p.ParentID, p.ParentGathers)
+			if err != nil || n > 0 {
+				res.ParentFinished = n > 0
+				return err
+			}
 		}
 		if p.ResumeOwner == "" {
 			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 0, run_after = ?, updated_at = ?

@@ -151,7 +151,7 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		}
 		// Not the last child: counted off, the parent's output dropped.
 		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.1", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
-			FinishParent: true, ParentOutput: []byte(`"early"`)})
+			FinishParent: true, ParentOutput: []byte(`"early"`), ParentGathers: 1})
 		if !res.Applied || res.ParentFinished || res.ParentResumed {
 			t.Fatalf("finish of the first child = %+v, want applied, the parent still waiting", res)
 		}
@@ -159,7 +159,7 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 			t.Fatalf("parent after the first child: %+v, want waiting for 1, no output", got)
 		}
 		res = mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
-			Output: []byte(`1`), Now: T0.Add(time.Second), FinishParent: true, ParentOutput: []byte(`{"out":2}`)})
+			Output: []byte(`1`), Now: T0.Add(time.Second), FinishParent: true, ParentOutput: []byte(`{"out":2}`), ParentGathers: 1})
 		if !res.Applied || !res.ParentFinished || res.ParentResumed || res.Parent != nil {
 			t.Fatalf("finish of the last child = %+v, want the parent finished", res)
 		}
@@ -173,6 +173,46 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		}
 		if got := mustClaim(t, s, "o", T0.Add(time.Minute), 10, "parent", "f"); len(got) != 0 {
 			t.Fatalf("claimed %v after the parent finished, want nothing", ids(got))
+		}
+	})
+
+	// A child attached to a waiting parent (CallAttach, by a replay in
+	// another process, say) after the runtime ran the parent with its
+	// other children's outcomes: the run missed a gather, so the last
+	// child's finish drops it and makes the parent runnable, to run again
+	// with all its children.
+	t.Run("FinishParentAttachedSince", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
+		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+		kid := &dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0}
+		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: []*dispatch.Call{kid}, Now: T0}); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		first := mustClaim(t, s, "o", T0, 10, "f")
+		res, err := s.CallAttach(ctx, &dispatch.CallAttachParams{Now: T0, Unless: dispatch.AttachAlways,
+			Calls: []*dispatch.Call{{ParentID: "p", Function: "f", Key: "late", Input: []byte(`{}`)}}})
+		if err != nil || len(res) != 1 || res[0].Outcome != dispatch.Attached {
+			t.Fatalf("CallAttach = %v, %v", res, err)
+		}
+		late := mustClaimKey(t, s, "late", T0, 10)
+		if len(first) != 1 || len(late) != 1 || late[0].ID != res[0].ID {
+			t.Fatalf("claimed %v then %v, want the child then the attached one", ids(first), ids(late))
+		}
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: late[0].ID, Attempt: 1, ParentID: "p", State: dispatch.StateDone, Now: T0})
+		fin := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
+			Output: []byte(`1`), Now: T0.Add(time.Second), FinishParent: true, ParentOutput: []byte(`"one gather"`), ParentGathers: 1})
+		if !fin.Applied || fin.ParentFinished || !fin.ParentResumed {
+			t.Fatalf("finish of the last child = %+v, want the parent resumed, not finished", fin)
+		}
+		got := mustGet(t, s, "p")
+		if got.State != dispatch.StatePending || got.Gathers != 2 || got.Output != nil || got.Attempt != p.Attempt {
+			t.Fatalf("parent %+v, want pending with 2 gathers, no output, attempt %d", got, p.Attempt)
+		}
+		if again := mustClaim(t, s, "o", T0.Add(time.Second), 10, "parent"); len(again) != 1 || again[0].ID != "p" {
+			t.Fatalf("claimed %v, want the parent, to run with both gathers", ids(again))
 		}
 	})
 
