@@ -214,7 +214,9 @@ type Store interface {
 	// failed becomes pending at Now, its retry budget starting again
 	// (Failures 0, BudgetStart Now). Its parent, waiting or failed, waits
 	// for it again; a call whose parent is pending or running (about to
-	// finish) is skipped. It returns the ids it re-drove.
+	// finish) is skipped, and a failed parent re-driven with its own
+	// children waits for them instead of running again (whatever the order
+	// of IDs). It returns the ids it re-drove, in the order of IDs.
 	CallRedrive(ctx context.Context, params *CallRedriveParams) ([]string, error)
 
 	// CallAttach gives calls new children after they ran (see attach.go):

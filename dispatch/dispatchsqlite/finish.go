@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 
 	"fanout/dispatch"
 )
@@ -139,10 +140,17 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 // CallRedrive implements dispatch.Store.
 func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) ([]string, error) {
 	now := p.Now.UnixNano()
-	var done []string
+	// Descendants first (a child's id extends its parent's, so it sorts
+	// after it): a failed parent re-driven with its children then waits
+	// for them instead of running again beside them, whatever the order
+	// asked.
+	order := slices.Clone(p.IDs)
+	slices.Sort(order)
+	slices.Reverse(order)
+	redriven := make(map[string]bool)
 	err := s.w.do(ctx, func(tx *wtx) error {
-		done = done[:0]
-		for _, id := range p.IDs {
+		clear(redriven)
+		for _, id := range order {
 			row, err := tx.queryRow(`SELECT parent_id FROM calls WHERE id = ? AND state = 4`, id)
 			if errors.Is(err, sql.ErrNoRows) {
 				continue // not failed (any more), or unknown
@@ -168,12 +176,19 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 				WHERE id = ?`, now, now, now, id); err != nil {
 				return err
 			}
-			done = append(done, id)
+			redriven[id] = true
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("redrive calls: %w", err)
+	}
+	var done []string // in the order asked
+	for _, id := range p.IDs {
+		if redriven[id] {
+			done = append(done, id)
+			delete(redriven, id)
+		}
 	}
 	return done, nil
 }

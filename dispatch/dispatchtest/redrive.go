@@ -3,6 +3,7 @@ package dispatchtest
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,6 +70,35 @@ func exerciseRedrive(t *testing.T, open OpenFunc) {
 			RunAfter: T0, CreatedAt: T0, State: dispatch.StateFailed})
 		if done, err := s.CallRedrive(ctx, &dispatch.CallRedriveParams{IDs: []string{"p.1.0"}, Now: later}); err != nil || len(done) != 0 {
 			t.Fatalf("re-drive under a running parent (attempt %d) = %v, %v; want nothing", p.Attempt, done, err)
+		}
+	})
+
+	// A failed parent re-driven together with its failed child, in either
+	// order: the parent waits for the child instead of running again (and
+	// failing at once) beside it.
+	t.Run("ParentWithChild", func(t *testing.T) {
+		t.Parallel()
+		for _, asked := range [][]string{{"p", "p.0.0"}, {"p.0.0", "p"}} {
+			s := open(t, t.Name()+strings.Join(asked, ""))
+			mustInsert(t, s, &dispatch.Call{ID: "p", Function: "parent", Input: []byte(`{}`), RunAfter: T0, CreatedAt: T0,
+				State: dispatch.StateWaiting, Gathers: 1, Waiting: 1},
+				&dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0})
+			c := mustClaim(t, s, "o", T0, 1)[0]
+			mustFinish(t, s, &dispatch.CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: "p", State: dispatch.StateFailed,
+				Error: "gone", Status: dispatch.StatusPermanent})
+			pc := mustClaim(t, s, "o", T0, 1, "parent")[0]
+			mustFinish(t, s, &dispatch.CallFinishParams{ID: "p", Attempt: pc.Attempt, State: dispatch.StateFailed, Error: "1 of 1 calls failed"})
+			done, err := s.CallRedrive(ctx, &dispatch.CallRedriveParams{IDs: asked, Now: T0.Add(time.Hour)})
+			if err != nil || !slices.Equal(done, []string{"p.0.0"}) {
+				t.Fatalf("CallRedrive(%v) = %v, %v; want [p.0.0]: the parent waits for it", asked, done, err)
+			}
+			if got := mustGet(t, s, "p"); got.State != dispatch.StateWaiting || got.Waiting != 1 {
+				t.Fatalf("CallRedrive(%v): parent %+v, want waiting for its child", asked, got)
+			}
+			if got := mustGet(t, s, "p.0.0"); got.State != dispatch.StatePending {
+				t.Fatalf("CallRedrive(%v): child %+v, want pending", asked, got)
+			}
+			s.Close()
 		}
 	})
 }
