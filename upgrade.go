@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"time"
 
 	"fanout/dispatch"
 )
@@ -26,6 +27,10 @@ const upgradeKind = "upgrade"
 
 // upgradePage is how many calls one page of an upgrade reads.
 const upgradePage = 256
+
+// upgradePause is how long an upgrade waits before it goes back to calls
+// that other transactions held (dispatch.CallRewriteInputsResult.Held).
+const upgradePause = 20 * time.Millisecond
 
 // startUpgrades runs the upgrades the store has not had, in the background,
 // until they are done or ctx ends.
@@ -70,7 +75,14 @@ func (a *app) payloadOnce(ctx context.Context) error {
 			return err
 		}
 		rewritten += res.Rewritten
-		if res.Next == "" {
+		if res.Held {
+			// Calls that group commits held: back to them in a moment.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(upgradePause):
+			}
+		} else if res.Next == "" {
 			break
 		}
 		after = res.Next

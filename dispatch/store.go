@@ -274,11 +274,13 @@ type Store interface {
 	// After, in id order: each is given to Rewrite with its ParentInput,
 	// ParentID, Key and State, and its stored input is replaced when Rewrite
 	// says so. It returns how many inputs it replaced and the id to go on
-	// after, "" once none is left. An application uses it to change how it
-	// stores its inputs, page by page, while the runtime runs (fanout: a
-	// delivery that carried a copy of its event now reads it from its
-	// parent): Rewrite must return an input that the function reads as it
-	// read the old one, since a call may be running with the old one.
+	// after, "" once none is left; a driver may leave calls that other
+	// transactions hold for a later call (Held). An application uses it to
+	// change how it stores its inputs, page by page, while the runtime runs
+	// (fanout: a delivery that carried a copy of its event now reads it
+	// from its parent): Rewrite must return an input that the function
+	// reads as it read the old one, since a call may be running with the
+	// old one.
 	CallRewriteInputs(ctx context.Context, params *CallRewriteInputsParams) (*CallRewriteInputsResult, error)
 
 	// Close releases the store. Calls made after Close fail.
@@ -484,4 +486,8 @@ type CallRewriteInputsResult struct {
 	Rewritten int
 	// Next is the cursor of the next page, "" when none is left.
 	Next string
+	// Held is true when calls of the page were held by other transactions
+	// and left: go on from Next (then possibly After itself, or "") after
+	// a pause.
+	Held bool
 }

@@ -9,9 +9,14 @@ import (
 	"fanout/dispatch"
 )
 
-// CallRewriteInputs implements dispatch.Store: one transaction per page,
-// which locks the calls it reads (a call finishing meanwhile is waited for,
-// and its row read again) and rewrites them in one statement.
+// CallRewriteInputs implements dispatch.Store: one transaction per page.
+// It never waits for a row lock: a page's calls are listed without locks,
+// then locked with SKIP LOCKED, and those that another transaction holds (a
+// group commit finishing or claiming them, which locks its calls in its own
+// order) are left for the next call, which starts before the first of
+// them. Waiting for them while holding the others, as FOR UPDATE would,
+// can close a cycle with such a commit (a deadlock, which aborts one of
+// the two).
 func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteInputsParams) (*dispatch.CallRewriteInputsResult, error) {
 	res := &dispatch.CallRewriteInputsResult{}
 	if p.Limit <= 0 || p.Rewrite == nil {
@@ -19,13 +24,21 @@ func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteIn
 	}
 	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		*res = dispatch.CallRewriteInputsResult{}
-		rows, err := tx.Query(ctx, `SELECT c.id, c.key, c.input, c.state, c.parent_id, p.input FROM calls c JOIN calls p ON p.id = c.parent_id
-			WHERE c.id > $1 AND c.function = $2 AND c.parent_id IS NOT NULL ORDER BY c.id LIMIT $3 FOR UPDATE OF c`,
-			p.After, p.Function, p.Limit)
+		rows, err := tx.Query(ctx, `SELECT id FROM calls WHERE id > $1 AND function = $2 AND parent_id IS NOT NULL
+			ORDER BY id LIMIT $3`, p.After, p.Function, p.Limit)
 		if err != nil {
 			return err
 		}
-		var calls []*dispatch.Call
+		page, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(page) == 0 {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT c.id, c.key, c.input, c.state, c.parent_id, p.input FROM calls c JOIN calls p ON p.id = c.parent_id
+			WHERE c.id = ANY($1) FOR UPDATE OF c SKIP LOCKED`, page)
+		if err != nil {
+			return err
+		}
+		locked := make(map[string]*dispatch.Call, len(page))
 		for rows.Next() {
 			c := &dispatch.Call{Function: p.Function}
 			var state int16
@@ -34,7 +47,7 @@ func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteIn
 				return err
 			}
 			c.State = dispatch.State(state)
-			calls = append(calls, c)
+			locked[c.ID] = c
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -42,9 +55,21 @@ func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteIn
 		}
 		var ids []string
 		var inputs [][]byte
-		for _, c := range calls {
+		next := p.After // the calls up to it are done
+		skipped := false
+		for _, id := range page {
+			c := locked[id]
+			if c == nil {
+				// Held by another transaction (or deleted meanwhile):
+				// the next call starts before it.
+				skipped = true
+				continue
+			}
 			if in, ok := p.Rewrite(c); ok {
 				ids, inputs = append(ids, c.ID), append(inputs, nonNil(in))
+			}
+			if !skipped {
+				next = id
 			}
 		}
 		if len(ids) > 0 {
@@ -53,9 +78,9 @@ func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteIn
 				return err
 			}
 		}
-		res.Rewritten = len(ids)
-		if len(calls) == p.Limit {
-			res.Next = calls[len(calls)-1].ID
+		res.Rewritten, res.Held = len(ids), skipped
+		if skipped || len(page) == p.Limit {
+			res.Next = next
 		}
 		return nil
 	})
