@@ -216,12 +216,7 @@ func runCrash(t *testing.T, cfg crashConfig) *crashFigures {
 	// fanout runs until the store says that every call is done.
 	drainStart := time.Now()
 	reqs, sent, unexpected := l.results()
-	var ackedIDs []string
-	for _, r := range reqs {
-		if r.outcome == acked {
-			ackedIDs = append(ackedIDs, r.ids...)
-		}
-	}
+	ackedIDs := ackedIDs(reqs)
 	for _, s := range sinks {
 		s.waitDelivered(t, ackedIDs, 3*time.Minute+cfg.soak)
 	}

@@ -326,6 +326,17 @@ func (l *loader) waitAwaiting(timeout time.Duration) {
 	}
 }
 
+// ackedIDs returns the ids of the events of the acknowledged requests.
+func ackedIDs(reqs []*request) []string {
+	var ids []string
+	for _, r := range reqs {
+		if r.outcome == acked {
+			ids = append(ids, r.ids...)
+		}
+	}
+	return ids
+}
+
 // results returns every request made and every event sent, once the load
 // has stopped.
 func (l *loader) results() ([]*request, map[string][]byte, []string) {

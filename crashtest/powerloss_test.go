@@ -163,12 +163,7 @@ func runPowerLoss(t *testing.T, cfg powerConfig) {
 	// until fanout's store says that every call is done, and stop it.
 	drainStart := time.Now()
 	reqs, sent, unexpected := l.results()
-	var ackedIDs []string
-	for _, r := range reqs {
-		if r.outcome == acked {
-			ackedIDs = append(ackedIDs, r.ids...)
-		}
-	}
+	ackedIDs := ackedIDs(reqs)
 	for _, s := range sinks {
 		waitDeliveredOrStalled(s, ackedIDs, 5*time.Second, 2*time.Minute)
 	}

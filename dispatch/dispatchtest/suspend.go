@@ -96,16 +96,10 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		t.Parallel()
 		s := open(t, t.Name())
 		defer s.Close()
-		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
-		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
-		kids := []*dispatch.Call{
-			{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0,
+		suspended(t, s,
+			&dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0,
 				State: dispatch.StateRunning, Attempt: 1, LeaseOwner: "o", LeaseExpires: T0.Add(time.Minute)},
-			{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0},
-		}
-		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: kids, Now: T0}); err != nil || !ok {
-			t.Fatal(ok, err)
-		}
+			&dispatch.Call{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0})
 		if got := mustGet(t, s, "p.0.0"); got.State != dispatch.StateRunning || got.LeaseOwner != "o" || got.Attempt != 1 {
 			t.Fatalf("child inserted leased: %+v, want running for o at attempt 1", got)
 		}
@@ -136,15 +130,9 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		t.Parallel()
 		s := open(t, t.Name())
 		defer s.Close()
-		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
-		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
-		kids := []*dispatch.Call{
-			{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0},
-			{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0},
-		}
-		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: kids, Now: T0}); err != nil || !ok {
-			t.Fatal(ok, err)
-		}
+		p := suspended(t, s,
+			&dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 0, RunAfter: T0, CreatedAt: T0},
+			&dispatch.Call{ID: "p.0.1", Function: "f", Input: []byte(`{}`), ParentID: "p", Index: 1, RunAfter: T0, CreatedAt: T0})
 		claimed := mustClaim(t, s, "o", T0, 10)
 		if len(claimed) != 2 {
 			t.Fatalf("claimed %v, want both children", ids(claimed))
@@ -185,12 +173,7 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		t.Parallel()
 		s := open(t, t.Name())
 		defer s.Close()
-		mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
-		p := mustClaim(t, s, "o", T0, 1, "parent")[0]
-		kid := &dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0}
-		if ok, err := s.CallSuspend(ctx, &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: []*dispatch.Call{kid}, Now: T0}); err != nil || !ok {
-			t.Fatal(ok, err)
-		}
+		p := suspended(t, s, &dispatch.Call{ID: "p.0.0", Function: "f", Input: []byte(`{}`), ParentID: "p", RunAfter: T0, CreatedAt: T0})
 		first := mustClaim(t, s, "o", T0, 10, "f")
 		res, err := s.CallAttach(ctx, &dispatch.CallAttachParams{Now: T0, Unless: dispatch.AttachAlways,
 			Calls: []*dispatch.Call{{ParentID: "p", Function: "f", Key: "late", Input: []byte(`{}`)}}})
@@ -237,4 +220,16 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 			t.Fatalf("existing child %+v was overwritten", got)
 		}
 	})
+}
+
+// suspended stores a parent p (function "parent", input {"in":1}), runs
+// it, and suspends it on kids at T0; it returns p as claimed.
+func suspended(t *testing.T, s dispatch.Store, kids ...*dispatch.Call) *dispatch.Call {
+	t.Helper()
+	mustInsert(t, s, newCall("p", "parent", `{"in":1}`, T0))
+	p := mustClaim(t, s, "o", T0, 1, "parent")[0]
+	if ok, err := s.CallSuspend(context.Background(), &dispatch.CallSuspendParams{ID: "p", Attempt: p.Attempt, Children: kids, Now: T0}); err != nil || !ok {
+		t.Fatalf("CallSuspend = %v, %v", ok, err)
+	}
+	return p
 }
