@@ -165,14 +165,14 @@ func TestSend_Failures(t *testing.T) {
 // ExcerptBytes, even when the cut falls inside a character.
 //
 // The client's connections count the bytes it reads: at most the limit, the
-// status line and headers, and one buffer of net/http's reader beyond. Both
+// status line and headers, and one buffer of the client's reader beyond. Both
 // ends' socket buffers are small, so that a body the client stops reading
 // cannot disappear into them: the destination's write of it fails.
 func TestSend_BoundedRead(t *testing.T) {
 	multibyte := strings.Repeat("é", ExcerptBytes) // 2 bytes each: the cut at 512 is a boundary
 	odd := "x" + strings.Repeat("€", ExcerptBytes) // 3 bytes each after one: the cut splits a character
 	const sockBuf = 32 << 10
-	const readSlack = 8 << 10 // status line, headers, and net/http's 4 KiB read buffer
+	const readSlack = directReadBuffer + 4<<10 // one read buffer, and the status line and headers
 	tests := []struct {
 		name    string
 		status  int

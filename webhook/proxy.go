@@ -56,22 +56,20 @@ func proxyOf(ctx context.Context) *proxyRoute {
 	return p
 }
 
-// route decides whether req goes through a proxy. If it does, the guard
-// checks the destination's addresses now, since the connection fanout
-// dials is the proxy's.
-func (c *Client) route(req *http.Request) (*http.Request, error) {
-	if c.proxy == nil {
-		return req, nil
-	}
-	pu, err := c.proxy(req)
+// route decides whether a request to u goes through a proxy, and returns
+// the proxy, or nil to send it directly. If it does, the guard checks the
+// destination's addresses now, since the connection fanout dials is the
+// proxy's.
+func (c *Client) route(ctx context.Context, u *url.URL) (*proxyRoute, error) {
+	pu, err := c.proxy(&http.Request{Method: http.MethodPost, URL: u, Host: u.Host})
 	if err != nil {
 		return nil, fmt.Errorf("%w: choose the proxy: %v", dispatch.ErrPermanent, err)
 	}
 	if pu == nil {
-		return req, nil
+		return nil, nil
 	}
 	if c.guard != nil {
-		if err := c.guard.CheckHost(req.Context(), req.URL.Hostname()); err != nil {
+		if err := c.guard.CheckHost(ctx, u.Hostname()); err != nil {
 			return nil, err
 		}
 	}
@@ -82,6 +80,5 @@ func (c *Client) route(req *http.Request) (*http.Request, error) {
 			port = "80"
 		}
 	}
-	p := &proxyRoute{url: pu, addr: net.JoinHostPort(pu.Hostname(), port)}
-	return req.WithContext(context.WithValue(req.Context(), proxyKey{}, p)), nil
+	return &proxyRoute{url: pu, addr: net.JoinHostPort(pu.Hostname(), port)}, nil
 }

@@ -14,7 +14,7 @@ import (
 // The sink baseline (--sink-baseline) drives the tool's own sinks directly,
 // with the requests fanout sends them: a POST of one event's bytes with
 // fanout's headers (User-Agent, Content-Type, webhook-id, webhook-timestamp,
-// webhook-signature, Accept-Encoding), over keep-alive connections, spread
+// webhook-signature), over keep-alive connections, spread
 // over the endpoints in turn. What the sinks answer per second so is the
 // most deliveries/s this machine's sinks take with a client that costs next
 // to nothing, and fanout's deliveries/s are reported as a share of it.
@@ -35,7 +35,6 @@ func sinkRequests(sk *sink, runID string, size int) ([]*request, error) {
 		{"Webhook-Id", headerSeq},
 		{"Webhook-Signature", sig},
 		{"Webhook-Timestamp", headerTS},
-		{"Accept-Encoding", "gzip"},
 	}
 	reqs := make([]*request, len(sk.endpoints))
 	for i := range sk.endpoints {

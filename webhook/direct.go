@@ -1,0 +1,249 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"fanout/dispatch"
+)
+
+// directReadBuffer is the read buffer of a direct delivery, taken from a pool
+// for the time of one request: it bounds the size of an answer's status line
+// and headers, which net/http allows far larger. A destination whose headers
+// do not fit gets a clear error, retried like any answer that cannot be read.
+const directReadBuffer = 16 << 10
+
+// newDirectClient returns the fasthttp client of deliveries sent directly.
+// Every connection it opens is dialed by dial (the guard's, when there is
+// one) and kept in conns.
+func newDirectClient(cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error), conns *connSet) *fasthttp.Client {
+	return &fasthttp.Client{
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			c, err := dial(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return conns.add(c), nil
+		},
+		TLSConfig:           cfg.TLS,
+		MaxConnsPerHost:     cfg.MaxConnsPerHost,
+		MaxIdleConnDuration: 90 * time.Second,
+		// Wait for a connection when all are busy, within the attempt's
+		// deadline, rather than fail at once.
+		MaxConnWaitTimeout: cfg.Timeout,
+		// sendDirect decides on sending again (see connSet.closedWhileIdle).
+		MaxIdemponentCallAttempts:     1,
+		ReadBufferSize:                directReadBuffer,
+		NoDefaultUserAgentHeader:      true,
+		DisableHeaderNamesNormalizing: true,
+		DisablePathNormalizing:        true,
+		// The body is read here, up to MaxResponseBytes (see drain).
+		StreamResponseBody: true,
+	}
+}
+
+// sendDirect sends the delivery to its destination.
+func (c *Client) sendDirect(ctx context.Context, r *Request, h *headers) (*Result, error) {
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(r.URL)
+	req.Header.SetMethod(http.MethodPost)
+	for k, vs := range h.extra {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	req.Header.SetContentType("application/json")
+	req.Header.SetUserAgent(h.userAgent)
+	req.Header.Set("webhook-id", h.id)
+	req.Header.Set("webhook-timestamp", h.timestamp)
+	if h.signature != "" {
+		req.Header.Set("webhook-signature", h.signature)
+	}
+	req.SetBodyRaw(r.Body)
+
+	// fasthttp takes a deadline, not a context. A delivery is cancelled
+	// only when the runtime gives up on the calls still running at
+	// shutdown: then close the connections, which ends every request on
+	// them at once, as net/http's cancellation would.
+	stop := context.AfterFunc(ctx, func() {
+		if ctx.Err() == context.Canceled {
+			c.conns.closeAll()
+		}
+	})
+	defer stop()
+	deadline, _ := ctx.Deadline()
+	start := time.Now()
+	err := c.direct.DoDeadline(req, resp, deadline)
+	if err != nil && c.conns.closedWhileIdle(resp.LocalAddr()) && ctx.Err() == nil {
+		// A kept-alive connection the destination closed meanwhile
+		// fails the request before it is answered: send it once more,
+		// on a new connection. The receiver drops a repeat by its
+		// webhook-id, should it have got the first.
+		err = c.direct.DoDeadline(req, resp, deadline)
+	}
+	if err != nil {
+		return nil, c.directError(ctx, err)
+	}
+	var excerpt string
+	if body := resp.BodyStream(); body != nil {
+		excerpt = drain(body, c.maxResponseBytes)
+		// Closing a body not read to its end closes its connection.
+		_ = resp.CloseBodyStream()
+	}
+	res := &Result{StatusCode: resp.StatusCode(), Duration: time.Since(start), Excerpt: excerpt}
+	return res, classify(res.StatusCode, string(resp.Header.Peek("Retry-After")), excerpt, c.now())
+}
+
+// directError classifies a failure of fasthttp's client for the runtime.
+// Errors of the dial (the guard's refusal, DNS, a refused connection) and
+// of TLS come through as they are, and dispatch.ErrorStatus knows them;
+// fasthttp's own errors are mapped here, since it would take an error it
+// does not know for a permanent one.
+func (c *Client) directError(ctx context.Context, err error) error {
+	var be *BlockedError
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.As(err, &be):
+		return be
+	case ctx.Err() == context.Canceled:
+		return fmt.Errorf("%w: delivery cancelled: %v", dispatch.ErrTemporary, err)
+	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout),
+		errors.Is(err, fasthttp.ErrTLSHandshakeTimeout), ctx.Err() == context.DeadlineExceeded:
+		return fmt.Errorf("%w: no answer within %v: %v", dispatch.ErrTimeout, c.timeout, err)
+	case errors.As(err, &small):
+		return fmt.Errorf("%w: the destination's status line and headers exceed %d bytes", dispatch.ErrHTTP, directReadBuffer)
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		return fmt.Errorf("%w: %v", dispatch.ErrTemporary, err)
+	case errors.Is(err, fasthttp.ErrConnectionClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w: the destination closed the connection without answering", dispatch.ErrTCP)
+	}
+	if s := dispatch.ErrorStatus(err); s != dispatch.StatusPermanent {
+		return err
+	}
+	// What is left is an answer fasthttp could not parse.
+	return fmt.Errorf("%w: unreadable answer: %v", dispatch.ErrHTTP, err)
+}
+
+// connSet holds the direct connections that are open.
+type connSet struct {
+	mu   sync.Mutex
+	open map[*trackedConn]struct{}
+	// idleClosed holds the local addresses of connections whose request
+	// failed because the destination had closed them while idle (see
+	// trackedConn), until closedWhileIdle is asked about them.
+	idleClosed map[string]struct{}
+}
+
+func (s *connSet) add(c net.Conn) net.Conn {
+	t := &trackedConn{Conn: c, set: s, local: c.LocalAddr().String()}
+	s.mu.Lock()
+	s.open[t] = struct{}{}
+	s.mu.Unlock()
+	return t
+}
+
+// closeAll closes every open connection: requests on them fail at once.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := make([]*trackedConn, 0, len(s.open))
+	for t := range s.open {
+		conns = append(conns, t)
+	}
+	s.mu.Unlock()
+	for _, t := range conns {
+		_ = t.Close()
+	}
+}
+
+// closedWhileIdle reports whether the request that just failed on the
+// connection from local failed because the destination had closed it while
+// it was idle.
+func (s *connSet) closedWhileIdle(local net.Addr) bool {
+	if local == nil {
+		return false // it failed before it had a connection
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.idleClosed[local.String()]
+	delete(s.idleClosed, local.String())
+	return ok
+}
+
+func (s *connSet) noteIdleClosed(local string) {
+	s.mu.Lock()
+	if s.idleClosed == nil {
+		s.idleClosed = make(map[string]struct{})
+	}
+	s.idleClosed[local] = struct{}{}
+	s.mu.Unlock()
+}
+
+// trackedConn is a connection of a connSet, which it leaves when closed.
+//
+// It also tells a kept-alive connection that the destination closed while it
+// was idle from one closed on a request: net/http's client sees the close of
+// an idle connection with the goroutine that reads it, fasthttp's has none
+// and only learns it from the next request's failure, which Read and Write
+// then note in the set, for sendDirect to send the request again. A
+// connection closed, or reset, before its first answer is a failure of the
+// attempt.
+type trackedConn struct {
+	net.Conn
+	set   *connSet
+	local string
+	once  sync.Once
+	// Used by the one request on the connection at a time.
+	answered bool // the request being written or read is not the first
+	readOne  bool // bytes were read since the last write
+}
+
+func (t *trackedConn) Write(p []byte) (int, error) {
+	if t.readOne {
+		t.answered, t.readOne = true, false
+	}
+	n, err := t.Conn.Write(p)
+	if err != nil && t.answered && closedByPeer(err) {
+		t.set.noteIdleClosed(t.local)
+	}
+	return n, err
+}
+
+func (t *trackedConn) Read(p []byte) (int, error) {
+	n, err := t.Conn.Read(p)
+	if n > 0 {
+		t.readOne = true
+	}
+	if err != nil && n == 0 && t.answered && !t.readOne && closedByPeer(err) {
+		t.set.noteIdleClosed(t.local)
+	}
+	return n, err
+}
+
+// closedByPeer reports whether err says that the other end closed the
+// connection.
+func closedByPeer(err error) bool {
+	return err == io.EOF || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func (t *trackedConn) Close() error {
+	t.once.Do(func() {
+		t.set.mu.Lock()
+		delete(t.set.open, t)
+		t.set.mu.Unlock()
+	})
+	return t.Conn.Close()
+}

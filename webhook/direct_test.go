@@ -1,0 +1,182 @@
+package webhook
+
+import (
+	"bufio"
+	"context"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"fanout/dispatch"
+)
+
+// TestSend_Headers: the destination gets its own headers (every value of a
+// repeated one), the webhook headers, one Content-Type and the User-Agent,
+// at the URL's path and query exactly as configured, over HTTP and HTTPS.
+func TestSend_Headers(t *testing.T) {
+	const pathQuery = "/in/a%2Fb//c/../%C3%A9?x=1%202&y=%2F"
+	for _, secure := range []bool{false, true} {
+		name := map[bool]string{false: "HTTP", true: "HTTPS"}[secure]
+		t.Run(name, func(t *testing.T) {
+			var got http.Header
+			var gotBody []byte
+			var gotURI string
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got, gotURI = r.Header.Clone(), r.RequestURI
+				gotBody, _ = io.ReadAll(r.Body)
+				w.WriteHeader(http.StatusNoContent)
+			})
+			srv := httptest.NewUnstartedServer(h)
+			cfg := Config{UserAgent: "fanout/test"}
+			if secure {
+				srv.StartTLS()
+				pool := x509.NewCertPool()
+				pool.AddCert(srv.Certificate())
+				cfg.TLS = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+				cfg.TLS.RootCAs = pool
+			} else {
+				srv.Start()
+			}
+			defer srv.Close()
+			c := NewClient(cfg)
+			defer c.Close()
+			body := []byte(`{"n":1}`)
+			res, err := c.Send(context.Background(), &Request{URL: srv.URL + pathQuery, ID: "evt_9", Body: body,
+				Header: http.Header{"Authorization": {"Bearer x"}, "X-Multi": {"a", "b"}}, Keys: [][]byte{[]byte("k")}})
+			if err != nil || res.StatusCode != http.StatusNoContent {
+				t.Fatalf("Send = %+v, %v", res, err)
+			}
+			for k, want := range map[string][]string{
+				"Authorization": {"Bearer x"}, "X-Multi": {"a", "b"}, "Content-Type": {"application/json"},
+				"User-Agent": {"fanout/test"}, "Webhook-Id": {"evt_9"},
+			} {
+				if !slices.Equal(got[k], want) {
+					t.Errorf("header %s = %q, want %q", k, got[k], want)
+				}
+			}
+			if got.Get("Webhook-Timestamp") == "" || !strings.HasPrefix(got.Get("Webhook-Signature"), "v1,") {
+				t.Errorf("webhook headers %v", got)
+			}
+			if string(gotBody) != string(body) {
+				t.Errorf("body %q, want %q", gotBody, body)
+			}
+			if gotURI != pathQuery {
+				t.Errorf("request URI %q, want %q", gotURI, pathQuery)
+			}
+		})
+	}
+}
+
+// TestSend_UntrustedCertificate: a destination whose certificate does not
+// verify is a TLS failure, retried (it may be renewed).
+func TestSend_UntrustedCertificate(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	c := NewClient(Config{Timeout: 2 * time.Second})
+	defer c.Close()
+	_, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
+	if got := dispatch.ErrorStatus(err); got != dispatch.StatusTLS {
+		t.Fatalf("Send err=%v classified %v, want %v", err, got, dispatch.StatusTLS)
+	}
+}
+
+// TestSend_StaleKeepAlive: a destination that closes a kept-alive
+// connection after answering, without saying so, makes the next request on
+// that connection fail before it is answered; the client sends it again on
+// a new connection, and the attempt succeeds.
+func TestSend_StaleKeepAlive(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns, requests atomic.Int32
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer conn.Close()
+				req, err := http.ReadRequest(bufio.NewReader(conn))
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				requests.Add(1)
+				// Keep-alive as far as the client can tell, then closed.
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}()
+		}
+	}()
+	c := NewClient(Config{Timeout: 2 * time.Second})
+	defer c.Close()
+	for i := range 3 {
+		res, err := c.Send(context.Background(), &Request{URL: "http://" + ln.Addr().String(), ID: "x", Body: []byte(`{}`)})
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("attempt %d: Send = %+v, %v; want 200", i, res, err)
+		}
+		time.Sleep(20 * time.Millisecond) // the close reaches the client's side
+	}
+	if n := requests.Load(); n != 3 {
+		t.Errorf("the destination answered %d requests, want 3", n)
+	}
+}
+
+// TestSend_Cancelled: cancelling a delivery (the runtime does, for calls
+// still running past its shutdown deadline) ends it at once, not at the
+// attempt's timeout.
+func TestSend_Cancelled(t *testing.T) {
+	release := make(chan struct{})
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body) // so that the server sees the client leave
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	c := NewClient(Config{Timeout: 30 * time.Second})
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := c.Send(ctx, &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Send returned %v after its cancellation", took)
+	}
+	if got := dispatch.ErrorStatus(err); !got.Retryable() {
+		t.Fatalf("Send err=%v classified %v, want a retryable status", err, got)
+	}
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("the destination got %d requests, want 1: a cancelled delivery is not sent again", n)
+	}
+}
+
+// TestSend_HugeHeaders: an answer whose headers do not fit the read buffer
+// is an HTTP error that says so, retried.
+func TestSend_HugeHeaders(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Big", strings.Repeat("x", directReadBuffer))
+		w.WriteHeader(200)
+	}))
+	defer srv.Close()
+	c := NewClient(Config{Timeout: 2 * time.Second})
+	defer c.Close()
+	_, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
+	if got := dispatch.ErrorStatus(err); got != dispatch.StatusHTTP || !strings.Contains(err.Error(), "headers exceed") {
+		t.Fatalf("Send err=%v classified %v, want %v naming the headers", err, got, dispatch.StatusHTTP)
+	}
+}
