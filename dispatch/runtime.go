@@ -19,8 +19,12 @@ import (
 // DefaultWorkers is how many calls a runtime runs at once unless
 // Config.Workers says otherwise: enough to keep many slow services busy,
 // few enough that a process holds a bounded number of goroutines and
-// connections.
-const DefaultWorkers = 256
+// connections. It is also how much new work is leased to this process as it
+// is stored (Batch.Dispatch, Gather): with fewer slots than a busy process's
+// calls waiting on their commit, new calls are stored unleased and claimed
+// again, a second write each, and their parents resume from the store
+// (docs/BENCHMARKS.md, issue 12's third pass).
+const DefaultWorkers = 1024
 
 // Config configures a Runtime. The zero value of every field but Store is a
 // sensible default.
