@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,19 +25,39 @@ const directReadBuffer = 16 << 10
 
 // newDirectClient returns the fasthttp client of deliveries sent directly.
 // Every connection it opens is dialed by dial (the guard's, when there is
-// one) and kept in conns.
+// one), given TLS here for an https destination, and kept in conns: over
+// TLS, conns sees what the destination says in HTTP, not in TLS records
+// (see trackedConn).
 func newDirectClient(cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error), conns *connSet) *fasthttp.Client {
+	base := cfg.TLS.Clone()
+	if base == nil {
+		base = &tls.Config{}
+	}
+	if base.ClientSessionCache == nil {
+		base.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	}
 	return &fasthttp.Client{
-		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			c, err := dial(ctx, "tcp", addr)
-			if err != nil {
-				return nil, err
+		ConfigureClient: func(hc *fasthttp.HostClient) error {
+			secure := hc.IsTLS
+			hc.DialTimeout = func(addr string, timeout time.Duration) (net.Conn, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), timeout)
+				defer cancel()
+				c, err := dial(ctx, "tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				if secure {
+					tc := tls.Client(c, serverConfig(base, addr))
+					if err := tc.HandshakeContext(ctx); err != nil {
+						_ = c.Close()
+						return nil, err
+					}
+					c = tc
+				}
+				return conns.add(c), nil
 			}
-			return conns.add(c), nil
+			return nil
 		},
-		TLSConfig:           cfg.TLS,
 		MaxConnsPerHost:     cfg.MaxConnsPerHost,
 		MaxIdleConnDuration: 90 * time.Second,
 		// Wait for a connection when all are busy, within the attempt's
@@ -51,6 +72,19 @@ func newDirectClient(cfg Config, dial func(ctx context.Context, network, addr st
 		// The body is read here, up to MaxResponseBytes (see drain).
 		StreamResponseBody: true,
 	}
+}
+
+// serverConfig is base for the server at addr (host:port).
+func serverConfig(base *tls.Config, addr string) *tls.Config {
+	c := base.Clone()
+	if c.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		c.ServerName = host
+	}
+	return c
 }
 
 // sendDirect sends the delivery to its destination.
@@ -237,6 +271,15 @@ func (t *trackedConn) Read(p []byte) (int, error) {
 // connection.
 func closedByPeer(err error) bool {
 	return err == io.EOF || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// Handshake is that of the TLS connection inside, if any: fasthttp takes a
+// connection with a Handshake method for one that has TLS already.
+func (t *trackedConn) Handshake() error {
+	if h, ok := t.Conn.(interface{ Handshake() error }); ok {
+		return h.Handshake()
+	}
+	return nil
 }
 
 func (t *trackedConn) Close() error {

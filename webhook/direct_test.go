@@ -3,6 +3,7 @@ package webhook
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"net"
@@ -90,45 +91,72 @@ func TestSend_UntrustedCertificate(t *testing.T) {
 // TestSend_StaleKeepAlive: a destination that closes a kept-alive
 // connection after answering, without saying so, makes the next request on
 // that connection fail before it is answered; the client sends it again on
-// a new connection, and the attempt succeeds.
+// a new connection, and the attempt succeeds. Over TLS the close comes as a
+// close_notify record before the end of the stream, and the same holds: the
+// client must tell it from an answer.
 func TestSend_StaleKeepAlive(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var conns, requests atomic.Int32
-	go func() {
-		for {
-			conn, err := ln.Accept()
+	for _, secure := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP", true: "HTTPS"}[secure], func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
-				return
+				t.Fatal(err)
 			}
-			conns.Add(1)
+			defer ln.Close()
+			cfg := Config{Timeout: 2 * time.Second}
+			scheme, serverTLS := "http", (*tls.Config)(nil)
+			if secure {
+				// httptest's certificate, for a server of our own.
+				ts := httptest.NewTLSServer(http.NotFoundHandler())
+				serverTLS = ts.TLS.Clone()
+				pool := x509.NewCertPool()
+				pool.AddCert(ts.Certificate())
+				cfg.TLS = &tls.Config{RootCAs: pool, ServerName: "example.com"}
+				ts.Close()
+				scheme = "https"
+			}
+			var requests atomic.Int32
 			go func() {
-				defer conn.Close()
-				req, err := http.ReadRequest(bufio.NewReader(conn))
-				if err != nil {
-					return
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					if serverTLS != nil {
+						conn = tls.Server(conn, serverTLS)
+					}
+					go func() {
+						defer conn.Close()
+						req, err := http.ReadRequest(bufio.NewReader(conn))
+						if err != nil {
+							return
+						}
+						_, _ = io.Copy(io.Discard, req.Body)
+						requests.Add(1)
+						// Keep-alive as far as the client can tell, then
+						// closed for writing (a FIN, after a close_notify
+						// over TLS), still reading what the client sends:
+						// its next request is written, and its answer is the
+						// end of the stream.
+						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+						_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+						_, _ = io.Copy(io.Discard, conn)
+					}()
 				}
-				_, _ = io.Copy(io.Discard, req.Body)
-				requests.Add(1)
-				// Keep-alive as far as the client can tell, then closed.
-				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			}()
-		}
-	}()
-	c := NewClient(Config{Timeout: 2 * time.Second})
-	defer c.Close()
-	for i := range 3 {
-		res, err := c.Send(context.Background(), &Request{URL: "http://" + ln.Addr().String(), ID: "x", Body: []byte(`{}`)})
-		if err != nil || res.StatusCode != 200 {
-			t.Fatalf("attempt %d: Send = %+v, %v; want 200", i, res, err)
-		}
-		time.Sleep(20 * time.Millisecond) // the close reaches the client's side
-	}
-	if n := requests.Load(); n != 3 {
-		t.Errorf("the destination answered %d requests, want 3", n)
+			c := NewClient(cfg)
+			defer c.Close()
+			for i := range 3 {
+				res, err := c.Send(context.Background(), &Request{URL: scheme + "://" + ln.Addr().String(), ID: "x", Body: []byte(`{}`)})
+				if err != nil || res.StatusCode != 200 {
+					t.Fatalf("attempt %d: Send = %+v, %v; want 200", i, res, err)
+				}
+				time.Sleep(20 * time.Millisecond) // the close reaches the client's side
+			}
+			if n := requests.Load(); n != 3 {
+				t.Errorf("the destination answered %d requests, want 3", n)
+			}
+		})
 	}
 }
 
