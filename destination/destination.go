@@ -40,7 +40,7 @@ type Destination struct {
 	PreviousSecret        string     `json:"previous_secret,omitempty"`
 	PreviousSecretExpires *time.Time `json:"previous_secret_expires_at,omitempty"`
 	// MaxConcurrency caps deliveries in flight to this destination, per
-	// fanout process (default DefaultConcurrency, --workers' default); within it the limit
+	// fanout process (default DefaultConcurrency); within it the limit
 	// adapts to how the destination answers, and a slow or failing one
 	// soon gets few.
 	MaxConcurrency int `json:"max_concurrency"`
@@ -129,8 +129,11 @@ func (d *Destination) noteEnabled(wasEnabled bool, now time.Time) {
 
 // Limits of destination fields.
 const (
-	MaxURLLength       = 2048
-	DefaultConcurrency = dispatch.DefaultWorkers
+	MaxURLLength = 2048
+	// DefaultConcurrency is as many deliveries as the delivery client
+	// keeps connections to one host (webhook.Config.MaxConnsPerHost's
+	// default): more would only wait for one of them.
+	DefaultConcurrency = 256
 	MaxConcurrency     = 1024
 	maxFilters         = 100
 	maxHeaders         = 50

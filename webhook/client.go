@@ -230,7 +230,7 @@ func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
 			return c.sendProxied(ctx, r, h, p)
 		}
 	}
-	return c.sendDirect(ctx, r, h)
+	return c.sendDirect(ctx, r, u, h)
 }
 
 // headers are the headers of one attempt.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"syscall"
 	"time"
@@ -40,11 +41,20 @@ func newDirectClient(cfg Config, dial func(ctx context.Context, network, addr st
 		ConfigureClient: func(hc *fasthttp.HostClient) error {
 			secure := hc.IsTLS
 			hc.DialTimeout = func(addr string, timeout time.Duration) (net.Conn, error) {
+				if timeout <= 0 {
+					// fasthttp dials without a timeout for a request that
+					// waited for a free connection.
+					timeout = cfg.Timeout
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), timeout)
 				defer cancel()
 				c, err := dial(ctx, "tcp", addr)
 				if err != nil {
 					return nil, err
+				}
+				var raw syscall.RawConn
+				if sc, ok := c.(syscall.Conn); ok {
+					raw, _ = sc.SyscallConn()
 				}
 				if secure {
 					tc := tls.Client(c, serverConfig(base, addr))
@@ -54,21 +64,25 @@ func newDirectClient(cfg Config, dial func(ctx context.Context, network, addr st
 					}
 					c = tc
 				}
-				return conns.add(c), nil
+				return conns.add(c, raw), nil
 			}
 			return nil
 		},
 		MaxConnsPerHost:     cfg.MaxConnsPerHost,
 		MaxIdleConnDuration: 90 * time.Second,
+		// The connection used last first: the others age out of the pool
+		// instead of all staying barely alive, and the one taken is the
+		// least likely to have been closed by the destination meanwhile.
+		ConnPoolStrategy: fasthttp.LIFO,
 		// Wait for a connection when all are busy, within the attempt's
 		// deadline, rather than fail at once.
 		MaxConnWaitTimeout: cfg.Timeout,
-		// sendDirect decides on sending again (see connSet.closedWhileIdle).
-		MaxIdemponentCallAttempts:     1,
-		ReadBufferSize:                directReadBuffer,
-		NoDefaultUserAgentHeader:      true,
-		DisableHeaderNamesNormalizing: true,
-		DisablePathNormalizing:        true,
+		// sendDirect decides on sending again (see errIdleClosed).
+		MaxIdemponentCallAttempts: 1,
+		ReadBufferSize:            directReadBuffer,
+		NoDefaultUserAgentHeader:  true,
+		// The path is sent as net/http sends it (url.URL.RequestURI).
+		DisablePathNormalizing: true,
 		// The body is read here, up to MaxResponseBytes (see drain).
 		StreamResponseBody: true,
 	}
@@ -87,13 +101,17 @@ func serverConfig(base *tls.Config, addr string) *tls.Config {
 	return c
 }
 
-// sendDirect sends the delivery to its destination.
-func (c *Client) sendDirect(ctx context.Context, r *Request, h *headers) (*Result, error) {
+// maxIdleClosed bounds the pooled connections one attempt may find closed
+// before it gives up (each is dropped from the pool as it is found).
+const maxIdleClosed = 64
+
+// sendDirect sends the delivery to its destination, at u (r.URL parsed).
+func (c *Client) sendDirect(ctx context.Context, r *Request, u *url.URL, h *headers) (*Result, error) {
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(r.URL)
+	req.SetRequestURI(u.Scheme + "://" + u.Host + u.RequestURI())
 	req.Header.SetMethod(http.MethodPost)
 	for k, vs := range h.extra {
 		for _, v := range vs {
@@ -122,11 +140,9 @@ func (c *Client) sendDirect(ctx context.Context, r *Request, h *headers) (*Resul
 	deadline, _ := ctx.Deadline()
 	start := time.Now()
 	err := c.direct.DoDeadline(req, resp, deadline)
-	if err != nil && c.conns.closedWhileIdle(resp.LocalAddr()) && ctx.Err() == nil {
-		// A kept-alive connection the destination closed meanwhile
-		// fails the request before it is answered: send it once more,
-		// on a new connection. The receiver drops a repeat by its
-		// webhook-id, should it have got the first.
+	for i := 0; i < maxIdleClosed && errors.Is(err, errIdleClosed) && ctx.Err() == nil; i++ {
+		// Nothing was sent: the pooled connection had been closed by
+		// the destination while idle. Another one, or a new one.
 		err = c.direct.DoDeadline(req, resp, deadline)
 	}
 	if err != nil {
@@ -162,7 +178,8 @@ func (c *Client) directError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: the destination's status line and headers exceed %d bytes", dispatch.ErrHTTP, directReadBuffer)
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
 		return fmt.Errorf("%w: %v", dispatch.ErrTemporary, err)
-	case errors.Is(err, fasthttp.ErrConnectionClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case errors.Is(err, fasthttp.ErrConnectionClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, errIdleClosed):
 		return fmt.Errorf("%w: the destination closed the connection without answering", dispatch.ErrTCP)
 	}
 	if s := dispatch.ErrorStatus(err); s != dispatch.StatusPermanent {
@@ -176,14 +193,11 @@ func (c *Client) directError(ctx context.Context, err error) error {
 type connSet struct {
 	mu   sync.Mutex
 	open map[*trackedConn]struct{}
-	// idleClosed holds the local addresses of connections whose request
-	// failed because the destination had closed them while idle (see
-	// trackedConn), until closedWhileIdle is asked about them.
-	idleClosed map[string]struct{}
 }
 
-func (s *connSet) add(c net.Conn) net.Conn {
-	t := &trackedConn{Conn: c, set: s, local: c.LocalAddr().String()}
+// add tracks c; raw, when not nil, is its TCP connection's, for alive.
+func (s *connSet) add(c net.Conn, raw syscall.RawConn) net.Conn {
+	t := &trackedConn{Conn: c, set: s, raw: raw}
 	s.mu.Lock()
 	s.open[t] = struct{}{}
 	s.mu.Unlock()
@@ -203,57 +217,40 @@ func (s *connSet) closeAll() {
 	}
 }
 
-// closedWhileIdle reports whether the request that just failed on the
-// connection from local failed because the destination had closed it while
-// it was idle.
-func (s *connSet) closedWhileIdle(local net.Addr) bool {
-	if local == nil {
-		return false // it failed before it had a connection
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.idleClosed[local.String()]
-	delete(s.idleClosed, local.String())
-	return ok
-}
-
-func (s *connSet) noteIdleClosed(local string) {
-	s.mu.Lock()
-	if s.idleClosed == nil {
-		s.idleClosed = make(map[string]struct{})
-	}
-	s.idleClosed[local] = struct{}{}
-	s.mu.Unlock()
-}
+// errIdleClosed is the failure of a request that was not sent because its
+// kept-alive connection turned out closed by the destination while it was
+// idle: sendDirect sends it again on another connection.
+var errIdleClosed = errors.New("the destination had closed the kept-alive connection")
 
 // trackedConn is a connection of a connSet, which it leaves when closed.
 //
-// It also tells a kept-alive connection that the destination closed while it
-// was idle from one closed on a request: net/http's client sees the close of
-// an idle connection with the goroutine that reads it, fasthttp's has none
-// and only learns it from the next request's failure, which Read and Write
-// then note in the set, for sendDirect to send the request again. A
-// connection closed, or reset, before its first answer is a failure of the
-// attempt.
+// Before a request is written on a connection that answered one already, it
+// checks that the destination has not closed it meanwhile: net/http's client
+// sees the close of an idle connection with the goroutine that reads it,
+// fasthttp's has none and would write the request into a closed connection,
+// where its failure could not be told from a destination that took the
+// request and then hung up. The check peeks at the socket without waiting:
+// an end of stream, an error, or bytes (over TLS, the close_notify alert;
+// over HTTP, nothing may come before a request) mean closed, and the
+// request is not written. A close that races the check fails the attempt,
+// as with net/http.
 type trackedConn struct {
 	net.Conn
-	set   *connSet
-	local string
-	once  sync.Once
+	set  *connSet
+	raw  syscall.RawConn // of the TCP connection under TLS; nil: no check
+	once sync.Once
 	// Used by the one request on the connection at a time.
-	answered bool // the request being written or read is not the first
-	readOne  bool // bytes were read since the last write
+	readOne bool // bytes were read since the last write
 }
 
 func (t *trackedConn) Write(p []byte) (int, error) {
-	if t.readOne {
-		t.answered, t.readOne = true, false
+	if t.readOne { // the first write of a request on a used connection
+		t.readOne = false
+		if !t.alive() {
+			return 0, errIdleClosed
+		}
 	}
-	n, err := t.Conn.Write(p)
-	if err != nil && t.answered && closedByPeer(err) {
-		t.set.noteIdleClosed(t.local)
-	}
-	return n, err
+	return t.Conn.Write(p)
 }
 
 func (t *trackedConn) Read(p []byte) (int, error) {
@@ -261,16 +258,7 @@ func (t *trackedConn) Read(p []byte) (int, error) {
 	if n > 0 {
 		t.readOne = true
 	}
-	if err != nil && n == 0 && t.answered && !t.readOne && closedByPeer(err) {
-		t.set.noteIdleClosed(t.local)
-	}
 	return n, err
-}
-
-// closedByPeer reports whether err says that the other end closed the
-// connection.
-func closedByPeer(err error) bool {
-	return err == io.EOF || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // Handshake is that of the TLS connection inside, if any: fasthttp takes a

@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,7 +24,12 @@ import (
 // repeated one), the webhook headers, one Content-Type and the User-Agent,
 // at the URL's path and query exactly as configured, over HTTP and HTTPS.
 func TestSend_Headers(t *testing.T) {
-	const pathQuery = "/in/a%2Fb//c/../%C3%A9?x=1%202&y=%2F"
+	// As net/http sends them: the URL's escaped path, as written when it
+	// is a valid escaping, and its query as written.
+	paths := []struct{ url, want string }{
+		{"/in/a%2Fb//c/../%C3%A9?x=1%202&y=%2F", "/in/a%2Fb//c/../%C3%A9?x=1%202&y=%2F"},
+		{"/hooks/my hook/é?q=a%20b", "/hooks/my%20hook/%C3%A9?q=a%20b"},
+	}
 	for _, secure := range []bool{false, true} {
 		name := map[bool]string{false: "HTTP", true: "HTTPS"}[secure]
 		t.Run(name, func(t *testing.T) {
@@ -49,7 +56,12 @@ func TestSend_Headers(t *testing.T) {
 			c := NewClient(cfg)
 			defer c.Close()
 			body := []byte(`{"n":1}`)
-			res, err := c.Send(context.Background(), &Request{URL: srv.URL + pathQuery, ID: "evt_9", Body: body,
+			for _, p := range paths[1:] {
+				if _, err := c.Send(context.Background(), &Request{URL: srv.URL + p.url, ID: "x", Body: body}); err != nil || gotURI != p.want {
+					t.Errorf("Send to %q: %v; the destination got %q, want %q", p.url, err, gotURI, p.want)
+				}
+			}
+			res, err := c.Send(context.Background(), &Request{URL: srv.URL + paths[0].url, ID: "evt_9", Body: body,
 				Header: http.Header{"Authorization": {"Bearer x"}, "X-Multi": {"a", "b"}}, Keys: [][]byte{[]byte("k")}})
 			if err != nil || res.StatusCode != http.StatusNoContent {
 				t.Fatalf("Send = %+v, %v", res, err)
@@ -68,8 +80,8 @@ func TestSend_Headers(t *testing.T) {
 			if string(gotBody) != string(body) {
 				t.Errorf("body %q, want %q", gotBody, body)
 			}
-			if gotURI != pathQuery {
-				t.Errorf("request URI %q, want %q", gotURI, pathQuery)
+			if gotURI != paths[0].want {
+				t.Errorf("request URI %q, want %q", gotURI, paths[0].want)
 			}
 		})
 	}
@@ -89,11 +101,10 @@ func TestSend_UntrustedCertificate(t *testing.T) {
 }
 
 // TestSend_StaleKeepAlive: a destination that closes a kept-alive
-// connection after answering, without saying so, makes the next request on
-// that connection fail before it is answered; the client sends it again on
-// a new connection, and the attempt succeeds. Over TLS the close comes as a
-// close_notify record before the end of the stream, and the same holds: the
-// client must tell it from an answer.
+// connection while it is idle (its idle timeout), without saying so in its
+// answer: the client finds it closed before it writes the next request, and
+// sends that on a new connection; the attempt succeeds. Over TLS the close
+// comes as a close_notify record before the end of the stream.
 func TestSend_StaleKeepAlive(t *testing.T) {
 	for _, secure := range []bool{false, true} {
 		t.Run(map[bool]string{false: "HTTP", true: "HTTPS"}[secure], func(t *testing.T) {
@@ -138,6 +149,7 @@ func TestSend_StaleKeepAlive(t *testing.T) {
 						// its next request is written, and its answer is the
 						// end of the stream.
 						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						time.Sleep(10 * time.Millisecond) // its idle timeout
 						_ = conn.(interface{ CloseWrite() error }).CloseWrite()
 						_ = conn.SetReadDeadline(time.Now().Add(time.Second))
 						_, _ = io.Copy(io.Discard, conn)
@@ -151,10 +163,10 @@ func TestSend_StaleKeepAlive(t *testing.T) {
 				if err != nil || res.StatusCode != 200 {
 					t.Fatalf("attempt %d: Send = %+v, %v; want 200", i, res, err)
 				}
-				time.Sleep(20 * time.Millisecond) // the close reaches the client's side
+				time.Sleep(50 * time.Millisecond) // the close reaches the client's side
 			}
 			if n := requests.Load(); n != 3 {
-				t.Errorf("the destination answered %d requests, want 3", n)
+				t.Errorf("the destination read %d requests, want 3: none is written into a closed connection", n)
 			}
 		})
 	}
@@ -206,5 +218,102 @@ func TestSend_HugeHeaders(t *testing.T) {
 	_, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
 	if got := dispatch.ErrorStatus(err); got != dispatch.StatusHTTP || !strings.Contains(err.Error(), "headers exceed") {
 		t.Fatalf("Send err=%v classified %v, want %v naming the headers", err, got, dispatch.StatusHTTP)
+	}
+}
+
+// TestSend_IdlePoolClosed: a destination closes every idle connection of
+// the pool (its idle timeout, far shorter than the client's); the next
+// deliveries find them closed one after the other, none is written into
+// one, and each is delivered once.
+func TestSend_IdlePoolClosed(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		time.Sleep(50 * time.Millisecond) // so that the first six need six connections
+		w.WriteHeader(200)
+	}))
+	srv.Config.IdleTimeout = 100 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	c := NewClient(Config{Timeout: 2 * time.Second})
+	defer c.Close()
+	send := func() error {
+		_, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)})
+		return err
+	}
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			if err := send(); err != nil {
+				t.Errorf("Send: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(400 * time.Millisecond) // the destination closes the six idle connections
+	for i := range 3 {
+		if err := send(); err != nil {
+			t.Errorf("delivery %d after the idle close: %v", i, err)
+		}
+	}
+	if n := requests.Load(); n != 9 {
+		t.Errorf("the destination got %d requests, want 9", n)
+	}
+}
+
+// TestSend_WaitsForConnection: with every connection to a destination busy,
+// a delivery waits for one, and gets a new one when the busy one closes
+// (the destination answered "Connection: close").
+func TestSend_WaitsForConnection(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		time.Sleep(50 * time.Millisecond)
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(200)
+	}))
+	defer srv.Close()
+	c := NewClient(Config{Timeout: 5 * time.Second, MaxConnsPerHost: 1})
+	defer c.Close()
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			if _, err := c.Send(context.Background(), &Request{URL: srv.URL, ID: "x", Body: []byte(`{}`)}); err != nil {
+				t.Errorf("Send: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestSend_RetryAfterAnyCase: header names are case-insensitive; a
+// destination that writes retry-after in lower case is heard.
+func TestSend_RetryAfterAnyCase(t *testing.T) {
+	for _, name := range []string{"retry-after", "RETRY-AFTER", "Retry-After"} {
+		t.Run(name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				if req, err := http.ReadRequest(bufio.NewReader(conn)); err == nil {
+					_, _ = io.Copy(io.Discard, req.Body)
+					_, _ = io.WriteString(conn, "HTTP/1.1 429 Too Many Requests\r\n"+name+": 120\r\ncontent-length: 0\r\n\r\n")
+				}
+			}()
+			c := NewClient(Config{Timeout: 2 * time.Second})
+			defer c.Close()
+			_, err = c.Send(context.Background(), &Request{URL: "http://" + ln.Addr().String(), ID: "x", Body: []byte(`{}`)})
+			var se *StatusError
+			if !errors.As(err, &se) || se.Code != 429 || se.RetryAfter != 2*time.Minute {
+				t.Fatalf("Send err=%v, want a 429 with Retry-After 2m", err)
+			}
+		})
 	}
 }
