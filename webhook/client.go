@@ -41,8 +41,9 @@ const (
 // A delivery sent directly goes through fasthttp's client, which writes the
 // request and reads the answer in the caller's goroutine, from pooled
 // buffers: net/http's client hands every request to two goroutines of its
-// connection and allocates its request and response, and that was a third of
-// a delivery's CPU (docs/BENCHMARKS.md). A delivery through a proxy goes
+// connection and allocates its request and response, which made it the
+// largest cost of a delivery after the store (docs/BENCHMARKS.md, issue 12's
+// third pass). A delivery through a proxy goes
 // through net/http, whose proxy support (absolute-form requests, CONNECT,
 // SOCKS5) fasthttp does not match.
 type Client struct {

@@ -129,8 +129,10 @@ func (c *Client) sendDirect(ctx context.Context, r *Request, u *url.URL, h *head
 
 	// fasthttp takes a deadline, not a context. A delivery is cancelled
 	// only when the runtime gives up on the calls still running at
-	// shutdown: then close the connections, which ends every request on
-	// them at once, as net/http's cancellation would.
+	// shutdown, all together: then close the connections, which ends every
+	// request on them at once (net/http would end the cancelled one only).
+	// A delivery still dialing, or waiting for a connection, runs on to its
+	// deadline.
 	stop := context.AfterFunc(ctx, func() {
 		if ctx.Err() == context.Canceled {
 			c.conns.closeAll()
