@@ -106,6 +106,12 @@ type Call struct {
 	ParentInput []byte
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
+
+	// gathered are the children of a parent resumed by the finish of its
+	// last child, when the store returned them with it
+	// (CallFinishResult.ParentChildren): the parent runs without listing
+	// them.
+	gathered []*Call
 }
 
 // Attempt is the record of one failed attempt of a call. A successful
@@ -436,6 +442,13 @@ type CallFinishResult struct {
 	// Parent is the resumed parent, running and leased to ResumeOwner, when
 	// one was given.
 	Parent *Call
+	// ParentChildren, with Parent, are its children as CallListChildren
+	// would list them once this finish is stored (ordered by gather and
+	// index; ID, ParentID, Gather, Index, State, Status, Error and Output
+	// set), when the store read them in the same transaction: the runtime
+	// then runs the parent without listing them. Optional: nil, and the
+	// runtime lists them.
+	ParentChildren []*Call
 	// ParentFinished is true when this was the last child its parent
 	// waited for and the parent was finished with ParentOutput
 	// (FinishParent); ParentResumed is then false.

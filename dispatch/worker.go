@@ -44,9 +44,13 @@ func (r *Runtime) execute(c *Call) {
 	cc := &callContext{rt: r, call: c}
 	if c.Gathers > 0 {
 		children, ok := r.results.childrenOf(c)
-		if ok {
+		switch {
+		case ok:
 			r.stats.resultsFromMemory.Add(1)
-		} else {
+		case c.gathered != nil:
+			children, c.gathered = c.gathered, nil
+			r.stats.resultsFromStore.Add(1)
+		default:
 			r.stats.resultsFromStore.Add(1)
 			var err error
 			children, err = r.store.CallListChildren(storeCtx, c.ID)
@@ -235,6 +239,7 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 		r.results.forget(c.ParentID)
 	}
 	if res.Parent != nil {
+		res.Parent.gathered = res.ParentChildren
 		r.admitResumed(res.Parent)
 	} else {
 		r.unreserveKey("", resume)

@@ -3,6 +3,7 @@ package dispatchsqlite
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"slices"
@@ -129,12 +130,34 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		res.ParentResumed = true
 		res.Parent = claimed(row)
 		res.Parent.LeaseOwner, res.Parent.LeaseExpires = p.ResumeOwner, p.ResumeLeaseUntil
-		return nil
+		res.ParentChildren, err = gatheredChildren(tx, p.ParentID)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("finish call: %w", err)
 	}
 	return res, nil
+}
+
+// gatheredChildren reads a resumed parent's children in the writer's
+// transaction, for CallFinishResult.ParentChildren: their rows are on the
+// leaf the finish just wrote (a child's id extends its parent's), in the
+// writer's cache, where a reader would fetch them cold, and through
+// database/sql.
+func gatheredChildren(tx *wtx, parentID string) ([]*dispatch.Call, error) {
+	var out []*dispatch.Call
+	err := tx.query(`SELECT id, gather, idx, state, status, error, output FROM calls
+		WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 ORDER BY gather, idx`, []any{parentID},
+		func(row []driver.Value) error {
+			out = append(out, &dispatch.Call{ID: asString(row[0]), ParentID: parentID, Gather: int(asInt(row[1])),
+				Index: int(asInt(row[2])), State: dispatch.State(asInt(row[3])), Status: dispatch.Status(asInt(row[4])),
+				Error: asString(row[5]), Output: asBytes(row[6])})
+			return nil
+		})
+	if out == nil && err == nil {
+		out = []*dispatch.Call{} // none is an answer too
+	}
+	return out, err
 }
 
 // CallRedrive implements dispatch.Store.

@@ -106,9 +106,10 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		if got := mustClaim(t, s, "o2", T0, 10); !slices.Equal(ids(got), []string{"p.0.1"}) {
 			t.Fatalf("claimed %v, want only the child that was not leased", ids(got))
 		}
-		mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.1", Attempt: 1, ParentID: "p", State: dispatch.StateDone})
+		mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.1", Attempt: 1, ParentID: "p", State: dispatch.StateFailed,
+			Status: dispatch.StatusPermanent, Error: "no"})
 		res := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: 1, ParentID: "p", State: dispatch.StateDone,
-			Now: T0.Add(time.Second), ResumeOwner: "o3", ResumeLeaseUntil: T0.Add(time.Hour)})
+			Output: []byte(`"a"`), Now: T0.Add(time.Second), ResumeOwner: "o3", ResumeLeaseUntil: T0.Add(time.Hour)})
 		if !res.ParentResumed || res.Parent == nil {
 			t.Fatalf("finish of the last child = %+v, want the parent leased to o3", res)
 		}
@@ -123,6 +124,17 @@ func exerciseSuspend(t *testing.T, open OpenFunc) {
 		}
 		if got := mustClaim(t, s, "o4", T0.Add(time.Minute), 10, "parent"); len(got) != 0 {
 			t.Fatal("a parent leased on resume was claimed again")
+		}
+		// A store may return the children with the parent: then as
+		// CallListChildren lists them.
+		if res.ParentChildren != nil {
+			listed, err := s.CallListChildren(context.Background(), "p")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.EqualFunc(res.ParentChildren, listed, sameOutcome) || len(listed) != 2 {
+				t.Fatalf("children returned with the parent %v, want %v", outcomes(res.ParentChildren), outcomes(listed))
+			}
 		}
 	})
 
@@ -232,4 +244,18 @@ func suspended(t *testing.T, s dispatch.Store, kids ...*dispatch.Call) *dispatch
 		t.Fatalf("CallSuspend = %v, %v", ok, err)
 	}
 	return p
+}
+
+// sameOutcome compares what Gather reads of two children.
+func sameOutcome(a, b *dispatch.Call) bool {
+	return a.ID == b.ID && a.ParentID == b.ParentID && a.Gather == b.Gather && a.Index == b.Index &&
+		a.State == b.State && a.Status == b.Status && a.Error == b.Error && string(a.Output) == string(b.Output)
+}
+
+func outcomes(calls []*dispatch.Call) []string {
+	var out []string
+	for _, c := range calls {
+		out = append(out, fmt.Sprintf("%s %d.%d %v %v %q %s", c.ID, c.Gather, c.Index, c.State, c.Status, c.Error, c.Output))
+	}
+	return out
 }
