@@ -147,7 +147,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 func gatheredChildren(tx *wtx, parentID string) ([]*dispatch.Call, error) {
 	var out []*dispatch.Call
 	err := tx.query(`SELECT id, gather, idx, state, status, error, output FROM calls
-		WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 ORDER BY gather, idx`, []any{parentID},
+		WHERE `+childrenRange+` ORDER BY gather, idx`, []any{parentID},
 		func(row []driver.Value) error {
 			out = append(out, &dispatch.Call{ID: asString(row[0]), ParentID: parentID, Gather: int(asInt(row[1])),
 				Index: int(asInt(row[2])), State: dispatch.State(asInt(row[3])), Status: dispatch.Status(asInt(row[4])),
@@ -218,4 +218,8 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 
 // gatherRange selects the children of call ?1's gather ?2 by their ids
 // (see descendants).
+// childrenRange selects the children of the parent ?1 by primary key: a
+// child's id is its parent's id, a dot, and more.
+const childrenRange = `id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1`
+
 const gatherRange = `id > ?1 || '.' || ?2 || '.' AND id < ?1 || '.' || ?2 || '/' AND parent_id = ?1 AND gather = ?2`

@@ -165,7 +165,7 @@ func (s *Store) countChildren(ctx context.Context, calls []*dispatch.ScannedCall
 	}
 	defer conn.Close()
 	stmt, err := conn.PrepareContext(ctx, `SELECT state, count(*) FROM calls
-		WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 GROUP BY state`)
+		WHERE `+childrenRange+` GROUP BY state`)
 	if err != nil {
 		return fmt.Errorf("count children: %w", err)
 	}
@@ -229,10 +229,10 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 				skip := dispatch.AttachRepeats(p.Calls, kept, c, p.Unless)
 				if !skip && p.Unless != dispatch.AttachAlways {
 					// The parent's children: a range of the primary key.
-					q := `SELECT 1 FROM calls WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 AND key = ?2 LIMIT 1`
+					q := `SELECT 1 FROM calls WHERE ` + childrenRange + ` AND key = ?2 LIMIT 1`
 					args := []any{parent, c.Key}
 					if p.Unless == dispatch.AttachUnlessKeyTag {
-						q = `SELECT 1 FROM calls WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 AND key = ?2 AND tag IS ?3 LIMIT 1`
+						q = `SELECT 1 FROM calls WHERE ` + childrenRange + ` AND key = ?2 AND tag IS ?3 LIMIT 1`
 						args = append(args, nullIfEmpty(c.Tag))
 					}
 					_, err := tx.queryRow(q, args...)

@@ -204,7 +204,7 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		return fmt.Errorf("prepare: %w", err)
 	}
 	if s.childrenStmt, err = s.rdb.PrepareContext(ctx, `SELECT `+childColumns+` FROM calls
-		WHERE id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1 ORDER BY gather, idx`); err != nil {
+		WHERE `+childrenRange+` ORDER BY gather, idx`); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
 	if s.keysStmt, err = s.rdb.PrepareContext(ctx, keysQuery); err != nil {
