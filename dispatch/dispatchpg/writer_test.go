@@ -5,10 +5,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"fanout/dispatch"
 	"fanout/internal/pgtest"
@@ -113,54 +116,134 @@ func TestInsert_LostAnswer(t *testing.T) {
 }
 
 // TestGroupCommit_OneFails: when one operation of a group commit fails, it
-// fails alone: the others are stored, it is not.
+// fails alone: the others are stored and their callers told so; nothing of
+// it is stored.
+//
+// How: a batch is one implicit transaction (its statements up to its one
+// Sync), which the failing statement aborts whole; its operations are then
+// replayed one by one, each a batch and so a transaction of its own. The
+// inserts of a batch are one statement (wop.rows), which PostgreSQL undoes
+// by itself; operations that queue statements (wop.queue) are statements of
+// their own, after the inserts, and one may queue several. In the
+// "InSecondStatement" case, the failing operation queues an insert that
+// succeeds, then one that fails: what the others and its first statement
+// wrote is undone only if the batch, and then its replay, is one
+// transaction.
 func TestGroupCommit_OneFails(t *testing.T) {
-	s := openTest(t, pgtest.URL(t, pgtest.Unique(t)), Config{Writers: 1})
 	ctx := context.Background()
-	if _, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{newCall("taken", "")}}); err != nil {
-		t.Fatal(err)
-	}
-	// Hold the only writer in a first batch while the group queues up.
-	release, held := make(chan struct{}), make(chan struct{})
-	var first atomic.Bool
-	s.hooks.beforeSend.Store(ptr(func() error {
-		if first.CompareAndSwap(false, true) {
-			close(held)
-			<-release
+	calls := func(ids ...string) []*dispatch.Call {
+		var out []*dispatch.Call
+		for _, id := range ids {
+			out = append(out, newCall(id, ""))
 		}
-		return nil
-	}))
-	go func() {
-		_, _ = s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{newCall("hold", "")}})
-	}()
-	<-held
-	ids := []string{"a", "taken", "b", "c"}
-	errs := make([]error, len(ids))
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: []*dispatch.Call{newCall(id, "")}})
-		}()
+		return out
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(s.w.ops) < len(ids); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d operations queued", len(s.w.ops), len(ids))
+	// insert stores ids through the API: its rows join the batch's insert.
+	insert := func(s *Store, ids ...string) error {
+		_, err := s.CallInsertMany(ctx, &dispatch.CallInsertParams{Calls: calls(ids...)})
+		return err
+	}
+	// statements stores each list of ids with a statement of its own, in
+	// one operation (key orders it in the batch).
+	statements := func(key string, lists ...[]string) func(s *Store) error {
+		return func(s *Store) error {
+			return s.w.do(ctx, &wop{key: key, queue: func(b *pgx.Batch) {
+				for _, ids := range lists {
+					b.Queue(insertSQL, toColumns(calls(ids...), time.Now()).args()...)
+				}
+			}})
 		}
 	}
-	replays := s.w.replays.Load()
-	close(release)
-	wg.Wait()
-	if got := s.w.replays.Load() - replays; got != 1 {
-		t.Fatalf("%d group commits replayed, want 1: the four did not share a commit", got)
+	type op struct {
+		ids []string // what it stores
+		run func(s *Store) error
 	}
-	for i, id := range ids {
-		if (errs[i] != nil) != (id == "taken") {
-			t.Errorf("insert %s: err = %v", id, errs[i])
-		}
-		if _, err := s.CallGet(ctx, id); err != nil {
-			t.Errorf("%s not stored: %v", id, err)
-		}
+	inserting := func(ids ...string) op {
+		return op{ids, func(s *Store) error { return insert(s, ids...) }}
+	}
+	tests := []struct {
+		name    string
+		failing op // repeats "taken", stored before the group
+		others  []op
+	}{
+		{"Insert", inserting("b1", "taken", "b2"),
+			[]op{inserting("a"), inserting("c1", "c2"), {[]string{"w1", "w2"}, statements("w", []string{"w1"}, []string{"w2"})}}},
+		{"InSecondStatement", op{[]string{"x1", "x2", "taken"}, statements("x", []string{"x1", "x2"}, []string{"taken"})},
+			// "w" sorts before "x", "y" after: statements before the
+			// failing one and after it.
+			[]op{inserting("a"), inserting("c1", "c2"),
+				{[]string{"w1", "w2"}, statements("w", []string{"w1"}, []string{"w2"})},
+				{[]string{"y1", "y2"}, statements("y", []string{"y1"}, []string{"y2"})}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openTest(t, pgtest.URL(t, pgtest.Unique(t)), Config{Writers: 1})
+			if err := insert(s, "taken"); err != nil {
+				t.Fatal(err)
+			}
+			// Hold the only writer in a first batch while the group queues up.
+			release, held := make(chan struct{}), make(chan struct{})
+			var first atomic.Bool
+			s.hooks.beforeSend.Store(ptr(func() error {
+				if first.CompareAndSwap(false, true) {
+					close(held)
+					<-release
+				}
+				return nil
+			}))
+			go func() { _ = insert(s, "hold") }()
+			<-held
+			ops := append([]op{tt.failing}, tt.others...)
+			errs := make([]error, len(ops))
+			var wg sync.WaitGroup
+			for i, o := range ops {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = o.run(s)
+				}()
+			}
+			for deadline := time.Now().Add(10 * time.Second); len(s.w.ops) < len(ops); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of %d operations queued", len(s.w.ops), len(ops))
+				}
+			}
+			replays := s.w.replays.Load()
+			close(release)
+			wg.Wait()
+			for i, o := range ops {
+				var stored, missing []string
+				for _, id := range o.ids {
+					if _, err := s.CallGet(ctx, id); err == nil {
+						stored = append(stored, id)
+					} else {
+						missing = append(missing, id)
+					}
+				}
+				if i == 0 {
+					if errs[i] == nil {
+						t.Errorf("the operation storing %v, which repeats an id: err = nil, want its failure", o.ids)
+					}
+					// "taken" is stored: the row from before the group.
+					if !slices.Equal(stored, []string{"taken"}) {
+						t.Errorf("the failing operation storing %v left %v stored, want only taken (from before): "+
+							"what it wrote before its failing statement was kept", o.ids, stored)
+					}
+					continue
+				}
+				if errs[i] != nil {
+					t.Errorf("the operation storing %v in the same group: err = %v, want nil: the failure of another failed it",
+						o.ids, errs[i])
+				}
+				if len(missing) > 0 {
+					t.Errorf("the operation storing %v in the same group: %v not stored, want all", o.ids, missing)
+				}
+			}
+			// Last: the outcomes say more when a replay went wrong.
+			if got := s.w.replays.Load() - replays; got != 1 {
+				t.Fatalf("%d group commits replayed, want 1: the %d operations did not share a failed commit "+
+					"(the test tests nothing), or its failure was not replayed", got, len(ops))
+			}
+		})
 	}
 }

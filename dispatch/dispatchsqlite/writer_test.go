@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,25 +114,77 @@ func TestStore_GroupCommit(t *testing.T) {
 // TestGroupCommit_OneFails: when one operation of a group commit fails, the
 // group is replayed with a savepoint per operation: that one fails alone,
 // nothing of it is stored, the others are stored, still in one commit.
+//
+// An insert of more than insertChunk rows is several statements. When the
+// duplicate id is in the first, SQLite undoes that statement by itself;
+// when it is in a later one, the rows of the statements before it are
+// undone only by the rollback to the operation's savepoint, which the
+// second case is there to need.
 func TestGroupCommit_OneFails(t *testing.T) {
 	t.Parallel()
-	s, waitQueued, release := openHeld(t, insertCalls("taken"))
-	commits := s.StoreStats().Commits
-	inserts := [][]string{{"a1", "a2"}, {"b1", "taken", "b2"}, {"c1"}, {"d1", "d2", "d3"}}
-	errs := insertAll(s, inserts, waitQueued, release)
-	if got := s.StoreStats().Commits - commits; got != 2 {
-		t.Fatalf("%d commits, want 2 (the held operation's, then the group's)", got)
-	}
-	for i, ids := range inserts {
-		failing := i == 1
-		if (errs[i] != nil) != failing {
-			t.Errorf("insert %v: err = %v", ids, errs[i])
+	numbered := func(prefix string, n int) []string {
+		var ids []string
+		for i := range n {
+			ids = append(ids, fmt.Sprintf("%s-%03d", prefix, i))
 		}
-		for _, id := range ids {
-			_, err := s.CallGet(context.Background(), id)
-			if stored := err == nil; stored != (!failing || id == "taken") {
-				t.Errorf("%s stored = %v, want %v: the failing insert must store nothing, the others all", id, stored, !stored)
+		return ids
+	}
+	tests := []struct {
+		name    string
+		failing []string // repeats "taken", stored before the group
+	}{
+		{"InFirstStatement", []string{"b1", "taken", "b2"}},
+		{"InSecondStatement", append(numbered("b", insertChunk), "taken")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, waitQueued, release := openHeld(t, insertCalls("taken"))
+			commits := s.StoreStats().Commits
+			// The others: one and several statements each.
+			inserts := [][]string{{"a1", "a2"}, tt.failing, {"c1"}, numbered("d", insertChunk+1)}
+			const failing = 1
+			errs := insertAll(s, inserts, waitQueued, release)
+			if got := s.StoreStats().Commits - commits; got != 2 {
+				t.Fatalf("%d commits, want 2 (the held operation's, then the group's)", got)
 			}
-		}
+			for i, ids := range inserts {
+				var stored, missing []string
+				for _, id := range ids {
+					if _, err := s.CallGet(context.Background(), id); err == nil {
+						stored = append(stored, id)
+					} else {
+						missing = append(missing, id)
+					}
+				}
+				if i == failing {
+					if errs[i] == nil {
+						t.Errorf("the insert of %d rows repeating an id: err = nil, want its failure", len(ids))
+					}
+					// "taken" is stored: the row from before the group.
+					if len(stored) != 1 || stored[0] != "taken" {
+						t.Errorf("the failing insert of %d rows stored %d of them (%s), want none: "+
+							"what it wrote before its failing statement was kept", len(ids), len(stored)-1, abbrev(stored))
+					}
+					continue
+				}
+				if errs[i] != nil {
+					t.Errorf("insert of %d rows (%s) in the same group: err = %v, want nil: the failure of another failed it",
+						len(ids), abbrev(ids), errs[i])
+				}
+				if len(missing) > 0 {
+					t.Errorf("insert of %d rows (%s) in the same group: %d not stored (%s), want all",
+						len(ids), abbrev(ids), len(missing), abbrev(missing))
+				}
+			}
+		})
 	}
+}
+
+// abbrev lists a few of ids.
+func abbrev(ids []string) string {
+	if len(ids) > 4 {
+		return fmt.Sprintf("%s ... %s", strings.Join(ids[:3], " "), ids[len(ids)-1])
+	}
+	return strings.Join(ids, " ")
 }
