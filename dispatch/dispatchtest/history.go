@@ -148,6 +148,76 @@ func exerciseHistory(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	// ScanTypes: event types as fanout's listing and replays pass them
+	// (typeFilter): "order.*" arrives as TagPrefixes ["order."], the * cut
+	// and the dot kept; "a,b" as Tags; "*" (any typed event) as
+	// TagPrefixes [""]; with Key "" and CountChildren. A prefix is
+	// characters, not bytes, and all of them: each pattern has neighbours
+	// it must not match (a dot less, another case, a LIKE wildcard taken
+	// literally, a longer or shorter type).
+	t.Run("ScanTypes", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		types := []string{"order.created", "orders.x", "order", "orderx", "order_1", "Order.created",
+			"bestellung.größe", "bestellung.grün", "bestellung.gross", "📦.versandt", ""}
+		idOf := map[string]string{}
+		var calls []*dispatch.Call
+		for i, typ := range types {
+			id := fmt.Sprintf("e%02d", i)
+			idOf[typ] = id
+			calls = append(calls, &dispatch.Call{ID: id, Function: "root", Tag: typ, State: dispatch.StateDone,
+				Input: []byte(`{}`), Output: []byte(`{}`), RunAfter: T0, CreatedAt: T0.Add(time.Duration(i) * time.Second)})
+		}
+		mustInsert(t, s, calls...)
+		typed := slices.DeleteFunc(slices.Clone(types), func(typ string) bool { return typ == "" })
+		tests := []struct {
+			pattern        string // as a client writes it
+			tags, prefixes []string
+			want           []string // types, in any order
+		}{
+			{"order.*", nil, []string{"order."}, []string{"order.created"}},
+			{"order*", nil, []string{"order"}, []string{"order.created", "orders.x", "order", "orderx", "order_1"}},
+			{"order_*", nil, []string{"order_"}, []string{"order_1"}},
+			{"Order.*", nil, []string{"Order."}, []string{"Order.created"}},
+			{"order.*,orders.*", nil, []string{"order.", "orders."}, []string{"order.created", "orders.x"}},
+			{"bestellung.grö*", nil, []string{"bestellung.grö"}, []string{"bestellung.größe"}},
+			{"bestellung.gr*", nil, []string{"bestellung.gr"}, []string{"bestellung.größe", "bestellung.grün", "bestellung.gross"}},
+			{"📦.*", nil, []string{"📦."}, []string{"📦.versandt"}},
+			{"bestellung.größe", []string{"bestellung.größe"}, nil, []string{"bestellung.größe"}},
+			{"bestellung.grö", []string{"bestellung.grö"}, nil, nil},
+			{"bestellung.größe,order", []string{"bestellung.größe", "order"}, nil, []string{"bestellung.größe", "order"}},
+			{"order.created,bestellung.grü*", []string{"order.created"}, []string{"bestellung.grü"}, []string{"order.created", "bestellung.grün"}},
+			{"*", nil, []string{""}, typed},
+		}
+		for _, tt := range tests {
+			t.Run(tt.pattern, func(t *testing.T) {
+				none := ""
+				res := mustScan(t, s, dispatch.CallScanParams{Tags: tt.tags, TagPrefixes: tt.prefixes, Key: &none, CountChildren: true})
+				// Newest first: the types in the reverse of their order above.
+				var want []string
+				for i := len(types) - 1; i >= 0; i-- {
+					if slices.Contains(tt.want, types[i]) {
+						want = append(want, types[i])
+					}
+				}
+				if len(want) != len(tt.want) {
+					t.Fatalf("the case wants %q, which are not all stored types", tt.want)
+				}
+				var got []string
+				for _, c := range res.Calls {
+					got = append(got, c.Call.Tag)
+					if c.Call.ID != idOf[c.Call.Tag] {
+						t.Fatalf("scanned %s with type %q, which is %s's", c.Call.ID, c.Call.Tag, idOf[c.Call.Tag])
+					}
+				}
+				if !slices.Equal(got, want) || res.Next != "" {
+					t.Fatalf("type %q (Tags %q, TagPrefixes %q) matched %q next %q, want exactly %q and the end",
+						tt.pattern, tt.tags, tt.prefixes, got, res.Next, want)
+				}
+			})
+		}
+	})
+
 	t.Run("ScanBounded", func(t *testing.T) {
 		t.Parallel()
 		s := history(t)
