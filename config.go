@@ -119,10 +119,12 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&cfg.secretGrace, "secret-grace", 24*time.Hour, "after a secret rotation, how long the old secret still signs")
 	fs.DurationVar(&cfg.deliveryTimeout, "delivery-timeout", webhook.DefaultTimeout, "time limit of one delivery attempt")
 	fs.IntVar(&cfg.workers, "workers", dispatch.DefaultWorkers, "calls (deliveries, fan-outs) that run at once")
-	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second}
+	cfg.limits = Limits{MaxEventBytes: 1 << 20, MaxBatchBytes: 16 << 20, MaxBatchEvents: 10000, IngestTimeout: 10 * time.Second,
+		MaxInflightBytes: 256 << 20}
 	fs.Var((*byteSize)(&cfg.limits.MaxEventBytes), "max-event-bytes", "largest event accepted, in bytes (`SIZE`: 65536, 512KiB, 1MiB)")
 	fs.Var((*byteSize)(&cfg.limits.MaxBatchBytes), "max-batch-bytes", "largest /v1/batch request body accepted, in bytes (`SIZE`, as for --max-event-bytes)")
 	fs.IntVar(&cfg.limits.MaxBatchEvents, "max-batch-events", cfg.limits.MaxBatchEvents, "most events in one /v1/batch request")
+	fs.Var((*byteSize)(&cfg.limits.MaxInflightBytes), "max-inflight-bytes", "request bodies held in memory at once, across all requests (`SIZE`); a quarter is kept for bodies up to --max-event-bytes, and a larger body that waits 3s for its turn is answered 503 with Retry-After; 0 removes the bound")
 	fs.DurationVar(&cfg.limits.IngestTimeout, "ingest-timeout", cfg.limits.IngestTimeout, "how long a request waits for the store before answering 503")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long deliveries in flight may take to finish")
 	fs.StringVar(&cfg.synchronous, "synchronous", "FULL", "SQLite synchronous mode: FULL (durable) or NORMAL (faster; may lose acknowledged events on power loss)")
@@ -199,6 +201,9 @@ func (c *config) validate() error {
 	}
 	if c.limits.MaxEventBytes <= 0 || c.limits.MaxBatchBytes <= 0 || c.limits.MaxBatchEvents <= 0 {
 		errs = append(errs, errors.New("--max-event-bytes, --max-batch-bytes and --max-batch-events must be positive"))
+	}
+	if err := checkBudget(c.limits.MaxInflightBytes, c.limits); err != nil {
+		errs = append(errs, err)
 	}
 	if c.retention < 0 || c.failedRetention < 0 || c.retryMaxAge < 0 || c.retryMaxAttempts < 0 {
 		errs = append(errs, errors.New("retention and retry limits cannot be negative"))

@@ -29,11 +29,15 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 		return nil, tooLarge
 	}
 	body := http.MaxBytesReader(w, r.Body, limit)
+	hold := holdOf(r.Context())
 	var b []byte
 	var err error
 	if r.ContentLength > 0 {
 		// The common case: read exactly the announced length, in one
 		// allocation, then make sure nothing follows.
+		if err := hold.grow(r.Context(), r.ContentLength); err != nil {
+			return nil, err
+		}
 		b = make([]byte, r.ContentLength)
 		_, err = io.ReadFull(body, b)
 		if err == nil {
@@ -43,12 +47,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 			}
 		}
 	} else {
-		b, err = io.ReadAll(body)
+		b, err = hold.readAll(r.Context(), body, limit+1)
 	}
 	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, &mbe):
+	case errors.As(err, &mbe) || int64(len(b)) > limit:
 		return nil, tooLarge
+	case err == errBodyBusy:
+		return nil, errBodyBusy
 	case err != nil:
 		return nil, badRequest("could not read the request body: %v", err)
 	case len(b) == 0:
@@ -72,10 +78,12 @@ func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *api
 	if err != nil {
 		return nil, badRequest("request body is not valid gzip: %v", err)
 	}
-	b, err := io.ReadAll(io.LimitReader(zr, limit+1))
+	b, err := holdOf(r.Context()).readAll(r.Context(), io.LimitReader(zr, limit+1), limit+1)
 	switch {
 	case errors.As(err, &mbe):
 		return nil, tooLarge
+	case err == errBodyBusy:
+		return nil, errBodyBusy
 	case err != nil:
 		return nil, badRequest("request body is not valid gzip: %v", err)
 	case int64(len(b)) > limit:
@@ -108,10 +116,14 @@ func decodeBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
 			return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
 				Message: fmt.Sprintf("batch has more than %d events, the limit (--max-batch-events)", limits.MaxBatchEvents)}
 		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
+		var sp span
+		if err := dec.Decode(&sp); err != nil {
 			return nil, badIndex(i, "event %d is not valid JSON: %s", i, jsonError(err))
 		}
+		// The element's own bytes in body, not a copy: a batch is held
+		// in memory once (see bodyBudget).
+		end := dec.InputOffset()
+		raw := json.RawMessage(body[end-sp.n : end : end])
 		if kind := jsonKind(raw); kind != "an object" {
 			return nil, badIndex(i, "event %d must be a JSON object, got %s", i, kind)
 		}
@@ -132,6 +144,16 @@ func decodeBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
 		return nil, badRequest("batch is empty; send at least one event")
 	}
 	return events, nil
+}
+
+// span is where a batch element ends and how long it is. The decoder has
+// checked the element's syntax by the time it hands an Unmarshaler the
+// element's bytes, which it does from its own buffer, without a copy.
+type span struct{ n int64 }
+
+func (s *span) UnmarshalJSON(b []byte) error {
+	s.n = int64(len(b))
+	return nil
 }
 
 func jsonError(err error) string {
@@ -160,10 +182,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(buf.Bytes())
 }
 
-// decodeInput reads a JSON object body of at most 64 KiB into v, refusing
-// unknown fields by name.
+// adminBodyLimit is the largest body of the admin API's requests.
+const adminBodyLimit = 64 << 10
+
+// decodeInput reads a JSON object body of at most adminBodyLimit into v,
+// refusing unknown fields by name.
 func decodeInput(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := readBody(w, r, 64<<10, "a fixed limit")
+	body, err := readBody(w, r, adminBodyLimit, "a fixed limit")
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,9 @@ type Limits struct {
 	// IngestTimeout bounds how long a request waits for the store to take
 	// its events; past it the answer is 503 and nothing is stored.
 	IngestTimeout time.Duration
+	// MaxInflightBytes bounds the request bodies held in memory across
+	// requests (see bodyBudget); 0 bounds nothing.
+	MaxInflightBytes int64
 }
 
 // route is one entry of the API.
@@ -66,7 +69,8 @@ func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) 
 	mux := http.NewServeMux()
 	addConsole(mux)
 	addRoutes(mux, rs)
-	h := svc.metrics.instrument(recoverPanics(log, refuseCrossSite(requireToken(log, tokens, mux))))
+	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
+	h := svc.metrics.instrument(recoverPanics(log, refuseCrossSite(requireToken(log, tokens, bodies))))
 	if svc.tracing != nil {
 		h = svc.tracing.serve(h)
 	}

@@ -17,6 +17,9 @@ type apiError struct {
 	Message string
 	// Index is the position of the offending event in a batch.
 	Index *int
+	// RetryAfter, when set, is sent as Retry-After: the same request will
+	// be taken later.
+	RetryAfter string
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -54,12 +57,15 @@ var statusOf = []struct {
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		if ae.Status == http.StatusRequestEntityTooLarge {
+		if ae.Status == http.StatusRequestEntityTooLarge || ae == errBodyBusy {
 			// The rest of the body is not read: answer now and close the
 			// connection. http.MaxBytesReader would have the server do so,
 			// but it cannot see the server's writer through statusWriter,
 			// and the server would first try to read what is left.
 			w.Header().Set("Connection", "close")
+		}
+		if ae.RetryAfter != "" {
+			w.Header().Set("Retry-After", ae.RetryAfter)
 		}
 		writeJSON(w, ae.Status, errorBody{Error: ae.Message, Index: ae.Index})
 		return
