@@ -28,8 +28,8 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 	if r.ContentLength > limit {
 		return nil, tooLarge
 	}
+	hold := holdOf(r)
 	body := http.MaxBytesReader(w, r.Body, limit)
-	hold := holdOf(r.Context())
 	var b []byte
 	var err error
 	if r.ContentLength > 0 {
@@ -70,6 +70,7 @@ func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *api
 	if r.ContentLength > limit {
 		return nil, tooLarge
 	}
+	hold := holdOf(r)
 	zr, err := gzip.NewReader(http.MaxBytesReader(w, r.Body, limit))
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
@@ -78,7 +79,7 @@ func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *api
 	if err != nil {
 		return nil, badRequest("request body is not valid gzip: %v", err)
 	}
-	b, err := holdOf(r.Context()).readAll(r.Context(), io.LimitReader(zr, limit+1), limit+1)
+	b, err := hold.readAll(r.Context(), io.LimitReader(zr, limit+1), limit+1)
 	switch {
 	case errors.As(err, &mbe):
 		return nil, tooLarge

@@ -148,30 +148,39 @@ func checkBudget(total int64, limits Limits) error {
 	return nil
 }
 
-// holdKey is the context key of a request's bodyHold.
-type holdKey struct{}
-
-// boundBodies gives every request a hold on budget, released when next
-// returns; readBody reserves through it. A nil budget bounds nothing.
+// boundBodies gives every request with a body a hold on budget, released
+// when next returns; readBody reserves through it. A nil budget bounds
+// nothing. The hold travels with the body (as http.MaxBytesReader does),
+// not in a copy of the request with a new context: the middleware around
+// reads the route the mux matched from the request it passed on.
 func boundBodies(budget *bodyBudget, next http.Handler) http.Handler {
 	if budget == nil {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength == 0 {
+		if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 			next.ServeHTTP(w, r) // no body to hold
 			return
 		}
 		h := &bodyHold{budget: budget, deadline: time.Now().Add(budget.wait)}
 		defer h.release()
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), holdKey{}, h)))
+		r.Body = &heldBody{ReadCloser: r.Body, hold: h}
+		next.ServeHTTP(w, r)
 	})
 }
 
-// holdOf returns the request's hold, or nil (no bound).
-func holdOf(ctx context.Context) *bodyHold {
-	h, _ := ctx.Value(holdKey{}).(*bodyHold)
-	return h
+// heldBody is a request body with its request's hold.
+type heldBody struct {
+	io.ReadCloser
+	hold *bodyHold
+}
+
+// holdOf returns the hold of r's body, or nil (no bound).
+func holdOf(r *http.Request) *bodyHold {
+	if b, ok := r.Body.(*heldBody); ok {
+		return b.hold
+	}
+	return nil
 }
 
 // bodyHold is the bytes one request has reserved, from each pool. It is
