@@ -69,7 +69,7 @@ func TestDestinations_Reject(t *testing.T) {
 	svc := newTestService(t, store)
 	// The guard of a real run: loopback and private addresses refused.
 	svc.svc.dests = destination.NewRegistry(destination.Config{Store: store, Guard: webhook.NewGuard(nil)})
-	srv := httptest.NewServer(newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), svc.svc, testLimits, nil))
+	srv := httptest.NewServer(newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), svc.svc, testLimits, nil, nil))
 	defer srv.Close()
 	tests := []struct {
 		name string

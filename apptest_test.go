@@ -50,7 +50,9 @@ func startApp(t *testing.T, args []string, env map[string]string, exporter sdktr
 	}
 	a.refreshDestinations(ctx)
 	a.notices.start(ctx)
-	srv := httptest.NewServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens))
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config.Handler = newHandler(log, a.svc, cfg.limits, cfg.apiTokens, newHostPolicy(srv.Listener.Addr(), cfg.addr, cfg.publicURL))
+	srv.Start()
 	t.Cleanup(func() {
 		srv.Close()
 		a.svc.ready.drain()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -48,6 +49,7 @@ type config struct {
 	secretGrace      time.Duration
 	apiTokens        []string
 	proxy            string
+	publicURL        string
 	otlpEndpoint     string
 	otlpProtocol     string
 	drainDelay       time.Duration
@@ -111,6 +113,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return nil
 	})
 	envOf["api-token"] = "FANOUT_API_TOKENS"
+	fs.StringVar(&cfg.publicURL, "public-url", "", "the `URL` users and portal links reach fanout by (https://fanout.example.com), when it is not localhost; without an API token, fanout answers only requests addressed to this machine or to this URL's host")
 	fs.StringVar(&cfg.proxy, "proxy", "", "send every delivery through this HTTP proxy (`URL`: http://proxy.internal:3128); without it, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured. The SSRF guard checks each destination before the proxy gets it")
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
@@ -214,6 +217,12 @@ func (c *config) validate() error {
 	if c.proxy != "" {
 		if _, _, err := webhook.ProxyFunc(c.proxy, nil); err != nil {
 			errs = append(errs, fmt.Errorf("--proxy: %w", err))
+		}
+	}
+	if c.publicURL != "" {
+		if u, err := url.Parse(c.publicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("--public-url %q must be an http or https URL with a host and nothing after the path, such as https://fanout.example.com", c.publicURL))
 		}
 	}
 	if c.dataDir == "" {

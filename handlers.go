@@ -61,16 +61,21 @@ func routes(log *slog.Logger, svc *service, limits Limits) []route {
 }
 
 // newHandler returns the HTTP API and the console; with tokens, the API
-// only for requests that carry one of them. A browser's cross-site request
-// that would change something is refused (see refuseCrossSite).
-func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string) http.Handler {
+// only for requests that carry one of them, and without, only for requests
+// addressed to a host that hosts allows (see hostPolicy; nil allows all).
+// A browser's cross-site request that would change something is refused
+// (see refuseCrossSite).
+func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string, hosts *hostPolicy) http.Handler {
 	rs := routes(log, svc, limits)
 	svc.metrics.track(rs)
 	mux := http.NewServeMux()
 	addConsole(mux)
 	addRoutes(mux, rs)
 	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
-	h := svc.metrics.instrument(recoverPanics(log, refuseCrossSite(requireToken(log, tokens, bodies))))
+	if len(tokens) > 0 {
+		hosts = nil // the token is the check
+	}
+	h := svc.metrics.instrument(recoverPanics(log, checkHost(log, hosts, refuseCrossSite(requireToken(log, tokens, bodies)))))
 	if svc.tracing != nil {
 		h = svc.tracing.serve(h)
 	}

@@ -135,7 +135,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	a.refreshDestinations(ctx)
 	a.notices.start(ctx)
 	a.startUpgrades(ctx)
-	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens), log)
+	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens, newHostPolicy(ln.Addr(), cfg.addr, cfg.publicURL)), log)
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "console", consoleURL(ln.Addr()), "version", buildVersion(),
 		"store", a.where, "destinations", len(a.dests.List()), "api_tokens", len(cfg.apiTokens))
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && len(cfg.apiTokens) == 0 && !tcp.IP.IsLoopback() {

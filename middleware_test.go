@@ -13,7 +13,7 @@ func TestAPIToken(t *testing.T) {
 	t.Parallel()
 	ts := newTestAPI(t)
 	const one, two = "tok_0123456789abcdef", "tok_fedcba9876543210"
-	h := newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), ts.svc, testLimits, []string{one, two})
+	h := newHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), ts.svc, testLimits, []string{one, two}, nil)
 	tests := []struct {
 		name, method, path, auth string
 		want                     int

@@ -56,7 +56,7 @@ func newTestService(t testing.TB, store appStore) *testService {
 		t.Fatal(err)
 	}
 	svc := newService(rt, store, fns, dests)
-	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits, nil)}
+	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits, nil, nil)}
 }
 
 // newTestAPI is newTestService over a new store in the test's directory.
