@@ -14,7 +14,17 @@ import (
 )
 
 // readBody reads the whole request body, refusing with 413 one over limit.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) ([]byte, error) {
+// A body that could not have its bytes (errBodyBusy) is read to its end
+// and dropped, at most limit bytes of it, a buffer at a time: a server that
+// answers and closes while the client still sends has the client's kernel
+// reset the connection, and the client would see that instead of the 503
+// that tells it when to come back.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) (b []byte, err error) {
+	defer func() {
+		if err == errBodyBusy {
+			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, limit+1))
+		}
+	}()
 	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge,
 		Message: fmt.Sprintf("request body is larger than the limit of %d bytes (%s)", limit, flag)}
 	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
@@ -30,8 +40,6 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 	}
 	hold := holdOf(r)
 	body := http.MaxBytesReader(w, r.Body, limit)
-	var b []byte
-	var err error
 	if r.ContentLength > 0 {
 		// The common case: read exactly the announced length, in one
 		// allocation, then make sure nothing follows.

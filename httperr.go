@@ -57,7 +57,7 @@ var statusOf = []struct {
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		if ae.Status == http.StatusRequestEntityTooLarge || ae == errBodyBusy {
+		if ae.Status == http.StatusRequestEntityTooLarge {
 			// The rest of the body is not read: answer now and close the
 			// connection. http.MaxBytesReader would have the server do so,
 			// but it cannot see the server's writer through statusWriter,
