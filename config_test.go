@@ -117,3 +117,31 @@ func TestRun_Help(t *testing.T) {
 		}
 	}
 }
+
+// TestRun_DurableByDefault: fanout as started with no flag but where to
+// listen and keep its data commits every event durably (SQLite's
+// synchronous=FULL, read back from the store's writer connection), and
+// bounds request bodies in memory. The power-loss test checks what FULL
+// buys, but skips without FUSE; this one pins the default everywhere.
+func TestRun_DurableByDefault(t *testing.T) {
+	t.Parallel()
+	c, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.synchronous != "FULL" || c.limits.MaxInflightBytes != 256<<20 || c.publicURL != "" {
+		t.Fatalf("defaults: synchronous %q, max-inflight-bytes %d, public-url %q; want FULL, 256 MiB, none",
+			c.synchronous, c.limits.MaxInflightBytes, c.publicURL)
+	}
+	_, stop, logs := startRunLogs(t, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir()}, nil)
+	defer func() { _ = stop() }()
+	line := ""
+	for l := range strings.Lines(logs()) {
+		if strings.Contains(l, `msg="fanout listening"`) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "synchronous=FULL)") {
+		t.Fatalf("fanout started with its defaults says %q, want its store at synchronous=FULL", line)
+	}
+}

@@ -432,7 +432,7 @@ func openStore(ctx context.Context, cfg *config, log *slog.Logger, onCommit func
 	if err != nil {
 		return nil, "", fmt.Errorf("open the store in %s (--data): %w", cfg.dataDir, err)
 	}
-	return s, path, nil
+	return s, path + " (synchronous=" + s.Synchronous() + ")", nil
 }
 
 // startDebug serves the profiler on its own listener, away from the API.

@@ -90,6 +90,8 @@ type Store struct {
 	getStmt, childrenStmt, keysStmt *sql.Stmt
 
 	closed chan struct{}
+	// synchronous is the writer's synchronous mode, as SQLite reports it.
+	synchronous string
 
 	// retentionMark is, per rule (done, failed), the rowid up to which
 	// CallDeleteFinished has nothing left to delete; nextMark is the mark
@@ -154,6 +156,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// Synchronous is the synchronous mode the writer's connection runs with,
+// as SQLite reports it: FULL or EXTRA (every commit is durable) or NORMAL
+// (a power loss may undo the last commits).
+func (s *Store) Synchronous() string { return s.synchronous }
+
 func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 	pragmas := []string{
 		"busy_timeout(10000)",
@@ -187,6 +194,13 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 	if n, _ := res.RowsAffected(); n > 0 {
 		s.log.Info("calls left running by the previous process will run again", "calls", n)
 	}
+	// What the writer's connection runs with, read back rather than
+	// assumed: a 2xx means durable only under FULL or EXTRA.
+	var level int
+	if err := s.wdb.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&level); err != nil {
+		return fmt.Errorf("read the synchronous mode: %w", err)
+	}
+	s.synchronous = map[int]string{0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[level]
 
 	// Readers keep a smaller cache than the writer: they read a row or a
 	// few by key (the pages are in the OS's cache anyway), and each
