@@ -574,3 +574,40 @@ func FuzzReplayRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestTypeFilter: what a type pattern of the API becomes for the store: a
+// prefix keeps everything before the *, the dot too (order.* must not match
+// orders.x, which the conformance suite's ScanTypes checks of each driver
+// given this shape), in characters, not bytes.
+func TestTypeFilter(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in             string
+		tags, prefixes []string
+		anyType        bool
+		wantErr        string
+	}{
+		{in: "order.*", prefixes: []string{"order."}},
+		{in: "order*", prefixes: []string{"order"}},
+		{in: "bestellung.grö*", prefixes: []string{"bestellung.grö"}},
+		{in: "order.paid, user.*", tags: []string{"order.paid"}, prefixes: []string{"user."}},
+		{in: "order.*,*", anyType: true},
+		{in: " , ", tags: nil},
+		{in: "or*der", wantErr: "only a trailing *"},
+		{in: "o*.*", wantErr: "only a trailing *"},
+		{in: strings.Repeat("x", 201), wantErr: "up to 200 characters"},
+		{in: "\xff*", wantErr: "UTF-8"},
+	}
+	for _, tc := range tests {
+		tags, prefixes, anyType, err := typeFilter(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("typeFilter(%q) err %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(tags, tc.tags) || !slices.Equal(prefixes, tc.prefixes) || anyType != tc.anyType {
+			t.Errorf("typeFilter(%q) = %q, %q, %v, %v; want %q, %q, %v", tc.in, tags, prefixes, anyType, err, tc.tags, tc.prefixes, tc.anyType)
+		}
+	}
+}
