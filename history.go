@@ -117,6 +117,9 @@ var eventStatesByName = map[string][]dispatch.State{
 // typeFilter parses a comma-separated list of event types (exact, or
 // "prefix.*"; "*" is any) into tags and tag prefixes; any is true for "*".
 func typeFilter(s string) (tags, prefixes []string, anyType bool, err error) {
+	if n := strings.Count(s, ",") + 1; n > maxTypePatterns {
+		return nil, nil, false, invalid("type has %d patterns; at most %d", n, maxTypePatterns)
+	}
 	for _, t := range strings.Split(s, ",") {
 		t = strings.TrimSpace(t)
 		switch {
@@ -143,6 +146,20 @@ func typeFilter(s string) (tags, prefixes []string, anyType bool, err error) {
 	return tags, prefixes, false, nil
 }
 
+// Times of queries and bodies are refused outside the years that a store's
+// timestamps (nanoseconds since 1970 in an int64, up to 2262) and ids
+// (UUIDv7, milliseconds since 1970) can compare with: past the end, a
+// conversion wraps and a filter silently selects the wrong events.
+var (
+	earliestTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	latestTime   = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// maxTypePatterns bounds the patterns of one type filter: each is a
+// condition of the store's query, and a store refuses a query with a few
+// thousand (SQLite: "Expression tree is too large").
+const maxTypePatterns = 100
+
 // parseTime reads an RFC 3339 time of a query or a body.
 func parseTime(name, v string) (time.Time, error) {
 	if v == "" {
@@ -151,6 +168,9 @@ func parseTime(name, v string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339, v)
 	if err != nil {
 		return time.Time{}, invalid("%s must be an RFC 3339 time like 2026-11-28T10:00:00Z, not %q", name, v)
+	}
+	if t.Before(earliestTime) || !t.Before(latestTime) {
+		return time.Time{}, invalid("%s %q is outside the years 1970 to 2261 that fanout can compare", name, v)
 	}
 	return t, nil
 }

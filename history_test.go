@@ -611,3 +611,46 @@ func TestTypeFilter(t *testing.T) {
 		}
 	}
 }
+
+// TestQueries_Bounds: a filter the store could not run, or would run
+// wrong, is a 400 that says why, never a 503 or a silent mis-filter: more
+// type patterns than the store takes in one query, and times outside the
+// years that timestamps and ids compare in.
+func TestQueries_Bounds(t *testing.T) {
+	t.Parallel()
+	f := newHistoryFixture(t)
+	patterns := func(n int) string {
+		p := make([]string, n)
+		for i := range p {
+			p[i] = fmt.Sprintf("t%d.*", i)
+		}
+		return strings.Join(p, ",")
+	}
+	tests := []struct {
+		name, path string
+		want       int
+		wantErr    string
+	}{
+		{"MostPatterns", "/v1/events?type=" + patterns(maxTypePatterns), 200, ""},
+		{"TooManyPatterns", "/v1/events?type=" + patterns(3000), 400, "at most 100"},
+		{"UntilYear9999", "/v1/events?until=9999-01-01T00:00:00Z", 400, "outside the years"},
+		{"SinceBefore1970", "/v1/events?since=1969-12-31T23:59:59Z", 400, "outside the years"},
+		{"Until2261", "/v1/events?until=2261-12-31T23:59:59Z", 200, ""},
+		{"Since1970", "/v1/events?since=1970-01-01T00:00:00Z", 200, ""},
+		{"DeliveriesUntil9999", "/v1/deliveries?until=9999-01-01T00:00:00Z", 400, "outside the years"},
+		{"DeliveriesSince1900", "/v1/deliveries?since=1900-01-01T00:00:00Z", 400, "outside the years"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := f.svc.do(t, "GET", tc.path, "")
+			if w.Code != tc.want || !strings.Contains(w.Body.String(), tc.wantErr) {
+				t.Fatalf("GET %.80s: %d %s, want %d %q", tc.path, w.Code, w.Body, tc.want, tc.wantErr)
+			}
+		})
+	}
+	// A re-drive selects by the same filter.
+	w := f.svc.do(t, "POST", "/v1/deliveries/retry", `{"state":"failed","until":"9999-01-01T00:00:00Z"}`)
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "outside the years") {
+		t.Fatalf("re-drive until 9999: %d %s, want 400", w.Code, w.Body)
+	}
+}

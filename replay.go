@@ -129,8 +129,8 @@ func (s *service) checkReplay(id string, in *replayRequest, now time.Time) (*rep
 	if !job.Since.Before(job.Until) {
 		return nil, invalid("since must be before until (and before now)")
 	}
-	if len(in.Types) > 100 {
-		return nil, invalid("types has more than 100 entries")
+	if len(in.Types) > maxTypePatterns {
+		return nil, invalid("types has more than %d entries", maxTypePatterns)
 	}
 	for _, t := range in.Types {
 		if _, _, _, err := typeFilter(t); err != nil || t == "" || strings.Contains(t, ",") {

@@ -159,9 +159,9 @@ func (s *service) listParams(f deliveryFilter) (*dispatch.CallListParams, error)
 		if b.value == "" {
 			continue
 		}
-		t, err := time.Parse(time.RFC3339, b.value)
+		t, err := parseTime(b.name, b.value)
 		if err != nil {
-			return nil, invalid("%s must be an RFC 3339 time like 2026-11-28T10:00:00Z, not %q", b.name, b.value)
+			return nil, err
 		}
 		*b.dst = t
 	}

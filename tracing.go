@@ -54,6 +54,10 @@ type tracing struct {
 
 // --- spans of the HTTP API ---
 
+// maxTracestate is the longest tracestate a request may hand on, in bytes:
+// the W3C spec's 32 entries of a usual size fit in it.
+const maxTracestate = 512
+
 // serve makes a SERVER span of each request but probes and scrapes, the
 // child of the traceparent the client sent, if any.
 func (t *tracing) serve(next http.Handler) http.Handler {
@@ -62,6 +66,12 @@ func (t *tracing) serve(next http.Handler) http.Handler {
 		case "/metrics", "/healthz", "/readyz":
 			next.ServeHTTP(w, r)
 			return
+		}
+		if ts := r.Header.Values("tracestate"); len(ts) > 0 && len(strings.Join(ts, ",")) > maxTracestate {
+			// Carried into every delivery of the request's events: a
+			// producer's 8 KB would be sent to each destination. The W3C
+			// spec lets a vendor drop tracestate it cannot keep whole.
+			r.Header.Del("tracestate")
 		}
 		ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		attrs := make([]attribute.KeyValue, 0, 9)

@@ -442,3 +442,35 @@ func TestAttemptIdentity(t *testing.T) {
 		t.Error("an attempt of an unsampled event is sampled")
 	}
 }
+
+// TestTracing_LongTracestateDropped: a producer's tracestate is carried into
+// every delivery of its events, so one over 512 bytes is dropped at the
+// door (the W3C spec allows it), and a usual one kept.
+func TestTracing_LongTracestateDropped(t *testing.T) {
+	t.Parallel()
+	exp := tracetest.NewInMemoryExporter()
+	a := startApp(t, []string{"--data", t.TempDir(), "--otlp-endpoint", "http://127.0.0.1:9"}, nil, exp)
+	const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	long := "a=" + strings.Repeat("x", 250) + ",b=" + strings.Repeat("y", 250) + ",c=" + strings.Repeat("z", 100)
+	tests := []struct {
+		name, tracestate string
+		wantEntries      int
+	}{
+		{"Usual", "vendor=abc,other=def", 2},
+		{"Long", long, 0},
+	}
+	for _, tc := range tests {
+		exp.Reset()
+		if code := call(t, "POST", a.URL+"/v1/event", `{"type":"t"}`, nil, "traceparent", traceparent, "tracestate", tc.tracestate); code != 202 {
+			t.Fatalf("%s: POST /v1/event: %d", tc.name, code)
+		}
+		servers := spansOf(exp, trace.SpanKindServer)
+		if len(servers) != 1 {
+			t.Fatalf("%s: %d server spans, want 1", tc.name, len(servers))
+		}
+		if got := servers[0].Parent.TraceState().Len(); got != tc.wantEntries || !servers[0].Parent.IsValid() {
+			t.Errorf("%s (%d bytes): the request's trace context has %d tracestate entries (valid %v), want %d and its traceparent",
+				tc.name, len(tc.tracestate), got, servers[0].Parent.IsValid(), tc.wantEntries)
+		}
+	}
+}
