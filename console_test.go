@@ -336,6 +336,17 @@ func TestConsole_Browser(t *testing.T) {
 	b.screenshot("destinations")
 	b.check("destinations")
 
+	// An event nested thousands deep (fanout takes up to 10,000 levels):
+	// the browser parses it, but its JSON.stringify runs out of stack, and
+	// the page shows the event's raw text instead of failing.
+	nested := strings.Repeat("[", 9990) + strings.Repeat("]", 9990)
+	deep := postEvent(`{"type":"deep","v":` + nested + `}`)
+	b.visit("#/events/" + deep)
+	b.wait("the deep event's raw text", fmt.Sprintf(`(document.getElementById("payload")||{textContent:""}).textContent === %q`,
+		`{"type":"deep","v":`+nested+`}`))
+	b.screenshot("event-deep")
+	b.check("a deep event")
+
 	// Dead letters: the refused deliveries are listed; one re-driven, once
 	// the receiver takes them, is delivered.
 	b.visit("#/dead-letters")

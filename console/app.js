@@ -129,6 +129,13 @@
   }
 
   async function api(method, path, body) {
+    return (await request(method, path, body)).data;
+  }
+
+  // request is api with the answer's text too, for a view that must show
+  // what JSON.stringify cannot give back (an event nested thousands deep:
+  // the browser's JSON.parse takes it, its stringify runs out of stack).
+  async function request(method, path, body) {
     const headers = { Accept: "application/json" };
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = "Bearer " + token;
@@ -139,13 +146,28 @@
     });
     if (res.status === 401) {
       await askToken(token ? "fanout did not take this token." : "");
-      return api(method, path, body);
+      return request(method, path, body);
     }
     const text = await res.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
     if (!res.ok) throw new APIError(res.status, (data && data.error) || text || res.statusText);
-    return data;
+    return { data, text };
+  }
+
+  // rawEvent is the event's JSON as fanout sent it in an event's answer,
+  // {"id":...,"event":<event>,"deliveries":[...]}: what lies between the
+  // first "event" key and the last "deliveries" key (a string holding
+  // either is escaped, so neither can be mistaken for them).
+  function rawEvent(text) {
+    const start = text.indexOf(',"event":');
+    const end = text.lastIndexOf(',"deliveries":');
+    return start >= 0 && end > start ? text.slice(start + ',"event":'.length, end) : text;
+  }
+
+  // stringify is JSON.stringify, or null where the value is too deep for it.
+  function stringify(v, indent) {
+    try { return JSON.stringify(v, null, indent); } catch (_) { return null; }
   }
 
   let tokenWait = null;
@@ -557,11 +579,13 @@
       get live() { return lastState !== "delivered" && lastState !== "failed"; },
       async refresh(first) {
         if (first) await loadDestinations();
-        const ev = await api("GET", "/v1/events/" + encodeURIComponent(id));
+        const { data: ev, text } = await request("GET", "/v1/events/" + encodeURIComponent(id));
         lastState = ev.state;
         clear(head);
         clear(body);
-        const raw = JSON.stringify(ev.event);
+        const compact = stringify(ev.event);
+        const raw = compact === null ? rawEvent(text) : compact;
+        const deep = compact === null;
         const type = ev.event && typeof ev.event.type === "string" ? ev.event.type : "";
         head.append(el("h1", {}, "Event ", el("span", { class: "id", text: ev.id }), copyButton(ev.id)),
           el("dl", { class: "facts" },
@@ -573,9 +597,10 @@
         // The payload: text, never markup.
         const pre = el("pre", { class: "payload", id: "payload" });
         const large = raw.length > LARGE;
-        pre.textContent = pretty && !large ? JSON.stringify(ev.event, null, 2) : large ? raw.slice(0, LARGE) + "\n… (truncated: download it whole)" : raw;
+        const indented = pretty && !large && !deep ? stringify(ev.event, 2) : null;
+        pre.textContent = indented !== null ? indented : large ? raw.slice(0, LARGE) + "\n… (truncated: download it whole)" : raw;
         body.append(el("div", { class: "spread" }, el("h2", { text: "Payload" }), el("div", { class: "actions" },
-          large ? null : el("button", { type: "button", class: "secondary", text: pretty ? "Raw" : "Pretty", onclick: () => { pretty = !pretty; refresh(true); } }),
+          large || deep ? null : el("button", { type: "button", class: "secondary", text: pretty ? "Raw" : "Pretty", onclick: () => { pretty = !pretty; refresh(true); } }),
           copyButton(raw, "Copy"),
           el("button", { type: "button", class: "secondary", text: "Download", onclick: () => download(ev.id + ".json", raw) }))), pre);
         body.append(el("h2", { text: "Deliveries" }));
