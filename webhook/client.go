@@ -73,7 +73,8 @@ type Config struct {
 	// UserAgent is sent with every request.
 	UserAgent string
 	// Guard, when set, refuses destinations at addresses it blocks: at
-	// dial time, after DNS, and before a request is handed to a proxy.
+	// dial time, after DNS (with the guard's resolver), and before a
+	// request is handed to a proxy.
 	Guard *Guard
 	// Proxy chooses the proxy of a request, as http.Transport.Proxy does;
 	// nil sends every request directly. The proxy itself is dialed without

@@ -36,7 +36,7 @@ func TestSend_ThroughProxy(t *testing.T) {
 		want    dispatch.Status
 		blocked string // the BlockedError's reason, if refused
 	}{
-		{"Public", nil, "http://203.0.113.9/hook", dispatch.StatusOK, ""},
+		{"Public", nil, "http://93.184.216.34/hook", dispatch.StatusOK, ""}, // only the proxy answers it
 		{"MetadataLiteral", nil, "http://169.254.169.254/latest/meta-data/", dispatch.StatusPermanent, "link-local"},
 		{"PrivateLiteral", nil, "http://10.0.0.5:8080/x", dispatch.StatusPermanent, "private"},
 		{"IPv6Loopback", nil, "http://[::1]:9/x", dispatch.StatusPermanent, "loopback"},
