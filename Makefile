@@ -55,7 +55,7 @@ lint: ## go vet and gofmt
 FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI .:FuzzEventsQuery .:FuzzReplayRequest \
 	.:FuzzDecodeTraceMeta .:FuzzParseKeyValues \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
-	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./destination:FuzzValidate \
+	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
 	./cmd/fanout-load:FuzzReadResponse
 
 .PHONY: fuzz

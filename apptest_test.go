@@ -10,6 +10,8 @@ import (
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"fanout/webhook"
 )
 
 // testApp is fanout wired as run wires it, with its API on an httptest
@@ -21,17 +23,31 @@ type testApp struct {
 }
 
 // startApp parses args and env as run does, builds the app with
-// exporter (if not nil) in place of the OTLP one, and starts it; the
-// test's cleanup stops it.
+// exporter (if not nil) in place of the OTLP one, and starts it, with
+// loopback allowed to the SSRF guard; the test's cleanup stops it.
 func startApp(t *testing.T, args []string, env map[string]string, exporter sdktrace.SpanExporter) *testApp {
 	t.Helper()
-	args = append([]string{"--allow-network", "127.0.0.0/8"}, args...)
-	getenv := func(k string) string { return env[k] }
-	cfg, err := parseConfig(args, getenv, io.Discard, io.Discard)
+	return startAppWith(t, appOptions{args: append([]string{"--allow-network", "127.0.0.0/8"}, args...), env: env, exporter: exporter})
+}
+
+// appOptions are what a test may change of the app beside its flags.
+type appOptions struct {
+	args     []string
+	env      map[string]string
+	exporter sdktrace.SpanExporter // in place of the OTLP one
+	resolver webhook.Resolver      // in place of the SSRF guard's DNS
+}
+
+// startAppWith is startApp with the flags as given (nothing allowed to the
+// SSRF guard unless they say so) and the parts o replaces.
+func startAppWith(t *testing.T, o appOptions) *testApp {
+	t.Helper()
+	getenv := func(k string) string { return o.env[k] }
+	cfg, err := parseConfig(o.args, getenv, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.spanExporter = exporter
+	cfg.spanExporter, cfg.resolver = o.exporter, o.resolver
 	var logOut io.Writer = io.Discard
 	if os.Getenv("FANOUT_TEST_LOGS") != "" {
 		logOut = os.Stderr

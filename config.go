@@ -57,6 +57,8 @@ type config struct {
 	// spanExporter, set by tests only, replaces the OTLP exporter when
 	// tracing is on.
 	spanExporter sdktrace.SpanExporter
+	// resolver, set by tests only, replaces the SSRF guard's DNS.
+	resolver webhook.Resolver
 }
 
 // retryPolicy is the default retry policy of deliveries: the runtime's

@@ -235,7 +235,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		}
 		allow = append(allow, netip.MustParsePrefix("127.0.0.1/32"))
 	}
-	guard := webhook.NewGuard(allow)
+	guard := webhook.NewGuard(allow, webhook.WithResolver(cfg.resolver))
 	proxy, proxyFrom, err := webhook.ProxyFunc(cfg.proxy, getenv)
 	if err != nil {
 		return nil, err

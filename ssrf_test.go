@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -35,10 +38,25 @@ func (p *forwardProxy) fetched() []string {
 	return append([]string(nil), p.urls...)
 }
 
-// TestRun_SSRFGuard runs fanout as shipped, without --allow-network: a
-// destination on loopback is refused whether deliveries go directly or
-// through a proxy (named by --proxy or by HTTP_PROXY), and the proxy never
-// receives the refused request; a public destination goes through the proxy.
+// fakeResolver answers names from a map, as a DNS server would: a test
+// can have a name resolve to a private address without the network.
+type fakeResolver map[string][]netip.Addr
+
+func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if a, ok := f[host]; ok {
+		return a, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+// TestRun_SSRFGuard runs fanout as built by run, without --allow-network:
+// a destination whose name resolves to a loopback address is refused
+// whether deliveries go directly or through a proxy (named by --proxy or
+// by HTTP_PROXY), and the proxy never receives the refused request; a
+// public destination goes through the proxy. The name is answered by a
+// test resolver, not "localhost", which Go's environment proxy never
+// proxies: with it, ProxyEnv went direct and tested the dialer's check
+// instead of the proxy path's.
 func TestRun_SSRFGuard(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -51,9 +69,10 @@ func TestRun_SSRFGuard(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			sink := newReceiver(t)
 			proxy := newForwardProxy(t)
-			args := []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--retry-initial", "20ms", "--retry-max", "50ms"}
+			args := []string{"--data", t.TempDir(), "--retry-initial", "20ms", "--retry-max", "50ms"}
 			env := map[string]string{}
 			switch tc.proxy {
 			case "flag":
@@ -61,16 +80,18 @@ func TestRun_SSRFGuard(t *testing.T) {
 			case "env":
 				env["HTTP_PROXY"], env["HTTPS_PROXY"] = proxy.URL, proxy.URL
 			}
-			base, stop := startRunArgs(t, args, env)
+			const name = "internal.fanout-test"
+			resolver := fakeResolver{name: {netip.MustParseAddr("127.0.0.1")}}
+			base := startAppWith(t, appOptions{args: args, env: env, resolver: resolver}).URL
 
 			// A name, not an address: a literal loopback URL is refused
 			// when the destination is created.
-			internal := strings.Replace(sink.URL, "127.0.0.1", "localhost", 1) + "/internal"
+			internal := strings.Replace(sink.URL, "127.0.0.1", name, 1) + "/internal"
 			var dInternal, dPublic struct{ ID string }
 			if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": internal}, &dInternal); code != 201 {
 				t.Fatalf("create %s: %d", internal, code)
 			}
-			const public = "http://203.0.113.9/hook" // TEST-NET-3: only the proxy answers it
+			const public = "http://93.184.216.34/hook" // a public address: only the proxy answers it
 			if tc.proxy != "" {
 				if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": public}, &dPublic); code != 201 {
 					t.Fatalf("create %s: %d", public, code)
@@ -100,7 +121,7 @@ func TestRun_SSRFGuard(t *testing.T) {
 			}
 			got := proxy.fetched()
 			for _, u := range got {
-				if strings.Contains(u, "localhost") || strings.Contains(u, "127.0.0.1") {
+				if strings.Contains(u, name) || strings.Contains(u, "127.0.0.1") {
 					t.Fatalf("the proxy was handed the refused destination: %v", got)
 				}
 			}
@@ -109,9 +130,6 @@ func TestRun_SSRFGuard(t *testing.T) {
 			}
 			if tc.proxy == "" && len(got) != 0 {
 				t.Fatalf("the proxy was used without being configured: %v", got)
-			}
-			if err := stop(); err != nil {
-				t.Fatal(err)
 			}
 		})
 	}
