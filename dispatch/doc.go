@@ -43,5 +43,15 @@ event by gathering a publish per message:
 
 Time and the retry policy are injected through Config, so that tests control
 both and never sleep.
+
+# Stores
+
+Store (with its optional capabilities DocStore, Notifier, StatsReporter and
+CallScan) is the contract between the runtime and its storage; its parameters
+and results are the Call* types here. dispatchsqlite and dispatchpg implement
+it, and dispatchtest is the conformance suite both pass. What the two drivers
+share beyond the contract (deduplication, the retention walk, the bookkeeping
+of CallAttach) is in dispatch/internal/storeutil, which is not part of this
+API.
 */
 package dispatch

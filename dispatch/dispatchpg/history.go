@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // CallScan walks top-level calls (see dispatch.CallScanParams). As in the
@@ -195,7 +196,7 @@ func escapeLike(s string) string {
 // order, as every writer that locks several calls does, so that two
 // attaches, or an attach and a re-drive, cannot deadlock.
 func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([]dispatch.AttachResult, error) {
-	order, groups := dispatch.AttachByParent(p.Calls)
+	order, groups := storeutil.AttachByParent(p.Calls)
 	now := p.Now.UnixNano()
 	res := make([]dispatch.AttachResult, len(p.Calls))
 	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
@@ -233,16 +234,16 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			pr, ok := parents[parent]
 			switch {
 			case !ok:
-				dispatch.SetAttachOutcome(res, members, dispatch.AttachNoParent)
+				storeutil.SetAttachOutcome(res, members, dispatch.AttachNoParent)
 				continue
 			case pr.state == dispatch.StateRunning || (pr.state == dispatch.StatePending && pr.gathers == 0):
-				dispatch.SetAttachOutcome(res, members, dispatch.AttachBusy)
+				storeutil.SetAttachOutcome(res, members, dispatch.AttachBusy)
 				continue
 			}
 			var kept []int
 			for _, i := range members {
 				c := p.Calls[i]
-				skip := dispatch.AttachRepeats(p.Calls, kept, c, p.Unless)
+				skip := storeutil.AttachRepeats(p.Calls, kept, c, p.Unless)
 				if !skip && p.Unless != dispatch.AttachAlways {
 					// The parent's children: a range of the primary key.
 					const children = `id > ($1 || '.') COLLATE "C" AND id < ($1 || '/') COLLATE "C" AND parent_id = $1`
@@ -264,7 +265,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			if len(kept) == 0 {
 				continue
 			}
-			rows := dispatch.AttachRows(p.Calls, kept, parent, pr.gathers, pr.meta, p.Now)
+			rows := storeutil.AttachRows(p.Calls, kept, parent, pr.gathers, pr.meta, p.Now)
 			insert = append(insert, rows...)
 			if _, err := tx.Exec(ctx, `UPDATE calls SET waiting = CASE state WHEN 2 THEN waiting + $1 ELSE $1 END, state = 2,
 					gathers = $2, error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = $3

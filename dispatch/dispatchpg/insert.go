@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // insertSQL stores rows given as one array per column: one statement, and
@@ -208,11 +209,11 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	return ids, nil
 }
 
-// dedup resolves the dedup keys of an insert (see dispatch.ResolveDedup).
+// dedup resolves the dedup keys of an insert (see storeutil.ResolveDedup).
 // Two processes inserting the same key at once are serialized by the key's
 // row: the second waits for the first to commit, then finds its key.
 func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
-	return dispatch.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
+	return storeutil.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
 		var holder string
 		err := tx.QueryRow(ctx, `INSERT INTO dedup (key, call_id, created_at) VALUES ($1, $2, $3)
 			ON CONFLICT (key) DO UPDATE SET call_id = excluded.call_id, created_at = excluded.created_at

@@ -8,9 +8,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
-// CallDeleteFinished implements dispatch.Store with dispatch.WalkRetention
+// CallDeleteFinished implements dispatch.Store with storeutil.WalkRetention
 // over seq (insertion order, as the SQLite store walks rowids), from a mark
 // kept in memory. Each replica keeps its own mark. The calls to delete
 // are locked with SKIP LOCKED: one that another replica is deleting at the
@@ -29,8 +30,8 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 	}
 	s.retention.Lock()
 	defer s.retention.Unlock()
-	ids, mark, err := dispatch.WalkRetention(s.retention.mark[rule], p.Before, target, p.Limit, func(after int64, n int) ([]dispatch.RetentionRoot, error) {
-		var roots []dispatch.RetentionRoot
+	ids, mark, err := storeutil.WalkRetention(s.retention.mark[rule], p.Before, target, p.Limit, func(after int64, n int) ([]storeutil.RetentionRoot, error) {
+		var roots []storeutil.RetentionRoot
 		err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 			roots = roots[:0]
 			rows, err := conn.Query(ctx, `SELECT seq, id, state, created_at FROM calls
@@ -40,7 +41,7 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 			}
 			defer rows.Close()
 			for rows.Next() {
-				var r dispatch.RetentionRoot
+				var r storeutil.RetentionRoot
 				var state int16
 				var created int64
 				if err := rows.Scan(&r.Seq, &r.ID, &state, &created); err != nil {

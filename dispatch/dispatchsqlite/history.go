@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // CallScan walks top-level calls (see dispatch.CallScanParams). Filters
@@ -203,7 +204,7 @@ func escapeLike(s string) string {
 
 // CallAttach implements dispatch.Store.
 func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([]dispatch.AttachResult, error) {
-	order, groups := dispatch.AttachByParent(p.Calls)
+	order, groups := storeutil.AttachByParent(p.Calls)
 	now := p.Now.UnixNano()
 	res := make([]dispatch.AttachResult, len(p.Calls))
 	err := s.w.do(ctx, func(tx *wtx) error {
@@ -212,7 +213,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			members := groups[parent]
 			row, err := tx.queryRow(`SELECT state, gathers, meta FROM calls WHERE id = ?`, parent)
 			if errors.Is(err, sql.ErrNoRows) {
-				dispatch.SetAttachOutcome(res, members, dispatch.AttachNoParent)
+				storeutil.SetAttachOutcome(res, members, dispatch.AttachNoParent)
 				continue
 			}
 			if err != nil {
@@ -220,13 +221,13 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			}
 			state, gathers, meta := dispatch.State(asInt(row[0])), int(asInt(row[1])), asBytes(row[2])
 			if state == dispatch.StateRunning || (state == dispatch.StatePending && gathers == 0) {
-				dispatch.SetAttachOutcome(res, members, dispatch.AttachBusy)
+				storeutil.SetAttachOutcome(res, members, dispatch.AttachBusy)
 				continue
 			}
 			var kept []int
 			for _, i := range members {
 				c := p.Calls[i]
-				skip := dispatch.AttachRepeats(p.Calls, kept, c, p.Unless)
+				skip := storeutil.AttachRepeats(p.Calls, kept, c, p.Unless)
 				if !skip && p.Unless != dispatch.AttachAlways {
 					// The parent's children: a range of the primary key.
 					q := `SELECT 1 FROM calls WHERE ` + childrenRange + ` AND key = ?2 LIMIT 1`
@@ -252,7 +253,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			if len(kept) == 0 {
 				continue
 			}
-			rows := dispatch.AttachRows(p.Calls, kept, parent, gathers, meta, p.Now)
+			rows := storeutil.AttachRows(p.Calls, kept, parent, gathers, meta, p.Now)
 			if _, err := insert(tx, rows, false); err != nil {
 				return err
 			}

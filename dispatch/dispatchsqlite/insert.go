@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // insertChunk is how many rows one INSERT statement carries. Fewer, larger
@@ -126,10 +127,10 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	return ids, nil
 }
 
-// dedup resolves the dedup keys of an insert (see dispatch.ResolveDedup).
+// dedup resolves the dedup keys of an insert (see storeutil.ResolveDedup).
 // The writer is the only one: a key read here cannot be taken meanwhile.
 func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
-	return dispatch.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
+	return storeutil.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
 		row, err := tx.queryRow(`SELECT call_id FROM dedup WHERE key = ? AND created_at >= ?`, c.DedupKey, since.UnixNano())
 		switch {
 		case err == nil:

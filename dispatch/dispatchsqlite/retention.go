@@ -6,9 +6,10 @@ import (
 	"fmt"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
-// CallDeleteFinished implements dispatch.Store with dispatch.WalkRetention
+// CallDeleteFinished implements dispatch.Store with storeutil.WalkRetention
 // over rowids (the order calls were stored in), from a mark kept in memory.
 // An index on age would find the calls directly, but every event would pay
 // for it on the write path, where this pays on a pass a minute.
@@ -26,12 +27,12 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 		} else if asInt(row[0]) < mark {
 			mark = 0 // the table emptied and rowids start again
 		}
-		ids, mark, err := dispatch.WalkRetention(mark, p.Before, target, p.Limit, func(after int64, n int) ([]dispatch.RetentionRoot, error) {
-			var roots []dispatch.RetentionRoot
+		ids, mark, err := storeutil.WalkRetention(mark, p.Before, target, p.Limit, func(after int64, n int) ([]storeutil.RetentionRoot, error) {
+			var roots []storeutil.RetentionRoot
 			err := tx.query(`SELECT rowid, id, state, created_at FROM calls
 				WHERE rowid > ? AND parent_id IS NULL ORDER BY rowid LIMIT ?`, []any{after, n},
 				func(row []driver.Value) error {
-					roots = append(roots, dispatch.RetentionRoot{Seq: asInt(row[0]), ID: asString(row[1]),
+					roots = append(roots, storeutil.RetentionRoot{Seq: asInt(row[0]), ID: asString(row[1]),
 						State: dispatch.State(asInt(row[2])), CreatedAt: fromNanos(asInt(row[3]))})
 					return nil
 				})

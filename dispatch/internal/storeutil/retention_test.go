@@ -1,10 +1,12 @@
-package dispatch
+package storeutil
 
 import (
 	"fmt"
 	"slices"
 	"testing"
 	"time"
+
+	"fanout/dispatch"
 )
 
 func TestWalkRetention(t *testing.T) {
@@ -12,8 +14,8 @@ func TestWalkRetention(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	before := t0.Add(time.Hour)
 	// roots builds calls 1..n in this order of states, all old but where
-	// a state is StatePending+100 (a new call).
-	roots := func(states ...State) []RetentionRoot {
+	// a state is dispatch.StatePending+100 (a new call).
+	roots := func(states ...dispatch.State) []RetentionRoot {
 		out := make([]RetentionRoot, len(states))
 		for i, st := range states {
 			created := t0
@@ -24,11 +26,11 @@ func TestWalkRetention(t *testing.T) {
 		}
 		return out
 	}
-	many := func(n int, st State) []State { return slices.Repeat([]State{st}, n) }
-	done, failed, waiting, fresh := StateDone, StateFailed, StateWaiting, StateDone+100
+	many := func(n int, st dispatch.State) []dispatch.State { return slices.Repeat([]dispatch.State{st}, n) }
+	done, failed, waiting, fresh := dispatch.StateDone, dispatch.StateFailed, dispatch.StateWaiting, dispatch.StateDone+100
 	tests := []struct {
 		name     string
-		states   []State
+		states   []dispatch.State
 		mark     int64
 		limit    int
 		wantIDs  int
@@ -38,17 +40,17 @@ func TestWalkRetention(t *testing.T) {
 		{"LimitMidPage", many(5, done), 0, 2, 2, 2},
 		{"FromMark", many(5, done), 3, 10, 2, 5},
 		{"StopsAtNew", append(many(2, done), fresh, done), 0, 10, 2, 2},
-		{"OtherFinalPassed", []State{failed, done, failed}, 0, 10, 1, 3},
-		{"BlockedKeepsMark", []State{done, waiting, done, done}, 0, 10, 3, 1},
+		{"OtherFinalPassed", []dispatch.State{failed, done, failed}, 0, 10, 1, 3},
+		{"BlockedKeepsMark", []dispatch.State{done, waiting, done, done}, 0, 10, 3, 1},
 		// More than a page of calls kept by the rule behind one that is not
 		// finished: the walk goes on, the mark stays.
-		{"BlockedBeforePages", append(append([]State{waiting}, many(2*retentionPage+1, failed)...), done), 0, 10, 1, 0},
+		{"BlockedBeforePages", append(append([]dispatch.State{waiting}, many(2*retentionPage+1, failed)...), done), 0, 10, 1, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			all := roots(tc.states...)
 			reads := 0
-			ids, mark, err := WalkRetention(tc.mark, before, StateDone, tc.limit, func(after int64, n int) ([]RetentionRoot, error) {
+			ids, mark, err := WalkRetention(tc.mark, before, dispatch.StateDone, tc.limit, func(after int64, n int) ([]RetentionRoot, error) {
 				if reads++; reads > len(all) {
 					t.Fatal("the walk reads without end")
 				}

@@ -1,16 +1,18 @@
-package dispatch
+package storeutil
+
+import "fanout/dispatch"
 
 // ResolveDedup is the part of deduplication that every Store shares (see
-// CallInsertParams.DedupSince): given the calls of one insert, it returns
-// those to store, and sets ids[i] to the call that a duplicate repeats, or
-// to "" for the child of a duplicate, which is not stored either. A key that
-// appears twice in one insert keeps its first call.
+// dispatch.CallInsertParams.DedupSince): given the calls of one insert, it
+// returns those to store, and sets ids[i] to the call that a duplicate
+// repeats, or to "" for the child of a duplicate, which is not stored
+// either. A key that appears twice in one insert keeps its first call.
 //
 // claim is the store's part, run in the insert's transaction for each
 // top-level call with a DedupKey: it records the key as c's unless a call
 // stored since DedupSince holds it, and returns the id of the call that
 // holds the key now (c.ID when c got it).
-func ResolveDedup(calls []*Call, ids []string, claim func(c *Call) (holder string, err error)) ([]*Call, error) {
+func ResolveDedup(calls []*dispatch.Call, ids []string, claim func(c *dispatch.Call) (holder string, err error)) ([]*dispatch.Call, error) {
 	var dups map[string]bool
 	seen := map[string]string{} // key -> call id, within this insert
 	for i, c := range calls {
@@ -35,7 +37,7 @@ func ResolveDedup(calls []*Call, ids []string, claim func(c *Call) (holder strin
 	if len(dups) == 0 {
 		return calls, nil
 	}
-	rows := make([]*Call, 0, len(calls))
+	rows := make([]*dispatch.Call, 0, len(calls))
 	for i, c := range calls {
 		switch {
 		case dups[c.ID]:

@@ -1,28 +1,32 @@
-package dispatch
+package storeutil
 
 import (
 	"errors"
 	"slices"
 	"testing"
+
+	"fanout/dispatch"
 )
 
 func TestResolveDedup(t *testing.T) {
-	call := func(id, parent, key string) *Call { return &Call{ID: id, ParentID: parent, DedupKey: key} }
+	call := func(id, parent, key string) *dispatch.Call {
+		return &dispatch.Call{ID: id, ParentID: parent, DedupKey: key}
+	}
 	tests := []struct {
 		name    string
-		calls   []*Call
+		calls   []*dispatch.Call
 		held    map[string]string // key -> call holding it in the store
 		wantIDs []string
 		stored  []string
 	}{
-		{"NoKeys", []*Call{call("a", "", ""), call("a.0.0", "a", "")}, nil,
+		{"NoKeys", []*dispatch.Call{call("a", "", ""), call("a.0.0", "a", "")}, nil,
 			[]string{"a", "a.0.0"}, []string{"a", "a.0.0"}},
-		{"NewKey", []*Call{call("a", "", "k")}, nil, []string{"a"}, []string{"a"}},
-		{"HeldKeyDropsCallAndChildren", []*Call{call("a", "", "k"), call("a.0.0", "a", ""), call("b", "", "")},
+		{"NewKey", []*dispatch.Call{call("a", "", "k")}, nil, []string{"a"}, []string{"a"}},
+		{"HeldKeyDropsCallAndChildren", []*dispatch.Call{call("a", "", "k"), call("a.0.0", "a", ""), call("b", "", "")},
 			map[string]string{"k": "old"}, []string{"old", "", "b"}, []string{"b"}},
-		{"TwiceInOneInsert", []*Call{call("a", "", "k"), call("b", "", "k"), call("b.0.0", "b", "")}, nil,
+		{"TwiceInOneInsert", []*dispatch.Call{call("a", "", "k"), call("b", "", "k"), call("b.0.0", "b", "")}, nil,
 			[]string{"a", "a", ""}, []string{"a"}},
-		{"ChildKeysIgnored", []*Call{call("a", "", ""), call("a.0.0", "a", "k")}, map[string]string{"k": "old"},
+		{"ChildKeysIgnored", []*dispatch.Call{call("a", "", ""), call("a.0.0", "a", "k")}, map[string]string{"k": "old"},
 			[]string{"a", "a.0.0"}, []string{"a", "a.0.0"}},
 	}
 	for _, tc := range tests {
@@ -32,7 +36,7 @@ func TestResolveDedup(t *testing.T) {
 				ids[i] = c.ID
 			}
 			claims := 0
-			rows, err := ResolveDedup(tc.calls, ids, func(c *Call) (string, error) {
+			rows, err := ResolveDedup(tc.calls, ids, func(c *dispatch.Call) (string, error) {
 				claims++
 				if h, ok := tc.held[c.DedupKey]; ok {
 					return h, nil
@@ -53,7 +57,7 @@ func TestResolveDedup(t *testing.T) {
 	}
 	t.Run("ClaimFails", func(t *testing.T) {
 		boom := errors.New("boom")
-		_, err := ResolveDedup([]*Call{call("a", "", "k")}, []string{"a"}, func(*Call) (string, error) { return "", boom })
+		_, err := ResolveDedup([]*dispatch.Call{call("a", "", "k")}, []string{"a"}, func(*dispatch.Call) (string, error) { return "", boom })
 		if !errors.Is(err, boom) {
 			t.Fatalf("err %v, want the claim's", err)
 		}

@@ -1,6 +1,10 @@
-package dispatch
+package storeutil
 
-import "time"
+import (
+	"time"
+
+	"fanout/dispatch"
+)
 
 // RetentionRoot is a top-level call as retention walks them: in the order
 // they were stored (Seq, a rowid or an identity column), which is their
@@ -8,18 +12,19 @@ import "time"
 type RetentionRoot struct {
 	Seq       int64
 	ID        string
-	State     State
+	State     dispatch.State
 	CreatedAt time.Time
 }
 
 // retentionPage is how many top-level calls one read of the walk takes.
 const retentionPage = 500
 
-// WalkRetention is the part of CallDeleteFinished that every Store
-// shares: it walks top-level calls in the order they were stored, from
-// after mark, reading a page at a time with next (up to n calls whose Seq is
-// greater than after, in Seq order), and returns up to limit ids of calls in
-// state target that were created before before, and the new mark.
+// WalkRetention is the part of CallDeleteFinished (dispatch.Store) that
+// every Store shares: it walks top-level calls in the order they were
+// stored, from after mark, reading a page at a time with next (up to n calls
+// whose Seq is greater than after, in Seq order), and returns up to limit
+// ids of calls in state target that were created before before, and the new
+// mark.
 //
 // It walks no further than the first call created at or after before, so
 // that it needs no index on age. The mark is the Seq before which nothing is
@@ -27,7 +32,7 @@ const retentionPage = 500
 // final, so that a later pass sees that call again once it is, while the
 // walk itself goes on past it (calls kept by the rule, in the other final
 // state, are passed over).
-func WalkRetention(mark int64, before time.Time, target State, limit int,
+func WalkRetention(mark int64, before time.Time, target dispatch.State, limit int,
 	next func(after int64, n int) ([]RetentionRoot, error)) (ids []string, newMark int64, err error) {
 	cursor, blocked := mark, false
 	for len(ids) < limit {
