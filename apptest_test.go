@@ -36,6 +36,7 @@ type appOptions struct {
 	env      map[string]string
 	exporter sdktrace.SpanExporter // in place of the OTLP one
 	resolver webhook.Resolver      // in place of the SSRF guard's DNS
+	logs     io.Writer             // where the app logs (also to stderr with FANOUT_TEST_LOGS)
 }
 
 // startAppWith is startApp with the flags as given (nothing allowed to the
@@ -49,8 +50,11 @@ func startAppWith(t *testing.T, o appOptions) *testApp {
 	}
 	cfg.spanExporter, cfg.resolver = o.exporter, o.resolver
 	var logOut io.Writer = io.Discard
+	if o.logs != nil {
+		logOut = o.logs
+	}
 	if os.Getenv("FANOUT_TEST_LOGS") != "" {
-		logOut = os.Stderr
+		logOut = io.MultiWriter(logOut, os.Stderr)
 	}
 	log := slog.New(slog.NewTextHandler(logOut, nil))
 	ctx, cancel := context.WithCancel(context.Background())

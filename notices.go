@@ -17,6 +17,7 @@ import (
 
 	"fanout/destination"
 	"fanout/dispatch"
+	"fanout/webhook"
 )
 
 // Operational events: fanout tells of its own trouble by ingesting events
@@ -501,10 +502,10 @@ func (n *notifier) stateNotice(d *destination.Destination, last, next *announced
 		Time: next.Since}
 	switch next.State {
 	case "ok":
-		e.Data = recoveredNotice{DestinationID: d.ID, URL: d.URL, Description: d.Description, PreviousState: last.State,
+		e.Data = recoveredNotice{DestinationID: d.ID, URL: webhook.RedactURL(d.URL), Description: d.Description, PreviousState: last.State,
 			DownSince: last.Since, DownSeconds: next.Since.Sub(last.Since).Seconds()}
 	default:
-		dn := destinationNotice{DestinationID: d.ID, URL: d.URL, Description: d.Description, Trigger: trigger,
+		dn := destinationNotice{DestinationID: d.ID, URL: webhook.RedactURL(d.URL), Description: d.Description, Trigger: trigger,
 			Reason: truncate(reason, noticeReasonMaxBytes), Since: next.Since}
 		if next.State == "paused" && d.CircuitOpenUntil != nil {
 			until := d.CircuitOpenUntil.UTC()
@@ -521,7 +522,7 @@ func (n *notifier) summary(id string, w *failureWindow) notice {
 	data := failedNotice{DestinationID: id, Count: w.count, WindowStart: w.start.UTC(),
 		WindowEnd: w.start.Add(n.window).UTC(), LastError: w.lastError, First: w.first}
 	if d, ok := n.dests.Get(id); ok {
-		data.URL, data.Description = d.URL, d.Description
+		data.URL, data.Description = webhook.RedactURL(d.URL), d.Description
 	}
 	e := noticeEvent{Type: noticeFailed, Time: time.Now().UTC(), Data: data,
 		ID: "fanout:" + id + ":failed:" + w.start.UTC().Format("20060102T150405.000Z") + ":" + n.process}

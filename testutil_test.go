@@ -147,6 +147,17 @@ func newReceiver(t testing.TB) *receiver {
 	return d
 }
 
+// bodies returns every event the receiver took, once each.
+func (d *receiver) bodies() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.received))
+	for _, b := range d.received {
+		out = append(out, string(b))
+	}
+	return out
+}
+
 // mark adds id to the set, under the receiver's lock.
 func (d *receiver) mark(set *map[string]bool, id string) {
 	d.mu.Lock()

@@ -24,6 +24,7 @@ import (
 
 	"fanout/destination"
 	"fanout/dispatch"
+	"fanout/webhook"
 )
 
 // Traces, with OpenTelemetry: off unless the standard OTEL_* environment
@@ -306,7 +307,7 @@ func (t *tracing) startSend(ctx context.Context, d *destination.Destination, hea
 	attrs := []attribute.KeyValue{semconv.HTTPRequestMethodPost, attribute.String("fanout.destination.id", d.ID),
 		attribute.Int("fanout.delivery.attempt", call.Attempt)}
 	if u, err := url.Parse(d.URL); err == nil {
-		attrs = append(attrs, semconv.URLFull(redactURL(u)), semconv.ServerAddress(u.Hostname()))
+		attrs = append(attrs, semconv.URLFull(webhook.Redact(u)), semconv.ServerAddress(u.Hostname()))
 		port := u.Port()
 		if port == "" {
 			port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
@@ -342,20 +343,6 @@ func (t *tracing) startSend(ctx context.Context, d *destination.Destination, hea
 // errorClass names the class of a delivery error for error.type.
 func errorClass(err error) string {
 	return strings.ReplaceAll(dispatch.ErrorStatus(err).String(), " ", "_")
-}
-
-// redactURL is a URL for a span: its query's values could be secrets.
-func redactURL(u *url.URL) string {
-	c := *u
-	if c.RawQuery != "" {
-		q := c.Query()
-		for k := range q {
-			q[k] = []string{"REDACTED"}
-		}
-		c.RawQuery = q.Encode()
-	}
-	c.User = nil
-	return c.String()
 }
 
 func truncate(s string, n int) string {

@@ -228,22 +228,22 @@ func ValidateURL(raw string, guard *webhook.Guard) error {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return invalid("url %q is not a URL: %v", raw, err)
+		return invalid("url %q is not a URL", webhook.RedactURL(raw))
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return invalid("url %q must be http or https", raw)
+		return invalid("url %q must be http or https", webhook.Redact(u))
 	case u.Host == "" || u.Hostname() == "":
-		return invalid("url %q has no host", raw)
+		return invalid("url %q has no host", webhook.Redact(u))
 	case u.User != nil:
-		return invalid("url %q carries credentials; send them as a header instead", raw)
+		return invalid("url %q carries credentials; send them as a header instead", webhook.Redact(u))
 	case u.Fragment != "":
-		return invalid("url %q has a fragment, which is never sent", raw)
+		return invalid("url %q has a fragment, which is never sent", webhook.Redact(u))
 	}
 	if guard != nil {
 		if addr, err := netip.ParseAddr(u.Hostname()); err == nil {
 			if err := guard.Check(addr); err != nil {
-				return invalid("url %q: %v", raw, err)
+				return invalid("url %q: %v", webhook.Redact(u), err)
 			}
 		}
 	}

@@ -210,10 +210,10 @@ type Result struct {
 func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
 	u, err := url.Parse(r.URL)
 	if err != nil {
-		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, err)
+		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, redactError(err))
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("%w: bad destination URL %q: want http:// or https:// and a host", dispatch.ErrPermanent, r.URL)
+		return nil, fmt.Errorf("%w: bad destination URL %q: want http:// or https:// and a host", dispatch.ErrPermanent, Redact(u))
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -246,7 +246,7 @@ func (c *Client) sendProxied(ctx context.Context, r *Request, h *headers, p *pro
 	ctx = context.WithValue(ctx, proxyKey{}, p)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
 	if err != nil {
-		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, err)
+		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, redactError(err))
 	}
 	for k, v := range h.extra {
 		req.Header[k] = v
@@ -261,6 +261,7 @@ func (c *Client) sendProxied(ctx context.Context, r *Request, h *headers, p *pro
 	start := time.Now()
 	resp, err := c.proxied.Do(req)
 	if err != nil {
+		err = redactError(err) // net/http's error carries the whole URL
 		if ctx.Err() == context.DeadlineExceeded {
 			return nil, fmt.Errorf("%w: no answer within %v: %v", dispatch.ErrTimeout, c.timeout, err)
 		}
