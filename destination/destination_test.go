@@ -16,6 +16,7 @@ import (
 )
 
 func TestDestination_PausedAndKeys(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	later := now.Add(time.Hour)
 	old, cur := webhook.GenerateSecret(), webhook.GenerateSecret()
@@ -40,6 +41,7 @@ func TestDestination_PausedAndKeys(t *testing.T) {
 }
 
 func TestDestination_PolicyAndDuration(t *testing.T) {
+	t.Parallel()
 	var d destination.Destination
 	if err := json.Unmarshal([]byte(`{"retry":{"initial":"2s","max":600,"max_age":"48h"}}`), &d); err != nil {
 		t.Fatal(err)
@@ -73,6 +75,7 @@ func openRegistry(t *testing.T) (*destination.Registry, *dispatchsqlite.Store, *
 }
 
 func TestRegistry(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r, store, changes := openRegistry(t)
 

@@ -127,6 +127,7 @@ func eventTypesNear(filter []string) []string {
 // TestMatches checks Matches against wantsRef on the filters README.md
 // shows and their edges.
 func TestMatches(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		filter []string
 		typ    string
@@ -165,6 +166,7 @@ func TestMatches(t *testing.T) {
 // HTTP token, or a value with a control character, and the delivery then
 // fails for good. So Validate must refuse them, with a 400 at the API.
 func TestValidate_HeaderFieldsNetHTTPRefuses(t *testing.T) {
+	t.Parallel()
 	var accepted []string
 	for _, h := range []map[string]string{
 		{"X-Nul": "a\x00b"},

@@ -18,6 +18,7 @@ import (
 )
 
 func TestSend_Outcomes(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name       string
@@ -61,6 +62,7 @@ func TestSend_Outcomes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			var got *http.Request
 			var gotBody []byte
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -105,6 +107,7 @@ func TestSend_Outcomes(t *testing.T) {
 }
 
 func TestSend_Failures(t *testing.T) {
+	t.Parallel()
 	hang := make(chan struct{})
 	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -113,8 +116,11 @@ func TestSend_Failures(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	defer hanging.Close()
-	defer close(hang) // before Close, which waits for the handler
+	// Cleanups, not defers: the subtests run in parallel, after this
+	// function returns. They run last first: hang is closed before Close,
+	// which waits for the handler.
+	t.Cleanup(hanging.Close)
+	t.Cleanup(func() { close(hang) })
 	endless := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(500)
 		chunk := []byte(strings.Repeat("x", 32<<10))
@@ -124,7 +130,7 @@ func TestSend_Failures(t *testing.T) {
 			}
 		}
 	}))
-	defer endless.Close()
+	t.Cleanup(endless.Close)
 	// A port that refuses: listen, note the address, close.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -145,6 +151,7 @@ func TestSend_Failures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			c := NewClient(Config{Timeout: 300 * time.Millisecond, MaxResponseBytes: 1 << 20})
 			defer c.Close()
 			start := time.Now()
@@ -169,6 +176,7 @@ func TestSend_Failures(t *testing.T) {
 // ends' socket buffers are small, so that a body the client stops reading
 // cannot disappear into them: the destination's write of it fails.
 func TestSend_BoundedRead(t *testing.T) {
+	t.Parallel()
 	multibyte := strings.Repeat("é", ExcerptBytes) // 2 bytes each: the cut at 512 is a boundary
 	odd := "x" + strings.Repeat("€", ExcerptBytes) // 3 bytes each after one: the cut splits a character
 	const sockBuf = 32 << 10
@@ -192,6 +200,7 @@ func TestSend_BoundedRead(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			var written atomic.Int64
 			done := make(chan error, 1)
 			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -280,6 +289,7 @@ func (c *countingConn) Read(p []byte) (int, error) {
 // through a DNS server on loopback in the test, so that no lookup leaves the
 // machine: one that answers NXDOMAIN, and a port where none listens.
 func TestSend_DNSFailure(t *testing.T) {
+	t.Parallel()
 	nxdomain := fakeDNS(t)
 	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -289,6 +299,7 @@ func TestSend_DNSFailure(t *testing.T) {
 	ln.Close()
 	for _, tc := range []struct{ name, server string }{{"NoSuchHost", nxdomain}, {"NoServer", nobody}} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			dialer := &net.Dialer{Timeout: 2 * time.Second, Resolver: &net.Resolver{
 				PreferGo: true,
 				Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -339,6 +350,7 @@ func fakeDNS(t *testing.T) string {
 }
 
 func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	tests := []struct {
 		in   string

@@ -24,6 +24,7 @@ import (
 // repeated one), the webhook headers, one Content-Type and the User-Agent,
 // at the URL's path and query exactly as configured, over HTTP and HTTPS.
 func TestSend_Headers(t *testing.T) {
+	t.Parallel()
 	// As net/http sends them: the URL's escaped path, as written when it
 	// is a valid escaping, and its query as written.
 	paths := []struct{ url, want string }{
@@ -33,6 +34,7 @@ func TestSend_Headers(t *testing.T) {
 	for _, secure := range []bool{false, true} {
 		name := map[bool]string{false: "HTTP", true: "HTTPS"}[secure]
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			var got http.Header
 			var gotBody []byte
 			var gotURI string
@@ -90,6 +92,7 @@ func TestSend_Headers(t *testing.T) {
 // TestSend_UntrustedCertificate: a destination whose certificate does not
 // verify is a TLS failure, retried (it may be renewed).
 func TestSend_UntrustedCertificate(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer srv.Close()
 	c := NewClient(Config{Timeout: 2 * time.Second})
@@ -106,8 +109,10 @@ func TestSend_UntrustedCertificate(t *testing.T) {
 // sends that on a new connection; the attempt succeeds. Over TLS the close
 // comes as a close_notify record before the end of the stream.
 func TestSend_StaleKeepAlive(t *testing.T) {
+	t.Parallel()
 	for _, secure := range []bool{false, true} {
 		t.Run(map[bool]string{false: "HTTP", true: "HTTPS"}[secure], func(t *testing.T) {
+			t.Parallel()
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -176,6 +181,7 @@ func TestSend_StaleKeepAlive(t *testing.T) {
 // still running past its shutdown deadline) ends it at once, not at the
 // attempt's timeout.
 func TestSend_Cancelled(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	var requests atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -208,6 +214,7 @@ func TestSend_Cancelled(t *testing.T) {
 // TestSend_HugeHeaders: an answer whose headers do not fit the read buffer
 // is an HTTP error that says so, retried.
 func TestSend_HugeHeaders(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Big", strings.Repeat("x", directReadBuffer))
 		w.WriteHeader(200)
@@ -226,6 +233,7 @@ func TestSend_HugeHeaders(t *testing.T) {
 // deliveries find them closed one after the other, none is written into
 // one, and each is delivered once.
 func TestSend_IdlePoolClosed(t *testing.T) {
+	t.Parallel()
 	var requests atomic.Int32
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
@@ -266,6 +274,7 @@ func TestSend_IdlePoolClosed(t *testing.T) {
 // a delivery waits for one, and gets a new one when the busy one closes
 // (the destination answered "Connection: close").
 func TestSend_WaitsForConnection(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		time.Sleep(50 * time.Millisecond)
@@ -289,8 +298,10 @@ func TestSend_WaitsForConnection(t *testing.T) {
 // TestSend_RetryAfterAnyCase: header names are case-insensitive; a
 // destination that writes retry-after in lower case is heard.
 func TestSend_RetryAfterAnyCase(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"retry-after", "RETRY-AFTER", "Retry-After"} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 // addresses before the proxy is handed the request, and the proxy itself,
 // on loopback, is reached although the guard blocks loopback.
 func TestSend_ThroughProxy(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var fetched []string
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -47,6 +48,8 @@ func TestSend_ThroughProxy(t *testing.T) {
 		// resolved here (only the proxy may be able to).
 		{"AllAllowed", []string{"0.0.0.0/0", "::/0"}, "http://no-such-host.invalid/x", dispatch.StatusOK, ""},
 	}
+	// The subtests run one after the other: each resets and reads what
+	// the one proxy fetched. The test runs in parallel with the others.
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			mu.Lock()
@@ -79,6 +82,7 @@ func TestSend_ThroughProxy(t *testing.T) {
 }
 
 func TestProxyFunc(t *testing.T) {
+	t.Parallel()
 	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 	req := func(u string) *http.Request {
 		r, _ := http.NewRequest("POST", u, nil)
@@ -105,6 +109,7 @@ func TestProxyFunc(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			f, _, err := ProxyFunc(tc.explicit, env(tc.env))
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("ProxyFunc err=%v, want error %v", err, tc.wantErr)

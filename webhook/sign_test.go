@@ -10,6 +10,7 @@ import (
 
 // The known answer of the Standard Webhooks reference tests.
 func TestSign_KnownAnswer(t *testing.T) {
+	t.Parallel()
 	key, err := ParseSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	if err != nil {
 		t.Fatal(err)
@@ -27,6 +28,7 @@ func TestSign_KnownAnswer(t *testing.T) {
 }
 
 func TestSign_Rotation(t *testing.T) {
+	t.Parallel()
 	oldKey, _ := ParseSecret(GenerateSecret())
 	newKey, _ := ParseSecret(GenerateSecret())
 	header := Sign([][]byte{newKey, oldKey}, "evt", 1700000000, []byte(`{}`))
@@ -41,6 +43,7 @@ func TestSign_Rotation(t *testing.T) {
 }
 
 func TestParseSecret(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		secret string
 		ok     bool
@@ -61,6 +64,7 @@ func TestParseSecret(t *testing.T) {
 }
 
 func TestSend_Signs(t *testing.T) {
+	t.Parallel()
 	secret := GenerateSecret()
 	key, _ := ParseSecret(secret)
 	var got *http.Request
