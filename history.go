@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"strings"
@@ -23,12 +22,6 @@ import (
 // it searched back to. Filters with an index behind them (one exact type,
 // the failed state) walk only what matches. Since ids are time-ordered
 // (UUIDv7), since and until bound the walk itself.
-
-// historyStore is what the history needs of a store besides dispatch.Store
-// (both drivers have it; see dispatch.CallScanParams).
-type historyStore interface {
-	CallScan(ctx context.Context, p *dispatch.CallScanParams) (*dispatch.CallScanResult, error)
-}
 
 // Bounds of one page of the history.
 const (
@@ -261,10 +254,6 @@ func parseHistoryCursor(f eventFilter, cursor string) (string, error) {
 // Events returns a page of the events f selects, newest first, after
 // cursor, at most limit.
 func (s *service) Events(ctx context.Context, f eventFilter, cursor string, limit int) (*eventPage, error) {
-	hs, ok := s.store.(historyStore)
-	if !ok {
-		return nil, errors.New("this store cannot list events")
-	}
 	p, err := s.scanParams(f)
 	if err != nil {
 		return nil, err
@@ -287,7 +276,7 @@ func (s *service) Events(ctx context.Context, f eventFilter, cursor string, limi
 	for {
 		p.Limit = limit - len(page.Events)
 		p.Scan = min(historyChunk, budget-page.Scanned)
-		res, err := hs.CallScan(ctx, p)
+		res, err := s.store.CallScan(ctx, p)
 		if err != nil {
 			return nil, err
 		}

@@ -345,11 +345,9 @@ func (a *app) stop(ctx context.Context) error {
 	totals := []any{"claims", rs.Claims, "claimed", rs.Claimed, "leased_on_create", rs.LeasedOnCreate,
 		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed,
 		"results_from_memory", rs.ResultsFromMemory, "results_from_store", rs.ResultsFromStore}
-	if sr, ok := a.store.(dispatch.StatsReporter); ok {
-		st := sr.StoreStats()
-		totals = append(totals, "commits", st.Commits, "store_operations", st.Ops, "replays", st.Replays,
-			"connection_waits", st.ConnWaits)
-	}
+	st := a.store.StoreStats()
+	totals = append(totals, "commits", st.Commits, "store_operations", st.Ops, "replays", st.Replays,
+		"connection_waits", st.ConnWaits)
 	a.log.Info("totals", totals...)
 	if cerr := a.store.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
@@ -408,11 +406,16 @@ func newServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// appStore is what fanout needs of a driver: the runtime's calls, and the
-// destinations kept as documents beside them.
+// appStore is what fanout needs of a driver, every capability in one
+// interface, so that the compiler checks each driver (both say so with
+// var _ lines) and nothing recovers a capability by type assertion: the
+// runtime's calls, the destinations and other documents beside them, the
+// history's walk, and the counters of its work.
 type appStore interface {
 	dispatch.Store
 	dispatch.DocStore
+	dispatch.HistoryStore
+	dispatch.StatsReporter
 }
 
 // openStore opens PostgreSQL when --database-url is set, the embedded SQLite

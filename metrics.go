@@ -309,12 +309,11 @@ func (c *fanoutCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descAttempts, st.Failed, "failed")
 	counter(descClaimed, st.Claimed)
 	counter(descLeased, st.LeasedOnCreate)
-	if ss, ok := svc.StoreStats(); ok {
-		counter(descCommits, ss.Commits)
-		counter(descOps, ss.Ops)
-		counter(descReplays, ss.Replays)
-		counter(descConnWaits, ss.ConnWaits)
-	}
+	ss := svc.StoreStats()
+	counter(descCommits, ss.Commits)
+	counter(descOps, ss.Ops)
+	counter(descReplays, ss.Replays)
+	counter(descConnWaits, ss.ConnWaits)
 	counter(descFromMemory, st.ResultsFromMemory)
 	ready := 0.0
 	if svc.ready.last().Ready {

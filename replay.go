@@ -177,7 +177,7 @@ func (s *service) countReplay(ctx context.Context, job *replayJob) (*replayCount
 	scanned := 0
 	for {
 		p.Limit, p.Scan = replayCountBound, historyChunk
-		res, err := s.store.(historyStore).CallScan(ctx, p)
+		res, err := s.store.CallScan(ctx, p)
 		if err != nil {
 			return nil, err
 		}
@@ -255,7 +255,7 @@ func (s *service) replayPage(ctx context.Context, job replayJob) (replayCount, e
 		_ = s.saveReplay(ctx, v, version)
 		return replayCount{}, fmt.Errorf("%w: %s", dispatch.ErrPermanent, v.Error)
 	}
-	res, err := s.store.(historyStore).CallScan(ctx, s.replayScan(&job, v.Cursor))
+	res, err := s.store.CallScan(ctx, s.replayScan(&job, v.Cursor))
 	if err != nil {
 		return replayCount{}, fmt.Errorf("%w: read events: %v", dispatch.ErrTemporary, err)
 	}
@@ -337,7 +337,7 @@ func (s *service) replayPage(ctx context.Context, job replayJob) (replayCount, e
 
 // loadReplay reads a replay's document and its version.
 func (s *service) loadReplay(ctx context.Context, id string) (*replayView, int64, error) {
-	doc, err := s.docs.DocGet(ctx, replayKind, id)
+	doc, err := s.store.DocGet(ctx, replayKind, id)
 	if errors.Is(err, dispatch.ErrNotFound) {
 		return nil, 0, notFound("no replay with id %q", id)
 	}
@@ -361,9 +361,9 @@ func (s *service) saveReplay(ctx context.Context, v *replayView, version int64) 
 	}
 	doc := &dispatch.Doc{Kind: replayKind, ID: v.ID, Data: data, Version: version}
 	if version == 0 {
-		return s.docs.DocCreate(ctx, doc)
+		return s.store.DocCreate(ctx, doc)
 	}
-	return s.docs.DocUpdate(ctx, doc)
+	return s.store.DocUpdate(ctx, doc)
 }
 
 // trimReplays deletes the oldest finished replays past replayKeep.
@@ -374,7 +374,7 @@ func (s *service) trimReplays(ctx context.Context) {
 	}
 	for _, v := range list[replayKeep:] {
 		if v.State == "done" || v.State == "failed" {
-			_ = s.docs.DocDelete(ctx, replayKind, v.ID)
+			_ = s.store.DocDelete(ctx, replayKind, v.ID)
 		}
 	}
 }
@@ -431,7 +431,7 @@ func replayProgress(v *replayView) float64 {
 
 // Replays lists replay jobs, newest first, of one destination or all.
 func (s *service) Replays(ctx context.Context, dest string) ([]*replayView, error) {
-	docs, err := s.docs.DocList(ctx, replayKind)
+	docs, err := s.store.DocList(ctx, replayKind)
 	if err != nil {
 		return nil, err
 	}

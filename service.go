@@ -24,7 +24,7 @@ import (
 // sees views and the errors below.
 type service struct {
 	rt    *dispatch.Runtime
-	store dispatch.Store
+	store appStore
 	fns   *functions
 	dests *destination.Registry
 	// backlog counts the deliveries waiting in the store, for metrics.
@@ -36,9 +36,7 @@ type service struct {
 	// (metrics, traces, the console's charts add theirs before Start).
 	attemptObservers []func(dispatch.AttemptReport)
 
-	// docs keeps the progress of replays (replay.go); replayFn is their
-	// durable function.
-	docs     dispatch.DocStore
+	// replayFn is the durable function of replays (replay.go).
 	replayFn *dispatch.Function[replayJob, replayCount]
 	// retention and failedRetention are the runtime's, shown with the
 	// history (history.go).
@@ -62,10 +60,9 @@ type service struct {
 
 // newService returns the service over a runtime that has not started: it
 // registers the replay function with it, and watches attempts for stats.
-func newService(rt *dispatch.Runtime, store dispatch.Store, fns *functions, dests *destination.Registry) *service {
+func newService(rt *dispatch.Runtime, store appStore, fns *functions, dests *destination.Registry) *service {
 	s := &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store), started: time.Now().UTC(),
 		metrics: newMetrics()}
-	s.docs, _ = store.(dispatch.DocStore)
 	s.replayFn = newReplayFunction(s)
 	if err := rt.Register(s.replayFn); err != nil {
 		panic("register the replay function: " + err.Error()) // only before Start, once: a wiring mistake
@@ -218,14 +215,8 @@ func eventTime(id string, fallback time.Time) time.Time {
 	return t
 }
 
-// StoreStats returns the store's counters, if it keeps them.
-func (s *service) StoreStats() (dispatch.StoreStats, bool) {
-	sr, ok := s.store.(dispatch.StatsReporter)
-	if !ok {
-		return dispatch.StoreStats{}, false
-	}
-	return sr.StoreStats(), true
-}
+// StoreStats returns the store's counters.
+func (s *service) StoreStats() dispatch.StoreStats { return s.store.StoreStats() }
 
 // --- ingest ---
 

@@ -1,12 +1,19 @@
 package dispatch
 
-import "time"
+import (
+	"context"
+	"time"
+)
+
+// HistoryStore is a store that can walk the history of top-level calls.
+type HistoryStore interface {
+	CallScan(ctx context.Context, params *CallScanParams) (*CallScanResult, error)
+}
 
 // Reading the history of top-level calls, for an application's listings
-// (fanout's list of events, and the pages of a replay). It is an optional
-// capability of a store (both drivers have it), declared by its users:
-//
-//	CallScan(ctx context.Context, params *CallScanParams) (*CallScanResult, error)
+// (fanout's list of events, and the pages of a replay): HistoryStore, a
+// capability of a store that the runtime does not need (both drivers have
+// it, and say so to the compiler).
 //
 // A scan walks top-level calls of one function in id order and keeps those
 // that match every filter given. Its cost is bounded by Scan: it examines at

@@ -142,6 +142,7 @@ var (
 	_ dispatch.Store         = (*Store)(nil)
 	_ dispatch.DocStore      = (*Store)(nil)
 	_ dispatch.StatsReporter = (*Store)(nil)
+	_ dispatch.HistoryStore  = (*Store)(nil)
 	_ dispatch.Notifier      = (*Store)(nil)
 )
 

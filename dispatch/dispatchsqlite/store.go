@@ -104,6 +104,7 @@ var (
 	_ dispatch.Store         = (*Store)(nil)
 	_ dispatch.DocStore      = (*Store)(nil)
 	_ dispatch.StatsReporter = (*Store)(nil)
+	_ dispatch.HistoryStore  = (*Store)(nil)
 )
 
 // Open opens (creating if needed) the database at cfg.Path, migrates it, and
