@@ -63,13 +63,11 @@ func startAppWith(t *testing.T, o appOptions) *testApp {
 		cancel()
 		t.Fatal(err)
 	}
-	if err := a.rt.Start(ctx); err != nil {
+	if err := a.start(ctx); err != nil {
 		cancel()
 		a.close()
 		t.Fatal(err)
 	}
-	a.refreshDestinations(ctx)
-	a.notices.start(ctx)
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Config.Handler = newHandler(log, a.svc, cfg.limits, cfg.apiTokens, newHostPolicy(srv.Listener.Addr(), cfg.addr, cfg.publicURL))
 	srv.Start()

@@ -128,13 +128,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("listen on %s (--addr): %w", cfg.addr, err)
 	}
-	if err := a.rt.Start(ctx); err != nil {
+	if err := a.start(ctx); err != nil {
 		_ = ln.Close()
 		return err
 	}
-	a.refreshDestinations(ctx)
-	a.notices.start(ctx)
-	a.startUpgrades(ctx)
 	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens, newHostPolicy(ln.Addr(), cfg.addr, cfg.publicURL)), log)
 	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "console", consoleURL(ln.Addr()), "version", buildVersion(),
 		"store", a.where, "destinations", len(a.dests.List()), "api_tokens", len(cfg.apiTokens))
@@ -298,6 +295,19 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 	a.svc.observeDeliveries(a.notices.attempted)
 	wired = true
 	return a, nil
+}
+
+// start sets the app running: the runtime, the reload of destinations,
+// operational events and the upgrades. Tests start the app with it too, so
+// that they run what users run.
+func (a *app) start(ctx context.Context) error {
+	if err := a.rt.Start(ctx); err != nil {
+		return err
+	}
+	a.refreshDestinations(ctx)
+	a.notices.start(ctx)
+	a.startUpgrades(ctx)
+	return nil
 }
 
 // loadDestinations reads the stored destinations and adds those of
