@@ -46,10 +46,12 @@ soak: ## kill fanout every few seconds under steady load for SOAK (default 10m),
 	FANOUT_SOAK=1 FANOUT_SOAK_DURATION=$${SOAK:-10m} $(GO) test -race -count=1 -timeout 3h -v -run '^TestSoak$$' ./crashtest
 
 .PHONY: lint
-lint: ## go vet and gofmt
+lint: ## go vet, gofmt, staticcheck (pinned in go.mod as a tool) and go mod tidy -diff
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) tool staticcheck ./...
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run make tidy"; exit 1; }
 
 # Every fuzz target, as package:name.
 FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI .:FuzzEventsQuery .:FuzzReplayRequest \
