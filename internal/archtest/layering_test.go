@@ -78,15 +78,17 @@ var rules = []rule{
 		from: func(p string) bool { return under(p, "fanout/webhook") },
 		to:   func(p string) bool { return under(p, "fanout/destination") }},
 	{name: "the HTTP layer calls the service: it imports neither dispatch nor a driver",
-		from: func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
-		to:   func(p string) bool { return under(p, "fanout/dispatch") },
+		from:   func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
+		to:     func(p string) bool { return under(p, "fanout/dispatch") },
 		direct: true},
 	{name: "the drivers are chosen by the app alone: no library package imports one",
 		from: func(p string) bool {
 			return under(p, "fanout/destination") || under(p, "fanout/webhook") || under(p, "fanout/internal/service") ||
 				under(p, "fanout/internal/httpapi") || p == "fanout/dispatch"
 		},
-		to: func(p string) bool { return under(p, "fanout/dispatch/dispatchsqlite") || under(p, "fanout/dispatch/dispatchpg") }},
+		to: func(p string) bool {
+			return under(p, "fanout/dispatch/dispatchsqlite") || under(p, "fanout/dispatch/dispatchpg")
+		}},
 }
 
 // TestLayering checks every rule against every package of the module.
