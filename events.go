@@ -114,13 +114,14 @@ func (f Fanout) MarshalJSON() ([]byte, error) {
 type functions struct {
 	handleEvent  *dispatch.Function[json.RawMessage, Fanout]
 	publishEvent *dispatch.Function[Message, Delivery]
-	// tracing, when set before the runtime starts, traces each request
-	// to a destination.
+	// tracing, when not nil, traces each request to a destination.
 	tracing *tracing
 }
 
-func newFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time) *functions {
-	fns := &functions{}
+// newFunctions returns the two functions over the destinations and the
+// client that sends to them; tracing is nil when traces are off.
+func newFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time, tracing *tracing) *functions {
+	fns := &functions{tracing: tracing}
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
 		info, _ := dispatch.CallFromContext(ctx)
 		if m.DestinationID == "" {

@@ -261,7 +261,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		return nil, err
 	}
 
-	fns := newFunctions(a.dests, a.client, time.Now)
+	fns := newFunctions(a.dests, a.client, time.Now, a.tracing)
 	a.rt, err = dispatch.New(&dispatch.Config{
 		Store:           a.store,
 		Workers:         cfg.workers,
@@ -279,18 +279,13 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 	if err != nil {
 		return nil, err
 	}
-	a.svc = newService(a.rt, a.store, fns, a.dests)
-	a.svc.retention, a.svc.failedRetention = cfg.retention, cfg.failedRetention
-	a.svc.storeName = "sqlite"
+	storeName := "sqlite"
 	if cfg.databaseURL != "" {
-		a.svc.storeName = "postgresql"
+		storeName = "postgresql"
 	}
+	a.svc = newService(serviceConfig{Runtime: a.rt, Store: a.store, Fns: fns, Dests: a.dests, Retention: cfg.retention,
+		FailedRetention: cfg.failedRetention, StoreName: storeName, Tracing: a.tracing, Logger: log})
 	a.commits.Store(a.svc.metrics)
-	a.svc.ready.log = log
-	if a.tracing != nil {
-		a.svc.tracing, fns.tracing = a.tracing, a.tracing
-		a.svc.observeDeliveries(a.tracing.attempted)
-	}
 	a.notices = newNotifier(a.svc, a.store, cfg.noticeWindow, log)
 	a.svc.observeDeliveries(a.notices.attempted)
 	wired = true

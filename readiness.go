@@ -47,8 +47,8 @@ type readyView struct {
 	Ready  bool              `json:"-"`
 }
 
-func newReadiness(probe func(ctx context.Context) error) *readiness {
-	return &readiness{probe: probe, timeout: 2 * time.Second, maxAge: time.Second}
+func newReadiness(probe func(ctx context.Context) error, log *slog.Logger) *readiness {
+	return &readiness{probe: probe, timeout: 2 * time.Second, maxAge: time.Second, log: log}
 }
 
 // drain makes the process not ready for good: it is shutting down.

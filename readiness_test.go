@@ -34,7 +34,7 @@ func TestReadiness(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			r := newReadiness(tc.probe)
+			r := newReadiness(tc.probe, nil)
 			r.timeout = 50 * time.Millisecond
 			if tc.drain {
 				r.drain()
@@ -61,7 +61,7 @@ func TestReadiness_OneProbe(t *testing.T) {
 		probes.Add(1)
 		<-release
 		return nil
-	})
+	}, nil)
 	r.maxAge = time.Hour
 	var wg sync.WaitGroup
 	for range 20 {

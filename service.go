@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -58,21 +59,44 @@ type service struct {
 	ready *readiness
 }
 
+// serviceConfig is everything the service is made of; nothing is set on
+// it after newService.
+type serviceConfig struct {
+	Runtime *dispatch.Runtime // not started yet
+	Store   appStore
+	Fns     *functions
+	Dests   *destination.Registry
+	// Retention and FailedRetention are the runtime's, shown with the
+	// history; StoreName says which store, for the console.
+	Retention, FailedRetention time.Duration
+	StoreName                  string
+	// Tracing makes the spans of ingest and deliveries; nil when tracing
+	// is off.
+	Tracing *tracing
+	// Logger hears when readiness changes; nil logs nothing.
+	Logger *slog.Logger
+}
+
 // newService returns the service over a runtime that has not started: it
-// registers the replay function with it, and watches attempts for stats.
-func newService(rt *dispatch.Runtime, store appStore, fns *functions, dests *destination.Registry) *service {
-	s := &service{rt: rt, store: store, fns: fns, dests: dests, backlog: newBacklogCache(store), started: time.Now().UTC(),
-		metrics: newMetrics()}
+// registers the replay function with it, and watches attempts for stats,
+// metrics and traces.
+func newService(cfg serviceConfig) *service {
+	s := &service{rt: cfg.Runtime, store: cfg.Store, fns: cfg.Fns, dests: cfg.Dests, backlog: newBacklogCache(cfg.Store),
+		started: time.Now().UTC(), metrics: newMetrics(), retention: cfg.Retention, failedRetention: cfg.FailedRetention,
+		storeName: cfg.StoreName, tracing: cfg.Tracing}
 	s.replayFn = newReplayFunction(s)
-	if err := rt.Register(s.replayFn); err != nil {
+	if err := s.rt.Register(s.replayFn); err != nil {
 		panic("register the replay function: " + err.Error()) // only before Start, once: a wiring mistake
 	}
 	s.stats = newStatsRing(s)
 	s.observeAttempts(s.stats.record)
-	s.ready = newReadiness(s.storeAnswers)
+	s.ready = newReadiness(s.storeAnswers, cfg.Logger)
 	s.metrics.watch(s)
 	s.observeAttempts(s.deliveryAttempted)
 	s.observeDeliveries(s.metrics.attempted)
+	if s.tracing != nil {
+		s.observeDeliveries(s.tracing.attempted)
+	}
 	return s
 }
 

@@ -50,12 +50,12 @@ func newTestService(t testing.TB, store appStore) *testService {
 	if err := dests.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	fns := newFunctions(dests, webhook.NewClient(webhook.Config{}), time.Now)
+	fns := newFunctions(dests, webhook.NewClient(webhook.Config{}), time.Now, nil)
 	rt, err := dispatch.New(&dispatch.Config{Store: store, Keys: dests.KeyConfig, Logger: log}, fns.publishEvent, fns.handleEvent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := newService(rt, store, fns, dests)
+	svc := newService(serviceConfig{Runtime: rt, Store: store, Fns: fns, Dests: dests})
 	return &testService{store: store, svc: svc, handler: newHandler(log, svc, testLimits, nil, nil)}
 }
 
