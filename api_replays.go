@@ -3,7 +3,6 @@ package main
 import (
 	"log/slog"
 	"net/http"
-	"time"
 )
 
 // handleReplayCreate starts a replay of a time range to a destination
@@ -43,13 +42,5 @@ func handleReplayList(log *slog.Logger, svc *service) http.Handler {
 	return respond(log, http.StatusOK, func(r *http.Request) (map[string]any, error) {
 		list, err := svc.Replays(r.Context(), r.URL.Query().Get("destination"))
 		return map[string]any{"replays": list}, err
-	})
-}
-
-// handleStats shows this process's figures of the last hour and the
-// destinations' health, for the console's overview.
-func handleStats(svc *service) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, svc.Stats(time.Now()))
 	})
 }
