@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fanout/internal/console"
 	"fmt"
 	"io"
 	"log/slog"
@@ -69,7 +70,7 @@ func newHandler(log *slog.Logger, svc *service, limits Limits, tokens []string, 
 	rs := routes(log, svc, limits)
 	svc.metrics.track(rs)
 	mux := http.NewServeMux()
-	addConsole(mux)
+	console.Mount(mux)
 	addRoutes(mux, rs)
 	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
 	if len(tokens) > 0 {

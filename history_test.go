@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"fanout/dispatch"
+	"fanout/internal/console"
 )
 
 // historyFixture stores events as the runtime would leave them (roots of
@@ -462,7 +463,7 @@ func TestConsole_Served(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != 200 || resp.Header.Get("Content-Security-Policy") != consolePolicy ||
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Security-Policy") != console.Policy ||
 			resp.Header.Get("X-Content-Type-Options") != "nosniff" {
 			t.Fatalf("%s: %d, CSP %q", path, resp.StatusCode, resp.Header.Get("Content-Security-Policy"))
 		}

@@ -26,6 +26,7 @@ import (
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchpg"
 	"fanout/dispatch/dispatchsqlite"
+	"fanout/internal/console"
 	"fanout/webhook"
 )
 
@@ -133,7 +134,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	srv := newServer(newHandler(log, a.svc, cfg.limits, cfg.apiTokens, newHostPolicy(ln.Addr(), cfg.addr, cfg.publicURL)), log)
-	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "console", consoleURL(ln.Addr()), "version", buildVersion(),
+	log.Info("fanout listening", "addr", "http://"+ln.Addr().String(), "console", console.URL(ln.Addr()), "version", buildVersion(),
 		"store", a.where, "destinations", len(a.dests.List()), "api_tokens", len(cfg.apiTokens))
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && len(cfg.apiTokens) == 0 && !tcp.IP.IsLoopback() {
 		log.Warn("the API answers anyone who can reach "+ln.Addr().String()+" without a token; "+

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"fanout/internal/console"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,7 +30,7 @@ func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Han
 		sums[i] = sha256.Sum256([]byte(t))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || isConsole(r.URL.Path) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || console.IsPath(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

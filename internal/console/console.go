@@ -1,4 +1,9 @@
-package main
+// Package console is fanout's web console: a page and its script, embedded
+// in the binary, served at /console/ with the headers that keep them
+// inert, and nothing else. It shows and steers fanout through the same JSON
+// API as every client; it has no route of its own beyond its files, and
+// the service knows nothing of it.
+package console
 
 import (
 	"embed"
@@ -16,30 +21,30 @@ import (
 // below forbids inline scripts and every origin but fanout's own, so that
 // a payload that slipped through as markup would still run nothing.
 
-//go:embed console
-var consoleFiles embed.FS
+//go:embed web
+var files embed.FS
 
-// consolePolicy is the console's Content-Security-Policy.
-const consolePolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+// Policy is the console's Content-Security-Policy.
+const Policy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; font-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; " +
 	"form-action 'self'; frame-ancestors 'none'"
 
-// isConsole reports whether a path is the console's (open without a
-// token: its files hold no data).
-func isConsole(path string) bool {
+// IsPath reports whether a path is the console's (open without a token:
+// its files hold no data).
+func IsPath(path string) bool {
 	return path == "/" || path == "/console" || strings.HasPrefix(path, "/console/")
 }
 
-// addConsole mounts the console at /console/, and / sends there.
-func addConsole(mux *http.ServeMux) {
-	files, err := fs.Sub(consoleFiles, "console")
+// Mount mounts the console at /console/, and / sends there.
+func Mount(mux *http.ServeMux) {
+	web, err := fs.Sub(files, "web")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
-	static := http.StripPrefix("/console/", http.FileServerFS(files))
+	static := http.StripPrefix("/console/", http.FileServerFS(web))
 	mux.Handle("GET /console/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("Content-Security-Policy", consolePolicy)
+		h.Set("Content-Security-Policy", Policy)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
@@ -52,9 +57,9 @@ func addConsole(mux *http.ServeMux) {
 	mux.Handle("GET /console", home)
 }
 
-// consoleURL is the address to open the console at, for the start-up line:
-// an address that listens on every interface is reached as localhost.
-func consoleURL(addr net.Addr) string {
+// URL is the address to open the console at, for the start-up line: an
+// address that listens on every interface is reached as localhost.
+func URL(addr net.Addr) string {
 	host, port := "localhost", ""
 	if tcp, ok := addr.(*net.TCPAddr); ok {
 		port = strconv.Itoa(tcp.Port)
