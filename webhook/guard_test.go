@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -675,16 +674,8 @@ func TestGuard_Control(t *testing.T) {
 // checked with the guard's resolver, before the proxy is handed anything.
 func TestSend_ThroughProxyResolver(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	var fetched []string
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		fetched = append(fetched, r.URL.String())
-		mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer proxy.Close()
-	proxyURL, _ := url.Parse(proxy.URL)
+	proxy := newRecordingProxy(t)
+	proxyURL := proxy.url
 	r := newFakeResolver(map[string][]string{
 		"internal.test": {"127.0.0.1"},
 		"nat64.test":    {"64:ff9b::a9fe:a9fe"},
@@ -702,9 +693,7 @@ func TestSend_ThroughProxyResolver(t *testing.T) {
 		{[]string{"127.0.0.0/8"}, "http://internal.test/hook", dispatch.StatusOK, ""},
 	}
 	for _, tc := range tests {
-		mu.Lock()
-		fetched = nil
-		mu.Unlock()
+		proxy.reset()
 		c := NewClient(Config{Timeout: 2 * time.Second, Guard: NewGuard(mustNetworks(t, tc.allow...), WithResolver(r)),
 			Proxy: http.ProxyURL(proxyURL)})
 		_, err := c.Send(context.Background(), &Request{URL: tc.url, ID: "x", Body: []byte(`{}`)})
@@ -717,9 +706,7 @@ func TestSend_ThroughProxyResolver(t *testing.T) {
 		if tc.blocked != "" && (!errors.As(err, &be) || be.Reason != tc.blocked) {
 			t.Errorf("Send to %s: err=%v, want blocked as %s", tc.url, err, tc.blocked)
 		}
-		mu.Lock()
-		got := slices.Clone(fetched)
-		mu.Unlock()
+		got := proxy.fetched()
 		if want := tc.want == dispatch.StatusOK; (len(got) == 1 && got[0] == tc.url) != want {
 			t.Errorf("Send to %s with %v allowed: the proxy fetched %v", tc.url, tc.allow, got)
 		}

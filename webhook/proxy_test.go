@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,21 +15,48 @@ import (
 	"fanout/dispatch"
 )
 
+// recordingProxy is an HTTP proxy for tests: it answers every request with
+// 204 and records the URL it was asked to fetch.
+type recordingProxy struct {
+	url  *url.URL
+	mu   sync.Mutex
+	urls []string
+}
+
+func newRecordingProxy(t *testing.T) *recordingProxy {
+	p := &recordingProxy{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.urls = append(p.urls, r.URL.String())
+		p.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	p.url, _ = url.Parse(srv.URL)
+	return p
+}
+
+// reset forgets what the proxy fetched so far.
+func (p *recordingProxy) reset() {
+	p.mu.Lock()
+	p.urls = nil
+	p.mu.Unlock()
+}
+
+// fetched returns the URLs the proxy was asked to fetch.
+func (p *recordingProxy) fetched() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.urls)
+}
+
 // TestSend_ThroughProxy: with a proxy, the guard checks the destination's
 // addresses before the proxy is handed the request, and the proxy itself,
 // on loopback, is reached although the guard blocks loopback.
 func TestSend_ThroughProxy(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	var fetched []string
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		fetched = append(fetched, r.URL.String())
-		mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer proxy.Close()
-	proxyURL, _ := url.Parse(proxy.URL)
+	proxy := newRecordingProxy(t)
+	proxyURL := proxy.url
 
 	tests := []struct {
 		name    string
@@ -52,9 +80,7 @@ func TestSend_ThroughProxy(t *testing.T) {
 	// the one proxy fetched. The test runs in parallel with the others.
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			mu.Lock()
-			fetched = nil
-			mu.Unlock()
+			proxy.reset()
 			nets, err := ParseNetworks(tc.allow)
 			if err != nil {
 				t.Fatal(err)
@@ -69,8 +95,7 @@ func TestSend_ThroughProxy(t *testing.T) {
 			if tc.blocked != "" && (!errors.As(err, &be) || be.Reason != tc.blocked) {
 				t.Fatalf("Send err=%v, want blocked as %s", err, tc.blocked)
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			fetched := proxy.fetched()
 			switch {
 			case tc.want == dispatch.StatusOK && (len(fetched) != 1 || fetched[0] != tc.url):
 				t.Fatalf("the proxy fetched %v, want [%s]", fetched, tc.url)
