@@ -19,8 +19,16 @@ import (
 // number of clients that send large bodies at once, and an anonymous
 // client can take the process down with a few dozen concurrent batches.
 //
-// A request reserves its body's bytes before they are read (its
-// Content-Length at once, a body of unknown length as its buffer grows).
+// A request reserves its body's bytes before they are read: its
+// Content-Length at once, all or nothing, so that no request holds part of
+// the budget while it waits for more (a body of unknown length, which has
+// no choice, reserves as its buffer grows). Reserving every body as it
+// arrives was tried: 60 concurrent 16 MB batches then each held a part
+// and waited for the rest, none was read through before its wait ended,
+// and the doubling buffers' garbage took the peak higher. A client that
+// announces a large body and sends it slowly holds its reservation until
+// the server's read timeout ends the request; small bodies keep their own
+// reserve meanwhile.
 // Two pools make sure small requests keep flowing while large ones queue:
 // a body up to smallMax (--max-event-bytes: any single event) takes from
 // the shared pool when it can and otherwise from a reserve that larger
