@@ -1,6 +1,6 @@
 # fanout: `make run` starts the service, `make test` runs the tests.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+LDFLAGS := -X fanout/internal/app.version=$(VERSION)
 GO      ?= go
 ARGS    ?=
 
@@ -54,8 +54,9 @@ lint: ## go vet, gofmt, staticcheck (pinned in go.mod as a tool) and go mod tidy
 	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run make tidy"; exit 1; }
 
 # Every fuzz target, as package:name.
-FUZZ_TARGETS := .:FuzzDecodeBatch .:FuzzValidateEvent .:FuzzEventFields .:FuzzAPI .:FuzzEventsQuery .:FuzzReplayRequest \
-	.:FuzzDecodeTraceMeta .:FuzzParseKeyValues \
+FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValidateEvent ./internal/service:FuzzEventFields \
+	./internal/app:FuzzAPI ./internal/app:FuzzEventsQuery ./internal/app:FuzzReplayRequest \
+	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
 	./cmd/fanout-load:FuzzReadResponse
@@ -83,7 +84,7 @@ fuzz-short: ## run every fuzz target for FUZZTIME each (default 5s): the bounded
 
 .PHONY: bench
 bench: ## Go benchmarks of the store and the runtime
-	$(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-2s} -count $${COUNT:-5} ./dispatch/... .
+	$(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-2s} -count $${COUNT:-5} ./dispatch/... ./internal/app
 
 .PHONY: tidy
 tidy: ## go mod tidy

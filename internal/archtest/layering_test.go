@@ -81,6 +81,14 @@ var rules = []rule{
 		from:   func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
 		to:     func(p string) bool { return under(p, "fanout/dispatch") },
 		direct: true},
+	{name: "the service is below the HTTP layer and the app: it imports neither",
+		from: func(p string) bool { return under(p, "fanout/internal/service") },
+		to: func(p string) bool {
+			return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/app") || under(p, "fanout/internal/console")
+		}},
+	{name: "the HTTP layer is below the app: it does not import it",
+		from: func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
+		to:   func(p string) bool { return under(p, "fanout/internal/app") }},
 	{name: "the drivers are chosen by the app alone: no library package imports one",
 		from: func(p string) bool {
 			return under(p, "fanout/destination") || under(p, "fanout/webhook") || under(p, "fanout/internal/service") ||
@@ -112,7 +120,12 @@ func TestLayering(t *testing.T) {
 			}
 		}
 	}
-	if checked == 0 || pkgs["fanout/dispatch"].ImportPath == "" || pkgs["fanout/webhook"].ImportPath == "" {
+	for _, must := range []string{"fanout/dispatch", "fanout/webhook", "fanout/internal/service", "fanout/internal/httpapi", "fanout/internal/app"} {
+		if pkgs[must].ImportPath == "" {
+			t.Fatalf("go list did not list %s, which the rules are about", must)
+		}
+	}
+	if checked == 0 {
 		t.Fatalf("go list found none of the packages the rules are about (%d checked)", checked)
 	}
 }

@@ -1,0 +1,245 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fanout/internal/service"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+)
+
+// loadOpenAPI loads docs/openapi.yaml and validates it as OpenAPI.
+func loadOpenAPI(t testing.TB) *openapi3.T {
+	t.Helper()
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromFile("../../docs/openapi.yaml")
+	if err != nil {
+		t.Fatalf("load docs/openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(loader.Context); err != nil {
+		t.Fatalf("docs/openapi.yaml is not valid OpenAPI: %v", err)
+	}
+	return doc
+}
+
+// TestOpenAPI_Valid checks the document with a real validator, and that
+// every operation but the probes' declares its 401.
+func TestOpenAPI_Valid(t *testing.T) {
+	t.Parallel()
+	doc := loadOpenAPI(t)
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			if path == "/healthz" || path == "/readyz" || path == "/metrics" { // open to probes and scrapers
+				continue
+			}
+			if op.Responses.Status(http.StatusUnauthorized) == nil {
+				t.Errorf("%s %s does not declare its 401", method, path)
+			}
+		}
+	}
+}
+
+// openAPIClient makes requests and checks each, and its answer, against the
+// document with openapi3filter, counting the operations it saw.
+type openAPIClient struct {
+	t      *testing.T
+	router routers.Router
+	base   string
+	token  string
+
+	mu   sync.Mutex
+	seen map[string]bool // "METHOD /path" of the operations answered
+}
+
+// do sends a request (body is JSON-encoded unless a string) and decodes the
+// answer into out. A request the test means to be wrong (bad) is not held
+// to the document; its answer always is.
+func (c *openAPIClient) do(method, path string, body, out any, bad bool) int {
+	c.t.Helper()
+	var b []byte
+	switch v := body.(type) {
+	case nil:
+	case string:
+		b = []byte(v)
+	default:
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(b))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	route, params, err := c.router.FindRoute(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: not in docs/openapi.yaml: %v", method, path, err)
+	}
+	ctx := context.Background()
+	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true, SkipSettingDefaults: true,
+		MultiError: true}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
+	if !bad {
+		if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
+			c.t.Fatalf("%s %s: the request does not match docs/openapi.yaml: %v", method, path, err)
+		}
+		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b)) // ValidateRequest read it
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	err = openapi3filter.ValidateResponse(ctx, &openapi3filter.ResponseValidationInput{RequestValidationInput: in,
+		Status: resp.StatusCode, Header: resp.Header, Body: io.NopCloser(bytes.NewReader(answer)), Options: opts})
+	if err != nil {
+		c.t.Fatalf("%s %s: answer %d %s does not match docs/openapi.yaml: %v", method, path, resp.StatusCode, answer, err)
+	}
+	if out != nil && len(answer) > 0 {
+		if err := json.Unmarshal(answer, out); err != nil {
+			c.t.Fatalf("%s %s: %v", method, path, err)
+		}
+	}
+	c.mu.Lock()
+	c.seen[strings.ToUpper(route.Method)+" "+route.Path] = true
+	c.mu.Unlock()
+	return resp.StatusCode
+}
+
+// TestOpenAPI_Exchanges sends real requests to run() with tokens, every
+// operation of the document at least once, and checks each request and each
+// answer (successes, 4xx, 401) against the document.
+func TestOpenAPI_Exchanges(t *testing.T) {
+	t.Parallel()
+	doc := loadOpenAPI(t)
+	recv := newReceiver(t)
+	const token = "openapi-test-token-0123456789"
+	base, stop := startRun(t, []string{"--data", t.TempDir(), "--api-token", token, "--retry-initial", "10ms"}, nil)
+	doc.Servers = openapi3.Servers{{URL: base}}
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &openAPIClient{t: t, router: router, base: base, token: token, seen: map[string]bool{}}
+
+	var dst struct{ ID string }
+	if code := c.do("POST", "/v1/destinations", map[string]any{"url": recv.URL + "/hook", "filter": []string{"order.*"}}, &dst, false); code != 201 {
+		t.Fatalf("create destination: %d", code)
+	}
+	var ev struct{ ID string }
+	if code := c.do("POST", "/v1/event", `{"type":"order.paid","n":1}`, &ev, false); code != 202 {
+		t.Fatalf("event: %d", code)
+	}
+	if code := c.do("POST", "/v1/batch", `[{"type":"order.paid","n":2},{"type":"user.created"}]`, nil, false); code != 202 {
+		t.Fatalf("batch: %d", code)
+	}
+	c.do("POST", "/v1/event", `[1]`, nil, true)
+	eventually(t, "the delivery", 10*time.Second, func() bool { _, ok := recv.has(ev.ID); return ok })
+	since := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+
+	var page service.EventPage
+	if code := c.do("GET", "/v1/events?limit=2", nil, &page, false); code != 200 || len(page.Events) != 2 || page.NextCursor == "" {
+		t.Fatalf("events: %d %+v", code, page)
+	}
+	c.do("GET", "/v1/events?cursor="+page.NextCursor+"&limit=2", nil, nil, false)
+	c.do("GET", "/v1/events?type=order.*&state=delivered&destination="+dst.ID+"&q=paid&since="+since, nil, nil, false)
+	c.do("GET", "/v1/events?state=lost", nil, nil, true)
+	var one service.EventView
+	if code := c.do("GET", "/v1/events/"+ev.ID, nil, &one, false); code != 200 || len(one.Deliveries) != 1 {
+		t.Fatalf("event: %d %+v", code, one)
+	}
+	c.do("GET", "/v1/events/nope", nil, nil, false)
+
+	c.do("GET", "/v1/destinations", nil, nil, false)
+	c.do("GET", "/v1/destinations/"+dst.ID, nil, nil, false)
+	c.do("GET", "/v1/destinations/nope", nil, nil, false)
+	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"description": "orders", "paused": true}, nil, false)
+	if code := c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"max_concurrency": 0}, nil, true); code != 400 {
+		t.Fatalf("max_concurrency 0: %d, want 400", code)
+	}
+	c.do("POST", "/v1/destinations/"+dst.ID+"/resume", nil, nil, false)
+	c.do("POST", "/v1/destinations/"+dst.ID+"/rotate-secret", nil, nil, false)
+
+	var count service.ReplayCount
+	if code := c.do("POST", "/v1/destinations/"+dst.ID+"/replay", map[string]any{"since": since, "dry_run": true}, &count, false); code != 200 || count.Events != 2 {
+		t.Fatalf("dry run: %d %+v, want the 2 order events", code, count)
+	}
+	var job service.ReplayView
+	if code := c.do("POST", "/v1/destinations/"+dst.ID+"/replay", map[string]any{"since": since, "force": true}, &job, false); code != 202 {
+		t.Fatalf("replay: %d", code)
+	}
+	c.do("POST", "/v1/destinations/"+dst.ID+"/replay", map[string]any{"until": since}, nil, true)
+	eventually(t, "the replay done", 10*time.Second, func() bool {
+		c.do("GET", "/v1/replays/"+job.ID, nil, &job, false)
+		return job.State == "done"
+	})
+	c.do("GET", "/v1/replays?destination="+dst.ID, nil, nil, false)
+	c.do("GET", "/v1/replays/nope", nil, nil, false)
+
+	var dl struct{ Deliveries []service.DeliveryView }
+	c.do("GET", "/v1/deliveries?state=delivered", nil, &dl, false)
+	if len(dl.Deliveries) == 0 {
+		t.Fatal("no delivered delivery listed")
+	}
+	c.do("GET", "/v1/deliveries/"+dl.Deliveries[0].ID, nil, nil, false)
+	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/retry", nil, nil, false) // 409: not failed
+	c.do("POST", "/v1/deliveries/retry", map[string]any{"destination": dst.ID}, nil, false)
+	c.do("GET", "/v1/stats", nil, nil, false)
+	c.do("GET", "/healthz", nil, nil, false)
+	c.do("GET", "/readyz", nil, nil, false)
+	c.do("GET", "/metrics", nil, nil, false)
+	c.do("DELETE", "/v1/destinations/"+dst.ID, nil, nil, false)
+
+	// Without the token, every operation but the probes answers 401, as
+	// documented.
+	c.token = ""
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			if path == "/healthz" || path == "/readyz" || path == "/metrics" { // open to probes and scrapers
+				continue
+			}
+			p := strings.ReplaceAll(path, "{id}", "x")
+			var body any
+			if method == "POST" || method == "PATCH" {
+				body = "{}"
+			}
+			if code := c.do(method, p, body, nil, true); code != 401 {
+				t.Errorf("%s %s without a token: %d, want 401", method, p, code)
+			}
+		}
+	}
+
+	var missing []string
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			if !c.seen[method+" "+path] {
+				missing = append(missing, method+" "+path)
+			}
+		}
+	}
+	slices.Sort(missing)
+	if len(missing) > 0 {
+		t.Errorf("operations never exercised: %v", missing)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

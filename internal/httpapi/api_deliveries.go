@@ -1,0 +1,58 @@
+package httpapi
+
+import (
+	"fanout/internal/service"
+	"log/slog"
+	"net/http"
+	"strconv"
+)
+
+// handleDeliveryList lists deliveries, the failed ones (the dead letters) by
+// default, page by page.
+func handleDeliveryList(log *slog.Logger, svc *service.Service) http.Handler {
+	type response struct {
+		Deliveries []service.DeliveryView `json:"deliveries"`
+		NextCursor string                 `json:"next_cursor,omitempty"`
+	}
+	return respond(log, http.StatusOK, func(r *http.Request) (*response, error) {
+		q := r.URL.Query()
+		f := service.DeliveryFilter{State: q.Get("state"), Destination: q.Get("destination"), Since: q.Get("since"), Until: q.Get("until")}
+		limit := 100
+		if s := q.Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > 1000 {
+				return nil, badRequest("limit must be a number from 1 to 1000")
+			}
+			limit = n
+		}
+		list, next, err := svc.Deliveries(r.Context(), f, q.Get("cursor"), limit)
+		if err != nil {
+			return nil, err
+		}
+		return &response{Deliveries: list, NextCursor: next}, nil
+	})
+}
+
+// handleDeliveryGet shows a delivery and every attempt.
+func handleDeliveryGet(log *slog.Logger, svc *service.Service) http.Handler {
+	return respond(log, http.StatusOK, func(r *http.Request) (*service.DeliveryView, error) {
+		return svc.Delivery(r.Context(), r.PathValue("id"))
+	})
+}
+
+// handleDeliveryRetry re-drives one failed delivery.
+func handleDeliveryRetry(log *slog.Logger, svc *service.Service) http.Handler {
+	return respond(log, http.StatusAccepted, func(r *http.Request) (map[string]any, error) {
+		done, err := svc.RetryDelivery(r.Context(), r.PathValue("id"))
+		return map[string]any{"retried": done}, err
+	})
+}
+
+// handleDeliveryRetryMany re-drives the failed deliveries of a destination
+// (or of all) created in a time range.
+func handleDeliveryRetryMany(log *slog.Logger, svc *service.Service) http.Handler {
+	return respondTo(log, http.StatusAccepted, func(r *http.Request, f *service.DeliveryFilter) (map[string]any, error) {
+		retried, more, err := svc.RetryDeliveries(r.Context(), *f)
+		return map[string]any{"retried": retried, "more": more}, err
+	})
+}

@@ -1,0 +1,47 @@
+package httpapi
+
+import (
+	"fanout/internal/service"
+	"log/slog"
+	"net/http"
+)
+
+// handleReplayCreate starts a replay of a time range to a destination
+// (202 with the job), or with "dry_run" counts the events it would look at
+// (200).
+func handleReplayCreate(log *slog.Logger, svc *service.Service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in service.ReplayRequest
+		if err := decodeInput(w, r, &in); err != nil {
+			WriteError(w, r, log, err)
+			return
+		}
+		v, err := svc.Replay(r.Context(), r.PathValue("id"), &in)
+		if err != nil {
+			WriteError(w, r, log, err)
+			return
+		}
+		if job, ok := v.(*service.ReplayView); ok {
+			w.Header().Set("Location", "/v1/replays/"+job.ID)
+			writeJSON(w, http.StatusAccepted, job)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+}
+
+// handleReplayGet shows a replay and how far it got.
+func handleReplayGet(log *slog.Logger, svc *service.Service) http.Handler {
+	return respond(log, http.StatusOK, func(r *http.Request) (*service.ReplayView, error) {
+		return svc.ReplayJob(r.Context(), r.PathValue("id"))
+	})
+}
+
+// handleReplayList lists the replays, newest first, of a destination or
+// of all.
+func handleReplayList(log *slog.Logger, svc *service.Service) http.Handler {
+	return respond(log, http.StatusOK, func(r *http.Request) (map[string]any, error) {
+		list, err := svc.Replays(r.Context(), r.URL.Query().Get("destination"))
+		return map[string]any{"replays": list}, err
+	})
+}

@@ -1,0 +1,228 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fanout/internal/console"
+	"fanout/internal/service"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Limits bound what one request may carry. A request over a limit is refused
+// whole with 413, naming the limit and the flag that sets it.
+type Limits struct {
+	MaxEventBytes  int64
+	MaxBatchBytes  int64
+	MaxBatchEvents int
+	// IngestTimeout bounds how long a request waits for the store to take
+	// its events; past it the answer is 503 and nothing is stored.
+	IngestTimeout time.Duration
+	// MaxInflightBytes bounds the request bodies held in memory across
+	// requests (see bodyBudget); 0 bounds nothing.
+	MaxInflightBytes int64
+}
+
+// route is one entry of the API.
+type route struct {
+	Pattern string // "METHOD /path"
+	handler http.Handler
+}
+
+// routes is the whole API surface.
+func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
+	return []route{
+		{"POST /v1/event", handleEventPost(log, svc, limits)},
+		{"POST /v1/batch", handleBatchPost(log, svc, limits)},
+		{"GET /v1/events", handleEventList(log, svc)},
+		{"GET /v1/events/{id}", handleEventGet(log, svc)},
+		{"POST /v1/destinations", handleDestinationCreate(log, svc)},
+		{"GET /v1/destinations", handleDestinationList(log, svc)},
+		{"GET /v1/destinations/{id}", handleDestinationGet(log, svc)},
+		{"PATCH /v1/destinations/{id}", handleDestinationPatch(log, svc)},
+		{"DELETE /v1/destinations/{id}", handleDestinationDelete(log, svc)},
+		{"POST /v1/destinations/{id}/resume", handleDestinationResume(log, svc)},
+		{"POST /v1/destinations/{id}/rotate-secret", handleDestinationRotate(log, svc)},
+		{"POST /v1/destinations/{id}/replay", handleReplayCreate(log, svc)},
+		{"GET /v1/replays", handleReplayList(log, svc)},
+		{"GET /v1/replays/{id}", handleReplayGet(log, svc)},
+		{"GET /v1/deliveries", handleDeliveryList(log, svc)},
+		{"GET /v1/deliveries/{id}", handleDeliveryGet(log, svc)},
+		{"POST /v1/deliveries/{id}/retry", handleDeliveryRetry(log, svc)},
+		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
+		{"GET /v1/stats", handleStats(svc)},
+		{"GET /healthz", handleHealthz()},
+		{"GET /readyz", handleReadyz(svc)},
+		{"GET /metrics", svc.MetricsHandler(log)},
+	}
+}
+
+// newHandler returns the HTTP API and the console; with tokens, the API
+// only for requests that carry one of them, and without, only for requests
+// addressed to a host that hosts allows (see hostPolicy; nil allows all).
+// A browser's cross-site request that would change something is refused
+// (see refuseCrossSite).
+func NewHandler(log *slog.Logger, svc *service.Service, limits Limits, tokens []string, hosts *HostPolicy) http.Handler {
+	rs := Routes(log, svc, limits)
+	patterns := make([]string, len(rs))
+	for i, rt := range rs {
+		patterns[i] = rt.Pattern
+	}
+	svc.TrackRoutes(patterns)
+	mux := http.NewServeMux()
+	console.Mount(mux)
+	addRoutes(mux, rs)
+	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
+	if len(tokens) > 0 {
+		hosts = nil // the token is the check
+	}
+	return svc.InstrumentHTTP(recoverPanics(log, checkHost(log, hosts, refuseCrossSite(requireToken(log, tokens, bodies)))))
+}
+
+// addRoutes mounts the routes, and answers in JSON, like every other
+// answer, 405 naming the allowed methods on a known path and 404 elsewhere.
+// The paths without their methods go on a mux of their own, consulted only
+// for what no route took: on the main mux they would clash with the routes
+// ("/v1/deliveries/retry" against "GET /v1/deliveries/{id}").
+func addRoutes(mux *http.ServeMux, rs []route) {
+	methods := map[string][]string{}
+	var paths []string
+	for _, rt := range rs {
+		mux.Handle(rt.Pattern, rt.handler)
+		method, path, _ := strings.Cut(rt.Pattern, " ")
+		if _, ok := methods[path]; !ok {
+			paths = append(paths, path)
+		}
+		methods[path] = append(methods[path], method)
+	}
+	known := http.NewServeMux()
+	for _, path := range paths {
+		known.Handle(path, methodNotAllowed(strings.Join(methods[path], ", ")))
+	}
+	notFound := handleNotFound()
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := known.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		notFound.ServeHTTP(w, r)
+	}))
+}
+
+// handleEventPost accepts one event: a JSON object.
+func handleEventPost(log *slog.Logger, svc *service.Service, limits Limits) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ids, err := ingest(w, r, svc, limits, limits.MaxEventBytes, "--max-event-bytes", decodeEvent)
+		if err != nil {
+			WriteError(w, r, log, err)
+			return
+		}
+		// Ids are UUIDs: nothing to escape. This is the hot path.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"id":"`+ids[0]+`"}`+"\n")
+	})
+}
+
+// handleBatchPost accepts a JSON array of events, atomically: every event is
+// stored, or none is.
+func handleBatchPost(log *slog.Logger, svc *service.Service, limits Limits) http.Handler {
+	type response struct {
+		IDs []string `json:"ids"`
+	}
+	decode := func(body []byte) ([]json.RawMessage, error) { return decodeBatch(body, limits) }
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ids, err := ingest(w, r, svc, limits, limits.MaxBatchBytes, "--max-batch-bytes", decode)
+		if err != nil {
+			WriteError(w, r, log, err)
+			return
+		}
+		svc.BatchAccepted(len(ids))
+		writeJSON(w, http.StatusAccepted, response{IDs: ids})
+	})
+}
+
+// ingest reads a request's body, at most limit bytes (flag sets it),
+// decodes its events and stores them under the ingest timeout. A client
+// that hangs up does not cancel a commit under way: its events may be
+// stored, which is the at-least-once side of the bargain, never the lossy
+// one.
+func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits Limits, limit int64, flag string,
+	decode func([]byte) ([]json.RawMessage, error)) ([]string, error) {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return nil, err
+	}
+	body, err := readBody(w, r, limit, flag)
+	if err != nil {
+		return nil, err
+	}
+	events, err := decode(body)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
+	defer cancel()
+	return svc.Ingest(ctx, events, key)
+}
+
+// decodeEvent checks a body of one event and returns the event: the JSON
+// value, byte for byte; white space around it is not part of it (and a batch
+// element has none).
+func decodeEvent(body []byte) ([]json.RawMessage, error) {
+	if err := ValidateEvent(body); err != nil {
+		return nil, badRequest("request body: %v", err)
+	}
+	return []json.RawMessage{bytes.Trim(body, " \t\r\n")}, nil
+}
+
+// idempotencyKey returns the request's Idempotency-Key, checked.
+func idempotencyKey(r *http.Request) (string, error) {
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > 255 || strings.ContainsFunc(key, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
+		return "", badRequest("Idempotency-Key must be up to 255 printable ASCII characters without spaces")
+	}
+	return key, nil
+}
+
+// handleReadyz answers 200 when the process is ready for traffic, 503 with
+// the reason otherwise.
+func handleReadyz(svc *service.Service) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := svc.Ready(r.Context())
+		w.Header().Set("Cache-Control", "no-store")
+		status := http.StatusOK
+		if !v.Ready {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, v)
+	})
+}
+
+func handleHealthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+func methodNotAllowed(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{
+			Error: fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, allow),
+		})
+	})
+}
+
+func handleNotFound() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, ErrorBody{
+			Error: fmt.Sprintf("no route for %s %s; the API is described in openapi.yaml", r.Method, r.URL.Path),
+		})
+	})
+}

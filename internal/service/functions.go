@@ -1,0 +1,221 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"fanout/destination"
+	"fanout/dispatch"
+	"fanout/webhook"
+)
+
+// An event is one JSON object, kept as the exact bytes the client sent:
+// destinations receive those bytes, not a re-encoding of them. Its id is the
+// id of the handleEvent call that fans it out.
+
+// Message is the input of publishEvent: one event for one destination.
+//
+// A delivery stores no copy of its event, nor anything else its call
+// already says: the event is its parent's input (the handleEvent call),
+// which publishEvent reads with dispatch.ParentInput; the event's id is the
+// parent's id; the destination is the call's key (DispatchKey). So a
+// delivery's stored input is {}, and each payload is stored once, whatever
+// the number of destinations. The fields are read when present: deliveries
+// stored before (and replays that carry their own bytes) still work.
+type Message struct {
+	EventID       string          `json:"event_id,omitempty"`
+	DestinationID string          `json:"destination_id,omitempty"`
+	Event         json.RawMessage `json:"event,omitempty"`
+}
+
+// DispatchKey keys a delivery by its destination: the runtime's limits,
+// pauses and breaker apply per destination.
+func (m Message) DispatchKey() string { return m.DestinationID }
+
+// MarshalJSON writes the message without reflection, and the event's bytes,
+// if any, as they are: encoding/json would compact them and escape <, > and
+// &, and the destination would then receive something other than what the
+// client sent. The destination is left out: it is the call's key, which
+// the runtime stores as such (see Message).
+func (m Message) MarshalJSON() ([]byte, error) {
+	if m.EventID == "" && len(m.Event) == 0 {
+		return []byte("{}"), nil
+	}
+	out := make([]byte, 0, len(`{"event_id":"","event":}`)+len(m.EventID)+len(m.Event)+8)
+	out = append(out, '{')
+	if m.EventID != "" {
+		out = append(out, `"event_id":`...)
+		out = appendJSONString(out, m.EventID)
+	}
+	if len(m.Event) > 0 {
+		if m.EventID != "" {
+			out = append(out, ',')
+		}
+		out = append(out, `"event":`...)
+		out = append(out, m.Event...)
+	}
+	return append(out, '}'), nil
+}
+
+// UnmarshalJSON reads a message without reflection (the runtime hands it
+// bytes it validated when it stored them); the event's bytes are kept as
+// they are.
+func (m *Message) UnmarshalJSON(b []byte) error {
+	if !gjson.ValidBytes(b) {
+		return errors.New("message is not valid JSON")
+	}
+	r := gjson.GetManyBytes(b, "event_id", "destination_id", "event")
+	*m = Message{EventID: r[0].Str, DestinationID: r[1].Str}
+	if r[2].Exists() && r[2].Type != gjson.Null {
+		m.Event = json.RawMessage(r[2].Raw)
+	}
+	return nil
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			q, _ := json.Marshal(s) // rare: let encoding/json escape it
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// Delivery is the output of publishEvent: what the destination answered.
+type Delivery = webhook.Result
+
+// Fanout is the output of handleEvent.
+type Fanout struct {
+	Destinations int `json:"destinations"`
+}
+
+// MarshalJSON writes {"destinations":N} without reflection: every event
+// stores one.
+func (f Fanout) MarshalJSON() ([]byte, error) {
+	return append(strconv.AppendInt([]byte(`{"destinations":`), int64(f.Destinations), 10), '}'), nil
+}
+
+// functions are the two durable functions of the seed: handleEvent fans an
+// event out with Gather, one publishEvent per destination that wants it, and
+// each publishEvent is retried on its own until its destination has the event.
+type functions struct {
+	HandleEvent  *dispatch.Function[json.RawMessage, Fanout]
+	PublishEvent *dispatch.Function[Message, Delivery]
+	// tracing, when not nil, traces each request to a destination.
+	tracing *Tracing
+}
+
+// newFunctions returns the two functions over the destinations and the
+// client that sends to them; tracing is nil when traces are off.
+func NewFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time, tracing *Tracing) *functions {
+	fns := &functions{tracing: tracing}
+	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
+		info, _ := dispatch.CallFromContext(ctx)
+		if m.DestinationID == "" {
+			m.DestinationID = info.Key // see Message
+		}
+		d, ok := dests.Get(m.DestinationID)
+		if !ok {
+			return Delivery{}, fmt.Errorf("%w: destination %s was deleted", dispatch.ErrPermanent, m.DestinationID)
+		}
+		if d.PausedAt(now()) {
+			// Paused since this delivery was leased: the runtime holds
+			// the destination's deliveries back until it is resumed.
+			return Delivery{}, dispatch.Snooze(time.Second)
+		}
+		id, body := m.EventID, []byte(m.Event)
+		if id == "" {
+			id = info.ParentID
+		}
+		if body == nil {
+			// The event is the parent's input: from memory when the
+			// event was handled here, from the store otherwise.
+			in, err := dispatch.ParentInput(ctx)
+			if err != nil {
+				return Delivery{}, err
+			}
+			body = bytes.Trim(in, " \t\r\n")
+		}
+		header, traced := d.Header(), func(int, error) {}
+		if fns.tracing != nil {
+			header, traced = fns.tracing.startSend(ctx, d, header) // the request's span, and its traceparent
+		}
+		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: id, Body: body,
+			Header: header, Keys: d.Keys(now())})
+		traced(answered(res), err)
+		if webhook.IsStatus(err, 410) {
+			dests.Gone(d.ID, "the destination answered 410 Gone at "+now().UTC().Format(time.RFC3339)+
+				"; enable it again with PATCH /v1/destinations/"+d.ID)
+		}
+		if err != nil {
+			return Delivery{}, err
+		}
+		return *res, nil
+	})
+	handleEvent := dispatch.Func("handleEvent", func(ctx context.Context, event json.RawMessage) (Fanout, error) {
+		eventType := EventFields(event).Type
+		matching := dests.Matching(eventType)
+		if isNotice(eventType) {
+			matching = noticeTargets(matching, eventType, event) // never to the destination it is about
+		}
+		messages := make([]Message, len(matching))
+		for i, d := range matching {
+			messages[i] = Message{DestinationID: d.ID} // the event is this call's input: see Message
+		}
+		deliveries, err := publishEvent.Gather(ctx, messages)
+		if err != nil {
+			return Fanout{}, err
+		}
+		return Fanout{Destinations: len(deliveries)}, nil
+	}).Eager(). // it only reads before its Gather: store it with its deliveries, in one write
+			ResumeInline() // and after it only counts them: stored done with its last delivery
+	fns.HandleEvent, fns.PublishEvent = handleEvent, publishEvent
+	return fns
+}
+
+// answered is the status of a destination's answer, 0 without one.
+func answered(res *Delivery) int {
+	if res == nil {
+		return 0
+	}
+	return res.StatusCode
+}
+
+// fields are the parts of an event fanout reads: its type, for routing, and
+// its id, to drop a repeat.
+type Fields struct {
+	Type string
+	ID   string
+}
+
+// eventFields reads an event's top-level "type" (when it is a string) and
+// "id" (a string or a number). Keys match exactly, and when a key appears
+// twice the first one counts. It runs on every event, twice (the id at
+// ingest, the type when routing), so it scans the already validated bytes
+// with gjson instead of decoding them: a full json.Unmarshal here was an
+// eighth of the CPU of a single-event request.
+func EventFields(event json.RawMessage) Fields {
+	var f Fields
+	r := gjson.GetManyBytes(event, "type", "id")
+	if r[0].Type == gjson.String {
+		f.Type = r[0].Str
+	}
+	switch r[1].Type {
+	case gjson.String:
+		f.ID = r[1].Str
+	case gjson.Number:
+		f.ID = r[1].Raw
+	}
+	return f
+}
