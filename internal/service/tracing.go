@@ -241,7 +241,11 @@ func DecodeTraceMeta(meta []byte) trace.SpanContext {
 	if m.Tracestate != "" {
 		carrier["tracestate"] = m.Tracestate
 	}
-	return trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), carrier))
+	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), carrier))
+	// Only the sampled flag is kept, as encodeTraceMeta keeps it: flags
+	// this version does not know (W3C level 2's random flag, found by
+	// FuzzDecodeTraceMeta) would not survive the next write.
+	return sc.WithTraceFlags(sc.TraceFlags() & trace.FlagsSampled)
 }
 
 // --- spans of deliveries ---
