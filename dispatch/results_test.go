@@ -13,6 +13,17 @@ import (
 	"fanout/dispatch/dispatchtest"
 )
 
+// openSQLite opens a store in a temporary directory, closed when t ends.
+func openSQLite(t *testing.T) *dispatchsqlite.Store {
+	t.Helper()
+	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sq.Close() })
+	return sq
+}
+
 // countingStore counts the reads of children.
 type countingStore struct {
 	dispatch.Store
@@ -29,11 +40,7 @@ func (s *countingStore) CallListChildren(ctx context.Context, parentID string) (
 // in dispatchtest for that path).
 func TestRuntime_GatherResultsFromMemory(t *testing.T) {
 	t.Parallel()
-	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sq.Close() })
+	sq := openSQLite(t)
 	s := &countingStore{Store: sq}
 	for _, eager := range []bool{false, true} {
 		t.Run(map[bool]string{false: "Plain", true: "Eager"}[eager], func(t *testing.T) { // each its own runtime
@@ -91,11 +98,7 @@ func (s *flakyFinishStore) CallFinish(ctx context.Context, p *dispatch.CallFinis
 // without the call running again.
 func TestRuntime_FinishRetriedOnStoreErrors(t *testing.T) {
 	t.Parallel()
-	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sq.Close() })
+	sq := openSQLite(t)
 	s := &flakyFinishStore{Store: sq}
 	s.failures.Store(3)
 	var runs atomic.Int32
@@ -119,11 +122,7 @@ func TestRuntime_FinishRetriedOnStoreErrors(t *testing.T) {
 // resume it, and its children read its input from memory.
 func TestRuntime_ResumeInline(t *testing.T) {
 	t.Parallel()
-	sq, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sq.Close() })
+	sq := openSQLite(t)
 	s := &countingStore{Store: sq}
 	child := dispatch.Func("child", func(ctx context.Context, n int) (int, error) {
 		in, err := dispatch.ParentInput(ctx)
