@@ -80,9 +80,8 @@ func ExitCode(err error) int {
 // store, starts the runtime and the HTTP server, and shuts them down in order
 // when ctx ends or SIGINT/SIGTERM arrives. Tests call it directly.
 func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
-		fmt.Fprintln(stdout, "fanout", buildVersion())
-		return nil
+	if ok, err := command(ctx, args, getenv, stdout, stderr); ok {
+		return err
 	}
 	cfg, err := parseConfig(args, getenv, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
