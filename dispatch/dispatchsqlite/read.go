@@ -60,18 +60,30 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 	if err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
 	}
+	calls, err := scanCallRows(rows)
+	if err != nil {
+		return nil, fmt.Errorf("list children: %w", err)
+	}
+	for _, c := range calls {
+		c.ParentID = parentID
+	}
+	return calls, nil
+}
+
+// scanCallRows reads the calls of rows, selected as childColumns (no
+// input), and closes rows.
+func scanCallRows(rows *sql.Rows) ([]*dispatch.Call, error) {
 	defer rows.Close()
 	var calls []*dispatch.Call
 	for rows.Next() {
 		c, err := scanCall(rows.Scan, false)
 		if err != nil {
-			return nil, fmt.Errorf("list children: %w", err)
+			return nil, err
 		}
-		c.ParentID = parentID
 		calls = append(calls, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list children: %w", err)
+		return nil, err
 	}
 	return calls, nil
 }
@@ -104,16 +116,8 @@ func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*di
 	if err != nil {
 		return nil, fmt.Errorf("list calls: %w", err)
 	}
-	defer rows.Close()
-	var calls []*dispatch.Call
-	for rows.Next() {
-		c, err := scanCall(rows.Scan, false)
-		if err != nil {
-			return nil, fmt.Errorf("list calls: %w", err)
-		}
-		calls = append(calls, c)
-	}
-	if err := rows.Err(); err != nil {
+	calls, err := scanCallRows(rows)
+	if err != nil {
 		return nil, fmt.Errorf("list calls: %w", err)
 	}
 	return calls, nil
