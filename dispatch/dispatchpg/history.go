@@ -73,7 +73,7 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 			"AND ch.id < (calls.id || '/') COLLATE \"C\" AND ch.parent_id = calls.id AND ch.key = "+arg(p.ChildKey)+")")
 	}
 	if p.Contains != "" {
-		match = append(match, "convert_from(input, 'UTF8') ILIKE "+arg("%"+escapeLike(p.Contains)+"%"))
+		match = append(match, "convert_from(input, 'UTF8') ILIKE "+arg("%"+storeutil.EscapeLike(p.Contains)+"%"))
 	}
 	m := "true"
 	if len(match) > 0 {
@@ -185,11 +185,6 @@ func countChildren(ctx context.Context, conn *pgxpool.Conn, calls []*dispatch.Sc
 		}
 	}
 	return rows.Err()
-}
-
-// escapeLike escapes LIKE's wildcards (and its escape, the backslash) in s.
-func escapeLike(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
 // CallAttach implements dispatch.Store. The parents are locked in id

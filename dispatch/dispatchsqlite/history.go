@@ -81,7 +81,7 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 	}
 	if p.Contains != "" {
 		match = append(match, `CAST(input AS TEXT) LIKE ? ESCAPE '\'`)
-		matchArgs = append(matchArgs, "%"+escapeLike(p.Contains)+"%")
+		matchArgs = append(matchArgs, "%"+storeutil.EscapeLike(p.Contains)+"%")
 	}
 	m := "1"
 	if len(match) > 0 {
@@ -195,11 +195,6 @@ func countChildrenOf(ctx context.Context, stmt *sql.Stmt, c *dispatch.ScannedCal
 		}
 	}
 	return rows.Err()
-}
-
-// escapeLike escapes LIKE's wildcards (and the escape itself) in s.
-func escapeLike(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
 // CallAttach implements dispatch.Store.
