@@ -306,6 +306,15 @@
     state.destinations = d.destinations || [];
     return state.destinations;
   }
+  // fillDestinations reloads the destinations into a filter's select, "any"
+  // first, and selects the one wanted, or else the one selected before.
+  async function fillDestinations(select, wanted) {
+    await loadDestinations();
+    const sel = wanted || select.value;
+    clear(select);
+    select.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || d.url })));
+    select.value = sel;
+  }
   function destName(id) {
     const d = state.destinations.find((x) => x.id === id);
     return d ? (d.description || d.url) : id;
@@ -538,13 +547,7 @@
       // A text search reads payloads: it runs when asked, not on every tick.
       get live() { return cursors.length === 0 && !cursor && !f.q.value.trim(); },
       async refresh(first) {
-        if (first || !state.destinations.length) {
-          await loadDestinations();
-          const sel = query.get("destination") || destSel.value;
-          clear(destSel);
-          destSel.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || d.url })));
-          destSel.value = sel;
-        }
+        if (first || !state.destinations.length) await fillDestinations(destSel, query.get("destination"));
         const q = filterQuery();
         q.set("limit", "50");
         if (cursor) q.set("cursor", cursor);
@@ -947,13 +950,7 @@
       title: "dead letters",
       get live() { return !cursor; },
       async refresh(first) {
-        if (first) {
-          await loadDestinations();
-          const sel = query.get("destination") || destSel.value;
-          clear(destSel);
-          destSel.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || d.url })));
-          destSel.value = sel;
-        }
+        if (first) await fillDestinations(destSel, query.get("destination"));
         const q = filterQuery();
         q.set("state", "failed");
         q.set("limit", "100");
