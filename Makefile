@@ -46,6 +46,10 @@ image: ## build the container image $(IMAGE) from a static binary, FROM scratch,
 image-test: image ## build the image, then inspect it and run it (the run is skipped where the runtime cannot start it, saying why)
 	FANOUT_IMAGE=$(IMAGE) $(GO) test -count=1 -v -run 'TestImage' ./deploy/image
 
+.PHONY: deploy-check
+deploy-check: ## check the deployment files offline: compose (parsed: replicas, database, healthchecks, one port), the systemd unit (systemd-analyze verify where present)
+	$(GO) test -count=1 -v ./deploy/
+
 .PHONY: release
 release: ## static binaries for every platform in dist/, with SHA256SUMS
 	@rm -rf dist && mkdir -p dist
