@@ -47,8 +47,9 @@ image-test: image ## build the image, then inspect it and run it (the run is ski
 	FANOUT_IMAGE=$(IMAGE) $(GO) test -count=1 -v -run 'TestImage' ./deploy/image
 
 .PHONY: deploy-check
-deploy-check: ## check the deployment files offline: compose (parsed: replicas, database, healthchecks, one port), the systemd unit (systemd-analyze verify where present)
+deploy-check: ## check the deployment files offline: compose, the systemd unit, and the Helm chart (lint --strict, rendered objects decoded strictly; builds helm: minutes)
 	$(GO) test -count=1 -v ./deploy/
+	cd deploy/helm/check && $(GO) test -count=1 -v .
 
 .PHONY: release
 release: ## static binaries for every platform in dist/, with SHA256SUMS
