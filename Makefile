@@ -102,8 +102,21 @@ FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValida
 	./cmd/fanout-load:FuzzReadResponse
 
 .PHONY: fuzz
-fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
+fuzz: ## run every fuzz target for FUZZTIME each (default 30s; FUZZPARALLEL workers), then keep what it found in testdata
 	@$(MAKE) --no-print-directory fuzz-short FUZZTIME=$${FUZZTIME:-30s}
+	@$(MAKE) --no-print-directory fuzz-keep
+
+.PHONY: fuzz-keep
+# go test -fuzz keeps the inputs that widened coverage in its cache; copied
+# into each package's testdata/fuzz, they are the next run's start and run
+# with every go test.
+fuzz-keep: ## copy the corpus the fuzzer built (in Go's cache) into each target's testdata/fuzz
+	@cache=$$($(GO) env GOCACHE)/fuzz/fanout; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; src=$$cache/$${pkg#./}/$$name; \
+		[ -d "$$src" ] || continue; mkdir -p $$pkg/testdata/fuzz/$$name; \
+		n=$$(ls $$pkg/testdata/fuzz/$$name | wc -l); cp -n $$src/* $$pkg/testdata/fuzz/$$name/; \
+		echo "$$name: $$(( $$(ls $$pkg/testdata/fuzz/$$name | wc -l) - n )) inputs kept in $$pkg/testdata/fuzz/$$name"; \
+	done
 
 .PHONY: fuzz-short
 # Go 1.26's fuzz coordinator can fail a run that found nothing with a bare
@@ -114,7 +127,7 @@ fuzz-short: ## run every fuzz target for FUZZTIME each (default 5s): the bounded
 	@for t in $(FUZZ_TARGETS); do \
 		for try in 1 2; do \
 			echo "fuzz $${t##*:} in $${t%%:*} for $${FUZZTIME:-5s}"; \
-			out=$$($(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $${FUZZTIME:-5s} $${t%%:*} 2>&1); rc=$$?; \
+			out=$$($(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $${FUZZTIME:-5s} $${FUZZPARALLEL:+-parallel $$FUZZPARALLEL} $${t%%:*} 2>&1); rc=$$?; \
 			echo "$$out"; \
 			[ $$rc -eq 0 ] && break; \
 			if [ $$try -eq 2 ] || echo "$$out" | grep -q 'Failing input written' || ! echo "$$out" | grep -q 'context deadline exceeded'; then exit 1; fi; \
