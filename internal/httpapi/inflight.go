@@ -23,12 +23,14 @@ import (
 // Content-Length at once, all or nothing, so that no request holds part of
 // the budget while it waits for more (a body of unknown length, which has
 // no choice, reserves as its buffer grows). Reserving every body as it
-// arrives was tried: 60 concurrent 16 MB batches then each held a part
-// and waited for the rest, none was read through before its wait ended,
-// and the doubling buffers' garbage took the peak higher. A client that
+// arrives was tried (docs/BENCHMARKS.md, issue 18): concurrent large
+// batches then each held a part and waited for the rest, none was read
+// through before its wait ended, and the doubling buffers' garbage took
+// the peak higher. A client that
 // announces a large body and sends it slowly holds its reservation until
 // the server's read timeout ends the request; small bodies keep their own
 // reserve meanwhile.
+//
 // Two pools make sure small requests keep flowing while large ones queue:
 // a body up to smallMax (--max-event-bytes: any single event) takes from
 // the shared pool when it can and otherwise from a reserve that larger
@@ -233,6 +235,11 @@ func (h *bodyHold) grow(ctx context.Context, n int64) error {
 		h.held.shared += n
 		return nil
 	}
+	if small && b.reserve.TryAcquire(n) {
+		h.held.reserve += n
+		return nil
+	}
+	// It must wait: have ended requests' bytes given back now.
 	b.collect()
 	ctx, cancel := context.WithDeadline(ctx, h.deadline)
 	defer cancel()
