@@ -12,12 +12,12 @@ func handleDestinationCreate(log *slog.Logger, svc *service.Service) http.Handle
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var in service.DestinationInput
 		if err := decodeInput(w, r, &in); err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		d, err := svc.CreateDestination(r.Context(), &in)
 		if err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		w.Header().Set("Location", "/v1/destinations/"+d.ID)
@@ -46,7 +46,7 @@ func handleDestinationPatch(log *slog.Logger, svc *service.Service) http.Handler
 func handleDestinationDelete(log *slog.Logger, svc *service.Service) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := svc.DeleteDestination(r.Context(), r.PathValue("id")); err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)

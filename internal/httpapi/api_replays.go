@@ -13,12 +13,12 @@ func handleReplayCreate(log *slog.Logger, svc *service.Service) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var in service.ReplayRequest
 		if err := decodeInput(w, r, &in); err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		v, err := svc.Replay(r.Context(), r.PathValue("id"), &in)
 		if err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		if job, ok := v.(*service.ReplayView); ok {

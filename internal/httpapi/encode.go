@@ -25,14 +25,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, limit+1))
 		}
 	}()
-	tooLarge := &ApiError{Status: http.StatusRequestEntityTooLarge,
+	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge,
 		Message: fmt.Sprintf("request body is larger than the limit of %d bytes (%s)", limit, flag)}
 	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
 	case "", "identity":
 	case "gzip", "x-gzip":
 		return readGzip(w, r, limit, tooLarge)
 	default:
-		return nil, &ApiError{Status: http.StatusUnsupportedMediaType,
+		return nil, &apiError{Status: http.StatusUnsupportedMediaType,
 			Message: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed or gzip", enc)}
 	}
 	if r.ContentLength > limit {
@@ -74,7 +74,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 // readGzip reads a gzip request body. The limit holds for the body as sent
 // and again for it decompressed, so that a small bomb cannot fill memory;
 // what is stored and delivered is the decompressed JSON.
-func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *ApiError) ([]byte, error) {
+func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *apiError) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, tooLarge
 	}
@@ -96,7 +96,7 @@ func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *Api
 	case err != nil:
 		return nil, badRequest("request body is not valid gzip: %v", err)
 	case int64(len(b)) > limit:
-		return nil, &ApiError{Status: http.StatusRequestEntityTooLarge,
+		return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
 			Message: "decompressed " + tooLarge.Message}
 	case len(b) == 0:
 		return nil, badRequest("request body is empty")
@@ -122,7 +122,7 @@ func decodeBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
 	for dec.More() {
 		i := len(events)
 		if i == limits.MaxBatchEvents {
-			return nil, &ApiError{Status: http.StatusRequestEntityTooLarge,
+			return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
 				Message: fmt.Sprintf("batch has more than %d events, the limit (--max-batch-events)", limits.MaxBatchEvents)}
 		}
 		var sp span
@@ -218,7 +218,7 @@ func respond[T any](log *slog.Logger, status int, op func(r *http.Request) (T, e
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v, err := op(r)
 		if err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		writeJSON(w, status, v)
@@ -231,12 +231,12 @@ func respondTo[I, T any](log *slog.Logger, status int, op func(r *http.Request, 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var in I
 		if err := decodeInput(w, r, &in); err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		v, err := op(r, &in)
 		if err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		writeJSON(w, status, v)

@@ -19,7 +19,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		events, err := decodeBatch(body, limits)
 		if err != nil {
-			var ae *ApiError
+			var ae *apiError
 			if !errors.As(err, &ae) || ae.Status < 400 || ae.Status > 499 || ae.Message == "" {
 				t.Fatalf("decodeBatch error %v is not a 4xx with a message", err)
 			}

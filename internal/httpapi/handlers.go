@@ -34,7 +34,7 @@ type route struct {
 	handler http.Handler
 }
 
-// routes is the whole API surface.
+// Routes is the whole API surface.
 func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 	return []route{
 		{"POST /v1/event", handleEventPost(log, svc, limits)},
@@ -62,7 +62,7 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 	}
 }
 
-// newHandler returns the HTTP API and the console; with tokens, the API
+// NewHandler returns the HTTP API and the console; with tokens, the API
 // only for requests that carry one of them, and without, only for requests
 // addressed to a host that hosts allows (see hostPolicy; nil allows all).
 // A browser's cross-site request that would change something is refused
@@ -119,7 +119,7 @@ func handleEventPost(log *slog.Logger, svc *service.Service, limits Limits) http
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ids, err := ingest(w, r, svc, limits, limits.MaxEventBytes, "--max-event-bytes", decodeEvent)
 		if err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		// Ids are UUIDs: nothing to escape. This is the hot path.
@@ -139,7 +139,7 @@ func handleBatchPost(log *slog.Logger, svc *service.Service, limits Limits) http
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ids, err := ingest(w, r, svc, limits, limits.MaxBatchBytes, "--max-batch-bytes", decode)
 		if err != nil {
-			WriteError(w, r, log, err)
+			writeError(w, r, log, err)
 			return
 		}
 		svc.BatchAccepted(len(ids))

@@ -13,7 +13,7 @@ import (
 // not JSON, an encoding or header fanout does not take), with the status
 // that says so. The service's own errors (errInvalid, errNotFound,
 // errConflict) are mapped by writeError.
-type ApiError struct {
+type apiError struct {
 	Status  int
 	Message string
 	// Index is the position of the offending event in a batch.
@@ -23,13 +23,13 @@ type ApiError struct {
 	RetryAfter string
 }
 
-func (e *ApiError) Error() string { return e.Message }
+func (e *apiError) Error() string { return e.Message }
 
-func badRequest(format string, args ...any) *ApiError {
-	return &ApiError{Status: http.StatusBadRequest, Message: fmt.Sprintf(format, args...)}
+func badRequest(format string, args ...any) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Message: fmt.Sprintf(format, args...)}
 }
 
-func badIndex(i int, format string, args ...any) *ApiError {
+func badIndex(i int, format string, args ...any) *apiError {
 	e := badRequest(format, args...)
 	e.Index = &i
 	return e
@@ -55,8 +55,8 @@ var statusOf = []struct {
 // or the service stopping: 503 with Retry-After, since nothing was stored and
 // the same request will succeed later; the one exception (a commit whose
 // answer was lost) says so.
-func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
-	var ae *ApiError
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	var ae *apiError
 	if errors.As(err, &ae) {
 		if ae.Status == http.StatusRequestEntityTooLarge {
 			// The rest of the body is not read: answer now and close the

@@ -30,7 +30,7 @@ func TestWriteError(t *testing.T) {
 		{"Invalid", "POST", service.Invalid("url is required"), 400, "url is required", false},
 		{"NotFound", "GET", service.NotFound("no event with id %q", "x"), 404, `no event with id "x"`, false},
 		{"Conflict", "POST", service.Conflict("delivery d is delivered"), 409, "delivery d is delivered", false},
-		{"TooLarge", "POST", &ApiError{Status: 413, Message: "too large"}, 413, "too large", false},
+		{"TooLarge", "POST", &apiError{Status: 413, Message: "too large"}, 413, "too large", false},
 		{"StoreWrite", "POST", errors.New("disk I/O error"), 503, "nothing was stored", true},
 		{"StoreRead", "GET", errors.New("disk I/O error"), 503, "storage is unavailable; retry later", true},
 		{"Stopping", "POST", fmt.Errorf("%w: %w", service.ErrShuttingDown, dispatch.ErrStopped), 503, "shutting down; nothing was stored", true},
@@ -41,7 +41,7 @@ func TestWriteError(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			w := httptest.NewRecorder()
-			WriteError(w, httptest.NewRequest(tc.method, "/v1/x", nil), log, tc.err)
+			writeError(w, httptest.NewRequest(tc.method, "/v1/x", nil), log, tc.err)
 			var body ErrorBody
 			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
 				t.Fatalf("body %q is not JSON: %v", w.Body, err)

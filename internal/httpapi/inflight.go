@@ -159,7 +159,7 @@ func (b *bodyBudget) collect() {
 // reserveOf is the part of total kept for small bodies.
 func reserveOf(total int64) int64 { return total / 4 }
 
-// checkBudget says whether limits leave every body it allows a way in: a
+// CheckBudget says whether limits leave every body it allows a way in: a
 // largest event must fit in the reserve, and a largest batch, or an admin
 // body, in the shared pool (with the byte that tells a body over its limit).
 func CheckBudget(total int64, limits Limits) error {
@@ -219,7 +219,7 @@ type bodyHold struct {
 }
 
 // errBodyBusy is the answer to a body that waited too long for its bytes.
-var errBodyBusy = &ApiError{Status: http.StatusServiceUnavailable, RetryAfter: "1",
+var errBodyBusy = &apiError{Status: http.StatusServiceUnavailable, RetryAfter: "1",
 	Message: "fanout is reading as many request bodies as its memory bound allows (--max-inflight-bytes); " +
 		"nothing was stored, retry later"}
 

@@ -37,7 +37,7 @@ func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Han
 		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
-			WriteError(w, r, log, &ApiError{Status: http.StatusUnauthorized,
+			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
 				Message: "this API needs a token: send the header Authorization: Bearer <token>, with one of fanout's --api-token"})
 			return
 		}
@@ -48,7 +48,7 @@ func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Han
 		}
 		if match != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout", error="invalid_token"`)
-			WriteError(w, r, log, &ApiError{Status: http.StatusUnauthorized,
+			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
 				Message: "the bearer token is not one of fanout's --api-token"})
 			return
 		}
@@ -90,7 +90,7 @@ func refuseCrossSite(next http.Handler) http.Handler {
 	return cop.Handler(next)
 }
 
-// hostPolicy is the Host names the API and the console answer when no
+// HostPolicy is the Host names the API and the console answer when no
 // operator token is set. Without a token, anyone who can reach fanout may
 // use it, which is safe only if "reach" means this machine: but a web page
 // on a domain whose DNS answer its owner switches to 127.0.0.1 (DNS
@@ -108,7 +108,7 @@ type HostPolicy struct {
 	addrs map[netip.Addr]bool // unmapped, without zone
 }
 
-// newHostPolicy returns the policy of a server listening on ln, started
+// NewHostPolicy returns the policy of a server listening on ln, started
 // with --addr addr and --public-url publicURL (which may be empty).
 func NewHostPolicy(ln net.Addr, addr, publicURL string) *HostPolicy {
 	p := &HostPolicy{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
@@ -147,7 +147,7 @@ func NewHostPolicy(ln net.Addr, addr, publicURL string) *HostPolicy {
 // canonicalHost is a host name as compared: lower case, no trailing dot.
 func canonicalHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }
 
-// allows reports whether a request with this Host header may be answered.
+// Allows reports whether a request with this Host header may be answered.
 func (p *HostPolicy) Allows(hostHeader string) bool {
 	host := hostHeader
 	if h, _, err := net.SplitHostPort(hostHeader); err == nil {
@@ -177,7 +177,7 @@ func checkHost(log *slog.Logger, p *HostPolicy, next http.Handler) http.Handler 
 			next.ServeHTTP(w, r)
 			return
 		}
-		WriteError(w, r, log, &ApiError{Status: http.StatusMisdirectedRequest, Message: fmt.Sprintf(
+		writeError(w, r, log, &apiError{Status: http.StatusMisdirectedRequest, Message: fmt.Sprintf(
 			"fanout has no API token, so it answers only requests addressed to this machine (localhost, its own "+
 				"addresses) or to --public-url, and this one is for %q: reach fanout by one of those, set --public-url "+
 				"to the address users reach it by, or set an API token (--api-token)", r.Host)})

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// validateEvent checks that b is one JSON object in UTF-8.
+// ValidateEvent checks that b is one JSON object in UTF-8.
 func ValidateEvent(b []byte) error {
 	if !utf8.Valid(b) {
 		return errors.New("not valid UTF-8")

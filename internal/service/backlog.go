@@ -32,7 +32,7 @@ func NewBacklogCache(store dispatch.Store) *backlogCache {
 	return &backlogCache{store: store, MaxAge: backlogMaxAge, firstWait: 2 * time.Second}
 }
 
-// get returns the last counts, when they were read, and the last count's
+// Get returns the last counts, when they were read, and the last count's
 // error, starting a new count if they are older than maxAge.
 func (c *backlogCache) Get(now time.Time) (map[string]int64, time.Time, error) {
 	c.mu.Lock()

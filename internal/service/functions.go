@@ -116,7 +116,7 @@ type functions struct {
 	tracing *Tracing
 }
 
-// newFunctions returns the two functions over the destinations and the
+// NewFunctions returns the two functions over the destinations and the
 // client that sends to them; tracing is nil when traces are off.
 func NewFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time, tracing *Tracing) *functions {
 	fns := &functions{tracing: tracing}
@@ -194,19 +194,19 @@ func answered(res *Delivery) int {
 
 // fields are the parts of an event fanout reads: its type, for routing, and
 // its id, to drop a repeat.
-type Fields struct {
+type fields struct {
 	Type string
 	ID   string
 }
 
-// eventFields reads an event's top-level "type" (when it is a string) and
+// EventFields reads an event's top-level "type" (when it is a string) and
 // "id" (a string or a number). Keys match exactly, and when a key appears
 // twice the first one counts. It runs on every event, twice (the id at
 // ingest, the type when routing), so it scans the already validated bytes
 // with gjson instead of decoding them: a full json.Unmarshal here was an
 // eighth of the CPU of a single-event request.
-func EventFields(event json.RawMessage) Fields {
-	var f Fields
+func EventFields(event json.RawMessage) fields {
+	var f fields
 	r := gjson.GetManyBytes(event, "type", "id")
 	if r[0].Type == gjson.String {
 		f.Type = r[0].Str

@@ -83,7 +83,7 @@ func FuzzEventFields(f *testing.F) {
 			return // not an event: ingest refuses it (httpapi.ValidateEvent)
 		}
 		got := EventFields(event)
-		var want Fields
+		var want fields
 		var haveType, haveID bool
 		dec := json.NewDecoder(bytes.NewReader(event))
 		dec.UseNumber()

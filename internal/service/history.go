@@ -32,7 +32,7 @@ const (
 	maxQueryLength        = 200
 )
 
-// eventFilter selects events: the query of GET /v1/events.
+// EventFilter selects events: the query of GET /v1/events.
 type EventFilter struct {
 	// Type is an event type, "prefix.*", or several separated by commas.
 	Type        string
@@ -54,7 +54,7 @@ type eventSummary struct {
 	Deliveries DeliveryCounts `json:"deliveries"`
 }
 
-// deliveryCounts counts an event's deliveries by state.
+// DeliveryCounts counts an event's deliveries by state.
 type DeliveryCounts struct {
 	Pending    int `json:"pending"`
 	Delivering int `json:"delivering"`
@@ -62,7 +62,7 @@ type DeliveryCounts struct {
 	Failed     int `json:"failed"`
 }
 
-// eventPage is one page of the history.
+// EventPage is one page of the history.
 type EventPage struct {
 	Events []eventSummary `json:"events"`
 	// NextCursor continues the same query where this page stopped.
@@ -109,7 +109,7 @@ var eventStatesByName = map[string][]dispatch.State{
 
 // typeFilter parses a comma-separated list of event types (exact, or
 // "prefix.*"; "*" is any) into tags and tag prefixes; any is true for "*".
-func TypeFilter(s string) (tags, prefixes []string, anyType bool, err error) {
+func typeFilter(s string) (tags, prefixes []string, anyType bool, err error) {
 	if n := strings.Count(s, ",") + 1; n > MaxTypePatterns {
 		return nil, nil, false, Invalid("type has %d patterns; at most %d", n, MaxTypePatterns)
 	}
@@ -148,7 +148,7 @@ var (
 	latestTime   = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
-// maxTypePatterns bounds the patterns of one type filter: each is a
+// MaxTypePatterns bounds the patterns of one type filter: each is a
 // condition of the store's query, and a store refuses a query with a few
 // thousand (SQLite: "Expression tree is too large").
 const MaxTypePatterns = 100
@@ -182,7 +182,7 @@ func (s *Service) scanParams(f EventFilter) (*dispatch.CallScanParams, error) {
 	p := &dispatch.CallScanParams{Function: s.fns.HandleEvent.Name(), Key: &none, CountChildren: true}
 	var err error
 	var anyType bool
-	if p.Tags, p.TagPrefixes, anyType, err = TypeFilter(f.Type); err != nil {
+	if p.Tags, p.TagPrefixes, anyType, err = typeFilter(f.Type); err != nil {
 		return nil, err
 	}
 	if anyType {
@@ -317,7 +317,7 @@ func idTime(id string) (time.Time, bool) {
 
 func eventSummaryOf(c *dispatch.ScannedCall) eventSummary {
 	return eventSummary{ID: c.Call.ID, ReceivedAt: c.Call.CreatedAt, Type: c.Call.Tag, Size: c.Size,
-		State: EventState(c.Call.State), Deliveries: DeliveryCounts{
+		State: eventState(c.Call.State), Deliveries: DeliveryCounts{
 			Pending:    c.Children[dispatch.StatePending],
 			Delivering: c.Children[dispatch.StateRunning],
 			Delivered:  c.Children[dispatch.StateDone],

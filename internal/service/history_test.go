@@ -9,20 +9,20 @@ import (
 
 func TestStats_Quantiles(t *testing.T) {
 	t.Parallel()
-	var h [LatencyBins]uint32
-	if v := Quantile(&h, 0.5); !math.IsNaN(v) {
+	var h [latencyBins]uint32
+	if v := quantile(&h, 0.5); !math.IsNaN(v) {
 		t.Fatalf("empty: %v, want NaN", v)
 	}
 	for i := 1; i <= 1000; i++ {
-		h[LatencyBin(float64(i))]++ // 1..1000 ms
+		h[latencyBin(float64(i))]++ // 1..1000 ms
 	}
 	for _, tt := range []struct{ q, want float64 }{{0.5, 500}, {0.99, 990}, {0.01, 10}} {
-		got := Quantile(&h, tt.q)
+		got := quantile(&h, tt.q)
 		if got < tt.want || got > tt.want*1.2 {
 			t.Errorf("p%v = %v, want %v within a bin (+19%%)", tt.q*100, got, tt.want)
 		}
 	}
-	if LatencyBin(-1) != 0 || LatencyBin(1e12) != LatencyBins-1 {
+	if latencyBin(-1) != 0 || latencyBin(1e12) != latencyBins-1 {
 		t.Fatal("out of range latencies must fall in the end bins")
 	}
 }
@@ -51,7 +51,7 @@ func TestTypeFilter(t *testing.T) {
 		{in: "\xff*", wantErr: "UTF-8"},
 	}
 	for _, tc := range tests {
-		tags, prefixes, anyType, err := TypeFilter(tc.in)
+		tags, prefixes, anyType, err := typeFilter(tc.in)
 		if tc.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("typeFilter(%q) err %v, want %q", tc.in, err, tc.wantErr)

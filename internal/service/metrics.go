@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metrics is fanout's Prometheus registry and the measurements made on the
+// Metrics is fanout's Prometheus registry and the measurements made on the
 // way (answers of the API, latency histograms, the store's group commits).
 // What lives in memory elsewhere (the runtime's counters, each
 // destination's state, the backlog) is read at scrape time by a collector
@@ -79,7 +79,7 @@ func histogramOpts(name, help string, buckets []float64) prometheus.HistogramOpt
 	}
 }
 
-func NewMetrics(version string) *Metrics {
+func newMetrics(version string) *Metrics {
 	m := &Metrics{
 		Reg:    prometheus.NewRegistry(),
 		routes: map[string]*routeMetrics{},
@@ -133,7 +133,7 @@ func (m *Metrics) watch(svc *Service) {
 	m.Reg.MustRegister(&fanoutCollector{svc: svc, m: m})
 }
 
-// track makes room for the answers of each route, and of "other".
+// Track makes room for the answers of each route, and of "other".
 func (m *Metrics) Track(patterns []string) {
 	for _, p := range patterns {
 		m.addRoute(p, p == "POST /v1/event" || p == "POST /v1/batch")
@@ -160,7 +160,7 @@ func (rm *routeMetrics) resolve(m *Metrics, c int) {
 	})
 }
 
-// instrument counts next's answers under the pattern the mux matched, which
+// Instrument counts next's answers under the pattern the mux matched, which
 // it leaves in r.Pattern (a request no route took, 404, 405 or 401, is
 // "other"), and times those of the ingest routes.
 func (m *Metrics) Instrument(next http.Handler) http.Handler {
@@ -188,8 +188,8 @@ func (m *Metrics) Instrument(next http.Handler) http.Handler {
 	})
 }
 
-// attempted measures one delivery attempt.
-func (m *Metrics) Attempted(d DeliveryAttempt) {
+// Attempted measures one delivery attempt.
+func (m *Metrics) Attempted(d deliveryAttempt) {
 	if _, ok := m.destinations.Load(d.DestinationID); !ok {
 		m.destinations.Store(d.DestinationID, true)
 	}
@@ -197,7 +197,7 @@ func (m *Metrics) Attempted(d DeliveryAttempt) {
 	if d.First {
 		m.firstAttempt.WithLabelValues(d.DestinationID).Observe(max(0, d.Started.Sub(d.EventAt).Seconds()))
 	}
-	if d.Outcome == OutcomeDone {
+	if d.Outcome == outcomeDone {
 		m.deliveryLatency.WithLabelValues(d.DestinationID).Observe(max(0, d.Started.Add(d.Duration).Sub(d.EventAt).Seconds()))
 	}
 }

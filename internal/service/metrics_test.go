@@ -9,7 +9,7 @@ import (
 // BenchmarkMetrics_Request is what counting and timing an ingest answer
 // costs a request (the handler itself does nothing here).
 func BenchmarkMetrics_Request(b *testing.B) {
-	m := NewMetrics("test")
+	m := newMetrics("test")
 	m.Track([]string{"POST /v1/event"})
 	h := m.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Pattern = "POST /v1/event"
@@ -28,10 +28,10 @@ func BenchmarkMetrics_Request(b *testing.B) {
 // BenchmarkMetrics_Attempt is what the histograms of one delivery attempt
 // cost the worker that made it.
 func BenchmarkMetrics_Attempt(b *testing.B) {
-	m := NewMetrics("test")
+	m := newMetrics("test")
 	now := time.Now()
-	d := DeliveryAttempt{ID: "e.0.0", EventID: "e", DestinationID: "dst_1", Attempt: 1, First: true, EventAt: now,
-		Started: now.Add(time.Millisecond), Duration: 3 * time.Millisecond, Outcome: OutcomeDone}
+	d := deliveryAttempt{ID: "e.0.0", EventID: "e", DestinationID: "dst_1", Attempt: 1, First: true, EventAt: now,
+		Started: now.Add(time.Millisecond), Duration: 3 * time.Millisecond, Outcome: outcomeDone}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

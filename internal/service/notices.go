@@ -62,7 +62,7 @@ const (
 
 var NoticeTypes = []string{NoticePaused, NoticeDisabled, NoticeRecovered, NoticeFailed}
 
-// noticeDocKind is the kind of the documents that hold, per destination,
+// NoticeDocKind is the kind of the documents that hold, per destination,
 // the last state announced.
 const NoticeDocKind = "destination-notice"
 
@@ -102,7 +102,7 @@ func noticeTargets(matching []*destination.Destination, eventType string, event 
 // rule handleEvent applies when it fans an event out (with Matching), and
 // replays apply again. payload is read only for an operational event, to
 // keep it from the destination it is about (unreadable, it is not routed).
-func Routed(d *destination.Destination, eventType string, payload func() ([]byte, bool)) bool {
+func routed(d *destination.Destination, eventType string, payload func() ([]byte, bool)) bool {
 	if !d.Matches(eventType) {
 		return false
 	}
@@ -123,7 +123,7 @@ type NoticeStore interface {
 	DocDelete(ctx context.Context, kind, id string) error
 }
 
-// announced is the state last announced for a destination.
+// Announced is the state last announced for a destination.
 type Announced struct {
 	State string    `json:"state"` // "ok", "paused" or "disabled"
 	Seq   int64     `json:"seq"`   // state changes announced so far
@@ -132,14 +132,14 @@ type Announced struct {
 	version int64
 }
 
-// notifier announces operational events.
+// Notifier announces operational events.
 type Notifier struct {
 	svc    *Service
 	Dests  *destination.Registry
 	store  NoticeStore
 	log    *slog.Logger
 	Window time.Duration
-	// process names this process in its failure summaries' ids: two
+	// Process names this process in its failure summaries' ids: two
 	// replicas each announce their own count for a window.
 	Process string
 
@@ -159,7 +159,7 @@ type Notifier struct {
 	done   chan struct{}
 }
 
-// failureWindow counts the dead letters of one destination in one window.
+// FailureWindow counts the dead letters of one destination in one window.
 type FailureWindow struct {
 	start     time.Time
 	Count     int
@@ -175,13 +175,13 @@ type FailedDelivery struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// notice is an operational event waiting to be stored.
+// Notice is an operational event waiting to be stored.
 type Notice struct {
 	Type  string
 	Event json.RawMessage
 }
 
-// newNotifier returns a notifier; attempted must hear of every delivery
+// NewNotifier returns a notifier; attempted must hear of every delivery
 // attempt (service.observeDeliveries), and start starts it.
 func NewNotifier(svc *Service, store NoticeStore, window time.Duration, log *slog.Logger) *Notifier {
 	var b [4]byte
@@ -202,9 +202,9 @@ func (n *Notifier) poke() {
 
 // attempted counts a dead letter, or notes that a delivery ended a
 // breaker's pause. It runs on the worker that made the attempt: no store.
-func (n *Notifier) attempted(d DeliveryAttempt) {
+func (n *Notifier) attempted(d deliveryAttempt) {
 	switch d.Outcome {
-	case OutcomeDone:
+	case outcomeDone:
 		dst, ok := n.Dests.Get(d.DestinationID)
 		if ok && dst.CircuitOpenUntil != nil && !d.Started.Before(*dst.CircuitOpenUntil) {
 			n.mu.Lock()
@@ -268,7 +268,7 @@ func (n *Notifier) start(ctx context.Context) {
 	}()
 }
 
-// stop ends the loop and announces the failures counted so far (the
+// Stop ends the loop and announces the failures counted so far (the
 // runtime must still run: they are ingested), trying for at most until
 // ctx ends.
 func (n *Notifier) Stop(ctx context.Context) {
@@ -281,7 +281,7 @@ func (n *Notifier) Stop(ctx context.Context) {
 	n.Tick(ctx, true)
 }
 
-// tick clears the breaker pauses deliveries ended, announces the state
+// Tick clears the breaker pauses deliveries ended, announces the state
 // changes of destinations, and the failure summaries that are due (all of
 // them when final).
 func (n *Notifier) Tick(ctx context.Context, final bool) {
@@ -517,7 +517,7 @@ func (n *Notifier) StateNotice(d *destination.Destination, last, next *Announced
 	return Notice{Type: typ, Event: b}
 }
 
-// summary is the fanout.deliveries.failed event of a window; n.mu is held.
+// Summary is the fanout.deliveries.failed event of a window; n.mu is held.
 func (n *Notifier) Summary(id string, w *FailureWindow) Notice {
 	data := FailedNotice{DestinationID: id, Count: w.Count, WindowStart: w.start.UTC(),
 		WindowEnd: w.start.Add(n.Window).UTC(), LastError: w.lastError, First: w.First}

@@ -31,7 +31,7 @@ func TestRouted(t *testing.T) {
 	}
 	for _, tc := range tests {
 		d := &destination.Destination{ID: "dst_a", Filter: tc.filter}
-		if got := Routed(d, tc.typ, tc.payload); got != tc.want {
+		if got := routed(d, tc.typ, tc.payload); got != tc.want {
 			t.Errorf("%s: routed = %v, want %v", tc.name, got, tc.want)
 		}
 	}

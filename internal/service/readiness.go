@@ -36,7 +36,7 @@ type readiness struct {
 	running chan struct{} // closed when the probe under way ends; nil if none
 }
 
-// readyView is the answer of /readyz.
+// ReadyView is the answer of /readyz.
 type ReadyView struct {
 	// Status is "ready" or "not ready"; Reason says why not.
 	Status string `json:"status"`
@@ -46,14 +46,14 @@ type ReadyView struct {
 	Ready  bool              `json:"-"`
 }
 
-func NewReadiness(probe func(ctx context.Context) error, log *slog.Logger) *readiness {
+func newReadiness(probe func(ctx context.Context) error, log *slog.Logger) *readiness {
 	return &readiness{probe: probe, Timeout: 2 * time.Second, MaxAge: time.Second, log: log}
 }
 
-// drain makes the process not ready for good: it is shutting down.
+// Drain makes the process not ready for good: it is shutting down.
 func (r *readiness) Drain() { r.draining.Store(true) }
 
-// check returns whether the process is ready, asking the store unless a
+// Check returns whether the process is ready, asking the store unless a
 // probe younger than maxAge answered; it waits at most until ctx ends.
 func (r *readiness) Check(ctx context.Context) ReadyView {
 	if r.draining.Load() {
@@ -76,7 +76,7 @@ func (r *readiness) Check(ctx context.Context) ReadyView {
 	return r.result
 }
 
-// last returns the last answer without waiting, and starts a probe if it
+// Last returns the last answer without waiting, and starts a probe if it
 // is stale: for the gauge fanout_ready, which a scrape must not hold up.
 func (r *readiness) Last() ReadyView {
 	if r.draining.Load() {

@@ -30,7 +30,7 @@ func TestReadiness(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			r := NewReadiness(tc.probe, nil)
+			r := newReadiness(tc.probe, nil)
 			r.Timeout = 50 * time.Millisecond
 			if tc.drain {
 				r.Drain()
@@ -53,7 +53,7 @@ func TestReadiness_OneProbe(t *testing.T) {
 	t.Parallel()
 	var probes atomic.Int32
 	release := make(chan struct{})
-	r := NewReadiness(func(context.Context) error {
+	r := newReadiness(func(context.Context) error {
 		probes.Add(1)
 		<-release
 		return nil

@@ -43,7 +43,7 @@ const (
 	replayKeep = 200
 )
 
-// replayRequest is the body of POST /v1/destinations/{id}/replay.
+// ReplayRequest is the body of POST /v1/destinations/{id}/replay.
 type ReplayRequest struct {
 	Since string   `json:"since"`
 	Until string   `json:"until"`
@@ -63,7 +63,7 @@ type replayJob struct {
 	Force       bool      `json:"force,omitempty"`
 }
 
-// replayView is a replay and how far it got: GET /v1/replays/{id}, and the
+// ReplayView is a replay and how far it got: GET /v1/replays/{id}, and the
 // document it keeps.
 type ReplayView struct {
 	ID          string    `json:"id"`
@@ -94,7 +94,7 @@ type ReplayView struct {
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
-// replayCount is the answer of a dry run.
+// ReplayCount is the answer of a dry run.
 type ReplayCount struct {
 	Events int `json:"events"`
 	// More says the count stopped at its bound (replayCountBound).
@@ -106,7 +106,7 @@ func newReplayFunction(s *Service) *dispatch.Function[replayJob, ReplayCount] {
 	return dispatch.Func("replayEvents", s.replayPage)
 }
 
-// checkReplay validates a replay request for a destination.
+// CheckReplay validates a replay request for a destination.
 func (s *Service) CheckReplay(id string, in *ReplayRequest, now time.Time) (*replayJob, error) {
 	d, ok := s.Dests.Get(id)
 	if !ok {
@@ -133,7 +133,7 @@ func (s *Service) CheckReplay(id string, in *ReplayRequest, now time.Time) (*rep
 		return nil, Invalid("types has more than %d entries", MaxTypePatterns)
 	}
 	for _, t := range in.Types {
-		if _, _, _, err := TypeFilter(t); err != nil || t == "" || strings.Contains(t, ",") {
+		if _, _, _, err := typeFilter(t); err != nil || t == "" || strings.Contains(t, ",") {
 			return nil, Invalid("types entries are event types, exact or prefix.* (%q)", t)
 		}
 	}
@@ -183,7 +183,7 @@ func (s *Service) countReplay(ctx context.Context, job *replayJob) (*ReplayCount
 		}
 		scanned += res.Scanned
 		for _, c := range res.Calls {
-			if Routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
+			if routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
 				out.Events++
 			}
 		}
@@ -210,7 +210,7 @@ func (s *Service) payloadOf(ctx context.Context, id string) func() ([]byte, bool
 	}
 }
 
-// replayScan is the scan of a replay's page after cursor.
+// ReplayScan is the scan of a replay's page after cursor.
 func (s *Service) ReplayScan(job *replayJob, cursor string) *dispatch.CallScanParams {
 	none := ""
 	p := &dispatch.CallScanParams{Function: s.fns.HandleEvent.Name(), Key: &none, Ascending: true,
@@ -220,7 +220,7 @@ func (s *Service) ReplayScan(job *replayJob, cursor string) *dispatch.CallScanPa
 		p.After = cursor
 	}
 	for _, t := range job.Types {
-		tags, prefixes, anyType, _ := TypeFilter(t)
+		tags, prefixes, anyType, _ := typeFilter(t)
 		if anyType {
 			prefixes = []string{""}
 		}
@@ -263,7 +263,7 @@ func (s *Service) replayPage(ctx context.Context, job replayJob) (ReplayCount, e
 	var events []string // the event of each child
 	tag := "replay:" + info.ID
 	for _, c := range res.Calls {
-		if !Routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
+		if !routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
 			continue
 		}
 		// A delivery carries no copy of its event: it reads its parent's

@@ -17,7 +17,7 @@ import (
 	"fanout/webhook"
 )
 
-// service is what fanout offers, over the runtime, the store and the
+// Service is what fanout offers, over the runtime, the store and the
 // destinations: ingest, the views of events and deliveries, re-drive, and
 // the destinations. It is the only code that turns runtime calls into
 // fanout's words (an event is a handleEvent call without a parent, a
@@ -28,9 +28,9 @@ type Service struct {
 	store Store
 	fns   *functions
 	Dests *destination.Registry
-	// backlog counts the deliveries waiting in the store, for metrics.
+	// Backlog counts the deliveries waiting in the store, for metrics.
 	Backlog *backlogCache
-	// accepted counts the events ingest answered for (a repeat that was
+	// Accepted counts the events ingest answered for (a repeat that was
 	// dropped counts too).
 	Accepted atomic.Int64
 	// attemptObservers are told of every attempt the runtime reports
@@ -49,15 +49,15 @@ type Service struct {
 	storeName string
 	// deliveryObservers are told of every delivery attempt, in fanout's
 	// words (see deliveryAttempt).
-	deliveryObservers []func(DeliveryAttempt)
-	// metrics is the Prometheus registry of /metrics.
+	deliveryObservers []func(deliveryAttempt)
+	// Metrics is the Prometheus registry of /metrics.
 	Metrics *Metrics
-	// tracing makes the spans of ingest and deliveries; nil when tracing
+	// Tracing makes the spans of ingest and deliveries; nil when tracing
 	// is off.
 	Tracing *Tracing
 	// ready says whether this process is ready for traffic (/readyz).
 	Readiness *readiness
-	// notices announces operational events (notices.go).
+	// Notices announces operational events (notices.go).
 	Notices *Notifier
 	// stopUpgrades and upgraded are those of startUpgrades (upgrade.go).
 	stopUpgrades context.CancelFunc
@@ -94,7 +94,7 @@ type Config struct {
 // metrics and traces.
 func New(cfg Config) *Service {
 	s := &Service{rt: cfg.Runtime, store: cfg.Store, fns: cfg.Fns, Dests: cfg.Dests, Backlog: NewBacklogCache(cfg.Store),
-		started: time.Now().UTC(), Metrics: NewMetrics(cfg.Version), retention: cfg.Retention, failedRetention: cfg.FailedRetention,
+		started: time.Now().UTC(), Metrics: newMetrics(cfg.Version), retention: cfg.Retention, failedRetention: cfg.FailedRetention,
 		storeName: cfg.StoreName, Tracing: cfg.Tracing, version: cfg.Version}
 	s.replayFn = newReplayFunction(s)
 	if err := s.rt.Register(s.replayFn); err != nil {
@@ -106,7 +106,7 @@ func New(cfg Config) *Service {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.Readiness = NewReadiness(s.storeAnswers, cfg.Logger)
+	s.Readiness = newReadiness(s.storeAnswers, cfg.Logger)
 	s.Metrics.watch(s)
 	s.observeAttempts(s.deliveryAttempted)
 	s.observeDeliveries(s.Metrics.Attempted)
@@ -188,20 +188,20 @@ func (s *Service) Attempted(a dispatch.AttemptReport) {
 
 // observeDeliveries adds f to what is told of every delivery attempt; call
 // it before the runtime starts.
-func (s *Service) observeDeliveries(f func(DeliveryAttempt)) {
+func (s *Service) observeDeliveries(f func(deliveryAttempt)) {
 	s.deliveryObservers = append(s.deliveryObservers, f)
 }
 
 // Outcomes of a delivery attempt, as fanout_attempts_total names them.
 const (
-	OutcomeDone    = "done"    // delivered
+	outcomeDone    = "done"    // delivered
 	outcomeRetried = "retried" // failed, to be tried again at RetryAt
 	outcomeFailed  = "failed"  // failed for good: a dead letter
 )
 
 // deliveryAttempt is one attempt of a delivery whose outcome is stored, in
 // fanout's words: what metrics, traces and operational events know of it.
-type DeliveryAttempt struct {
+type deliveryAttempt struct {
 	ID            string // the delivery's
 	EventID       string
 	DestinationID string
@@ -237,11 +237,11 @@ func (s *Service) deliveryAttempted(a dispatch.AttemptReport) {
 	if c.Function != s.fns.PublishEvent.Name() || a.Snoozed || len(s.deliveryObservers) == 0 {
 		return
 	}
-	d := DeliveryAttempt{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, Attempt: c.Attempt, First: c.Attempt == 1,
+	d := deliveryAttempt{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, Attempt: c.Attempt, First: c.Attempt == 1,
 		EventAt: eventTime(c.ParentID, c.CreatedAt), Started: a.Started, Duration: a.Duration, Err: a.Err, Trace: c.Meta}
 	switch a.Outcome {
 	case dispatch.StateDone:
-		d.Outcome = OutcomeDone
+		d.Outcome = outcomeDone
 	case dispatch.StatePending:
 		d.Outcome, d.RetryAt = outcomeRetried, a.RetryAt
 	case dispatch.StateFailed:

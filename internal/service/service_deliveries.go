@@ -12,7 +12,7 @@ import (
 	"fanout/webhook"
 )
 
-// eventView is an event and the state of its deliveries.
+// EventView is an event and the state of its deliveries.
 type EventView struct {
 	ID         string          `json:"id"`
 	State      string          `json:"state"`
@@ -22,7 +22,7 @@ type EventView struct {
 	Deliveries []DeliveryView  `json:"deliveries"`
 }
 
-// deliveryView is one delivery: an event for a destination.
+// DeliveryView is one delivery: an event for a destination.
 type DeliveryView struct {
 	ID            string        `json:"id"`
 	EventID       string        `json:"event_id"`
@@ -59,12 +59,12 @@ var (
 	deliveryStates = map[dispatch.State]string{dispatch.StateRunning: "delivering", dispatch.StateDone: "delivered", dispatch.StateFailed: "failed"}
 )
 
-func EventState(s dispatch.State) string { return cmp.Or(eventStates[s], "pending") }
+func eventState(s dispatch.State) string { return cmp.Or(eventStates[s], "pending") }
 
-func DeliveryState(s dispatch.State) string { return cmp.Or(deliveryStates[s], "pending") }
+func deliveryState(s dispatch.State) string { return cmp.Or(deliveryStates[s], "pending") }
 
 // parseDeliveryState is the inverse of deliveryState; no state is failed.
-func ParseDeliveryState(s string) (dispatch.State, error) {
+func parseDeliveryState(s string) (dispatch.State, error) {
 	switch s {
 	case "", "failed":
 		return dispatch.StateFailed, nil
@@ -87,7 +87,7 @@ func deliveryOutput(c *dispatch.Call) (Delivery, bool) {
 }
 
 func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
-	v := DeliveryView{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, State: DeliveryState(c.State),
+	v := DeliveryView{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, State: deliveryState(c.State),
 		Attempts: c.Attempt, LastError: c.Error, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
 	if d, ok := s.Dests.Get(c.Key); ok {
 		v.URL = d.URL
@@ -122,7 +122,7 @@ func (s *Service) Event(ctx context.Context, id string) (*EventView, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &EventView{ID: c.ID, State: EventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
+	v := &EventView{ID: c.ID, State: eventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
 		Deliveries: make([]DeliveryView, 0, len(children))}
 	if c.State == dispatch.StateFailed {
 		v.Error = c.Error
@@ -133,7 +133,7 @@ func (s *Service) Event(ctx context.Context, id string) (*EventView, error) {
 	return v, nil
 }
 
-// deliveryFilter selects deliveries: the query of GET /v1/deliveries and
+// DeliveryFilter selects deliveries: the query of GET /v1/deliveries and
 // the body of POST /v1/deliveries/retry.
 type DeliveryFilter struct {
 	State       string `json:"state"`
@@ -143,7 +143,7 @@ type DeliveryFilter struct {
 }
 
 func (s *Service) listParams(f DeliveryFilter) (*dispatch.CallListParams, error) {
-	state, err := ParseDeliveryState(f.State)
+	state, err := parseDeliveryState(f.State)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +238,7 @@ func (s *Service) RetryDelivery(ctx context.Context, id string) ([]string, error
 		return nil, err
 	}
 	if c.State != dispatch.StateFailed {
-		return nil, Conflict("delivery %s is %s; only failed deliveries can be retried", c.ID, DeliveryState(c.State))
+		return nil, Conflict("delivery %s is %s; only failed deliveries can be retried", c.ID, deliveryState(c.State))
 	}
 	done, err := s.rt.Redrive(ctx, []string{c.ID})
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"fanout/webhook"
 )
 
-// destinationInput is a change to a destination, as POST and PATCH
+// DestinationInput is a change to a destination, as POST and PATCH
 // /v1/destinations send it: a field that is absent is left as it is (or
 // defaulted, on creation).
 type DestinationInput struct {

@@ -8,15 +8,15 @@ import (
 func TestService_States(t *testing.T) {
 	t.Parallel()
 	for _, st := range []dispatch.State{dispatch.StatePending, dispatch.StateRunning, dispatch.StateDone, dispatch.StateFailed} {
-		name := DeliveryState(st)
-		back, err := ParseDeliveryState(name)
+		name := deliveryState(st)
+		back, err := parseDeliveryState(name)
 		if err != nil || back != st {
 			t.Errorf("parseDeliveryState(deliveryState(%v) = %q) = %v, %v", st, name, back, err)
 		}
 	}
 	for st, want := range map[dispatch.State]string{dispatch.StatePending: "pending", dispatch.StateRunning: "pending",
 		dispatch.StateWaiting: "delivering", dispatch.StateDone: "delivered", dispatch.StateFailed: "failed"} {
-		if got := EventState(st); got != want {
+		if got := eventState(st); got != want {
 			t.Errorf("eventState(%v) = %q, want %q", st, got, want)
 		}
 	}

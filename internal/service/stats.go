@@ -19,7 +19,7 @@ const (
 	StatsBuckets = 360 // an hour
 	// Latency is counted in a histogram of logarithmic bins, four per
 	// doubling from 0.1 ms (a bin spans 19%), up to about 15 hours.
-	LatencyBins      = 120
+	latencyBins      = 120
 	latencyBase      = 0.1 // ms
 	latencyPerDouble = 4
 )
@@ -40,7 +40,7 @@ type statsRing struct {
 type statsBin struct {
 	start                              int64 // unix seconds; 0 when unused
 	accepted, delivered, retried, dead int64
-	latency                            [LatencyBins]uint32
+	latency                            [latencyBins]uint32
 	backlog                            int64 // the total backlog, when the console last read it; -1 unknown
 }
 
@@ -75,7 +75,7 @@ func (r *statsRing) record(a dispatch.AttemptReport) {
 	case a.Outcome == dispatch.StateDone:
 		b.delivered++
 		ms := float64(a.Started.Add(a.Duration).Sub(a.Call.CreatedAt)) / float64(time.Millisecond)
-		b.latency[LatencyBin(ms)]++
+		b.latency[latencyBin(ms)]++
 	case a.Outcome == dispatch.StateFailed:
 		b.dead++
 	case a.Outcome == dispatch.StatePending && !a.Snoozed:
@@ -83,19 +83,19 @@ func (r *statsRing) record(a dispatch.AttemptReport) {
 	}
 }
 
-func LatencyBin(ms float64) int {
+func latencyBin(ms float64) int {
 	if ms <= latencyBase {
 		return 0
 	}
 	i := int(math.Log2(ms/latencyBase) * latencyPerDouble)
-	return min(i, LatencyBins-1)
+	return min(i, latencyBins-1)
 }
 
 // binMS is the upper bound of a bin, in milliseconds.
 func binMS(i int) float64 { return latencyBase * math.Exp2(float64(i+1)/latencyPerDouble) }
 
 // quantile of a histogram, as its bin's upper bound; NaN when empty.
-func Quantile(h *[LatencyBins]uint32, q float64) float64 {
+func quantile(h *[latencyBins]uint32, q float64) float64 {
 	var total uint64
 	for _, n := range h {
 		total += uint64(n)
@@ -111,10 +111,10 @@ func Quantile(h *[LatencyBins]uint32, q float64) float64 {
 			return binMS(i)
 		}
 	}
-	return binMS(LatencyBins - 1)
+	return binMS(latencyBins - 1)
 }
 
-// statsView is GET /v1/stats.
+// StatsView is GET /v1/stats.
 type StatsView struct {
 	// Scope says whose figures these are.
 	Scope string    `json:"scope"`
@@ -223,7 +223,7 @@ func (s *Service) Stats(now time.Time) *StatsView {
 	}
 	step := int64(statsBucket / time.Second)
 	ser := &v.Series
-	var recent [LatencyBins]uint32
+	var recent [latencyBins]uint32
 	var recentN [4]int64
 	for i := StatsBuckets - 1; i >= 0; i-- {
 		start := cur.start - int64(i)*step
@@ -244,8 +244,8 @@ func (s *Service) Stats(now time.Time) *StatsView {
 		ser.Delivered = append(ser.Delivered, rate(b.delivered))
 		ser.Retried = append(ser.Retried, rate(b.retried))
 		ser.Dead = append(ser.Dead, rate(b.dead))
-		ser.P50 = append(ser.P50, finite(Quantile(&b.latency, 0.5)))
-		ser.P99 = append(ser.P99, finite(Quantile(&b.latency, 0.99)))
+		ser.P50 = append(ser.P50, finite(quantile(&b.latency, 0.5)))
+		ser.P99 = append(ser.P99, finite(quantile(&b.latency, 0.99)))
 		if b.backlog >= 0 {
 			ser.Backlog = append(ser.Backlog, ptr(b.backlog))
 		} else {
@@ -269,6 +269,6 @@ func (s *Service) Stats(now time.Time) *StatsView {
 	span = math.Max(1, span)
 	rate := func(n int64) float64 { return math.Round(float64(n)/span*100) / 100 }
 	v.Rates = statsRates{Accepted: rate(recentN[0]), Delivered: rate(recentN[1]), Retried: rate(recentN[2]),
-		Dead: rate(recentN[3]), P50: finite(Quantile(&recent, 0.5)), P99: finite(Quantile(&recent, 0.99))}
+		Dead: rate(recentN[3]), P50: finite(quantile(&recent, 0.5)), P99: finite(quantile(&recent, 0.99))}
 	return v
 }

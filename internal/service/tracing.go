@@ -155,7 +155,7 @@ func (c *createSpans) start(i int, eventType string) []byte {
 		if eventType != "" {
 			c.single.SetAttributes(attribute.String("fanout.event.type", eventType))
 		}
-		return EncodeTraceMeta(c.single.SpanContext())
+		return encodeTraceMeta(c.single.SpanContext())
 	}
 	attrs := make([]attribute.KeyValue, 0, 5)
 	attrs = append(attrs, semconv.MessagingSystemKey.String("fanout"), semconv.MessagingOperationTypeCreate,
@@ -168,7 +168,7 @@ func (c *createSpans) start(i int, eventType string) []byte {
 	}
 	_, span := c.t.tracer.Start(c.ctx, "create event", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
 	c.spans = append(c.spans, span)
-	return EncodeTraceMeta(span.SpanContext())
+	return encodeTraceMeta(span.SpanContext())
 }
 
 // end ends the spans once the events are stored (ids) or refused (err).
@@ -204,7 +204,7 @@ type traceMeta struct {
 // "tracestate" when it has one. It runs for every event ingested while
 // tracing is on: the traceparent is written by hand, as the W3C propagator
 // would write it.
-func EncodeTraceMeta(sc trace.SpanContext) []byte {
+func encodeTraceMeta(sc trace.SpanContext) []byte {
 	if !sc.IsValid() {
 		return nil
 	}
@@ -229,7 +229,7 @@ func EncodeTraceMeta(sc trace.SpanContext) []byte {
 // decodeTraceMeta reads a Call.Meta written by encodeTraceMeta: the span
 // context it names, invalid when it names none (a Meta of another kind, an
 // event stored while tracing was off).
-func DecodeTraceMeta(meta []byte) trace.SpanContext {
+func decodeTraceMeta(meta []byte) trace.SpanContext {
 	if len(meta) == 0 {
 		return trace.SpanContext{}
 	}
@@ -250,13 +250,13 @@ func DecodeTraceMeta(meta []byte) trace.SpanContext {
 
 // --- spans of deliveries ---
 
-// attemptIdentity is the span context of a delivery attempt's CONSUMER
+// AttemptIdentity is the span context of a delivery attempt's CONSUMER
 // span, which the same inputs give wherever they are computed: the event's
 // trace (or, for an event stored without one, a trace named after its id),
 // a span id derived from the delivery's id and attempt, and the sampler's
 // decision. parent is the event's create span, if it was stored.
 func (t *Tracing) AttemptIdentity(meta []byte, eventID, deliveryID string, attempt int, destinationID string) (parent, sc trace.SpanContext) {
-	parent = DecodeTraceMeta(meta)
+	parent = decodeTraceMeta(meta)
 	traceID := parent.TraceID()
 	if !parent.IsValid() {
 		traceID = eventTraceID(eventID)
@@ -287,7 +287,7 @@ func eventTraceID(eventID string) trace.TraceID {
 	return trace.TraceID(sum[:16])
 }
 
-// attemptSpanID is the span id of a delivery's attempt.
+// AttemptSpanID is the span id of a delivery's attempt.
 func AttemptSpanID(deliveryID string, attempt int) trace.SpanID {
 	sum := sha256.Sum256([]byte(deliveryID + "#" + strconv.Itoa(attempt)))
 	var id trace.SpanID
@@ -359,7 +359,7 @@ func truncate(s string, n int) string {
 // attempted makes the CONSUMER span of a delivery attempt, from the
 // runtime's report: the child of the event's create span, with the span id
 // its request named as its parent, timed as the attempt ran.
-func (t *Tracing) attempted(d DeliveryAttempt) {
+func (t *Tracing) attempted(d deliveryAttempt) {
 	parent, sc := t.AttemptIdentity(d.Trace, d.EventID, d.ID, d.Attempt, d.DestinationID)
 	ctx := context.WithValue(context.Background(), fixedIDsKey{}, fixedIDs{trace: sc.TraceID(), span: sc.SpanID()})
 	if parent.IsValid() {
@@ -382,7 +382,7 @@ func (t *Tracing) attempted(d DeliveryAttempt) {
 	}
 	_, span := t.tracer.Start(ctx, "deliver "+d.DestinationID, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithTimestamp(d.Started), trace.WithAttributes(attrs...))
-	if d.Outcome != OutcomeDone {
+	if d.Outcome != outcomeDone {
 		msg := d.Outcome
 		if d.Err != nil {
 			msg = truncate(d.Err.Error(), 256)

@@ -23,7 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// traceSettings is what turns tracing on and configures it: flags, then
+// TraceSettings is what turns tracing on and configures it: flags, then
 // the OTEL_* environment, read through run's getenv.
 type TraceSettings struct {
 	Endpoint    string // the traces endpoint URL
@@ -42,7 +42,7 @@ type TraceSettings struct {
 	version string
 }
 
-// traceOptions is what fanout's own flags say of tracing; the OTEL_*
+// TraceOptions is what fanout's own flags say of tracing; the OTEL_*
 // environment says the rest.
 type TraceOptions struct {
 	Endpoint, Protocol string // --otlp-endpoint, --otlp-protocol
@@ -51,7 +51,7 @@ type TraceOptions struct {
 	Exporter sdktrace.SpanExporter
 }
 
-// traceSettingsFrom reads the tracing settings; nil when tracing is off.
+// TraceSettingsFrom reads the tracing settings; nil when tracing is off.
 // The flag --otlp-endpoint turns it on; so do OTEL_EXPORTER_OTLP_ENDPOINT,
 // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and OTEL_TRACES_EXPORTER=otlp, unless
 // OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
@@ -90,7 +90,7 @@ func TraceSettingsFrom(cfg TraceOptions, getenv func(string) string) (*TraceSett
 		return nil, err
 	}
 	if h := otlp("HEADERS"); h != "" {
-		kv, err := ParseKeyValues(h)
+		kv, err := parseKeyValues(h)
 		if err != nil {
 			return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_HEADERS: %w", err)
 		}
@@ -226,7 +226,7 @@ func propagatorsFrom(v string) ([]propagation.TextMapPropagator, error) {
 // else fanout), service.version, a service.instance.id of its own, and
 // OTEL_RESOURCE_ATTRIBUTES.
 func resourceFrom(serviceName, attrs, version string) ([]attribute.KeyValue, error) {
-	kv, err := ParseKeyValues(attrs)
+	kv, err := parseKeyValues(attrs)
 	if err != nil {
 		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
 	}
@@ -244,7 +244,7 @@ func resourceFrom(serviceName, attrs, version string) ([]attribute.KeyValue, err
 // parseKeyValues reads the W3C Baggage-like lists of OTEL_RESOURCE_ATTRIBUTES
 // and OTEL_EXPORTER_OTLP_HEADERS: key=value pairs separated by commas, the
 // values percent-encoded.
-func ParseKeyValues(s string) ([][2]string, error) {
+func parseKeyValues(s string) ([][2]string, error) {
 	var out [][2]string
 	for _, item := range strings.Split(s, ",") {
 		if strings.TrimSpace(item) == "" {
@@ -264,7 +264,7 @@ func ParseKeyValues(s string) ([][2]string, error) {
 	return out, nil
 }
 
-// newTracing starts the tracer provider and its exporter.
+// NewTracing starts the tracer provider and its exporter.
 func NewTracing(ctx context.Context, s *TraceSettings, log *slog.Logger) (*Tracing, error) {
 	exp := s.exporter
 	var processor sdktrace.SpanProcessor
@@ -317,7 +317,7 @@ func NewTracing(ctx context.Context, s *TraceSettings, log *slog.Logger) (*Traci
 		prop: propagation.NewCompositeTextMapPropagator(props...), Sampler: sampler}, nil
 }
 
-// shutdown exports the spans still queued, until ctx ends.
+// Shutdown exports the spans still queued, until ctx ends.
 func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t == nil {
 		return nil

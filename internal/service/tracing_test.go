@@ -13,20 +13,20 @@ func TestTraceMeta(t *testing.T) {
 	ts, _ := trace.ParseTraceState("vendor=abc")
 	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5},
 		TraceFlags: trace.FlagsSampled, TraceState: ts})
-	meta := EncodeTraceMeta(sc)
+	meta := encodeTraceMeta(sc)
 	if want := `{"traceparent":"00-01020300000000000000000000000000-0405000000000000-01","tracestate":"vendor=abc"}`; string(meta) != want {
 		t.Fatalf("meta %s, want %s", meta, want)
 	}
-	got := DecodeTraceMeta(meta)
+	got := decodeTraceMeta(meta)
 	if got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() || !got.IsSampled() || got.TraceState().Get("vendor") != "abc" || !got.IsRemote() {
 		t.Fatalf("decoded %+v, want %+v", got, sc)
 	}
 	for _, bad := range []string{"", "{}", "null", `{"traceparent":"00-0-0-01"}`, `{"traceparent":"garbage"}`, `[1]`, `{"tag":"x"}`} {
-		if DecodeTraceMeta([]byte(bad)).IsValid() {
+		if decodeTraceMeta([]byte(bad)).IsValid() {
 			t.Errorf("decodeTraceMeta(%s) is valid", bad)
 		}
 	}
-	if EncodeTraceMeta(trace.SpanContext{}) != nil {
+	if encodeTraceMeta(trace.SpanContext{}) != nil {
 		t.Error("an invalid span context is stored")
 	}
 }
@@ -39,11 +39,11 @@ func FuzzDecodeTraceMeta(f *testing.F) {
 	f.Add([]byte(`{"traceparent":"00-00000000000000000000000000000000-00f067aa0ba902b7-01"}`))
 	f.Add([]byte(`{`))
 	f.Fuzz(func(t *testing.T, meta []byte) {
-		sc := DecodeTraceMeta(meta)
+		sc := decodeTraceMeta(meta)
 		if !sc.IsValid() {
 			return
 		}
-		again := DecodeTraceMeta(EncodeTraceMeta(sc))
+		again := decodeTraceMeta(encodeTraceMeta(sc))
 		if again.TraceID() != sc.TraceID() || again.SpanID() != sc.SpanID() || again.TraceFlags() != sc.TraceFlags() {
 			t.Fatalf("%s decodes to %v, which round-trips to %v", meta, sc, again)
 		}
@@ -57,7 +57,7 @@ func FuzzParseKeyValues(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		kv, err := ParseKeyValues(s)
+		kv, err := parseKeyValues(s)
 		if err != nil {
 			return
 		}
@@ -77,7 +77,7 @@ func TestAttemptIdentity(t *testing.T) {
 	tr := &Tracing{Sampler: sdktrace.ParentBased(sdktrace.AlwaysSample())}
 	const event = "01a21f4d-fc58-7a16-94d8-32106577de72"
 	parent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{9}, SpanID: trace.SpanID{8}, TraceFlags: trace.FlagsSampled})
-	meta := EncodeTraceMeta(parent)
+	meta := encodeTraceMeta(parent)
 	p1, a1 := tr.AttemptIdentity(meta, event, event+".0.0", 3, "dst_x")
 	_, a2 := tr.AttemptIdentity(meta, event, event+".0.0", 3, "dst_x")
 	_, other := tr.AttemptIdentity(meta, event, event+".0.0", 4, "dst_x")
@@ -89,7 +89,7 @@ func TestAttemptIdentity(t *testing.T) {
 		t.Errorf("without stored context, trace %v, want the event's id", root.TraceID())
 	}
 	unsampled := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{9}, SpanID: trace.SpanID{8}})
-	if _, a := tr.AttemptIdentity(EncodeTraceMeta(unsampled), event, event+".0.0", 1, "dst_x"); a.IsSampled() {
+	if _, a := tr.AttemptIdentity(encodeTraceMeta(unsampled), event, event+".0.0", 1, "dst_x"); a.IsSampled() {
 		t.Error("an attempt of an unsampled event is sampled")
 	}
 }

@@ -45,7 +45,7 @@ func (s *Service) startUpgrades(ctx context.Context) {
 	}()
 }
 
-// stopUpgrading stops the upgrades and waits for them.
+// StopUpgrading stops the upgrades and waits for them.
 func (s *Service) StopUpgrading() {
 	if s.stopUpgrades != nil {
 		s.stopUpgrades()
@@ -70,7 +70,7 @@ func (s *Service) payloadOnce(ctx context.Context) error {
 	after, rewritten := "", 0
 	for {
 		res, err := s.store.CallRewriteInputs(ctx, &dispatch.CallRewriteInputsParams{
-			Function: s.fns.PublishEvent.Name(), After: after, Limit: upgradePage, Rewrite: CompactDelivery})
+			Function: s.fns.PublishEvent.Name(), After: after, Limit: upgradePage, Rewrite: compactDelivery})
 		if err != nil {
 			return err
 		}
@@ -102,7 +102,7 @@ func (s *Service) payloadOnce(ctx context.Context) error {
 // delivery would send the same bytes under the same id to the same
 // destination without its copy, otherwise nothing (publishEvent reads what
 // a message carries).
-func CompactDelivery(c *dispatch.Call) ([]byte, bool) {
+func compactDelivery(c *dispatch.Call) ([]byte, bool) {
 	var m Message
 	if m.UnmarshalJSON(c.Input) != nil || m.Event == nil ||
 		(m.EventID != "" && m.EventID != c.ParentID) || (m.DestinationID != "" && m.DestinationID != c.Key) ||

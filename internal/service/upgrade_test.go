@@ -25,7 +25,7 @@ func TestCompactDelivery(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &dispatch.Call{ID: "e1.0.0", ParentID: "e1", Key: "d1", Input: []byte(tc.input), ParentInput: []byte(parent)}
-			in, ok := CompactDelivery(c)
+			in, ok := compactDelivery(c)
 			if ok != tc.ok || (ok && string(in) != "{}") {
 				t.Fatalf("compactDelivery(%s) = %s, %v; want %v", tc.input, in, ok, tc.ok)
 			}
