@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -82,17 +83,24 @@ func newBodyBudget(total, smallMax int64, wait time.Duration) *bodyBudget {
 		smallMax: smallMax,
 		wait:     wait,
 	}
-	notifyGC(b.collected)
+	watchCollections(weak.Make(b))
 	return b
 }
 
-// notifyGC calls f after every garbage collection, from the runtime's
-// cleanup goroutine, for as long as the process runs: an object that
-// nothing references is collected by the next cycle, and its cleanup arms
-// the next one.
-func notifyGC(f func()) {
+// watchCollections calls the budget's collected after every garbage
+// collection, from the runtime's cleanup goroutine, for as long as the
+// budget is in use: an object that nothing references is collected by the
+// next cycle, and its cleanup arms the next one. The budget is held weakly,
+// so that a handler's budget that is gone (a server stopped, in tests)
+// stops the chain instead of being kept alive by it.
+func watchCollections(b weak.Pointer[bodyBudget]) {
 	sentinel := new([16]byte) // not a tiny allocation, which may share a block and live on
-	runtime.AddCleanup(sentinel, func(struct{}) { f(); notifyGC(f) }, struct{}{})
+	runtime.AddCleanup(sentinel, func(b weak.Pointer[bodyBudget]) {
+		if budget := b.Value(); budget != nil {
+			budget.collected()
+			watchCollections(b)
+		}
+	}, b)
 }
 
 // collected gives back the bytes of requests that ended before the last
