@@ -80,6 +80,7 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		}
 	}
 	leased := r.leaseNew(runnable, now)
+	r.markLocal(leased, 1) // an eager parent is at its first attempt
 	all := append(rows, children...)
 	stored, err := r.store.CallInsertMany(ctx, &CallInsertParams{Calls: all, DedupSince: now.Add(-r.dedupWindow)})
 	if err != nil {
@@ -182,4 +183,23 @@ func (r *Runtime) leaseNew(calls []*Call, now time.Time) []*Call {
 	}
 	r.stats.leasedOnCreate.Add(int64(len(leased)))
 	return leased
+}
+
+// markLocal makes local calls (Call.Local) of the children among calls
+// leased to this process as they are stored, whose parent is at
+// parentAttempt: they run here at once, and are written only once they
+// ended. Only such a child is local: one that must wait (no free slot, its
+// key's limit, rate or breaker) is stored as before, and so is any retry.
+func (r *Runtime) markLocal(leased []*Call, parentAttempt int) {
+	if !r.local {
+		return
+	}
+	n := 0
+	for _, c := range leased {
+		if c.ParentID != "" {
+			c.Local, c.parentAttempt = true, parentAttempt
+			n++
+		}
+	}
+	r.stats.local.Add(int64(n))
 }

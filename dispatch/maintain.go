@@ -40,11 +40,11 @@ func (r *Runtime) maintain(ctx context.Context) {
 // or last renewed at least age ago: a call may run for longer than a lease,
 // and another process must not take it over while it does.
 func (r *Runtime) renewLeases(ctx context.Context, now time.Time, age time.Duration) {
-	ids := r.pool.leasedBefore(now, age)
+	ids, leases := r.pool.leasedBefore(now, age)
 	if len(ids) == 0 {
 		return
 	}
-	err := r.store.CallLeaseRenew(ctx, &CallLeaseRenewParams{Owner: r.owner, IDs: ids, LeaseUntil: now.Add(r.leaseDuration)})
+	err := r.store.CallLeaseRenew(ctx, &CallLeaseRenewParams{Owner: r.owner, IDs: leases, LeaseUntil: now.Add(r.leaseDuration)})
 	if err != nil && ctx.Err() == nil {
 		r.log.Error("renew leases", "calls", len(ids), "err", err)
 		return

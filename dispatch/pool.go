@@ -24,7 +24,10 @@ type pool struct {
 }
 
 type inflight struct {
-	key       string
+	key string
+	// lease is the id whose lease covers the call: its own, or its
+	// parent's for a local call (Call.Local), which has no row to lease.
+	lease     string
 	claimedAt time.Time // or last renewed
 	ran       bool      // its function returned: it no longer counts against its key
 }
@@ -76,7 +79,11 @@ func (p *pool) admit(calls []*Call, now time.Time) {
 	p.mu.Lock()
 	for _, c := range calls {
 		p.reserved--
-		p.inflight[c.ID] = &inflight{key: c.Key, claimedAt: now}
+		lease := c.ID
+		if c.Local {
+			lease = c.ParentID
+		}
+		p.inflight[c.ID] = &inflight{key: c.Key, lease: lease, claimedAt: now}
 	}
 	p.mu.Unlock()
 	for _, c := range calls {
@@ -112,17 +119,22 @@ func (p *pool) done(id string) (key string, ran, ok bool) {
 }
 
 // leasedBefore returns the calls in flight whose lease was taken or last
-// renewed at least age before now.
-func (p *pool) leasedBefore(now time.Time, age time.Duration) []string {
+// renewed at least age before now, and the ids whose leases cover them
+// (each once: the siblings of local calls share their parent's).
+func (p *pool) leasedBefore(now time.Time, age time.Duration) (ids, leases []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var ids []string
+	seen := make(map[string]bool)
 	for id, f := range p.inflight {
 		if now.Sub(f.claimedAt) >= age {
 			ids = append(ids, id)
+			if !seen[f.lease] {
+				seen[f.lease] = true
+				leases = append(leases, f.lease)
+			}
 		}
 	}
-	return ids
+	return ids, leases
 }
 
 // renewed records that the leases of the calls were renewed at now.

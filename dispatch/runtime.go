@@ -79,6 +79,10 @@ type Config struct {
 	BreakerWindow   time.Duration
 	// DedupWindow is how long a DedupKey is remembered (default 24h).
 	DedupWindow time.Duration
+	// NoLocalCalls stores every child of a Gather when it is created, even
+	// one this process runs at once (see Call.Local): for comparison, and
+	// for a store that does not keep plans.
+	NoLocalCalls bool
 	// Clock is the time source (default the real clock); tests inject a
 	// fake one and never sleep.
 	Clock clockwork.Clock
@@ -113,6 +117,7 @@ type Runtime struct {
 	failedKeep    time.Duration
 	dedupWindow   time.Duration
 	onAttempt     func(AttemptReport)
+	local         bool
 
 	funcs map[string]AnyFunction
 	names []string
@@ -133,7 +138,7 @@ type Runtime struct {
 	stats struct {
 		claims, claimed, leasedOnCreate, eager, finished, retried, failed atomic.Int64
 		resultsFromMemory, resultsFromStore, parentInputReads             atomic.Int64
-		resumedInline                                                     atomic.Int64
+		resumedInline, local                                              atomic.Int64
 	}
 
 	state      atomic.Int32
@@ -204,6 +209,7 @@ func New(cfg *Config, fns ...AnyFunction) (*Runtime, error) {
 		r.dedupWindow = 24 * time.Hour
 	}
 	r.onAttempt = cfg.OnAttempt
+	r.local = !cfg.NoLocalCalls
 	r.pool = newPool(r.workers)
 	r.keys = &keyLimiter{
 		config:     cfg.Keys,
@@ -271,6 +277,9 @@ type Stats struct {
 	// ResumedInline counts the parents run by their last child's worker
 	// and stored done with it (Function.ResumeInline).
 	ResumedInline int64
+	// Local counts the children run as local calls (Call.Local): stored
+	// only once their first attempt ended.
+	Local int64
 }
 
 // Stats returns the runtime's counters.
@@ -281,6 +290,7 @@ func (r *Runtime) Stats() Stats {
 		Done:  r.stats.finished.Load(), Retried: r.stats.retried.Load(), Failed: r.stats.failed.Load(),
 		ResultsFromMemory: r.stats.resultsFromMemory.Load(), ResultsFromStore: r.stats.resultsFromStore.Load(),
 		ParentInputReads: r.stats.parentInputReads.Load(), ResumedInline: r.stats.resumedInline.Load(),
+		Local: r.stats.local.Load(),
 	}
 }
 

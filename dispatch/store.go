@@ -84,6 +84,21 @@ type Call struct {
 	// and as the reason of a failed call; Status classifies it.
 	Error  string
 	Status Status
+	// Local, on a child given to CallInsertMany or CallSuspend leased to
+	// this process (State running), makes it a local call: it gets no row
+	// of its own until it ends. The store records it in its parent's plan
+	// instead (its id, function, key, tag and input, in the same write as
+	// the parent), leases the parent to the child's LeaseOwner until its
+	// LeaseExpires, and stores the child with its outcome when its attempt
+	// ends (CallFinishParams.Local): one row written for a call that
+	// succeeds at once, where a stored child costs an insert, its finish
+	// and its parent's count. Until then the store shows the child, derived
+	// from the plan, as running (CallGet, CallListChildren, CallList,
+	// CallCounts). When the parent's lease ends unrenewed (a crash) or is
+	// released (CallLeaseRelease), the planned children that have no row yet
+	// are stored pending, to run again with the same ids, and the plan is
+	// dropped. Its siblings given without Local are stored as usual.
+	Local bool
 	// Tag labels a call for an application's listings (fanout tags an
 	// event with its type); empty for none. The runtime stores it and reads
 	// it back, nothing more.
@@ -112,6 +127,9 @@ type Call struct {
 	// (CallFinishResult.ParentChildren): the parent runs without listing
 	// them.
 	gathered []*Call
+	// parentAttempt is, on a local call, the attempt of its parent that
+	// planned it: its finish is fenced on it.
+	parentAttempt int
 }
 
 // Attempt is the record of one failed attempt of a call. A successful
@@ -192,12 +210,16 @@ type Store interface {
 	CallKeys(ctx context.Context, now time.Time) ([]string, error)
 
 	// CallLeaseRenew extends the leases of the given calls that Owner still
-	// holds. Calls it no longer holds are skipped.
+	// holds: running calls, and waiting parents of local calls (their
+	// plan's lease). Calls it no longer holds are skipped.
 	CallLeaseRenew(ctx context.Context, params *CallLeaseRenewParams) error
 
 	// CallLeaseRelease returns running calls to pending: those of Owner
 	// when Owner is set (a clean shutdown hands its calls back), and every
-	// call whose lease expired before Now otherwise. It returns how many.
+	// call whose lease expired before Now otherwise. The plans of local
+	// calls (Call.Local) leased so are dropped the same way: their children
+	// without a row are stored pending, and their parent waits for its
+	// children not final. It returns how many calls it made pending.
 	CallLeaseRelease(ctx context.Context, params *CallLeaseReleaseParams) (int, error)
 
 	// CallSuspend parks a running call in a Gather: if the call is still
@@ -328,6 +350,11 @@ type StoreStats struct {
 	// one of them failed, and ConnWaits the callers that waited for a
 	// database connection; zero where the store has no such thing.
 	Replays, ConnWaits int64
+	// Rows counts the rows written by committed transactions, by kind: a
+	// table and what was done to it ("calls inserted", "calls updated",
+	// "attempts inserted", ...). A rolled-back group that is replayed
+	// counts what its replay wrote.
+	Rows map[string]int64
 }
 
 // Notifier is implemented by stores that learn of work committed by other
@@ -415,6 +442,19 @@ type CallFinishParams struct {
 	Snooze bool
 	// Record, when set, is stored as the record of this attempt.
 	Record *Attempt
+	// Local, when set, is the local call (Call.Local) this finish ends, as
+	// it was planned: it has no row yet, and gets one with this outcome,
+	// only while its parent is still waiting at ParentAttempt and leased to
+	// Local.LeaseOwner (else nothing is applied: the parent's lease was
+	// lost, and its plan's children were stored to run again). A row of the
+	// call that exists already (stored when its parent's plan was dropped)
+	// is finished as a stored call, if it is still running at Attempt and
+	// leased to Local.LeaseOwner. When this is the last planned child
+	// without a row, the plan is complete: the parent's lease and plan are
+	// dropped, and its Waiting becomes the number of its children not final
+	// (at zero, it is resumed or finished as with a stored call's finish).
+	Local         *Call
+	ParentAttempt int
 	// FinishParent, for a final child whose parent is top-level, finishes
 	// the parent done with ParentOutput instead of making it runnable, when
 	// this is the last child it waited for: its Attempt is incremented (the

@@ -111,6 +111,7 @@ func (r *Runtime) run(ctx context.Context, fn AnyFunction, c *Call) (output []by
 func (r *Runtime) suspend(ctx context.Context, c *Call, s *suspension, started time.Time) {
 	now := r.clock.Now()
 	leased := r.leaseNew(s.children, now)
+	r.markLocal(leased, c.Attempt)
 	var ok bool
 	err := r.retryStore(c, func() (err error) {
 		ok, err = r.store.CallSuspend(ctx, &CallSuspendParams{
@@ -165,12 +166,30 @@ func (r *Runtime) retryStore(c *Call, op func() error) error {
 	}
 }
 
+// setLocal makes the finish of a local call store it (Call.Local).
+func (r *Runtime) setLocal(p *CallFinishParams, c *Call) {
+	if c.Local {
+		p.Local, p.ParentAttempt = c, c.parentAttempt
+	}
+}
+
+// retryStoreResult stores a finish with retryStore.
+func (r *Runtime) retryStoreResult(ctx context.Context, c *Call, p *CallFinishParams) (res *CallFinishResult, err error) {
+	err = r.retryStore(c, func() (err error) {
+		res, err = r.store.CallFinish(ctx, p)
+		return err
+	})
+	return res, err
+}
+
 // snooze puts a call back in the store untried, runnable at once: its key
 // was paused after it was leased, and claims skip paused keys.
 func (r *Runtime) snooze(ctx context.Context, c *Call) {
 	now := r.clock.Now()
-	_, err := r.store.CallFinish(ctx, &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID,
-		State: StatePending, Snooze: true, RunAfter: now, Now: now})
+	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID,
+		State: StatePending, Snooze: true, RunAfter: now, Now: now}
+	r.setLocal(p, c)
+	_, err := r.retryStoreResult(ctx, c, p)
 	if err != nil {
 		r.log.Error("put back a call of a paused key; it runs again when its lease expires", "call", c.ID, "err", err)
 	}
@@ -210,11 +229,7 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 			p.ResumeLeaseUntil = now.Add(r.leaseDuration)
 		}
 	}
-	var res *CallFinishResult
-	serr := r.retryStore(c, func() (err error) {
-		res, err = r.store.CallFinish(ctx, p)
-		return err
-	})
+	res, serr := r.retryStoreResult(ctx, c, p)
 	if recordResult {
 		r.results.finished(c.ParentID, outcome, serr == nil && res.Applied)
 	}
@@ -257,6 +272,7 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 // recorded as an attempt.
 func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error, started, now time.Time) *CallFinishParams {
 	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now}
+	r.setLocal(p, c)
 	if err == nil {
 		p.State, p.Output, p.Status = StateDone, output, StatusOK
 		r.stats.finished.Add(1)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // claimColumns are what a claim (or a resume) returns of a call, with its
@@ -125,7 +126,7 @@ func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewPa
 	}
 	err = s.w.do(ctx, func(tx *wtx) error {
 		_, err := tx.exec(`UPDATE calls SET lease_expires = ?
-			WHERE id IN (SELECT value FROM json_each(?)) AND state = 1 AND lease_owner = ?`,
+			WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ?`,
 			p.LeaseUntil.UnixNano(), string(ids), p.Owner)
 		return err
 	})
@@ -145,12 +146,80 @@ func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseRelea
 				WHERE state = 1 AND lease_owner = ?`, p.Owner)
 		} else {
 			n, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
-				WHERE state = 1 AND lease_expires <= ?`, p.Now.UnixNano())
+				WHERE state = 1 AND lease_owner IS NOT NULL AND lease_expires <= ?`, p.Now.UnixNano())
 		}
+		if err != nil {
+			return err
+		}
+		m, err := dropPlans(tx, p.Owner, p.Now)
+		n += m
 		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("release leases: %w", err)
 	}
 	return int(n), nil
+}
+
+// dropPlans ends the plans of local calls (dispatch.Call.Local) leased to
+// owner, or, with no owner, whose lease expired before now; with owner "*",
+// every plan (at open, the lock proves that no other process holds one).
+// Each planned child without a row is stored pending, to run again with
+// its id, and its parent waits, unleased, for its children not final. It
+// returns how many children it stored.
+func dropPlans(tx *wtx, owner string, now time.Time) (int64, error) {
+	var parents []*storeutil.LocalParent
+	query, args := `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+		WHERE lease_owner IS NOT NULL AND lease_expires <= ? AND plan IS NOT NULL`, []any{now.UnixNano()}
+	switch owner {
+	case "*":
+		query, args = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+			WHERE lease_owner IS NOT NULL AND plan IS NOT NULL`, nil
+	case "":
+	default:
+		query, args = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+			WHERE lease_owner = ? AND plan IS NOT NULL`, []any{owner}
+	}
+	err := tx.query(query, args, func(row []driver.Value) error {
+		parents = append(parents, &storeutil.LocalParent{ID: asString(row[0]), Plan: slices.Clone(asBytes(row[1])),
+			Meta: slices.Clone(asBytes(row[2])), LeaseOwner: asString(row[3]), LeaseExpires: fromNanos(asInt(row[4]))})
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	var stored int64
+	for _, lp := range parents {
+		have, err := childIDs(tx, lp.ID)
+		if err != nil {
+			return stored, err
+		}
+		calls, err := storeutil.MaterializeCalls(lp, func(id string) bool { return have[id] }, now)
+		if err != nil {
+			return stored, err
+		}
+		n, err := insert(tx, calls, true, nil)
+		if err != nil {
+			return stored, err
+		}
+		stored += n
+		if _, err := tx.exec(`UPDATE calls SET plan = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?2,
+				waiting = (SELECT count(*) FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4)),
+				state = CASE WHEN (SELECT count(*) FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
+				run_after = ?2
+			WHERE id = ?1`, lp.ID, now.UnixNano()); err != nil {
+			return stored, err
+		}
+	}
+	return stored, nil
+}
+
+// childIDs returns the ids of a parent's children that have a row.
+func childIDs(tx *wtx, parent string) (map[string]bool, error) {
+	have := make(map[string]bool)
+	err := tx.query(`SELECT id FROM calls WHERE `+childrenRange, []any{parent}, func(row []driver.Value) error {
+		have[asString(row[0])] = true
+		return nil
+	})
+	return have, err
 }

@@ -9,33 +9,60 @@ import (
 	"slices"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // CallSuspend implements dispatch.Store.
 func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) (bool, error) {
 	var applied bool
 	now := p.Now.UnixNano()
+	stored, plans := splitLocal(p.Children)
+	var owner, expires, plan any
+	if lp := plans[p.ID]; lp != nil {
+		owner, expires, plan = lp.owner, lp.expires, lp.plan
+	}
 	err := s.w.do(ctx, func(tx *wtx) error {
 		applied = false
-		n, err := tx.exec(`UPDATE calls SET state = 2, gathers = ?, waiting = ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+		n, err := tx.exec(`UPDATE calls SET state = 2, gathers = ?, waiting = ?, lease_owner = ?, lease_expires = ?, plan = ?,
+				updated_at = ?
 			WHERE id = ? AND state = 1 AND attempt = ?`,
-			p.Gather+1, len(p.Children), now, p.ID, p.Attempt)
+			p.Gather+1, len(p.Children), owner, expires, plan, now, p.ID, p.Attempt)
 		if err != nil || n == 0 {
 			return err
 		}
 		applied = true
-		inserted, err := insert(tx, p.Children, true)
+		inserted, err := insert(tx, stored, true, nil)
 		if err != nil {
 			return err
 		}
-		if inserted == int64(len(p.Children)) {
-			return nil
+		if inserted == int64(len(stored)) {
+			if plan == nil {
+				return nil
+			}
+			row, err := tx.queryRow(`SELECT count(*) FROM calls WHERE `+gatherRange, p.ID, p.Gather)
+			if err != nil || asInt(row[0]) == inserted {
+				return err
+			}
 		}
-		// Some children existed already: count those still to wait for.
+		// Some children existed already (the parent ran this gather
+		// before): no plan. The local ones are stored running, leased as
+		// given (their finish then finds their rows), and the parent
+		// counts those still to wait for.
+		if plan != nil {
+			running := make([]*dispatch.Call, 0, len(p.Children)-len(stored))
+			for _, c := range p.Children {
+				if c.Local {
+					running = append(running, c)
+				}
+			}
+			if _, err := insert(tx, running, true, nil); err != nil {
+				return err
+			}
+		}
 		_, err = tx.exec(`UPDATE calls SET
 				waiting = (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)),
 				state = CASE WHEN (SELECT count(*) FROM calls WHERE `+gatherRange+` AND state NOT IN (3, 4)) = 0 THEN 0 ELSE 2 END,
-				run_after = ?3
+				lease_owner = NULL, lease_expires = NULL, plan = NULL, run_after = ?3
 			WHERE id = ?1`, p.ID, p.Gather, now)
 		return err
 	})
@@ -70,24 +97,22 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	res := &dispatch.CallFinishResult{}
 	err := s.w.do(ctx, func(tx *wtx) error {
 		*res = dispatch.CallFinishResult{}
+		if p.Local != nil {
+			done, err := finishLocal(tx, p, res, output, errText, failed)
+			if err != nil || done {
+				return err
+			}
+		}
 		n, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
 				failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
-			WHERE id = ? AND state = 1 AND attempt = ?`,
-			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt)
+			WHERE id = ? AND state = 1 AND attempt = ? AND (? = '' OR lease_owner = ?)`,
+			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt, localOwner(p), localOwner(p))
 		if err != nil || n == 0 {
 			return err
 		}
 		res.Applied = true
-		if r := p.Record; r != nil {
-			var detail any
-			if len(r.Detail) > 0 {
-				detail = r.Detail
-			}
-			if _, err := tx.exec(`INSERT OR REPLACE INTO attempts (call_id, attempt, started_at, duration_ns, status, error, detail)
-				VALUES (?, ?, ?, ?, ?, ?, ?)`, p.ID, p.Attempt, r.Started.UnixNano(), int64(r.Duration), int(r.Status),
-				r.Error, detail); err != nil {
-				return err
-			}
+		if err := recordAttempt(tx, p); err != nil {
+			return err
 		}
 		if p.ParentID == "" || !p.State.Final() {
 			return nil
@@ -98,45 +123,136 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		if err != nil || n > 0 {
 			return err
 		}
-		if p.FinishParent {
-			// The runtime ran the parent with this last outcome: store
-			// its run, done, unless children were attached to it since
-			// (it then resumes below, to run with all of them).
-			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
-					attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = 0, updated_at = ?
-				WHERE id = ? AND state = 2 AND parent_id IS NULL AND gathers = ?`,
-				parentOutput, int(dispatch.StatusOK), now, p.ParentID, p.ParentGathers)
-			if err != nil || n > 0 {
-				res.ParentFinished = n > 0
-				return err
-			}
-		}
-		if p.ResumeOwner == "" {
-			n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 0, run_after = ?, updated_at = ?
-				WHERE id = ? AND state = 2`, now, now, p.ParentID)
-			res.ParentResumed = n > 0
-			return err
-		}
-		row, err := tx.queryRow(`UPDATE calls SET waiting = 0, state = 1, attempt = attempt + 1,
-				lease_owner = ?, lease_expires = ?, run_after = ?, updated_at = ?
-			WHERE id = ? AND state = 2 RETURNING `+claimColumns,
-			p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, now, p.ParentID)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return nil // the parent is not waiting (it was redriven, or is gone)
-		case err != nil:
-			return err
-		}
-		res.ParentResumed = true
-		res.Parent = claimed(row)
-		res.Parent.LeaseOwner, res.Parent.LeaseExpires = p.ResumeOwner, p.ResumeLeaseUntil
-		res.ParentChildren, err = gatheredChildren(tx, p.ParentID)
-		return err
+		return lastChild(tx, p, res, parentOutput)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("finish call: %w", err)
 	}
 	return res, nil
+}
+
+// localOwner is the owner a finish of a local call's row must find: the
+// row was stored when its parent's plan was dropped, and only the process
+// it is leased to may finish it. "" for a stored call (its attempt fences
+// it).
+func localOwner(p *dispatch.CallFinishParams) string {
+	if p.Local != nil {
+		return p.Local.LeaseOwner
+	}
+	return ""
+}
+
+// recordAttempt stores the record of a failed attempt.
+func recordAttempt(tx *wtx, p *dispatch.CallFinishParams) error {
+	r := p.Record
+	if r == nil {
+		return nil
+	}
+	var detail any
+	if len(r.Detail) > 0 {
+		detail = r.Detail
+	}
+	_, err := tx.exec(`INSERT OR REPLACE INTO attempts (call_id, attempt, started_at, duration_ns, status, error, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`, p.ID, p.Attempt, r.Started.UnixNano(), int64(r.Duration), int(r.Status),
+		r.Error, detail)
+	return err
+}
+
+// finishLocal stores a local call with its outcome (see
+// dispatch.CallFinishParams.Local), if its parent's plan is still leased to
+// its owner: one row. It returns done false when the plan is gone: the call
+// is then finished as a stored one, if its row is still leased to it.
+func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult,
+	output, errText any, failed int) (done bool, err error) {
+	c := p.Local
+	row, err := tx.queryRow(`SELECT plan FROM calls WHERE id = ? AND state = 2 AND attempt = ? AND lease_owner = ?
+		AND plan IS NOT NULL`, p.ParentID, p.ParentAttempt, c.LeaseOwner)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	gather, total, err := storeutil.PlanHead(asBytes(row[0]))
+	if err != nil {
+		return false, fmt.Errorf("parent %s: %w", p.ParentID, err)
+	}
+	now := p.Now.UnixNano()
+	row2 := &dispatch.Call{ID: p.ID, Function: c.Function, Key: c.Key, Input: c.Input, State: p.State,
+		Attempt: p.Attempt, Failures: failed, ParentID: p.ParentID, Gather: c.Gather, Index: c.Index,
+		Output: asBytes(output), Error: asString(errText), Status: p.Status, Tag: c.Tag, Meta: c.Meta,
+		CreatedAt: c.CreatedAt, UpdatedAt: p.Now, BudgetStart: c.BudgetStart}
+	if p.State == dispatch.StatePending {
+		row2.RunAfter = p.RunAfter
+	} else {
+		row2.RunAfter = p.Now
+	}
+	if _, err := insert(tx, []*dispatch.Call{row2}, false, nil); err != nil {
+		return false, err
+	}
+	res.Applied = true
+	if err := recordAttempt(tx, p); err != nil {
+		return true, err
+	}
+	// Is the plan complete: has every child of its gather a row now?
+	row, err = tx.queryRow(`SELECT count(*) FROM calls WHERE `+gatherRange, p.ParentID, gather)
+	if err != nil || int(asInt(row[0])) < total {
+		return true, err
+	}
+	// It is: the parent waits, unleased, for its children not final;
+	// with none, it is resumed or finished as by a last child.
+	row, err = tx.queryRow(`UPDATE calls SET plan = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?2,
+			waiting = (SELECT count(*) FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4))
+		WHERE id = ?1 RETURNING waiting`, p.ParentID, now)
+	if err != nil || asInt(row[0]) > 0 {
+		return true, err
+	}
+	var parentOutput any
+	if p.FinishParent {
+		parentOutput = nonNil(p.ParentOutput)
+	}
+	return true, lastChild(tx, p, res, parentOutput)
+}
+
+// lastChild makes runnable, or finishes (FinishParent), the parent of the
+// last child it waited for.
+func lastChild(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult, parentOutput any) error {
+	now := p.Now.UnixNano()
+	if p.FinishParent {
+		// The runtime ran the parent with this last outcome: store
+		// its run, done, unless children were attached to it since
+		// (it then resumes below, to run with all of them).
+		n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 3, output = ?, error = NULL, status = ?,
+				attempt = attempt + 1, lease_owner = NULL, lease_expires = NULL, run_after = 0, updated_at = ?
+			WHERE id = ? AND state = 2 AND parent_id IS NULL AND gathers = ?`,
+			parentOutput, int(dispatch.StatusOK), now, p.ParentID, p.ParentGathers)
+		if err != nil || n > 0 {
+			res.ParentFinished = n > 0
+			return err
+		}
+	}
+	if p.ResumeOwner == "" {
+		n, err := tx.exec(`UPDATE calls SET waiting = 0, state = 0, run_after = ?, updated_at = ?
+			WHERE id = ? AND state = 2`, now, now, p.ParentID)
+		res.ParentResumed = n > 0
+		return err
+	}
+	row, err := tx.queryRow(`UPDATE calls SET waiting = 0, state = 1, attempt = attempt + 1,
+			lease_owner = ?, lease_expires = ?, run_after = ?, updated_at = ?
+		WHERE id = ? AND state = 2 RETURNING `+claimColumns,
+		p.ResumeOwner, p.ResumeLeaseUntil.UnixNano(), now, now, p.ParentID)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil // the parent is not waiting (it was redriven, or is gone)
+	case err != nil:
+		return err
+	}
+	res.ParentResumed = true
+	res.Parent = claimed(row)
+	res.Parent.LeaseOwner, res.Parent.LeaseExpires = p.ResumeOwner, p.ResumeLeaseUntil
+	var err2 error
+	res.ParentChildren, err2 = gatheredChildren(tx, p.ParentID)
+	return err2
 }
 
 // gatheredChildren reads a resumed parent's children in the writer's

@@ -249,7 +249,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 				continue
 			}
 			rows := storeutil.AttachRows(p.Calls, kept, parent, gathers, meta, p.Now)
-			if _, err := insert(tx, rows, false); err != nil {
+			if _, err := insert(tx, rows, false, nil); err != nil {
 				return err
 			}
 			if _, err := tx.exec(`UPDATE calls SET waiting = CASE state WHEN 2 THEN waiting + ? ELSE ? END, state = 2,

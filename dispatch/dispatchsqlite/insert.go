@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 // statements cut the per-statement cost that dominates small rows.
 const insertChunk = 64
 
-const insertColumns = 23
+const insertColumns = 24
 
 // insertQueries holds the INSERT statements by row count (1..insertChunk),
 // plain and OR IGNORE, built once.
@@ -29,12 +30,12 @@ var insertQueries = func() (q [2][insertChunk + 1]string) {
 				b.WriteString("OR IGNORE ")
 			}
 			b.WriteString("INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
-				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta) VALUES ")
+				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta, plan) VALUES ")
 			for i := range rows {
 				if i > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 			}
 			q[ignore][rows] = b.String()
 		}
@@ -50,19 +51,23 @@ func insertQuery(rows int, orIgnore bool) string {
 }
 
 // insert writes calls in chunks and returns how many rows were inserted.
-func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
+// plans holds, by parent id, the plans of local calls (see splitLocal).
+func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*localPlan) (int64, error) {
 	var inserted int64
 	args := make([]any, 0, min(len(calls), insertChunk)*insertColumns)
 	for start := 0; start < len(calls); start += insertChunk {
 		chunk := calls[start:min(start+insertChunk, len(calls))]
 		args = args[:0]
 		for _, c := range chunk {
-			var parent, owner, expires, output, errText, tag, meta any
+			var parent, owner, expires, output, errText, tag, meta, plan any
 			if c.ParentID != "" {
 				parent = c.ParentID
 			}
 			if c.State == dispatch.StateRunning {
 				owner, expires = c.LeaseOwner, c.LeaseExpires.UnixNano()
+			}
+			if lp := plans[c.ID]; lp != nil {
+				owner, expires, plan = lp.owner, lp.expires, lp.plan
 			}
 			if c.State == dispatch.StateDone {
 				output = c.Output
@@ -83,9 +88,13 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool) (int64, error) {
 			if c.BudgetStart.IsZero() || budget == created {
 				budget = 0 // see sameAsCreated
 			}
+			runAfter := c.RunAfter.UnixNano()
+			if c.State.Final() && runAfter == updated {
+				runAfter = 0 // see orElse
+			}
 			args = append(args, c.ID, c.Function, c.Key, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
-				c.RunAfter.UnixNano(), budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
-				created, updated, tag, meta)
+				runAfter, budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
+				created, updated, tag, meta, plan)
 		}
 		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
 		if err != nil {
@@ -107,8 +116,9 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	for _, c := range calls {
 		deduping = deduping || c.DedupKey != ""
 	}
+	stored, plans := splitLocal(calls)
 	err := s.w.do(ctx, func(tx *wtx) error {
-		rows := calls
+		rows := stored
 		for i, c := range calls {
 			ids[i] = c.ID
 		}
@@ -117,14 +127,68 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 			if rows, err = dedup(tx, calls, ids, p.DedupSince); err != nil {
 				return err
 			}
+			rows = withoutLocal(rows)
 		}
-		_, err := insert(tx, rows, false)
+		_, err := insert(tx, rows, false, plans)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("insert calls: %w", err)
 	}
 	return ids, nil
+}
+
+// localPlan is what a parent's row holds of its local calls
+// (dispatch.Call.Local): their plan, and the lease they run under.
+type localPlan struct {
+	plan    []byte
+	owner   string
+	expires int64
+}
+
+// splitLocal returns the calls that get a row now, and the plans of the
+// local ones by parent id. Local children of one parent are those of one
+// gather.
+func splitLocal(calls []*dispatch.Call) ([]*dispatch.Call, map[string]*localPlan) {
+	var plans map[string]*localPlan
+	var local map[string][]*dispatch.Call
+	total := make(map[string]int)
+	for _, c := range calls {
+		if c.ParentID != "" {
+			total[c.ParentID]++
+		}
+		if !c.Local {
+			continue
+		}
+		if local == nil {
+			local = make(map[string][]*dispatch.Call)
+		}
+		local[c.ParentID] = append(local[c.ParentID], c)
+	}
+	if local == nil {
+		return calls, nil
+	}
+	plans = make(map[string]*localPlan, len(local))
+	for parent, kids := range local {
+		plans[parent] = &localPlan{plan: storeutil.EncodePlan(kids, total[parent]), owner: kids[0].LeaseOwner,
+			expires: kids[0].LeaseExpires.UnixNano()}
+	}
+	return withoutLocal(calls), plans
+}
+
+// withoutLocal returns the calls that are not local, in a new slice when
+// some are.
+func withoutLocal(calls []*dispatch.Call) []*dispatch.Call {
+	if !slices.ContainsFunc(calls, func(c *dispatch.Call) bool { return c.Local }) {
+		return calls
+	}
+	out := make([]*dispatch.Call, 0, len(calls))
+	for _, c := range calls {
+		if !c.Local {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // dedup resolves the dedup keys of an insert (see storeutil.ResolveDedup).

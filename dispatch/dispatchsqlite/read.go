@@ -1,14 +1,17 @@
 package dispatchsqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
@@ -46,7 +49,7 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 	row := s.getStmt.QueryRowContext(ctx, id)
 	c, err := scanCall(row.Scan, true)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, dispatch.ErrNotFound
+		return s.plannedCall(ctx, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get call: %w", err)
@@ -67,7 +70,136 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 	for _, c := range calls {
 		c.ParentID = parentID
 	}
+	// Local calls running now have no row yet: their parent's plan says
+	// what they are.
+	lp, err := s.localParent(ctx, parentID)
+	if err != nil || lp == nil {
+		return calls, err
+	}
+	have := make(map[string]bool, len(calls))
+	for _, c := range calls {
+		have[c.ID] = true
+	}
+	planned, err := storeutil.PlannedCalls(lp, func(id string) bool { return have[id] }, false)
+	if err != nil {
+		return nil, fmt.Errorf("list children: %w", err)
+	}
+	calls = append(calls, planned...)
+	slices.SortFunc(calls, func(a, b *dispatch.Call) int {
+		return cmp.Or(cmp.Compare(a.Gather, b.Gather), cmp.Compare(a.Index, b.Index))
+	})
 	return calls, nil
+}
+
+// localParent returns a parent that holds a plan of local calls, nil if it
+// holds none (or does not exist).
+func (s *Store) localParent(ctx context.Context, id string) (*storeutil.LocalParent, error) {
+	lp := &storeutil.LocalParent{ID: id}
+	var expires int64
+	err := s.rdb.QueryRowContext(ctx, `SELECT plan, meta, lease_owner, lease_expires FROM calls
+		WHERE id = ? AND plan IS NOT NULL`, id).Scan(&lp.Plan, &lp.Meta, &lp.LeaseOwner, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read a plan of local calls: %w", err)
+	}
+	lp.LeaseExpires = fromNanos(expires)
+	return lp, nil
+}
+
+// plannedCall returns a local call that has no row yet, from its parent's
+// plan, or ErrNotFound.
+func (s *Store) plannedCall(ctx context.Context, id string) (*dispatch.Call, error) {
+	parent, _, _, ok := storeutil.SplitChildID(id)
+	if !ok {
+		return nil, dispatch.ErrNotFound
+	}
+	lp, err := s.localParent(ctx, parent)
+	if err != nil {
+		return nil, fmt.Errorf("get call: %w", err)
+	}
+	if lp == nil {
+		return nil, dispatch.ErrNotFound
+	}
+	planned, err := storeutil.PlannedCalls(lp, nil, true)
+	if err != nil {
+		return nil, fmt.Errorf("get call: %w", err)
+	}
+	for _, c := range planned {
+		if c.ID == id {
+			// It may have got its row since the first read.
+			if row, err := scanCall(s.getStmt.QueryRowContext(ctx, id).Scan, true); err == nil {
+				return row, nil
+			}
+			return c, nil
+		}
+	}
+	return nil, dispatch.ErrNotFound
+}
+
+// plannedCalls returns the local calls of every plan that have no row yet,
+// ordered by id, with keep deciding which to return: for listings and
+// counts, which must show what runs now.
+func (s *Store) plannedCalls(ctx context.Context, keep func(*dispatch.Call) bool) ([]*dispatch.Call, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+		WHERE lease_owner IS NOT NULL AND plan IS NOT NULL`)
+	if err != nil {
+		return nil, err
+	}
+	var parents []*storeutil.LocalParent
+	for rows.Next() {
+		lp := &storeutil.LocalParent{}
+		var expires int64
+		if err := rows.Scan(&lp.ID, &lp.Plan, &lp.Meta, &lp.LeaseOwner, &expires); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		lp.LeaseExpires = fromNanos(expires)
+		parents = append(parents, lp)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var out []*dispatch.Call
+	for _, lp := range parents {
+		planned, err := storeutil.PlannedCalls(lp, nil, false)
+		if err != nil {
+			return nil, err
+		}
+		var kept []*dispatch.Call
+		for _, c := range planned {
+			if keep(c) {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == 0 {
+			continue
+		}
+		// Those that got their row since are listed from it.
+		have := make(map[string]bool)
+		crow, err := s.rdb.QueryContext(ctx, `SELECT id FROM calls WHERE `+childrenRange, lp.ID)
+		if err != nil {
+			return nil, err
+		}
+		for crow.Next() {
+			var id string
+			if err := crow.Scan(&id); err != nil {
+				crow.Close()
+				return nil, err
+			}
+			have[id] = true
+		}
+		crow.Close()
+		for _, c := range kept {
+			if !have[c.ID] {
+				out = append(out, c)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *dispatch.Call) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
 }
 
 // scanCallRows reads the calls of rows, selected as childColumns (no
@@ -120,7 +252,14 @@ func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*di
 	if err != nil {
 		return nil, fmt.Errorf("list calls: %w", err)
 	}
-	return calls, nil
+	if p.State != dispatch.StateRunning {
+		return calls, nil
+	}
+	planned, err := s.plannedCalls(ctx, func(c *dispatch.Call) bool { return storeutil.Listed(p, c) })
+	if err != nil {
+		return nil, fmt.Errorf("list calls: %w", err)
+	}
+	return storeutil.MergeByID(calls, planned, max(p.Limit, 0)), nil
 }
 
 // CallAttempts implements dispatch.Store.
@@ -162,7 +301,15 @@ func (s *Store) CallCounts(ctx context.Context) ([]dispatch.CallCount, error) {
 		c.State = dispatch.State(state)
 		out = append(out, c)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count calls: %w", err)
+	}
+	rows.Close()
+	planned, err := s.plannedCalls(ctx, func(*dispatch.Call) bool { return true })
+	if err != nil {
+		return nil, fmt.Errorf("count calls: %w", err)
+	}
+	return storeutil.AddCounts(out, planned), nil
 }
 
 // CallBacklog implements dispatch.Store with calls_runnable, the partial

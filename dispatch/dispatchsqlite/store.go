@@ -188,7 +188,8 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 	}
 	// The lock proves that no other process runs these calls: hand them back
 	// now instead of after their leases expire.
-	res, err := s.wdb.ExecContext(ctx, `UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`)
+	res, err := s.wdb.ExecContext(ctx, `UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+		WHERE state = 1 AND lease_owner IS NOT NULL`)
 	if err != nil {
 		return fmt.Errorf("release calls of the previous process: %w", err)
 	}
@@ -236,6 +237,25 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 		_ = conn.Close()
 		s.w = nil
 		return err
+	}
+	// The same for the plans of local calls the previous process held:
+	// their children without a row run again.
+	var plans, planned int64
+	err = s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM calls INDEXED BY calls_leased
+		WHERE lease_owner IS NOT NULL AND plan IS NOT NULL`).Scan(&plans)
+	if err == nil && plans > 0 {
+		err = s.w.do(ctx, func(tx *wtx) (err error) {
+			planned, err = dropPlans(tx, "*", time.Now())
+			return err
+		})
+	}
+	if err != nil {
+		_ = s.w.close()
+		s.w = nil
+		return fmt.Errorf("release the local calls of the previous process: %w", err)
+	}
+	if planned > 0 {
+		s.log.Info("local calls left unfinished by the previous process will run again", "calls", planned)
 	}
 	return nil
 }
@@ -352,7 +372,7 @@ func (s *Store) closeDBs() error {
 
 // StoreStats implements dispatch.StatsReporter.
 func (s *Store) StoreStats() dispatch.StoreStats {
-	return dispatch.StoreStats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load()}
+	return dispatch.StoreStats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load(), Rows: s.w.rows.Snapshot()}
 }
 
 // migrate applies the embedded migrations that the database lacks, each in

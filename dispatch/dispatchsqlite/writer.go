@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // errClosed is returned for operations submitted after Close.
@@ -41,6 +43,10 @@ type writer struct {
 
 	commits atomic.Int64
 	opsDone atomic.Int64
+	// rows counts the rows committed transactions wrote, by kind; kinds
+	// caches the kind of each statement (storeutil.RowKind).
+	rows  storeutil.RowCounter
+	kinds map[string]string
 	// onCommit is Config.OnCommit.
 	onCommit func(ops int, took time.Duration)
 }
@@ -70,6 +76,7 @@ func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		stmts:    make(map[string]driver.Stmt),
+		kinds:    make(map[string]string),
 	}
 }
 
@@ -209,7 +216,7 @@ func (w *writer) execRaw(query string) error {
 }
 
 func (w *writer) run1(ops []*op, savepoints bool) error {
-	tx := &wtx{w: w, ctx: context.Background()}
+	tx := &wtx{w: w, ctx: context.Background(), rows: make(map[string]int64)}
 	began := time.Now()
 	if err := w.execRaw("BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -231,8 +238,10 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 			w.rollback()
 			return fmt.Errorf("savepoint: %w", err)
 		}
+		before := maps.Clone(tx.rows)
 		if err := o.fn(tx); err != nil {
 			o.err = err
+			tx.rows = before // rolled back: it wrote nothing
 			if err := w.execRaw("ROLLBACK TO op"); err != nil {
 				w.rollback()
 				return fmt.Errorf("rollback to savepoint: %w", err)
@@ -252,6 +261,7 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 	}
 	w.commits.Add(1)
 	w.opsDone.Add(int64(len(ops)))
+	w.rows.Add(tx.rows)
 	if w.onCommit != nil {
 		w.onCommit(len(ops), time.Since(began))
 	}
@@ -271,6 +281,20 @@ type wtx struct {
 	w    *writer
 	ctx  context.Context
 	args []driver.NamedValue
+	// rows counts what the transaction wrote, by kind (StoreStats.Rows).
+	rows map[string]int64
+}
+
+// count adds n rows written by query to the transaction's counts.
+func (tx *wtx) count(query string, n int64) {
+	kind, ok := tx.w.kinds[query]
+	if !ok {
+		kind = storeutil.RowKind(query)
+		tx.w.kinds[query] = kind
+	}
+	if kind != "" && n > 0 {
+		tx.rows[kind] += n
+	}
 }
 
 // stmt returns the statement for query, prepared once on the writer's
@@ -314,7 +338,9 @@ func (tx *wtx) exec(query string, args ...any) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return res.RowsAffected()
+	n, err := res.RowsAffected()
+	tx.count(query, n)
+	return n, err
 }
 
 // query runs a statement and calls each for every row it returns. The row's
@@ -337,6 +363,7 @@ func (tx *wtx) query(query string, args []any, each func(row []driver.Value) err
 			}
 			return err
 		}
+		tx.count(query, 1) // a row an UPDATE ... RETURNING wrote, say
 		if err := each(row); err != nil {
 			return err
 		}

@@ -42,6 +42,7 @@ func Exercise(t *testing.T, open OpenFunc) {
 		{"Claim", exerciseClaim},
 		{"Finish", exerciseFinish},
 		{"Suspend", exerciseSuspend},
+		{"Local", exerciseLocal},
 		{"Leases", exerciseLeases},
 		{"Redrive", exerciseRedrive},
 		{"Retention", exerciseRetention},
