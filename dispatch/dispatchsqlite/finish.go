@@ -95,7 +95,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		parentOutput = nonNil(p.ParentOutput)
 	}
 	res := &dispatch.CallFinishResult{}
-	err := s.w.do(ctx, func(tx *wtx) error {
+	err := s.w.doLazy(ctx, func(tx *wtx) error {
 		*res = dispatch.CallFinishResult{}
 		if p.Local != nil {
 			done, err := finishLocal(tx, p, res, output, errText, failed)
@@ -300,9 +300,11 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 			if parent := asString(row[0]); parent != "" {
 				// The parent waits for this call again: one more if it is
 				// waiting, from scratch if it had failed.
+				// A waiting parent keeps the lease of its plan of local
+				// calls, if it has one (a failed parent has none).
 				n, err := tx.exec(`UPDATE calls SET
 						waiting = CASE state WHEN 2 THEN waiting + 1 ELSE 1 END,
-						state = 2, error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+						state = 2, error = NULL, updated_at = ?
 					WHERE id = ? AND state IN (2, 4)`, now, parent)
 				if err != nil {
 					return err

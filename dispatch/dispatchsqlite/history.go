@@ -206,7 +206,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 		clear(res) // the op may run again, after a failed group commit
 		for _, parent := range order {
 			members := groups[parent]
-			row, err := tx.queryRow(`SELECT state, gathers, meta FROM calls WHERE id = ?`, parent)
+			row, err := tx.queryRow(`SELECT state, gathers, meta, plan IS NOT NULL FROM calls WHERE id = ?`, parent)
 			if errors.Is(err, sql.ErrNoRows) {
 				storeutil.SetAttachOutcome(res, members, dispatch.AttachNoParent)
 				continue
@@ -215,7 +215,9 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 				return err
 			}
 			state, gathers, meta := dispatch.State(asInt(row[0])), int(asInt(row[1])), asBytes(row[2])
-			if state == dispatch.StateRunning || (state == dispatch.StatePending && gathers == 0) {
+			// A parent whose local calls run (its plan) is as busy as a
+			// running one: its children's rows are still to come.
+			if state == dispatch.StateRunning || (state == dispatch.StatePending && gathers == 0) || asInt(row[3]) != 0 {
 				storeutil.SetAttachOutcome(res, members, dispatch.AttachBusy)
 				continue
 			}

@@ -71,6 +71,12 @@ type Config struct {
 	PageSize int
 	// Logger receives the store's logs (default slog.Default()).
 	Logger *slog.Logger
+	// SyncEveryCommit fsyncs every commit, as before lazy commits: by
+	// default a commit that carries only state whose loss costs at most a
+	// repeated call (finishes, claims, leases, retention) is not fsynced by
+	// itself and becomes durable with the next fsync, within 100ms (see
+	// writer.doLazy). With NORMAL, nothing is fsynced anyway.
+	SyncEveryCommit bool
 	// OnCommit, when set, is called by the writer after each group commit
 	// that succeeded, with how many operations it carried and how long it
 	// took from BEGIN to the end of COMMIT (fsync included), for an
@@ -233,6 +239,8 @@ func (s *Store) open(ctx context.Context, cfg Config, sync string) error {
 	}
 	s.w = newWriter(conn, cfg.MaxBatch, s.log)
 	s.w.onCommit = cfg.OnCommit
+	s.w.durable, s.w.mode, s.w.walPath = s.synchronous, s.synchronous, cfg.Path+"-wal"
+	s.w.allDurable = cfg.SyncEveryCommit
 	if err := s.w.start(); err != nil {
 		_ = conn.Close()
 		s.w = nil

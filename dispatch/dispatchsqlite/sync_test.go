@@ -2,9 +2,11 @@ package dispatchsqlite
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestOpen_Synchronous checks the durability settings where they count: on
@@ -65,6 +67,73 @@ func TestOpen_Synchronous(t *testing.T) {
 			}
 			if journal != "wal" {
 				t.Errorf("PRAGMA journal_mode on the writer's connection = %q, want wal", journal)
+			}
+		})
+	}
+}
+
+// TestWriter_LazyCommits checks which commits are fsynced by themselves:
+// every operation a 2xx depends on commits under the configured mode; a
+// lazy one (a finish, a claim) under NORMAL, made durable by the next
+// durable commit or, failing one, by the writer's own fsync of the log
+// within lazySyncWithin. With SyncEveryCommit, nothing is lazy.
+func TestWriter_LazyCommits(t *testing.T) {
+	mode := func(t *testing.T, s *Store, lazy bool) int64 {
+		t.Helper()
+		do := s.w.do
+		if lazy {
+			do = s.w.doLazy
+		}
+		var sync int64
+		if err := do(context.Background(), func(tx *wtx) error {
+			if _, err := tx.exec(`INSERT INTO docs (kind, id, data, version, created_at, updated_at) VALUES ('t', ?, x'', 1, 0, 0)`,
+				fmt.Sprint(time.Now().UnixNano())); err != nil {
+				return err
+			}
+			row, err := tx.queryRow("PRAGMA synchronous")
+			sync = asInt(row[0])
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return sync
+	}
+	for _, tc := range []struct {
+		name     string
+		cfg      Config
+		lazy     int64 // mode of a lazy commit
+		durable  int64
+		walSyncs bool // the writer fsyncs the log after a lazy commit alone
+	}{
+		{"Default", Config{}, 1, 2, true},
+		{"Extra", Config{Synchronous: "EXTRA"}, 1, 3, true},
+		{"SyncEveryCommit", Config{SyncEveryCommit: true}, 2, 2, false},
+		{"Normal", Config{Synchronous: "NORMAL"}, 1, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.Path = filepath.Join(t.TempDir(), "fanout.db")
+			s, err := Open(context.Background(), tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if got := mode(t, s, true); got != tc.lazy {
+				t.Errorf("a lazy commit ran with synchronous %d, want %d", got, tc.lazy)
+			}
+			if got := mode(t, s, false); got != tc.durable {
+				t.Errorf("a durable commit after it ran with synchronous %d, want %d", got, tc.durable)
+			}
+			time.Sleep(2 * lazySyncWithin)
+			if n := s.w.lazySyncs.Load(); n != 0 {
+				t.Errorf("the writer fsynced the log %d times after a durable commit, want 0: its fsync covered the lazy one", n)
+			}
+			mode(t, s, true)
+			deadline := time.Now().Add(20 * lazySyncWithin)
+			for s.w.lazySyncs.Load() == 0 && tc.walSyncs && time.Now().Before(deadline) {
+				time.Sleep(lazySyncWithin / 4)
+			}
+			if got, want := s.w.lazySyncs.Load(), map[bool]int64{true: 1, false: 0}[tc.walSyncs]; got != want {
+				t.Errorf("after a lazy commit alone the writer fsynced the log %d times, want %d", got, want)
 			}
 		})
 	}

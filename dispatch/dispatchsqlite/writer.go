@@ -9,12 +9,21 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"fanout/dispatch"
 	"fanout/dispatch/internal/storeutil"
+)
+
+// How lazy commits wait (see writer.doLazy): for their fsync, at most
+// lazySyncWithin (a power cut repeats at most that much of the last
+// finishes); for company, lazyGather.
+const (
+	lazySyncWithin = 100 * time.Millisecond
+	lazyGather     = 2 * time.Millisecond
 )
 
 // errClosed is returned for operations submitted after Close.
@@ -49,6 +58,22 @@ type writer struct {
 	kinds map[string]string
 	// onCommit is Config.OnCommit.
 	onCommit func(ops int, took time.Duration)
+
+	// Lazy commits (see doLazy). durable is the synchronous mode of
+	// commits a 2xx depends on (Config.Synchronous); mode is the one the
+	// connection has now. wal is the write-ahead log, opened for the
+	// fsyncs of lazy commits that no durable commit followed within
+	// syncWithin (unsynced says there are some). gatherLazy is how long a
+	// commit of lazy operations alone waits for company.
+	durable    string
+	mode       string
+	walPath    string
+	wal        *os.File
+	unsynced   bool
+	syncWithin time.Duration
+	gatherLazy time.Duration
+	lazySyncs  atomic.Int64
+	allDurable bool // Config.SyncEveryCommit
 }
 
 // driverConn is what the writer needs of the driver's connection.
@@ -61,14 +86,21 @@ type driverConn interface {
 // group is replayed with savepoints when one of its operations fails), so it
 // must derive its results only from what it reads and writes in tx.
 type op struct {
-	ctx  context.Context
-	fn   func(tx *wtx) error
+	ctx context.Context
+	fn  func(tx *wtx) error
+	// lazy: the operation's commit need not be on disk when it returns
+	// (see doLazy).
+	lazy bool
 	err  error
 	done chan struct{}
 }
 
 func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 	return &writer{
+		durable:    "FULL",
+		mode:       "FULL",
+		syncWithin: lazySyncWithin,
+		gatherLazy: lazyGather,
 		sqlConn:  conn,
 		maxBatch: maxBatch,
 		log:      log,
@@ -83,7 +115,26 @@ func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 // do runs fn in the next group commit and returns once that commit is durable
 // (nil) or has failed (the error; nothing fn wrote is kept).
 func (w *writer) do(ctx context.Context, fn func(tx *wtx) error) error {
-	o := &op{ctx: ctx, fn: fn, done: make(chan struct{})}
+	return w.submit(&op{ctx: ctx, fn: fn, done: make(chan struct{})})
+}
+
+// doLazy is do for an operation whose loss in a power cut costs at most a
+// repeated call: a finish, a claim, a lease renewed or released, a
+// retention pass. Nothing a 2xx promised rides on it. Its commit is not
+// fsynced by itself (synchronous NORMAL): it returns once committed, and
+// is durable once the next commit that is fsynced (any durable one) is,
+// or within syncWithin, when the writer fsyncs the log itself. The log is
+// written in order and SQLite checksums its frames in a chain, so a power
+// cut loses a suffix of lazy commits, never one between two that survive.
+// A commit of lazy operations alone also waits up to gatherLazy for more
+// operations, so that at low load the finishes of one event's deliveries
+// share a commit.
+func (w *writer) doLazy(ctx context.Context, fn func(tx *wtx) error) error {
+	return w.submit(&op{ctx: ctx, fn: fn, lazy: !w.allDurable, done: make(chan struct{})})
+}
+
+func (w *writer) submit(o *op) error {
+	ctx := o.ctx
 	select {
 	case w.ops <- o:
 	case <-w.stop:
@@ -136,14 +187,27 @@ func (w *writer) start() error {
 
 func (w *writer) loop() {
 	batch := make([]*op, 0, w.maxBatch)
+	// syncTimer fires when lazy commits have waited syncWithin for an
+	// fsync; gatherTimer ends the wait of lazy operations for company.
+	syncTimer := time.NewTimer(time.Hour)
+	syncTimer.Stop()
+	gatherTimer := time.NewTimer(time.Hour)
+	gatherTimer.Stop()
 	for {
 		select {
 		case o := <-w.ops:
 			batch = append(batch[:0], o)
+		case <-syncTimer.C:
+			w.syncLazy()
+			continue
 		case <-w.stop:
 			w.drain()
+			w.syncLazy()
 			for _, s := range w.stmts {
 				_ = s.Close()
+			}
+			if w.wal != nil {
+				_ = w.wal.Close()
 			}
 			return
 		}
@@ -156,8 +220,85 @@ func (w *writer) loop() {
 				break collect
 			}
 		}
-		w.commit(batch)
+		if w.gatherLazy > 0 && allLazy(batch) && len(batch) < w.maxBatch {
+			gatherTimer.Reset(w.gatherLazy)
+		gather:
+			for len(batch) < w.maxBatch {
+				select {
+				case o := <-w.ops:
+					batch = append(batch, o)
+					if !o.lazy {
+						break gather // a durable operation does not wait
+					}
+				case <-gatherTimer.C:
+					break gather
+				case <-w.stop:
+					break gather
+				}
+			}
+			gatherTimer.Stop()
+		}
+		lazy := allLazy(batch)
+		committed := w.commit(batch, lazy)
+		switch {
+		case !committed:
+		case lazy && !w.unsynced && w.durable != "NORMAL":
+			w.unsynced = true
+			syncTimer.Reset(w.syncWithin)
+		case !lazy:
+			w.unsynced = false // its fsync made every earlier commit durable
+			syncTimer.Stop()
+		}
 	}
+}
+
+func allLazy(batch []*op) bool {
+	for _, o := range batch {
+		if !o.lazy {
+			return false
+		}
+	}
+	return true
+}
+
+// syncLazy fsyncs the write-ahead log when lazy commits wait for it.
+// SQLite's own connection would see an error of this fsync on its next
+// one too (Linux reports a writeback error to every open file): a durable
+// commit after a failed fsync fails, and is answered as such.
+func (w *writer) syncLazy() {
+	if !w.unsynced {
+		return
+	}
+	w.unsynced = false
+	if w.wal == nil {
+		f, err := os.OpenFile(w.walPath, os.O_RDWR, 0)
+		if err != nil {
+			w.log.Error("open the write-ahead log to fsync it", "err", err)
+			return
+		}
+		w.wal = f
+	}
+	if err := w.wal.Sync(); err != nil {
+		w.log.Error("fsync the write-ahead log; the last finishes may repeat after a power cut", "err", err)
+		return
+	}
+	w.lazySyncs.Add(1)
+}
+
+// setMode sets the connection's synchronous mode for the next commit.
+func (w *writer) setMode(lazy bool) error {
+	mode := w.durable
+	if lazy {
+		mode = "NORMAL"
+	}
+	if mode == w.mode {
+		return nil
+	}
+	if err := w.execRaw("PRAGMA synchronous = " + mode); err != nil {
+		return fmt.Errorf("set synchronous %s: %w", mode, err)
+	}
+	w.mode = mode
+	return nil
 }
 
 // drain fails the operations still queued at Close.
@@ -183,7 +324,7 @@ func (w *writer) close() error {
 // back to back; if one of them fails, the transaction is rolled back and the
 // group replayed with a savepoint around each operation, so that the failure
 // of one (a duplicate id, say) fails only that one.
-func (w *writer) commit(batch []*op) {
+func (w *writer) commit(batch []*op, lazy bool) (committed bool) {
 	live := batch[:0:0]
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
@@ -194,7 +335,14 @@ func (w *writer) commit(batch []*op) {
 		live = append(live, o)
 	}
 	if len(live) == 0 {
-		return
+		return false
+	}
+	if err := w.setMode(lazy); err != nil {
+		for _, o := range live {
+			o.err = err
+			close(o.done)
+		}
+		return false
 	}
 	err := w.run1(live, false)
 	if errors.Is(err, errReplay) {
@@ -206,6 +354,7 @@ func (w *writer) commit(batch []*op) {
 		}
 		close(o.done)
 	}
+	return err == nil
 }
 
 var errReplay = errors.New("replay with savepoints")

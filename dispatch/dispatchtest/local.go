@@ -372,6 +372,44 @@ func exerciseLocal(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("AttachAndRedrive", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		kids := planned(t, s, 3, 0, 1, 2)
+		// While its local calls run, the parent is busy for an attach:
+		// their rows, which an attach checks for repeats, are to come.
+		res, err := s.CallAttach(ctx, &dispatch.CallAttachParams{Calls: []*dispatch.Call{{ParentID: "p", Function: "f",
+			Key: "k0", Input: []byte(`{}`)}}, Unless: dispatch.AttachUnlessKey, Now: T0})
+		if err != nil || len(res) != 1 || res[0].Outcome != dispatch.AttachBusy {
+			t.Fatalf("attach to a parent with a plan = %+v, %v; want busy", res, err)
+		}
+		// A local call that failed for good is re-driven while its
+		// siblings still run: the parent keeps its plan's lease.
+		finishLocal(t, s, kids[0], &dispatch.CallFinishParams{State: dispatch.StateFailed, Error: "410",
+			Status: dispatch.StatusPermanent, Now: T0})
+		if done, err := s.CallRedrive(ctx, &dispatch.CallRedriveParams{IDs: []string{"p.0.0"}, Now: T0}); err != nil ||
+			!slices.Equal(done, []string{"p.0.0"}) {
+			t.Fatalf("redrive = %v, %v", done, err)
+		}
+		if p := mustGet(t, s, "p"); p.LeaseOwner != "o" {
+			t.Fatalf("parent after a redrive of a child: %+v, want still leased to o", p)
+		}
+		finishLocal(t, s, kids[1], &dispatch.CallFinishParams{State: dispatch.StateDone, Now: T0})
+		finishLocal(t, s, kids[2], &dispatch.CallFinishParams{State: dispatch.StateDone, Now: T0})
+		if p := mustGet(t, s, "p"); p.State != dispatch.StateWaiting || p.Waiting != 1 || p.LeaseOwner != "" {
+			t.Fatalf("parent %+v, want waiting on the re-driven child alone", p)
+		}
+		c := mustClaimAll(t, s, "o", T0)
+		if len(c) != 1 || c[0].ID != "p.0.0" {
+			t.Fatalf("claimed %v, want the re-driven child", ids(c))
+		}
+		if r := mustFinish(t, s, &dispatch.CallFinishParams{ID: "p.0.0", Attempt: c[0].Attempt, ParentID: "p",
+			State: dispatch.StateDone, Now: T0}); !r.ParentResumed {
+			t.Fatalf("finish of the re-driven child = %+v, want the parent resumed", r)
+		}
+	})
+
 	t.Run("DuplicateParent", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())
