@@ -101,14 +101,14 @@ func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 		mode:       "FULL",
 		syncWithin: lazySyncWithin,
 		gatherLazy: lazyGather,
-		sqlConn:  conn,
-		maxBatch: maxBatch,
-		log:      log,
-		ops:      make(chan *op, maxBatch),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		stmts:    make(map[string]driver.Stmt),
-		kinds:    make(map[string]string),
+		sqlConn:    conn,
+		maxBatch:   maxBatch,
+		log:        log,
+		ops:        make(chan *op, maxBatch),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		stmts:      make(map[string]driver.Stmt),
+		kinds:      make(map[string]string),
 	}
 }
 
