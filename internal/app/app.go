@@ -326,10 +326,10 @@ func (a *app) stop(ctx context.Context) error {
 	rs := a.rt.Stats()
 	totals := []any{"claims", rs.Claims, "claimed", rs.Claimed, "leased_on_create", rs.LeasedOnCreate,
 		"eager", rs.Eager, "done", rs.Done, "retried", rs.Retried, "failed", rs.Failed,
-		"results_from_memory", rs.ResultsFromMemory, "results_from_store", rs.ResultsFromStore}
+		"results_from_memory", rs.ResultsFromMemory, "results_from_store", rs.ResultsFromStore, "local", rs.Local}
 	st := a.store.StoreStats()
 	totals = append(totals, "commits", st.Commits, "store_operations", st.Ops, "replays", st.Replays,
-		"connection_waits", st.ConnWaits)
+		"connection_waits", st.ConnWaits, "rows_written", st.Rows)
 	a.log.Info("totals", totals...)
 	if cerr := a.store.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close store: %w", cerr))

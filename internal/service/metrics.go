@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -257,6 +258,11 @@ var (
 		"Calls claimed from the store's backlog.", nil, nil)
 	descLeased = prometheus.NewDesc("fanout_leased_on_create_total",
 		"Calls run without a claim: leased as they were stored.", nil, nil)
+	descRows = prometheus.NewDesc("fanout_store_rows_written_total",
+		"Rows written by the store's committed transactions, by table and operation (inserted, updated, deleted).",
+		[]string{"table", "operation"}, nil)
+	descLocal = prometheus.NewDesc("fanout_local_calls_total",
+		"Deliveries run at once as local calls: stored only once their first attempt ended.", nil, nil)
 	descCommits = prometheus.NewDesc("fanout_store_commits_total",
 		"Group commits of the store's writer.", nil, nil)
 	descOps = prometheus.NewDesc("fanout_store_operations_total",
@@ -287,7 +293,7 @@ var (
 )
 
 func (c *fanoutCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descAttempts, descClaimed, descLeased, descCommits, descOps,
+	for _, d := range []*prometheus.Desc{descAccepted, descAttempts, descClaimed, descLeased, descLocal, descRows, descCommits, descOps,
 		descReplays, descConnWaits, descFromMemory, descStoreUp, descBacklog, descBacklogAge, descInFlight, descLimit,
 		descFailures, descPaused, descReady} {
 		ch <- d
@@ -312,6 +318,12 @@ func (c *fanoutCollector) Collect(ch chan<- prometheus.Metric) {
 	ss := svc.StoreStats()
 	counter(descCommits, ss.Commits)
 	counter(descOps, ss.Ops)
+	counter(descLocal, st.Local)
+	for kind, n := range ss.Rows {
+		if table, op, ok := strings.Cut(kind, " "); ok {
+			counter(descRows, n, table, op)
+		}
+	}
 	counter(descReplays, ss.Replays)
 	counter(descConnWaits, ss.ConnWaits)
 	counter(descFromMemory, st.ResultsFromMemory)
