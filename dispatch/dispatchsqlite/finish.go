@@ -165,8 +165,13 @@ func recordAttempt(tx *wtx, p *dispatch.CallFinishParams) error {
 func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult,
 	output, errText any, failed int) (done bool, err error) {
 	c := p.Local
-	row, err := tx.queryRow(`SELECT plan FROM calls WHERE id = ? AND state = 2 AND attempt = ? AND lease_owner = ?
-		AND plan IS NOT NULL`, p.ParentID, p.ParentAttempt, c.LeaseOwner)
+	// The parent, if its plan is still this owner's, and how many rows
+	// its plan's gather (its last: an attach waits while a plan runs) has.
+	row, err := tx.queryRow(`SELECT p.plan, p.gathers - 1, (SELECT count(*) FROM calls c
+			WHERE c.id > p.id || '.' || (p.gathers - 1) || '.' AND c.id < p.id || '.' || (p.gathers - 1) || '/'
+			AND c.parent_id = p.id)
+		FROM calls p WHERE p.id = ? AND p.state = 2 AND p.attempt = ? AND p.lease_owner = ? AND p.plan IS NOT NULL`,
+		p.ParentID, p.ParentAttempt, c.LeaseOwner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -177,6 +182,10 @@ func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinish
 	if err != nil {
 		return false, fmt.Errorf("parent %s: %w", p.ParentID, err)
 	}
+	if gather != int(asInt(row[1])) {
+		return false, fmt.Errorf("parent %s: its plan is of gather %d, its last is %d", p.ParentID, gather, asInt(row[1]))
+	}
+	rows := int(asInt(row[2]))
 	now := p.Now.UnixNano()
 	row2 := &dispatch.Call{ID: p.ID, Function: c.Function, Key: c.Key, Input: c.Input, State: p.State,
 		Attempt: p.Attempt, Failures: failed, ParentID: p.ParentID, Gather: c.Gather, Index: c.Index,
@@ -194,13 +203,24 @@ func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinish
 	if err := recordAttempt(tx, p); err != nil {
 		return true, err
 	}
-	// Is the plan complete: has every child of its gather a row now?
-	row, err = tx.queryRow(`SELECT count(*) FROM calls WHERE `+gatherRange, p.ParentID, gather)
-	if err != nil || int(asInt(row[0])) < total {
-		return true, err
+	if rows+1 < total {
+		return true, nil // siblings to come
 	}
-	// It is: the parent waits, unleased, for its children not final;
-	// with none, it is resumed or finished as by a last child.
+	// The plan is complete: every child of its gather has a row. The
+	// parent waits, unleased, for its children not final; with none, it
+	// is finished (the run the runtime made of it, in one statement, the
+	// common case) or resumed as by a last child.
+	if p.FinishParent && p.State.Final() {
+		n, err := tx.exec(`UPDATE calls SET plan = NULL, lease_owner = NULL, lease_expires = NULL, waiting = 0,
+				state = 3, output = ?2, error = NULL, status = ?3, attempt = attempt + 1, run_after = 0, updated_at = ?4
+			WHERE id = ?1 AND parent_id IS NULL AND gathers = ?5
+			AND NOT EXISTS (SELECT 1 FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4))`,
+			p.ParentID, nonNil(p.ParentOutput), int(dispatch.StatusOK), now, p.ParentGathers)
+		if err != nil || n > 0 {
+			res.ParentFinished = n > 0
+			return true, err
+		}
+	}
 	row, err = tx.queryRow(`UPDATE calls SET plan = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?2,
 			waiting = (SELECT count(*) FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4))
 		WHERE id = ?1 RETURNING waiting`, p.ParentID, now)
