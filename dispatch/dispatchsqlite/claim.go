@@ -16,7 +16,7 @@ import (
 // claimColumns are what a claim (or a resume) returns of a call, with its
 // parent's input (see dispatch.Call.ParentInput): a primary key probe of a
 // row the cache holds, in the writer, instead of a read per call later.
-const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, meta,
+const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, ` + metaColumn + `,
 	(SELECT p.input FROM calls p WHERE p.id = calls.parent_id)`
 
 // claimed makes a running call of a row of claimColumns.
@@ -169,15 +169,15 @@ func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseRelea
 // returns how many children it stored.
 func dropPlans(tx *wtx, owner string, now time.Time) (int64, error) {
 	var parents []*storeutil.LocalParent
-	query, args := `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+	query, args := `SELECT id, plan, `+metaColumn+`, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
 		WHERE lease_owner IS NOT NULL AND lease_expires <= ? AND plan IS NOT NULL`, []any{now.UnixNano()}
 	switch owner {
 	case "*":
-		query, args = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+		query, args = `SELECT id, plan, `+metaColumn+`, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
 			WHERE lease_owner IS NOT NULL AND plan IS NOT NULL`, nil
 	case "":
 	default:
-		query, args = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+		query, args = `SELECT id, plan, `+metaColumn+`, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
 			WHERE lease_owner = ? AND plan IS NOT NULL`, []any{owner}
 	}
 	err := tx.query(query, args, func(row []driver.Value) error {

@@ -206,7 +206,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 		clear(res) // the op may run again, after a failed group commit
 		for _, parent := range order {
 			members := groups[parent]
-			row, err := tx.queryRow(`SELECT state, gathers, meta, plan IS NOT NULL FROM calls WHERE id = ?`, parent)
+			row, err := tx.queryRow(`SELECT state, gathers, `+metaColumn+`, plan IS NOT NULL FROM calls WHERE id = ?`, parent)
 			if errors.Is(err, sql.ErrNoRows) {
 				storeutil.SetAttachOutcome(res, members, dispatch.AttachNoParent)
 				continue

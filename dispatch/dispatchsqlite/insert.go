@@ -78,8 +78,8 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*lo
 			if c.Tag != "" {
 				tag = c.Tag
 			}
-			if len(c.Meta) > 0 {
-				meta = c.Meta
+			if len(c.Meta) > 0 && c.ParentID == "" {
+				meta = c.Meta // a child's is its root's: see metaColumn
 			}
 			created, updated, budget := c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.BudgetStart.UnixNano()
 			if c.UpdatedAt.IsZero() {

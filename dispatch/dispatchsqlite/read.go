@@ -15,7 +15,15 @@ import (
 )
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
+
+// metaColumn reads a call's Meta. A child's is its parent's (dispatch.Call.Meta:
+// a child starts with its parent's, and nothing changes it), so that of every
+// call is its top-level call's: only top-level calls store it, and a child,
+// whose id starts with its root's id and a dot, reads its root's by primary
+// key. A child stored before this (with a copy) reads its own.
+const metaColumn = `CASE WHEN meta IS NOT NULL OR parent_id IS NULL THEN meta
+	ELSE (SELECT r.meta FROM calls r WHERE r.id = substr(calls.id, 1, instr(calls.id, '.') - 1)) END`
 
 // scanCall scans a row of callColumns, or of childColumns (no input) when
 // input is false.
@@ -96,7 +104,7 @@ func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispa
 func (s *Store) localParent(ctx context.Context, id string) (*storeutil.LocalParent, error) {
 	lp := &storeutil.LocalParent{ID: id}
 	var expires int64
-	err := s.rdb.QueryRowContext(ctx, `SELECT plan, meta, lease_owner, lease_expires FROM calls
+	err := s.rdb.QueryRowContext(ctx, `SELECT plan, `+metaColumn+`, lease_owner, lease_expires FROM calls
 		WHERE id = ? AND plan IS NOT NULL`, id).Scan(&lp.Plan, &lp.Meta, &lp.LeaseOwner, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
@@ -142,7 +150,7 @@ func (s *Store) plannedCall(ctx context.Context, id string) (*dispatch.Call, err
 // ordered by id, with keep deciding which to return: for listings and
 // counts, which must show what runs now.
 func (s *Store) plannedCalls(ctx context.Context, keep func(*dispatch.Call) bool) ([]*dispatch.Call, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT id, plan, meta, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
+	rows, err := s.rdb.QueryContext(ctx, `SELECT id, plan, `+metaColumn+`, lease_owner, lease_expires FROM calls INDEXED BY calls_leased
 		WHERE lease_owner IS NOT NULL AND plan IS NOT NULL`)
 	if err != nil {
 		return nil, err
@@ -223,7 +231,7 @@ func scanCallRows(rows *sql.Rows) ([]*dispatch.Call, error) {
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
 const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
 
 // CallList implements dispatch.Store.
 func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*dispatch.Call, error) {

@@ -14,14 +14,18 @@ func TestTraceMeta(t *testing.T) {
 	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5},
 		TraceFlags: trace.FlagsSampled, TraceState: ts})
 	meta := encodeTraceMeta(sc)
-	if want := `{"traceparent":"00-01020300000000000000000000000000-0405000000000000-01","tracestate":"vendor=abc"}`; string(meta) != want {
-		t.Fatalf("meta %s, want %s", meta, want)
+	if len(meta) != 26+len("vendor=abc") || meta[0] != traceMetaBinary {
+		t.Fatalf("meta %x: want the compact form, 36 bytes", meta)
 	}
-	got := decodeTraceMeta(meta)
-	if got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() || !got.IsSampled() || got.TraceState().Get("vendor") != "abc" || !got.IsRemote() {
-		t.Fatalf("decoded %+v, want %+v", got, sc)
+	// The JSON form that earlier versions stored still reads the same.
+	old := []byte(`{"traceparent":"00-01020300000000000000000000000000-0405000000000000-01","tracestate":"vendor=abc"}`)
+	for _, m := range [][]byte{meta, old} {
+		got := decodeTraceMeta(m)
+		if got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() || !got.IsSampled() || got.TraceState().Get("vendor") != "abc" || !got.IsRemote() {
+			t.Fatalf("decoded %s as %+v, want %+v", m, got, sc)
+		}
 	}
-	for _, bad := range []string{"", "{}", "null", `{"traceparent":"00-0-0-01"}`, `{"traceparent":"garbage"}`, `[1]`, `{"tag":"x"}`} {
+	for _, bad := range []string{"", "\x01", "\x01short", "{}", "null", `{"traceparent":"00-0-0-01"}`, `{"traceparent":"garbage"}`, `[1]`, `{"tag":"x"}`} {
 		if decodeTraceMeta([]byte(bad)).IsValid() {
 			t.Errorf("decodeTraceMeta(%s) is valid", bad)
 		}
