@@ -71,7 +71,7 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 	query := claimQuery(len(p.Functions))
 
 	var calls []*dispatch.Call
-	err := s.w.doLazy(ctx, func(tx *wtx) error {
+	err := s.w.doLazy(ctx, false, func(tx *wtx) error {
 		calls = calls[:0]
 		return tx.query(query, args, func(row []driver.Value) error {
 			c := claimed(row)
@@ -124,7 +124,7 @@ func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewPa
 	if err != nil {
 		return err
 	}
-	err = s.w.doLazy(ctx, func(tx *wtx) error {
+	err = s.w.doLazy(ctx, true, func(tx *wtx) error {
 		_, err := tx.exec(`UPDATE calls SET lease_expires = ?
 			WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ?`,
 			p.LeaseUntil.UnixNano(), string(ids), p.Owner)
@@ -139,7 +139,7 @@ func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewPa
 // CallLeaseRelease implements dispatch.Store.
 func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseReleaseParams) (int, error) {
 	var n int64
-	err := s.w.doLazy(ctx, func(tx *wtx) error {
+	err := s.w.doLazy(ctx, true, func(tx *wtx) error {
 		var err error
 		if p.Owner != "" {
 			n, err = tx.exec(`UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL

@@ -95,7 +95,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		parentOutput = nonNil(p.ParentOutput)
 	}
 	res := &dispatch.CallFinishResult{}
-	err := s.w.doLazy(ctx, func(tx *wtx) error {
+	err := s.w.doLazy(ctx, true, func(tx *wtx) error {
 		*res = dispatch.CallFinishResult{}
 		if p.Local != nil {
 			done, err := finishLocal(tx, p, res, output, errText, failed)

@@ -19,7 +19,7 @@ func (s *Store) CallDeleteFinished(ctx context.Context, p *dispatch.CallDeleteFi
 		target, rule = dispatch.StateFailed, 1
 	}
 	var deleted int
-	err := s.w.doLazy(ctx, func(tx *wtx) error {
+	err := s.w.doLazy(ctx, true, func(tx *wtx) error {
 		deleted = 0
 		mark := s.retentionMark[rule]
 		if row, err := tx.queryRow(`SELECT COALESCE(MAX(rowid), 0) FROM calls`); err != nil {

@@ -82,7 +82,7 @@ func TestWriter_LazyCommits(t *testing.T) {
 		t.Helper()
 		do := s.w.do
 		if lazy {
-			do = s.w.doLazy
+			do = func(ctx context.Context, fn func(*wtx) error) error { return s.w.doLazy(ctx, true, fn) }
 		}
 		var sync int64
 		if err := do(context.Background(), func(tx *wtx) error {

@@ -89,8 +89,9 @@ type op struct {
 	ctx context.Context
 	fn  func(tx *wtx) error
 	// lazy: the operation's commit need not be on disk when it returns
-	// (see doLazy).
-	lazy bool
+	// (see doLazy); patient: it may also wait for company (doLazy with
+	// gather).
+	lazy, patient bool
 	err  error
 	done chan struct{}
 }
@@ -126,11 +127,12 @@ func (w *writer) do(ctx context.Context, fn func(tx *wtx) error) error {
 // or within syncWithin, when the writer fsyncs the log itself. The log is
 // written in order and SQLite checksums its frames in a chain, so a power
 // cut loses a suffix of lazy commits, never one between two that survive.
-// A commit of lazy operations alone also waits up to gatherLazy for more
-// operations, so that at low load the finishes of one event's deliveries
-// share a commit.
-func (w *writer) doLazy(ctx context.Context, fn func(tx *wtx) error) error {
-	return w.submit(&op{ctx: ctx, fn: fn, lazy: !w.allDurable, done: make(chan struct{})})
+// With gather, a commit of such operations alone also waits up to
+// gatherLazy for more, so that at low load the finishes of one event's
+// deliveries share a commit; a claim, which work waits for, does not.
+func (w *writer) doLazy(ctx context.Context, gather bool, fn func(tx *wtx) error) error {
+	lazy := !w.allDurable
+	return w.submit(&op{ctx: ctx, fn: fn, lazy: lazy, patient: lazy && gather, done: make(chan struct{})})
 }
 
 func (w *writer) submit(o *op) error {
@@ -220,15 +222,15 @@ func (w *writer) loop() {
 				break collect
 			}
 		}
-		if w.gatherLazy > 0 && allLazy(batch) && len(batch) < w.maxBatch {
+		if w.gatherLazy > 0 && allPatient(batch) && len(batch) < w.maxBatch {
 			gatherTimer.Reset(w.gatherLazy)
 		gather:
 			for len(batch) < w.maxBatch {
 				select {
 				case o := <-w.ops:
 					batch = append(batch, o)
-					if !o.lazy {
-						break gather // a durable operation does not wait
+					if !o.patient {
+						break gather // a durable operation, or a claim, does not wait
 					}
 				case <-gatherTimer.C:
 					break gather
@@ -250,6 +252,15 @@ func (w *writer) loop() {
 			syncTimer.Stop()
 		}
 	}
+}
+
+func allPatient(batch []*op) bool {
+	for _, o := range batch {
+		if !o.patient {
+			return false
+		}
+	}
+	return true
 }
 
 func allLazy(batch []*op) bool {
