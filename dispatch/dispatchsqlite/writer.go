@@ -92,8 +92,8 @@ type op struct {
 	// (see doLazy); patient: it may also wait for company (doLazy with
 	// gather).
 	lazy, patient bool
-	err  error
-	done chan struct{}
+	err           error
+	done          chan struct{}
 }
 
 func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
