@@ -16,8 +16,8 @@ import (
 // claimColumns are what a claim (or a resume) returns of a call, with its
 // parent's input (see dispatch.Call.ParentInput): a primary key probe of a
 // row the cache holds, in the writer, instead of a read per call later.
-const claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, parent_id, gather, idx, gathers, created_at, ` + metaColumn + `,
-	(SELECT p.input FROM calls p WHERE p.id = calls.parent_id)`
+var claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, ` + parentColumn + `, gather, idx, gathers, created_at, ` + metaColumn + `,
+	(SELECT p.input FROM calls p WHERE p.id = ` + parentColumn + `)`
 
 // claimed makes a running call of a row of claimColumns.
 func claimed(row []driver.Value) *dispatch.Call {

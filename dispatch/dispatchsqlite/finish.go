@@ -169,7 +169,7 @@ func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinish
 	// its plan's gather (its last: an attach waits while a plan runs) has.
 	row, err := tx.queryRow(`SELECT p.plan, p.gathers - 1, (SELECT count(*) FROM calls c
 			WHERE c.id > p.id || '.' || (p.gathers - 1) || '.' AND c.id < p.id || '.' || (p.gathers - 1) || '/'
-			AND c.parent_id = p.id)
+			AND c.parent_id IN (p.id, ''))
 		FROM calls p WHERE p.id = ? AND p.state = 2 AND p.attempt = ? AND p.lease_owner = ? AND p.plan IS NOT NULL`,
 		p.ParentID, p.ParentAttempt, c.LeaseOwner)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -310,7 +310,7 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 	err := s.w.do(ctx, func(tx *wtx) error {
 		clear(redriven)
 		for _, id := range order {
-			row, err := tx.queryRow(`SELECT parent_id FROM calls WHERE id = ? AND state = 4`, id)
+			row, err := tx.queryRow(`SELECT `+parentColumn+` FROM calls WHERE id = ? AND state = 4`, id)
 			if errors.Is(err, sql.ErrNoRows) {
 				continue // not failed (any more), or unknown
 			}
@@ -358,6 +358,6 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 // (see descendants).
 // childrenRange selects the children of the parent ?1 by primary key: a
 // child's id is its parent's id, a dot, and more.
-const childrenRange = `id > ?1 || '.' AND id < ?1 || '/' AND parent_id = ?1`
+const childrenRange = `id > ?1 || '.' AND id < ?1 || '/' AND (parent_id = ?1 OR (parent_id = '' AND instr(?1, '.') = 0))`
 
-const gatherRange = `id > ?1 || '.' || ?2 || '.' AND id < ?1 || '.' || ?2 || '/' AND parent_id = ?1 AND gather = ?2`
+const gatherRange = `id > ?1 || '.' || ?2 || '.' AND id < ?1 || '.' || ?2 || '/' AND (parent_id = ?1 OR (parent_id = '' AND instr(?1, '.') = 0)) AND gather = ?2`

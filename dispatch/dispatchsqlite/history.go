@@ -13,9 +13,9 @@ import (
 )
 
 // CallScan walks top-level calls (see dispatch.CallScanParams). Filters
-// with an index behind them narrow the walk itself: a root key (always), a
-// single tag (calls_roots_tag, migration 003) and, with a key, the failed
-// state (calls_failed). The others are computed for each call walked, which
+// with an index behind them narrow the walk itself: a root key (always) and,
+// with a key, the failed state (calls_failed). Tags are matched while
+// walking: migration 006 dropped the index of roots by tag (62 B per event). The others are computed for each call walked, which
 // Scan bounds.
 func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*dispatch.CallScanResult, error) {
 	var where, match []string
@@ -44,10 +44,6 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 	}
 	index := ""
 	switch {
-	case len(p.Tags) == 1 && len(p.TagPrefixes) == 0:
-		where = append(where, "tag = ?")
-		whereArgs = append(whereArgs, p.Tags[0])
-		index = " INDEXED BY calls_roots_tag"
 	case len(p.Tags) > 0 || len(p.TagPrefixes) > 0:
 		var anyOf []string
 		for _, t := range p.Tags {
@@ -76,7 +72,7 @@ func (s *Store) CallScan(ctx context.Context, p *dispatch.CallScanParams) (*disp
 		// the primary key finds them as a range, with or without an index
 		// on parent_id.
 		match = append(match, "EXISTS (SELECT 1 FROM calls ch WHERE ch.id > calls.id || '.' AND ch.id < calls.id || '/' "+
-			"AND ch.parent_id = calls.id AND ch.key = ?)")
+			"AND ch.parent_id IN (calls.id, '') AND ch.key = ?)")
 		matchArgs = append(matchArgs, p.ChildKey)
 	}
 	if p.Contains != "" {

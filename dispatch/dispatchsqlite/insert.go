@@ -62,6 +62,9 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*lo
 			var parent, owner, expires, output, errText, tag, meta, plan any
 			if c.ParentID != "" {
 				parent = c.ParentID
+				if !strings.Contains(c.ParentID, ".") && strings.HasPrefix(c.ID, c.ParentID+".") {
+					parent = "" // a child of a top-level call: see parentColumn
+				}
 			}
 			if c.State == dispatch.StateRunning {
 				owner, expires = c.LeaseOwner, c.LeaseExpires.UnixNano()

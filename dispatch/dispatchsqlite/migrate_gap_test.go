@@ -24,7 +24,7 @@ func TestMigrate_Gap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	for _, q := range []string{`DROP INDEX calls_roots_tag`, `DELETE FROM migrations WHERE version = 3`,
+	for _, q := range []string{`DELETE FROM migrations WHERE version = 3`,
 		`INSERT INTO migrations (version, name, applied_at) VALUES (99, '099_later.up.sql', 0)`} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatal(err)
@@ -35,7 +35,7 @@ func TestMigrate_Gap(t *testing.T) {
 	}
 	s.Close()
 	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'calls_roots_tag'`).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("migration 003's index after Open: %d (%v), want it applied though 99 was", n, err)
+	if err := db.QueryRow(`SELECT count(*) FROM migrations WHERE version = 3`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("migration 003 after Open: %d (%v), want it applied though 99 was", n, err)
 	}
 }

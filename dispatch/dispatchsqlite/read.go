@@ -14,8 +14,20 @@ import (
 	"fanout/dispatch/internal/storeutil"
 )
 
-const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
+var callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
+	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
+
+// parentOf reads the parent id of the row of table t. A child of a
+// top-level call stores '' (its parent is its id up to the first dot: a
+// child's id is its parent's, a dot, its gather, a dot and its index), which
+// saves the 36 bytes of a UUID in every delivery's row; deeper descendants
+// store theirs, and top-level calls NULL.
+func parentOf(t string) string {
+	return `CASE ` + t + `.parent_id WHEN '' THEN substr(` + t + `.id, 1, instr(` + t + `.id, '.') - 1) ELSE ` + t + `.parent_id END`
+}
+
+// parentColumn is parentOf the calls table.
+var parentColumn = parentOf("calls")
 
 // metaColumn reads a call's Meta. A child's is its parent's (dispatch.Call.Meta:
 // a child starts with its parent's, and nothing changes it), so that of every
@@ -230,8 +242,8 @@ func scanCallRows(rows *sql.Rows) ([]*dispatch.Call, error) {
 
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
-const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
+var childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
+	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
 
 // CallList implements dispatch.Store.
 func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*dispatch.Call, error) {

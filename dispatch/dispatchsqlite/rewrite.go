@@ -19,7 +19,7 @@ func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteIn
 	err := s.w.do(ctx, func(tx *wtx) error {
 		*res = dispatch.CallRewriteInputsResult{}
 		var calls []*dispatch.Call
-		err := tx.query(`SELECT c.id, c.key, c.input, c.state, c.parent_id, p.input FROM calls c JOIN calls p ON p.id = c.parent_id
+		err := tx.query(`SELECT c.id, c.key, c.input, c.state, `+parentOf("c")+`, p.input FROM calls c JOIN calls p ON p.id = `+parentOf("c")+`
 			WHERE c.id > ? AND c.function = ? AND c.parent_id IS NOT NULL ORDER BY c.id LIMIT ?`,
 			[]any{p.After, p.Function, p.Limit}, func(row []driver.Value) error {
 				calls = append(calls, &dispatch.Call{ID: asString(row[0]), Function: p.Function, Key: asString(row[1]),

@@ -1,0 +1,13 @@
+-- Disk per event (docs/BENCHMARKS.md, "Disk per small event"): three
+-- changes that need no rewrite of stored rows, which keep their bytes
+-- until retention deletes them or VACUUM rebuilds the file.
+--
+-- 1. The index of events by type (migration 003) goes: its entries (the
+--    tag, the event's 36-byte id, the rowid) cost every typed event 62 B.
+--    A single type is now filtered while walking, as several types and
+--    prefixes already were (CallScan's bound applies).
+-- 2. A child of a top-level call stores parent_id = '' (its parent is its id
+--    up to the first dot; read with parentOf), not a copy of the id.
+-- 3. A child stores no meta: it is its top-level call's (read with
+--    metaColumn).
+DROP INDEX IF EXISTS calls_roots_tag;
