@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 const claimColumns = `c.id, c.function, c.key, c.input, c.attempt, c.failures, c.run_after, c.budget_start, c.parent_id,
@@ -68,6 +70,7 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 				c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
 				calls = append(calls, c)
 			}
+			op.wrote("calls updated", int64(len(calls)))
 			return rows.Err()
 		})
 	}
@@ -126,15 +129,32 @@ func (s *Store) CallKeys(ctx context.Context, now time.Time) ([]string, error) {
 	return keys, nil
 }
 
+// renewSQL extends the leases of calls ($2) that $3 still holds: running
+// calls, and waiting parents of local calls (their plan's lease). It locks
+// them in id order, as the release of plans does (see dropPlans), so that
+// the two cannot deadlock.
+const renewSQL = `UPDATE calls c SET lease_expires = $1
+	FROM (SELECT id FROM calls WHERE id = ANY($2::text[]) AND lease_owner = $3 ORDER BY id FOR UPDATE) l
+	WHERE c.id = l.id`
+
 // CallLeaseRenew implements dispatch.Store.
 func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewParams) error {
 	if len(p.IDs) == 0 {
 		return nil
 	}
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		_, err := conn.Exec(ctx, `UPDATE calls SET lease_expires = $1
-			WHERE id = ANY($2::text[]) AND state = 1 AND lease_owner = $3`, p.LeaseUntil.UnixNano(), p.IDs, p.Owner)
-		return err
+		// One batch, one implicit transaction, one round trip.
+		b := &pgx.Batch{}
+		var n int64
+		b.Queue(renewSQL, p.LeaseUntil.UnixNano(), p.IDs, p.Owner).Exec(func(tag pgconn.CommandTag) error {
+			n = tag.RowsAffected()
+			return nil
+		})
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		s.rows.Add(map[string]int64{"calls updated": n})
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("renew leases: %w", err)
@@ -142,13 +162,10 @@ func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewPa
 	return nil
 }
 
-// releaseSQL returns calls to pending and notifies, in the same statement,
-// when there were any: other processes may run them.
+// releaseSQL returns running calls to pending.
 func releaseSQL(where string) string {
-	return `WITH r AS (
-		UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1 AND ` + where + ` RETURNING 1
-	), n AS (SELECT count(*) AS n FROM r)
-	SELECT n, CASE WHEN n > 0 THEN pg_notify($2, '') END FROM n`
+	return `UPDATE calls SET state = 0, lease_owner = NULL, lease_expires = NULL
+		WHERE state = 1 AND lease_owner IS NOT NULL AND ` + where
 }
 
 var (
@@ -156,20 +173,164 @@ var (
 	releaseExpiredSQL = releaseSQL(`lease_expires <= $1`)
 )
 
-// CallLeaseRelease implements dispatch.Store.
+// CallLeaseRelease implements dispatch.Store: in one transaction, running
+// calls are returned to pending, then plans of local calls are dropped
+// (dropPlans), and other processes are notified if any call became
+// runnable.
 func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseReleaseParams) (int, error) {
 	var n int64
-	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		var row pgx.Row
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now() // a release by owner need not say when
+	}
+	err := s.writeTx(ctx, func(ctx context.Context, tx *rtx) error {
+		var tag pgconn.CommandTag
+		var err error
 		if p.Owner != "" {
-			row = conn.QueryRow(ctx, releaseOwnerSQL, p.Owner, s.channel)
+			tag, err = tx.Exec(ctx, releaseOwnerSQL, p.Owner)
 		} else {
-			row = conn.QueryRow(ctx, releaseExpiredSQL, p.Now.UnixNano(), s.channel)
+			tag, err = tx.Exec(ctx, releaseExpiredSQL, p.Now.UnixNano())
 		}
-		return row.Scan(&n, nil)
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		stored, runnable, err := dropPlans(ctx, tx, p.Owner, now)
+		if err != nil {
+			return err
+		}
+		n += stored
+		if n > 0 || runnable {
+			_, err = tx.Exec(ctx, notifySQL, s.channel)
+		}
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("release leases: %w", err)
 	}
 	return int(n), nil
+}
+
+// dropPlans ends the plans of local calls (dispatch.Call.Local) leased to
+// owner, or, with no owner, whose lease expired at now. Each planned child
+// without a row is stored pending, to run again with its id, and its parent
+// waits, unleased, for its children not final (runnable at once if none is
+// left). It returns how many children it stored, and whether it made a
+// parent runnable. Unlike the SQLite store, Open does not drop plans: they
+// may belong to a live replica, and expire if not.
+//
+// Why it is safe against a local finish of the same plan committing at the
+// same moment (see localLockSQL): the parents are locked first, in a
+// statement of their own, and their children listed in a later one, which
+// under READ COMMITTED sees every transaction that committed before it
+// began. A local finish holds its parent's lock from before it writes the
+// child's row until it commits, so once a parent is locked here, every
+// local finish of its plan has either committed (its row is listed, and
+// not stored again) or waits for this transaction, and then finds no plan
+// (fenced: its outcome is dropped, and the child runs again). A parent
+// whose lock is held right now is skipped when the leases expired (SKIP
+// LOCKED): the transaction never waits for a lock after it released
+// running calls, so it cannot close a deadlock with a group commit, and a
+// later pass drops the plan if it is still there. A release by owner (a
+// shutdown, after its calls ended) waits, in id order. The rows are
+// inserted without ON CONFLICT: one that exists would mean that the lock
+// did not do its job, which must fail loudly, not be papered over.
+func dropPlans(ctx context.Context, tx *rtx, owner string, now time.Time) (stored int64, runnable bool, err error) {
+	var rows pgx.Rows
+	const columns = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls`
+	if owner != "" {
+		rows, err = tx.Query(ctx, columns+` WHERE lease_owner = $1 AND plan IS NOT NULL ORDER BY id FOR UPDATE`, owner)
+	} else {
+		rows, err = tx.Query(ctx, columns+` WHERE lease_owner IS NOT NULL AND lease_expires <= $1 AND plan IS NOT NULL
+			ORDER BY id FOR UPDATE SKIP LOCKED`, now.UnixNano())
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	var parents []*storeutil.LocalParent
+	for rows.Next() {
+		lp := &storeutil.LocalParent{}
+		var expires int64
+		if err := rows.Scan(&lp.ID, &lp.Plan, &lp.Meta, &lp.LeaseOwner, &expires); err != nil {
+			rows.Close()
+			return 0, false, err
+		}
+		lp.LeaseExpires = fromNanos(expires)
+		parents = append(parents, lp)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(parents) == 0 {
+		return 0, false, err
+	}
+	ids := make([]string, len(parents))
+	for i, lp := range parents {
+		ids[i] = lp.ID
+	}
+	// A statement after the locks: it sees the rows of every local finish
+	// that committed before them.
+	have, err := childIDs(ctx, tx, ids)
+	if err != nil {
+		return 0, false, err
+	}
+	var insert []*dispatch.Call
+	for _, lp := range parents {
+		calls, err := storeutil.MaterializeCalls(lp, func(id string) bool { return have[id] }, now)
+		if err != nil {
+			return 0, false, err
+		}
+		for _, c := range calls {
+			// Runnable since they were planned: claims, oldest first,
+			// take them in their place (a release by owner may have no
+			// time of its own, see CallLeaseRelease).
+			c.RunAfter = c.CreatedAt
+		}
+		insert = append(insert, calls...)
+	}
+	if len(insert) > 0 {
+		tag, err := tx.Exec(ctx, insertSQL, toColumns(insert, nil, now).args()...)
+		if err != nil {
+			return 0, false, err
+		}
+		stored = tag.RowsAffected()
+	}
+	// Each parent waits for its children not final, counted after the
+	// insert (a later statement again).
+	rows, err = tx.Query(ctx, `WITH up AS (
+			UPDATE calls c SET plan = NULL, plan_total = NULL, lease_owner = NULL, lease_expires = NULL,
+				updated_at = $2, run_after = $2, waiting = k.lft, state = CASE WHEN k.lft = 0 THEN 0 ELSE 2 END
+			FROM (SELECT p.id, (SELECT count(*) FROM calls ch WHERE ch.id > (p.id || '.') COLLATE "C"
+					AND ch.id < (p.id || '/') COLLATE "C" AND ch.parent_id = p.id AND ch.state NOT IN (3, 4)) AS lft
+				FROM unnest($1::text[]) AS p(id)) k
+			WHERE c.id = k.id
+			RETURNING c.state
+		)
+		SELECT count(*), count(*) FILTER (WHERE state = 0) FROM up`, ids, now.UnixNano())
+	if err != nil {
+		return stored, false, err
+	}
+	var updated, pending int64
+	for rows.Next() {
+		if err := rows.Scan(&updated, &pending); err != nil {
+			rows.Close()
+			return stored, false, err
+		}
+	}
+	rows.Close()
+	tx.wrote("calls updated", updated)
+	return stored, pending > 0, rows.Err()
+}
+
+// childIDs returns the ids of the children that have a row, of parents.
+func childIDs(ctx context.Context, tx *rtx, parents []string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, `SELECT c.id FROM unnest($1::text[]) AS p(id)
+		JOIN calls c ON c.id > (p.id || '.') COLLATE "C" AND c.id < (p.id || '/') COLLATE "C" AND c.parent_id = p.id`, parents)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	have := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		have[id] = true
+	}
+	return have, err
 }

@@ -20,7 +20,7 @@ import (
 func (s *Store) DocCreate(ctx context.Context, d *dispatch.Doc) error {
 	now := d.CreatedAt.UnixNano()
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		tag, err := conn.Exec(ctx, `INSERT INTO docs (kind, id, data, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)
+		tag, err := s.exec(ctx, conn, `INSERT INTO docs (kind, id, data, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)
 			ON CONFLICT (kind, id) DO NOTHING`, d.Kind, d.ID, nonNil(d.Data), now)
 		if err == nil && tag.RowsAffected() == 0 {
 			return dispatch.ErrDocExists
@@ -89,7 +89,7 @@ func (s *Store) DocList(ctx context.Context, kind string) ([]*dispatch.Doc, erro
 // DocUpdate implements dispatch.DocStore.
 func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		tag, err := conn.Exec(ctx, `UPDATE docs SET data = $1, version = version + 1, updated_at = $2
+		tag, err := s.exec(ctx, conn, `UPDATE docs SET data = $1, version = version + 1, updated_at = $2
 			WHERE kind = $3 AND id = $4 AND version = $5`, nonNil(d.Data), d.UpdatedAt.UnixNano(), d.Kind, d.ID, d.Version)
 		if err != nil || tag.RowsAffected() == 1 {
 			return err
@@ -114,7 +114,7 @@ func (s *Store) DocUpdate(ctx context.Context, d *dispatch.Doc) error {
 // DocDelete implements dispatch.DocStore.
 func (s *Store) DocDelete(ctx context.Context, kind, id string) error {
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		tag, err := conn.Exec(ctx, `DELETE FROM docs WHERE kind = $1 AND id = $2`, kind, id)
+		tag, err := s.exec(ctx, conn, `DELETE FROM docs WHERE kind = $1 AND id = $2`, kind, id)
 		if err == nil && tag.RowsAffected() == 0 {
 			return dispatch.ErrNotFound
 		}

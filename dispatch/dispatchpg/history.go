@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
@@ -194,15 +193,16 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 	order, groups := storeutil.AttachByParent(p.Calls)
 	now := p.Now.UnixNano()
 	res := make([]dispatch.AttachResult, len(p.Calls))
-	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx *rtx) error {
 		clear(res)
 		type parentRow struct {
 			state   dispatch.State
 			gathers int
 			meta    []byte
+			planned bool
 		}
 		parents := make(map[string]parentRow, len(order))
-		rows, err := tx.Query(ctx, `SELECT id, state, gathers, meta FROM calls WHERE id = ANY($1::text[])
+		rows, err := tx.Query(ctx, `SELECT id, state, gathers, meta, plan IS NOT NULL FROM calls WHERE id = ANY($1::text[])
 			ORDER BY id FOR UPDATE`, order)
 		if err != nil {
 			return err
@@ -212,11 +212,12 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			var state int16
 			var gathers int32
 			var meta []byte
-			if err := rows.Scan(&id, &state, &gathers, &meta); err != nil {
+			var planned bool
+			if err := rows.Scan(&id, &state, &gathers, &meta, &planned); err != nil {
 				rows.Close()
 				return err
 			}
-			parents[id] = parentRow{dispatch.State(state), int(gathers), meta}
+			parents[id] = parentRow{dispatch.State(state), int(gathers), meta, planned}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -231,7 +232,10 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 			case !ok:
 				storeutil.SetAttachOutcome(res, members, dispatch.AttachNoParent)
 				continue
-			case pr.state == dispatch.StateRunning || (pr.state == dispatch.StatePending && pr.gathers == 0):
+			// A parent whose local calls run (its plan) is as busy as a
+			// running one: its children's rows, which an attach checks
+			// for repeats, are still to come.
+			case pr.state == dispatch.StateRunning || (pr.state == dispatch.StatePending && pr.gathers == 0) || pr.planned:
 				storeutil.SetAttachOutcome(res, members, dispatch.AttachBusy)
 				continue
 			}
@@ -275,7 +279,7 @@ func (s *Store) CallAttach(ctx context.Context, p *dispatch.CallAttachParams) ([
 		if !attached {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, insertSQL, toColumns(insert, time.Unix(0, now)).args()...); err != nil {
+		if _, err := tx.Exec(ctx, insertSQL, toColumns(insert, nil, time.Unix(0, now)).args()...); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, notifySQL, s.channel)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,11 +18,11 @@ import (
 // one round trip, whatever the number of calls.
 const insertSQL = `INSERT INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires,
 		run_after, budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at,
-		tag, meta)
+		tag, meta, plan, plan_total)
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::integer[], $7::integer[],
 		$8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::integer[], $14::integer[],
 		$15::integer[], $16::integer[], $17::bytea[], $18::text[], $19::smallint[], $20::bigint[], $21::bigint[],
-		$22::text[], $23::bytea[])`
+		$22::text[], $23::bytea[], $24::bytea[], $25::integer[])`
 
 // columns are calls laid out as insertSQL's arrays.
 type columns struct {
@@ -36,11 +37,17 @@ type columns struct {
 	created, updated         []int64
 	tags                     []*string
 	metas                    [][]byte
+	// plans and planTotals are, on a parent of local calls, its plan
+	// (see splitLocal); nil elsewhere.
+	plans      [][]byte
+	planTotals []*int32
 	// runnable counts the rows that anyone may claim now.
 	runnable int
 }
 
-func toColumns(calls []*dispatch.Call, now time.Time) *columns {
+// toColumns lays calls out as insertSQL's arrays; plans holds, by parent id,
+// the plans of local calls (splitLocal), which calls must not hold.
+func toColumns(calls []*dispatch.Call, plans map[string]*localPlan, now time.Time) *columns {
 	n := len(calls)
 	c := &columns{
 		ids: make([]string, n), functions: make([]string, n), keys: make([]string, n),
@@ -53,6 +60,7 @@ func toColumns(calls []*dispatch.Call, now time.Time) *columns {
 		gather: make([]int32, n), idx: make([]int32, n), gathers: make([]int32, n), wt: make([]int32, n),
 		created: make([]int64, n), updated: make([]int64, n),
 		tags: make([]*string, n), metas: make([][]byte, n),
+		plans: make([][]byte, n), planTotals: make([]*int32, n),
 	}
 	for i, call := range calls {
 		c.ids[i], c.functions[i], c.keys[i] = call.ID, call.Function, call.Key
@@ -65,6 +73,12 @@ func toColumns(calls []*dispatch.Call, now time.Time) *columns {
 		if call.State == dispatch.StateRunning {
 			owner, exp := call.LeaseOwner, call.LeaseExpires.UnixNano()
 			c.owners[i], c.expires[i] = &owner, &exp
+		}
+		if lp := plans[call.ID]; lp != nil {
+			// The parent of local calls: leased to their owner while
+			// they run (its state is waiting).
+			owner, exp, total := lp.owner, lp.expires, lp.total
+			c.owners[i], c.expires[i], c.plans[i], c.planTotals[i] = &owner, &exp, lp.plan, &total
 		}
 		if call.State == dispatch.StateDone {
 			c.outputs[i] = call.Output
@@ -117,13 +131,14 @@ func (c *columns) add(o *columns) {
 	c.gathers, c.wt = append(c.gathers, o.gathers...), append(c.wt, o.wt...)
 	c.created, c.updated = append(c.created, o.created...), append(c.updated, o.updated...)
 	c.tags, c.metas = append(c.tags, o.tags...), append(c.metas, o.metas...)
+	c.plans, c.planTotals = append(c.plans, o.plans...), append(c.planTotals, o.planTotals...)
 	c.runnable += o.runnable
 }
 
 func (c *columns) args() []any {
 	return []any{c.ids, c.functions, c.keys, c.inputs, c.states, c.attempts, c.failures, c.owners, c.expires,
 		c.runAfter, c.budget, c.parents, c.gather, c.idx, c.gathers, c.wt, c.outputs, c.errs, c.statuses,
-		c.created, c.updated, c.tags, c.metas}
+		c.created, c.updated, c.tags, c.metas, c.plans, c.planTotals}
 }
 
 // notifySQL wakes the other processes: one notification per commit, sent
@@ -142,9 +157,14 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		ids[i] = c.ID
 		deduping = deduping || (c.DedupKey != "" && c.ParentID == "")
 	}
+	// Local calls get no row: their parents keep their plans.
+	rows, plans := splitLocal(calls)
+	if len(rows) == 0 {
+		return ids, nil
+	}
 	// first is the first row to store: it exists if and only if the insert
 	// committed, which is what a commit whose answer was lost needs to know.
-	first := calls[0].ID
+	first := rows[0].ID
 	exists := func(ctx context.Context, conn *pgxpool.Conn) (bool, error) {
 		var ok bool
 		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)`, first).Scan(&ok)
@@ -155,11 +175,11 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		// Group-committed with whatever else is being written.
 		// The writer merges the rows of every insert of a batch into one
 		// statement (wop.rows).
-		cols := toColumns(calls, time.Now())
+		cols := toColumns(rows, plans, time.Now())
 		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, verify: exists, rows: cols})
 	} else {
 		stored := -1 // rows to store, once known
-		insert := func(ctx context.Context, tx pgx.Tx) error {
+		insert := func(ctx context.Context, tx *rtx) error {
 			stored = -1
 			for i, c := range calls {
 				ids[i] = c.ID
@@ -168,11 +188,12 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 			if err != nil {
 				return err
 			}
+			rows = withoutLocal(rows)
 			if stored = len(rows); stored == 0 {
 				return nil
 			}
 			first = rows[0].ID
-			cols := toColumns(rows, time.Now())
+			cols := toColumns(rows, plans, time.Now())
 			if _, err := tx.Exec(ctx, insertSQL, cols.args()...); err != nil {
 				return err
 			}
@@ -209,10 +230,66 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	return ids, nil
 }
 
+// localPlan is what a parent's row holds of its local calls
+// (dispatch.Call.Local): their plan, how many children their gather has in
+// all, and the lease they run under.
+type localPlan struct {
+	plan    []byte
+	total   int32
+	owner   string
+	expires int64
+}
+
+// splitLocal returns the calls that get a row now, and the plans of the
+// local ones by parent id. The local children of one parent are those of
+// one gather, all given together with their siblings.
+func splitLocal(calls []*dispatch.Call) ([]*dispatch.Call, map[string]*localPlan) {
+	var local map[string][]*dispatch.Call
+	for _, c := range calls {
+		if !c.Local {
+			continue
+		}
+		if local == nil {
+			local = make(map[string][]*dispatch.Call)
+		}
+		local[c.ParentID] = append(local[c.ParentID], c)
+	}
+	if local == nil {
+		return calls, nil
+	}
+	total := make(map[string]int)
+	for _, c := range calls {
+		if c.ParentID != "" {
+			total[c.ParentID]++
+		}
+	}
+	plans := make(map[string]*localPlan, len(local))
+	for parent, kids := range local {
+		plans[parent] = &localPlan{plan: storeutil.EncodePlan(kids, total[parent]), total: int32(total[parent]),
+			owner: kids[0].LeaseOwner, expires: kids[0].LeaseExpires.UnixNano()}
+	}
+	return withoutLocal(calls), plans
+}
+
+// withoutLocal returns the calls that are not local, in a new slice when
+// some are.
+func withoutLocal(calls []*dispatch.Call) []*dispatch.Call {
+	if !slices.ContainsFunc(calls, func(c *dispatch.Call) bool { return c.Local }) {
+		return calls
+	}
+	out := make([]*dispatch.Call, 0, len(calls))
+	for _, c := range calls {
+		if !c.Local {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // dedup resolves the dedup keys of an insert (see storeutil.ResolveDedup).
 // Two processes inserting the same key at once are serialized by the key's
 // row: the second waits for the first to commit, then finds its key.
-func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
+func dedup(ctx context.Context, tx *rtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*dispatch.Call, error) {
 	return storeutil.ResolveDedup(calls, ids, func(c *dispatch.Call) (string, error) {
 		var holder string
 		err := tx.QueryRow(ctx, `INSERT INTO dedup (key, call_id, created_at) VALUES ($1, $2, $3)
@@ -220,6 +297,9 @@ func dedup(ctx context.Context, tx pgx.Tx, calls []*dispatch.Call, ids []string,
 			WHERE dedup.created_at < $4
 			RETURNING call_id`, c.DedupKey, c.ID, c.CreatedAt.UnixNano(), since.UnixNano()).Scan(&holder)
 		if !errors.Is(err, pgx.ErrNoRows) {
+			if err == nil {
+				tx.wrote("dedup inserted", 1) // or replaced one that expired
+			}
 			return holder, err
 		}
 		// The key is taken within the window: this call repeats that one.

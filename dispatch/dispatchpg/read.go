@@ -1,6 +1,7 @@
 package dispatchpg
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
@@ -67,7 +69,7 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 		return err
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, dispatch.ErrNotFound
+		return s.plannedCall(ctx, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get call: %w", err)
@@ -75,11 +77,101 @@ func (s *Store) CallGet(ctx context.Context, id string) (*dispatch.Call, error) 
 	return c, nil
 }
 
+// plannedSQL reads parents that hold a plan of local calls, each with the
+// ids of its children that have a row, in one statement and so one
+// snapshot: the planned children without a row are what runs now.
+const plannedSQL = `SELECT p.id, p.plan, p.meta, p.lease_owner, p.lease_expires,
+		ARRAY(SELECT c.id FROM calls c WHERE c.id > (p.id || '.') COLLATE "C" AND c.id < (p.id || '/') COLLATE "C"
+			AND c.parent_id = p.id)
+	FROM calls p WHERE p.lease_owner IS NOT NULL AND p.plan IS NOT NULL`
+
+// localParents reads plannedSQL (with more conditions in where, on p, and
+// args), and returns each parent's planned children that have no row yet,
+// as the store shows them (storeutil.PlannedCalls).
+func localParents(ctx context.Context, q querier, where string, withInput bool, args ...any) ([]*dispatch.Call, error) {
+	rows, err := q.Query(ctx, plannedSQL+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*dispatch.Call
+	for rows.Next() {
+		lp := &storeutil.LocalParent{}
+		var expires int64
+		var have []string
+		if err := rows.Scan(&lp.ID, &lp.Plan, &lp.Meta, &lp.LeaseOwner, &expires, &have); err != nil {
+			return nil, err
+		}
+		lp.LeaseExpires = fromNanos(expires)
+		planned, err := storeutil.PlannedCalls(lp, func(id string) bool { return slices.Contains(have, id) }, withInput)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, planned...)
+	}
+	return out, rows.Err()
+}
+
+// plannedCall returns a local call that has no row yet, from its parent's
+// plan, or ErrNotFound.
+func (s *Store) plannedCall(ctx context.Context, id string) (*dispatch.Call, error) {
+	parent, _, _, ok := storeutil.SplitChildID(id)
+	if !ok {
+		return nil, dispatch.ErrNotFound
+	}
+	var found *dispatch.Call
+	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		planned, err := localParents(ctx, conn, ` AND p.id = $1`, true, parent)
+		for _, c := range planned {
+			if c.ID == id {
+				found = c
+			}
+		}
+		if err != nil || found != nil {
+			return err
+		}
+		// It may have got its row since the first read.
+		found, err = scanCall(conn.QueryRow(ctx, `SELECT `+callColumns+` FROM calls WHERE id = $1`, id), true)
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, dispatch.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get call: %w", err)
+	}
+	return found, nil
+}
+
+// readSnapshot runs fn in a read-only transaction that sees one snapshot
+// (REPEATABLE READ): what runs as local calls and the rows, together.
+func (s *Store) readSnapshot(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	return s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+			func(tx pgx.Tx) error { return fn(ctx, tx) })
+	})
+}
+
 func (s *Store) listCalls(ctx context.Context, query string, args ...any) ([]*dispatch.Call, error) {
 	var calls []*dispatch.Call
 	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		calls = calls[:0]
-		rows, err := conn.Query(ctx, query, args...)
+		var err error
+		calls, err = queryCalls(ctx, conn, query, args...)
+		return err
+	})
+	return calls, err
+}
+
+// querier is a connection or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// queryCalls reads calls selected as childColumns.
+func queryCalls(ctx context.Context, q querier, query string, args ...any) ([]*dispatch.Call, error) {
+	var calls []*dispatch.Call
+	err := func() error {
+		rows, err := q.Query(ctx, query, args...)
 		if err != nil {
 			return err
 		}
@@ -92,16 +184,63 @@ func (s *Store) listCalls(ctx context.Context, query string, args ...any) ([]*di
 			calls = append(calls, c)
 		}
 		return rows.Err()
-	})
+	}()
 	return calls, err
 }
 
-// CallListChildren implements dispatch.Store.
+// CallListChildren implements dispatch.Store. Local calls running now have
+// no row yet: their parent's plan says what they are. The plan is read
+// first, then the rows, in one round trip (a batch: two statements, each
+// seeing what committed before it began): a planned child that has got its
+// row in between is listed from its row, and one that had a row before is
+// among the rows, so that none is missed, nor listed twice.
 func (s *Store) CallListChildren(ctx context.Context, parentID string) ([]*dispatch.Call, error) {
-	// A child's id starts with its parent's and a dot: the primary key
-	// finds them ('/' follows '.').
-	calls, err := s.listCalls(ctx, `SELECT `+childColumns+` FROM calls WHERE id > $2 AND id < $3 AND parent_id = $1
-		ORDER BY gather, idx`, parentID, parentID+".", parentID+"/")
+	var calls []*dispatch.Call
+	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		calls = nil
+		b := &pgx.Batch{}
+		var plan []byte
+		lp := &storeutil.LocalParent{ID: parentID}
+		b.Queue(`SELECT plan, meta, lease_owner, lease_expires FROM calls WHERE id = $1 AND plan IS NOT NULL`,
+			parentID).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var expires int64
+				if err := rows.Scan(&plan, &lp.Meta, &lp.LeaseOwner, &expires); err != nil {
+					return err
+				}
+				lp.LeaseExpires = fromNanos(expires)
+			}
+			return rows.Err()
+		})
+		// A child's id starts with its parent's and a dot: the primary key
+		// finds them ('/' follows '.').
+		b.Queue(`SELECT `+childColumns+` FROM calls WHERE id > $2 AND id < $3 AND parent_id = $1
+			ORDER BY gather, idx`, parentID, parentID+".", parentID+"/").Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				c, err := scanCall(rows, false)
+				if err != nil {
+					return err
+				}
+				calls = append(calls, c)
+			}
+			return rows.Err()
+		})
+		if err := conn.SendBatch(ctx, b).Close(); err != nil || plan == nil {
+			return err
+		}
+		lp.Plan = plan
+		planned, err := storeutil.PlannedCalls(lp, func(id string) bool {
+			return slices.ContainsFunc(calls, func(c *dispatch.Call) bool { return c.ID == id })
+		}, false)
+		if err != nil || len(planned) == 0 {
+			return err
+		}
+		calls = append(calls, planned...)
+		slices.SortFunc(calls, func(a, b *dispatch.Call) int {
+			return cmp.Or(cmp.Compare(a.Gather, b.Gather), cmp.Compare(a.Index, b.Index))
+		})
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list children: %w", err)
 	}
@@ -128,7 +267,30 @@ func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*di
 	}
 	args = append(args, max(p.Limit, 0))
 	fmt.Fprintf(&q, ` ORDER BY id LIMIT $%d`, len(args))
-	calls, err := s.listCalls(ctx, q.String(), args...)
+	if p.State != dispatch.StateRunning {
+		calls, err := s.listCalls(ctx, q.String(), args...)
+		if err != nil {
+			return nil, fmt.Errorf("list calls: %w", err)
+		}
+		return calls, nil
+	}
+	// Running calls include the local calls that run now, from their
+	// parents' plans (calls_leased holds every parent with a plan).
+	var calls []*dispatch.Call
+	err := s.readSnapshot(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		if calls, err = queryCalls(ctx, tx, q.String(), args...); err != nil {
+			return err
+		}
+		planned, err := localParents(ctx, tx, "", false)
+		if err != nil {
+			return err
+		}
+		planned = slices.DeleteFunc(planned, func(c *dispatch.Call) bool { return !storeutil.Listed(p, c) })
+		slices.SortFunc(planned, func(a, b *dispatch.Call) int { return strings.Compare(a.ID, b.ID) })
+		calls = storeutil.MergeByID(calls, planned, max(p.Limit, 0))
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list calls: %w", err)
 	}
@@ -190,26 +352,36 @@ func (s *Store) CallBacklog(ctx context.Context) ([]dispatch.KeyCount, error) {
 	return out, nil
 }
 
-// CallCounts implements dispatch.Store.
+// CallCounts implements dispatch.Store, local calls that run now counted
+// as running.
 func (s *Store) CallCounts(ctx context.Context) ([]dispatch.CallCount, error) {
 	var out []dispatch.CallCount
-	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+	err := s.readSnapshot(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		out = out[:0]
-		rows, err := conn.Query(ctx, `SELECT function, state, count(*) FROM calls GROUP BY function, state ORDER BY function, state`)
+		rows, err := tx.Query(ctx, `SELECT function, state, count(*) FROM calls GROUP BY function, state ORDER BY function, state`)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
 		for rows.Next() {
 			var c dispatch.CallCount
 			var state int16
 			if err := rows.Scan(&c.Function, &state, &c.N); err != nil {
+				rows.Close()
 				return err
 			}
 			c.State = dispatch.State(state)
 			out = append(out, c)
 		}
-		return rows.Err()
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		planned, err := localParents(ctx, tx, "", false)
+		if err != nil {
+			return err
+		}
+		out = storeutil.AddCounts(out, planned)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("count calls: %w", err)

@@ -81,7 +81,7 @@ func (s *Store) deleteTrees(ctx context.Context, ids []string, state dispatch.St
 			) c
 		)`
 	var deleted int
-	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx *rtx) error {
 		rows, err := tx.Query(ctx, `SELECT id FROM calls WHERE id = ANY($1::text[]) AND state = $2
 			ORDER BY seq FOR UPDATE SKIP LOCKED`, ids, int16(state))
 		if err != nil {
@@ -95,13 +95,17 @@ func (s *Store) deleteTrees(ctx context.Context, ids []string, state dispatch.St
 		if deleted == 0 {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, tree+` DELETE FROM attempts WHERE call_id IN (SELECT id FROM tree)`, roots); err != nil {
+		// A WITH statement: rtx cannot tell what it writes.
+		tag, err := tx.Exec(ctx, tree+` DELETE FROM attempts WHERE call_id IN (SELECT id FROM tree)`, roots)
+		if err != nil {
 			return err
 		}
+		tx.wrote("attempts deleted", tag.RowsAffected())
 		if _, err := tx.Exec(ctx, `DELETE FROM dedup WHERE call_id = ANY($1::text[])`, roots); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, tree+` DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, roots)
+		tag, err = tx.Exec(ctx, tree+` DELETE FROM calls WHERE id IN (SELECT id FROM tree)`, roots)
+		tx.wrote("calls deleted", tag.RowsAffected())
 		return err
 	})
 	return deleted, err

@@ -22,7 +22,7 @@ func (s *Store) CallRewriteInputs(ctx context.Context, p *dispatch.CallRewriteIn
 	if p.Limit <= 0 || p.Rewrite == nil {
 		return res, nil
 	}
-	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx *rtx) error {
 		*res = dispatch.CallRewriteInputsResult{}
 		rows, err := tx.Query(ctx, `SELECT id FROM calls WHERE id > $1 AND function = $2 AND parent_id IS NOT NULL
 			ORDER BY id LIMIT $3`, p.After, p.Function, p.Limit)

@@ -15,6 +15,13 @@
 //   - Every change that finishes an attempt is fenced by the attempt
 //     number, so a replica that lost its lease cannot overwrite the call's
 //     new owner.
+//   - A parent whose children run as local calls in one replica
+//     (dispatch.Call.Local) keeps their plan in its row, leased to that
+//     replica. A local call's finish locks the parent before it writes the
+//     child's row, and the release of an expired lease locks the parent
+//     before it stores the children that have no row: each child is written
+//     once, by one or the other (see localLockSQL and dropPlans). Open does
+//     not drop plans, as it does not hand back running calls.
 //   - Commits that create work runnable by anyone send a NOTIFY in the same
 //     transaction (one per commit); every store LISTENs on a connection of
 //     its own and wakes its runtime (dispatch.Notifier), which otherwise
@@ -51,9 +58,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 //go:embed migration/*.sql
@@ -113,6 +122,9 @@ type Store struct {
 	channel string
 	// onCommit is Config.OnCommit.
 	onCommit func(ops int, took time.Duration)
+	// rows counts the rows written by committed transactions, by kind
+	// (StoreStats.Rows).
+	rows storeutil.RowCounter
 
 	// notify fires when another process commits work that this one may
 	// run. pids are the backends of this store's own pool: their
@@ -539,14 +551,68 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context, conn *pg
 	return fn(wctx, conn)
 }
 
-// writeTx runs fn in a transaction (see write).
-func (s *Store) writeTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) error {
+// writeTx runs fn in a transaction (see write), and counts the rows it
+// wrote once it committed.
+func (s *Store) writeTx(ctx context.Context, fn func(ctx context.Context, tx *rtx) error) error {
 	return s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		if err := s.hooks.before(); err != nil {
 			return err
 		}
-		return s.hooks.after(pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return fn(ctx, tx) }))
+		var rows map[string]int64
+		err := s.hooks.after(pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			t := &rtx{Tx: tx}
+			err := fn(ctx, t)
+			rows = t.rows
+			return err
+		}))
+		if err == nil {
+			s.rows.Add(rows)
+		}
+		return err
 	})
+}
+
+// exec runs a statement on its own (it commits by itself), and counts the
+// rows it wrote (see rtx).
+func (s *Store) exec(ctx context.Context, conn *pgxpool.Conn, sql string, args ...any) (pgconn.CommandTag, error) {
+	tag, err := conn.Exec(ctx, sql, args...)
+	if err == nil {
+		s.rows.Add(addRows(nil, rowKind(sql), tag.RowsAffected()))
+	}
+	return tag, err
+}
+
+// rtx is a transaction of writeTx that counts the rows it writes, by kind
+// (StoreStats.Rows): Exec counts the rows its statement affected under the
+// kind its first words name (storeutil.RowKind); a statement that starts
+// with WITH, or one run with Query, is counted by its caller (wrote).
+type rtx struct {
+	pgx.Tx
+	rows map[string]int64
+}
+
+// Exec runs a statement, and counts the rows it wrote.
+func (tx *rtx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	tag, err := tx.Tx.Exec(ctx, sql, args...)
+	if err == nil {
+		tx.wrote(rowKind(sql), tag.RowsAffected())
+	}
+	return tag, err
+}
+
+// wrote counts n rows of kind.
+func (tx *rtx) wrote(kind string, n int64) { tx.rows = addRows(tx.rows, kind, n) }
+
+// rowKinds caches storeutil.RowKind by statement.
+var rowKinds sync.Map
+
+func rowKind(sql string) string {
+	if k, ok := rowKinds.Load(sql); ok {
+		return k.(string)
+	}
+	k := storeutil.RowKind(sql)
+	rowKinds.Store(sql, k)
+	return k
 }
 
 // read runs fn on a connection, bounded by the caller's context and
@@ -565,7 +631,7 @@ func (s *Store) read(ctx context.Context, fn func(ctx context.Context, conn *pgx
 // StoreStats implements dispatch.StatsReporter.
 func (s *Store) StoreStats() dispatch.StoreStats {
 	return dispatch.StoreStats{Commits: s.w.commits.Load(), Ops: s.w.opsDone.Load(), Replays: s.w.replays.Load(),
-		ConnWaits: s.pool.Stat().EmptyAcquireCount()}
+		ConnWaits: s.pool.Stat().EmptyAcquireCount(), Rows: s.rows.Snapshot()}
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

@@ -75,8 +75,29 @@ type wop struct {
 	// notifyAfter, set by the operation's result callback, asks for a
 	// notification once the commit is done.
 	notify, notifyAfter bool
-	err                 error
-	done                chan struct{}
+	// written counts what the operation's statements wrote, by kind
+	// (StoreStats.Rows), as their result callbacks found; reset for each
+	// run, added to the store's counts once its batch committed.
+	written map[string]int64
+	err     error
+	done    chan struct{}
+}
+
+// wrote counts n rows of kind written by one of op's statements.
+func (op *wop) wrote(kind string, n int64) {
+	op.written = addRows(op.written, kind, n)
+}
+
+// addRows adds n rows of kind to rows, which it makes if need be.
+func addRows(rows map[string]int64, kind string, n int64) map[string]int64 {
+	if kind == "" || n <= 0 {
+		return rows
+	}
+	if rows == nil {
+		rows = make(map[string]int64)
+	}
+	rows[kind] += n
+	return rows
 }
 
 func newWriter(s *Store, writers, maxBatch int) *writer {
@@ -246,7 +267,10 @@ func (w *writer) run(ops []*wop) error {
 		if op.rows != nil {
 			inserts = append(inserts, op.rows)
 		}
+		op.written = nil
 	}
+	// inserted counts the rows of the batch's insert (wop.rows).
+	var inserted int64
 	var rows *columns
 	switch len(inserts) {
 	case 0:
@@ -259,7 +283,10 @@ func (w *writer) run(ops []*wop) error {
 		}
 	}
 	if rows != nil {
-		b.Queue(insertSQL, rows.args()...)
+		b.Queue(insertSQL, rows.args()...).Exec(func(tag pgconn.CommandTag) error {
+			inserted = tag.RowsAffected()
+			return nil
+		})
 	}
 	for _, op := range ops {
 		op.notifyAfter = false
@@ -280,6 +307,10 @@ func (w *writer) run(ops []*wop) error {
 	if err == nil {
 		w.commits.Add(1)
 		w.opsDone.Add(int64(len(ops)))
+		w.s.rows.Add(addRows(nil, "calls inserted", inserted))
+		for _, op := range ops {
+			w.s.rows.Add(op.written)
+		}
 		if w.s.onCommit != nil {
 			w.s.onCommit(len(ops), time.Since(start))
 		}

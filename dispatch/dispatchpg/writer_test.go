@@ -149,7 +149,7 @@ func TestGroupCommit_OneFails(t *testing.T) {
 		return func(s *Store) error {
 			return s.w.do(ctx, &wop{key: key, queue: func(b *pgx.Batch) {
 				for _, ids := range lists {
-					b.Queue(insertSQL, toColumns(calls(ids...), time.Now()).args()...)
+					b.Queue(insertSQL, toColumns(calls(ids...), nil, time.Now()).args()...)
 				}
 			}})
 		}
