@@ -107,6 +107,16 @@ func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *api
 // decodeBatch splits a JSON array into its events, keeping each element's
 // bytes exactly, and checks every limit before anything is stored.
 func decodeBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
+	if events, ok := splitBatch(body, limits); ok {
+		return events, nil
+	}
+	// Something is wrong with the batch: the decoder says what, and where.
+	return scanBatch(body, limits)
+}
+
+// scanBatch is decodeBatch with encoding/json's decoder, element by
+// element, which names the first element in error.
+func scanBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
 	if !utf8.Valid(body) {
 		return nil, badRequest("request body is not valid UTF-8")
 	}
@@ -153,6 +163,75 @@ func decodeBatch(body []byte, limits Limits) ([]json.RawMessage, error) {
 		return nil, badRequest("batch is empty; send at least one event")
 	}
 	return events, nil
+}
+
+// splitBatch is decodeBatch for a batch it accepts, in one pass of
+// encoding/json's scanner over the whole body (json.Valid) and one of a
+// byte loop that finds the elements, instead of the decoder's two passes
+// over every element: the decoder was an eighth of the CPU of a batch of
+// 1,000 small events. It answers false, and nothing else, for any batch
+// that is not a valid array of 1 to MaxBatchEvents objects within
+// MaxEventBytes each, and decodeBatch then finds the error the slow way.
+func splitBatch(body []byte, limits Limits) ([]json.RawMessage, bool) {
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return nil, false
+	}
+	// body is one valid JSON value, with white space around it at most.
+	i := skipSpace(body, 0)
+	if i == len(body) || body[i] != '[' {
+		return nil, false
+	}
+	events := make([]json.RawMessage, 0, min(limits.MaxBatchEvents, 1024))
+	i = skipSpace(body, i+1)
+	if body[i] == ']' {
+		return nil, false // empty: the decoder's message says so
+	}
+	for {
+		start := i
+		if body[start] != '{' || len(events) == limits.MaxBatchEvents {
+			return nil, false
+		}
+		// The element ends where its object's braces balance; strings
+		// are skipped whole (the body is valid, so they are well formed).
+		depth := 0
+	scan:
+		for ; ; i++ {
+			switch body[i] {
+			case '"':
+				for i++; body[i] != '"'; i++ {
+					if body[i] == '\\' {
+						i++
+					}
+				}
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					i++
+					break scan
+				}
+			}
+		}
+		if int64(i-start) > limits.MaxEventBytes {
+			return nil, false
+		}
+		events = append(events, json.RawMessage(body[start:i:i]))
+		i = skipSpace(body, i)
+		if body[i] == ']' {
+			return events, true
+		}
+		i = skipSpace(body, i+1) // the comma
+	}
+}
+
+// skipSpace returns the index of the first byte of b at or after i that is
+// not JSON white space, or len(b).
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
 }
 
 // span is where a batch element ends and how long it is. The decoder has
