@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 
@@ -203,19 +205,35 @@ type fields struct {
 // "id" (a string or a number). Keys match exactly, and when a key appears
 // twice the first one counts. It runs on every event, twice (the id at
 // ingest, the type when routing), so it scans the already validated bytes
-// with gjson instead of decoding them: a full json.Unmarshal here was an
-// eighth of the CPU of a single-event request.
+// with gjson instead of decoding them (a full json.Unmarshal here was an
+// eighth of the CPU of a single-event request), in one pass over the
+// top-level keys that stops once it has both (gjson.GetManyBytes walked the
+// object once per key, 3.5x the time for a 200-byte event).
 func EventFields(event json.RawMessage) fields {
 	var f fields
-	r := gjson.GetManyBytes(event, "type", "id")
-	if r[0].Type == gjson.String {
-		f.Type = r[0].Str
-	}
-	switch r[1].Type {
-	case gjson.String:
-		f.ID = r[1].Str
-	case gjson.Number:
-		f.ID = r[1].Raw
-	}
+	var haveType, haveID bool
+	// gjson reads the event in place; what is kept of it is cloned.
+	gjson.Parse(unsafe.String(unsafe.SliceData(event), len(event))).ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "type":
+			if !haveType {
+				haveType = true
+				if v.Type == gjson.String {
+					f.Type = strings.Clone(v.Str)
+				}
+			}
+		case "id":
+			if !haveID {
+				haveID = true
+				switch v.Type {
+				case gjson.String:
+					f.ID = strings.Clone(v.Str)
+				case gjson.Number:
+					f.ID = strings.Clone(v.Raw)
+				}
+			}
+		}
+		return !haveType || !haveID
+	})
 	return f
 }
