@@ -58,7 +58,9 @@ func (s *Store) CallClaim(ctx context.Context, p *dispatch.CallClaimParams) ([]*
 	// takes its place first in a batch (key "").
 	var calls []*dispatch.Call
 	args := []any{p.Key, p.Now.UnixNano(), p.Functions, p.Limit, p.Owner, p.LeaseUntil.UnixNano()}
-	op := &wop{}
+	// A claim lost in a server crash costs a call claimed again (see
+	// Config.SyncEveryCommit): lazy.
+	op := &wop{lazy: true}
 	op.queue = func(b *pgx.Batch) {
 		calls = calls[:0]
 		b.Queue(claimSQL, args...).Query(func(rows pgx.Rows) error {
@@ -137,7 +139,9 @@ const renewSQL = `UPDATE calls c SET lease_expires = $1
 	FROM (SELECT id FROM calls WHERE id = ANY($2::text[]) AND lease_owner = $3 ORDER BY id FOR UPDATE) l
 	WHERE c.id = l.id`
 
-// CallLeaseRenew implements dispatch.Store.
+// CallLeaseRenew implements dispatch.Store, in a commit that does not wait
+// for its WAL flush unless Config.SyncEveryCommit says so: a renewal lost in
+// a server crash makes the lease expire sooner, and the call run again.
 func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewParams) error {
 	if len(p.IDs) == 0 {
 		return nil
@@ -145,6 +149,9 @@ func (s *Store) CallLeaseRenew(ctx context.Context, p *dispatch.CallLeaseRenewPa
 	err := s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		// One batch, one implicit transaction, one round trip.
 		b := &pgx.Batch{}
+		if !s.syncEveryCommit {
+			b.Queue(asyncCommitSQL)
+		}
 		var n int64
 		b.Queue(renewSQL, p.LeaseUntil.UnixNano(), p.IDs, p.Owner).Exec(func(tag pgconn.CommandTag) error {
 			n = tag.RowsAffected()

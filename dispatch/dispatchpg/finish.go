@@ -392,7 +392,9 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		key = p.ParentID
 	}
 	res := &dispatch.CallFinishResult{}
-	op := &wop{key: key}
+	// A finish lost in a server crash costs the call run again (see
+	// Config.SyncEveryCommit): lazy.
+	op := &wop{key: key, lazy: true}
 	op.queue = func(b *pgx.Batch) {
 		*res = dispatch.CallFinishResult{}
 		op.notifyAfter = false

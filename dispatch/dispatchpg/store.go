@@ -104,6 +104,29 @@ type Config struct {
 	// synchronous_commit is off or local, which loses acknowledged
 	// events when the server crashes. Off by default.
 	AllowAsyncCommit bool
+	// SyncEveryCommit makes every commit wait for its WAL flush, as before
+	// lazy commits. By default, a group commit that carries only
+	// operations whose loss costs at most a call run again (finishes,
+	// snoozes, claims, lease renewals) runs with synchronous_commit off,
+	// for that transaction alone (see writer.run): the server acknowledges
+	// it before its WAL flush, and its WAL writer flushes it within
+	// 3 × wal_writer_delay (600ms by default). A batch that also stores new
+	// calls, and every other write, keep synchronous commit.
+	//
+	// Why it is safe: nothing a 2xx promised rides on such a commit; the
+	// events an ingest acknowledged are inserts, which always wait for
+	// their flush. The WAL is one ordered log and a synchronous commit
+	// flushes everything before it, so a server crash loses only a suffix
+	// of such commits made since the last flush, never one that a later
+	// durable commit built on. What that loses is an attempt's outcome (the
+	// call is found running with its lease, and runs again once the lease
+	// expires: a repeated delivery, which at-least-once allows), a claim
+	// (the call is pending again and claimed anew; the finish of the lost
+	// attempt is fenced by its attempt number), or a lease renewal (the
+	// lease expires sooner, and the call may run again elsewhere). A
+	// crash of this process alone loses nothing: the server has the
+	// commit.
+	SyncEveryCommit bool
 	// OnCommit, when set, is called after each group commit that
 	// succeeded, with how many operations it carried and how long its
 	// round trip took (WAL flush included), for an application's metrics.
@@ -122,6 +145,8 @@ type Store struct {
 	channel string
 	// onCommit is Config.OnCommit.
 	onCommit func(ops int, took time.Duration)
+	// syncEveryCommit is Config.SyncEveryCommit.
+	syncEveryCommit bool
 	// rows counts the rows written by committed transactions, by kind
 	// (StoreStats.Rows).
 	rows storeutil.RowCounter
@@ -233,6 +258,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.onCommit = cfg.OnCommit
+	s.syncEveryCommit = cfg.SyncEveryCommit
 	s.w = newWriter(s, cfg.Writers, cfg.MaxBatch)
 	lctx, lcancel := context.WithCancel(context.Background())
 	s.listenCancel, s.listenDone = lcancel, make(chan struct{})

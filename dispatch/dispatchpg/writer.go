@@ -53,7 +53,14 @@ type writer struct {
 	once     sync.Once
 
 	commits, opsDone, replays atomic.Int64
+	// lazyCommits counts the commits that did not wait for their WAL
+	// flush (see run).
+	lazyCommits atomic.Int64
 }
+
+// asyncCommitSQL makes the commit of the transaction it runs in return
+// before its WAL is flushed (see writer.run).
+const asyncCommitSQL = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // wop is one operation of a group commit.
 type wop struct {
@@ -75,6 +82,10 @@ type wop struct {
 	// notifyAfter, set by the operation's result callback, asks for a
 	// notification once the commit is done.
 	notify, notifyAfter bool
+	// lazy says that the operation's commit need not wait for its WAL
+	// flush (see writer.run): losing it in a server crash costs at most a
+	// call run again.
+	lazy bool
 	// written counts what the operation's statements wrote, by kind
 	// (StoreStats.Rows), as their result callbacks found; reset for each
 	// run, added to the store's counts once its batch committed.
@@ -262,12 +273,24 @@ func (w *writer) run(ops []*wop) error {
 	defer conn.Release()
 	b := &pgx.Batch{}
 	notify := false
+	lazy := !w.s.syncEveryCommit
 	var inserts []*columns
 	for _, op := range ops {
 		if op.rows != nil {
 			inserts = append(inserts, op.rows)
 		}
+		lazy = lazy && op.lazy && op.rows == nil
 		op.written = nil
+	}
+	if lazy {
+		// Only finishes, claims and the like: the commit need not wait
+		// for its WAL flush (see Config.SyncEveryCommit for why that is
+		// safe). A batch that carries anything else, an insert of new
+		// calls above all, keeps synchronous commit. set_config(...,
+		// true) is SET LOCAL as a function: it lasts until the end of the
+		// batch's transaction (the implicit one of a pipelined batch),
+		// which reads it when it commits.
+		b.Queue(asyncCommitSQL)
 	}
 	// inserted counts the rows of the batch's insert (wop.rows).
 	var inserted int64
@@ -307,6 +330,9 @@ func (w *writer) run(ops []*wop) error {
 	if err == nil {
 		w.commits.Add(1)
 		w.opsDone.Add(int64(len(ops)))
+		if lazy {
+			w.lazyCommits.Add(1)
+		}
 		w.s.rows.Add(addRows(nil, "calls inserted", inserted))
 		for _, op := range ops {
 			w.s.rows.Add(op.written)
