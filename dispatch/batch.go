@@ -50,28 +50,24 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, Input: c.Input, DedupKey: c.DedupKey,
 			Tag: c.Tag, Meta: c.Meta, RunAfter: now, CreatedAt: now}
 	}
-	// Run the first attempt of eager calls now; lease what is runnable now
-	// (the others, and the children of eager calls) to this process.
-	//
-	// Eager attempts stop once their children would outnumber the idle
-	// workers: a burst (a large batch into a busy process) is then stored
-	// as plain calls, one row each, and fanned out as workers free up,
-	// instead of making the request that brought it pay for the whole
-	// fan-out before it is answered.
+	// Run the first attempt of eager calls now, every one of them: a
+	// handleEvent's first attempt is its fan-out plan, which the answer
+	// promises is on disk (and a re-run after a crash must not route an
+	// accepted event to a destination created since). Then lease to this
+	// process what is runnable now; what does not fit (the rest of a
+	// burst) is stored pending, to be claimed as workers free up.
 	runnable, children := rows, []*Call(nil)
 	var reports []*AttemptReport
 	var due time.Time
 	if r.running() {
-		budget := r.pool.idle()
 		runnable = runnable[:0:0]
 		for _, c := range rows {
-			if budget <= 0 || !r.funcs[c.Function].isEager() {
+			if !r.funcs[c.Function].isEager() {
 				runnable = append(runnable, c)
 				continue
 			}
 			kids, rep := r.runEager(ctx, c, now)
 			reports = append(reports, rep)
-			budget -= max(1, len(kids))
 			children = append(children, kids...)
 			runnable = append(runnable, kids...)
 			if c.State == StatePending && (due.IsZero() || c.RunAfter.Before(due)) {

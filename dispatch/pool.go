@@ -43,15 +43,6 @@ func (p *pool) free() int {
 	return p.size - len(p.inflight) - p.reserved
 }
 
-// idle returns how many workers have no call, ignoring slots promised to
-// calls being stored or claimed: a hint of spare capacity, where free is an
-// exact count.
-func (p *pool) idle() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.size - len(p.inflight)
-}
-
 // take promises up to want slots and returns how many it promised, and how
 // many were free before.
 func (p *pool) take(want int) (n, free int) {
