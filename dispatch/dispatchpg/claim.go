@@ -244,12 +244,10 @@ func (s *Store) CallLeaseRelease(ctx context.Context, p *dispatch.CallLeaseRelea
 // did not do its job, which must fail loudly, not be papered over.
 func dropPlans(ctx context.Context, tx *rtx, owner string, now time.Time) (stored int64, runnable bool, err error) {
 	var rows pgx.Rows
-	const columns = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls`
 	if owner != "" {
-		rows, err = tx.Query(ctx, columns+` WHERE lease_owner = $1 AND plan IS NOT NULL ORDER BY id FOR UPDATE`, owner)
+		rows, err = tx.Query(ctx, ownedPlansSQL, owner)
 	} else {
-		rows, err = tx.Query(ctx, columns+` WHERE lease_owner IS NOT NULL AND lease_expires <= $1 AND plan IS NOT NULL
-			ORDER BY id FOR UPDATE SKIP LOCKED`, now.UnixNano())
+		rows, err = tx.Query(ctx, expiredPlansSQL, now.UnixNano())
 	}
 	if err != nil {
 		return 0, false, err
@@ -326,6 +324,15 @@ func dropPlans(ctx context.Context, tx *rtx, owner string, now time.Time) (store
 	tx.wrote("calls updated", updated)
 	return stored, pending > 0, rows.Err()
 }
+
+// The parents whose plans a release drops, locked (see dropPlans): on
+// calls_leased, which holds every leased row.
+const (
+	ownedPlansSQL = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls
+		WHERE lease_owner = $1 AND plan IS NOT NULL ORDER BY id FOR UPDATE`
+	expiredPlansSQL = `SELECT id, plan, meta, lease_owner, lease_expires FROM calls
+		WHERE lease_owner IS NOT NULL AND lease_expires <= $1 AND plan IS NOT NULL ORDER BY id FOR UPDATE SKIP LOCKED`
+)
 
 // childIDs returns the ids of the children that have a row, of parents.
 func childIDs(ctx context.Context, tx *rtx, parents []string) (map[string]bool, error) {

@@ -426,3 +426,50 @@ func TestOpen_Errors(t *testing.T) {
 		})
 	}
 }
+
+// A release finds expired leases, of running calls and of parents that
+// hold a plan of local calls, and the leases of one owner, through
+// calls_leased: it does not read the history.
+func TestRelease_OnLeasedIndex(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewURL(t)
+	openURL(t, u, dispatchpg.Config{})
+	conn := connect(t, u)
+	ctx := context.Background()
+	// 50,000 finished calls, 500 running, 50 parents with a plan.
+	for _, q := range []string{
+		`INSERT INTO calls (id, function, key, input, state, run_after, budget_start, created_at, updated_at)
+			SELECT 'd'||i, 'f', 'k', '{}', 3, 0, 0, 0, 0 FROM generate_series(1, 50000) i`,
+		`INSERT INTO calls (id, function, key, input, state, attempt, lease_owner, lease_expires, run_after, budget_start, created_at, updated_at)
+			SELECT 'r'||i, 'f', 'k', '{}', 1, 1, 'o'||(i % 5), i, 0, 0, 0, 0 FROM generate_series(1, 500) i`,
+		`INSERT INTO calls (id, function, key, input, state, attempt, lease_owner, lease_expires, plan, plan_total, run_after, budget_start, created_at, updated_at)
+			SELECT 'p'||i, 'f', 'k', '{}', 2, 1, 'o'||(i % 5), i, '\x01', 1, 0, 0, 0, 0 FROM generate_series(1, 50) i`,
+		`ANALYZE calls`,
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, sql string
+		arg       any
+	}{
+		{"ReleaseExpired", dispatchpg.ReleaseExpiredSQL, int64(10)},
+		{"ReleaseOwner", dispatchpg.ReleaseOwnerSQL, "o1"},
+		{"ExpiredPlans", dispatchpg.ExpiredPlansSQL, int64(10)},
+		{"OwnedPlans", dispatchpg.OwnedPlansSQL, "o1"},
+	} {
+		rows, err := conn.Query(ctx, `EXPLAIN (COSTS OFF) `+tc.sql, tc.arg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(plan, "\n")
+		if strings.Contains(text, "Seq Scan") || !strings.Contains(text, "calls_leased") {
+			t.Errorf("%s does not use calls_leased:\n%s", tc.name, text)
+		}
+	}
+}
