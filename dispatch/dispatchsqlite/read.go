@@ -18,7 +18,7 @@ var callColumns = `id, function, key, input, state, attempt, failures, run_after
 	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
 
 // parentOf reads the parent id of the row of table t. A child of a
-// top-level call stores '' (its parent is its id up to the first dot: a
+// top-level call stores ” (its parent is its id up to the first dot: a
 // child's id is its parent's, a dot, its gather, a dot and its index), which
 // saves the 36 bytes of a UUID in every delivery's row; deeper descendants
 // store theirs, and top-level calls NULL.

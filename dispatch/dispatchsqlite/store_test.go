@@ -75,7 +75,7 @@ func TestOpen_Errors(t *testing.T) {
 	}
 }
 
-// A database Open creates has Config.PageSize (2048 by default); one that
+// A database Open creates has Config.PageSize (4096 by default); one that
 // exists keeps its own.
 func TestOpen_PageSize(t *testing.T) {
 	t.Parallel()
@@ -84,7 +84,7 @@ func TestOpen_PageSize(t *testing.T) {
 		name string
 		cfg  int
 		want int
-	}{{"new", 0, 2048}, {"new4k", 4096, 4096}} {
+	}{{"new", 0, 4096}, {"new2k", 2048, 2048}} {
 		path := filepath.Join(dir, tc.name+".db")
 		s, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: path, PageSize: tc.cfg})
 		if err != nil {
