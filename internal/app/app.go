@@ -253,6 +253,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		BreakerFailures: cfg.breakerFailures,
 		BreakerWindow:   cfg.breakerWindow,
 		DedupWindow:     cfg.dedupWindow,
+		NoLocalCalls:    !cfg.localCalls,
 		OnAttempt:       func(r dispatch.AttemptReport) { a.svc.Attempted(r) },
 		Logger:          log,
 	}, fns.PublishEvent, fns.HandleEvent)

@@ -28,6 +28,7 @@ type config struct {
 	databaseURL      string
 	destinations     []string
 	demo             bool
+	localCalls       bool
 	deliveryTimeout  time.Duration
 	workers          int
 	limits           httpapi.Limits
@@ -99,6 +100,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	})
 	envOf["destination"] = "FANOUT_DESTINATIONS"
 	fs.BoolVar(&cfg.demo, "demo", false, "also deliver to a built-in demonstration destination that logs what it receives (and allows 127.0.0.1)")
+	fs.BoolVar(&cfg.localCalls, "local-calls", true, "run a delivery this process can start at once as a local call, written only when it ends; set false on every replica of a PostgreSQL fleet that still runs a version before it, until all run this one")
 	fs.Func("allow-network", "`CIDR` (or address) that deliveries may reach although it is loopback, private or link-local; repeat the flag for several (the environment takes a comma-separated list)", func(v string) error {
 		nets, err := webhook.ParseNetworks(strings.Split(v, ","))
 		cfg.allowNetworks = append(cfg.allowNetworks, nets...)
