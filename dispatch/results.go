@@ -33,6 +33,8 @@ type gathered struct {
 	// of it inline (see Function.ResumeInline); nil when not known.
 	parent   *Call
 	expected map[string]bool  // child ids of the parent's gathers
+	local    map[string]bool  // those of them that are local calls run here
+	group    *finishGroup     // outcomes of local calls to store together (together.go)
 	got      map[string]*Call // their outcomes, as far as they ran here
 	// finishing counts the children of this parent whose outcome is being
 	// stored here: siblings that finish in the same commit all return at
@@ -75,6 +77,12 @@ func (rs *results) expect(parent *Call, children []*Call) {
 	}
 	for _, c := range children {
 		g.expected[c.ID] = true
+		if c.Local {
+			if g.local == nil {
+				g.local = make(map[string]bool)
+			}
+			g.local[c.ID] = true
+		}
 	}
 }
 

@@ -334,6 +334,16 @@ type DocStore interface {
 	DocDelete(ctx context.Context, kind, id string) error
 }
 
+// ManyFinisher is implemented by stores that can store several finishes
+// in one operation: the runtime stores the finishes of local calls of one
+// parent that end together with it, one write instead of one each.
+type ManyFinisher interface {
+	// CallFinishMany applies each of params as CallFinish would, in
+	// order, in one transaction, and returns their results in the same
+	// order. An error means none was applied (but for ErrOutcomeUnknown).
+	CallFinishMany(ctx context.Context, params []*CallFinishParams) ([]*CallFinishResult, error)
+}
+
 // StatsReporter is implemented by stores that count their work, for an
 // application's metrics and logs.
 type StatsReporter interface {

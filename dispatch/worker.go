@@ -229,7 +229,13 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 			p.ResumeLeaseUntil = now.Add(r.leaseDuration)
 		}
 	}
-	res, serr := r.retryStoreResult(ctx, c, p)
+	var res *CallFinishResult
+	var serr error
+	if c.Local && recordResult {
+		res, serr = r.finishTogether(ctx, c, p)
+	} else {
+		res, serr = r.retryStoreResult(ctx, c, p)
+	}
 	if recordResult {
 		r.results.finished(c.ParentID, outcome, serr == nil && res.Applied)
 	}

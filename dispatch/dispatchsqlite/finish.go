@@ -74,6 +74,64 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 
 // CallFinish implements dispatch.Store.
 func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*dispatch.CallFinishResult, error) {
+	res := &dispatch.CallFinishResult{}
+	err := s.w.doLazy(ctx, true, func(tx *wtx) error {
+		*res = dispatch.CallFinishResult{}
+		return finish(tx, p, res)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finish call: %w", err)
+	}
+	return res, nil
+}
+
+// CallFinishMany implements dispatch.ManyFinisher: the finishes one
+// after the other, in one operation of the writer.
+func (s *Store) CallFinishMany(ctx context.Context, ps []*dispatch.CallFinishParams) ([]*dispatch.CallFinishResult, error) {
+	res := make([]*dispatch.CallFinishResult, len(ps))
+	err := s.w.doLazy(ctx, true, func(tx *wtx) error {
+		for i := range ps {
+			res[i] = &dispatch.CallFinishResult{}
+		}
+		for i := 0; i < len(ps); {
+			// A run of local calls of one plan is stored with one look
+			// at their parent and one insert.
+			j := i + 1
+			for j < len(ps) && sameLocalPlan(ps[i], ps[j]) {
+				j++
+			}
+			if ps[i].Local != nil && j-i > 1 {
+				done, err := finishLocals(tx, ps[i:j], res[i:j])
+				if err != nil {
+					return err
+				}
+				if done {
+					i = j
+					continue
+				}
+			}
+			for ; i < j; i++ {
+				if err := finish(tx, ps[i], res[i]); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finish calls: %w", err)
+	}
+	return res, nil
+}
+
+// sameLocalPlan reports whether a and b end local calls of the same plan.
+func sameLocalPlan(a, b *dispatch.CallFinishParams) bool {
+	return a.Local != nil && b.Local != nil && a.ParentID == b.ParentID && a.ParentAttempt == b.ParentAttempt &&
+		a.Local.LeaseOwner == b.Local.LeaseOwner
+}
+
+// finish applies one finish in the writer's transaction.
+func finish(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult) error {
 	now := p.Now.UnixNano()
 	var failed int
 	if p.State != dispatch.StateDone && !p.Snooze {
@@ -94,41 +152,33 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	if p.FinishParent {
 		parentOutput = nonNil(p.ParentOutput)
 	}
-	res := &dispatch.CallFinishResult{}
-	err := s.w.doLazy(ctx, true, func(tx *wtx) error {
-		*res = dispatch.CallFinishResult{}
-		if p.Local != nil {
-			done, err := finishLocal(tx, p, res, output, errText, failed)
-			if err != nil || done {
-				return err
-			}
-		}
-		n, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
-				failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
-			WHERE id = ? AND state = 1 AND attempt = ? AND (? = '' OR lease_owner = ?)`,
-			int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt, localOwner(p), localOwner(p))
-		if err != nil || n == 0 {
+	if p.Local != nil {
+		done, err := finishLocal(tx, p, res)
+		if err != nil || done {
 			return err
 		}
-		res.Applied = true
-		if err := recordAttempt(tx, p); err != nil {
-			return err
-		}
-		if p.ParentID == "" || !p.State.Final() {
-			return nil
-		}
-		// Count the child off; the last one makes the parent runnable.
-		n, err = tx.exec(`UPDATE calls SET waiting = waiting - 1, updated_at = ?
-			WHERE id = ? AND state = 2 AND waiting > 1`, now, p.ParentID)
-		if err != nil || n > 0 {
-			return err
-		}
-		return lastChild(tx, p, res, parentOutput)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("finish call: %w", err)
 	}
-	return res, nil
+	n, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
+			failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+		WHERE id = ? AND state = 1 AND attempt = ? AND (? = '' OR lease_owner = ?)`,
+		int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt, localOwner(p), localOwner(p))
+	if err != nil || n == 0 {
+		return err
+	}
+	res.Applied = true
+	if err := recordAttempt(tx, p); err != nil {
+		return err
+	}
+	if p.ParentID == "" || !p.State.Final() {
+		return nil
+	}
+	// Count the child off; the last one makes the parent runnable.
+	n, err = tx.exec(`UPDATE calls SET waiting = waiting - 1, updated_at = ?
+		WHERE id = ? AND state = 2 AND waiting > 1`, now, p.ParentID)
+	if err != nil || n > 0 {
+		return err
+	}
+	return lastChild(tx, p, res, parentOutput)
 }
 
 // localOwner is the owner a finish of a local call's row must find: the
@@ -162,16 +212,22 @@ func recordAttempt(tx *wtx, p *dispatch.CallFinishParams) error {
 // dispatch.CallFinishParams.Local), if its parent's plan is still leased to
 // its owner: one row. It returns done false when the plan is gone: the call
 // is then finished as a stored one, if its row is still leased to it.
-func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult,
-	output, errText any, failed int) (done bool, err error) {
-	c := p.Local
+func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResult) (done bool, err error) {
+	return finishLocals(tx, []*dispatch.CallFinishParams{p}, []*dispatch.CallFinishResult{res})
+}
+
+// finishLocals is finishLocal for local calls of one parent, of one plan
+// and one owner (ps, in order; the one that may finish the parent last):
+// one look at the parent, one insert of their rows.
+func finishLocals(tx *wtx, ps []*dispatch.CallFinishParams, res []*dispatch.CallFinishResult) (done bool, err error) {
+	first, last := ps[0], ps[len(ps)-1]
 	// The parent, if its plan is still this owner's, and how many rows
 	// its plan's gather (its last: an attach waits while a plan runs) has.
 	row, err := tx.queryRow(`SELECT p.plan, p.gathers - 1, (SELECT count(*) FROM calls c
 			WHERE c.id > p.id || '.' || (p.gathers - 1) || '.' AND c.id < p.id || '.' || (p.gathers - 1) || '/'
 			AND c.parent_id IN (p.id, ''))
 		FROM calls p WHERE p.id = ? AND p.state = 2 AND p.attempt = ? AND p.lease_owner = ? AND p.plan IS NOT NULL`,
-		p.ParentID, p.ParentAttempt, c.LeaseOwner)
+		first.ParentID, first.ParentAttempt, first.Local.LeaseOwner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -180,58 +236,74 @@ func finishLocal(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinish
 	}
 	gather, total, err := storeutil.PlanHead(asBytes(row[0]))
 	if err != nil {
-		return false, fmt.Errorf("parent %s: %w", p.ParentID, err)
+		return false, fmt.Errorf("parent %s: %w", first.ParentID, err)
 	}
 	if gather != int(asInt(row[1])) {
-		return false, fmt.Errorf("parent %s: its plan is of gather %d, its last is %d", p.ParentID, gather, asInt(row[1]))
+		return false, fmt.Errorf("parent %s: its plan is of gather %d, its last is %d", first.ParentID, gather, asInt(row[1]))
 	}
 	rows := int(asInt(row[2]))
-	now := p.Now.UnixNano()
-	row2 := &dispatch.Call{ID: p.ID, Function: c.Function, Key: c.Key, Input: c.Input, State: p.State,
-		Attempt: p.Attempt, Failures: failed, ParentID: p.ParentID, Gather: c.Gather, Index: c.Index,
-		Output: asBytes(output), Error: asString(errText), Status: p.Status, Tag: c.Tag, Meta: c.Meta,
-		CreatedAt: c.CreatedAt, UpdatedAt: p.Now, BudgetStart: c.BudgetStart}
-	if p.State == dispatch.StatePending {
-		row2.RunAfter = p.RunAfter
-	} else {
-		row2.RunAfter = p.Now
+	calls := make([]*dispatch.Call, len(ps))
+	for i, p := range ps {
+		calls[i] = localRow(p)
 	}
-	if _, err := insert(tx, []*dispatch.Call{row2}, false, nil); err != nil {
+	if _, err := insert(tx, calls, false, nil); err != nil {
 		return false, err
 	}
-	res.Applied = true
-	if err := recordAttempt(tx, p); err != nil {
-		return true, err
+	for i, p := range ps {
+		res[i].Applied = true
+		if err := recordAttempt(tx, p); err != nil {
+			return true, err
+		}
 	}
-	if rows+1 < total {
+	if rows+len(ps) < total {
 		return true, nil // siblings to come
 	}
 	// The plan is complete: every child of its gather has a row. The
 	// parent waits, unleased, for its children not final; with none, it
 	// is finished (the run the runtime made of it, in one statement, the
 	// common case) or resumed as by a last child.
-	if p.FinishParent && p.State.Final() {
+	now := last.Now.UnixNano()
+	lastRes := res[len(res)-1]
+	if last.FinishParent && last.State.Final() {
 		n, err := tx.exec(`UPDATE calls SET plan = NULL, lease_owner = NULL, lease_expires = NULL, waiting = 0,
 				state = 3, output = ?2, error = NULL, status = ?3, attempt = attempt + 1, run_after = 0, updated_at = ?4
 			WHERE id = ?1 AND parent_id IS NULL AND gathers = ?5
 			AND NOT EXISTS (SELECT 1 FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4))`,
-			p.ParentID, nonNil(p.ParentOutput), int(dispatch.StatusOK), now, p.ParentGathers)
+			last.ParentID, nonNil(last.ParentOutput), int(dispatch.StatusOK), now, last.ParentGathers)
 		if err != nil || n > 0 {
-			res.ParentFinished = n > 0
+			lastRes.ParentFinished = n > 0
 			return true, err
 		}
 	}
 	row, err = tx.queryRow(`UPDATE calls SET plan = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?2,
 			waiting = (SELECT count(*) FROM calls WHERE `+childrenRange+` AND state NOT IN (3, 4))
-		WHERE id = ?1 RETURNING waiting`, p.ParentID, now)
+		WHERE id = ?1 RETURNING waiting`, last.ParentID, now)
 	if err != nil || asInt(row[0]) > 0 {
 		return true, err
 	}
 	var parentOutput any
-	if p.FinishParent {
-		parentOutput = nonNil(p.ParentOutput)
+	if last.FinishParent {
+		parentOutput = nonNil(last.ParentOutput)
 	}
-	return true, lastChild(tx, p, res, parentOutput)
+	return true, lastChild(tx, last, lastRes, parentOutput)
+}
+
+// localRow is the row of a local call that ends with p.
+func localRow(p *dispatch.CallFinishParams) *dispatch.Call {
+	c := p.Local
+	row := &dispatch.Call{ID: p.ID, Function: c.Function, Key: c.Key, Input: c.Input, State: p.State,
+		Attempt: p.Attempt, ParentID: p.ParentID, Gather: c.Gather, Index: c.Index, Error: p.Error, Status: p.Status,
+		Tag: c.Tag, Meta: c.Meta, CreatedAt: c.CreatedAt, UpdatedAt: p.Now, BudgetStart: c.BudgetStart, RunAfter: p.Now}
+	if p.State == dispatch.StateDone {
+		row.Output = p.Output
+	}
+	if p.State != dispatch.StateDone && !p.Snooze {
+		row.Failures = 1
+	}
+	if p.State == dispatch.StatePending {
+		row.RunAfter = p.RunAfter
+	}
+	return row
 }
 
 // lastChild makes runnable, or finishes (FinishParent), the parent of the

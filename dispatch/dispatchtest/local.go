@@ -410,6 +410,63 @@ func exerciseLocal(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("FinishMany", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		defer s.Close()
+		mf, ok := s.(dispatch.ManyFinisher)
+		if !ok {
+			t.Skip("the store does not implement dispatch.ManyFinisher")
+		}
+		kids := planned(t, s, 3, 0, 1, 2)
+		params := func(owner string, last bool) []*dispatch.CallFinishParams {
+			var ps []*dispatch.CallFinishParams
+			for i, c := range kids {
+				l := *c
+				l.LeaseOwner = owner
+				p := &dispatch.CallFinishParams{ID: c.ID, Attempt: 1, ParentID: "p", Local: &l, ParentAttempt: 1,
+					State: dispatch.StateDone, Output: []byte(fmt.Sprint(i)), Now: T0}
+				if last && i == len(kids)-1 {
+					p.FinishParent, p.ParentOutput, p.ParentGathers = true, []byte(`"all"`), 1
+				}
+				ps = append(ps, p)
+			}
+			return ps
+		}
+		res, err := mf.CallFinishMany(ctx, params("zombie", true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			if r.Applied {
+				t.Errorf("finish %d by another owner applied", i)
+			}
+		}
+		before := rows(s)
+		res, err = mf.CallFinishMany(ctx, params("o", true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			if !r.Applied || r.ParentFinished != (i == 2) {
+				t.Errorf("finish %d = %+v, want applied, the last finishing the parent", i, r)
+			}
+		}
+		if r := rows(s); r != nil {
+			if d := rowsDiff(before, r); !mapsEqual(d, map[string]int64{"calls inserted": 3, "calls updated": 1}) {
+				t.Errorf("three local finishes together wrote %v, want 3 calls inserted and the parent updated", d)
+			}
+		}
+		for i := range kids {
+			if c := mustGet(t, s, kids[i].ID); c.State != dispatch.StateDone || string(c.Output) != fmt.Sprint(i) {
+				t.Errorf("child %d stored as %+v", i, c)
+			}
+		}
+		if p := mustGet(t, s, "p"); p.State != dispatch.StateDone || string(p.Output) != `"all"` || p.LeaseOwner != "" {
+			t.Fatalf("parent %+v, want done with the inline output, unleased", p)
+		}
+	})
+
 	t.Run("DuplicateParent", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())
