@@ -13,7 +13,7 @@ import (
 )
 
 // CallScan walks top-level calls (see dispatch.CallScanParams). As in the
-// SQLite store, a root key, a single tag (calls_roots_tag, migration 003)
+// SQLite store (until its migration 006), a root key, a single tag (calls_roots_tag)
 // and, with a key, the failed state (calls_failed) narrow the walk through
 // an index; the other filters are computed for each call walked, which Scan
 // bounds.
