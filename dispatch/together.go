@@ -22,8 +22,8 @@ type finishGroup struct {
 	params []*CallFinishParams
 	sealed bool // taken to be stored: later outcomes start a new group
 	done   chan struct{}
-	res    []*CallFinishResult
-	err    error
+	res    []*CallFinishResult // by place in params
+	errs   []error
 }
 
 // finishTogether stores p, the final outcome of the local call c, with
@@ -47,10 +47,7 @@ func (r *Runtime) finishTogether(ctx context.Context, c *Call, p *CallFinishPara
 		r.storeGroup(ctx, c, g)
 	}
 	<-g.done
-	if g.err != nil {
-		return nil, g.err
-	}
-	return g.res[i], nil
+	return g.res[i], g.errs[i]
 }
 
 // storeGroup stores a sealed group's outcomes and wakes its members. The
@@ -58,9 +55,9 @@ func (r *Runtime) finishTogether(ctx context.Context, c *Call, p *CallFinishPara
 // finds its siblings stored.
 func (r *Runtime) storeGroup(ctx context.Context, c *Call, g *finishGroup) {
 	defer close(g.done)
+	g.res, g.errs = make([]*CallFinishResult, len(g.params)), make([]error, len(g.params))
 	if len(g.params) == 1 {
-		res, err := r.retryStoreResult(ctx, c, g.params[0])
-		g.res, g.err = []*CallFinishResult{res}, err
+		g.res[0], g.errs[0] = r.retryStoreResult(ctx, c, g.params[0])
 		return
 	}
 	order := make([]int, len(g.params))
@@ -74,27 +71,26 @@ func (r *Runtime) storeGroup(ctx context.Context, c *Call, g *finishGroup) {
 	for k, i := range order {
 		ps[k] = g.params[i]
 	}
-	var res []*CallFinishResult
-	err := r.retryStore(c, func() (err error) {
-		if mf, ok := r.store.(ManyFinisher); ok {
-			res, err = mf.CallFinishMany(ctx, ps)
-			return err
+	mf, ok := r.store.(ManyFinisher)
+	if !ok {
+		// One by one, each retried on its own: a finish stored is not
+		// sent again because a later one failed.
+		for _, i := range order {
+			g.res[i], g.errs[i] = r.retryStoreResult(ctx, c, g.params[i])
 		}
-		res = make([]*CallFinishResult, len(ps))
-		for k, p := range ps {
-			if res[k], err = r.store.CallFinish(ctx, p); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		g.err = err
 		return
 	}
-	g.res = make([]*CallFinishResult, len(ps))
+	var res []*CallFinishResult
+	err := r.retryStore(c, func() (err error) {
+		res, err = mf.CallFinishMany(ctx, ps)
+		return err
+	})
 	for k, i := range order {
-		g.res[i] = res[k]
+		if err != nil {
+			g.errs[i] = err
+		} else {
+			g.res[i] = res[k]
+		}
 	}
 }
 
