@@ -186,7 +186,10 @@ func runPowerLoss(t *testing.T, cfg powerConfig) {
 	if len(unexpected) > 0 {
 		t.Errorf("fanout gave answers it should not have:\n%s", strings.Join(unexpected, "\n"))
 	}
-	fig := verifyCrash(t, reqs, sent, sinks, kills, crashWorkers, storedEvents, storedDeliveries)
+	// A finish waits at most 100ms for its fsync, plus the few ms a
+	// group of them waits for company: 250ms covers it with room for a
+	// slow machine.
+	fig := verifyCrash(t, reqs, sent, sinks, kills, crashWorkers, 250*time.Millisecond, storedEvents, storedDeliveries)
 	fig.drain, fig.total = drain, time.Since(began)
 	fig.log(t)
 	// This process serves the mount: a file of it mapped here could
