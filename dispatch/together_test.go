@@ -93,3 +93,80 @@ func TestRuntime_LocalCallsStoredTogether(t *testing.T) {
 		})
 	}
 }
+
+// keyedN is an input whose key is K.
+type keyedN struct {
+	K string `json:"k"`
+	N int    `json:"n"`
+}
+
+func (k keyedN) DispatchKey() string { return k.K }
+
+// Only a child that can run at once is a local call: one whose key is
+// full, paused or out of its rate is stored as before, and so is a retry
+// after a failed first attempt; every child still ends done.
+func TestRuntime_LocalOnlyWhenRunnable(t *testing.T) {
+	t.Parallel()
+	var tries sync.Map
+	child := dispatch.Func("child", func(ctx context.Context, in keyedN) (int, error) {
+		if in.K == "flaky" {
+			if _, again := tries.LoadOrStore(in.N, true); !again {
+				return 0, dispatch.ErrTemporary // the first attempt fails
+			}
+		}
+		return in.N, nil
+	})
+	parent := dispatch.Func("parent", func(ctx context.Context, n int) (int, error) {
+		out, err := child.Gather(ctx, []keyedN{{"one", 1}, {"one", 2}, {"one", 3}, {"paused", 4}, {"free", 5}, {"flaky", 6}})
+		sum := 0
+		for _, o := range out {
+			sum += o
+		}
+		return sum, err
+	}).Eager()
+	var paused atomic.Bool
+	paused.Store(true)
+	keys := func(key string) dispatch.KeyConfig {
+		switch key {
+		case "one":
+			return dispatch.KeyConfig{MaxConcurrency: 1}
+		case "paused":
+			return dispatch.KeyConfig{Paused: paused.Load()}
+		}
+		return dispatch.KeyConfig{}
+	}
+	s := openSQLite(t)
+	rt := dispatchtest.StartRuntime(t, dispatch.Config{Store: s, Keys: keys, RetryPolicy: &dispatch.Backoff{Initial: time.Millisecond,
+		Max: time.Millisecond, MaxAttempts: 5}}, child, parent)
+	id, err := parent.Dispatch(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "one" runs one at a time: 1 local, 2 stored; "paused" stored;
+	// "free" and "flaky" local (flaky's retry is stored).
+	if st := rt.Stats(); st.Local != 3 {
+		t.Errorf("Stats.Local = %d, want 3 (one of key one, free, flaky)", st.Local)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if c := mustGetCall(t, s, id+".0.3"); c.State != dispatch.StatePending {
+		t.Errorf("the child of the paused key is %v, want stored pending", c.State)
+	}
+	paused.Store(false)
+	rt.KeysChanged()
+	c := dispatchtest.WaitCall(t, s, id, dispatch.StateDone, dispatch.StateFailed)
+	if c.State != dispatch.StateDone || string(c.Output) != "21" {
+		t.Fatalf("parent %+v, want done with 21", c)
+	}
+	if f := mustGetCall(t, s, id+".0.5"); f.Attempt != 2 || f.Failures != 1 {
+		t.Errorf("the flaky child: attempt %d, failures %d; want its retry stored and run: 2, 1", f.Attempt, f.Failures)
+	}
+}
+
+func mustGetCall(t *testing.T, s dispatch.Store, id string) *dispatch.Call {
+	t.Helper()
+	c, err := s.CallGet(context.Background(), id)
+	if err != nil {
+		t.Fatalf("CallGet(%s): %v", id, err)
+	}
+	return c
+}
