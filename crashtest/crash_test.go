@@ -143,8 +143,8 @@ type kill struct {
 	// lazyDuplicates, for a power cut, are those whose outcome was
 	// stored by a lazy commit that the cut lost (see verifyCrash).
 	lazyDuplicates int
-	cutBatches int // batches whose client saw the request fail at this kill
-	cutStored  int // of those, the ones fanout had stored (and delivered whole)
+	cutBatches     int // batches whose client saw the request fail at this kill
+	cutStored      int // of those, the ones fanout had stored (and delivered whole)
 }
 
 // crashFigures are what a crash test measured.
