@@ -99,7 +99,7 @@ FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValida
 	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
-	./cmd/fanout-load:FuzzReadResponse
+	./cmd/fanout-load:FuzzReadResponse ./dispatch/internal/storeutil:FuzzDecodePlan
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s; FUZZPARALLEL workers), then keep what it found in testdata
