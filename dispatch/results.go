@@ -44,6 +44,9 @@ type gathered struct {
 	finishing int
 	pending   map[string]*Call
 	inline    bool
+	// inlineChild is the child whose worker runs the parent inline, while
+	// it does: its outcome is still to join its siblings' (together.go).
+	inlineChild string
 	// settled is closed when finishing drops back to 0 (nil when it is).
 	settled chan struct{}
 }
@@ -113,7 +116,7 @@ func (rs *results) finishing(parentID string, c *Call) (parent *Call, children [
 			return nil, nil
 		}
 	}
-	g.inline = true
+	g.inline, g.inlineChild = true, c.ID
 	children = make([]*Call, 0, len(g.expected))
 	for id := range g.expected {
 		if k := g.pending[id]; k != nil {
@@ -141,7 +144,7 @@ func (rs *results) finished(parentID string, c *Call, stored bool) {
 		g.settled = nil
 	}
 	delete(g.pending, c.ID)
-	g.inline = false
+	g.inline, g.inlineChild = false, ""
 	if stored && g.expected[c.ID] {
 		g.got[c.ID] = c
 	}

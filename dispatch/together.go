@@ -123,6 +123,12 @@ func (rs *results) join(parentID, child string, p *CallFinishParams) (g *finishG
 		if gp.got[id] == nil && gp.pending[id] == nil {
 			return g, i, false // a sibling still runs
 		}
+		if id == gp.inlineChild && id != child && !slices.ContainsFunc(g.params, func(p *CallFinishParams) bool { return p.ID == id }) {
+			// A sibling runs the parent inline and joins next: its
+			// finish may finish the parent, and must be stored with
+			// (after) this one, not alone before it.
+			return g, i, false
+		}
 	}
 	g.sealed, gp.group = true, nil
 	return g, i, true

@@ -2,6 +2,7 @@ package dispatchsqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -134,6 +135,43 @@ func TestWriter_LazyCommits(t *testing.T) {
 			}
 			if got, want := s.w.lazySyncs.Load(), map[bool]int64{true: 1, false: 0}[tc.walSyncs]; got != want {
 				t.Errorf("after a lazy commit alone the writer fsynced the log %d times, want %d", got, want)
+			}
+		})
+	}
+}
+
+// TestWriter_EmptyDurableCommitKeepsLazySync: a durable commit that wrote
+// nothing (an attach that found every parent busy, a suspend not applied,
+// an operation that failed alone) fsyncs nothing, so the lazy commits
+// before it still wait for the writer's own fsync.
+func TestWriter_EmptyDurableCommitKeepsLazySync(t *testing.T) {
+	for _, name := range []string{"WritesNothing", "FailsAlone"} {
+		t.Run(name, func(t *testing.T) {
+			s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "fanout.db")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if err := s.w.doLazy(context.Background(), false, func(tx *wtx) error {
+				_, err := tx.exec(`INSERT INTO docs (kind, id, data, version, created_at, updated_at) VALUES ('t', ?, x'', 1, 0, 0)`,
+					fmt.Sprint(time.Now().UnixNano()))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			_ = s.w.do(context.Background(), func(tx *wtx) error {
+				if name == "FailsAlone" {
+					return errors.New("conflict")
+				}
+				_, err := tx.exec(`UPDATE calls SET state = 2 WHERE id = 'nope'`)
+				return err
+			})
+			deadline := time.Now().Add(20 * lazySyncWithin)
+			for s.w.lazySyncs.Load() == 0 && time.Now().Before(deadline) {
+				time.Sleep(lazySyncWithin / 4)
+			}
+			if s.w.lazySyncs.Load() == 0 {
+				t.Errorf("the lazy commit was not fsynced %v after it: a durable commit that wrote nothing was taken for its fsync", 20*lazySyncWithin)
 			}
 		})
 	}

@@ -74,6 +74,7 @@ type writer struct {
 	gatherLazy time.Duration
 	lazySyncs  atomic.Int64
 	allDurable bool // Config.SyncEveryCommit
+	wrote      bool // the last commit wrote rows (and so WAL frames)
 }
 
 // driverConn is what the writer needs of the driver's connection.
@@ -247,8 +248,11 @@ func (w *writer) loop() {
 		case lazy && !w.unsynced && w.durable != "NORMAL":
 			w.unsynced = true
 			syncTimer.Reset(w.syncWithin)
-		case !lazy:
-			w.unsynced = false // its fsync made every earlier commit durable
+		case !lazy && w.wrote:
+			// Its fsync made every earlier commit durable. A commit that
+			// wrote nothing (an attach to busy parents, an operation that
+			// failed alone) fsyncs nothing: the lazy ones still wait.
+			w.unsynced = false
 			syncTimer.Stop()
 		}
 	}
@@ -336,6 +340,7 @@ func (w *writer) close() error {
 // group replayed with a savepoint around each operation, so that the failure
 // of one (a duplicate id, say) fails only that one.
 func (w *writer) commit(batch []*op, lazy bool) (committed bool) {
+	w.wrote = false
 	live := batch[:0:0]
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
@@ -422,6 +427,7 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 	w.commits.Add(1)
 	w.opsDone.Add(int64(len(ops)))
 	w.rows.Add(tx.rows)
+	w.wrote = len(tx.rows) > 0
 	if w.onCommit != nil {
 		w.onCommit(len(ops), time.Since(began))
 	}
