@@ -67,7 +67,7 @@ release: ## static binaries for every platform in dist/, with SHA256SUMS
 # skipped test with its reason and every failed test, and exits with go
 # test's status.
 .PHONY: test
-test: lint ## vet, gofmt, every test with the race detector (the crash tests too), then fuzz-short; lists skipped tests
+test: lint ## vet, gofmt, every test with the race detector (the crash tests too, every fuzz target's corpus); lists skipped tests
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "$$FANOUT_TEST_DATABASE_URL" ] || \
 		echo "NOTE: the PostgreSQL tests (dispatch/dispatchpg, replicatest) will be SKIPPED: no initdb/postgres here; apt-get install postgresql, or set FANOUT_TEST_DATABASE_URL"
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -75,7 +75,6 @@ test: lint ## vet, gofmt, every test with the race detector (the crash tests too
 	@echo "go test -race -count=1 -timeout 10m ./...   (through internal/cmd/testsum)"
 	@bin=$$(mktemp -d) && $(GO) build -o $$bin/testsum ./internal/cmd/testsum && \
 		GO=$(GO) $$bin/testsum -race -count=1 -timeout 10m ./...; rc=$$?; rm -rf $$bin; exit $$rc
-	@$(MAKE) --no-print-directory fuzz-short
 
 .PHONY: crash
 crash: ## the crash and fault tests alone: the real binary, SIGKILLed and broken around (about a minute)
@@ -123,7 +122,7 @@ fuzz-keep: ## copy the corpus the fuzzer built (in Go's cache) into each target'
 # "context deadline exceeded" when -fuzztime ends under CPU contention
 # (golang/go#75804, fixed in Go 1.27). Such a run is repeated once; a run that
 # writes a failing input, or fails any other way, fails at once.
-fuzz-short: ## run every fuzz target for FUZZTIME each (default 5s): the bounded run make test ends with
+fuzz-short: ## run every fuzz target for FUZZTIME each (default 5s): the bounded run .ci/run makes after make test
 	@for t in $(FUZZ_TARGETS); do \
 		for try in 1 2; do \
 			echo "fuzz $${t##*:} in $${t%%:*} for $${FUZZTIME:-5s}"; \
