@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
+	"fanout/dispatch/internal/storeutil"
 )
 
 // suspendSQL parks a running call ($4, fenced by its attempt $5) in a
@@ -59,14 +60,14 @@ const errChildrenExist = "dispatchpg: children exist"
 // commit (suspendSQL); the long way, in a transaction of its own, when some
 // of the children existed already.
 func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) (bool, error) {
-	rows, plans := splitLocal(p.Children)
+	rows, plans := storeutil.SplitLocal(p.Children)
 	cols := toColumns(rows, nil, p.Now)
 	var owner *string
 	var expires *int64
 	var plan []byte
 	var total *int32
 	if lp := plans[p.ID]; lp != nil {
-		owner, expires, plan, total = &lp.owner, &lp.expires, lp.plan, &lp.total
+		owner, expires, plan, total = &lp.Owner, &lp.Expires, lp.Plan, &lp.Total
 	}
 	gather := p.ID + "." + strconv.Itoa(p.Gather) + "."
 	args := append([]any{p.Gather + 1, len(p.Children), p.Now.UnixNano(), p.ID, p.Attempt}, cols.args()...)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -38,7 +37,7 @@ type columns struct {
 	tags                     []*string
 	metas                    [][]byte
 	// plans and planTotals are, on a parent of local calls, its plan
-	// (see splitLocal); nil elsewhere.
+	// (see storeutil.SplitLocal); nil elsewhere.
 	plans      [][]byte
 	planTotals []*int32
 	// runnable counts the rows that anyone may claim now.
@@ -47,7 +46,7 @@ type columns struct {
 
 // toColumns lays calls out as insertSQL's arrays; plans holds, by parent id,
 // the plans of local calls (splitLocal), which calls must not hold.
-func toColumns(calls []*dispatch.Call, plans map[string]*localPlan, now time.Time) *columns {
+func toColumns(calls []*dispatch.Call, plans map[string]*storeutil.LocalPlan, now time.Time) *columns {
 	n := len(calls)
 	c := &columns{
 		ids: make([]string, n), functions: make([]string, n), keys: make([]string, n),
@@ -77,8 +76,8 @@ func toColumns(calls []*dispatch.Call, plans map[string]*localPlan, now time.Tim
 		if lp := plans[call.ID]; lp != nil {
 			// The parent of local calls: leased to their owner while
 			// they run (its state is waiting).
-			owner, exp, total := lp.owner, lp.expires, lp.total
-			c.owners[i], c.expires[i], c.plans[i], c.planTotals[i] = &owner, &exp, lp.plan, &total
+			owner, exp, total := lp.Owner, lp.Expires, lp.Total
+			c.owners[i], c.expires[i], c.plans[i], c.planTotals[i] = &owner, &exp, lp.Plan, &total
 		}
 		if call.State == dispatch.StateDone {
 			c.outputs[i] = call.Output
@@ -158,7 +157,7 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		deduping = deduping || (c.DedupKey != "" && c.ParentID == "")
 	}
 	// Local calls get no row: their parents keep their plans.
-	rows, plans := splitLocal(calls)
+	rows, plans := storeutil.SplitLocal(calls)
 	if len(rows) == 0 {
 		return ids, nil
 	}
@@ -188,7 +187,7 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 			if err != nil {
 				return err
 			}
-			rows = withoutLocal(rows)
+			rows = storeutil.WithoutLocal(rows)
 			if stored = len(rows); stored == 0 {
 				return nil
 			}
@@ -228,62 +227,6 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		return nil, fmt.Errorf("insert calls: %w", err)
 	}
 	return ids, nil
-}
-
-// localPlan is what a parent's row holds of its local calls
-// (dispatch.Call.Local): their plan, how many children their gather has in
-// all, and the lease they run under.
-type localPlan struct {
-	plan    []byte
-	total   int32
-	owner   string
-	expires int64
-}
-
-// splitLocal returns the calls that get a row now, and the plans of the
-// local ones by parent id. The local children of one parent are those of
-// one gather, all given together with their siblings.
-func splitLocal(calls []*dispatch.Call) ([]*dispatch.Call, map[string]*localPlan) {
-	var local map[string][]*dispatch.Call
-	for _, c := range calls {
-		if !c.Local {
-			continue
-		}
-		if local == nil {
-			local = make(map[string][]*dispatch.Call)
-		}
-		local[c.ParentID] = append(local[c.ParentID], c)
-	}
-	if local == nil {
-		return calls, nil
-	}
-	total := make(map[string]int)
-	for _, c := range calls {
-		if c.ParentID != "" {
-			total[c.ParentID]++
-		}
-	}
-	plans := make(map[string]*localPlan, len(local))
-	for parent, kids := range local {
-		plans[parent] = &localPlan{plan: storeutil.EncodePlan(kids, total[parent]), total: int32(total[parent]),
-			owner: kids[0].LeaseOwner, expires: kids[0].LeaseExpires.UnixNano()}
-	}
-	return withoutLocal(calls), plans
-}
-
-// withoutLocal returns the calls that are not local, in a new slice when
-// some are.
-func withoutLocal(calls []*dispatch.Call) []*dispatch.Call {
-	if !slices.ContainsFunc(calls, func(c *dispatch.Call) bool { return c.Local }) {
-		return calls
-	}
-	out := make([]*dispatch.Call, 0, len(calls))
-	for _, c := range calls {
-		if !c.Local {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // dedup resolves the dedup keys of an insert (see storeutil.ResolveDedup).

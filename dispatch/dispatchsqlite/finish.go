@@ -16,10 +16,10 @@ import (
 func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) (bool, error) {
 	var applied bool
 	now := p.Now.UnixNano()
-	stored, plans := splitLocal(p.Children)
+	stored, plans := storeutil.SplitLocal(p.Children)
 	var owner, expires, plan any
 	if lp := plans[p.ID]; lp != nil {
-		owner, expires, plan = lp.owner, lp.expires, lp.plan
+		owner, expires, plan = lp.Owner, lp.Expires, lp.Plan
 	}
 	err := s.w.do(ctx, func(tx *wtx) error {
 		applied = false

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -51,8 +50,8 @@ func insertQuery(rows int, orIgnore bool) string {
 }
 
 // insert writes calls in chunks and returns how many rows were inserted.
-// plans holds, by parent id, the plans of local calls (see splitLocal).
-func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*localPlan) (int64, error) {
+// plans holds, by parent id, the plans of local calls (see storeutil.SplitLocal).
+func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*storeutil.LocalPlan) (int64, error) {
 	var inserted int64
 	args := make([]any, 0, min(len(calls), insertChunk)*insertColumns)
 	for start := 0; start < len(calls); start += insertChunk {
@@ -70,7 +69,7 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*lo
 				owner, expires = c.LeaseOwner, c.LeaseExpires.UnixNano()
 			}
 			if lp := plans[c.ID]; lp != nil {
-				owner, expires, plan = lp.owner, lp.expires, lp.plan
+				owner, expires, plan = lp.Owner, lp.Expires, lp.Plan
 			}
 			if c.State == dispatch.StateDone {
 				output = c.Output
@@ -119,7 +118,7 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 	for _, c := range calls {
 		deduping = deduping || c.DedupKey != ""
 	}
-	stored, plans := splitLocal(calls)
+	stored, plans := storeutil.SplitLocal(calls)
 	err := s.w.do(ctx, func(tx *wtx) error {
 		rows := stored
 		for i, c := range calls {
@@ -130,7 +129,7 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 			if rows, err = dedup(tx, calls, ids, p.DedupSince); err != nil {
 				return err
 			}
-			rows = withoutLocal(rows)
+			rows = storeutil.WithoutLocal(rows)
 		}
 		_, err := insert(tx, rows, false, plans)
 		return err
@@ -139,59 +138,6 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		return nil, fmt.Errorf("insert calls: %w", err)
 	}
 	return ids, nil
-}
-
-// localPlan is what a parent's row holds of its local calls
-// (dispatch.Call.Local): their plan, and the lease they run under.
-type localPlan struct {
-	plan    []byte
-	owner   string
-	expires int64
-}
-
-// splitLocal returns the calls that get a row now, and the plans of the
-// local ones by parent id. Local children of one parent are those of one
-// gather.
-func splitLocal(calls []*dispatch.Call) ([]*dispatch.Call, map[string]*localPlan) {
-	var plans map[string]*localPlan
-	var local map[string][]*dispatch.Call
-	total := make(map[string]int)
-	for _, c := range calls {
-		if c.ParentID != "" {
-			total[c.ParentID]++
-		}
-		if !c.Local {
-			continue
-		}
-		if local == nil {
-			local = make(map[string][]*dispatch.Call)
-		}
-		local[c.ParentID] = append(local[c.ParentID], c)
-	}
-	if local == nil {
-		return calls, nil
-	}
-	plans = make(map[string]*localPlan, len(local))
-	for parent, kids := range local {
-		plans[parent] = &localPlan{plan: storeutil.EncodePlan(kids, total[parent]), owner: kids[0].LeaseOwner,
-			expires: kids[0].LeaseExpires.UnixNano()}
-	}
-	return withoutLocal(calls), plans
-}
-
-// withoutLocal returns the calls that are not local, in a new slice when
-// some are.
-func withoutLocal(calls []*dispatch.Call) []*dispatch.Call {
-	if !slices.ContainsFunc(calls, func(c *dispatch.Call) bool { return c.Local }) {
-		return calls
-	}
-	out := make([]*dispatch.Call, 0, len(calls))
-	for _, c := range calls {
-		if !c.Local {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // dedup resolves the dedup keys of an insert (see storeutil.ResolveDedup).

@@ -264,3 +264,59 @@ func AddCounts(counts []dispatch.CallCount, running []*dispatch.Call) []dispatch
 	})
 	return counts
 }
+
+// LocalPlan is what a parent's row holds of its local calls
+// (dispatch.Call.Local): their plan, how many children their gather has in
+// all, and the lease they run under (Expires in Unix nanoseconds).
+type LocalPlan struct {
+	Plan    []byte
+	Total   int32
+	Owner   string
+	Expires int64
+}
+
+// SplitLocal returns the calls of an insert or a suspend that get a row
+// now, and the plans of the local ones by parent id. The local children of
+// one parent are those of one gather, given together with their siblings.
+func SplitLocal(calls []*dispatch.Call) ([]*dispatch.Call, map[string]*LocalPlan) {
+	var local map[string][]*dispatch.Call
+	for _, c := range calls {
+		if !c.Local {
+			continue
+		}
+		if local == nil {
+			local = make(map[string][]*dispatch.Call)
+		}
+		local[c.ParentID] = append(local[c.ParentID], c)
+	}
+	if local == nil {
+		return calls, nil
+	}
+	total := make(map[string]int)
+	for _, c := range calls {
+		if c.ParentID != "" {
+			total[c.ParentID]++
+		}
+	}
+	plans := make(map[string]*LocalPlan, len(local))
+	for parent, kids := range local {
+		plans[parent] = &LocalPlan{Plan: EncodePlan(kids, total[parent]), Total: int32(total[parent]),
+			Owner: kids[0].LeaseOwner, Expires: kids[0].LeaseExpires.UnixNano()}
+	}
+	return WithoutLocal(calls), plans
+}
+
+// WithoutLocal returns the calls that are not local, in a new slice when
+// some are.
+func WithoutLocal(calls []*dispatch.Call) []*dispatch.Call {
+	if !slices.ContainsFunc(calls, func(c *dispatch.Call) bool { return c.Local }) {
+		return calls
+	}
+	out := make([]*dispatch.Call, 0, len(calls))
+	for _, c := range calls {
+		if !c.Local {
+			out = append(out, c)
+		}
+	}
+	return out
+}
