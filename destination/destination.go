@@ -24,7 +24,14 @@ import (
 
 // Destination is one URL that events are delivered to.
 type Destination struct {
-	ID          string `json:"id"`
+	ID string `json:"id"`
+	// Tenant is the tenant the destination belongs to: it gets that
+	// tenant's events, and that tenant's tokens see it. Empty in a store
+	// written before tenants: the default tenant (see Owner).
+	Tenant string `json:"tenant,omitempty"`
+	// AllTenants destinations are the operator's: they get the events of
+	// every tenant (an audit log, a data lake), and no tenant sees them.
+	AllTenants  bool   `json:"all_tenants,omitempty"`
 	URL         string `json:"url"`
 	Description string `json:"description,omitempty"`
 	// Enabled destinations get events; a disabled one gets no new events
@@ -125,6 +132,22 @@ func (d *Destination) noteEnabled(wasEnabled bool, now time.Time) {
 		}
 		d.Missed, d.DisabledAt = &Period{Since: since, Until: now}, nil
 	}
+}
+
+// DefaultTenant is the tenant of events and destinations that name none:
+// every event and destination of a fanout without tenants.
+const DefaultTenant = "default"
+
+// Owner is the tenant whose destination this is: "" for an operator's
+// destination of every tenant.
+func (d *Destination) Owner() string {
+	switch {
+	case d.AllTenants:
+		return ""
+	case d.Tenant == "":
+		return DefaultTenant
+	}
+	return d.Tenant
 }
 
 // Limits of destination fields.

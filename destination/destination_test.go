@@ -97,10 +97,10 @@ func TestRegistry(t *testing.T) {
 	if err := r.Create(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Matching("order.paid"); len(got) != 2 {
+	if got := r.Matching(destination.DefaultTenant, "order.paid"); len(got) != 2 {
 		t.Fatalf("Matching(order.paid) = %d destinations, want 2", len(got))
 	}
-	if got := r.Matching("user.new"); len(got) != 1 || got[0].ID != id {
+	if got := r.Matching(destination.DefaultTenant, "user.new"); len(got) != 1 || got[0].ID != id {
 		t.Fatalf("Matching(user.new) = %v, want only the unfiltered one", got)
 	}
 	kc := r.KeyConfig(b.ID)

@@ -190,13 +190,14 @@ func (r *Registry) Get(id string) (*Destination, bool) {
 	return d, ok
 }
 
-// Matching returns the enabled destinations that want an event of this type.
-func (r *Registry) Matching(eventType string) []*Destination {
+// Matching returns the enabled destinations that want an event of this
+// type published for tenant: that tenant's, and those of every tenant.
+func (r *Registry) Matching(tenant, eventType string) []*Destination {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var out []*Destination
 	for _, d := range r.sorted {
-		if d.Enabled && d.Matches(eventType) {
+		if d.Enabled && (d.AllTenants || d.Owner() == tenant) && d.Matches(eventType) {
 			out = append(out, d)
 		}
 	}

@@ -56,6 +56,8 @@ type config struct {
 	otlpProtocol     string
 	drainDelay       time.Duration
 	noticeWindow     time.Duration
+	tenantRate       float64
+	tenantBurst      int
 	// spanExporter, set by tests only, replaces the OTLP exporter when
 	// tracing is on.
 	spanExporter sdktrace.SpanExporter
@@ -120,6 +122,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	envOf["api-token"] = "FANOUT_API_TOKENS"
 	fs.StringVar(&cfg.publicURL, "public-url", "", "the `URL` users and portal links reach fanout by (https://fanout.example.com), when it is not localhost; without an API token, fanout answers only requests addressed to this machine or to this URL's host")
 	fs.StringVar(&cfg.proxy, "proxy", "", "send every delivery through this HTTP proxy (`URL`: http://proxy.internal:3128); without it, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured. The SSRF guard checks each destination before the proxy gets it")
+	fs.Float64Var(&cfg.tenantRate, "tenant-ingest-rate", 0, "events per second each tenant may send to this process, unless the tenant has its own ingest_rate; past it, 429 with Retry-After (0: no limit)")
+	fs.IntVar(&cfg.tenantBurst, "tenant-ingest-burst", 0, "events a tenant may send at once above --tenant-ingest-rate (0: as many as one second's rate)")
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
 	fs.DurationVar(&cfg.breakerWindow, "breaker-window", time.Minute, "the failures that open the breaker must span at least this long")
@@ -189,6 +193,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 
 func (c *config) validate() error {
 	var errs []error
+	if c.tenantRate < 0 || c.tenantRate > 1e6 || c.tenantBurst < 0 {
+		errs = append(errs, fmt.Errorf("--tenant-ingest-rate must be between 0 (no limit) and 1000000, and --tenant-ingest-burst at least 0"))
+	}
 	positive := map[string]time.Duration{
 		"--delivery-timeout": c.deliveryTimeout, "--ingest-timeout": c.limits.IngestTimeout,
 		"--shutdown-timeout": c.shutdownTimeout, "--retry-initial": c.retryInitial, "--retry-max": c.retryMax,

@@ -39,7 +39,7 @@ func newHistoryFixture(t *testing.T) *historyFixture {
 	dests := map[string]string{}
 	for _, name := range []string{"a", "b"} {
 		u := "https://" + name + ".example.com/hook"
-		d, err := ts.svc.CreateDestination(ctx, &service.DestinationInput{URL: &u})
+		d, err := ts.svc.CreateDestination(ctx, service.AllTenants(), service.DefaultTenant, &service.DestinationInput{URL: &u})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -512,7 +512,7 @@ func FuzzEventsQuery(f *testing.F) {
 		}
 		ef := service.EventFilter{Type: q.Get("type"), State: q.Get("state"), Destination: q.Get("destination"), Since: q.Get("since"),
 			Until: q.Get("until"), Q: q.Get("q")}
-		_, err = ts.svc.Events(context.Background(), ef, q.Get("cursor"), 5)
+		_, err = ts.svc.Events(context.Background(), service.AllTenants(), ef, q.Get("cursor"), 5)
 		if err != nil && !errors.Is(err, service.ErrInvalid) && !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("%q: %v, want a client mistake", query, err)
 		}
@@ -528,7 +528,7 @@ func FuzzReplayRequest(f *testing.F) {
 	}
 	ts := newTestAPI(f)
 	u := "https://example.com/x"
-	d, err := ts.svc.CreateDestination(context.Background(), &service.DestinationInput{URL: &u})
+	d, err := ts.svc.CreateDestination(context.Background(), service.AllTenants(), service.DefaultTenant, &service.DestinationInput{URL: &u})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -540,7 +540,7 @@ func FuzzReplayRequest(f *testing.F) {
 		if dec.Decode(&in) != nil {
 			return
 		}
-		job, err := ts.svc.CheckReplay(d.ID, &in, now)
+		job, err := ts.svc.CheckReplay(context.Background(), service.AllTenants(), d.ID, &in, now)
 		if err != nil {
 			if !errors.Is(err, service.ErrInvalid) {
 				t.Fatalf("%s: %v, want a client mistake", body, err)

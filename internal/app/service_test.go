@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+
+	"fanout/internal/service"
 )
 
 // TestService_Ingest: what ingest stores for each event: its bytes, its
@@ -32,7 +34,7 @@ func TestService_Ingest(t *testing.T) {
 			for i, e := range tc.events {
 				events[i] = json.RawMessage(e)
 			}
-			ids, err := ts.svc.Ingest(context.Background(), events, tc.key)
+			ids, err := ts.svc.Ingest(context.Background(), service.AllTenants(), service.DefaultTenant, events, tc.key)
 			if err != nil || len(ids) != len(events) {
 				t.Fatalf("Ingest = %v, %v", ids, err)
 			}
@@ -45,7 +47,7 @@ func TestService_Ingest(t *testing.T) {
 					t.Fatalf("stored %s tag %q as %s, want %s tag %q", c.Input, c.Tag, c.Function, tc.events[i], tc.tags[i])
 				}
 			}
-			again, err := ts.svc.Ingest(context.Background(), events, tc.key)
+			again, err := ts.svc.Ingest(context.Background(), service.AllTenants(), service.DefaultTenant, events, tc.key)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,7 +14,7 @@ func handleDeliveryList(log *slog.Logger, svc *service.Service) http.Handler {
 		Deliveries []service.DeliveryView `json:"deliveries"`
 		NextCursor string                 `json:"next_cursor,omitempty"`
 	}
-	return respond(log, http.StatusOK, func(r *http.Request) (*response, error) {
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*response, error) {
 		q := r.URL.Query()
 		f := service.DeliveryFilter{State: q.Get("state"), Destination: q.Get("destination"), Since: q.Get("since"), Until: q.Get("until")}
 		limit := 100
@@ -25,7 +25,7 @@ func handleDeliveryList(log *slog.Logger, svc *service.Service) http.Handler {
 			}
 			limit = n
 		}
-		list, next, err := svc.Deliveries(r.Context(), f, q.Get("cursor"), limit)
+		list, next, err := svc.Deliveries(r.Context(), scope, f, q.Get("cursor"), limit)
 		if err != nil {
 			return nil, err
 		}
@@ -35,15 +35,15 @@ func handleDeliveryList(log *slog.Logger, svc *service.Service) http.Handler {
 
 // handleDeliveryGet shows a delivery and every attempt.
 func handleDeliveryGet(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*service.DeliveryView, error) {
-		return svc.Delivery(r.Context(), r.PathValue("id"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*service.DeliveryView, error) {
+		return svc.Delivery(r.Context(), scope, r.PathValue("id"))
 	})
 }
 
 // handleDeliveryRetry re-drives one failed delivery.
 func handleDeliveryRetry(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusAccepted, func(r *http.Request) (map[string]any, error) {
-		done, err := svc.RetryDelivery(r.Context(), r.PathValue("id"))
+	return scoped(log, svc, http.StatusAccepted, func(r *http.Request, scope service.Scope) (map[string]any, error) {
+		done, err := svc.RetryDelivery(r.Context(), scope, r.PathValue("id"))
 		return map[string]any{"retried": done}, err
 	})
 }
@@ -52,7 +52,11 @@ func handleDeliveryRetry(log *slog.Logger, svc *service.Service) http.Handler {
 // (or of all) created in a time range.
 func handleDeliveryRetryMany(log *slog.Logger, svc *service.Service) http.Handler {
 	return respondTo(log, http.StatusAccepted, func(r *http.Request, f *service.DeliveryFilter) (map[string]any, error) {
-		retried, more, err := svc.RetryDeliveries(r.Context(), *f)
+		scope, err := scopeOf(r, svc)
+		if err != nil {
+			return nil, err
+		}
+		retried, more, err := svc.RetryDeliveries(r.Context(), scope, *f)
 		return map[string]any{"retried": retried, "more": more}, err
 	})
 }

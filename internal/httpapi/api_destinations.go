@@ -8,6 +8,18 @@ import (
 	"fanout/internal/service"
 )
 
+// scoped is respond for an operation on what the request's scope reaches.
+func scoped[T any](log *slog.Logger, svc *service.Service, status int, op func(r *http.Request, scope service.Scope) (T, error)) http.Handler {
+	return respond(log, status, func(r *http.Request) (T, error) {
+		scope, err := scopeOf(r, svc)
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		return op(r, scope)
+	})
+}
+
 func handleDestinationCreate(log *slog.Logger, svc *service.Service) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var in service.DestinationInput
@@ -15,7 +27,12 @@ func handleDestinationCreate(log *slog.Logger, svc *service.Service) http.Handle
 			writeError(w, r, log, err)
 			return
 		}
-		d, err := svc.CreateDestination(r.Context(), &in)
+		scope, err := scopeOf(r, svc)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		d, err := svc.CreateDestination(r.Context(), scope, tenantOf(r, scope), &in)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -26,26 +43,34 @@ func handleDestinationCreate(log *slog.Logger, svc *service.Service) http.Handle
 }
 
 func handleDestinationList(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (map[string]any, error) {
-		return map[string]any{"destinations": svc.Destinations()}, nil
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (map[string]any, error) {
+		return map[string]any{"destinations": svc.Destinations(scope)}, nil
 	})
 }
 
 func handleDestinationGet(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*destination.Destination, error) {
-		return svc.Destination(r.PathValue("id"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*destination.Destination, error) {
+		return svc.Destination(scope, r.PathValue("id"))
 	})
 }
 
 func handleDestinationPatch(log *slog.Logger, svc *service.Service) http.Handler {
 	return respondTo(log, http.StatusOK, func(r *http.Request, in *service.DestinationInput) (*destination.Destination, error) {
-		return svc.UpdateDestination(r.Context(), r.PathValue("id"), in)
+		scope, err := scopeOf(r, svc)
+		if err != nil {
+			return nil, err
+		}
+		return svc.UpdateDestination(r.Context(), scope, r.PathValue("id"), in)
 	})
 }
 
 func handleDestinationDelete(log *slog.Logger, svc *service.Service) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := svc.DeleteDestination(r.Context(), r.PathValue("id")); err != nil {
+		scope, err := scopeOf(r, svc)
+		if err == nil {
+			err = svc.DeleteDestination(r.Context(), scope, r.PathValue("id"))
+		}
+		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
@@ -55,15 +80,15 @@ func handleDestinationDelete(log *slog.Logger, svc *service.Service) http.Handle
 
 // handleDestinationResume lifts a pause, by a person or by the breaker.
 func handleDestinationResume(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*destination.Destination, error) {
-		return svc.ResumeDestination(r.Context(), r.PathValue("id"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*destination.Destination, error) {
+		return svc.ResumeDestination(r.Context(), scope, r.PathValue("id"))
 	})
 }
 
 // handleDestinationRotate gives a destination a new secret; the old one
 // keeps signing for the grace period.
 func handleDestinationRotate(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*destination.Destination, error) {
-		return svc.RotateSecret(r.Context(), r.PathValue("id"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*destination.Destination, error) {
+		return svc.RotateSecret(r.Context(), scope, r.PathValue("id"))
 	})
 }

@@ -9,14 +9,14 @@ import (
 
 // handleEventGet shows an event and, per destination, its delivery.
 func handleEventGet(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*service.EventView, error) {
-		return svc.Event(r.Context(), r.PathValue("id"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*service.EventView, error) {
+		return svc.Event(r.Context(), scope, r.PathValue("id"))
 	})
 }
 
 // handleEventList lists events, newest first, with filters, page by page.
 func handleEventList(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*service.EventPage, error) {
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*service.EventPage, error) {
 		q := r.URL.Query()
 		f := service.EventFilter{Type: q.Get("type"), State: q.Get("state"), Destination: q.Get("destination"),
 			Since: q.Get("since"), Until: q.Get("until"), Q: q.Get("q")}
@@ -24,7 +24,7 @@ func handleEventList(log *slog.Logger, svc *service.Service) http.Handler {
 		if err != nil {
 			return nil, err
 		}
-		return svc.Events(r.Context(), f, q.Get("cursor"), limit)
+		return svc.Events(r.Context(), scope, f, q.Get("cursor"), limit)
 	})
 }
 

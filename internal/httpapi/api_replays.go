@@ -16,7 +16,12 @@ func handleReplayCreate(log *slog.Logger, svc *service.Service) http.Handler {
 			writeError(w, r, log, err)
 			return
 		}
-		v, err := svc.Replay(r.Context(), r.PathValue("id"), &in)
+		scope, err := scopeOf(r, svc)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		v, err := svc.Replay(r.Context(), scope, r.PathValue("id"), &in)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -32,16 +37,16 @@ func handleReplayCreate(log *slog.Logger, svc *service.Service) http.Handler {
 
 // handleReplayGet shows a replay and how far it got.
 func handleReplayGet(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (*service.ReplayView, error) {
-		return svc.ReplayJob(r.Context(), r.PathValue("id"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*service.ReplayView, error) {
+		return svc.ReplayJob(r.Context(), scope, r.PathValue("id"))
 	})
 }
 
 // handleReplayList lists the replays, newest first, of a destination or
 // of all.
 func handleReplayList(log *slog.Logger, svc *service.Service) http.Handler {
-	return respond(log, http.StatusOK, func(r *http.Request) (map[string]any, error) {
-		list, err := svc.Replays(r.Context(), r.URL.Query().Get("destination"))
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (map[string]any, error) {
+		list, err := svc.Replays(r.Context(), scope, r.URL.Query().Get("destination"))
 		return map[string]any{"replays": list}, err
 	})
 }

@@ -31,35 +31,61 @@ type Limits struct {
 // route is one entry of the API.
 type route struct {
 	Pattern string // "METHOD /path"
+	// right is what the route needs of the request's principal; "" is
+	// open to whoever reached it (the probes, the metrics).
+	right   service.Right
 	handler http.Handler
+	// tenanted routes are mounted under /v1/tenants/{tenant} too, where
+	// they act on that tenant only.
+	tenanted bool
 }
+
+// Right is what the route needs of a request's principal.
+func (rt route) Right() service.Right { return rt.right }
 
 // Routes is the whole API surface.
 func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
-	return []route{
-		{"POST /v1/event", handleEventPost(log, svc, limits)},
-		{"POST /v1/batch", handleBatchPost(log, svc, limits)},
-		{"GET /v1/events", handleEventList(log, svc)},
-		{"GET /v1/events/{id}", handleEventGet(log, svc)},
-		{"POST /v1/destinations", handleDestinationCreate(log, svc)},
-		{"GET /v1/destinations", handleDestinationList(log, svc)},
-		{"GET /v1/destinations/{id}", handleDestinationGet(log, svc)},
-		{"PATCH /v1/destinations/{id}", handleDestinationPatch(log, svc)},
-		{"DELETE /v1/destinations/{id}", handleDestinationDelete(log, svc)},
-		{"POST /v1/destinations/{id}/resume", handleDestinationResume(log, svc)},
-		{"POST /v1/destinations/{id}/rotate-secret", handleDestinationRotate(log, svc)},
-		{"POST /v1/destinations/{id}/replay", handleReplayCreate(log, svc)},
-		{"GET /v1/replays", handleReplayList(log, svc)},
-		{"GET /v1/replays/{id}", handleReplayGet(log, svc)},
-		{"GET /v1/deliveries", handleDeliveryList(log, svc)},
-		{"GET /v1/deliveries/{id}", handleDeliveryGet(log, svc)},
-		{"POST /v1/deliveries/{id}/retry", handleDeliveryRetry(log, svc)},
-		{"POST /v1/deliveries/retry", handleDeliveryRetryMany(log, svc)},
-		{"GET /v1/stats", handleStats(svc)},
-		{"GET /healthz", handleHealthz()},
-		{"GET /readyz", handleReadyz(svc)},
-		{"GET /metrics", svc.MetricsHandler(log)},
+	rs := []route{
+		{"POST /v1/event", service.RightIngest, handleEventPost(log, svc, limits), true},
+		{"POST /v1/batch", service.RightIngest, handleBatchPost(log, svc, limits), true},
+		{"GET /v1/events", service.RightRead, handleEventList(log, svc), true},
+		{"GET /v1/events/{id}", service.RightRead, handleEventGet(log, svc), true},
+		{"POST /v1/destinations", service.RightManage, handleDestinationCreate(log, svc), true},
+		{"GET /v1/destinations", service.RightRead, handleDestinationList(log, svc), true},
+		{"GET /v1/destinations/{id}", service.RightRead, handleDestinationGet(log, svc), true},
+		{"PATCH /v1/destinations/{id}", service.RightManage, handleDestinationPatch(log, svc), true},
+		{"DELETE /v1/destinations/{id}", service.RightManage, handleDestinationDelete(log, svc), true},
+		{"POST /v1/destinations/{id}/resume", service.RightManage, handleDestinationResume(log, svc), true},
+		{"POST /v1/destinations/{id}/rotate-secret", service.RightManage, handleDestinationRotate(log, svc), true},
+		{"POST /v1/destinations/{id}/replay", service.RightManage, handleReplayCreate(log, svc), true},
+		{"GET /v1/replays", service.RightRead, handleReplayList(log, svc), true},
+		{"GET /v1/replays/{id}", service.RightRead, handleReplayGet(log, svc), true},
+		{"GET /v1/deliveries", service.RightRead, handleDeliveryList(log, svc), true},
+		{"GET /v1/deliveries/{id}", service.RightRead, handleDeliveryGet(log, svc), true},
+		{"POST /v1/deliveries/{id}/retry", service.RightManage, handleDeliveryRetry(log, svc), true},
+		{"POST /v1/deliveries/retry", service.RightManage, handleDeliveryRetryMany(log, svc), true},
+		{"GET /v1/stats", service.RightRead, handleStats(log, svc), false},
+		{"GET /v1/tenants", service.RightOperator, handleTenantList(log, svc), false},
+		{"GET /v1/tenants/{tenant}", service.RightOperator, handleTenantGet(log, svc), false},
+		{"PUT /v1/tenants/{tenant}", service.RightOperator, handleTenantPut(log, svc), false},
+		{"DELETE /v1/tenants/{tenant}", service.RightOperator, handleTenantDelete(log, svc), false},
+		{"POST /v1/tokens", service.RightOperator, handleTokenCreate(log, svc), false},
+		{"GET /v1/tokens", service.RightOperator, handleTokenList(log, svc), false},
+		{"GET /v1/tokens/{id}", service.RightOperator, handleTokenGet(log, svc), false},
+		{"DELETE /v1/tokens/{id}", service.RightOperator, handleTokenDelete(log, svc), false},
+		{"GET /healthz", "", handleHealthz(), false},
+		{"GET /readyz", "", handleReadyz(svc), false},
+		{"GET /metrics", "", svc.MetricsHandler(log), false},
 	}
+	for _, rt := range rs {
+		if rt.tenanted {
+			method, path, _ := strings.Cut(rt.Pattern, " ")
+			nested := rt
+			nested.Pattern, nested.tenanted = method+" /v1/tenants/{tenant}"+strings.TrimPrefix(path, "/v1"), false
+			rs = append(rs, nested)
+		}
+	}
+	return rs
 }
 
 // NewHandler returns the HTTP API and the console; with tokens, the API
@@ -76,12 +102,12 @@ func NewHandler(log *slog.Logger, svc *service.Service, limits Limits, tokens []
 	svc.TrackRoutes(patterns)
 	mux := http.NewServeMux()
 	console.Mount(mux)
-	addRoutes(mux, rs)
+	addRoutes(log, newAuthenticator(svc, tokens), mux, rs)
 	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
 	if len(tokens) > 0 {
 		hosts = nil // the token is the check
 	}
-	return svc.InstrumentHTTP(recoverPanics(log, checkHost(log, hosts, refuseCrossSite(requireToken(log, tokens, bodies)))))
+	return svc.InstrumentHTTP(recoverPanics(log, checkHost(log, hosts, refuseCrossSite(requireBearer(log, tokens, bodies)))))
 }
 
 // addRoutes mounts the routes, and answers in JSON, like every other
@@ -89,11 +115,11 @@ func NewHandler(log *slog.Logger, svc *service.Service, limits Limits, tokens []
 // The paths without their methods go on a mux of their own, consulted only
 // for what no route took: on the main mux they would clash with the routes
 // ("/v1/deliveries/retry" against "GET /v1/deliveries/{id}").
-func addRoutes(mux *http.ServeMux, rs []route) {
+func addRoutes(log *slog.Logger, auth *authenticator, mux *http.ServeMux, rs []route) {
 	methods := map[string][]string{}
 	var paths []string
 	for _, rt := range rs {
-		mux.Handle(rt.Pattern, rt.handler)
+		mux.Handle(rt.Pattern, guard(log, auth, rt.right, rt.handler))
 		method, path, _ := strings.Cut(rt.Pattern, " ")
 		if _, ok := methods[path]; !ok {
 			paths = append(paths, path)
@@ -166,9 +192,13 @@ func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits
 	if err != nil {
 		return nil, err
 	}
+	scope, err := scopeOf(r, svc)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
 	defer cancel()
-	return svc.Ingest(ctx, events, key)
+	return svc.Ingest(ctx, scope, tenantOf(r, scope), events, key)
 }
 
 // decodeEvent checks a body of one event and returns the event: the JSON

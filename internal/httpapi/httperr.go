@@ -6,7 +6,9 @@ import (
 	"fanout/internal/service"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 )
 
 // apiError is a mistake in the HTTP exchange itself (a body too large or
@@ -48,6 +50,7 @@ var statusOf = []struct {
 	{service.ErrInvalid, http.StatusBadRequest},
 	{service.ErrNotFound, http.StatusNotFound},
 	{service.ErrConflict, http.StatusConflict},
+	{service.ErrForbidden, http.StatusForbidden},
 }
 
 // writeError is the one place where errors become HTTP answers. Client
@@ -69,6 +72,12 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 			w.Header().Set("Retry-After", ae.RetryAfter)
 		}
 		writeJSON(w, ae.Status, ErrorBody{Error: ae.Message, Index: ae.Index})
+		return
+	}
+	var many *service.ErrTooMany
+	if errors.As(err, &many) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, math.Ceil(many.RetryAfter.Seconds())))))
+		writeJSON(w, http.StatusTooManyRequests, ErrorBody{Error: many.Error()})
 		return
 	}
 	for _, s := range statusOf {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"fanout/internal/service"
 )
 
 // TestBodyBudget_Pools: a body up to smallMax takes from the shared pool,
@@ -135,8 +137,8 @@ func TestIngest_BodyBudget(t *testing.T) {
 	budget := newBodyBudget(4*limits.MaxBatchBytes, limits.MaxEventBytes, 50*time.Millisecond)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/event", handleEventPost(log, svc, limits))
-	mux.Handle("POST /v1/batch", handleBatchPost(log, svc, limits))
+	mux.Handle("POST /v1/event", guard(log, newAuthenticator(svc, nil), service.RightIngest, handleEventPost(log, svc, limits)))
+	mux.Handle("POST /v1/batch", guard(log, newAuthenticator(svc, nil), service.RightIngest, handleBatchPost(log, svc, limits)))
 	h := boundBodies(budget, mux)
 	// Another request holds the shared pool.
 	if !budget.shared.TryAcquire(3 * limits.MaxBatchBytes) {

@@ -1,9 +1,6 @@
 package httpapi
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
-	"fanout/internal/console"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,48 +10,6 @@ import (
 	"runtime/debug"
 	"strings"
 )
-
-// requireToken answers 401 to a request that does not carry one of tokens
-// as its bearer token, but for /healthz, /readyz and /metrics, left open to
-// probes and scrapers, and the console's files, which hold no data (the
-// console asks for a token and sends it with each of its API requests).
-// Several tokens let an operator rotate one without downtime.
-// They are compared as SHA-256 digests in constant time, so that timing
-// tells neither a token's bytes nor its length.
-func requireToken(log *slog.Logger, tokens []string, next http.Handler) http.Handler {
-	if len(tokens) == 0 {
-		return next
-	}
-	sums := make([][sha256.Size]byte, len(tokens))
-	for i, t := range tokens {
-		sums[i] = sha256.Sum256([]byte(t))
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || console.IsPath(r.URL.Path) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
-			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
-				Message: "this API needs a token: send the header Authorization: Bearer <token>, with one of fanout's --api-token"})
-			return
-		}
-		sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-		match := 0
-		for i := range sums {
-			match |= subtle.ConstantTimeCompare(sum[:], sums[i][:])
-		}
-		if match != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout", error="invalid_token"`)
-			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
-				Message: "the bearer token is not one of fanout's --api-token"})
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 // recoverPanics answers 500 instead of dropping the connection when a handler
 // panics, and logs the stack.

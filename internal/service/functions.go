@@ -116,6 +116,9 @@ type functions struct {
 	PublishEvent *dispatch.Function[Message, Delivery]
 	// tracing, when not nil, traces each request to a destination.
 	tracing *Tracing
+	// tenantOf is the tenant of an event's key (Service sets it): ok is
+	// false for a tenant deleted since.
+	tenantOf func(ctx context.Context, key string) (tenant string, ok bool, err error)
 }
 
 // NewFunctions returns the two functions over the destinations and the
@@ -167,7 +170,14 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 	})
 	handleEvent := dispatch.Func("handleEvent", func(ctx context.Context, event json.RawMessage) (Fanout, error) {
 		eventType := EventFields(event).Type
-		matching := dests.Matching(eventType)
+		// The tenant's destinations and those of every tenant; a tenant
+		// deleted since has none of its own left ("" matches none).
+		info, _ := dispatch.CallFromContext(ctx)
+		tenant, _, err := fns.tenantOf(ctx, info.Key)
+		if err != nil {
+			return Fanout{}, err // the store failed: try again, never route to fewer
+		}
+		matching := dests.Matching(tenant, eventType)
 		if isNotice(eventType) {
 			matching = noticeTargets(matching, eventType, event) // never to the destination it is about
 		}

@@ -42,6 +42,9 @@ type EventFilter struct {
 	Until       string
 	// Q is text the payload contains (ASCII letters in either case).
 	Q string
+	// scope is the tenant the page is of ("*": every tenant), which its
+	// cursor is bound to as to the filters.
+	scope string
 }
 
 // eventSummary is an event in a list: never its payload.
@@ -177,9 +180,20 @@ func idAt(t time.Time) string {
 }
 
 // scanParams turns a filter into the store's scan.
-func (s *Service) scanParams(f EventFilter) (*dispatch.CallScanParams, error) {
-	none := "" // events have no key; it narrows the failed state to calls_failed
-	p := &dispatch.CallScanParams{Function: s.fns.HandleEvent.Name(), Key: &none, CountChildren: true}
+func (s *Service) scanParams(ctx context.Context, scope Scope, f EventFilter) (*dispatch.CallScanParams, error) {
+	p := &dispatch.CallScanParams{Function: s.fns.HandleEvent.Name(), CountChildren: true}
+	// An event's key is its tenant's (tenants.go).
+	switch {
+	case !scope.All():
+		key, err := s.tenants.key(ctx, scope.Tenant())
+		if err != nil {
+			return nil, err
+		}
+		p.Key = &key
+	case !s.tenants.any():
+		none := "" // every event is the default tenant's; it narrows the failed state to calls_failed
+		p.Key = &none
+	}
 	var err error
 	var anyType bool
 	if p.Tags, p.TagPrefixes, anyType, err = typeFilter(f.Type); err != nil {
@@ -197,8 +211,8 @@ func (s *Service) scanParams(f EventFilter) (*dispatch.CallScanParams, error) {
 		p.States = states
 	}
 	if f.Destination != "" {
-		if _, ok := s.Dests.Get(f.Destination); !ok {
-			return nil, NotFound("no destination with id %q", f.Destination)
+		if _, err := s.Destination(scope, f.Destination); err != nil {
+			return nil, err
 		}
 		p.ChildKey = f.Destination
 	}
@@ -232,7 +246,7 @@ func historyCursor(f EventFilter, id string) string {
 
 func filterHash(f EventFilter) uint32 {
 	h := fnv.New32a()
-	for _, v := range []string{f.Type, f.State, f.Destination, f.Since, f.Until, f.Q} {
+	for _, v := range []string{f.Type, f.State, f.Destination, f.Since, f.Until, f.Q, f.scope} {
 		h.Write([]byte(v))
 		h.Write([]byte{0})
 	}
@@ -253,8 +267,12 @@ func parseHistoryCursor(f EventFilter, cursor string) (string, error) {
 
 // Events returns a page of the events f selects, newest first, after
 // cursor, at most limit.
-func (s *Service) Events(ctx context.Context, f EventFilter, cursor string, limit int) (*EventPage, error) {
-	p, err := s.scanParams(f)
+func (s *Service) Events(ctx context.Context, scope Scope, f EventFilter, cursor string, limit int) (*EventPage, error) {
+	f.scope = "*"
+	if !scope.All() {
+		f.scope = scope.Tenant()
+	}
+	p, err := s.scanParams(ctx, scope, f)
 	if err != nil {
 		return nil, err
 	}
@@ -282,7 +300,15 @@ func (s *Service) Events(ctx context.Context, f EventFilter, cursor string, limi
 		}
 		page.Scanned += res.Scanned
 		for _, c := range res.Calls {
-			page.Events = append(page.Events, eventSummaryOf(c))
+			e := eventSummaryOf(c)
+			if !scope.All() && s.anyAllTenantDestination() {
+				// The counts are of every delivery, those to the
+				// operator's destinations too: a tenant's are its own.
+				if e.Deliveries, err = s.scopedCounts(ctx, scope, c.Call.ID); err != nil {
+					return nil, err
+				}
+			}
+			page.Events = append(page.Events, e)
 		}
 		if res.Next == "" {
 			return page, nil
@@ -323,4 +349,40 @@ func eventSummaryOf(c *dispatch.ScannedCall) eventSummary {
 			Delivered:  c.Children[dispatch.StateDone],
 			Failed:     c.Children[dispatch.StateFailed],
 		}}
+}
+
+// anyAllTenantDestination reports whether the operator has a destination of
+// every tenant's events.
+func (s *Service) anyAllTenantDestination() bool {
+	for _, d := range s.Dests.List() {
+		if d.AllTenants {
+			return true
+		}
+	}
+	return false
+}
+
+// scopedCounts counts an event's deliveries in scope.
+func (s *Service) scopedCounts(ctx context.Context, scope Scope, id string) (DeliveryCounts, error) {
+	children, err := s.store.CallListChildren(ctx, id)
+	if err != nil {
+		return DeliveryCounts{}, err
+	}
+	var n DeliveryCounts
+	for _, c := range children {
+		if !s.destinationInScope(scope, c.Key) {
+			continue
+		}
+		switch c.State {
+		case dispatch.StatePending:
+			n.Pending++
+		case dispatch.StateRunning:
+			n.Delivering++
+		case dispatch.StateDone:
+			n.Delivered++
+		case dispatch.StateFailed:
+			n.Failed++
+		}
+	}
+	return n, nil
 }

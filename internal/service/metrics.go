@@ -36,6 +36,7 @@ type Metrics struct {
 	commitOps       prometheus.Histogram
 	commitDuration  prometheus.Histogram
 	notices         *prometheus.CounterVec // fanout_operational_events_total{type}
+	tenantLimited   prometheus.Counter
 
 	// routes holds each route's counters and histograms, resolved once:
 	// the request path then costs atomic adds, no label lookups. The map
@@ -117,8 +118,13 @@ func newMetrics(version string) *Metrics {
 	for _, t := range NoticeTypes {
 		m.notices.WithLabelValues(t)
 	}
+	// Not by tenant: tenants are the customers' ids, unbounded.
+	m.tenantLimited = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fanout_tenant_ingest_limited_events_total",
+		Help: "Events refused with 429 because their tenant sent more than its ingest rate.",
+	})
 	m.Reg.MustRegister(m.requests, m.ingestDuration, m.batchEvents, m.firstAttempt, m.deliveryLatency,
-		m.attemptDuration, m.commitOps, m.commitDuration, m.notices,
+		m.attemptDuration, m.commitOps, m.commitDuration, m.notices, m.tenantLimited,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -321,7 +321,15 @@ func (n *Notifier) Tick(ctx context.Context, final bool) {
 func (n *Notifier) store1(ctx context.Context, nt Notice) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err := n.svc.ingest(ctx, []json.RawMessage{nt.Event}, "")
+	// To the tenant of the destination it is about (and so to the
+	// operator's destinations of every tenant).
+	key := ""
+	if d, ok := n.svc.Dests.Get(gjson.GetBytes(nt.Event, "data.destination_id").String()); ok && d.Owner() != "" {
+		if k, err := n.svc.tenants.key(ctx, d.Owner()); err == nil {
+			key = k
+		}
+	}
+	_, err := n.svc.ingest(ctx, key, []json.RawMessage{nt.Event}, "")
 	if err != nil {
 		if !n.failing {
 			n.log.Warn("store an operational event; trying again", "type", nt.Type, "err", err)

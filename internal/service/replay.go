@@ -61,6 +61,12 @@ type replayJob struct {
 	Until       time.Time `json:"until"`
 	Types       []string  `json:"types,omitempty"`
 	Force       bool      `json:"force,omitempty"`
+	// TenantKey is the key of the events the destination's tenant may
+	// get ("" is the default tenant's, and every job's from before
+	// tenants); AllTenants, for an operator's destination of every
+	// tenant, any key.
+	TenantKey  string `json:"tenant_key,omitempty"`
+	AllTenants bool   `json:"all_tenants,omitempty"`
 }
 
 // ReplayView is a replay and how far it got: GET /v1/replays/{id}, and the
@@ -107,13 +113,19 @@ func newReplayFunction(s *Service) *dispatch.Function[replayJob, ReplayCount] {
 }
 
 // CheckReplay validates a replay request for a destination.
-func (s *Service) CheckReplay(id string, in *ReplayRequest, now time.Time) (*replayJob, error) {
-	d, ok := s.Dests.Get(id)
-	if !ok {
-		return nil, NotFound("no destination with id %q", id)
+func (s *Service) CheckReplay(ctx context.Context, scope Scope, id string, in *ReplayRequest, now time.Time) (*replayJob, error) {
+	d, err := s.Destination(scope, id)
+	if err != nil {
+		return nil, err
 	}
-	job := &replayJob{Destination: d.ID, Types: in.Types, Force: in.Force}
-	var err error
+	job := &replayJob{Destination: d.ID, Types: in.Types, Force: in.Force, AllTenants: d.AllTenants}
+	if !d.AllTenants {
+		// Only the events of the destination's own tenant: a replay
+		// range is never a way into another tenant's history.
+		if job.TenantKey, err = s.tenants.key(ctx, d.Owner()); err != nil {
+			return nil, err
+		}
+	}
 	if in.Since == "" {
 		return nil, Invalid("since is required: the start of the time range to replay (RFC 3339)")
 	}
@@ -142,9 +154,9 @@ func (s *Service) CheckReplay(id string, in *ReplayRequest, now time.Time) (*rep
 
 // Replay starts a replay job for a destination, or with DryRun counts the
 // events it would look at.
-func (s *Service) Replay(ctx context.Context, id string, in *ReplayRequest) (any, error) {
+func (s *Service) Replay(ctx context.Context, scope Scope, id string, in *ReplayRequest) (any, error) {
 	now := time.Now().UTC()
-	job, err := s.CheckReplay(id, in, now)
+	job, err := s.CheckReplay(ctx, scope, id, in, now)
 	if err != nil {
 		return nil, err
 	}
@@ -212,8 +224,11 @@ func (s *Service) payloadOf(ctx context.Context, id string) func() ([]byte, bool
 
 // ReplayScan is the scan of a replay's page after cursor.
 func (s *Service) ReplayScan(job *replayJob, cursor string) *dispatch.CallScanParams {
-	none := ""
-	p := &dispatch.CallScanParams{Function: s.fns.HandleEvent.Name(), Key: &none, Ascending: true,
+	key := &job.TenantKey
+	if job.AllTenants {
+		key = nil
+	}
+	p := &dispatch.CallScanParams{Function: s.fns.HandleEvent.Name(), Key: key, Ascending: true,
 		CreatedAfter: job.Since, CreatedBefore: job.Until, Before: idAt(job.Until.Add(time.Millisecond)),
 		After: idAt(job.Since.Add(-time.Millisecond)), Limit: replayPage, Scan: replayScan}
 	if cursor != "" {
@@ -368,7 +383,7 @@ func (s *Service) saveReplay(ctx context.Context, v *ReplayView, version int64) 
 
 // trimReplays deletes the oldest finished replays past replayKeep.
 func (s *Service) trimReplays(ctx context.Context) {
-	list, err := s.Replays(ctx, "")
+	list, err := s.Replays(ctx, AllTenants(), "")
 	if err != nil || len(list) <= replayKeep {
 		return
 	}
@@ -380,7 +395,7 @@ func (s *Service) trimReplays(ctx context.Context) {
 }
 
 // Replay returns a replay job and how far it got.
-func (s *Service) ReplayJob(ctx context.Context, id string) (*ReplayView, error) {
+func (s *Service) ReplayJob(ctx context.Context, scope Scope, id string) (*ReplayView, error) {
 	v, _, err := s.loadReplay(ctx, id)
 	c, cerr := s.store.CallGet(ctx, id)
 	if cerr != nil && !errors.Is(cerr, dispatch.ErrNotFound) {
@@ -403,6 +418,9 @@ func (s *Service) ReplayJob(ctx context.Context, id string) (*ReplayView, error)
 	}
 	if c != nil && c.State == dispatch.StateFailed && v.State != "done" {
 		v.State, v.Error = "failed", c.Error
+	}
+	if !s.destinationInScope(scope, v.Destination) {
+		return nil, NotFound("no replay with id %q", id)
 	}
 	if v.State == "" {
 		v.State = "queued"
@@ -430,7 +448,7 @@ func replayProgress(v *ReplayView) float64 {
 }
 
 // Replays lists replay jobs, newest first, of one destination or all.
-func (s *Service) Replays(ctx context.Context, dest string) ([]*ReplayView, error) {
+func (s *Service) Replays(ctx context.Context, scope Scope, dest string) ([]*ReplayView, error) {
 	docs, err := s.store.DocList(ctx, replayKind)
 	if err != nil {
 		return nil, err
@@ -438,7 +456,7 @@ func (s *Service) Replays(ctx context.Context, dest string) ([]*ReplayView, erro
 	out := []*ReplayView{}
 	for _, d := range docs {
 		var v ReplayView
-		if json.Unmarshal(d.Data, &v) != nil || (dest != "" && v.Destination != dest) {
+		if json.Unmarshal(d.Data, &v) != nil || (dest != "" && v.Destination != dest) || !s.destinationInScope(scope, v.Destination) {
 			continue
 		}
 		v.Progress = replayProgress(&v)

@@ -64,6 +64,10 @@ type Service struct {
 	upgraded     chan struct{}
 	version      string
 	log          *slog.Logger
+	// tenants caches the tenants (tenants.go); now is the clock of
+	// tokens, tenants and their rates.
+	tenants *tenants
+	now     func() time.Time
 }
 
 // serviceConfig is everything the service is made of; nothing is set on
@@ -87,6 +91,12 @@ type Config struct {
 	Version string
 	// Logger hears of readiness, notices and upgrades; nil logs nothing.
 	Logger *slog.Logger
+	// TenantIngestRate and TenantIngestBurst bound the events per second
+	// of each tenant, per process, unless a tenant has its own; 0: none.
+	TenantIngestRate  float64
+	TenantIngestBurst int
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
 }
 
 // newService returns the service over a runtime that has not started: it
@@ -96,6 +106,12 @@ func New(cfg Config) *Service {
 	s := &Service{rt: cfg.Runtime, store: cfg.Store, fns: cfg.Fns, Dests: cfg.Dests, Backlog: NewBacklogCache(cfg.Store),
 		started: time.Now().UTC(), Metrics: newMetrics(cfg.Version), retention: cfg.Retention, failedRetention: cfg.FailedRetention,
 		storeName: cfg.StoreName, Tracing: cfg.Tracing, version: cfg.Version}
+	s.now = cfg.Now
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.tenants = newTenants(cfg.Store, cfg.TenantIngestRate, cfg.TenantIngestBurst, s.now)
+	s.fns.tenantOf = s.tenants.ofKey
 	s.replayFn = newReplayFunction(s)
 	if err := s.rt.Register(s.replayFn); err != nil {
 		panic("register the replay function: " + err.Error()) // only before Start, once: a wiring mistake
@@ -125,6 +141,9 @@ func New(cfg Config) *Service {
 // Start starts what the service runs in the background once the runtime
 // runs: operational events and the upgrades of stored data.
 func (s *Service) Start(ctx context.Context) {
+	if err := s.tenants.refresh(ctx); err != nil {
+		s.log.Warn("load the tenants; they are loaded on first use", "err", err)
+	}
 	s.Notices.start(ctx)
 	s.startUpgrades(ctx)
 }
@@ -160,6 +179,11 @@ type serviceError struct {
 
 func (e *serviceError) Error() string { return e.msg }
 func (e *serviceError) Unwrap() error { return e.kind }
+
+// newError is an error of kind with its message.
+func newError(kind error, format string, args ...any) error {
+	return &serviceError{kind, fmt.Sprintf(format, args...)}
+}
 
 func Invalid(format string, args ...any) error {
 	return &serviceError{ErrInvalid, fmt.Sprintf(format, args...)}
@@ -290,8 +314,24 @@ func (s *Service) StoreStats() dispatch.StoreStats { return s.store.StoreStats()
 // original one. The key is the request's Idempotency-Key (with the event's
 // index for a batch, so that a repeated batch is repeated whole), else the
 // event's own "id" field.
-func (s *Service) Ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) ([]string, error) {
-	ids, err := s.ingest(ctx, events, idempotencyKey)
+//
+// The events are tenant's (DefaultTenant without tenants), whose scope must
+// allow it: they are routed to that tenant's destinations and to the
+// operator's destinations of every tenant. A tenant over its ingest rate
+// gets an *ErrTooMany and nothing is stored.
+func (s *Service) Ingest(ctx context.Context, scope Scope, tenant string, events []json.RawMessage, idempotencyKey string) ([]string, error) {
+	if !scope.Allows(tenant) {
+		return nil, NotFound("no tenant with id %q", tenant)
+	}
+	t, err := s.tenants.get(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if ok, wait := s.tenants.allow(t, len(events)); !ok {
+		s.Metrics.tenantLimited.Add(float64(len(events)))
+		return nil, &ErrTooMany{Tenant: tenant, RetryAfter: wait}
+	}
+	ids, err := s.ingest(ctx, t.Key, events, idempotencyKey)
 	if err == nil {
 		s.Accepted.Add(int64(len(ids)))
 	}
@@ -300,7 +340,7 @@ func (s *Service) Ingest(ctx context.Context, events []json.RawMessage, idempote
 
 // ingest is Ingest without counting the events as accepted through the API
 // (fanout's operational events come this way).
-func (s *Service) ingest(ctx context.Context, events []json.RawMessage, idempotencyKey string) (ids []string, err error) {
+func (s *Service) ingest(ctx context.Context, tenantKey string, events []json.RawMessage, idempotencyKey string) (ids []string, err error) {
 	var spans *createSpans
 	if s.Tracing != nil {
 		spans = s.Tracing.startCreate(ctx, len(events))
@@ -314,12 +354,17 @@ func (s *Service) ingest(ctx context.Context, events []json.RawMessage, idempote
 		}
 		f := EventFields(e)
 		call.Tag = f.Type // for listings by type
+		// The tenant's key: its history is a scan by key, and the
+		// runtime shares its work fairly between keys.
+		call.Key = tenantKey
 		if spans != nil {
 			// The event's trace context, which its deliveries inherit:
 			// their attempts join the event's trace, wherever and
 			// whenever they run.
 			call.Meta = spans.start(i, f.Type)
 		}
+		// A repeat is a repeat within one tenant: another tenant's event
+		// with the same id is its own.
 		switch {
 		case idempotencyKey != "" && len(events) == 1:
 			call.DedupKey = "key:" + idempotencyKey
@@ -327,6 +372,9 @@ func (s *Service) ingest(ctx context.Context, events []json.RawMessage, idempote
 			call.DedupKey = "key:" + idempotencyKey + "#" + strconv.Itoa(i)
 		case f.ID != "":
 			call.DedupKey = "id:" + f.ID
+		}
+		if call.DedupKey != "" && tenantKey != "" {
+			call.DedupKey = tenantKey + "/" + call.DedupKey
 		}
 		batch.Add(call)
 	}

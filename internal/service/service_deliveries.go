@@ -110,13 +110,22 @@ func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
 }
 
 // Event returns an event and, per destination, its delivery.
-func (s *Service) Event(ctx context.Context, id string) (*EventView, error) {
+func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView, error) {
 	c, err := s.store.CallGet(ctx, id)
 	if errors.Is(err, dispatch.ErrNotFound) || (err == nil && (c.Function != s.fns.HandleEvent.Name() || c.ParentID != "")) {
 		return nil, NotFound("no event with id %q (delivered events are deleted after --retention)", id)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if !scope.All() {
+		tenant, ok, err := s.tenants.ofKey(ctx, c.Key)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || !scope.Allows(tenant) {
+			return nil, NotFound("no event with id %q (delivered events are deleted after --retention)", id)
+		}
 	}
 	children, err := s.store.CallListChildren(ctx, id)
 	if err != nil {
@@ -128,7 +137,9 @@ func (s *Service) Event(ctx context.Context, id string) (*EventView, error) {
 		v.Error = c.Error
 	}
 	for _, child := range children {
-		v.Deliveries = append(v.Deliveries, s.deliveryView(child))
+		if s.destinationInScope(scope, child.Key) {
+			v.Deliveries = append(v.Deliveries, s.deliveryView(child))
+		}
 	}
 	return v, nil
 }
@@ -142,13 +153,16 @@ type DeliveryFilter struct {
 	Until       string `json:"until"`
 }
 
-func (s *Service) listParams(f DeliveryFilter) (*dispatch.CallListParams, error) {
+func (s *Service) listParams(scope Scope, f DeliveryFilter) (*dispatch.CallListParams, error) {
 	state, err := parseDeliveryState(f.State)
 	if err != nil {
 		return nil, err
 	}
 	p := &dispatch.CallListParams{Function: s.fns.PublishEvent.Name(), State: state}
 	if f.Destination != "" {
+		if _, err := s.Destination(scope, f.Destination); err != nil && !scope.All() {
+			return nil, err
+		}
 		p.Key = &f.Destination
 	}
 	for _, b := range []struct {
@@ -170,13 +184,12 @@ func (s *Service) listParams(f DeliveryFilter) (*dispatch.CallListParams, error)
 
 // Deliveries returns a page of the deliveries f selects, in id order after
 // cursor, and the cursor of the next page ("" on the last).
-func (s *Service) Deliveries(ctx context.Context, f DeliveryFilter, cursor string, limit int) ([]DeliveryView, string, error) {
-	p, err := s.listParams(f)
+func (s *Service) Deliveries(ctx context.Context, scope Scope, f DeliveryFilter, cursor string, limit int) ([]DeliveryView, string, error) {
+	p, err := s.listParams(scope, f)
 	if err != nil {
 		return nil, "", err
 	}
-	p.After, p.Limit = cursor, limit
-	calls, err := s.store.CallList(ctx, p)
+	calls, next, err := s.listInScope(ctx, scope, p, cursor, limit)
 	if err != nil {
 		return nil, "", err
 	}
@@ -184,25 +197,71 @@ func (s *Service) Deliveries(ctx context.Context, f DeliveryFilter, cursor strin
 	for _, c := range calls {
 		out = append(out, s.deliveryView(c))
 	}
-	next := ""
-	if len(calls) == limit {
-		next = calls[len(calls)-1].ID
-	}
 	return out, next, nil
 }
 
+// scopedListBudget bounds the deliveries one page of a tenant's list looks
+// at when it is not narrowed to one destination: past it, the page is
+// answered short, with a cursor to go on.
+const scopedListBudget = 20000
+
+// listInScope lists the deliveries p selects, after cursor, limit at most,
+// keeping those in scope, and the cursor of the next page ("" on the
+// last). Narrowed to one destination (in scope), the store's list is the
+// answer; a tenant's list of every destination is the store's filtered,
+// page after page, within scopedListBudget.
+func (s *Service) listInScope(ctx context.Context, scope Scope, p *dispatch.CallListParams, cursor string, limit int) ([]*dispatch.Call, string, error) {
+	p.After, p.Limit = cursor, limit
+	if scope.All() || p.Key != nil {
+		calls, err := s.store.CallList(ctx, p)
+		if err != nil {
+			return nil, "", err
+		}
+		next := ""
+		if len(calls) == limit {
+			next = calls[len(calls)-1].ID
+		}
+		return calls, next, nil
+	}
+	var out []*dispatch.Call
+	p.Limit = max(limit, 500)
+	for looked := 0; looked < scopedListBudget; {
+		calls, err := s.store.CallList(ctx, p)
+		if err != nil {
+			return nil, "", err
+		}
+		looked += len(calls)
+		for i, c := range calls {
+			if s.destinationInScope(scope, c.Key) {
+				out = append(out, c)
+				if len(out) == limit {
+					if i == len(calls)-1 && len(calls) < p.Limit {
+						return out, "", nil
+					}
+					return out, c.ID, nil
+				}
+			}
+		}
+		if len(calls) < p.Limit {
+			return out, "", nil
+		}
+		p.After = calls[len(calls)-1].ID
+	}
+	return out, p.After, nil
+}
+
 // delivery returns a delivery's call.
-func (s *Service) delivery(ctx context.Context, id string) (*dispatch.Call, error) {
+func (s *Service) delivery(ctx context.Context, scope Scope, id string) (*dispatch.Call, error) {
 	c, err := s.store.CallGet(ctx, id)
-	if errors.Is(err, dispatch.ErrNotFound) || (err == nil && c.Function != s.fns.PublishEvent.Name()) {
+	if errors.Is(err, dispatch.ErrNotFound) || (err == nil && (c.Function != s.fns.PublishEvent.Name() || !s.destinationInScope(scope, c.Key))) {
 		return nil, NotFound("no delivery with id %q", id)
 	}
 	return c, err
 }
 
 // Delivery returns a delivery with the history of its attempts.
-func (s *Service) Delivery(ctx context.Context, id string) (*DeliveryView, error) {
-	c, err := s.delivery(ctx, id)
+func (s *Service) Delivery(ctx context.Context, scope Scope, id string) (*DeliveryView, error) {
+	c, err := s.delivery(ctx, scope, id)
 	if err != nil {
 		return nil, err
 	}
@@ -232,8 +291,8 @@ func (s *Service) Delivery(ctx context.Context, id string) (*DeliveryView, error
 }
 
 // RetryDelivery re-drives one failed delivery and returns its id.
-func (s *Service) RetryDelivery(ctx context.Context, id string) ([]string, error) {
-	c, err := s.delivery(ctx, id)
+func (s *Service) RetryDelivery(ctx context.Context, scope Scope, id string) ([]string, error) {
+	c, err := s.delivery(ctx, scope, id)
 	if err != nil {
 		return nil, err
 	}
@@ -255,36 +314,40 @@ const maxRedrive = 100000
 
 // RetryDeliveries re-drives the failed deliveries f selects, page by page,
 // up to maxRedrive; more says that some are left.
-func (s *Service) RetryDeliveries(ctx context.Context, f DeliveryFilter) (retried int, more bool, err error) {
+func (s *Service) RetryDeliveries(ctx context.Context, scope Scope, f DeliveryFilter) (retried int, more bool, err error) {
 	if f.State != "" && f.State != "failed" {
 		return 0, false, Invalid("only failed deliveries can be retried")
 	}
-	p, err := s.listParams(f)
+	p, err := s.listParams(scope, f)
 	if err != nil {
 		return 0, false, err
 	}
-	p.Limit = 1000
+	cursor := ""
 	for {
-		calls, err := s.store.CallList(ctx, p)
+		calls, next, err := s.listInScope(ctx, scope, p, cursor, 1000)
 		if err != nil {
 			return retried, false, err
 		}
-		if len(calls) == 0 {
+		if len(calls) == 0 && next == "" {
 			return retried, false, nil
 		}
 		ids := make([]string, len(calls))
 		for i, c := range calls {
 			ids[i] = c.ID
 		}
+		if len(ids) == 0 {
+			cursor = next
+			continue
+		}
 		done, err := s.rt.Redrive(ctx, ids)
 		if err != nil {
 			return retried, false, err
 		}
 		retried += len(done)
-		p.After = calls[len(calls)-1].ID
-		if len(calls) < p.Limit {
+		if next == "" {
 			return retried, false, nil
 		}
+		cursor = next
 		if retried >= maxRedrive {
 			return retried, true, nil
 		}

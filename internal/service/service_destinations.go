@@ -22,6 +22,9 @@ type DestinationInput struct {
 	Headers        *map[string]string         `json:"headers"`
 	Retry          *destination.RetrySettings `json:"retry"`
 	Paused         *bool                      `json:"paused"`
+	// AllTenants, at creation only: the operator's destination of every
+	// tenant's events.
+	AllTenants *bool `json:"all_tenants"`
 }
 
 // check refuses what apply would read wrong: a zero max_concurrency is
@@ -82,33 +85,61 @@ func destinationError(id string, err error) error {
 	return err
 }
 
-// Destinations returns every destination, ordered by id.
-func (s *Service) Destinations() []*destination.Destination {
-	list := s.Dests.List()
-	if list == nil {
-		list = []*destination.Destination{}
+// destinationInScope reports whether destination id is scope's: every
+// destination, deleted ones too, is the operator's; a tenant's are those it
+// owns now.
+func (s *Service) destinationInScope(scope Scope, id string) bool {
+	if scope.All() {
+		return true
+	}
+	d, ok := s.Dests.Get(id)
+	return ok && scope.Allows(d.Owner())
+}
+
+// Destinations returns the destinations in scope, ordered by id.
+func (s *Service) Destinations(scope Scope) []*destination.Destination {
+	list := []*destination.Destination{}
+	for _, d := range s.Dests.List() {
+		if scope.Allows(d.Owner()) {
+			list = append(list, d)
+		}
 	}
 	return list
 }
 
-// Destination returns one destination.
-func (s *Service) Destination(id string) (*destination.Destination, error) {
+// Destination returns one destination in scope; one of another tenant is
+// not found, as one that does not exist.
+func (s *Service) Destination(scope Scope, id string) (*destination.Destination, error) {
 	d, ok := s.Dests.Get(id)
-	if !ok {
+	if !ok || !scope.Allows(d.Owner()) {
 		return nil, destinationError(id, destination.ErrNotFound)
 	}
 	return d, nil
 }
 
-// CreateDestination creates a destination, enabled unless in says otherwise.
-func (s *Service) CreateDestination(ctx context.Context, in *DestinationInput) (*destination.Destination, error) {
+// CreateDestination creates a destination of tenant, enabled unless in
+// says otherwise; one of every tenant (all_tenants) needs scope to be all.
+func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant string, in *DestinationInput) (*destination.Destination, error) {
 	if in.URL == nil {
 		return nil, Invalid("url is required")
 	}
 	if err := in.check(); err != nil {
 		return nil, err
 	}
-	d := &destination.Destination{Enabled: true}
+	d := &destination.Destination{Enabled: true, Tenant: tenant}
+	if in.AllTenants != nil && *in.AllTenants {
+		if !scope.All() {
+			return nil, Forbidden("all_tenants destinations get every tenant's events: only an operator creates them")
+		}
+		d.Tenant, d.AllTenants = "", true
+	} else {
+		if !scope.Allows(tenant) {
+			return nil, NotFound("no tenant with id %q", tenant)
+		}
+		if _, err := s.tenants.get(ctx, tenant); err != nil {
+			return nil, err
+		}
+	}
 	in.apply(d)
 	if err := s.Dests.Create(ctx, d); err != nil {
 		return nil, destinationError(d.ID, err)
@@ -116,35 +147,47 @@ func (s *Service) CreateDestination(ctx context.Context, in *DestinationInput) (
 	return d, nil
 }
 
-// UpdateDestination applies a change to a destination.
-func (s *Service) UpdateDestination(ctx context.Context, id string, in *DestinationInput) (*destination.Destination, error) {
+// UpdateDestination applies a change to a destination in scope.
+func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string, in *DestinationInput) (*destination.Destination, error) {
 	if err := in.check(); err != nil {
 		return nil, err
 	}
+	if in.AllTenants != nil {
+		return nil, Invalid("all_tenants is set when a destination is created, and kept")
+	}
 	d, err := s.Dests.Update(ctx, id, func(d *destination.Destination) error {
+		if !scope.Allows(d.Owner()) {
+			return destination.ErrNotFound
+		}
 		in.apply(d)
 		return nil
 	})
 	return d, destinationError(id, err)
 }
 
-// DeleteDestination deletes a destination; its pending deliveries fail for
-// good when they next run.
-func (s *Service) DeleteDestination(ctx context.Context, id string) error {
+// DeleteDestination deletes a destination in scope; its pending deliveries
+// fail for good when they next run.
+func (s *Service) DeleteDestination(ctx context.Context, scope Scope, id string) error {
+	if _, err := s.Destination(scope, id); err != nil {
+		return err
+	}
 	return destinationError(id, s.Dests.Delete(ctx, id))
 }
 
 // ResumeDestination lifts a pause, by a person or by the breaker: the same
 // as PATCH {"paused": false}.
-func (s *Service) ResumeDestination(ctx context.Context, id string) (*destination.Destination, error) {
+func (s *Service) ResumeDestination(ctx context.Context, scope Scope, id string) (*destination.Destination, error) {
 	unpause := false
-	return s.UpdateDestination(ctx, id, &DestinationInput{Paused: &unpause})
+	return s.UpdateDestination(ctx, scope, id, &DestinationInput{Paused: &unpause})
 }
 
 // RotateSecret gives a destination a new secret; the old one keeps signing
 // for the grace period.
-func (s *Service) RotateSecret(ctx context.Context, id string) (*destination.Destination, error) {
+func (s *Service) RotateSecret(ctx context.Context, scope Scope, id string) (*destination.Destination, error) {
 	d, err := s.Dests.Update(ctx, id, func(d *destination.Destination) error {
+		if !scope.Allows(d.Owner()) {
+			return destination.ErrNotFound
+		}
 		d.Secret = webhook.GenerateSecret()
 		return nil
 	})

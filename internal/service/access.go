@@ -1,0 +1,114 @@
+package service
+
+import (
+	"errors"
+	"slices"
+)
+
+// Who may do what. A request acts for a Principal: an operator (one of
+// fanout's --api-token, or anyone on this machine when fanout has none), or
+// a scoped token an operator minted (tokens.go), which holds some Rights
+// over one tenant or over every tenant. The HTTP layer checks the right a
+// route needs; the service narrows what it reads and changes to the
+// principal's Scope, so that a tenant's token never reaches another
+// tenant's destinations, events or deliveries, whatever id, cursor or
+// range it sends.
+
+// Right is what a scoped token may do.
+type Right string
+
+// The rights of scoped tokens. An operator has them all, and the operator's
+// own right: tenants, tokens and portals.
+const (
+	// RightIngest: POST /v1/event and /v1/batch.
+	RightIngest Right = "ingest"
+	// RightRead: the history, deliveries, destinations (secrets masked),
+	// replays.
+	RightRead Right = "read"
+	// RightManage: create, change and delete destinations, re-drive,
+	// replay.
+	RightManage Right = "manage"
+	// RightViewSecret: a destination's secrets and header values, in full.
+	RightViewSecret Right = "view_secret"
+	// RightOperator is no token's: tenants, tokens and portals.
+	RightOperator Right = "operator"
+)
+
+// Rights are the rights a token may be given, in the order they are shown.
+var Rights = []Right{RightIngest, RightRead, RightManage, RightViewSecret}
+
+// Principal is who a request acts for.
+type Principal struct {
+	// Operator: every right over every tenant.
+	Operator bool
+	// Open is set for the operator of a fanout without --api-token (the
+	// single-user service on this machine): tenants, tokens and portals
+	// need a real operator token, since the tokens they mint would guard
+	// nothing.
+	Open bool
+	// Token is the scoped token's id; Rights its rights, over Tenant, or
+	// over every tenant when AllTenants.
+	Token      string
+	Rights     []Right
+	Tenant     string
+	AllTenants bool
+}
+
+// Operator is the principal of an operator token.
+var Operator = &Principal{Operator: true, AllTenants: true}
+
+// ErrForbidden: the principal lacks the right an operation needs.
+var ErrForbidden = errors.New("forbidden")
+
+// Forbidden is an ErrForbidden with its message.
+func Forbidden(format string, args ...any) error { return newError(ErrForbidden, format, args...) }
+
+// Has reports whether p has right r.
+func (p *Principal) Has(r Right) bool {
+	if p.Operator {
+		return r != RightOperator || !p.Open
+	}
+	return r != RightOperator && slices.Contains(p.Rights, r)
+}
+
+// Scope is what p may see and change.
+func (p *Principal) Scope() Scope {
+	if p.Operator || p.AllTenants {
+		return AllTenants()
+	}
+	return TenantScope(p.Tenant)
+}
+
+// Scope is the tenants an operation may read and change: one, or all. The
+// zero Scope allows none, so that a scope that was forgotten shows nothing
+// rather than everything.
+type Scope struct {
+	all    bool
+	tenant string
+}
+
+// AllTenants is the operator's scope.
+func AllTenants() Scope { return Scope{all: true} }
+
+// TenantScope is one tenant's scope.
+func TenantScope(id string) Scope { return Scope{tenant: id} }
+
+// All reports whether the scope is every tenant.
+func (s Scope) All() bool { return s.all }
+
+// Tenant is the scope's one tenant; "" for every tenant (or none).
+func (s Scope) Tenant() string { return s.tenant }
+
+// Allows reports whether the scope covers tenant.
+func (s Scope) Allows(tenant string) bool {
+	return s.all || (s.tenant != "" && s.tenant == tenant)
+}
+
+// Narrow is the scope of one tenant within s; ok is false when s does not
+// cover it.
+func (s Scope) Narrow(tenant string) (Scope, bool) {
+	if !s.Allows(tenant) {
+		return Scope{}, false
+	}
+	return TenantScope(tenant), true
+}
