@@ -48,6 +48,7 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 		{"DELETE /v1/destinations/{id}", handleDestinationDelete(log, svc)},
 		{"POST /v1/destinations/{id}/resume", handleDestinationResume(log, svc)},
 		{"POST /v1/destinations/{id}/rotate-secret", handleDestinationRotate(log, svc)},
+		{"GET /v1/destinations/{id}/secret", handleDestinationSecret(log, svc)},
 		{"POST /v1/destinations/{id}/replay", handleReplayCreate(log, svc)},
 		{"GET /v1/replays", handleReplayList(log, svc)},
 		{"GET /v1/replays/{id}", handleReplayGet(log, svc)},

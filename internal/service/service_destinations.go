@@ -45,10 +45,16 @@ func (in *DestinationInput) apply(d *destination.Destination) {
 	}
 	set(&d.Enabled, in.Enabled)
 	set(&d.Filter, in.Filter)
-	set(&d.Secret, in.Secret)
+	if in.Secret != nil {
+		// A form that showed the masked secret posts back its mask:
+		// that keeps the secret.
+		d.Secret = destination.UnmaskSecret(*in.Secret, d.Secret)
+	}
 	set(&d.MaxConcurrency, in.MaxConcurrency)
 	set(&d.RateLimit, in.RateLimit)
-	set(&d.Headers, in.Headers)
+	if in.Headers != nil {
+		d.Headers = destination.UnmaskHeaders(*in.Headers, d.Headers)
+	}
 	if in.Retry != nil {
 		d.Retry = in.Retry
 		if *in.Retry == (destination.RetrySettings{}) {
@@ -82,25 +88,42 @@ func destinationError(id string, err error) error {
 	return err
 }
 
-// Destinations returns every destination, ordered by id.
+// Secrets are write-only: a destination's signing secrets and header
+// values are answered in full by CreateDestination and RotateSecret (the
+// calls that set them) and by DestinationSecrets (their own route); every
+// other answer holds the destination Masked.
+
+// Destinations returns every destination, ordered by id, masked.
 func (s *Service) Destinations() []*destination.Destination {
 	list := s.Dests.List()
-	if list == nil {
-		list = []*destination.Destination{}
+	out := make([]*destination.Destination, len(list))
+	for i, d := range list {
+		out[i] = d.Masked()
 	}
-	return list
+	return out
 }
 
-// Destination returns one destination.
+// Destination returns one destination, masked.
 func (s *Service) Destination(id string) (*destination.Destination, error) {
 	d, ok := s.Dests.Get(id)
 	if !ok {
 		return nil, destinationError(id, destination.ErrNotFound)
 	}
-	return d, nil
+	return d.Masked(), nil
 }
 
-// CreateDestination creates a destination, enabled unless in says otherwise.
+// DestinationSecrets returns a destination's secrets and header values in
+// full.
+func (s *Service) DestinationSecrets(id string) (*destination.Secrets, error) {
+	d, ok := s.Dests.Get(id)
+	if !ok {
+		return nil, destinationError(id, destination.ErrNotFound)
+	}
+	return d.Secrets(), nil
+}
+
+// CreateDestination creates a destination, enabled unless in says
+// otherwise; the answer shows its secret and headers in full.
 func (s *Service) CreateDestination(ctx context.Context, in *DestinationInput) (*destination.Destination, error) {
 	if in.URL == nil {
 		return nil, Invalid("url is required")
@@ -116,7 +139,9 @@ func (s *Service) CreateDestination(ctx context.Context, in *DestinationInput) (
 	return d, nil
 }
 
-// UpdateDestination applies a change to a destination.
+// UpdateDestination applies a change to a destination and returns it
+// masked. A secret or header value sent as the mask of the stored one
+// keeps the stored one.
 func (s *Service) UpdateDestination(ctx context.Context, id string, in *DestinationInput) (*destination.Destination, error) {
 	if err := in.check(); err != nil {
 		return nil, err
@@ -125,7 +150,10 @@ func (s *Service) UpdateDestination(ctx context.Context, id string, in *Destinat
 		in.apply(d)
 		return nil
 	})
-	return d, destinationError(id, err)
+	if err != nil {
+		return nil, destinationError(id, err)
+	}
+	return d.Masked(), nil
 }
 
 // DeleteDestination deletes a destination; its pending deliveries fail for
@@ -135,18 +163,25 @@ func (s *Service) DeleteDestination(ctx context.Context, id string) error {
 }
 
 // ResumeDestination lifts a pause, by a person or by the breaker: the same
-// as PATCH {"paused": false}.
+// as PATCH {"paused": false}, masked as its answer is.
 func (s *Service) ResumeDestination(ctx context.Context, id string) (*destination.Destination, error) {
 	unpause := false
 	return s.UpdateDestination(ctx, id, &DestinationInput{Paused: &unpause})
 }
 
 // RotateSecret gives a destination a new secret; the old one keeps signing
-// for the grace period.
+// for the grace period. The answer shows the new secret and the previous
+// one in full, the one answer after creation that does; the header values,
+// which a rotation does not set, stay masked.
 func (s *Service) RotateSecret(ctx context.Context, id string) (*destination.Destination, error) {
 	d, err := s.Dests.Update(ctx, id, func(d *destination.Destination) error {
 		d.Secret = webhook.GenerateSecret()
 		return nil
 	})
-	return d, destinationError(id, err)
+	if err != nil {
+		return nil, destinationError(id, err)
+	}
+	m := d.Masked()
+	m.Secret, m.PreviousSecret = d.Secret, d.PreviousSecret
+	return m, nil
 }
