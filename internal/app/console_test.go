@@ -341,6 +341,12 @@ func TestConsole_Browser(t *testing.T) {
 	if s := secrets(); s.Secret != goodDst.Secret || s.Headers["Authorization"] != destAuth {
 		t.Fatalf("after the edit form was saved: %+v, want the secret and %q kept", s, destAuth)
 	}
+	b.exec(fmt.Sprintf(`[...document.querySelectorAll('%s .actions button')].find(x => x.textContent === "Edit").click()`, sel))
+	b.wait("the edit form again", fmt.Sprintf(`!!document.querySelector('%s form.editing button.reveal-headers')`, sel))
+	b.exec(fmt.Sprintf(`document.querySelector('%s form.editing button.reveal-headers').click()`, sel))
+	b.wait("the header value revealed in the form", fmt.Sprintf(`document.querySelector('%s form.editing textarea[name=headers]').value.includes(%q)`, sel, destAuth))
+	b.exec(fmt.Sprintf(`[...document.querySelectorAll('%s form.editing button')].find(x => x.textContent === "Cancel").click()`, sel))
+	b.wait("the form closed", fmt.Sprintf(`!document.querySelector('%s form.editing')`, sel))
 	b.exec(fmt.Sprintf(`document.querySelector('%s button.reveal').click()`, sel))
 	b.wait("the revealed secret", fmt.Sprintf(`document.querySelector('%s .secret').textContent === %q && document.querySelector('%s dd.headers').textContent.includes(%q)`,
 		sel, goodDst.Secret, sel, destAuth))
