@@ -32,7 +32,7 @@ func TestDestinations_API(t *testing.T) {
 		t.Fatalf("created %+v, want an id, a generated secret, enabled, default concurrency, version 1", d)
 	}
 	var got destination.Destination
-	if code := call(t, "GET", base+"/"+d.ID, nil, &got); code != 200 || got.URL != d.URL || got.Secret != d.Secret {
+	if code := call(t, "GET", base+"/"+d.ID, nil, &got); code != 200 || got.URL != d.URL || got.Secret != destination.MaskSecret(d.Secret) {
 		t.Fatalf("get: %d %+v", code, got)
 	}
 	var list struct{ Destinations []destination.Destination }

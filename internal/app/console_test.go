@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fanout/destination"
 	"fanout/internal/service"
 	"fmt"
 	"net/http"
@@ -216,9 +217,10 @@ func TestConsole_Browser(t *testing.T) {
 	const token = "console-test-token-0123456789"
 	base, stop := startRun(t, []string{"--data", t.TempDir(), "--api-token", token, "--retry-initial", "20ms", "--retry-max", "100ms"}, nil)
 	auth := []string{"Authorization", "Bearer " + token}
-	var goodDst, refuserDst struct{ ID string }
+	var goodDst, refuserDst struct{ ID, Secret string }
+	const destAuth = "Bearer console-dest-token-0123456789"
 	if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": good.URL + "/hook", "description": "orders service",
-		"filter": []string{"order.*"}}, &goodDst, auth...); code != 201 {
+		"filter": []string{"order.*"}, "headers": map[string]string{"Authorization": destAuth}}, &goodDst, auth...); code != 201 {
 		t.Fatalf("create destination: %d", code)
 	}
 	if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": refuser.URL + "/strict", "description": "strict receiver",
@@ -309,6 +311,59 @@ func TestConsole_Browser(t *testing.T) {
 	}
 	b.exec(fmt.Sprintf(`document.querySelector('%s button.resume').click()`, sel))
 	b.wait("resumed", fmt.Sprintf(`!!document.querySelector('%s button.pause') && document.querySelector('%s summary').innerText.includes("active")`, sel, sel))
+
+	// Secrets are write-only: the page shows the secret and the header
+	// value masked; the edit form shows the masks, and saving it keeps the
+	// values; Reveal reads them in full; a rotation shows its new secret
+	// once.
+	secrets := func() (s struct {
+		Secret  string
+		Headers map[string]string
+	}) {
+		if code := call(t, "GET", base+"/v1/destinations/"+goodDst.ID+"/secret", nil, &s, auth...); code != 200 {
+			t.Fatalf("GET secret: %d", code)
+		}
+		return s
+	}
+	b.wait("the masked secret", fmt.Sprintf(`document.querySelector('%s .secret').textContent === %q && document.querySelector('%s dd.headers').textContent.includes("…6789")`,
+		sel, destination.MaskSecret(goodDst.Secret), sel))
+	shown := fmt.Sprintf(`[document.body.innerHTML, ...[...document.querySelectorAll("input, textarea")].map(e => e.value)].some(t => t.includes(%q) || t.includes(%q))`, goodDst.Secret, destAuth)
+	if js[bool](b, shown) {
+		t.Fatal("the page holds the secret or the header value before Reveal")
+	}
+	b.exec(fmt.Sprintf(`[...document.querySelectorAll('%s .actions button')].find(x => x.textContent === "Edit").click()`, sel))
+	b.wait("the edit form", fmt.Sprintf(`!!document.querySelector('%s form.editing textarea[name=headers]')`, sel))
+	if v := js[string](b, fmt.Sprintf(`document.querySelector('%s form.editing textarea[name=headers]').value`, sel)); !strings.Contains(v, `"…6789"`) || js[bool](b, shown) {
+		t.Fatalf("the edit form's headers: %q, want the value masked", v)
+	}
+	b.exec(fmt.Sprintf(`document.querySelector('%s form.editing input[name=description]').value = "orders service, edited"; document.querySelector('%s form.editing').requestSubmit()`, sel, sel))
+	b.wait("saved", fmt.Sprintf(`!document.querySelector('%s form.editing') && document.querySelector('%s summary').innerText.includes("edited")`, sel, sel))
+	if s := secrets(); s.Secret != goodDst.Secret || s.Headers["Authorization"] != destAuth {
+		t.Fatalf("after the edit form was saved: %+v, want the secret and %q kept", s, destAuth)
+	}
+	b.exec(fmt.Sprintf(`[...document.querySelectorAll('%s .actions button')].find(x => x.textContent === "Edit").click()`, sel))
+	b.wait("the edit form again", fmt.Sprintf(`!!document.querySelector('%s form.editing button.reveal-headers')`, sel))
+	b.exec(fmt.Sprintf(`document.querySelector('%s form.editing button.reveal-headers').click()`, sel))
+	b.wait("the header value revealed in the form", fmt.Sprintf(`document.querySelector('%s form.editing textarea[name=headers]').value.includes(%q)`, sel, destAuth))
+	b.exec(fmt.Sprintf(`[...document.querySelectorAll('%s form.editing button')].find(x => x.textContent === "Cancel").click()`, sel))
+	b.wait("the form closed", fmt.Sprintf(`!document.querySelector('%s form.editing')`, sel))
+	b.exec(fmt.Sprintf(`document.querySelector('%s button.reveal').click()`, sel))
+	b.wait("the revealed secret", fmt.Sprintf(`document.querySelector('%s .secret').textContent === %q && document.querySelector('%s dd.headers').textContent.includes(%q)`,
+		sel, goodDst.Secret, sel, destAuth))
+	b.screenshot("destination-secret")
+	b.exec(fmt.Sprintf(`document.querySelector('%s button.reveal').click()`, sel)) // hide
+	b.wait("masked again", fmt.Sprintf(`document.querySelector('%s .secret').textContent === %q`, sel, destination.MaskSecret(goodDst.Secret)))
+	b.exec(fmt.Sprintf(`document.querySelector('%s button.rotate').click()`, sel))
+	b.wait("the new secret, once", fmt.Sprintf(`!!document.querySelector('%s .rotated .new-secret')`, sel))
+	rotated := js[string](b, fmt.Sprintf(`document.querySelector('%s .rotated .new-secret').textContent`, sel))
+	if s := secrets(); s.Secret != rotated || rotated == goodDst.Secret {
+		t.Fatalf("the page showed %q after the rotation; fanout has %q (before: %q)", rotated, s.Secret, goodDst.Secret)
+	}
+	b.wait("the facts masked", fmt.Sprintf(`document.querySelector('%s .secret').textContent === %q`, sel, destination.MaskSecret(rotated)))
+	b.screenshot("destination-rotated")
+	b.exec(fmt.Sprintf(`[...document.querySelectorAll('%s .rotated button')].find(x => x.textContent === "Done").click()`, sel))
+	b.wait("the new secret gone", fmt.Sprintf(`!document.querySelector('%s .rotated') && !document.body.innerHTML.includes(%q)`, sel, rotated))
+	b.check("secrets")
 
 	var late2 struct{ ID string }
 	if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": good.URL + "/late", "description": "added later"}, &late2, auth...); code != 201 {

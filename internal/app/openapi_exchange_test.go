@@ -177,6 +177,11 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	}
 	c.do("POST", "/v1/destinations/"+dst.ID+"/resume", nil, nil, false)
 	c.do("POST", "/v1/destinations/"+dst.ID+"/rotate-secret", nil, nil, false)
+	var secrets struct{ Secret string }
+	if code := c.do("GET", "/v1/destinations/"+dst.ID+"/secret", nil, &secrets, false); code != 200 || secrets.Secret == "" {
+		t.Fatalf("secret: %d %+v", code, secrets)
+	}
+	c.do("GET", "/v1/destinations/nope/secret", nil, nil, false)
 
 	var count service.ReplayCount
 	if code := c.do("POST", "/v1/destinations/"+dst.ID+"/replay", map[string]any{"since": since, "dry_run": true}, &count, false); code != 200 || count.Events != 2 {

@@ -38,6 +38,7 @@ func handleDestinationCreate(log *slog.Logger, svc *service.Service) http.Handle
 			return
 		}
 		w.Header().Set("Location", "/v1/destinations/"+d.ID)
+		w.Header().Set("Cache-Control", "no-store") // the secret and headers, in full
 		writeJSON(w, http.StatusCreated, d)
 	})
 }
@@ -86,9 +87,26 @@ func handleDestinationResume(log *slog.Logger, svc *service.Service) http.Handle
 }
 
 // handleDestinationRotate gives a destination a new secret; the old one
-// keeps signing for the grace period.
+// keeps signing for the grace period. The answer holds both in full.
 func handleDestinationRotate(log *slog.Logger, svc *service.Service) http.Handler {
-	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*destination.Destination, error) {
+	return noStore(scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*destination.Destination, error) {
 		return svc.RotateSecret(r.Context(), scope, r.PathValue("id"))
+	}))
+}
+
+// handleDestinationSecret answers a destination's secrets and header
+// values in full: every other answer but creation's and rotation's shows
+// them masked.
+func handleDestinationSecret(log *slog.Logger, svc *service.Service) http.Handler {
+	return noStore(scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*destination.Secrets, error) {
+		return svc.DestinationSecrets(scope, r.PathValue("id"))
+	}))
+}
+
+// noStore keeps the answers that hold secrets in full out of every cache.
+func noStore(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		h.ServeHTTP(w, r)
 	})
 }

@@ -48,10 +48,16 @@ func (in *DestinationInput) apply(d *destination.Destination) {
 	}
 	set(&d.Enabled, in.Enabled)
 	set(&d.Filter, in.Filter)
-	set(&d.Secret, in.Secret)
+	if in.Secret != nil {
+		// A form that showed the masked secret posts back its mask:
+		// that keeps the secret.
+		d.Secret = destination.UnmaskSecret(*in.Secret, d.Secret)
+	}
 	set(&d.MaxConcurrency, in.MaxConcurrency)
 	set(&d.RateLimit, in.RateLimit)
-	set(&d.Headers, in.Headers)
+	if in.Headers != nil {
+		d.Headers = destination.UnmaskHeaders(*in.Headers, d.Headers)
+	}
 	if in.Retry != nil {
 		d.Retry = in.Retry
 		if *in.Retry == (destination.RetrySettings{}) {
@@ -85,6 +91,11 @@ func destinationError(id string, err error) error {
 	return err
 }
 
+// Secrets are write-only: a destination's signing secrets and header
+// values are answered in full by CreateDestination and RotateSecret (the
+// calls that set them) and by DestinationSecrets (their own route); every
+// other answer holds the destination Masked.
+
 // destinationInScope reports whether destination id is scope's: every
 // destination, deleted ones too, is the operator's; a tenant's are those it
 // owns now.
@@ -96,20 +107,20 @@ func (s *Service) destinationInScope(scope Scope, id string) bool {
 	return ok && scope.Allows(d.Owner())
 }
 
-// Destinations returns the destinations in scope, ordered by id.
+// Destinations returns the destinations in scope, ordered by id, masked.
 func (s *Service) Destinations(scope Scope) []*destination.Destination {
 	list := []*destination.Destination{}
 	for _, d := range s.Dests.List() {
 		if scope.Allows(d.Owner()) {
-			list = append(list, d)
+			list = append(list, d.Masked())
 		}
 	}
 	return list
 }
 
-// Destination returns one destination in scope; one of another tenant is
+// destination returns one destination in scope; one of another tenant is
 // not found, as one that does not exist.
-func (s *Service) Destination(scope Scope, id string) (*destination.Destination, error) {
+func (s *Service) destination(scope Scope, id string) (*destination.Destination, error) {
 	d, ok := s.Dests.Get(id)
 	if !ok || !scope.Allows(d.Owner()) {
 		return nil, destinationError(id, destination.ErrNotFound)
@@ -117,8 +128,28 @@ func (s *Service) Destination(scope Scope, id string) (*destination.Destination,
 	return d, nil
 }
 
+// Destination returns one destination in scope, masked.
+func (s *Service) Destination(scope Scope, id string) (*destination.Destination, error) {
+	d, err := s.destination(scope, id)
+	if err != nil {
+		return nil, err
+	}
+	return d.Masked(), nil
+}
+
+// DestinationSecrets returns a destination's secrets and header values in
+// full.
+func (s *Service) DestinationSecrets(scope Scope, id string) (*destination.Secrets, error) {
+	d, err := s.destination(scope, id)
+	if err != nil {
+		return nil, err
+	}
+	return d.Secrets(), nil
+}
+
 // CreateDestination creates a destination of tenant, enabled unless in
 // says otherwise; one of every tenant (all_tenants) needs scope to be all.
+// The answer shows its secret and headers in full.
 func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant string, in *DestinationInput) (*destination.Destination, error) {
 	if in.URL == nil {
 		return nil, Invalid("url is required")
@@ -147,7 +178,9 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 	return d, nil
 }
 
-// UpdateDestination applies a change to a destination in scope.
+// UpdateDestination applies a change to a destination in scope and returns
+// it masked. A secret or header value sent as the mask of the stored one
+// keeps the stored one.
 func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string, in *DestinationInput) (*destination.Destination, error) {
 	if err := in.check(); err != nil {
 		return nil, err
@@ -162,27 +195,32 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 		in.apply(d)
 		return nil
 	})
-	return d, destinationError(id, err)
+	if err != nil {
+		return nil, destinationError(id, err)
+	}
+	return d.Masked(), nil
 }
 
 // DeleteDestination deletes a destination in scope; its pending deliveries
 // fail for good when they next run.
 func (s *Service) DeleteDestination(ctx context.Context, scope Scope, id string) error {
-	if _, err := s.Destination(scope, id); err != nil {
+	if _, err := s.destination(scope, id); err != nil {
 		return err
 	}
 	return destinationError(id, s.Dests.Delete(ctx, id))
 }
 
 // ResumeDestination lifts a pause, by a person or by the breaker: the same
-// as PATCH {"paused": false}.
+// as PATCH {"paused": false}, masked as its answer is.
 func (s *Service) ResumeDestination(ctx context.Context, scope Scope, id string) (*destination.Destination, error) {
 	unpause := false
 	return s.UpdateDestination(ctx, scope, id, &DestinationInput{Paused: &unpause})
 }
 
 // RotateSecret gives a destination a new secret; the old one keeps signing
-// for the grace period.
+// for the grace period. The answer shows the new secret and the previous
+// one in full, the one answer after creation that does; the header values,
+// which a rotation does not set, stay masked.
 func (s *Service) RotateSecret(ctx context.Context, scope Scope, id string) (*destination.Destination, error) {
 	d, err := s.Dests.Update(ctx, id, func(d *destination.Destination) error {
 		if !scope.Allows(d.Owner()) {
@@ -191,5 +229,10 @@ func (s *Service) RotateSecret(ctx context.Context, scope Scope, id string) (*de
 		d.Secret = webhook.GenerateSecret()
 		return nil
 	})
-	return d, destinationError(id, err)
+	if err != nil {
+		return nil, destinationError(id, err)
+	}
+	m := d.Masked()
+	m.Secret, m.PreviousSecret = d.Secret, d.PreviousSecret
+	return m, nil
 }

@@ -18,6 +18,13 @@
     page: null, // the current page: {refresh(), destroy()}
     timer: null,
     destinations: [], // cached for selects and names
+    // Secrets are write-only: the API answers destinations masked
+    // (whsec_…abcd, header values …abcd). revealed holds, by destination
+    // id, what Reveal read from GET /v1/destinations/{id}/secret, until
+    // Hide or another page; rotated holds the new secret a rotation
+    // answered, shown once, until Done or another page.
+    revealed: new Map(),
+    rotated: new Map(),
   };
 
   // ---------- DOM helpers: text only ----------
@@ -668,6 +675,8 @@
 
   pages.destinations = function (parts) {
     const focus = parts[0] || "";
+    state.revealed.clear();
+    state.rotated.clear();
     const top = el("div");
     const list = el("div");
     main.append(el("h1", { text: "Destinations" }), top, list);
@@ -687,6 +696,7 @@
         const d = await api("POST", "/v1/destinations", { url: fd.get("url"), description: fd.get("description") || undefined, filter: splitList(fd.get("filter")) });
         create.reset();
         open.add(d.id);
+        state.rotated.set(d.id, { secret: d.secret }); // the creation's answer: its secret, shown once
         toast("Added " + d.id);
         refresh(true);
       } catch (e) { toast(failMessage(e), true); }
@@ -756,17 +766,9 @@
         "Once it is enabled again, replay the period it was disabled to send it what it missed." }));
     }
 
-    const facts = el("dl", { class: "facts" },
-      el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
-      el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
-      el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret", text: "whsec_…" }), copyButton(d.secret, "copy secret"),
-        d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
-      el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
-      el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
-      el("dt", { text: "Headers" }), el("dd", { class: "mono", text: d.headers ? Object.keys(d.headers).join(", ") : "none" }),
-      el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
-        el("a", { href: "#/dead-letters?destination=" + encodeURIComponent(d.id), text: "its dead letters" })));
-    panel.append(facts);
+    panel.append(destinationFacts(d, panel));
+    const fresh = state.rotated.get(d.id);
+    if (fresh) panel.append(rotatedBanner(d, fresh));
 
     const act = (label, cls, fn) => el("button", {
       type: "button", class: cls, text: label,
@@ -785,8 +787,14 @@
         : act("Enable", "", async () => { await api("PATCH", path, { enabled: true }); toast("Enabled"); }),
       el("button", { type: "button", class: "secondary", text: "Edit", onclick: () => editForm(d, panel) }),
       el("button", { type: "button", class: "secondary replay", text: "Replay…", onclick: () => replayForm(d, panel) }),
-      act("Rotate secret", "secondary", async () => {
+      act("Rotate secret", "secondary rotate", async () => {
         const nd = await api("POST", path + "/rotate-secret");
+        // The one answer that shows the new secret: shown once, here.
+        state.revealed.delete(d.id);
+        state.rotated.set(d.id, { secret: nd.secret, until: nd.previous_secret_expires_at });
+        const old = panel.querySelector(".rotated");
+        const banner = rotatedBanner(d, state.rotated.get(d.id));
+        if (old) old.replaceWith(banner); else panel.querySelector(".actions").before(banner);
         toast("New secret: the old one signs too until " + fmtTime(nd.previous_secret_expires_at));
       }),
       el("button", {
@@ -817,6 +825,69 @@
     return panel;
   }
 
+  // readSecrets asks fanout for a destination's secret and header values
+  // in full (the console's own token, as on every request).
+  function readSecrets(d) {
+    return api("GET", "/v1/destinations/" + encodeURIComponent(d.id) + "/secret");
+  }
+
+  // destinationFacts lists a destination's settings: its secret and header
+  // values masked as the API gives them, or in full once revealed.
+  function destinationFacts(d, panel) {
+    const shown = state.revealed.get(d.id);
+    const secret = shown ? shown.secret : d.secret;
+    const headers = shown ? shown.headers : d.headers || {};
+    const redraw = () => panel.querySelector("dl.facts").replaceWith(destinationFacts(d, panel));
+    const reveal = el("button", {
+      type: "button", class: "copy reveal", text: shown ? "hide" : "reveal",
+      title: shown ? "mask the secret and header values again" : "show the secret and header values in full",
+      onclick: async (ev) => {
+        ev.preventDefault();
+        if (shown) { state.revealed.delete(d.id); redraw(); return; }
+        ev.target.disabled = true;
+        try { state.revealed.set(d.id, await readSecrets(d)); redraw(); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+      },
+    });
+    // Copy reads the secret when it is not shown: the page holds a mask.
+    const copy = el("button", {
+      type: "button", class: "copy copy-secret", title: "copy the secret", text: "copy secret",
+      onclick: async (ev) => {
+        ev.preventDefault();
+        try {
+          const full = shown ? shown.secret : (await readSecrets(d)).secret;
+          await navigator.clipboard.writeText(full);
+          toast("Copied");
+        } catch (e) {
+          toast(e instanceof APIError ? failMessage(e) : "The browser refused the clipboard here; reveal the secret and select it instead", true);
+        }
+      },
+    });
+    const names = Object.keys(headers);
+    return el("dl", { class: "facts" },
+      el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
+      el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
+      el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
+        d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
+      el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
+      el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
+      el("dt", { text: "Headers" }), el("dd", { class: "mono headers" }, names.length ? names.map((k) => el("div", { text: `${k}: ${headers[k]}` })) : "none"),
+      el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
+        el("a", { href: "#/dead-letters?destination=" + encodeURIComponent(d.id), text: "its dead letters" })));
+  }
+
+  // rotatedBanner shows the secret a rotation answered, once: after Done
+  // (or on another page) only Reveal shows it again.
+  function rotatedBanner(d, r) {
+    const banner = el("div", { class: "banner info rotated" },
+      "New signing secret, shown once: ", el("span", { class: "id new-secret", text: r.secret }), copyButton(r.secret, "copy"),
+      r.until ? el("span", { class: "small" }, " The previous one signs too until ", timeEl(r.until), ".") : null,
+      el("button", {
+        type: "button", class: "secondary", text: "Done",
+        onclick: () => { state.rotated.delete(d.id); banner.remove(); },
+      }));
+    return banner;
+  }
+
   function slotOf(panel) {
     const slot = panel.querySelector(".slot");
     clear(slot);
@@ -831,7 +902,25 @@
       el("label", {}, "Filter (comma-separated)", el("input", { name: "filter", value: (d.filter || []).join(", ") })),
       el("label", {}, "Max concurrency (1-1024)", el("input", { name: "max_concurrency", type: "number", min: "1", max: "1024", value: String(d.max_concurrency) })),
       el("label", {}, "Rate limit (per second, 0: none)", el("input", { name: "rate_limit", type: "number", min: "0", step: "any", value: String(d.rate_limit || 0) })),
-      el("label", { class: "wide" }, "Headers (JSON object)", el("textarea", { name: "headers" }, d.headers ? JSON.stringify(d.headers, null, 2) : "{}")),
+      el("label", { class: "wide" }, "Headers (JSON object; values shown masked, and a value left masked keeps the stored one)",
+        el("textarea", { name: "headers" }, d.headers ? JSON.stringify(d.headers, null, 2) : "{}")),
+      el("div", { class: "wide" }, el("button", {
+        type: "button", class: "secondary reveal-headers", text: "Reveal header values",
+        onclick: async (ev) => {
+          // Puts the stored values in place of the masks still in the form.
+          const area = form.querySelector("textarea[name=headers]");
+          let now;
+          try { now = JSON.parse(area.value || "{}"); } catch (e) { toast("Headers must be JSON: " + e.message, true); return; }
+          try {
+            const s = await readSecrets(d);
+            for (const [k, v] of Object.entries(now)) {
+              if (d.headers && v === d.headers[k] && s.headers && k in s.headers) now[k] = s.headers[k];
+            }
+            area.value = JSON.stringify(now, null, 2);
+            ev.target.disabled = true;
+          } catch (e) { toast(failMessage(e), true); }
+        },
+      })),
       el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")),
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
