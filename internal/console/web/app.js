@@ -792,9 +792,10 @@
         // The one answer that shows the new secret: shown once, here.
         state.revealed.delete(d.id);
         state.rotated.set(d.id, { secret: nd.secret, until: nd.previous_secret_expires_at });
-        const old = panel.querySelector(".rotated");
+        const p = livePanel(panel, d.id);
+        const old = p.querySelector(".rotated");
         const banner = rotatedBanner(d, state.rotated.get(d.id));
-        if (old) old.replaceWith(banner); else panel.querySelector(".actions").before(banner);
+        if (old) old.replaceWith(banner); else p.querySelector(".actions").before(banner);
         toast("New secret: the old one signs too until " + fmtTime(nd.previous_secret_expires_at));
       }),
       el("button", {
@@ -825,6 +826,13 @@
     return panel;
   }
 
+  // livePanel is the destination's panel in the page now: the live
+  // refresh may have replaced the one a click began in.
+  function livePanel(panel, id) {
+    if (panel.isConnected) return panel;
+    return [...main.querySelectorAll("details.destination")].find((n) => n.dataset.id === id) || panel;
+  }
+
   // readSecrets asks fanout for a destination's secret and header values
   // in full (the console's own token, as on every request).
   function readSecrets(d) {
@@ -837,7 +845,10 @@
     const shown = state.revealed.get(d.id);
     const secret = shown ? shown.secret : d.secret;
     const headers = shown ? shown.headers : d.headers || {};
-    const redraw = () => panel.querySelector("dl.facts").replaceWith(destinationFacts(d, panel));
+    const redraw = () => {
+      const p = livePanel(panel, d.id);
+      p.querySelector("dl.facts").replaceWith(destinationFacts(d, p));
+    };
     const reveal = el("button", {
       type: "button", class: "copy reveal", text: shown ? "hide" : "reveal",
       title: shown ? "mask the secret and header values again" : "show the secret and header values in full",
