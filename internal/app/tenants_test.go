@@ -395,12 +395,16 @@ func TestRun_TokenLifecycle(t *testing.T) {
 	if status, got := f.as(t, tok, "GET", "/v1/events", nil); status != 401 {
 		t.Fatalf("a revoked token: %d %s, want 401", status, got)
 	}
-	// Expired: minted to expire in 1s.
-	var out struct{ Token string }
+	// Expired: minted to expire in 3s (time enough for a busy machine to
+	// use it once before).
+	var out struct {
+		Token     string
+		ExpiresAt time.Time `json:"expires_at"`
+	}
 	f.must(t, 201, f.operator, "POST", "/v1/tokens", map[string]any{"name": "brief", "rights": []string{"read"},
-		"tenant": "acme", "expires_in": "1s"}, &out)
+		"tenant": "acme", "expires_in": "3s"}, &out)
 	f.must(t, 200, out.Token, "GET", "/v1/events", nil, nil)
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(time.Until(out.ExpiresAt) + 50*time.Millisecond)
 	if status, _ := f.as(t, out.Token, "GET", "/v1/events", nil); status != 401 {
 		t.Fatalf("an expired token: %d, want 401", status)
 	}
