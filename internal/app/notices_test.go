@@ -454,3 +454,43 @@ func TestNotices_Gone(t *testing.T) {
 		t.Errorf("failed event %s", failed.raw)
 	}
 }
+
+// TestNotices_Tenants: an operational event about a tenant's destination is
+// that tenant's: it reaches the tenant's own subscribers and the operator's
+// destinations of every tenant, never another tenant's.
+func TestNotices_Tenants(t *testing.T) {
+	t.Parallel()
+	const op = "notices-operator-token-0123456789"
+	a := startApp(t, []string{"--data", t.TempDir(), "--api-token", op}, nil, nil)
+	auth := []string{"Authorization", "Bearer " + op}
+	for _, id := range []string{"acme", "globex"} {
+		if code := call(t, "PUT", a.URL+"/v1/tenants/"+id, `{}`, nil, auth...); code != http.StatusCreated {
+			t.Fatalf("PUT tenant %s: %d", id, code)
+		}
+	}
+	acmeAlerts, globexAlerts, audit := newOpSink(t), newOpSink(t), newOpSink(t)
+	create := func(path, body string) string {
+		var d struct{ ID string }
+		if code := call(t, "POST", a.URL+path, body, &d, auth...); code != http.StatusCreated {
+			t.Fatalf("POST %s %s: %d", path, body, code)
+		}
+		return d.ID
+	}
+	create("/v1/tenants/acme/destinations", fmt.Sprintf(`{"url":%q,"filter":["fanout.destination.*"]}`, acmeAlerts.URL))
+	create("/v1/tenants/globex/destinations", fmt.Sprintf(`{"url":%q,"filter":["fanout.destination.*"]}`, globexAlerts.URL))
+	create("/v1/destinations", fmt.Sprintf(`{"url":%q,"filter":["fanout.destination.*"],"all_tenants":true}`, audit.URL))
+	id := create("/v1/tenants/acme/destinations", `{"url":"https://example.com/hook"}`)
+	if code := call(t, "PATCH", a.URL+"/v1/destinations/"+id, `{"paused":true}`, nil, auth...); code != 200 {
+		t.Fatalf("pause: %d", code)
+	}
+	eventually(t, "the pause announced to acme and the operator", 10*time.Second, func() bool {
+		return len(acmeAlerts.got()) == 1 && len(audit.got()) == 1
+	})
+	time.Sleep(300 * time.Millisecond)
+	if got := globexAlerts.got(); len(got) != 0 {
+		t.Fatalf("globex got acme's operational event: %v", types(got))
+	}
+	if e := acmeAlerts.got()[0]; e.Type != service.NoticePaused || !strings.Contains(string(e.Data), id) {
+		t.Fatalf("acme got %s", e.raw)
+	}
+}
