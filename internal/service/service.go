@@ -66,8 +66,9 @@ type Service struct {
 	log          *slog.Logger
 	// tenants caches the tenants (tenants.go); now is the clock of
 	// tokens, tenants and their rates.
-	tenants *tenants
-	now     func() time.Time
+	tenants     *tenants
+	stopTenants func() // ends the tenants' refresh and waits for it
+	now         func() time.Time
 }
 
 // serviceConfig is everything the service is made of; nothing is set on
@@ -144,6 +145,13 @@ func (s *Service) Start(ctx context.Context) {
 	if err := s.tenants.refresh(ctx); err != nil {
 		s.log.Warn("load the tenants; they are loaded on first use", "err", err)
 	}
+	tctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	s.stopTenants = func() { stop(); <-done }
+	go func() {
+		defer close(done)
+		s.tenants.run(tctx, time.Second)
+	}()
 	s.Notices.start(ctx)
 	s.startUpgrades(ctx)
 }
@@ -151,6 +159,9 @@ func (s *Service) Start(ctx context.Context) {
 // Stop announces the failures counted so far (while the runtime still
 // takes events) and stops what Start started, within ctx.
 func (s *Service) Stop(ctx context.Context) {
+	if s.stopTenants != nil {
+		s.stopTenants()
+	}
 	s.Notices.Stop(ctx)
 	s.StopUpgrading()
 }

@@ -140,8 +140,11 @@ func decodeTenant(doc *dispatch.Doc) (*storedTenant, error) {
 	return &t, nil
 }
 
-// get returns a tenant, reloading once on a miss; the default tenant
-// always exists (a stored one carries its name and settings).
+// get returns a tenant. A miss reads that one tenant from the store (an
+// indexed read, like a scoped token's, so that asking for tenants that do
+// not exist costs no more than that), so that a tenant created on another
+// replica is found at once. The default tenant always exists: a stored one
+// carries its settings, else it has none.
 func (ts *tenants) get(ctx context.Context, id string) (*storedTenant, error) {
 	ts.mu.RLock()
 	t := ts.byID[id]
@@ -149,19 +152,38 @@ func (ts *tenants) get(ctx context.Context, id string) (*storedTenant, error) {
 	if t != nil {
 		return t, nil
 	}
-	if err := ts.refresh(ctx); err != nil {
-		return nil, err
+	if id == DefaultTenant {
+		return &storedTenant{Tenant: Tenant{ID: DefaultTenant}}, nil // changed elsewhere: seen at the next refresh
 	}
-	ts.mu.RLock()
-	t = ts.byID[id]
-	ts.mu.RUnlock()
-	if t == nil && id == DefaultTenant {
-		return &storedTenant{Tenant: Tenant{ID: DefaultTenant}}, nil
-	}
-	if t == nil {
+	doc, err := ts.store.DocGet(ctx, TenantDocKind, id)
+	if errors.Is(err, dispatch.ErrNotFound) {
 		return nil, NotFound("no tenant with id %q", id)
 	}
+	if err != nil {
+		return nil, err
+	}
+	if t, err = decodeTenant(doc); err != nil {
+		return nil, err
+	}
+	ts.mu.Lock()
+	ts.byID[t.ID], ts.byKey[t.Key] = t, t.ID
+	ts.mu.Unlock()
 	return t, nil
+}
+
+// run reloads the tenants every interval until ctx ends: changes made on
+// other replicas (a rate, a deletion) are seen within it.
+func (ts *tenants) run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = ts.refresh(ctx) // a store failing is told by readiness; the cache is kept
+		}
+	}
 }
 
 // key is the key of the events of tenant id.
