@@ -234,6 +234,10 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("POST", "/v1/tokens", map[string]any{"name": "x", "rights": []string{"all"}, "tenant": "acme"}, nil, true)
 	c.do("GET", "/v1/tokens", nil, nil, false)
 	c.do("GET", "/v1/tokens/"+tok.ID, nil, nil, false)
+	var audit struct{ ID string }
+	if code := c.do("POST", "/v1/destinations", map[string]any{"url": recv.URL + "/audit", "all_tenants": true}, &audit, false); code != 201 {
+		t.Fatalf("all_tenants destination: %d", code)
+	}
 	var tdst struct{ ID string }
 	if code := c.do("POST", "/v1/tenants/acme/destinations", map[string]any{"url": recv.URL + "/acme"}, &tdst, false); code != 201 {
 		t.Fatalf("tenant destination: %d", code)
