@@ -214,21 +214,31 @@ var ErrBadToken = errors.New("the bearer token is not one of fanout's --api-toke
 // IsScopedToken reports whether raw has the shape of a scoped token.
 func IsScopedToken(raw string) bool { return strings.HasPrefix(raw, tokenPrefix) }
 
+// parseToken splits a scoped token into the id of its document and its
+// secret; ok is false for anything that is not shaped as one.
+func parseToken(raw string) (id, secret string, ok bool) {
+	rest, ok := strings.CutPrefix(raw, tokenPrefix)
+	if !ok {
+		return "", "", false
+	}
+	idHex, secret, ok := strings.Cut(rest, "_")
+	if !ok || len(idHex) != 16 || secret == "" || len(secret) > 100 {
+		return "", "", false
+	}
+	if _, err := hex.DecodeString(idHex); err != nil {
+		return "", "", false
+	}
+	return "tok_" + idHex, secret, true
+}
+
 // Authenticate returns the principal of a scoped token, ErrBadToken when it
 // is unknown, revoked or expired, or the store's error.
 func (s *Service) Authenticate(ctx context.Context, raw string) (*Principal, error) {
-	rest, ok := strings.CutPrefix(raw, tokenPrefix)
+	id, secret, ok := parseToken(raw)
 	if !ok {
 		return nil, ErrBadToken
 	}
-	idHex, secret, ok := strings.Cut(rest, "_")
-	if !ok || len(idHex) != 16 || len(secret) > 100 {
-		return nil, ErrBadToken
-	}
-	if _, err := hex.DecodeString(idHex); err != nil {
-		return nil, ErrBadToken
-	}
-	doc, err := s.store.DocGet(ctx, TokenDocKind, "tok_"+idHex)
+	doc, err := s.store.DocGet(ctx, TokenDocKind, id)
 	if errors.Is(err, dispatch.ErrNotFound) {
 		return nil, ErrBadToken
 	}
