@@ -496,3 +496,32 @@ func TestRun_TenantIngestRate(t *testing.T) {
 		f.must(t, 202, f.operator, "POST", "/v1/tenants/globex/event", `{"type":"rate"}`, nil)
 	}
 }
+
+// TestRun_TenantList: tenants page by id with a cursor, the default tenant
+// among them; ids that are not path-safe are refused.
+func TestRun_TenantList(t *testing.T) {
+	t.Parallel()
+	f := newTenantFixture(t)
+	f.must(t, 201, f.operator, "PUT", "/v1/tenants/zeta", map[string]any{"metadata": map[string]string{"plan": "free"}}, nil)
+	var ids []string
+	cursor := ""
+	for range 10 {
+		var page service.TenantPage
+		f.must(t, 200, f.operator, "GET", "/v1/tenants?limit=2&cursor="+cursor, nil, &page)
+		for _, tn := range page.Tenants {
+			ids = append(ids, tn.ID)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	if want := []string{"acme", "default", "globex", "zeta"}; !slices.Equal(ids, want) {
+		t.Fatalf("paged tenants %v, want %v", ids, want)
+	}
+	for _, bad := range []string{"-x", "a%2Fb", "a..b%00", strings.Repeat("a", 101)} {
+		if status, got := f.as(t, f.operator, "PUT", "/v1/tenants/"+bad, map[string]any{}); status != 400 {
+			t.Errorf("PUT /v1/tenants/%s: %d %s, want 400", bad, status, got)
+		}
+	}
+}
