@@ -80,6 +80,10 @@ type options struct {
 	steady      int64
 	cpuProfile  string
 	keepData    bool
+
+	tenants      bool
+	tenantsA     int64
+	tenantsBRate float64
 }
 
 type stringList []string
@@ -116,6 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.sinkConns, "sink-c", 0, "connections of --sink-baseline (0: as many as fanout held open to the sinks in this invocation's first fanout run)")
 	fs.Int64Var(&o.backlog, "backlog", 0, "the backlog scenario: pause the first destination, ingest this many events in batches (--batch, -c) as fast as accepted, resume it and measure the drain (needs --fanout and --sinks >= 1)")
 	fs.Int64Var(&o.steady, "backlog-steady", 0, "events of the backlog scenario's steady-state phase, before the pause (0: a tenth of --backlog, at least 20,000)")
+	fs.BoolVar(&o.tenants, "tenants", false, "the tenant-fairness scenario: B sends --tenants-b-rate events/s for -d alone, then beside A sending --tenants-a-events in batches to a destination answering in --sink-latency (2s); B's ingest->delivery p99 compared (tenants.go; needs --fanout)")
+	fs.Int64Var(&o.tenantsA, "tenants-a-events", 200000, "events tenant A sends in the --tenants scenario")
+	fs.Float64Var(&o.tenantsBRate, "tenants-b-rate", 50, "single events per second tenant B sends in the --tenants scenario")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.BoolVar(&o.keepData, "keep-data", false, "keep the started fanout's data directory (its path is printed), to look into the store afterwards")
 	if err := fs.Parse(args); err != nil {
@@ -139,6 +146,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.backlog > 0 {
 		return runBacklog(ctx, &o, stdout, stderr)
+	}
+	if o.tenants {
+		return runTenants(ctx, &o, stdout, stderr)
 	}
 	if o.mode != "event" && o.mode != "batch" {
 		return fmt.Errorf("--mode must be event or batch")
