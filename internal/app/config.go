@@ -58,6 +58,7 @@ type config struct {
 	noticeWindow     time.Duration
 	tenantRate       float64
 	tenantBurst      int
+	tenantInflight   int
 	// spanExporter, set by tests only, replaces the OTLP exporter when
 	// tracing is on.
 	spanExporter sdktrace.SpanExporter
@@ -123,6 +124,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&cfg.publicURL, "public-url", "", "the `URL` users and portal links reach fanout by (https://fanout.example.com), when it is not localhost; without an API token, fanout answers only requests addressed to this machine or to this URL's host")
 	fs.StringVar(&cfg.proxy, "proxy", "", "send every delivery through this HTTP proxy (`URL`: http://proxy.internal:3128); without it, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured. The SSRF guard checks each destination before the proxy gets it")
 	fs.Float64Var(&cfg.tenantRate, "tenant-ingest-rate", 0, "events per second each tenant may send to this process, unless the tenant has its own ingest_rate; past it, 429 with Retry-After (0: no limit)")
+	fs.IntVar(&cfg.tenantInflight, "tenant-inflight-events", 2000, "events of one tenant handed to the store and not yet answered, at most; more wait their turn, so that one tenant's batches do not fill every commit ahead of another tenant's events (0: no bound)")
 	fs.IntVar(&cfg.tenantBurst, "tenant-ingest-burst", 0, "events a tenant may send at once above --tenant-ingest-rate (0: as many as one second's rate)")
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
@@ -193,8 +195,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 
 func (c *config) validate() error {
 	var errs []error
-	if c.tenantRate < 0 || c.tenantRate > 1e6 || c.tenantBurst < 0 {
-		errs = append(errs, fmt.Errorf("--tenant-ingest-rate must be between 0 (no limit) and 1000000, and --tenant-ingest-burst at least 0"))
+	if c.tenantRate < 0 || c.tenantRate > 1e6 || c.tenantBurst < 0 || c.tenantInflight < 0 {
+		errs = append(errs, fmt.Errorf("--tenant-ingest-rate must be between 0 (no limit) and 1000000, and --tenant-ingest-burst and --tenant-inflight-events at least 0"))
 	}
 	positive := map[string]time.Duration{
 		"--delivery-timeout": c.deliveryTimeout, "--ingest-timeout": c.limits.IngestTimeout,

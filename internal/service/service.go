@@ -96,6 +96,9 @@ type Config struct {
 	// of each tenant, per process, unless a tenant has its own; 0: none.
 	TenantIngestRate  float64
 	TenantIngestBurst int
+	// TenantInflightEvents bounds the events of one tenant handed to the
+	// store and not answered yet (tenants.admit); 0: no bound.
+	TenantInflightEvents int
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 }
@@ -111,7 +114,7 @@ func New(cfg Config) *Service {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.tenants = newTenants(cfg.Store, cfg.TenantIngestRate, cfg.TenantIngestBurst, s.now)
+	s.tenants = newTenants(cfg.Store, cfg.TenantIngestRate, cfg.TenantIngestBurst, cfg.TenantInflightEvents, s.now)
 	s.fns.tenantOf = s.tenants.ofKey
 	s.replayFn = newReplayFunction(s)
 	if err := s.rt.Register(s.replayFn); err != nil {
@@ -342,7 +345,12 @@ func (s *Service) Ingest(ctx context.Context, scope Scope, tenant string, events
 		s.Metrics.tenantLimited.Add(float64(len(events)))
 		return nil, &ErrTooMany{Tenant: tenant, RetryAfter: wait}
 	}
+	release, err := s.tenants.admit(ctx, t, len(events))
+	if err != nil {
+		return nil, err // the ingest timeout: 503, nothing stored
+	}
 	ids, err := s.ingest(ctx, t.Key, events, idempotencyKey)
+	release()
 	if err == nil {
 		s.Accepted.Add(int64(len(ids)))
 	}
