@@ -69,6 +69,7 @@ type Service struct {
 	tenants     *tenants
 	stopTenants func() // ends the tenants' refresh and waits for it
 	now         func() time.Time
+	portal      PortalConfig
 }
 
 // serviceConfig is everything the service is made of; nothing is set on
@@ -96,6 +97,8 @@ type Config struct {
 	// of each tenant, per process, unless a tenant has its own; 0: none.
 	TenantIngestRate  float64
 	TenantIngestBurst int
+	// Portal is the operator's settings of the tenant portals.
+	Portal PortalConfig
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 }
@@ -106,7 +109,7 @@ type Config struct {
 func New(cfg Config) *Service {
 	s := &Service{rt: cfg.Runtime, store: cfg.Store, fns: cfg.Fns, Dests: cfg.Dests, Backlog: NewBacklogCache(cfg.Store),
 		started: time.Now().UTC(), Metrics: newMetrics(cfg.Version), retention: cfg.Retention, failedRetention: cfg.FailedRetention,
-		storeName: cfg.StoreName, Tracing: cfg.Tracing, version: cfg.Version}
+		storeName: cfg.StoreName, Tracing: cfg.Tracing, version: cfg.Version, portal: cfg.Portal}
 	s.now = cfg.Now
 	if s.now == nil {
 		s.now = time.Now
