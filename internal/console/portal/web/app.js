@@ -25,7 +25,7 @@
 
   // ---------- the token: from the fragment to session storage ----------
 
-  (function takeToken() {
+  function takeToken() {
     const h = location.hash;
     if (h.startsWith("#token=")) {
       const t = decodeURIComponent(h.slice("#token=".length));
@@ -36,7 +36,16 @@
       // (nor in the history, a bookmark or a screenshot).
       history.replaceState(null, "", location.pathname + (h.startsWith("#token=") ? "#/" : h));
     }
-  })();
+  }
+  takeToken();
+  // A link opened in a tab that shows the portal already changes only the
+  // fragment: take its token and start again with it.
+  window.addEventListener("hashchange", () => {
+    if (location.hash.startsWith("#token=")) {
+      takeToken();
+      location.reload();
+    }
+  });
 
   // ---------- DOM helpers: text only ----------
 
