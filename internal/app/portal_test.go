@@ -242,7 +242,7 @@ func TestRun_PortalTestSend(t *testing.T) {
 // origins its operator lists, by no one without; the console never.
 func TestRun_PortalFrameAncestors(t *testing.T) {
 	t.Parallel()
-	f := newTenantFixture(t)
+	f := newTenantFixture(t, "--portal-logo-url", "https://CDN.logos.example/acme.svg")
 	var tn service.Tenant
 	f.must(t, 200, f.operator, "PUT", "/v1/tenants/acme", map[string]any{"portal_frame_ancestors": []string{"https://App.Acme.example/", "https://dash.acme.example:8443"}}, &tn)
 	if !slices.Equal(tn.PortalFrameAncestors, []string{"https://app.acme.example", "https://dash.acme.example:8443"}) {
@@ -266,7 +266,7 @@ func TestRun_PortalFrameAncestors(t *testing.T) {
 	}
 	h := head("/portal/acme/")
 	if csp := h.Get("Content-Security-Policy"); !strings.HasSuffix(csp, "; frame-ancestors https://app.acme.example https://dash.acme.example:8443") ||
-		!strings.Contains(csp, "script-src 'self';") || h.Get("X-Frame-Options") != "" || h.Get("Referrer-Policy") != "no-referrer" {
+		!strings.Contains(csp, "script-src 'self';") || !strings.Contains(csp, "; img-src 'self' data: https://cdn.logos.example;") || h.Get("X-Frame-Options") != "" || h.Get("Referrer-Policy") != "no-referrer" {
 		t.Fatalf("acme's portal: CSP %q, X-Frame-Options %q, Referrer-Policy %q", csp, h.Get("X-Frame-Options"), h.Get("Referrer-Policy"))
 	}
 	for _, path := range []string{"/portal/globex/", "/portal/globex/app.js", "/portal/nobody/", "/console/"} {

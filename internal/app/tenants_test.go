@@ -78,10 +78,10 @@ func (f *tenantFixture) must(t testing.TB, want int, token, method, path string,
 	}
 }
 
-func newTenantFixture(t *testing.T) *tenantFixture {
+func newTenantFixture(t *testing.T, args ...string) *tenantFixture {
 	t.Helper()
 	const operator = "operator-token-0123456789"
-	base, _ := startRun(t, []string{"--data", t.TempDir(), "--api-token", operator}, nil)
+	base, _ := startRun(t, append([]string{"--data", t.TempDir(), "--api-token", operator}, args...), nil)
 	f := &tenantFixture{base: base, operator: operator, recvA: newReceiver(t), recvG: newReceiver(t),
 		tokens: map[string]string{}, tokenIDs: map[string]string{}}
 	for _, id := range []string{"acme", "globex"} {
