@@ -248,7 +248,7 @@ func TestRun_PortalFrameAncestors(t *testing.T) {
 	if !slices.Equal(tn.PortalFrameAncestors, []string{"https://app.acme.example", "https://dash.acme.example:8443"}) {
 		t.Fatalf("portal_frame_ancestors stored as %v", tn.PortalFrameAncestors)
 	}
-	for _, bad := range []string{"http://acme.example", "https://acme.example/path", "https://a.example; script-src *", "*", "https://user@acme.example", "'self'"} {
+	for _, bad := range []string{"http://acme.example", "https://acme.example/path", "https://a.example; script-src *", "https://a.example;script-src", "https://a.example,https://b.example", "*", "https://user@acme.example", "'self'"} {
 		if status, body := f.as(t, f.operator, "PUT", "/v1/tenants/acme", map[string]any{"portal_frame_ancestors": []string{bad}}); status != 400 {
 			t.Fatalf("portal_frame_ancestors %q: %d %s, want 400", bad, status, body)
 		}
