@@ -280,6 +280,10 @@ func TestRun_TenantMatrix(t *testing.T) {
 				if status != 403 {
 					t.Errorf("%s: %d %s, want 403 (the stats are every tenant's)", name, status, got)
 				}
+			case pattern == "/v1/portal" && p.tenant == "":
+				if status != 403 {
+					t.Errorf("%s: %d %s, want 403 (a portal is one tenant's)", name, status, got)
+				}
 			case p.tenant == "globex" && method+" "+pattern == "POST /v1/deliveries/retry":
 				if status != 404 {
 					t.Errorf("%s: %d %s, want 404 (acme's destination)", name, status, got)
