@@ -18,6 +18,7 @@ import (
 	"fanout/destination"
 	"fanout/dispatch"
 	"fanout/internal/httpapi"
+	"fanout/internal/service"
 	"fanout/webhook"
 )
 
@@ -59,6 +60,7 @@ type config struct {
 	tenantRate       float64
 	tenantBurst      int
 	tenantInflight   int
+	portal           service.Branding
 	// spanExporter, set by tests only, replaces the OTLP exporter when
 	// tracing is on.
 	spanExporter sdktrace.SpanExporter
@@ -122,6 +124,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	})
 	envOf["api-token"] = "FANOUT_API_TOKENS"
 	fs.StringVar(&cfg.publicURL, "public-url", "", "the `URL` users and portal links reach fanout by (https://fanout.example.com), when it is not localhost; without an API token, fanout answers only requests addressed to this machine or to this URL's host")
+	fs.StringVar(&cfg.portal.Name, "portal-name", "", "the product name tenant portals show (your product's, not fanout's)")
+	fs.StringVar(&cfg.portal.LogoURL, "portal-logo-url", "", "the https `URL` of the logo tenant portals show")
+	fs.StringVar(&cfg.portal.Accent, "portal-accent", "", "the accent colour of tenant portals, #rrggbb")
 	fs.StringVar(&cfg.proxy, "proxy", "", "send every delivery through this HTTP proxy (`URL`: http://proxy.internal:3128); without it, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured. The SSRF guard checks each destination before the proxy gets it")
 	fs.Float64Var(&cfg.tenantRate, "tenant-ingest-rate", 0, "events per second each tenant may send to this process, unless the tenant has its own ingest_rate; past it, 429 with Retry-After (0: no limit)")
 	fs.IntVar(&cfg.tenantInflight, "tenant-inflight-events", 2000, "events of one tenant handed to the store and not yet answered, at most; more wait their turn, so that one tenant's batches do not fill every commit ahead of another tenant's events (0: no bound)")
@@ -238,6 +243,9 @@ func (c *config) validate() error {
 			u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			errs = append(errs, fmt.Errorf("--public-url %q must be an http or https URL with a host and nothing after the path, such as https://fanout.example.com", c.publicURL))
 		}
+	}
+	if err := service.CheckBranding(c.portal); err != nil {
+		errs = append(errs, err)
 	}
 	if c.dataDir == "" {
 		errs = append(errs, errors.New("--data must name a directory"))

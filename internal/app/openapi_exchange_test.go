@@ -271,6 +271,24 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("GET", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID, nil, nil, false)
 	c.do("POST", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID+"/retry", nil, nil, false)
 	c.do("POST", "/v1/tenants/acme/deliveries/retry", map[string]any{"destination": tdst.ID}, nil, false)
+	// The portal: a link, what its page reads, the event types, test-sends.
+	c.do("PUT", "/v1/tenants/acme", map[string]any{"portal_frame_ancestors": []string{"https://app.acme.example"}}, nil, false)
+	var link service.PortalLink
+	if code := c.do("POST", "/v1/tenants/acme/portal", map[string]any{"access": "manage", "expires_in": "2h"}, &link, false); code != 201 {
+		t.Fatalf("portal: %d", code)
+	}
+	c.do("POST", "/v1/tenants/acme/portal", nil, nil, false)                              // the defaults
+	c.do("POST", "/v1/tenants/acme/portal", map[string]any{"access": "admin"}, nil, true) // 400
+	c.do("GET", "/v1/portal", nil, nil, false)                                            // 403: an operator has no portal
+	c.do("GET", "/v1/event-types", nil, nil, false)
+	c.do("GET", "/v1/tenants/acme/event-types", nil, nil, false)
+	c.do("POST", "/v1/destinations/nope/test", nil, nil, false) // 404
+	c.do("POST", "/v1/tenants/acme/destinations/"+tdst.ID+"/test", map[string]any{"type": "invoice.paid", "payload": map[string]any{"n": 1}}, nil, false)
+	admin := c.token
+	c.token = link.URL[strings.Index(link.URL, "#token=")+len("#token="):]
+	c.do("GET", "/v1/portal", nil, nil, false)
+	c.do("POST", "/v1/destinations/"+tdst.ID+"/test", nil, nil, false)
+	c.token = admin
 	// The scoped token: its own tenant's, 403 without the right.
 	operator := c.token
 	c.token = tok.Token

@@ -78,10 +78,10 @@ func (f *tenantFixture) must(t testing.TB, want int, token, method, path string,
 	}
 }
 
-func newTenantFixture(t *testing.T) *tenantFixture {
+func newTenantFixture(t *testing.T, args ...string) *tenantFixture {
 	t.Helper()
 	const operator = "operator-token-0123456789"
-	base, _ := startRun(t, []string{"--data", t.TempDir(), "--api-token", operator}, nil)
+	base, _ := startRun(t, append([]string{"--data", t.TempDir(), "--api-token", operator}, args...), nil)
 	f := &tenantFixture{base: base, operator: operator, recvA: newReceiver(t), recvG: newReceiver(t),
 		tokens: map[string]string{}, tokenIDs: map[string]string{}}
 	for _, id := range []string{"acme", "globex"} {
@@ -279,6 +279,10 @@ func TestRun_TenantMatrix(t *testing.T) {
 			case pattern == "/v1/stats" && p.tenant != "":
 				if status != 403 {
 					t.Errorf("%s: %d %s, want 403 (the stats are every tenant's)", name, status, got)
+				}
+			case pattern == "/v1/portal" && p.tenant == "":
+				if status != 403 {
+					t.Errorf("%s: %d %s, want 403 (a portal is one tenant's)", name, status, got)
 				}
 			case p.tenant == "globex" && method+" "+pattern == "POST /v1/deliveries/retry":
 				if status != 404 {

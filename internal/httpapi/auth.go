@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"fanout/internal/console"
+	"fanout/internal/console/portal"
 	"fanout/internal/service"
 )
 
@@ -50,7 +51,7 @@ func requireBearer(log *slog.Logger, tokens []string, next http.Handler) http.Ha
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || console.IsPath(r.URL.Path) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || console.IsPath(r.URL.Path) || portal.IsPath(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fanout/internal/console"
+	"fanout/internal/console/portal"
 	"fanout/internal/service"
 	"fmt"
 	"io"
@@ -74,6 +75,10 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 		{"GET /v1/tokens", service.RightOperator, handleTokenList(log, svc), false},
 		{"GET /v1/tokens/{id}", service.RightOperator, handleTokenGet(log, svc), false},
 		{"DELETE /v1/tokens/{id}", service.RightOperator, handleTokenDelete(log, svc), false},
+		{"POST /v1/tenants/{tenant}/portal", service.RightOperator, handlePortalCreate(log, svc), false},
+		{"GET /v1/portal", service.RightRead, handlePortalInfo(log, svc), false},
+		{"GET /v1/event-types", service.RightRead, handleEventTypes(log, svc), true},
+		{"POST /v1/destinations/{id}/test", service.RightManage, handleDestinationTest(log, svc), true},
 		{"GET /healthz", "", handleHealthz(), false},
 		{"GET /readyz", "", handleReadyz(svc), false},
 		{"GET /metrics", "", svc.MetricsHandler(log), false},
@@ -103,6 +108,8 @@ func NewHandler(log *slog.Logger, svc *service.Service, limits Limits, tokens []
 	svc.TrackRoutes(patterns)
 	mux := http.NewServeMux()
 	console.Mount(mux)
+	portal.Mount(mux, func(r *http.Request, tenant string) []string { return svc.PortalFrameAncestors(r.Context(), tenant) },
+		svc.PortalBranding().LogoURL)
 	addRoutes(log, newAuthenticator(svc, tokens), mux, rs)
 	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
 	if len(tokens) > 0 {

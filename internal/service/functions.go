@@ -178,7 +178,9 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			return Fanout{}, err // the store failed: try again, never route to fewer
 		}
 		matching := dests.Matching(tenant, eventType)
-		if isNotice(eventType) {
+		if only, ok := testTarget(info.Meta); ok {
+			matching = testDestination(dests, tenant, only) // a test-send: that one alone (portal.go)
+		} else if isNotice(eventType) {
 			matching = noticeTargets(matching, eventType, event) // never to the destination it is about
 		}
 		messages := make([]Message, len(matching))

@@ -69,6 +69,7 @@ type Service struct {
 	tenants     *tenants
 	stopTenants func() // ends the tenants' refresh and waits for it
 	now         func() time.Time
+	portal      PortalConfig
 }
 
 // serviceConfig is everything the service is made of; nothing is set on
@@ -99,6 +100,8 @@ type Config struct {
 	// TenantInflightEvents bounds the events of one tenant handed to the
 	// store and not answered yet (tenants.admit); 0: no bound.
 	TenantInflightEvents int
+	// Portal is the operator's settings of the tenant portals.
+	Portal PortalConfig
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 }
@@ -109,7 +112,7 @@ type Config struct {
 func New(cfg Config) *Service {
 	s := &Service{rt: cfg.Runtime, store: cfg.Store, fns: cfg.Fns, Dests: cfg.Dests, Backlog: NewBacklogCache(cfg.Store),
 		started: time.Now().UTC(), Metrics: newMetrics(cfg.Version), retention: cfg.Retention, failedRetention: cfg.FailedRetention,
-		storeName: cfg.StoreName, Tracing: cfg.Tracing, version: cfg.Version}
+		storeName: cfg.StoreName, Tracing: cfg.Tracing, version: cfg.Version, portal: cfg.Portal}
 	s.now = cfg.Now
 	if s.now == nil {
 		s.now = time.Now

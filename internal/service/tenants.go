@@ -54,6 +54,10 @@ type Tenant struct {
 	CreatedAt   time.Time `json:"created_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	Version     int64     `json:"version"`
+
+	// PortalFrameAncestors are the https origins that may frame this
+	// tenant's portal (portal.go); none: no one.
+	PortalFrameAncestors []string `json:"portal_frame_ancestors,omitempty"`
 }
 
 // storedTenant is a tenant's document: the tenant and its key.
@@ -69,6 +73,10 @@ type TenantInput struct {
 	Metadata    *map[string]string `json:"metadata"`
 	IngestRate  *float64           `json:"ingest_rate"`
 	IngestBurst *int               `json:"ingest_burst"`
+
+	// PortalFrameAncestors replaces the origins that may frame the
+	// tenant's portal; [] removes them.
+	PortalFrameAncestors *[]string `json:"portal_frame_ancestors"`
 }
 
 // tenantID is what a tenant id may be: it travels in paths and keys.
@@ -445,6 +453,13 @@ func (in *TenantInput) check() error {
 	if in.IngestBurst != nil && (*in.IngestBurst < 0 || *in.IngestBurst > 1e7) {
 		return Invalid("ingest_burst must be between 0 (as many as ingest_rate) and 10000000 events")
 	}
+	if in.PortalFrameAncestors != nil {
+		origins, err := checkFrameAncestors(*in.PortalFrameAncestors)
+		if err != nil {
+			return err
+		}
+		*in.PortalFrameAncestors = origins
+	}
 	return nil
 }
 
@@ -453,6 +468,7 @@ func (in *TenantInput) apply(t *Tenant) {
 	set(&t.Metadata, in.Metadata)
 	set(&t.IngestRate, in.IngestRate)
 	set(&t.IngestBurst, in.IngestBurst)
+	set(&t.PortalFrameAncestors, in.PortalFrameAncestors)
 }
 
 // TenantDeleted is what deleting a tenant did.
