@@ -192,6 +192,20 @@ func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits
 	if err != nil {
 		return nil, err
 	}
+	scope, err := scopeOf(r, svc)
+	if err != nil {
+		return nil, err
+	}
+	tenant := tenantOf(r, scope)
+	// The tenant's turn, before its body costs anything (fairgate.go); a
+	// client that gives up meanwhile gives its turn up.
+	wait, cancelWait := context.WithTimeout(r.Context(), limits.IngestTimeout)
+	leave, err := svc.EnterIngest(wait, scope, tenant)
+	cancelWait()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	body, err := readBody(w, r, limit, flag)
 	if err != nil {
 		return nil, err
@@ -200,13 +214,9 @@ func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits
 	if err != nil {
 		return nil, err
 	}
-	scope, err := scopeOf(r, svc)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
 	defer cancel()
-	return svc.Ingest(ctx, scope, tenantOf(r, scope), events, key)
+	return svc.Ingest(ctx, scope, tenant, events, key)
 }
 
 // decodeEvent checks a body of one event and returns the event: the JSON

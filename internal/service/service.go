@@ -68,6 +68,7 @@ type Service struct {
 	// tokens, tenants and their rates.
 	tenants     *tenants
 	stopTenants func() // ends the tenants' refresh and waits for it
+	gate        *fairGate
 	now         func() time.Time
 	portal      PortalConfig
 }
@@ -97,9 +98,9 @@ type Config struct {
 	// of each tenant, per process, unless a tenant has its own; 0: none.
 	TenantIngestRate  float64
 	TenantIngestBurst int
-	// TenantInflightEvents bounds the events of one tenant handed to the
-	// store and not answered yet (tenants.admit); 0: no bound.
-	TenantInflightEvents int
+	// TenantFairRequests is the ingest requests in flight that tenants
+	// share while more than one sends (fairgate.go); 0: no sharing.
+	TenantFairRequests int
 	// Portal is the operator's settings of the tenant portals.
 	Portal PortalConfig
 	// Now is the clock; nil is time.Now.
@@ -117,7 +118,8 @@ func New(cfg Config) *Service {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.tenants = newTenants(cfg.Store, cfg.TenantIngestRate, cfg.TenantIngestBurst, cfg.TenantInflightEvents, s.now)
+	s.tenants = newTenants(cfg.Store, cfg.TenantIngestRate, cfg.TenantIngestBurst, s.now)
+	s.gate = newFairGate(cfg.TenantFairRequests, s.now)
 	s.fns.tenantOf = s.tenants.ofKey
 	s.replayFn = newReplayFunction(s)
 	if err := s.rt.Register(s.replayFn); err != nil {
@@ -325,6 +327,21 @@ func (s *Service) StoreStats() dispatch.StoreStats { return s.store.StoreStats()
 
 // --- ingest ---
 
+// EnterIngest waits for the turn of a request of tenant to ingest, when
+// other tenants send too (fairgate.go), and returns the function that ends
+// it; call it before reading the request's body. An unknown tenant, or
+// one scope does not cover, is not found; an error of ctx is the wait's.
+func (s *Service) EnterIngest(ctx context.Context, scope Scope, tenant string) (leave func(), err error) {
+	if !scope.Allows(tenant) {
+		return nil, NotFound("no tenant with id %q", tenant)
+	}
+	t, err := s.tenants.get(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	return s.gate.enter(ctx, t.Key)
+}
+
 // Ingest stores events atomically, each as a handleEvent call, and returns
 // their ids in order once they are durable. An event whose idempotency key
 // was seen within the dedup window is not stored again: its id is the
@@ -348,12 +365,7 @@ func (s *Service) Ingest(ctx context.Context, scope Scope, tenant string, events
 		s.Metrics.tenantLimited.Add(float64(len(events)))
 		return nil, &ErrTooMany{Tenant: tenant, RetryAfter: wait}
 	}
-	release, err := s.tenants.admit(ctx, t, len(events))
-	if err != nil {
-		return nil, err // the ingest timeout: 503, nothing stored
-	}
 	ids, err := s.ingest(ctx, t.Key, events, idempotencyKey)
-	release()
 	if err == nil {
 		s.Accepted.Add(int64(len(ids)))
 	}

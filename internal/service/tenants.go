@@ -14,7 +14,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 
 	"fanout/destination"
@@ -105,11 +104,6 @@ type tenants struct {
 	defaultRate  float64
 	defaultBurst int
 	now          func() time.Time
-	// inflight bounds the events each tenant has handed to the store and
-	// not had answered (--tenant-inflight-events; 0: no bound), each
-	// tenant's semaphore in sems.
-	inflight int64
-	sems     map[string]*semaphore.Weighted
 }
 
 // tenantLimiter is a tenant's ingest bucket, and the settings it was made
@@ -120,37 +114,9 @@ type tenantLimiter struct {
 	lim   *rate.Limiter
 }
 
-func newTenants(store dispatch.DocStore, defaultRate float64, defaultBurst int, inflight int, now func() time.Time) *tenants {
+func newTenants(store dispatch.DocStore, defaultRate float64, defaultBurst int, now func() time.Time) *tenants {
 	return &tenants{store: store, byID: map[string]*storedTenant{}, byKey: map[string]string{},
-		limiters: map[string]*tenantLimiter{}, defaultRate: defaultRate, defaultBurst: defaultBurst, now: now,
-		inflight: int64(inflight), sems: map[string]*semaphore.Weighted{}}
-}
-
-// admit waits until tenant t may hand n more events to the store, and
-// returns the function that gives them back once answered. The store takes
-// what is queued for it in one commit after another, so that a tenant with
-// 64 batches of 100 queued would put every other tenant's single event
-// behind commits of thousands of its events; bounded, a tenant's events
-// wait in its own queue, and another tenant's are behind at most that many.
-// A request larger than the bound waits for the tenant's whole share. Only
-// the events' count is bounded, not their number of requests: a tenant of
-// single events is not held back by the bound.
-func (ts *tenants) admit(ctx context.Context, t *storedTenant, n int) (release func(), err error) {
-	if ts.inflight <= 0 {
-		return func() {}, nil
-	}
-	w := min(int64(n), ts.inflight)
-	ts.mu.Lock()
-	sem := ts.sems[t.Key]
-	if sem == nil {
-		sem = semaphore.NewWeighted(ts.inflight)
-		ts.sems[t.Key] = sem
-	}
-	ts.mu.Unlock()
-	if err := sem.Acquire(ctx, w); err != nil {
-		return nil, err
-	}
-	return func() { sem.Release(w) }, nil
+		limiters: map[string]*tenantLimiter{}, defaultRate: defaultRate, defaultBurst: defaultBurst, now: now}
 }
 
 // refresh reloads every tenant.

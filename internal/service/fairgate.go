@@ -1,0 +1,133 @@
+package service
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// fairGate shares ingest between tenants. A tenant alone is never held
+// back: its requests, as many as its clients send, go through at once, so
+// that a single-tenant fanout ingests as it always did. While other
+// tenants send too (a tenant sent a request within activeWindow), each may
+// have at most its share of the budget of requests in flight (budget /
+// active tenants, at least minShare), and the rest of its requests wait,
+// their bodies not yet read, in the tenant's own queue. Without it, one
+// tenant's 64 connections of batches take both the CPU that decodes
+// requests and every commit of the store, and another tenant's single
+// event waits behind them (docs/BENCHMARKS.md, "Tenant fairness").
+//
+// The gate is taken before the body is read: a request that waits costs
+// nothing but its connection.
+type fairGate struct {
+	budget int
+	now    func() time.Time
+
+	mu      sync.Mutex
+	tenants map[string]*gateTenant
+}
+
+// gateTenant is one tenant's state at the gate.
+type gateTenant struct {
+	inflight int
+	lastSeen time.Time
+	waiters  []chan struct{} // FIFO, closed when admitted
+}
+
+const (
+	// activeWindow is how long a tenant counts as sending after its last
+	// request: one that sends 50 events/s is always active, and the share
+	// of the others does not come and go between its requests.
+	activeWindow = time.Second
+	// minShare is the fewest requests a tenant may have in flight however
+	// many send at once.
+	minShare = 2
+)
+
+func newFairGate(budget int, now func() time.Time) *fairGate {
+	return &fairGate{budget: budget, now: now, tenants: map[string]*gateTenant{}}
+}
+
+// share is what each tenant may have in flight now; 0 is no bound (one
+// tenant sends). Called with g.mu held.
+func (g *fairGate) share(now time.Time) int {
+	active := 0
+	for key, t := range g.tenants {
+		switch {
+		case t.inflight > 0 || len(t.waiters) > 0 || now.Sub(t.lastSeen) < activeWindow:
+			active++
+		default:
+			delete(g.tenants, key) // forgotten until it sends again
+		}
+	}
+	if active <= 1 {
+		return 0
+	}
+	return max(minShare, g.budget/active)
+}
+
+// enter waits until the tenant of key may have one more request in flight,
+// and returns the function that ends it; an error is ctx's.
+func (g *fairGate) enter(ctx context.Context, key string) (leave func(), err error) {
+	if g == nil || g.budget <= 0 {
+		return func() {}, nil
+	}
+	now := g.now()
+	g.mu.Lock()
+	t := g.tenants[key]
+	if t == nil {
+		t = &gateTenant{}
+		g.tenants[key] = t
+	}
+	t.lastSeen = now
+	if s := g.share(now); len(t.waiters) == 0 && (s == 0 || t.inflight < s) {
+		t.inflight++
+		g.mu.Unlock()
+		return func() { g.leave(key) }, nil
+	}
+	ready := make(chan struct{})
+	t.waiters = append(t.waiters, ready)
+	g.mu.Unlock()
+	select {
+	case <-ready:
+		return func() { g.leave(key) }, nil
+	case <-ctx.Done():
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		select {
+		case <-ready: // admitted meanwhile: give the place back
+			t.inflight--
+			g.admitLocked(g.now())
+		default:
+			for i, w := range t.waiters {
+				if w == ready {
+					t.waiters = append(t.waiters[:i], t.waiters[i+1:]...)
+					break
+				}
+			}
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// leave ends a request of key's tenant and admits whom it can.
+func (g *fairGate) leave(key string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t := g.tenants[key]; t != nil {
+		t.inflight--
+	}
+	g.admitLocked(g.now())
+}
+
+// admitLocked admits the waiting requests that fit the share now.
+func (g *fairGate) admitLocked(now time.Time) {
+	s := g.share(now)
+	for _, t := range g.tenants {
+		for len(t.waiters) > 0 && (s == 0 || t.inflight < s) {
+			close(t.waiters[0])
+			t.waiters = t.waiters[1:]
+			t.inflight++
+		}
+	}
+}

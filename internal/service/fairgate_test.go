@@ -1,0 +1,103 @@
+package service
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a clock a test moves.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestFairGate: a tenant alone is never held back; once another sends,
+// each keeps within its share and the other's requests go through at once;
+// when the other stops, the first is free again; a waiter that gives up
+// leaves no trace.
+func TestFairGate(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	g := newFairGate(16, clock.now)
+	ctx := context.Background()
+	var leaveA []func()
+	for range 20 { // alone: 20 at once, more than any share
+		leave, err := g.enter(ctx, "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaveA = append(leaveA, leave)
+	}
+	leaveB, err := g.enter(ctx, "b") // another tenant: through at once
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if _, err := g.enter(short, "a"); err == nil {
+		t.Fatal("a went past its share (8 of 16 with b sending) with 20 in flight")
+	}
+	admitted := make(chan func(), 1)
+	go func() {
+		leave, err := g.enter(ctx, "a")
+		if err != nil {
+			t.Error(err)
+		}
+		admitted <- leave
+	}()
+	time.Sleep(20 * time.Millisecond)
+	for _, leave := range leaveA[:12] { // a down to 8: still at its share
+		leave()
+	}
+	select {
+	case <-admitted:
+		t.Fatal("a admitted at its share")
+	case <-time.After(30 * time.Millisecond):
+	}
+	leaveA[12]() // 7: a's waiter goes
+	var next func()
+	select {
+	case next = <-admitted:
+	case <-time.After(time.Second):
+		t.Fatal("a's waiter not admitted below its share")
+	}
+	leaveB()
+	// b stops: once it is idle past the window, a is alone and free.
+	clock.add(2 * activeWindow)
+	var more []func()
+	for range 30 {
+		leave, err := g.enter(ctx, "a")
+		if err != nil {
+			t.Fatalf("a held back after b stopped: %v", err)
+		}
+		more = append(more, leave)
+	}
+	g.mu.Lock()
+	if n := len(g.tenants["a"].waiters); n != 0 {
+		t.Errorf("%d waiters left of the one that gave up", n)
+	}
+	if _, ok := g.tenants["b"]; ok {
+		t.Error("b, idle, is still counted")
+	}
+	g.mu.Unlock()
+	next()
+	for _, l := range append(leaveA[13:], more...) {
+		l()
+	}
+	if n := g.tenants["a"].inflight; n != 0 {
+		t.Errorf("a has %d in flight after every leave", n)
+	}
+	// No budget: nothing is shared.
+	var none *fairGate
+	if _, err := none.enter(short, "x"); err != nil {
+		t.Fatal(err)
+	}
+}
