@@ -43,29 +43,39 @@ type node struct {
 	re   *regexp.Regexp
 }
 
-type input struct {
+// Event is an event read for filters: its payload checked and parsed
+// once, for the router that matches an event against several destinations'
+// filters. It reads the payload in place: keep the payload unchanged while
+// the Event is in use.
+type Event struct {
 	root gjson.Result // the payload; nothing if it is not JSON
-	env  *Envelope
+	env  Envelope
 }
 
-func newInput(payload []byte, env *Envelope) input {
-	in := input{env: env}
+// NewEvent reads an event for MatchEvent. A payload that is not JSON has
+// no fields: every path in it is missing.
+func NewEvent(payload []byte, env Envelope) Event {
+	e := Event{env: env}
 	if gjson.ValidBytes(payload) {
-		// The payload is only read, and nothing of it outlives the call.
-		in.root = gjson.Parse(unsafe.String(unsafe.SliceData(payload), len(payload)))
+		e.root = gjson.Parse(unsafe.String(unsafe.SliceData(payload), len(payload)))
 	}
-	return in
+	return e
 }
 
 // Match reports whether an event matches the filter: its payload, the JSON
 // body as received, and its envelope. A payload that is not JSON has no
-// fields (every path is missing).
+// fields (every path is missing). It is NewEvent then MatchEvent.
 func (f *Filter) Match(payload []byte, env Envelope) bool {
 	if f.root == nil {
 		return true
 	}
-	in := newInput(payload, &env)
-	return f.root.eval(&in)
+	e := NewEvent(payload, env)
+	return f.root.eval(&e)
+}
+
+// MatchEvent is Match for an event read with NewEvent.
+func (f *Filter) MatchEvent(e *Event) bool {
+	return f.root == nil || f.root.eval(e)
 }
 
 // Explain is Match, and when the event does not match, the reasons why
@@ -74,15 +84,15 @@ func (f *Filter) Explain(payload []byte, env Envelope) (bool, []string) {
 	if f.root == nil {
 		return true, nil
 	}
-	in := newInput(payload, &env)
+	e := NewEvent(payload, env)
 	var why []string
-	if f.root.explain(&in, &why) {
+	if f.root.explain(&e, &why) {
 		return true, nil
 	}
 	return false, why
 }
 
-func (n *node) eval(in *input) bool {
+func (n *node) eval(in *Event) bool {
 	switch n.kind {
 	case nAnd:
 		for _, k := range n.kids {
@@ -105,7 +115,7 @@ func (n *node) eval(in *input) bool {
 }
 
 // found reports whether some value at the node's path passes its test.
-func (n *node) found(in *input) bool {
+func (n *node) found(in *Event) bool {
 	switch n.env {
 	case envType:
 		return n.envString(in.env.Type)

@@ -9,7 +9,7 @@ import (
 )
 
 // explain is eval, adding to why the reasons of a false.
-func (n *node) explain(in *input, why *[]string) bool {
+func (n *node) explain(in *Event, why *[]string) bool {
 	switch n.kind {
 	case nAnd:
 		ok := true
@@ -61,7 +61,7 @@ var phrases = map[opKind]string{
 }
 
 // reason says why the leaf n is false.
-func (n *node) reason(in *input) string {
+func (n *node) reason(in *Event) string {
 	vals := n.values(in)
 	shown := strings.Join(vals, ", ")
 	switch {
@@ -78,7 +78,7 @@ func (n *node) reason(in *input) string {
 }
 
 // values are the values at the leaf's path, written as JSON.
-func (n *node) values(in *input) []string {
+func (n *node) values(in *Event) []string {
 	switch n.env {
 	case envType, envTenant:
 		s := in.env.Type
