@@ -58,7 +58,9 @@ func FuzzMatch(f *testing.F) {
 
 // utfValid: the reference decodes strings as encoding/json does, with
 // invalid UTF-8 made U+FFFD; Envelope strings are compared as they are.
-func utfValid(s string) bool { return bytes.Equal([]byte(s), bytes.ToValidUTF8([]byte(s), []byte("\uFFFD"))) }
+func utfValid(s string) bool {
+	return bytes.Equal([]byte(s), bytes.ToValidUTF8([]byte(s), []byte("\uFFFD")))
+}
 
 func FuzzCompile(f *testing.F) {
 	for _, c := range matchCases {
