@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"fanout/destination/match"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -41,6 +42,10 @@ type Destination struct {
 	// an event's "type" field: "order.paid" exactly, "order.*" by prefix,
 	// "*" anything. No filter: every event, with a type or not.
 	Filter []string `json:"filter,omitempty"`
+	// Match, when set, keeps only the events whose payload (and type,
+	// tenant, time) it matches, among those Filter lets through: the
+	// filter language of package match.
+	Match *match.Filter `json:"match,omitempty"`
 	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
 	// rotation, signs too until PreviousSecretExpires.
 	Secret                string     `json:"secret"`
@@ -176,6 +181,19 @@ var reservedHeaders = map[string]bool{
 	"connection": true, "webhook-id": true, "webhook-timestamp": true, "webhook-signature": true,
 }
 
+// ValidateFilter checks the type filter.
+func (d *Destination) ValidateFilter() error {
+	if len(d.Filter) > maxFilters {
+		return invalid("filter has more than %d event types", maxFilters)
+	}
+	for _, f := range d.Filter {
+		if err := validatePattern(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Validate checks a destination and fills defaults. guard, when set, refuses
 // URLs whose host is an address it blocks (a name is checked at dial time).
 func (d *Destination) Validate(guard *webhook.Guard) error {
@@ -185,13 +203,8 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	if len(d.Description) > 1000 {
 		return invalid("description is longer than 1000 characters")
 	}
-	if len(d.Filter) > maxFilters {
-		return invalid("filter has more than %d event types", maxFilters)
-	}
-	for _, f := range d.Filter {
-		if err := validatePattern(f); err != nil {
-			return err
-		}
+	if err := d.ValidateFilter(); err != nil {
+		return err
 	}
 	if d.Secret == "" {
 		d.Secret = webhook.GenerateSecret()

@@ -59,7 +59,7 @@ func TestDestination_PolicyAndDuration(t *testing.T) {
 	}
 }
 
-func openRegistry(t *testing.T) (*destination.Registry, *dispatchsqlite.Store, *atomic.Int32) {
+func openRegistry(t testing.TB) (*destination.Registry, *dispatchsqlite.Store, *atomic.Int32) {
 	t.Helper()
 	s, err := dispatchsqlite.Open(context.Background(), dispatchsqlite.Config{Path: filepath.Join(t.TempDir(), "db")})
 	if err != nil {
@@ -97,10 +97,10 @@ func TestRegistry(t *testing.T) {
 	if err := r.Create(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Matching(destination.DefaultTenant, "order.paid"); len(got) != 2 {
+	if got := r.Matching(destination.DefaultTenant, "order.paid", nil); len(got) != 2 {
 		t.Fatalf("Matching(order.paid) = %d destinations, want 2", len(got))
 	}
-	if got := r.Matching(destination.DefaultTenant, "user.new"); len(got) != 1 || got[0].ID != id {
+	if got := r.Matching(destination.DefaultTenant, "user.new", nil); len(got) != 1 || got[0].ID != id {
 		t.Fatalf("Matching(user.new) = %v, want only the unfiltered one", got)
 	}
 	kc := r.KeyConfig(b.ID)

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"fanout/destination/match"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -43,6 +45,7 @@ type Registry struct {
 	mu        sync.RWMutex
 	byID      map[string]*Destination
 	sorted    []*Destination
+	index     typeIndex
 	versions  map[string]int64
 }
 
@@ -149,7 +152,7 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	for id, v := range versions {
 		changed = changed || r.versions[id] != v
 	}
-	r.byID, r.sorted, r.versions = byID, sorted, versions
+	r.byID, r.sorted, r.versions, r.index = byID, sorted, versions, newTypeIndex(sorted)
 	r.mu.Unlock()
 	if changed && r.changed != nil {
 		r.changed()
@@ -190,18 +193,80 @@ func (r *Registry) Get(id string) (*Destination, bool) {
 	return d, ok
 }
 
-// Matching returns the enabled destinations that want an event of this
-// type published for tenant: that tenant's, and those of every tenant.
-func (r *Registry) Matching(tenant, eventType string) []*Destination {
+// Matching returns the enabled destinations that want an event published
+// for tenant: that tenant's and those of every tenant, whose type filter
+// lets its type through and whose payload filter (Match), if any, matches
+// ev. They come in id order, whatever the patterns that found them: a
+// fan-out run again must number its deliveries as it did the first time.
+// The type index is consulted first, so that an event looks only at the
+// destinations that could want its type.
+func (r *Registry) Matching(tenant, eventType string, ev *match.Event) []*Destination {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	var found []int
+	add := func(ix []int) {
+		for _, i := range ix {
+			d := r.sorted[i]
+			if d.Enabled && (d.AllTenants || d.Owner() == tenant) {
+				found = append(found, i)
+			}
+		}
+	}
+	add(r.index.any)
+	if eventType != "" {
+		add(r.index.exact[eventType])
+		for _, p := range r.index.prefixes {
+			if strings.HasPrefix(eventType, p.prefix) {
+				add(p.dests)
+			}
+		}
+	}
+	slices.Sort(found)
+	found = slices.Compact(found) // one destination found by two of its patterns
 	var out []*Destination
-	for _, d := range r.sorted {
-		if d.Enabled && (d.AllTenants || d.Owner() == tenant) && d.Matches(eventType) {
+	for _, i := range found {
+		d := r.sorted[i]
+		if d.Match == nil || ev == nil || d.Match.MatchEvent(ev) {
 			out = append(out, d)
 		}
 	}
 	return out
+}
+
+// typeIndex finds the destinations that may want an event of a type,
+// by their position in Registry.sorted: those that take any type, those
+// with the type as a pattern, and those with a prefix of it.
+type typeIndex struct {
+	any      []int
+	exact    map[string][]int
+	prefixes []prefixDests
+}
+
+type prefixDests struct {
+	prefix string
+	dests  []int
+}
+
+func newTypeIndex(sorted []*Destination) typeIndex {
+	ix := typeIndex{exact: map[string][]int{}}
+	byPrefix := map[string][]int{}
+	for i, d := range sorted {
+		if len(d.Filter) == 0 || slices.Contains(d.Filter, "*") {
+			ix.any = append(ix.any, i)
+			continue
+		}
+		for _, p := range d.Filter {
+			if pre, ok := strings.CutSuffix(p, "*"); ok {
+				byPrefix[pre] = append(byPrefix[pre], i)
+			} else {
+				ix.exact[p] = append(ix.exact[p], i)
+			}
+		}
+	}
+	for pre, dests := range byPrefix {
+		ix.prefixes = append(ix.prefixes, prefixDests{prefix: pre, dests: dests})
+	}
+	return ix
 }
 
 // KeyConfig is the runtime's view of a destination (its key is its id): its

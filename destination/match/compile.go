@@ -530,3 +530,14 @@ func scalarOf(path string, v *jv, isTime bool) (scalar, error) {
 	}
 	return sc, nil
 }
+
+// UnmarshalJSON compiles a filter from JSON, so that a stored destination's
+// filter is compiled once, as it is loaded.
+func (f *Filter) UnmarshalJSON(b []byte) error {
+	g, err := Compile(b)
+	if err != nil {
+		return err
+	}
+	*f = *g
+	return nil
+}

@@ -209,6 +209,7 @@ func TestRun_TenantMatrix(t *testing.T) {
 		"POST /v1/destinations/{id}/replay": map[string]any{"since": since, "dry_run": true},
 		"POST /v1/deliveries/retry":         map[string]any{"destination": f.destA},
 		"PUT /v1/tenants/{tenant}":          map[string]any{"name": "x"},
+		"POST /v1/match":                    map[string]any{"match": map[string]any{"$type": "x"}, "event": map[string]any{"type": "x"}},
 		"POST /v1/tokens":                   map[string]any{"name": "x", "rights": []string{"read"}, "tenant": "acme"},
 	}
 	// idFor is acme's thing that a route's {id} names.

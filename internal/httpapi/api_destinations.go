@@ -110,3 +110,15 @@ func noStore(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// handleMatchTest answers whether a destination with a type filter and a
+// payload filter would get an event, and why not.
+func handleMatchTest(log *slog.Logger, svc *service.Service) http.Handler {
+	return respondTo(log, http.StatusOK, func(r *http.Request, in *service.MatchTest) (*service.MatchResult, error) {
+		scope, err := scopeOf(r, svc)
+		if err != nil {
+			return nil, err
+		}
+		return svc.TestMatch(tenantOf(r, scope), in)
+	})
+}

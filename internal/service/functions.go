@@ -14,6 +14,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"fanout/destination"
+	"fanout/destination/match"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -177,7 +178,8 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		if err != nil {
 			return Fanout{}, err // the store failed: try again, never route to fewer
 		}
-		matching := dests.Matching(tenant, eventType)
+		ev := match.NewEvent(event, match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
+		matching := dests.Matching(tenant, eventType, &ev)
 		if only, ok := testTarget(info.Meta); ok {
 			matching = testDestination(dests, tenant, only) // a test-send: that one alone (portal.go)
 		} else if isNotice(eventType) {

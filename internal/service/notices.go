@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"fanout/destination"
+	"fanout/destination/match"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -102,15 +103,25 @@ func noticeTargets(matching []*destination.Destination, eventType string, event 
 // rule handleEvent applies when it fans an event out (with Matching), and
 // replays apply again. payload is read only for an operational event, to
 // keep it from the destination it is about (unreadable, it is not routed).
-func routed(d *destination.Destination, eventType string, payload func() ([]byte, bool)) bool {
+// A destination with a payload filter (Match) is asked it too, with env.
+func routed(d *destination.Destination, eventType string, env match.Envelope, payload func() ([]byte, bool)) bool {
 	if !d.Matches(eventType) {
 		return false
 	}
-	if !isNotice(eventType) {
+	if !isNotice(eventType) && d.Match == nil {
 		return true
 	}
 	event, ok := payload()
-	return ok && len(noticeTargets([]*destination.Destination{d}, eventType, event)) == 1
+	if !ok {
+		return false
+	}
+	if d.Match != nil {
+		env.Type = eventType
+		if !d.Match.Match(event, env) {
+			return false
+		}
+	}
+	return !isNotice(eventType) || len(noticeTargets([]*destination.Destination{d}, eventType, event)) == 1
 }
 
 // NoticeStore keeps the announced states (the document methods of the

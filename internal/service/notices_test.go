@@ -2,6 +2,7 @@ package service
 
 import (
 	"fanout/destination"
+	"fanout/destination/match"
 	"testing"
 )
 
@@ -31,7 +32,7 @@ func TestRouted(t *testing.T) {
 	}
 	for _, tc := range tests {
 		d := &destination.Destination{ID: "dst_a", Filter: tc.filter}
-		if got := routed(d, tc.typ, tc.payload); got != tc.want {
+		if got := routed(d, tc.typ, match.Envelope{}, tc.payload); got != tc.want {
 			t.Errorf("%s: routed = %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"fanout/destination"
+	"fanout/destination/match"
 	"fanout/dispatch"
 )
 
@@ -195,7 +197,7 @@ func (s *Service) countReplay(ctx context.Context, job *replayJob) (*ReplayCount
 		}
 		scanned += res.Scanned
 		for _, c := range res.Calls {
-			if routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
+			if routed(d, c.Call.Tag, s.replayEnvelope(ctx, d, c.Call), s.payloadOf(ctx, c.Call.ID)) {
 				out.Events++
 			}
 		}
@@ -208,6 +210,17 @@ func (s *Service) countReplay(ctx context.Context, job *replayJob) (*ReplayCount
 		}
 		p.After = res.Next
 	}
+}
+
+// replayEnvelope is what a payload filter sees of a stored event besides
+// its payload: its tenant (the destination's, unless it takes every
+// tenant's events) and when it arrived.
+func (s *Service) replayEnvelope(ctx context.Context, d *destination.Destination, c *dispatch.Call) match.Envelope {
+	env := match.Envelope{Type: c.Tag, Tenant: d.Owner(), Time: c.CreatedAt}
+	if d.AllTenants {
+		env.Tenant, _, _ = s.tenants.ofKey(ctx, c.Key)
+	}
+	return env
 }
 
 // payloadOf returns a function that reads an event's payload when asked:
@@ -278,7 +291,7 @@ func (s *Service) replayPage(ctx context.Context, job replayJob) (ReplayCount, e
 	var events []string // the event of each child
 	tag := "replay:" + info.ID
 	for _, c := range res.Calls {
-		if !routed(d, c.Call.Tag, s.payloadOf(ctx, c.Call.ID)) {
+		if !routed(d, c.Call.Tag, s.replayEnvelope(ctx, d, c.Call), s.payloadOf(ctx, c.Call.ID)) {
 			continue
 		}
 		// A delivery carries no copy of its event: it reads its parent's

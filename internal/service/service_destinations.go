@@ -2,9 +2,11 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 
 	"fanout/destination"
+	"fanout/destination/match"
 	"fanout/webhook"
 )
 
@@ -12,10 +14,12 @@ import (
 // /v1/destinations send it: a field that is absent is left as it is (or
 // defaulted, on creation).
 type DestinationInput struct {
-	URL            *string                    `json:"url"`
-	Description    *string                    `json:"description"`
-	Enabled        *bool                      `json:"enabled"`
-	Filter         *[]string                  `json:"filter"`
+	URL         *string   `json:"url"`
+	Description *string   `json:"description"`
+	Enabled     *bool     `json:"enabled"`
+	Filter      *[]string `json:"filter"`
+	// Match is a payload filter; {} removes it.
+	Match          *json.RawMessage           `json:"match"`
 	Secret         *string                    `json:"secret"`
 	MaxConcurrency *int                       `json:"max_concurrency"`
 	RateLimit      *float64                   `json:"rate_limit"`
@@ -25,12 +29,21 @@ type DestinationInput struct {
 	// AllTenants, at creation only: the operator's destination of every
 	// tenant's events.
 	AllTenants *bool `json:"all_tenants"`
+	// compiled is Match, compiled by check.
+	compiled *match.Filter
 }
 
 // check refuses what apply would read wrong: a zero max_concurrency is
 // not "the default" (leave it out for that), and the destination's own
 // validation would take it for absent.
 func (in *DestinationInput) check() error {
+	if in.Match != nil {
+		f, err := match.Compile(*in.Match)
+		if err != nil {
+			return Invalid("match: %v", err)
+		}
+		in.compiled = f
+	}
 	if in.MaxConcurrency != nil && *in.MaxConcurrency < 1 {
 		return Invalid("max_concurrency must be between 1 and %d; leave it out for the default (%d)",
 			destination.MaxConcurrency, destination.DefaultConcurrency)
@@ -48,6 +61,12 @@ func (in *DestinationInput) apply(d *destination.Destination) {
 	}
 	set(&d.Enabled, in.Enabled)
 	set(&d.Filter, in.Filter)
+	if in.compiled != nil {
+		d.Match = in.compiled
+		if d.Match.String() == "{}" {
+			d.Match = nil // {}: every event, as without
+		}
+	}
 	if in.Secret != nil {
 		// A form that showed the masked secret posts back its mask:
 		// that keeps the secret.
