@@ -176,3 +176,70 @@ func TestWriter_EmptyDurableCommitKeepsLazySync(t *testing.T) {
 		})
 	}
 }
+
+// TestWriter_GatherOnlyWithCompany: lazy finishes wait for company only
+// while durable commits come often (companyLikely): then a durable
+// operation that comes during the wait shares their commit; when durable
+// commits are rare, a finish commits at once instead of waiting for
+// nothing. The wait is made endless here, so that a finish that waits when
+// it should not is seen, and one that does not wait when it should makes a
+// commit of its own.
+func TestWriter_GatherOnlyWithCompany(t *testing.T) {
+	insert := func(tx *wtx) error {
+		_, err := tx.exec(`INSERT INTO docs (kind, id, data, version, created_at, updated_at) VALUES ('t', ?, x'', 1, 0, 0)`,
+			fmt.Sprint(time.Now().UnixNano()))
+		return err
+	}
+	for _, tc := range []struct {
+		name        string
+		gap         time.Duration
+		wait        bool
+		wantCommits int64
+	}{
+		{"DurableCommitsRare", 0, false, 2},
+		{"DurableCommitsOften", time.Hour, true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "fanout.db")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			// Set before the next operation is sent to the writer, which
+			// reads them only for operations it receives.
+			s.w.companyGap, s.w.gatherLazy = tc.gap, time.Hour
+			for range 2 {
+				if err := s.w.do(ctx, insert); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := s.StoreStats().Commits
+			lazy := make(chan error, 1)
+			go func() { lazy <- s.w.doLazy(ctx, true, insert) }()
+			var waited bool
+			select {
+			case err := <-lazy:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(5 * time.Second):
+				waited = true
+			}
+			if waited != tc.wait {
+				t.Errorf("the lazy operation waited for company: %v, want %v", waited, tc.wait)
+			}
+			if err := s.w.do(ctx, insert); err != nil {
+				t.Fatal(err)
+			}
+			if waited {
+				if err := <-lazy; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := s.StoreStats().Commits - before; got != tc.wantCommits {
+				t.Errorf("a lazy and a durable operation took %d commits, want %d", got, tc.wantCommits)
+			}
+		})
+	}
+}

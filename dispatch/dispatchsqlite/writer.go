@@ -24,6 +24,9 @@ import (
 const (
 	lazySyncWithin = 100 * time.Millisecond
 	lazyGather     = 2 * time.Millisecond
+	// companyGap: lazy operations wait for company only while durable
+	// commits come at least this often (see companyLikely).
+	companyGap = 5 * time.Millisecond
 )
 
 // errClosed is returned for operations submitted after Close.
@@ -72,9 +75,15 @@ type writer struct {
 	unsynced   bool
 	syncWithin time.Duration
 	gatherLazy time.Duration
-	lazySyncs  atomic.Int64
-	allDurable bool // Config.SyncEveryCommit
-	wrote      bool // the last commit wrote rows (and so WAL frames)
+	// When the last durable commit began, and how long after the one
+	// before it (companyLikely, with companyGap). Only the writer
+	// goroutine uses them.
+	companyGap  time.Duration
+	lastDurable time.Time
+	durableGap  time.Duration
+	lazySyncs   atomic.Int64
+	allDurable  bool // Config.SyncEveryCommit
+	wrote       bool // the last commit wrote rows (and so WAL frames)
 }
 
 // driverConn is what the writer needs of the driver's connection.
@@ -103,6 +112,7 @@ func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 		mode:       "FULL",
 		syncWithin: lazySyncWithin,
 		gatherLazy: lazyGather,
+		companyGap: companyGap,
 		sqlConn:    conn,
 		maxBatch:   maxBatch,
 		log:        log,
@@ -129,8 +139,9 @@ func (w *writer) do(ctx context.Context, fn func(tx *wtx) error) error {
 // written in order and SQLite checksums its frames in a chain, so a power
 // cut loses a suffix of lazy commits, never one between two that survive.
 // With gather, a commit of such operations alone also waits up to
-// gatherLazy for more, so that at low load the finishes of one event's
-// deliveries share a commit; a claim, which work waits for, does not.
+// gatherLazy for more while durable commits come often (companyLikely),
+// so that finishes share the next event's commit; a claim, which work
+// waits for, does not.
 func (w *writer) doLazy(ctx context.Context, gather bool, fn func(tx *wtx) error) error {
 	lazy := !w.allDurable
 	return w.submit(&op{ctx: ctx, fn: fn, lazy: lazy, patient: lazy && gather, done: make(chan struct{})})
@@ -223,7 +234,7 @@ func (w *writer) loop() {
 				break collect
 			}
 		}
-		if w.gatherLazy > 0 && allPatient(batch) && len(batch) < w.maxBatch {
+		if w.gatherLazy > 0 && allPatient(batch) && len(batch) < w.maxBatch && w.companyLikely() {
 			gatherTimer.Reset(w.gatherLazy)
 		gather:
 			for len(batch) < w.maxBatch {
@@ -242,6 +253,10 @@ func (w *writer) loop() {
 			gatherTimer.Stop()
 		}
 		lazy := allLazy(batch)
+		if !lazy {
+			now := time.Now()
+			w.durableGap, w.lastDurable = now.Sub(w.lastDurable), now
+		}
 		committed := w.commit(batch, lazy)
 		switch {
 		case !committed:
@@ -256,6 +271,18 @@ func (w *writer) loop() {
 			syncTimer.Stop()
 		}
 	}
+}
+
+// companyLikely reports whether lazy operations should wait for company:
+// when the last two durable commits began within companyGap of each other
+// and the last one within companyGap of now, a durable operation (the next
+// event's) is likely to come within gatherLazy, and the finishes share its
+// commit and its fsync. At 400 events/s that saves more than the wait costs
+// (without it, 1.06x the CPU per event); at 100 events/s nothing comes, and
+// the wait is a timer and a wake-up for nothing (docs/BENCHMARKS.md, issue
+// 24). Only the writer goroutine calls it.
+func (w *writer) companyLikely() bool {
+	return w.durableGap < w.companyGap && time.Since(w.lastDurable) < w.companyGap
 }
 
 func allPatient(batch []*op) bool {
