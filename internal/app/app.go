@@ -267,8 +267,8 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 	a.svc = service.New(service.Config{Runtime: a.rt, Store: a.store, Fns: fns, Dests: a.dests, Retention: cfg.retention,
 		FailedRetention: cfg.failedRetention, StoreName: storeName, Tracing: a.tracing, NoticeWindow: cfg.noticeWindow,
 		Version: buildVersion(), Logger: log, TenantIngestRate: cfg.tenantRate, TenantIngestBurst: cfg.tenantBurst,
-		TenantFairRequests: cfg.tenantFair,
-		Portal:             service.PortalConfig{PublicURL: cfg.publicURL, Branding: cfg.portal}})
+		TenantFairBytes: cfg.tenantFair,
+		Portal:          service.PortalConfig{PublicURL: cfg.publicURL, Branding: cfg.portal}})
 	a.commits.Store(a.svc)
 	wired = true
 	return a, nil

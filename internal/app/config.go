@@ -59,7 +59,7 @@ type config struct {
 	noticeWindow     time.Duration
 	tenantRate       float64
 	tenantBurst      int
-	tenantFair       int
+	tenantFair       int64
 	portal           service.Branding
 	// spanExporter, set by tests only, replaces the OTLP exporter when
 	// tracing is on.
@@ -129,7 +129,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&cfg.portal.Accent, "portal-accent", "", "the accent colour of tenant portals, #rrggbb")
 	fs.StringVar(&cfg.proxy, "proxy", "", "send every delivery through this HTTP proxy (`URL`: http://proxy.internal:3128); without it, HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured. The SSRF guard checks each destination before the proxy gets it")
 	fs.Float64Var(&cfg.tenantRate, "tenant-ingest-rate", 0, "events per second each tenant may send to this process, unless the tenant has its own ingest_rate; past it, 429 with Retry-After (0: no limit)")
-	fs.IntVar(&cfg.tenantFair, "tenant-fair-requests", 16, "ingest requests in flight that tenants share while more than one sends: each may have this many divided by the tenants sending (at least 2), and its others wait their turn, bodies unread; a tenant alone is never held back (0: no sharing)")
+	cfg.tenantFair = 64 << 10
+	fs.Var((*byteSize)(&cfg.tenantFair), "tenant-fair-bytes", "ingest request bytes in flight that tenants share while more than one sends (`SIZE`): each may have this divided by the tenants sending (at least 16KiB), and its other requests wait their turn, bodies unread; a tenant alone is never held back (0: no sharing)")
 	fs.IntVar(&cfg.tenantBurst, "tenant-ingest-burst", 0, "events a tenant may send at once above --tenant-ingest-rate (0: as many as one second's rate)")
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")

@@ -21,40 +21,54 @@ func (c *fakeClock) add(d time.Duration) {
 }
 
 // TestFairGate: a tenant alone is never held back; once another sends,
-// each keeps within its share and the other's requests go through at once;
-// when the other stops, the first is free again; a waiter that gives up
-// leaves no trace.
+// each keeps within its share of bytes and the other's requests go through
+// at once; small requests (single events) fit the share by the dozen; when
+// the other stops, the first is free again; a waiter that gives up leaves
+// no trace.
 func TestFairGate(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	g := newFairGate(16, clock.now)
+	const kib = 1 << 10
+	g := newFairGate(64*kib, clock.now) // 32 KiB each with two tenants
 	ctx := context.Background()
 	var leaveA []func()
-	for range 20 { // alone: 20 at once, more than any share
-		leave, err := g.enter(ctx, "a")
+	for range 20 { // alone: 20 batches of 4 KiB at once, more than any share
+		leave, err := g.enter(ctx, "a", 4*kib)
 		if err != nil {
 			t.Fatal(err)
 		}
 		leaveA = append(leaveA, leave)
 	}
-	leaveB, err := g.enter(ctx, "b") // another tenant: through at once
+	leaveB, err := g.enter(ctx, "b", 200) // another tenant: through at once
 	if err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
 	defer cancel()
-	if _, err := g.enter(short, "a"); err == nil {
-		t.Fatal("a went past its share (8 of 16 with b sending) with 20 in flight")
+	if _, err := g.enter(short, "a", 4*kib); err == nil {
+		t.Fatal("a went past its share (32 of 64 KiB with b sending) with 80 KiB in flight")
+	}
+	// b's single events, 64 of them, fit its share at once.
+	var leaveSmall []func()
+	for range 64 {
+		leave, err := g.enter(short, "b", 200)
+		if err != nil {
+			t.Fatalf("b's single events held back: %v", err)
+		}
+		leaveSmall = append(leaveSmall, leave)
+	}
+	for _, l := range leaveSmall {
+		l()
 	}
 	admitted := make(chan func(), 1)
 	go func() {
-		leave, err := g.enter(ctx, "a")
+		leave, err := g.enter(ctx, "a", 4*kib)
 		if err != nil {
 			t.Error(err)
 		}
 		admitted <- leave
 	}()
 	time.Sleep(20 * time.Millisecond)
-	for _, leave := range leaveA[:12] { // a down to 8: still at its share
+	for _, leave := range leaveA[:12] { // a down to 32 KiB: its share, full
 		leave()
 	}
 	select {
@@ -62,7 +76,7 @@ func TestFairGate(t *testing.T) {
 		t.Fatal("a admitted at its share")
 	case <-time.After(30 * time.Millisecond):
 	}
-	leaveA[12]() // 7: a's waiter goes
+	leaveA[12]() // 28 KiB: a's waiter fits
 	var next func()
 	select {
 	case next = <-admitted:
@@ -74,7 +88,7 @@ func TestFairGate(t *testing.T) {
 	clock.add(2 * activeWindow)
 	var more []func()
 	for range 30 {
-		leave, err := g.enter(ctx, "a")
+		leave, err := g.enter(ctx, "a", 4*kib)
 		if err != nil {
 			t.Fatalf("a held back after b stopped: %v", err)
 		}
@@ -95,9 +109,22 @@ func TestFairGate(t *testing.T) {
 	if n := g.tenants["a"].inflight; n != 0 {
 		t.Errorf("a has %d in flight after every leave", n)
 	}
+	// A request over the share goes when its tenant has nothing in flight.
+	leaveB, err = g.enter(ctx, "b", 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	soon, cancelSoon := context.WithTimeout(ctx, time.Second)
+	defer cancelSoon()
+	huge, err := g.enter(soon, "a", 1<<20)
+	if err != nil {
+		t.Fatalf("a request over the share, nothing else in flight: %v", err)
+	}
+	huge()
+	leaveB()
 	// No budget: nothing is shared.
 	var none *fairGate
-	if _, err := none.enter(short, "x"); err != nil {
+	if _, err := none.enter(short, "x", 1<<30); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -98,9 +98,9 @@ type Config struct {
 	// of each tenant, per process, unless a tenant has its own; 0: none.
 	TenantIngestRate  float64
 	TenantIngestBurst int
-	// TenantFairRequests is the ingest requests in flight that tenants
+	// TenantFairBytes is the ingest request bytes in flight that tenants
 	// share while more than one sends (fairgate.go); 0: no sharing.
-	TenantFairRequests int
+	TenantFairBytes int64
 	// Portal is the operator's settings of the tenant portals.
 	Portal PortalConfig
 	// Now is the clock; nil is time.Now.
@@ -119,7 +119,7 @@ func New(cfg Config) *Service {
 		s.now = time.Now
 	}
 	s.tenants = newTenants(cfg.Store, cfg.TenantIngestRate, cfg.TenantIngestBurst, s.now)
-	s.gate = newFairGate(cfg.TenantFairRequests, s.now)
+	s.gate = newFairGate(cfg.TenantFairBytes, s.now)
 	s.fns.tenantOf = s.tenants.ofKey
 	s.replayFn = newReplayFunction(s)
 	if err := s.rt.Register(s.replayFn); err != nil {
@@ -327,11 +327,12 @@ func (s *Service) StoreStats() dispatch.StoreStats { return s.store.StoreStats()
 
 // --- ingest ---
 
-// EnterIngest waits for the turn of a request of tenant to ingest, when
+// EnterIngest waits for the turn of a request of tenant, of bytes (-1: not
+// told), to ingest, when
 // other tenants send too (fairgate.go), and returns the function that ends
 // it; call it before reading the request's body. An unknown tenant, or
 // one scope does not cover, is not found; an error of ctx is the wait's.
-func (s *Service) EnterIngest(ctx context.Context, scope Scope, tenant string) (leave func(), err error) {
+func (s *Service) EnterIngest(ctx context.Context, scope Scope, tenant string, bytes int64) (leave func(), err error) {
 	if !scope.Allows(tenant) {
 		return nil, NotFound("no tenant with id %q", tenant)
 	}
@@ -339,7 +340,7 @@ func (s *Service) EnterIngest(ctx context.Context, scope Scope, tenant string) (
 	if err != nil {
 		return nil, err
 	}
-	return s.gate.enter(ctx, t.Key)
+	return s.gate.enter(ctx, t.Key, bytes)
 }
 
 // Ingest stores events atomically, each as a handleEvent call, and returns
