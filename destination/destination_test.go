@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"fanout/destination"
+	"fanout/destination/match"
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchsqlite"
 	"fanout/webhook"
@@ -97,10 +98,10 @@ func TestRegistry(t *testing.T) {
 	if err := r.Create(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Matching(destination.DefaultTenant, "order.paid", nil); len(got) != 2 {
+	if got := r.Matching(destination.DefaultTenant, "order.paid", nil, match.Envelope{}); len(got) != 2 {
 		t.Fatalf("Matching(order.paid) = %d destinations, want 2", len(got))
 	}
-	if got := r.Matching(destination.DefaultTenant, "user.new", nil); len(got) != 1 || got[0].ID != id {
+	if got := r.Matching(destination.DefaultTenant, "user.new", nil, match.Envelope{}); len(got) != 1 || got[0].ID != id {
 		t.Fatalf("Matching(user.new) = %v, want only the unfiltered one", got)
 	}
 	kc := r.KeyConfig(b.ID)

@@ -196,11 +196,13 @@ func (r *Registry) Get(id string) (*Destination, bool) {
 // Matching returns the enabled destinations that want an event published
 // for tenant: that tenant's and those of every tenant, whose type filter
 // lets its type through and whose payload filter (Match), if any, matches
-// ev. They come in id order, whatever the patterns that found them: a
-// fan-out run again must number its deliveries as it did the first time.
-// The type index is consulted first, so that an event looks only at the
-// destinations that could want its type.
-func (r *Registry) Matching(tenant, eventType string, ev *match.Event) []*Destination {
+// the event read from payload and env (read once, and only if one of them
+// has a payload filter; a nil payload skips payload filters). They come in
+// id order, whatever the patterns that found them: a fan-out run again must
+// number its deliveries as it did the first time. The type index is
+// consulted first, so that an event looks only at the destinations that
+// could want its type.
+func (r *Registry) Matching(tenant, eventType string, payload []byte, env match.Envelope) []*Destination {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var found []int
@@ -224,11 +226,19 @@ func (r *Registry) Matching(tenant, eventType string, ev *match.Event) []*Destin
 	slices.Sort(found)
 	found = slices.Compact(found) // one destination found by two of its patterns
 	var out []*Destination
+	var ev *match.Event
 	for _, i := range found {
 		d := r.sorted[i]
-		if d.Match == nil || ev == nil || d.Match.MatchEvent(ev) {
-			out = append(out, d)
+		if d.Match != nil && payload != nil {
+			if ev == nil {
+				e := match.NewEvent(payload, env)
+				ev = &e
+			}
+			if !d.Match.MatchEvent(ev) {
+				continue
+			}
 		}
+		out = append(out, d)
 	}
 	return out
 }

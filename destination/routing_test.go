@@ -57,9 +57,8 @@ func TestRegistry_Matching(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ev := match.NewEvent([]byte(tc.payload), match.Envelope{Type: tc.typ, Tenant: tc.tenant, Time: time.Now()})
 			var got []string
-			for _, d := range r.Matching(tc.tenant, tc.typ, &ev) {
+			for _, d := range r.Matching(tc.tenant, tc.typ, []byte(tc.payload), match.Envelope{Type: tc.typ, Tenant: tc.tenant, Time: time.Now()}) {
 				got = append(got, d.ID)
 			}
 			if !slices.Equal(got, tc.want) {
@@ -93,8 +92,7 @@ func BenchmarkRouting(b *testing.B) {
 	b.ResetTimer()
 	n := 0
 	for b.Loop() {
-		ev := match.NewEvent(payload, match.Envelope{Type: "type.7", Tenant: destination.DefaultTenant})
-		n = len(r.Matching(destination.DefaultTenant, "type.7", &ev))
+		n = len(r.Matching(destination.DefaultTenant, "type.7", payload, match.Envelope{Type: "type.7", Tenant: destination.DefaultTenant}))
 	}
 	if n != 10 {
 		b.Fatalf("%d destinations matched, want 10", n)

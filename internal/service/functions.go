@@ -178,8 +178,7 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		if err != nil {
 			return Fanout{}, err // the store failed: try again, never route to fewer
 		}
-		ev := match.NewEvent(event, match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
-		matching := dests.Matching(tenant, eventType, &ev)
+		matching := dests.Matching(tenant, eventType, event, match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
 		if only, ok := testTarget(info.Meta); ok {
 			matching = testDestination(dests, tenant, only) // a test-send: that one alone (portal.go)
 		} else if isNotice(eventType) {
