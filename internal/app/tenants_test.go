@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"fanout/dispatch"
 	"fanout/internal/httpapi"
 	"fanout/internal/service"
 )
@@ -528,5 +530,46 @@ func TestRun_TenantList(t *testing.T) {
 		if status, got := f.as(t, f.operator, "PUT", "/v1/tenants/"+bad, map[string]any{}); status != 400 {
 			t.Errorf("PUT /v1/tenants/%s: %d %s, want 400", bad, status, got)
 		}
+	}
+}
+
+// TestRun_StoreFromBeforeTenants: a store written before tenants (a
+// destination document without "tenant", events keyed "") is used as it
+// is: its destination and events are the default tenant's, for routing and
+// for the default tenant's token, and no other tenant sees them.
+func TestRun_StoreFromBeforeTenants(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	recv := newReceiver(t)
+	old := openTestStore(t, dir)
+	now := time.Now().UTC()
+	data := `{"id":"dst_old","url":"` + recv.URL + `","enabled":true,"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","max_concurrency":4,"paused":false}`
+	if err := old.DocCreate(context.Background(), &dispatch.Doc{Kind: "destination", ID: "dst_old", Data: []byte(data), Version: 1,
+		CreatedAt: now, UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	const op = "old-store-operator-token-0123456789"
+	base, _ := startRun(t, []string{"--data", dir, "--api-token", op}, nil)
+	f := &tenantFixture{base: base, operator: op}
+	var d struct{ Tenant string }
+	f.must(t, 200, op, "GET", "/v1/tenants/default/destinations/dst_old", nil, &d)
+	var e struct{ ID string }
+	f.must(t, 202, op, "POST", "/v1/event", `{"type":"t"}`, &e)
+	eventually(t, "the old destination gets the default tenant's event", 10*time.Second, func() bool { _, ok := recv.has(e.ID); return ok })
+	f.must(t, 201, op, "PUT", "/v1/tenants/acme", map[string]any{}, nil)
+	var tok struct{ Token string }
+	f.must(t, 201, op, "POST", "/v1/tokens", map[string]any{"name": "d", "rights": []string{"read"}, "tenant": "default"}, &tok)
+	f.must(t, 200, tok.Token, "GET", "/v1/destinations/dst_old", nil, nil)
+	f.must(t, 200, tok.Token, "GET", "/v1/events/"+e.ID, nil, nil)
+	f.must(t, 201, op, "POST", "/v1/tokens", map[string]any{"name": "a", "rights": []string{"read"}, "tenant": "acme"}, &tok)
+	f.must(t, 404, tok.Token, "GET", "/v1/destinations/dst_old", nil, nil)
+	f.must(t, 404, tok.Token, "GET", "/v1/events/"+e.ID, nil, nil)
+	f.must(t, 202, op, "POST", "/v1/tenants/acme/event", `{"type":"t"}`, &e)
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := recv.has(e.ID); ok {
+		t.Fatal("the default tenant's old destination got acme's event")
 	}
 }
