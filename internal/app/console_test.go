@@ -384,11 +384,13 @@ func TestConsole_Browser(t *testing.T) {
 	}
 	form := sel + " form.editing"
 	edit()
+	// The example is at first the destination's last event.
+	b.exec(fmt.Sprintf(`document.querySelector('%s details.match-test').open = true`, form))
+	b.wait("the last event as the example", fmt.Sprintf(`document.querySelector('%s textarea[name=example]').value === %q`, form, "{\n  \"type\": \"order.shipped\"\n}"))
 	b.exec(fmt.Sprintf(`document.querySelector('%s textarea[name=match]').value = %q;
-		document.querySelector('%s details.match-test').open = true;
 		document.querySelector('%s textarea[name=example]').value = %q;
 		document.querySelector('%s button.test-match').click()`,
-		form, "{\n  \"data.amount\": {\"$gte\": 100}\n}", form, form, `{"type":"order.paid","data":{"amount":50,"note":"<b>x</b>"}}`, form))
+		form, "{\n  \"data.amount\": {\"$gte\": 100}\n}", form, `{"type":"order.paid","data":{"amount":50,"note":"<b>x</b>"}}`, form))
 	b.wait("does not match, and why", fmt.Sprintf(`(document.querySelector('%s .match-result strong')||{}).textContent === "does not match" &&
 		[...document.querySelectorAll('%s .match-result li')].map(li => li.textContent).join("|") === "data.amount: 50 is not >= 100"`, form, form))
 	b.wait("the toasts gone", `document.getElementById("toast").hidden`)
