@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -131,6 +132,48 @@ func TestPortal_Browser(t *testing.T) {
 	b.exec(`document.getElementById("secret-done").click()`)
 	b.wait("the mask only", fmt.Sprintf(`!document.getElementById("secret-value") && !document.body.innerText.includes(%q)`, rotated))
 	b.check("create, test-send, rotate")
+
+	// Payload filters: one typed in the edit form is tested on an example
+	// that does not match (the reason shown, as text), then saved and
+	// shown; one the API refuses shows the 400 under the field and saves
+	// nothing.
+	matchOf := func() string {
+		var d struct{ Match json.RawMessage }
+		f.must(t, 200, token, "GET", "/v1/destinations/"+newID, nil, &d)
+		return string(d.Match)
+	}
+	b.visit("#/endpoints/" + newID + "/edit")
+	b.wait("the edit form's payload filter", `!!document.getElementById("match")`)
+	b.exec(fmt.Sprintf(`document.getElementById("match").value = %q;
+		document.getElementById("match-test-panel").open = true;
+		document.getElementById("match-example").value = %q;
+		document.getElementById("match-test").click()`,
+		"{\n  \"data.amount\": {\"$gte\": 100}\n}", `{"type":"order.paid","data":{"amount":50,"note":"<b>x</b>"}}`))
+	b.wait("does not match, and why", `(document.querySelector("#match-result strong")||{}).textContent === "does not match" &&
+		[...document.querySelectorAll("#match-result li")].map(li => li.textContent).join("|") === "data.amount: 50 is not >= 100"`)
+	b.wait("the toasts gone", `document.getElementById("toast").hidden`)
+	b.screenshot("endpoint-filter")
+	b.exec(`document.getElementById("endpoint-form").requestSubmit()`)
+	b.wait("the filter saved and shown", fmt.Sprintf(`location.hash === %q && (document.querySelector("#endpoint-match pre")||{}).textContent === %q`,
+		"#/endpoints/"+newID, "{\n  \"data.amount\": {\n    \"$gte\": 100\n  }\n}"))
+	if m := matchOf(); m != `{"data.amount":{"$gte":100}}` {
+		t.Fatalf("after the filter was saved, the endpoint's match is %s", m)
+	}
+	b.visit("#/endpoints/" + newID + "/edit")
+	b.wait("the edit form again", `!!document.getElementById("match")`)
+	b.mu.Lock()
+	allow := b.allow
+	b.allow = func(p string) bool { return allow(p) || strings.HasPrefix(p, "network") && strings.Contains(p, "400") }
+	b.mu.Unlock()
+	b.exec(`document.getElementById("match").value = '{"data.amount": {"$gte": true}}'; document.getElementById("endpoint-form").requestSubmit()`)
+	b.wait("the 400 under the field", `location.hash.endsWith("/edit") && (document.getElementById("match-error")||{}).textContent === "match: filter: at data.amount.$gte: $gte takes a number or a string"`)
+	b.mu.Lock()
+	b.allow = allow
+	b.mu.Unlock()
+	if m := matchOf(); m != `{"data.amount":{"$gte":100}}` {
+		t.Fatalf("after a refused filter, the endpoint's match is %s", m)
+	}
+	b.check("payload filters")
 
 	// Phone width.
 	b.do("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))

@@ -142,6 +142,7 @@
   // request is api with the answer's text too, for a view that must show
   // what JSON.stringify cannot give back (an event nested thousands deep:
   // the browser's JSON.parse takes it, its stringify runs out of stack).
+  // A body that is a string is sent as it is: JSON text (see withRaw).
   async function request(method, path, body) {
     const headers = { Accept: "application/json" };
     const token = sessionStorage.getItem(TOKEN_KEY);
@@ -149,7 +150,7 @@
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const res = await fetch(path, {
       method, headers, cache: "no-store", credentials: "omit",
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
     });
     if (res.status === 401) {
       await askToken(token ? "fanout did not take this token." : "");
@@ -673,6 +674,100 @@
 
   // ---------- destinations ----------
 
+  // ---------- payload filters ----------
+
+  const EXAMPLE_EVENT = '{"type":"order.paid","data":{"amount":150}}';
+
+  function prettyMatch(m) {
+    const s = m ? stringify(m, 2) : null;
+    return s === null ? "" : s;
+  }
+
+  // withRaw is JSON.stringify(obj) with more members given as JSON text
+  // (null ones left out), sent as typed: a filter's numbers keep every
+  // digit, which JSON.parse then stringify would round (12345678901234567891).
+  function withRaw(obj, raw) {
+    let s = JSON.stringify(obj);
+    for (const [k, v] of Object.entries(raw)) {
+      if (v !== null && v !== undefined) s = s.slice(0, -1) + (s.length > 2 ? "," : "") + JSON.stringify(k) + ":" + v + "}";
+    }
+    return s;
+  }
+
+  // lastPayload is the payload of the destination's last event (or the
+  // last event at all), pretty-printed, to test a filter on; null if none
+  // or too large to be an example.
+  async function lastPayload(d) {
+    const list = await api("GET", "/v1/events?limit=1" + (d ? "&destination=" + encodeURIComponent(d.id) : ""));
+    const e = list.events && list.events[0];
+    if (!e || e.size > 4096) return null;
+    return stringify((await api("GET", "/v1/events/" + encodeURIComponent(e.id))).event, 2);
+  }
+
+  // matchEditor is the "Payload filter" field of a destination's form,
+  // the API's refusal shown under it, and a panel that asks POST /v1/match
+  // whether an example event would match the form's type filter (types())
+  // and payload filter, and why not.
+  function matchEditor(d, types) {
+    const initial = prettyMatch(d && d.match);
+    const area = el("textarea", { name: "match", class: "match", spellcheck: "false", placeholder: '{"data.amount": {"$gte": 100}}' }, initial);
+    const error = el("div", { class: "error small match-error", role: "alert" });
+    const example = el("textarea", { name: "example", class: "example", spellcheck: "false" }, EXAMPLE_EVENT);
+    const result = el("div", { class: "match-result", "aria-live": "polite" });
+    const test = el("details", { class: "match-test" }, el("summary", { text: "Test on an example event" }),
+      el("label", {}, "Example event (JSON, as it would be posted)", example),
+      el("div", { class: "actions" }, el("button", { type: "button", class: "secondary test-match", text: "Test", onclick: (ev) => run(ev.target) })),
+      result);
+    let prefilled = false;
+    test.addEventListener("toggle", async () => {
+      if (!test.open || prefilled) return;
+      prefilled = true;
+      try {
+        const p = await lastPayload(d);
+        if (p && example.value === EXAMPLE_EVENT) example.value = p;
+      } catch (_) { /* keep the example */ }
+    });
+    // read is the filter as typed, checked to be JSON: {raw: null} when
+    // empty, null (and why, under it) when it is not JSON.
+    function read() {
+      error.textContent = "";
+      const raw = area.value.trim();
+      if (!raw) return { raw: null };
+      try { JSON.parse(raw); } catch (e) { error.textContent = "The payload filter is not JSON: " + e.message; return null; }
+      return { raw };
+    }
+    async function run(button) {
+      clear(result);
+      const m = read();
+      if (!m) return;
+      const ev = example.value.trim();
+      try { JSON.parse(ev); } catch (e) { result.append(el("div", { class: "error small", text: "The example is not JSON: " + e.message })); return; }
+      button.disabled = true;
+      try {
+        const r = await api("POST", "/v1/match", withRaw({ filter: types() }, { match: m.raw, event: ev }));
+        result.append(el("strong", { class: r.matches ? "matches" : "no-match", text: r.matches ? "matches" : "does not match" }),
+          r.reasons && r.reasons.length ? el("ul", { class: "reasons" }, r.reasons.map((x) => el("li", { text: x }))) : null);
+      } catch (e) {
+        result.append(el("div", { class: "error small", text: failMessage(e) }));
+      } finally { button.disabled = false; }
+    }
+    return {
+      node: el("div", { class: "wide match-editor" },
+        el("label", {}, "Payload filter (JSON, as in the API: {\"data.amount\": {\"$gte\": 100}}; empty: none)", area), error, test),
+      read,
+      // changed: the filter differs from the one shown at first (left
+      // as it was, it is not sent: the stored one stays, every digit).
+      changed() { return area.value.trim() !== initial.trim(); },
+      // fail shows the API's refusal of the filter under it; false when
+      // the refusal is about something else.
+      fail(e) {
+        if (!(e instanceof APIError && e.status === 400 && /^match\b/.test(e.message))) return false;
+        error.textContent = e.message;
+        return true;
+      },
+    };
+  }
+
   pages.destinations = function (parts) {
     const focus = parts[0] || "";
     state.revealed.clear();
@@ -687,19 +782,22 @@
     const create = el("form", { class: "stack", id: "create-destination" },
       el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/hooks" })),
       el("label", {}, "Filter (event types, comma-separated)", el("input", { name: "filter", placeholder: "order.*, user.created" })),
-      el("label", {}, "Description", el("input", { name: "description", maxlength: "1000" })),
-      el("div", {}, el("button", { type: "submit", text: "Add destination" })));
+      el("label", {}, "Description", el("input", { name: "description", maxlength: "1000" })));
+    const createMatch = matchEditor(null, () => splitList(create.querySelector("input[name=filter]").value));
+    create.append(createMatch.node, el("div", {}, el("button", { type: "submit", text: "Add destination" })));
     create.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const fd = new FormData(create);
+      const m = createMatch.read();
+      if (!m) return;
       try {
-        const d = await api("POST", "/v1/destinations", { url: fd.get("url"), description: fd.get("description") || undefined, filter: splitList(fd.get("filter")) });
+        const d = await api("POST", "/v1/destinations", withRaw({ url: fd.get("url"), description: fd.get("description") || undefined, filter: splitList(fd.get("filter")) }, { match: m.raw }));
         create.reset();
         open.add(d.id);
         state.rotated.set(d.id, { secret: d.secret }); // the creation's answer: its secret, shown once
         toast("Added " + d.id);
         refresh(true);
-      } catch (e) { toast(failMessage(e), true); }
+      } catch (e) { if (!createMatch.fail(e)) toast(failMessage(e), true); }
     });
     top.append(el("details", { class: "panel" }, el("summary", { text: "Add a destination" }), create));
 
@@ -877,6 +975,7 @@
     return el("dl", { class: "facts" },
       el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
       el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
+      el("dt", { text: "Payload filter" }), el("dd", { class: "match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
       el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
@@ -932,7 +1031,9 @@
           } catch (e) { toast(failMessage(e), true); }
         },
       })),
-      el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")),
+      el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")));
+    const matchEd = matchEditor(d, () => splitList(form.querySelector("input[name=filter]").value));
+    form.append(matchEd.node,
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
     form.addEventListener("submit", async (ev) => {
@@ -940,15 +1041,17 @@
       const fd = new FormData(form);
       let headers, retry;
       try { headers = JSON.parse(fd.get("headers") || "{}"); retry = JSON.parse(fd.get("retry") || "{}"); } catch (e) { toast("Headers and retry must be JSON: " + e.message, true); return; }
+      const m = matchEd.read();
+      if (!m) return;
       try {
-        await api("PATCH", "/v1/destinations/" + encodeURIComponent(d.id), {
+        await api("PATCH", "/v1/destinations/" + encodeURIComponent(d.id), withRaw({
           url: fd.get("url"), description: fd.get("description"), filter: splitList(fd.get("filter")),
           max_concurrency: Number(fd.get("max_concurrency")), rate_limit: Number(fd.get("rate_limit")), headers, retry,
-        });
+        }, { match: matchEd.changed() ? m.raw || "{}" : null })); // cleared: {} removes it
         toast("Saved");
         clear(slot);
         refresh(true);
-      } catch (e) { toast(failMessage(e), true); }
+      } catch (e) { if (!matchEd.fail(e)) toast(failMessage(e), true); }
     });
     slot.append(form);
   }

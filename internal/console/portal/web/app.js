@@ -102,6 +102,7 @@
     constructor(status, message) { super(message); this.status = status; }
   }
 
+  // A body that is a string is sent as it is: JSON text (see withRaw).
   async function api(method, path, body) {
     const headers = { Accept: "application/json" };
     const token = sessionStorage.getItem(TOKEN_KEY);
@@ -109,7 +110,7 @@
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const res = await fetch(path, {
       method, headers, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer",
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
     });
     const text = await res.text();
     let data = null;
@@ -217,9 +218,102 @@
       list.append(el("a", { class: "panel endpoint", href: "#/endpoints/" + encodeURIComponent(d.id), "data-id": d.id },
         el("div", { class: "spread" }, el("span", { class: "url", text: d.url }), badge(endpointState(d))),
         d.description ? el("div", { text: d.description }) : null,
-        el("div", { class: "muted small" }, "Events: ", d.filter && d.filter.length ? d.filter.join(", ") : "all")));
+        el("div", { class: "muted small" }, "Events: ", d.filter && d.filter.length ? d.filter.join(", ") : "all", d.match ? " · with a payload filter" : "")));
     }
     main.append(list);
+  }
+
+  // ---------- payload filters ----------
+
+  const EXAMPLE_EVENT = '{"type":"order.paid","data":{"amount":150}}';
+
+  function stringify(v, indent) {
+    try { return JSON.stringify(v, null, indent); } catch (_) { return null; }
+  }
+  function prettyMatch(m) {
+    const s = m ? stringify(m, 2) : null;
+    return s === null ? "" : s;
+  }
+
+  // withRaw is JSON.stringify(obj) with more members given as JSON text
+  // (null ones left out), sent as typed: a filter's numbers keep every
+  // digit, which JSON.parse then stringify would round (12345678901234567891).
+  function withRaw(obj, raw) {
+    let s = JSON.stringify(obj);
+    for (const [k, v] of Object.entries(raw)) {
+      if (v !== null && v !== undefined) s = s.slice(0, -1) + (s.length > 2 ? "," : "") + JSON.stringify(k) + ":" + v + "}";
+    }
+    return s;
+  }
+
+  // lastPayload is the payload of the endpoint's last event (or the
+  // tenant's last event), pretty-printed, to test a filter on; null if
+  // none or too large to be an example.
+  async function lastPayload(d) {
+    const list = await api("GET", "/v1/events?limit=1" + (d ? "&destination=" + encodeURIComponent(d.id) : ""));
+    const e = list.events && list.events[0];
+    if (!e || e.size > 4096) return null;
+    return stringify((await api("GET", "/v1/events/" + encodeURIComponent(e.id))).event, 2);
+  }
+
+  // matchEditor is the "Payload filter" field of the endpoint form, the
+  // API's refusal shown under it, and a panel that asks POST /v1/match
+  // whether an example event would match the form's event types (types())
+  // and payload filter, and why not.
+  function matchEditor(d, types) {
+    const initial = prettyMatch(d && d.match);
+    const area = el("textarea", { name: "match", id: "match", spellcheck: "false", placeholder: '{"data.amount": {"$gte": 100}}' }, initial);
+    const error = el("div", { class: "error small", id: "match-error", role: "alert" });
+    const example = el("textarea", { name: "example", id: "match-example", spellcheck: "false" }, EXAMPLE_EVENT);
+    const result = el("div", { id: "match-result", "aria-live": "polite" });
+    const button = el("button", { type: "button", class: "secondary", id: "match-test", text: "Test", onclick: () => run() });
+    const test = el("details", { class: "match-test", id: "match-test-panel" }, el("summary", { text: "Test on an example event" }),
+      el("label", {}, "Example event (JSON, as it would be sent to you)", example),
+      el("div", { class: "actions" }, button), result);
+    let prefilled = false;
+    test.addEventListener("toggle", async () => {
+      if (!test.open || prefilled) return;
+      prefilled = true;
+      try {
+        const p = await lastPayload(d);
+        if (p && example.value === EXAMPLE_EVENT) example.value = p;
+      } catch (_) { /* keep the example */ }
+    });
+    function read() {
+      error.textContent = "";
+      const raw = area.value.trim();
+      if (!raw) return { raw: null };
+      try { JSON.parse(raw); } catch (e) { error.textContent = "The payload filter is not JSON: " + e.message; return null; }
+      return { raw };
+    }
+    async function run() {
+      clear(result);
+      const m = read();
+      if (!m) return;
+      const ev = example.value.trim();
+      try { JSON.parse(ev); } catch (e) { result.append(el("div", { class: "error small", text: "The example is not JSON: " + e.message })); return; }
+      button.disabled = true;
+      try {
+        const r = await api("POST", "/v1/match", withRaw({ filter: types() }, { match: m.raw, event: ev }));
+        result.append(el("strong", { class: r.matches ? "matches" : "no-match", text: r.matches ? "matches" : "does not match" }),
+          r.reasons && r.reasons.length ? el("ul", { class: "reasons" }, r.reasons.map((x) => el("li", { text: x }))) : null);
+      } catch (err) {
+        if (!(err instanceof APIError && err.status === 401)) result.append(el("div", { class: "error small", text: err.message || String(err) }));
+      } finally { button.disabled = false; }
+    }
+    return {
+      node: el("div", { class: "wide field match-editor" },
+        el("label", {}, "Payload filter (optional): only the events whose content matches, as JSON, e.g. {\"data.amount\": {\"$gte\": 100}}", area), error, test),
+      read,
+      changed() { return area.value.trim() !== initial.trim(); },
+      // fail shows the API's refusal of the filter under it; false when
+      // the refusal is about something else.
+      fail(err) {
+        if (!(err instanceof APIError && err.status === 400 && /^match\b/.test(err.message))) return false;
+        error.textContent = err.message;
+        return true;
+      },
+    };
   }
 
   // endpointForm is the form of a new endpoint or of a change: url,
@@ -247,6 +341,7 @@
       headers.append(row);
     };
     for (const [k, v] of Object.entries((d && d.headers) || {})) addHeader(k, v);
+    const matchEd = matchEditor(d, () => chosenTypes());
     const error = el("div", {});
     const save = el("button", { type: "submit", text: d ? "Save" : "Create endpoint" });
     const form = el("form", { class: "stack panel", id: "endpoint-form" },
@@ -255,25 +350,35 @@
       el("div", { class: "wide field" }, "Events to receive",
         el("label", { class: "row" }, all, el("span", { text: "All events" })), boxes,
         el("label", {}, "Other types (comma-separated, prefix.* for a family)", extra)),
+      matchEd.node,
       el("div", { class: "wide field" }, "Headers sent with each request", headers,
         el("div", {}, el("button", { type: "button", class: "secondary", text: "Add header", onclick: () => addHeader() }))),
       el("div", { class: "wide" }, error, el("div", { class: "actions" }, save)));
-    form.addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      clear(error);
+    function chosenTypes() {
       const filter = [];
       if (!all.checked) {
         for (const b of boxes.querySelectorAll("input[name=type]")) if (b.checked) filter.push(b.value);
         for (const t of extra.value.split(",")) if (t.trim()) filter.push(t.trim());
       }
+      return filter;
+    }
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      clear(error);
+      const filter = chosenTypes();
+      const m = matchEd.read();
+      if (!m) return;
       const hs = {};
       for (const row of headers.querySelectorAll(".header-row")) {
         const k = row.querySelector("[name=header-name]").value.trim();
         if (k) hs[k] = row.querySelector("[name=header-value]").value;
       }
-      const body = { url: url.value.trim(), description: desc.value, filter, headers: hs };
+      // A new endpoint gets the filter typed; a changed one the filter if
+      // it changed, {} when it was cleared (which removes it).
+      const raw = d ? (matchEd.changed() ? m.raw || "{}" : null) : m.raw;
+      const body = withRaw({ url: url.value.trim(), description: desc.value, filter, headers: hs }, { match: raw });
       act(save, async () => {
-        try { await submit(body); } catch (err) { error.append(errorBox(err)); throw err; }
+        try { await submit(body); } catch (err) { if (!matchEd.fail(err)) error.append(errorBox(err)); throw err; }
       });
     });
     return form;
@@ -321,6 +426,7 @@
       el("dt", { text: "Id" }), el("dd", { class: "id", text: d.id }),
       el("dt", { text: "Description" }), el("dd", { text: d.description || "—" }),
       el("dt", { text: "Events" }), el("dd", { text: d.filter && d.filter.length ? d.filter.join(", ") : "all" }),
+      el("dt", { text: "Payload filter" }), el("dd", { id: "endpoint-match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none: every event of these types" })),
       el("dt", { text: "Headers" }), el("dd", { text: Object.keys(d.headers || {}).join(", ") || "—" }),
       el("dt", { text: "Signing secret" }), el("dd", { class: "mono", text: d.secret }),
       d.reason ? el("dt", { text: "Disabled because" }) : null, d.reason ? el("dd", { text: d.reason }) : null,
