@@ -33,6 +33,10 @@ const (
 	MaxInList = 512
 	// MaxRegex is the longest a $regex pattern may be, in bytes.
 	MaxRegex = 512
+	// MaxRegexes is the most $regex a filter may have: each reads every
+	// string it is tried on, and a filter of hundreds of them on a large
+	// payload would cost every event routed through it a second of CPU.
+	MaxRegexes = 16
 )
 
 // Error is why a filter did not compile: Path says where in the filter
@@ -290,7 +294,8 @@ func (p prefix) String() string {
 }
 
 type compiler struct {
-	conds int
+	conds   int
+	regexes int
 }
 
 func (c *compiler) count(path string) error {
@@ -484,6 +489,9 @@ func (c *compiler) op(path string, pre prefix, name string, v *jv) (*node, error
 		}
 		n.list = []scalar{{kind: kString, str: v.str}}
 		if n.op == opRegex {
+			if c.regexes++; c.regexes > MaxRegexes {
+				return nil, errAt(path, "more than %d $regex in one filter", MaxRegexes)
+			}
 			if len(v.str) > MaxRegex {
 				return nil, errAt(path, "a $regex of %d bytes, more than %d", len(v.str), MaxRegex)
 			}

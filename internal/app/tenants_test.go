@@ -573,3 +573,79 @@ func TestRun_StoreFromBeforeTenants(t *testing.T) {
 		t.Fatal("the default tenant's old destination got acme's event")
 	}
 }
+
+// TestRun_ManageWithoutViewSecret: a token that may manage a destination
+// but not read its secrets cannot get them another way: not by pointing
+// the destination at its own server with the stored header values, not by
+// the previous secret in a rotation's answer; and a test event, which such
+// a token may send, is never replayed to anyone.
+func TestRun_ManageWithoutViewSecret(t *testing.T) {
+	t.Parallel()
+	f := newTenantFixture(t)
+	var tok struct{ Token string }
+	f.must(t, 201, f.operator, "POST", "/v1/tokens", map[string]any{"name": "m", "rights": []string{"read", "manage"}, "tenant": "acme"}, &tok)
+	m := f.tokens["acmeAll"]
+	f.tokens["manage"] = tok.Token
+	var d struct {
+		URL     string
+		Headers map[string]string
+	}
+	f.must(t, 200, tok.Token, "GET", "/v1/destinations/"+f.destA, nil, &d)
+	for _, body := range []map[string]any{
+		{"url": "https://attacker.example/hook"},
+		{"url": "https://attacker.example/hook", "headers": d.Headers}, // the masks sent back
+	} {
+		if status, got := f.as(t, tok.Token, "PATCH", "/v1/destinations/"+f.destA, body); status != 403 {
+			t.Fatalf("PATCH %v with manage only: %d %s, want 403", body, status, got)
+		}
+	}
+	// Another path on the same host keeps the headers; a new host with the
+	// headers given again (here: none) is the token's own doing.
+	f.must(t, 200, tok.Token, "PATCH", "/v1/destinations/"+f.destA, map[string]any{"url": f.recvA.URL + "/v2"}, nil)
+	f.must(t, 200, m, "PATCH", "/v1/destinations/"+f.destA, map[string]any{"url": "https://elsewhere.example/hook"}, nil) // view_secret may
+	f.must(t, 200, tok.Token, "PATCH", "/v1/destinations/"+f.destA, map[string]any{"url": f.recvA.URL, "headers": map[string]string{}}, nil)
+
+	var rot struct {
+		Secret         string
+		PreviousSecret string `json:"previous_secret"`
+	}
+	f.must(t, 200, tok.Token, "POST", "/v1/destinations/"+f.destA+"/rotate-secret", nil, &rot)
+	if rot.PreviousSecret == f.secretA || !strings.HasPrefix(rot.Secret, "whsec_") || strings.Contains(rot.Secret, "…") {
+		t.Fatalf("rotation with manage only: secret %q, previous %q (the original, in full, or the new one masked)", rot.Secret, rot.PreviousSecret)
+	}
+	var rot2 struct {
+		Secret         string
+		PreviousSecret string `json:"previous_secret"`
+	}
+	f.must(t, 200, m, "POST", "/v1/destinations/"+f.destA+"/rotate-secret", nil, &rot2)
+	if rot2.PreviousSecret != rot.Secret {
+		t.Fatalf("rotation with view_secret: previous %q, want the one before %q", rot2.PreviousSecret, rot.Secret)
+	}
+
+	// A test event of any type is listed as fanout.test and never replayed.
+	var sent struct {
+		EventID string `json:"event_id"`
+	}
+	f.must(t, 202, tok.Token, "POST", "/v1/destinations/"+f.destA+"/test", map[string]any{"type": "order.paid"}, &sent)
+	var ev struct{ Type string }
+	eventually(t, "the test event listed", 5*time.Second, func() bool {
+		var page struct{ Events []struct{ ID, Type string } }
+		f.must(t, 200, tok.Token, "GET", "/v1/events", nil, &page)
+		for _, e := range page.Events {
+			if e.ID == sent.EventID {
+				ev.Type = e.Type
+				return true
+			}
+		}
+		return false
+	})
+	if ev.Type != "fanout.test" {
+		t.Fatalf("a test event listed as %q, want fanout.test", ev.Type)
+	}
+	since := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	var all service.ReplayCount
+	f.must(t, 200, f.operator, "POST", "/v1/destinations/"+f.auditDest+"/replay", map[string]any{"since": since, "dry_run": true, "types": []string{"fanout.test"}}, &all)
+	if all.Events != 0 {
+		t.Fatalf("a replay would send %d test events to the operator's destination", all.Events)
+	}
+}

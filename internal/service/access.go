@@ -73,10 +73,15 @@ func (p *Principal) Has(r Right) bool {
 
 // Scope is what p may see and change.
 func (p *Principal) Scope() Scope {
-	if p.Operator || p.AllTenants {
+	if p.Operator {
 		return AllTenants()
 	}
-	return TenantScope(p.Tenant)
+	s := Scope{all: p.AllTenants, tenant: p.Tenant, limited: true,
+		secrets: p.Has(RightViewSecret)}
+	if p.AllTenants {
+		s.tenant = ""
+	}
+	return s
 }
 
 // Scope is the tenants an operation may read and change: one, or all. The
@@ -85,7 +90,20 @@ func (p *Principal) Scope() Scope {
 type Scope struct {
 	all    bool
 	tenant string
+	// limited scopes are a scoped token's: they may see secrets only
+	// when secrets says so. A scope that is not limited (the
+	// operator's, the service's own) may.
+	limited bool
+	secrets bool
 }
+
+// SeesSecrets reports whether the scope's principal may see secrets and
+// header values in full (view_secret): what a change it makes must not
+// hand to someone else (a new URL, a rotation's answer).
+func (s Scope) SeesSecrets() bool { return !s.limited || s.secrets }
+
+// Limited reports whether the scope is a scoped token's.
+func (s Scope) Limited() bool { return s.limited }
 
 // AllTenants is the operator's scope.
 func AllTenants() Scope { return Scope{all: true} }
@@ -110,5 +128,7 @@ func (s Scope) Narrow(tenant string) (Scope, bool) {
 	if !s.Allows(tenant) {
 		return Scope{}, false
 	}
-	return TenantScope(tenant), true
+	n := s
+	n.all, n.tenant = false, tenant
+	return n, true
 }

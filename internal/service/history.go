@@ -301,9 +301,10 @@ func (s *Service) Events(ctx context.Context, scope Scope, f EventFilter, cursor
 		page.Scanned += res.Scanned
 		for _, c := range res.Calls {
 			e := eventSummaryOf(c)
-			if !scope.All() && s.anyAllTenantDestination() {
+			if !scope.All() {
 				// The counts are of every delivery, those to the
-				// operator's destinations too: a tenant's are its own.
+				// operator's destinations (deleted ones too): a
+				// tenant's are its own.
 				if e.Deliveries, err = s.scopedCounts(ctx, scope, c.Call.ID); err != nil {
 					return nil, err
 				}
@@ -351,16 +352,6 @@ func eventSummaryOf(c *dispatch.ScannedCall) eventSummary {
 		}}
 }
 
-// anyAllTenantDestination reports whether the operator has a destination of
-// every tenant's events.
-func (s *Service) anyAllTenantDestination() bool {
-	for _, d := range s.Dests.List() {
-		if d.AllTenants {
-			return true
-		}
-	}
-	return false
-}
 
 // scopedCounts counts an event's deliveries in scope.
 func (s *Service) scopedCounts(ctx context.Context, scope Scope, id string) (DeliveryCounts, error) {

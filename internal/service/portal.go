@@ -352,7 +352,10 @@ func (s *Service) TestSend(ctx context.Context, scope Scope, id string, in *Test
 	if err != nil {
 		return nil, err
 	}
-	call.Tag, call.Key = typ, t.Key
+	// Listed as fanout.test whatever its type, and never replayed: a
+	// test event is for its one destination (a token without the ingest
+	// right sends it too).
+	call.Tag, call.Key = testEventType, t.Key
 	call.Meta = append([]byte{testMetaPrefix}, d.ID...)
 	batch := s.rt.Batch()
 	batch.Add(call)

@@ -197,7 +197,7 @@ func (s *Service) countReplay(ctx context.Context, job *replayJob) (*ReplayCount
 		}
 		scanned += res.Scanned
 		for _, c := range res.Calls {
-			if routed(d, c.Call.Tag, s.replayEnvelope(ctx, d, c.Call), s.payloadOf(ctx, c.Call.ID)) {
+			if c.Call.Tag != testEventType && routed(d, c.Call.Tag, s.replayEnvelope(ctx, d, c.Call), s.payloadOf(ctx, c.Call.ID)) {
 				out.Events++
 			}
 		}
@@ -291,7 +291,7 @@ func (s *Service) replayPage(ctx context.Context, job replayJob) (ReplayCount, e
 	var events []string // the event of each child
 	tag := "replay:" + info.ID
 	for _, c := range res.Calls {
-		if !routed(d, c.Call.Tag, s.replayEnvelope(ctx, d, c.Call), s.payloadOf(ctx, c.Call.ID)) {
+		if c.Call.Tag == testEventType || !routed(d, c.Call.Tag, s.replayEnvelope(ctx, d, c.Call), s.payloadOf(ctx, c.Call.ID)) {
 			continue
 		}
 		// A delivery carries no copy of its event: it reads its parent's

@@ -309,8 +309,12 @@ func (s *Service) RetryDelivery(ctx context.Context, scope Scope, id string) ([]
 	return done, nil
 }
 
-// maxRedrive bounds one bulk re-drive request; the answer says if more are left.
-const maxRedrive = 100000
+// maxRedrive bounds one bulk re-drive request, and maxRedrivePages the
+// pages it walks; the answer says if more are left.
+const (
+	maxRedrive      = 100000
+	maxRedrivePages = 200
+)
 
 // RetryDeliveries re-drives the failed deliveries f selects, page by page,
 // up to maxRedrive; more says that some are left.
@@ -323,7 +327,12 @@ func (s *Service) RetryDeliveries(ctx context.Context, scope Scope, f DeliveryFi
 		return 0, false, err
 	}
 	cursor := ""
-	for {
+	for pages := 0; ; pages++ {
+		if pages == maxRedrivePages {
+			// A tenant's failed deliveries among many of others: the
+			// walk is bounded as each page is; more says to ask again.
+			return retried, true, nil
+		}
 		calls, next, err := s.listInScope(ctx, scope, p, cursor, 1000)
 		if err != nil {
 			return retried, false, err

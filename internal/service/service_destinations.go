@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/url"
+	"strings"
 
 	"fanout/destination"
 	"fanout/destination/match"
@@ -189,6 +191,17 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 		if _, err := s.tenants.get(ctx, tenant); err != nil {
 			return nil, err
 		}
+		if scope.Limited() {
+			n := 0
+			for _, o := range s.Dests.List() {
+				if o.Owner() == tenant {
+					n++
+				}
+			}
+			if n >= MaxTenantDestinations {
+				return nil, Conflict("tenant %s has %d destinations, the most a tenant may create (an operator may add more)", tenant, n)
+			}
+		}
 	}
 	in.apply(d)
 	if err := s.Dests.Create(ctx, d); err != nil {
@@ -211,13 +224,53 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 		if !scope.Allows(d.Owner()) {
 			return destination.ErrNotFound
 		}
+		oldURL, oldHeaders := d.URL, d.Headers
 		in.apply(d)
+		if !scope.SeesSecrets() && keepsHeadersForNewHost(oldURL, d.URL, oldHeaders, d.Headers) {
+			return errHeadersToNewHost
+		}
 		return nil
 	})
+	if errors.Is(err, errHeadersToNewHost) {
+		return nil, Forbidden("a new url (another host) would receive this destination's header values, which this token may not see: " +
+			"send headers again along with the url (their values, or {} for none), or use a token with view_secret")
+	}
 	if err != nil {
 		return nil, destinationError(id, err)
 	}
 	return d.Masked(), nil
+}
+
+var errHeadersToNewHost = errors.New("header values to a new host")
+
+// MaxTenantDestinations bounds the destinations a tenant's token may
+// create for it: routing asks each of a tenant's destinations about every
+// event of that tenant (and its payload filter), so that the number is
+// the tenant's cost to everyone's routing.
+const MaxTenantDestinations = 500
+
+// keepsHeadersForNewHost reports whether a change sends stored header
+// values (an Authorization, an API key) to another host than they were
+// set for: a token that may not read them could otherwise point the
+// destination at its own server and receive them with every delivery.
+func keepsHeadersForNewHost(oldURL, newURL string, oldHeaders, newHeaders map[string]string) bool {
+	if len(oldHeaders) == 0 || sameOrigin(oldURL, newURL) {
+		return false
+	}
+	for k, v := range newHeaders {
+		for ok, ov := range oldHeaders {
+			if strings.EqualFold(k, ok) && v == ov && v != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func sameOrigin(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host)
 }
 
 // DeleteDestination deletes a destination in scope; its pending deliveries
@@ -252,6 +305,11 @@ func (s *Service) RotateSecret(ctx context.Context, scope Scope, id string) (*de
 		return nil, destinationError(id, err)
 	}
 	m := d.Masked()
-	m.Secret, m.PreviousSecret = d.Secret, d.PreviousSecret
+	m.Secret = d.Secret
+	if scope.SeesSecrets() {
+		// The secret rotated out is the one receivers trust until the
+		// grace ends: a token that may not read secrets does not get it.
+		m.PreviousSecret = d.PreviousSecret
+	}
 	return m, nil
 }
