@@ -352,7 +352,6 @@ func eventSummaryOf(c *dispatch.ScannedCall) eventSummary {
 		}}
 }
 
-
 // scopedCounts counts an event's deliveries in scope.
 func (s *Service) scopedCounts(ctx context.Context, scope Scope, id string) (DeliveryCounts, error) {
 	children, err := s.store.CallListChildren(ctx, id)
