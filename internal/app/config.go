@@ -123,6 +123,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return nil
 	})
 	envOf["api-token"] = "FANOUT_API_TOKENS"
+	fs.StringVar(&cfg.limits.MetricsToken, "metrics-token", "", "the bearer `TOKEN` /metrics needs (FANOUT_METRICS_TOKEN); without it /metrics answers anyone who reaches fanout, and its series name every destination, every tenant's")
 	fs.StringVar(&cfg.publicURL, "public-url", "", "the `URL` users and portal links reach fanout by (https://fanout.example.com), when it is not localhost; without an API token, fanout answers only requests addressed to this machine or to this URL's host")
 	fs.StringVar(&cfg.portal.Name, "portal-name", "", "the product name tenant portals show (your product's, not fanout's)")
 	fs.StringVar(&cfg.portal.LogoURL, "portal-logo-url", "", "the https `URL` of the logo tenant portals show")

@@ -649,3 +649,24 @@ func TestRun_ManageWithoutViewSecret(t *testing.T) {
 		t.Fatalf("a replay would send %d test events to the operator's destination", all.Events)
 	}
 }
+
+// TestRun_MetricsToken: with --metrics-token, /metrics answers only a
+// scrape that carries it (its series name every tenant's destinations).
+func TestRun_MetricsToken(t *testing.T) {
+	t.Parallel()
+	const scrape = "metrics-scrape-token-0123456789"
+	base, _ := startRun(t, []string{"--data", t.TempDir(), "--metrics-token", scrape}, nil)
+	f := &tenantFixture{base: base}
+	for _, tc := range []struct {
+		token string
+		want  int
+	}{{"", 401}, {"wrong-token-0123456789", 401}, {scrape, 200}} {
+		if status, _ := f.as(t, tc.token, "GET", "/metrics", nil); status != tc.want {
+			t.Errorf("GET /metrics with %q: %d, want %d", tc.token, status, tc.want)
+		}
+	}
+	// The probes stay open.
+	if status, _ := f.as(t, "", "GET", "/healthz", nil); status != 200 {
+		t.Errorf("GET /healthz: %d", status)
+	}
+}

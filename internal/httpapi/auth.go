@@ -184,3 +184,25 @@ func tenantOf(r *http.Request, scope service.Scope) string {
 	}
 	return service.DefaultTenant
 }
+
+// metricsAuth answers 401 to a scrape without token as its bearer token,
+// when token is set. /metrics holds no secret, but its series are labelled
+// by destination: with tenants, anyone who reaches the port would learn
+// every tenant's destination ids and traffic (--metrics-token).
+func metricsAuth(log *slog.Logger, token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, _ := bearer(r)
+		sum := sha256.Sum256([]byte(got))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout metrics"`)
+			writeError(w, r, log, &apiError{Status: http.StatusUnauthorized,
+				Message: "/metrics needs the token of --metrics-token as its bearer token"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -27,6 +27,9 @@ type Limits struct {
 	// MaxInflightBytes bounds the request bodies held in memory across
 	// requests (see bodyBudget); 0 bounds nothing.
 	MaxInflightBytes int64
+	// MetricsToken, when set, is the bearer token /metrics needs (it is
+	// open otherwise, to scrapers).
+	MetricsToken string
 }
 
 // route is one entry of the API.
@@ -82,7 +85,7 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 		{"POST /v1/destinations/{id}/test", service.RightManage, handleDestinationTest(log, svc), true},
 		{"GET /healthz", "", handleHealthz(), false},
 		{"GET /readyz", "", handleReadyz(svc), false},
-		{"GET /metrics", "", svc.MetricsHandler(log), false},
+		{"GET /metrics", "", metricsAuth(log, limits.MetricsToken, svc.MetricsHandler(log)), false},
 	}
 	for _, rt := range rs {
 		if rt.tenanted {
