@@ -670,3 +670,32 @@ func TestRun_MetricsToken(t *testing.T) {
 		t.Errorf("GET /healthz: %d", status)
 	}
 }
+
+// TestRun_TenantEventState: a tenant sees its event's state from its own
+// deliveries: one the operator's destination keeps failing is delivered
+// for the tenant, delivering for the operator.
+func TestRun_TenantEventState(t *testing.T) {
+	t.Parallel()
+	f := newTenantFixture(t)
+	f.audit.fail.Store(true)
+	var e struct{ ID string }
+	f.must(t, 202, f.tokens["acmeAll"], "POST", "/v1/event", `{"type":"order.paid"}`, &e)
+	eventually(t, "acme's delivery", 10*time.Second, func() bool { _, ok := f.recvA.has(e.ID); return ok })
+	eventually(t, "the operator's delivery refused", 10*time.Second, func() bool { return f.audit.failed.Load() > 0 })
+	var op, own service.EventView
+	eventually(t, "acme's delivery recorded", 10*time.Second, func() bool {
+		f.must(t, 200, f.tokens["acmeRead"], "GET", "/v1/events/"+e.ID, nil, &own)
+		return len(own.Deliveries) == 1 && own.Deliveries[0].State == "delivered"
+	})
+	f.must(t, 200, f.operator, "GET", "/v1/events/"+e.ID, nil, &op)
+	if op.State == "delivered" || own.State != "delivered" || own.Error != "" {
+		t.Fatalf("operator sees %q, acme sees %q (error %q): want acme's own state, delivered", op.State, own.State, own.Error)
+	}
+	var page struct{ Events []struct{ ID, State string } }
+	f.must(t, 200, f.tokens["acmeRead"], "GET", "/v1/events", nil, &page)
+	for _, ev := range page.Events {
+		if ev.ID == e.ID && ev.State != "delivered" {
+			t.Fatalf("acme's history shows %q, want delivered", ev.State)
+		}
+	}
+}

@@ -308,6 +308,7 @@ func (s *Service) Events(ctx context.Context, scope Scope, f EventFilter, cursor
 				if e.Deliveries, err = s.scopedCounts(ctx, scope, c.Call.ID); err != nil {
 					return nil, err
 				}
+				e.State = scopedState(e.State, e.Deliveries)
 			}
 			page.Events = append(page.Events, e)
 		}
@@ -375,4 +376,19 @@ func (s *Service) scopedCounts(ctx context.Context, scope Scope, id string) (Del
 		}
 	}
 	return n, nil
+}
+
+// scopedState is an event's state as a tenant sees it, from its own
+// deliveries (counts): one the operator's destination failed is not failed
+// for the tenant. An event not fanned out yet is pending for everyone.
+func scopedState(state string, n DeliveryCounts) string {
+	switch {
+	case state == "pending":
+		return state
+	case n.Failed > 0:
+		return "failed"
+	case n.Pending+n.Delivering > 0:
+		return "delivering"
+	}
+	return "delivered"
 }

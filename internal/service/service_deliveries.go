@@ -136,10 +136,25 @@ func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView
 	if c.State == dispatch.StateFailed {
 		v.Error = c.Error
 	}
+	var n DeliveryCounts
 	for _, child := range children {
 		if s.destinationInScope(scope, child.Key) {
-			v.Deliveries = append(v.Deliveries, s.deliveryView(child))
+			dv := s.deliveryView(child)
+			v.Deliveries = append(v.Deliveries, dv)
+			switch dv.State {
+			case "failed":
+				n.Failed++
+			case "delivered":
+				n.Delivered++
+			default:
+				n.Pending++
+			}
 		}
+	}
+	if !scope.All() {
+		// A tenant's view: its own deliveries make the state, and the
+		// error (which may name another destination) is theirs to show.
+		v.State, v.Error = scopedState(v.State, n), ""
 	}
 	return v, nil
 }
