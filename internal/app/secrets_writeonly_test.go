@@ -62,33 +62,6 @@ func (r *keyedReceiver) got(id string) (string, bool) {
 	return a, ok
 }
 
-// rawCall is call that returns the answer's bytes and headers as sent.
-func rawCall(t *testing.T, method, url string, body any, header ...string) (int, []byte, http.Header) {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, resp.Header
-}
-
 // TestRun_SecretsWriteOnly: a destination's signing secrets and header
 // values are in full in the answers of its creation, its rotation and
 // GET .../secret, and in no other answer (the raw bytes are searched, so

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -42,28 +41,12 @@ type tenantFixture struct {
 // as makes a request with token and returns the status and the body.
 func (f *tenantFixture) as(t testing.TB, token, method, path string, body any) (int, string) {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		if s, ok := body.(string); ok {
-			b = []byte(s)
-		}
-		rd = strings.NewReader(string(b))
-	}
-	req, err := http.NewRequest(method, f.base+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var header []string
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		header = []string{"Authorization", "Bearer " + token}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	status, b, _ := rawCall(t, method, f.base+path, body, header...)
+	return status, string(b)
 }
 
 // must is as, failing the test unless the status is want.

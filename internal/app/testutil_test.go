@@ -253,6 +253,19 @@ func post(t testing.TB, url, body string) (int, []byte) {
 // call makes a JSON request and decodes the answer into out (if not nil).
 func call(t testing.TB, method, url string, body any, out any, header ...string) int {
 	t.Helper()
+	status, b, _ := rawCall(t, method, url, body, header...)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: answer %q is not JSON: %v", method, url, b, err)
+		}
+	}
+	return status
+}
+
+// rawCall makes a request (body is JSON-encoded unless a string) and
+// returns the answer's status, bytes and headers as sent.
+func rawCall(t testing.TB, method, url string, body any, header ...string) (int, []byte, http.Header) {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		if s, ok := body.(string); ok {
@@ -278,12 +291,7 @@ func call(t testing.TB, method, url string, body any, out any, header ...string)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if out != nil && len(b) > 0 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: answer %q is not JSON: %v", method, url, b, err)
-		}
-	}
-	return resp.StatusCode
+	return resp.StatusCode, b, resp.Header
 }
 
 // signedReceiver is a destination that checks the signature of what it gets.

@@ -161,7 +161,7 @@ func (ts *tenants) get(ctx context.Context, id string) (*storedTenant, error) {
 		return t, nil
 	}
 	if id == DefaultTenant {
-		return &storedTenant{Tenant: Tenant{ID: DefaultTenant}}, nil // changed elsewhere: seen at the next refresh
+		return implicitDefault, nil // changed elsewhere: seen at the next refresh
 	}
 	doc, err := ts.store.DocGet(ctx, TenantDocKind, id)
 	if errors.Is(err, dispatch.ErrNotFound) {
@@ -193,6 +193,11 @@ func (ts *tenants) run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// implicitDefault is the default tenant while none is stored: no name, no
+// settings, key "". Shared and never changed (every ingest without a
+// tenant reads it).
+var implicitDefault = &storedTenant{Tenant: Tenant{ID: DefaultTenant}}
 
 // key is the key of the events of tenant id.
 func (ts *tenants) key(ctx context.Context, id string) (string, error) {
