@@ -340,6 +340,9 @@ func (s *Service) EnterIngest(ctx context.Context, scope Scope, tenant string, b
 	if err != nil {
 		return nil, err
 	}
+	if !s.tenants.any() {
+		return func() {}, nil // the default tenant alone: no one to share with, no gate's lock to take
+	}
 	return s.gate.enter(ctx, t.Key, bytes)
 }
 
