@@ -56,8 +56,9 @@ type Destination struct {
 	// adapts to how the destination answers, and a slow or failing one
 	// soon gets few.
 	MaxConcurrency int `json:"max_concurrency"`
-	// RateLimit, when set, caps deliveries per second.
-	RateLimit float64 `json:"rate_limit,omitempty"`
+	// RateLimit, when set, throttles deliveries: so many per second,
+	// minute or hour, with a burst (see Throttle).
+	RateLimit Throttle `json:"rate_limit,omitzero"`
 	// Headers are added to every delivery.
 	Headers map[string]string `json:"headers,omitempty"`
 	// Retry replaces the default retry policy for this destination.
@@ -223,8 +224,8 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	if d.MaxConcurrency < 1 || d.MaxConcurrency > MaxConcurrency {
 		return invalid("max_concurrency must be between 1 and %d", MaxConcurrency)
 	}
-	if d.RateLimit < 0 || d.RateLimit > 1e6 {
-		return invalid("rate_limit must be between 0 (none) and 1000000 deliveries per second")
+	if err := d.RateLimit.validate(); err != nil {
+		return err
 	}
 	if len(d.Headers) > maxHeaders {
 		return invalid("more than %d headers", maxHeaders)

@@ -24,7 +24,7 @@ type DestinationInput struct {
 	Match          *json.RawMessage           `json:"match"`
 	Secret         *string                    `json:"secret"`
 	MaxConcurrency *int                       `json:"max_concurrency"`
-	RateLimit      *float64                   `json:"rate_limit"`
+	RateLimit      *destination.Throttle      `json:"rate_limit"`
 	Headers        *map[string]string         `json:"headers"`
 	Retry          *destination.RetrySettings `json:"retry"`
 	Paused         *bool                      `json:"paused"`
