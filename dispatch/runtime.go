@@ -304,6 +304,11 @@ func (r *Runtime) Start(ctx context.Context) error {
 	r.loopCancel = cancel
 	r.runCtx, r.runCancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.backlog.Store(true) // whatever the store holds from before
+	if b, ok := r.store.(Buckets); ok {
+		r.keys.mu.Lock()
+		r.keys.bucket, r.keys.clock, r.keys.ctx, r.keys.onTokens = b, r.clock, loopCtx, r.signalBacklog
+		r.keys.mu.Unlock()
+	}
 	for range r.workers {
 		r.workersWG.Add(1)
 		go r.worker()
@@ -325,6 +330,7 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	r.stopping.Store(true)
 	r.loopCancel()
 	r.loops.Wait()
+	r.keys.wg.Wait()
 	close(r.quit)
 
 	finished := make(chan struct{})
