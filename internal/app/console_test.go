@@ -337,8 +337,22 @@ func TestConsole_Browser(t *testing.T) {
 	if v := js[string](b, fmt.Sprintf(`document.querySelector('%s form.editing textarea[name=headers]').value`, sel)); !strings.Contains(v, `"…6789"`) || js[bool](b, shown) {
 		t.Fatalf("the edit form's headers: %q, want the value masked", v)
 	}
-	b.exec(fmt.Sprintf(`document.querySelector('%s form.editing input[name=description]').value = "orders service, edited"; document.querySelector('%s form.editing').requestSubmit()`, sel, sel))
+	// The same save sets a throttle: 100 a minute, a burst of 10.
+	b.exec(fmt.Sprintf(`(f => { f.querySelector('input[name=description]').value = "orders service, edited";
+		f.querySelector('input[name=rate_limit_rate]').value = "100"; f.querySelector('select[name=rate_limit_per]').value = "minute";
+		f.querySelector('input[name=rate_limit_burst]').value = "10"; f.requestSubmit() })(document.querySelector('%s form.editing'))`, sel))
 	b.wait("saved", fmt.Sprintf(`!document.querySelector('%s form.editing') && document.querySelector('%s summary').innerText.includes("edited")`, sel, sel))
+	var throttled struct {
+		RateLimit json.RawMessage `json:"rate_limit"`
+	}
+	if code := call(t, "GET", base+"/v1/destinations/"+goodDst.ID, nil, &throttled, auth...); code != 200 || string(throttled.RateLimit) != `{"rate":100,"per":"minute","burst":10}` {
+		t.Fatalf("after the edit form set a throttle: %d, rate_limit %s", code, throttled.RateLimit)
+	}
+	b.wait("the throttle shown", fmt.Sprintf(`document.querySelector('%s dd.throttle').textContent.startsWith("100 per minute, burst 10") && document.querySelector('%s .figures').innerText.includes("waiting on the throttle")`, sel, sel))
+	if code := call(t, "PATCH", base+"/v1/destinations/"+goodDst.ID, map[string]any{"rate_limit": 0}, nil, auth...); code != 200 {
+		t.Fatalf("remove the throttle: %d", code)
+	}
+	b.wait("no throttle shown", fmt.Sprintf(`document.querySelector('%s dd.throttle').textContent === "none"`, sel))
 	if s := secrets(); s.Secret != goodDst.Secret || s.Headers["Authorization"] != destAuth {
 		t.Fatalf("after the edit form was saved: %+v, want the secret and %q kept", s, destAuth)
 	}

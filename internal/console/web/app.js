@@ -839,6 +839,20 @@
     return String(v || "").split(",").map((s) => s.trim()).filter(Boolean);
   }
 
+  // throttleOf reads rate_limit, a number per second or {rate, per, burst}.
+  function throttleOf(d) {
+    const r = d.rate_limit;
+    if (!r) return null;
+    if (typeof r === "number") return { rate: r, per: "second", burst: 0 };
+    return { rate: r.rate, per: r.per || "second", burst: r.burst || 0 };
+  }
+
+  function throttleText(d) {
+    const t = throttleOf(d);
+    if (!t) return "none";
+    return `${t.rate} per ${t.per}, ` + (t.burst ? `burst ${t.burst}` : "burst of one second's worth") + " (all replicas together on PostgreSQL)";
+  }
+
   function destinationPanel(d, h, replays, open) {
     const stateName = !d.enabled ? "disabled" : d.paused ? "paused" : h && h.state === "breaker" ? "breaker" : "active";
     const panel = el("details", { class: "panel destination", "data-id": d.id, open: open.has(d.id) });
@@ -850,6 +864,7 @@
       `backlog ${h ? fmtNum(h.backlog, 0) : "—"}`, " · ",
       `in flight ${h ? h.in_flight : "—"} / limit ${h ? fmtNum(h.concurrency_limit, 0) : "—"} (max ${d.max_concurrency})`, " · ",
       `failures in a row ${h ? h.failures_in_a_row : "—"}`,
+      throttleOf(d) ? el("span", { class: "throttled" }, ` · waiting on the throttle ${h ? fmtNum(h.throttled, 0) : "—"}`) : null,
       d.circuit_open_until ? el("span", {}, " · breaker open until ", timeEl(d.circuit_open_until)) : null);
     panel.append(figs);
     if (d.reason) panel.append(el("div", { class: "banner warn", text: d.reason }));
@@ -978,7 +993,7 @@
       el("dt", { text: "Payload filter" }), el("dd", { class: "match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
-      el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
+      el("dt", { text: "Throttle" }), el("dd", { class: "throttle", text: throttleText(d) }),
       el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
       el("dt", { text: "Headers" }), el("dd", { class: "mono headers" }, names.length ? names.map((k) => el("div", { text: `${k}: ${headers[k]}` })) : "none"),
       el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
@@ -1006,12 +1021,15 @@
 
   function editForm(d, panel) {
     const slot = slotOf(panel);
+    const th = throttleOf(d);
     const form = el("form", { class: "stack editing" },
       el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", value: d.url, required: true })),
       el("label", {}, "Description", el("input", { name: "description", value: d.description || "" })),
       el("label", {}, "Filter (comma-separated)", el("input", { name: "filter", value: (d.filter || []).join(", ") })),
       el("label", {}, "Max concurrency (1-1024)", el("input", { name: "max_concurrency", type: "number", min: "1", max: "1024", value: String(d.max_concurrency) })),
-      el("label", {}, "Rate limit (per second, 0: none)", el("input", { name: "rate_limit", type: "number", min: "0", step: "any", value: String(d.rate_limit || 0) })),
+      el("label", {}, "Throttle: deliveries (0: none)", el("input", { name: "rate_limit_rate", type: "number", min: "0", step: "any", value: String(th ? th.rate : 0) })),
+      el("label", {}, "per", el("select", { name: "rate_limit_per" }, ["second", "minute", "hour"].map((p) => el("option", { value: p, text: p, selected: th ? th.per === p : p === "second" })))),
+      el("label", {}, "Burst (0: one second's worth)", el("input", { name: "rate_limit_burst", type: "number", min: "0", step: "1", value: String(th ? th.burst : 0) })),
       el("label", { class: "wide" }, "Headers (JSON object; values shown masked, and a value left masked keeps the stored one)",
         el("textarea", { name: "headers" }, d.headers ? JSON.stringify(d.headers, null, 2) : "{}")),
       el("div", { class: "wide" }, el("button", {
@@ -1046,7 +1064,8 @@
       try {
         await api("PATCH", "/v1/destinations/" + encodeURIComponent(d.id), withRaw({
           url: fd.get("url"), description: fd.get("description"), filter: splitList(fd.get("filter")),
-          max_concurrency: Number(fd.get("max_concurrency")), rate_limit: Number(fd.get("rate_limit")), headers, retry,
+          max_concurrency: Number(fd.get("max_concurrency")), headers, retry,
+          rate_limit: Number(fd.get("rate_limit_rate")) ? { rate: Number(fd.get("rate_limit_rate")), per: fd.get("rate_limit_per"), burst: Number(fd.get("rate_limit_burst")) } : 0,
         }, { match: matchEd.changed() ? m.raw || "{}" : null })); // cleared: {} removes it
         toast("Saved");
         clear(slot);
