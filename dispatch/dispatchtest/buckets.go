@@ -2,10 +2,13 @@ package dispatchtest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 
 	"fanout/dispatch"
 )
@@ -109,6 +112,52 @@ func exerciseBuckets(t *testing.T, open OpenFunc) {
 		b = open(t, t.Name()).(dispatch.Buckets)
 		if got := take(t, b, "hourly", 10, 10.0/3600, 10, time.Minute); got != 0 {
 			t.Fatalf("after a reopen a minute later, took %d tokens of an hourly 10: a restart handed out a fresh burst", got)
+		}
+	})
+
+	t.Run("PerMinuteOnFakeClock", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		if _, ok := s.(dispatch.Buckets); !ok {
+			t.Skip("the store keeps no buckets")
+		}
+		clock := clockwork.NewFakeClockAt(T0)
+		started := make(chan int, 10)
+		fn := dispatch.Func("minutely", func(ctx context.Context, in keyedItem) (int, error) {
+			started <- in.N
+			return in.N, nil
+		})
+		var keys keyConfigs
+		keys.set("m", dispatch.KeyConfig{Rate: 2.0 / 60, Burst: 3}) // 2 a minute, 3 at once
+		StartRuntime(t, dispatch.Config{Store: s, Clock: clock, Keys: keys.get}, fn)
+		for i := range 6 {
+			if _, err := fn.Dispatch(ctx, keyedItem{K: "m", N: i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range 3 {
+			receive(t, started, fmt.Sprintf("call %d of the burst", i))
+		}
+		// Then one every 30 seconds: step the clock a second at a time
+		// until the next starts; call i may not start before (i-2)×30s.
+		// (The runtime may lag the fake clock, so a start is only bounded
+		// from below, and loosely from above.)
+		for i := 3; i < 6; i++ {
+			for {
+				select {
+				case <-started:
+				case <-time.After(10 * time.Millisecond):
+					if clock.Since(T0) > time.Duration(i-2)*30*time.Second+20*time.Second {
+						t.Fatalf("call %d did not start by %v at 2/minute", i, clock.Since(T0))
+					}
+					clock.Advance(time.Second)
+					continue
+				}
+				break
+			}
+			if at := clock.Since(T0); at < time.Duration(i-2)*30*time.Second {
+				t.Fatalf("call %d started %v after the first, at 2/minute with a burst of 3 (want %v at the earliest)", i, at, time.Duration(i-2)*30*time.Second)
+			}
 		}
 	})
 
