@@ -38,8 +38,9 @@ import (
 
 // Bounds of a transformation.
 const (
-	// MaxSourceBytes bounds a program's source.
-	MaxSourceBytes = 64 << 10
+	// MaxSourceBytes bounds a program's source (it fits, with the rest of
+	// a destination, in the API's 64 KiB body of a PATCH).
+	MaxSourceBytes = 32 << 10
 	// MaxInputBytes bounds the webhook handed to a program (its payload,
 	// mostly): a larger event fails the attempt, without running it.
 	MaxInputBytes = 1 << 20
@@ -444,7 +445,11 @@ func encodeInput(ev Event, req Request, base *url.URL) ([]byte, error) {
 	b = append(b, `{"method":`...)
 	b = appendJSON(b, method)
 	b = append(b, `,"path":`...)
-	b = appendJSON(b, base.EscapedPath())
+	path := base.EscapedPath()
+	if path == "" {
+		path = "/" // what is sent for a URL without a path
+	}
+	b = appendJSON(b, path)
 	b = append(b, `,"query":`...)
 	b = appendJSON(b, base.RawQuery)
 	b = append(b, `,"headers":`...)
