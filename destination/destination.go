@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"fanout/destination/match"
+	"fanout/destination/transform"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -46,6 +47,11 @@ type Destination struct {
 	// tenant, time) it matches, among those Filter lets through: the
 	// filter language of package match.
 	Match *match.Filter `json:"match,omitempty"`
+	// Transform, when set, is the source of a JavaScript
+	// handler(webhook) that changes each delivery before it is signed
+	// and sent, or cancels it (package transform). The service compiles
+	// it when it is set; deliveries compile it once per process.
+	Transform string `json:"transform,omitempty"`
 	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
 	// rotation, signs too until PreviousSecretExpires.
 	Secret                string     `json:"secret"`
@@ -206,6 +212,9 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	}
 	if err := d.ValidateFilter(); err != nil {
 		return err
+	}
+	if len(d.Transform) > transform.MaxSourceBytes {
+		return invalid("transform is longer than %d bytes", transform.MaxSourceBytes)
 	}
 	if d.Secret == "" {
 		d.Secret = webhook.GenerateSecret()

@@ -180,7 +180,10 @@ func (c *Client) Close() {
 
 // Request is one delivery attempt.
 type Request struct {
-	URL string
+	// Method is POST when empty (a destination's transformation may
+	// choose another).
+	Method string
+	URL    string
 	// ID is the webhook-id header: the same on every attempt, so that a
 	// receiver can drop a duplicate.
 	ID   string
@@ -198,6 +201,17 @@ type Result struct {
 	Duration   time.Duration `json:"duration_ns"`
 	// Excerpt is the start of the response body, for the record.
 	Excerpt string `json:"excerpt,omitempty"`
+	// Cancelled, when set, says why nothing was sent: the destination's
+	// transformation cancelled the delivery (StatusCode is then 0).
+	Cancelled string `json:"cancelled,omitempty"`
+}
+
+// method is r's method, POST by default.
+func (r *Request) method() string {
+	if r.Method == "" {
+		return http.MethodPost
+	}
+	return r.Method
 }
 
 // Send makes one attempt. It returns the result whenever the destination
@@ -244,7 +258,7 @@ type headers struct {
 // sendProxied sends through net/http, to the proxy p.
 func (c *Client) sendProxied(ctx context.Context, r *Request, h *headers, p *proxyRoute) (*Result, error) {
 	ctx = context.WithValue(ctx, proxyKey{}, p)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
+	req, err := http.NewRequestWithContext(ctx, r.method(), r.URL, bytes.NewReader(r.Body))
 	if err != nil {
 		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, redactError(err))
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"sync"
 	"syscall"
@@ -112,7 +111,7 @@ func (c *Client) sendDirect(ctx context.Context, r *Request, u *url.URL, h *head
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(u.Scheme + "://" + u.Host + u.RequestURI())
-	req.Header.SetMethod(http.MethodPost)
+	req.Header.SetMethod(r.method())
 	for k, vs := range h.extra {
 		for _, v := range vs {
 			req.Header.Add(k, v)

@@ -221,6 +221,9 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("POST", "/v1/match", map[string]any{"filter": []string{"order.*"}, "match": map[string]any{"data.n": map[string]any{"$gte": 2}},
 		"event": map[string]any{"type": "order.paid", "data": map[string]any{"n": 1}}}, nil, false)
 	c.do("POST", "/v1/match", map[string]any{"match": map[string]any{"$bad": 1}, "event": map[string]any{}}, nil, false)
+	c.do("POST", "/v1/transform", map[string]any{"transform": "function handler(w) { w.method = 'PUT' }",
+		"event": map[string]any{"type": "order.paid"}}, nil, false)
+	c.do("POST", "/v1/transform", map[string]any{"transform": "function handler(w) {", "event": map[string]any{}}, nil, false)
 	var filtered struct{ ID string }
 	c.do("POST", "/v1/destinations", map[string]any{"url": recv.URL + "/filtered", "match": map[string]any{"n": map[string]any{"$gt": 1}}}, &filtered, false)
 	c.do("PATCH", "/v1/destinations/"+filtered.ID, map[string]any{"match": map[string]any{}}, nil, false)
@@ -261,6 +264,8 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	var tone service.EventView
 	c.do("GET", "/v1/tenants/acme/events/"+tev.ID, nil, &tone, false)
 	c.do("GET", "/v1/tenants/acme/events/"+ev.ID, nil, nil, false) // the default tenant's: 404
+	c.do("POST", "/v1/tenants/acme/transform", map[string]any{"transform": "function handler(w) { w.cancel = true }",
+		"event": map[string]any{}, "destination": tdst.ID}, nil, false)
 	c.do("POST", "/v1/tenants/acme/match", map[string]any{"match": map[string]any{"$tenant": "acme"}, "event": map[string]any{}}, nil, false)
 	c.do("GET", "/v1/tenants/acme/destinations", nil, nil, false)
 	c.do("GET", "/v1/tenants/acme/destinations/"+tdst.ID, nil, nil, false)

@@ -64,6 +64,7 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 		{"GET /v1/destinations/{id}/secret", service.RightViewSecret, handleDestinationSecret(log, svc), true},
 		{"POST /v1/destinations/{id}/replay", service.RightManage, handleReplayCreate(log, svc), true},
 		{"POST /v1/match", service.RightRead, handleMatchTest(log, svc), true},
+		{"POST /v1/transform", service.RightTransform, handleTransformTest(log, svc), true},
 		{"GET /v1/replays", service.RightRead, handleReplayList(log, svc), true},
 		{"GET /v1/replays/{id}", service.RightRead, handleReplayGet(log, svc), true},
 		{"GET /v1/deliveries", service.RightRead, handleDeliveryList(log, svc), true},

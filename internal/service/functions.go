@@ -15,6 +15,7 @@ import (
 
 	"fanout/destination"
 	"fanout/destination/match"
+	"fanout/destination/transform"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -120,12 +121,14 @@ type functions struct {
 	// tenantOf is the tenant of an event's key (Service sets it): ok is
 	// false for a tenant deleted since.
 	tenantOf func(ctx context.Context, key string) (tenant string, ok bool, err error)
+	// transforms runs destinations' transformations (transform.go).
+	transforms *transform.Engine
 }
 
 // NewFunctions returns the two functions over the destinations and the
 // client that sends to them; tracing is nil when traces are off.
 func NewFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time, tracing *Tracing) *functions {
-	fns := &functions{tracing: tracing}
+	fns := &functions{tracing: tracing, transforms: transform.NewEngine(transform.Limits{})}
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
 		info, _ := dispatch.CallFromContext(ctx)
 		if m.DestinationID == "" {
@@ -153,12 +156,22 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			}
 			body = bytes.Trim(in, " \t\r\n")
 		}
-		header, traced := d.Header(), func(int, error) {}
+		req := &webhook.Request{URL: d.URL, ID: id, Body: body, Header: d.Header(), Keys: d.Keys(now())}
+		if d.Transform != "" {
+			cancelled, err := fns.transform(ctx, d, req) // transform.go
+			if err != nil {
+				return Delivery{}, err // a failed attempt, retried
+			}
+			if cancelled != nil {
+				return *cancelled, nil // done, and nothing sent
+			}
+		}
+		header, traced := req.Header, func(int, error) {}
 		if fns.tracing != nil {
 			header, traced = fns.tracing.startSend(ctx, d, header) // the request's span, and its traceparent
 		}
-		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: id, Body: body,
-			Header: header, Keys: d.Keys(now())})
+		req.Header = header
+		res, err := client.Send(ctx, req)
 		traced(answered(res), err)
 		if webhook.IsStatus(err, 410) {
 			dests.Gone(d.ID, "the destination answered 410 Gone at "+now().UTC().Format(time.RFC3339)+

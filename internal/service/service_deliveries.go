@@ -104,6 +104,10 @@ func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
 		v.DeliveredAt = &at
 		if out, ok := deliveryOutput(c); ok {
 			v.LastStatus = out.StatusCode
+			if out.Cancelled != "" {
+				// Its transformation cancelled it: done, nothing sent.
+				v.State, v.LastError, v.DeliveredAt = "cancelled", out.Cancelled, nil
+			}
 		}
 	}
 	return v
@@ -144,7 +148,7 @@ func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView
 			switch dv.State {
 			case "failed":
 				n.Failed++
-			case "delivered":
+			case "delivered", "cancelled":
 				n.Delivered++
 			default:
 				n.Pending++
@@ -298,9 +302,13 @@ func (s *Service) Delivery(ctx context.Context, scope Scope, id string) (*Delive
 	}
 	// A success is recorded in the call itself, not as an attempt.
 	if out, ok := deliveryOutput(c); ok {
-		detail, _ := json.Marshal(webhook.AttemptDetail{StatusCode: out.StatusCode, Excerpt: out.Excerpt})
+		var detail []byte
+		if out.Cancelled == "" {
+			detail, _ = json.Marshal(webhook.AttemptDetail{StatusCode: out.StatusCode, Excerpt: out.Excerpt})
+		}
 		v.History = append(v.History, attemptView{Attempt: c.Attempt, StartedAt: c.UpdatedAt.Add(-out.Duration),
-			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode, Detail: detail})
+			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode, Detail: detail,
+			Error: out.Cancelled})
 	}
 	return &v, nil
 }

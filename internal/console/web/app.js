@@ -768,6 +768,61 @@
     };
   }
 
+  // transformEditor is the "Transformation" field of a destination's
+  // form: the program, an example event, and a live preview of the
+  // request the program makes of it (POST /v1/transform, as you type).
+  function transformEditor(d) {
+    const initial = (d && d.transform) || "";
+    const area = el("textarea", { name: "transform", class: "match transform", spellcheck: "false", rows: "10",
+      placeholder: "function handler(webhook) {\n  webhook.headers[\"X-Type\"] = webhook.event.type;\n  return webhook;\n}" }, initial);
+    const error = el("div", { class: "error small transform-error", role: "alert" });
+    const example = el("textarea", { name: "transform-example", class: "example", spellcheck: "false" }, EXAMPLE_EVENT);
+    const preview = el("div", { class: "transform-preview", "aria-live": "polite" });
+    let timer = null, seq = 0;
+    async function run() {
+      const mine = ++seq;
+      const src = area.value.trim();
+      if (!src) { clear(preview); preview.append(el("span", { class: "muted", text: "No transformation: events are sent as they came." })); return; }
+      let ev;
+      try { ev = JSON.parse(example.value); } catch (e) { clear(preview); preview.append(el("div", { class: "error small", text: "The example is not JSON: " + e.message })); return; }
+      try {
+        const r = await api("POST", "/v1/transform", { transform: area.value, event: ev, destination: d ? d.id : undefined });
+        if (mine !== seq) return; // a later keystroke's answer wins
+        clear(preview);
+        if (!r.ok) {
+          preview.append(el("div", { class: "error small preview-error", text: (r.timeout ? "Timed out: " : "Error: ") + r.error }));
+        } else if (r.cancelled) {
+          preview.append(el("strong", { class: "no-match preview-cancelled", text: "cancelled" + (r.reason ? ": " + r.reason : "") }));
+        } else {
+          const hs = Object.entries(r.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+          preview.append(el("pre", { class: "mono preview-request", text: `${r.method} ${r.url}\n${hs}${hs ? "\n" : ""}\n${r.body === undefined ? "" : stringify(r.body, 2)}` }));
+        }
+        preview.append(el("div", { class: "muted small", text: `ran in ${r.duration_ms} ms; nothing was sent` }));
+      } catch (e) {
+        if (mine !== seq) return;
+        clear(preview);
+        preview.append(el("div", { class: "error small", text: failMessage(e) }));
+      }
+    }
+    const later = () => { clearTimeout(timer); timer = setTimeout(run, 300); };
+    area.addEventListener("input", later);
+    example.addEventListener("input", later);
+    const panel = el("details", { class: "transform-test" }, el("summary", { text: "Live preview on an example event" }),
+      el("label", {}, "Example event (JSON)", example), preview);
+    panel.addEventListener("toggle", () => { if (panel.open) run(); });
+    return {
+      node: el("div", { class: "wide transform-editor" },
+        el("label", {}, "Transformation (JavaScript: function handler(webhook) { ... }; empty: none)", area), error, panel),
+      changed() { return area.value.trim() !== initial.trim(); },
+      value() { return area.value.trim() ? area.value : ""; },
+      fail(e) {
+        if (!(e instanceof APIError && (e.status === 400 || e.status === 403) && /\btransform/.test(e.message))) return false;
+        error.textContent = e.message;
+        return true;
+      },
+    };
+  }
+
   pages.destinations = function (parts) {
     const focus = parts[0] || "";
     state.revealed.clear();
@@ -991,6 +1046,7 @@
       el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
       el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
       el("dt", { text: "Payload filter" }), el("dd", { class: "match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none" })),
+      el("dt", { text: "Transformation" }), el("dd", { class: "transform" }, d.transform ? el("pre", { class: "match transform-source", text: d.transform }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
       el("dt", { text: "Throttle" }), el("dd", { class: "throttle", text: throttleText(d) }),
@@ -1051,7 +1107,8 @@
       })),
       el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")));
     const matchEd = matchEditor(d, () => splitList(form.querySelector("input[name=filter]").value));
-    form.append(matchEd.node,
+    const transformEd = transformEditor(d);
+    form.append(matchEd.node, transformEd.node,
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
     form.addEventListener("submit", async (ev) => {
@@ -1066,11 +1123,12 @@
           url: fd.get("url"), description: fd.get("description"), filter: splitList(fd.get("filter")),
           max_concurrency: Number(fd.get("max_concurrency")), headers, retry,
           rate_limit: Number(fd.get("rate_limit_rate")) ? { rate: Number(fd.get("rate_limit_rate")), per: fd.get("rate_limit_per"), burst: Number(fd.get("rate_limit_burst")) } : 0,
+          transform: transformEd.changed() ? transformEd.value() : undefined, // left as it was: not sent
         }, { match: matchEd.changed() ? m.raw || "{}" : null })); // cleared: {} removes it
         toast("Saved");
         clear(slot);
         refresh(true);
-      } catch (e) { if (!matchEd.fail(e)) toast(failMessage(e), true); }
+      } catch (e) { if (!matchEd.fail(e) && !transformEd.fail(e)) toast(failMessage(e), true); }
     });
     slot.append(form);
   }
