@@ -19,7 +19,11 @@ type EventView struct {
 	ReceivedAt time.Time       `json:"received_at"`
 	Error      string          `json:"error,omitempty"`
 	Event      json.RawMessage `json:"event"`
-	Deliveries []DeliveryView  `json:"deliveries"`
+	// Type is the type the event was routed by; Raw is the body of a raw
+	// event (rawbody.go), whose Event is null.
+	Type       string         `json:"type,omitempty"`
+	Raw        *RawBody       `json:"raw,omitempty"`
+	Deliveries []DeliveryView `json:"deliveries"`
 }
 
 // DeliveryView is one delivery: an event for a destination.
@@ -132,7 +136,10 @@ func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView
 		return nil, err
 	}
 	v := &EventView{ID: c.ID, State: eventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
-		Deliveries: make([]DeliveryView, 0, len(children))}
+		Type: c.Tag, Deliveries: make([]DeliveryView, 0, len(children))}
+	if raw := rawView(c.Input); raw != nil {
+		v.Event, v.Raw = nil, raw
+	}
 	if c.State == dispatch.StateFailed {
 		v.Error = c.Error
 	}
