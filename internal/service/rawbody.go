@@ -73,11 +73,15 @@ func encodeRaw(ev *RawEvent) []byte {
 	return append(out, ']')
 }
 
-// appendText appends s, valid UTF-8, as a JSON string, escaping only what
-// JSON requires: encoding/json would also escape <, > and &, which the
-// history's text search would then not find.
+// appendText appends s as a JSON string, escaping only what JSON requires:
+// encoding/json would also escape <, > and &, which the history's text
+// search would then not find. Bytes that are not UTF-8 become U+FFFD (a
+// body is text only when it is valid; types are checked before).
 func appendText(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {
