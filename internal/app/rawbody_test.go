@@ -123,7 +123,9 @@ func TestRun_RawBodies(t *testing.T) {
 	}
 	allID := create(all, "")
 	create(orders, `,"filter":["order.*"]`)
-	create(filtered, `,"match":{"data.amount":{"$exist":true}}`)
+	// The second condition would catch a raw event's stored form (a JSON
+	// array whose element 0 is "raw") leaking into the filters.
+	filteredID := create(filtered, `,"match":{"$or":[{"data.amount":{"$exist":true}},{"0":"raw"}]}`)
 	flaky.status.Store(400)
 	flakyID := create(flaky, `,"filter":["blob.*"]`)
 
@@ -239,6 +241,22 @@ func TestRun_RawBodies(t *testing.T) {
 	}
 	all.check(t, "replayed XML", xmlID, xml, xmlType, 2)
 	all.check(t, "replayed bytes", blobID, blob, "application/octet-stream", 2)
+	// A replay to the payload filter reads no fields of raw events either.
+	if code := call(t, "POST", base+"/v1/destinations/"+filteredID+"/replay", `{"since":"`+since+`","force":true}`, &job); code != 202 {
+		t.Fatalf("replay: %d", code)
+	}
+	eventually(t, "the replay to the payload filter done", 10*time.Second, func() bool {
+		call(t, "GET", base+"/v1/replays/"+job.ID, nil, &job)
+		return job.State == "done"
+	})
+	if job.Created != int64(len(jsonEvents)) {
+		t.Errorf("the replay to the payload filter gave %d deliveries, want %d (the JSON events)", job.Created, len(jsonEvents))
+	}
+	for _, id := range []string{xmlID, blobID, textID} {
+		if n := len(filtered.receipts(id)); n != 0 {
+			t.Errorf("the replay to the payload filter sent raw event %s", id)
+		}
+	}
 
 	// Bad requests get a 400 naming the problem, and store nothing.
 	var before struct{ Events []struct{ ID string } }
