@@ -308,6 +308,10 @@ func TestRun_RawBodies(t *testing.T) {
 	if code := call(t, "POST", base+"/v1/match", `{"match":{"$type":{"$startsWith":"order."}},"content_type":"application/xml","type":"order.created"}`, &m); code != 200 || !m.Matches {
 		t.Errorf("match a raw event by its type: %d %+v", code, m)
 	}
+	// An event given beside content_type is not read either.
+	if code := call(t, "POST", base+"/v1/match", `{"match":{"data.amount":{"$exist":true}},"content_type":"text/plain","type":"x","event":{"data":{"amount":5}}}`, &m); code != 200 || m.Matches {
+		t.Errorf("match a raw event whose body is JSON: %d %+v, want no match", code, m)
+	}
 	if code := call(t, "POST", base+"/v1/match", `{"content_type":"application/json","type":"x"}`, nil); code != 400 {
 		t.Errorf("match a raw event of a JSON type: %d, want 400", code)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestRawEvent: a raw event's input round-trips exactly, is JSON (the
@@ -109,6 +110,7 @@ func FuzzDecodeRaw(f *testing.F) {
 	f.Add([]byte(`["raw","t","application/xml","text","<a/>"]`), "t", "text/plain", []byte("a\x00\xff"))
 	f.Add([]byte(`["raw","","c","base64","/wD+YQ=="]`), "", "c", []byte("é\u2028\""))
 	f.Add([]byte(`["raw","t","c","text","\ud800"]`), "x\x00", "", []byte{})
+	f.Add([]byte(`[`), "\xff\xfe", "text/\x80", []byte("\xc3"))
 	f.Fuzz(func(t *testing.T, input []byte, typ, ct string, body []byte) {
 		if ev, err := decodeRaw(input); err == nil {
 			again, err := decodeRaw(encodeRaw(ev))
@@ -118,8 +120,8 @@ func FuzzDecodeRaw(f *testing.F) {
 		}
 		ev := &RawEvent{Type: typ, ContentType: ct, Body: body}
 		in := encodeRaw(ev)
-		if !json.Valid(in) || !isRaw(in) {
-			t.Fatalf("encodeRaw(%+v) = %s: not a raw JSON input", ev, in)
+		if !json.Valid(in) || !utf8.Valid(in) || !isRaw(in) {
+			t.Fatalf("encodeRaw(%+v) = %q: not a raw JSON input in UTF-8", ev, in)
 		}
 		got, err := decodeRaw(in)
 		if err != nil || !bytes.Equal(got.Body, body) {
