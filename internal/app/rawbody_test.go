@@ -316,3 +316,56 @@ func TestRun_RawBodies(t *testing.T) {
 		t.Errorf("match a raw event of a JSON type: %d, want 400", code)
 	}
 }
+
+// TestRun_TenantRawEvents: a raw event is its tenant's like a JSON one: a
+// tenant's token cannot send one into another tenant, nor one without the
+// ingest right, nor read another's; its Idempotency-Key is its tenant's.
+func TestRun_TenantRawEvents(t *testing.T) {
+	t.Parallel()
+	f := newTenantFixture(t)
+	body := "<invoice n=\"7\"/>"
+	send := func(token, path, key string) (int, string) {
+		status, b, _ := rawCall(t, "POST", f.base+path, body, "Authorization", "Bearer "+token,
+			"Content-Type", "application/xml", "Idempotency-Key", key)
+		var out struct{ ID, Error string }
+		_ = json.Unmarshal(b, &out)
+		return status, out.ID + out.Error
+	}
+	code, idA := send(f.tokens["acmeIngest"], "/v1/event?raw=true&type=invoice.sent", "inv-7")
+	if code != 202 {
+		t.Fatalf("acme's raw event: %d %s", code, idA)
+	}
+	eventually(t, "acme's raw event delivered to acme", 10*time.Second, func() bool { _, ok := f.recvA.has(idA); return ok })
+	if got, _ := f.recvA.has(idA); string(got) != body {
+		t.Errorf("acme got %q, want %q", got, body)
+	}
+	for _, tc := range []struct {
+		name, token, path string
+		want              int
+	}{
+		{"into another tenant", f.tokens["acmeIngest"], "/v1/tenants/globex/event?raw=true", 404},
+		{"without the ingest right", f.tokens["acmeRead"], "/v1/event?raw=true", 403},
+		{"without a token", "nope", "/v1/event?raw=true", 401},
+	} {
+		if code, msg := send(tc.token, tc.path, "other-"+strings.ReplaceAll(tc.name, " ", "-")); code != tc.want {
+			t.Errorf("a raw event %s: %d %s, want %d", tc.name, code, msg, tc.want)
+		}
+	}
+	// The same Idempotency-Key in another tenant is another event.
+	code, idG := send(f.tokens["globexAll"], "/v1/event?raw=true&type=invoice.sent", "inv-7")
+	if code != 202 || idG == idA {
+		t.Errorf("globex's raw event with acme's key: %d %s (acme's is %s)", code, idG, idA)
+	}
+	if code, _ := f.as(t, f.tokens["globexAll"], "GET", "/v1/events/"+idA, nil); code != 404 {
+		t.Errorf("globex reads acme's raw event: %d, want 404", code)
+	}
+	var page struct{ Events []struct{ ID string } }
+	f.must(t, 200, f.tokens["globexAll"], "GET", "/v1/events?type=invoice.*", nil, &page)
+	if len(page.Events) != 1 || page.Events[0].ID != idG {
+		t.Errorf("globex's raw events: %+v, want only its own %s", page.Events, idG)
+	}
+	eventually(t, "globex's raw event delivered to globex", 10*time.Second, func() bool { _, ok := f.recvG.has(idG); return ok })
+	if _, ok := f.recvG.has(idA); ok {
+		t.Error("globex's destination got acme's raw event")
+	}
+}
