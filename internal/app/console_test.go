@@ -450,7 +450,7 @@ func TestConsole_Browser(t *testing.T) {
 	b.exec(fmt.Sprintf(`document.querySelector('%s button.replay').click()`, sel))
 	b.wait("the replay form", fmt.Sprintf(`!!document.querySelector('%s form.replay-form')`, sel))
 	b.exec(fmt.Sprintf(`document.querySelector('%s form.replay-form button[type=submit]').click()`, sel))
-	b.wait("the count", `document.getElementById("confirm-dialog").open && document.getElementById("confirm-text").textContent.startsWith("4 stored events")`)
+	b.wait("the count", `document.getElementById("confirm-dialog").open && document.getElementById("confirm-text").textContent.startsWith("5 stored events")`)
 	b.exec(`document.getElementById("confirm-ok").click()`)
 	b.wait("the replay done", fmt.Sprintf(`!!document.querySelector('%s table.replays') && document.querySelector('%s table.replays').innerText.includes("done")`, sel, sel))
 	for _, id := range []string{paid, xss1, xss2, late} {

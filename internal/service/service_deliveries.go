@@ -14,16 +14,18 @@ import (
 
 // EventView is an event and the state of its deliveries.
 type EventView struct {
-	ID         string          `json:"id"`
-	State      string          `json:"state"`
-	ReceivedAt time.Time       `json:"received_at"`
-	Error      string          `json:"error,omitempty"`
-	Event      json.RawMessage `json:"event"`
+	ID         string    `json:"id"`
+	State      string    `json:"state"`
+	ReceivedAt time.Time `json:"received_at"`
+	Error      string    `json:"error,omitempty"`
 	// Type is the type the event was routed by; Raw is the body of a raw
-	// event (rawbody.go), whose Event is null.
-	Type       string         `json:"type,omitempty"`
-	Raw        *RawBody       `json:"raw,omitempty"`
-	Deliveries []DeliveryView `json:"deliveries"`
+	// event (rawbody.go), whose Event is null. Both come before Event: the
+	// console finds a JSON event's own text between "event" and
+	// "deliveries" when it is too deep for the browser's JSON.stringify.
+	Type       string          `json:"type,omitempty"`
+	Raw        *RawBody        `json:"raw,omitempty"`
+	Event      json.RawMessage `json:"event"`
+	Deliveries []DeliveryView  `json:"deliveries"`
 }
 
 // DeliveryView is one delivery: an event for a destination.
