@@ -99,7 +99,7 @@ lint: ## go vet, gofmt, staticcheck (pinned in go.mod as a tool) and go mod tidy
 # Every fuzz target, as package:name.
 FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValidateEvent ./internal/service:FuzzEventFields ./internal/service:FuzzParseToken \
 	./internal/app:FuzzAPI ./internal/app:FuzzEventsQuery ./internal/app:FuzzReplayRequest \
-	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues \
+	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues ./internal/service:FuzzDecodeRaw \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
 	./destination/match:FuzzMatch ./destination/match:FuzzCompile ./destination/transform:FuzzDecodeResult \

@@ -188,6 +188,9 @@ type Request struct {
 	// receiver can drop a duplicate.
 	ID   string
 	Body []byte
+	// ContentType is the body's; "" is application/json (a raw event
+	// has its own).
+	ContentType string
 	// Header holds extra headers (a destination's own).
 	Header http.Header
 	// Keys sign the delivery (see Sign); none, no signature.
@@ -249,6 +252,14 @@ func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
 	return c.sendDirect(ctx, r, u, h)
 }
 
+// contentType is the Content-Type of a request's body.
+func contentType(r *Request) string {
+	if r.ContentType != "" {
+		return r.ContentType
+	}
+	return "application/json"
+}
+
 // headers are the headers of one attempt.
 type headers struct {
 	userAgent, id, timestamp, signature string
@@ -265,7 +276,7 @@ func (c *Client) sendProxied(ctx context.Context, r *Request, h *headers, p *pro
 	for k, v := range h.extra {
 		req.Header[k] = v
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", contentType(r))
 	req.Header.Set("User-Agent", h.userAgent)
 	req.Header.Set("webhook-id", h.id)
 	req.Header.Set("webhook-timestamp", h.timestamp)

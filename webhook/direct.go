@@ -117,7 +117,7 @@ func (c *Client) sendDirect(ctx context.Context, r *Request, u *url.URL, h *head
 			req.Header.Add(k, v)
 		}
 	}
-	req.Header.SetContentType("application/json")
+	req.Header.SetContentType(contentType(r))
 	req.Header.SetUserAgent(h.userAgent)
 	req.Header.Set("webhook-id", h.id)
 	req.Header.Set("webhook-timestamp", h.timestamp)

@@ -298,6 +298,23 @@ func TestConsole_Browser(t *testing.T) {
 	}
 	b.check("event pages")
 
+	// A raw event of text/html (raw=true): its body shows as text, with
+	// its Content-Type, and nothing in it runs.
+	const rawHTML = `<html><body><img src=x onerror=alert(4)><script>alert(5)</script>&lt;ok&gt;</body></html>`
+	var rawOut struct{ ID string }
+	if code := call(t, "POST", base+"/v1/event?raw=true&type=page.saved", rawHTML, &rawOut, append(auth, "Content-Type", "text/html; charset=utf-8")...); code != 202 {
+		t.Fatalf("post a raw text/html event: %d", code)
+	}
+	b.visit("#/events/" + rawOut.ID)
+	b.wait("the raw body as text", fmt.Sprintf(`(document.getElementById("payload")||{textContent:""}).textContent === %q && document.getElementById("raw-content-type").textContent === "text/html; charset=utf-8"`, rawHTML))
+	if js[bool](b, `!!document.querySelector("#main img, #main script, #payload *")`) {
+		t.Fatal("the raw text/html body became markup in the page")
+	}
+	if n := b.dialogs.Load(); n > 0 {
+		t.Fatalf("%d JavaScript dialogs opened: a raw body ran as script", n)
+	}
+	b.check("a raw event's page")
+
 	// Destinations: pause and resume, then a replay to a new destination
 	// of the events it missed.
 	b.visit("#/destinations/" + goodDst.ID)
@@ -447,7 +464,7 @@ func TestConsole_Browser(t *testing.T) {
 	b.exec(fmt.Sprintf(`document.querySelector('%s button.replay').click()`, sel))
 	b.wait("the replay form", fmt.Sprintf(`!!document.querySelector('%s form.replay-form')`, sel))
 	b.exec(fmt.Sprintf(`document.querySelector('%s form.replay-form button[type=submit]').click()`, sel))
-	b.wait("the count", `document.getElementById("confirm-dialog").open && document.getElementById("confirm-text").textContent.startsWith("4 stored events")`)
+	b.wait("the count", `document.getElementById("confirm-dialog").open && document.getElementById("confirm-text").textContent.startsWith("5 stored events")`)
 	b.exec(`document.getElementById("confirm-ok").click()`)
 	b.wait("the replay done", fmt.Sprintf(`!!document.querySelector('%s table.replays') && document.querySelector('%s table.replays').innerText.includes("done")`, sel, sel))
 	for _, id := range []string{paid, xss1, xss2, late} {

@@ -60,6 +60,8 @@ type openAPIClient struct {
 
 	mu   sync.Mutex
 	seen map[string]bool // "METHOD /path" of the operations answered
+	// contentType is the requests' when set, else application/json.
+	contentType string
 }
 
 // do sends a request (body is JSON-encoded unless a string) and decodes the
@@ -83,7 +85,11 @@ func (c *openAPIClient) do(method, path string, body, out any, bad bool) int {
 		c.t.Fatal(err)
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		ct := "application/json"
+		if c.contentType != "" {
+			ct = c.contentType
+		}
+		req.Header.Set("Content-Type", ct)
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -172,6 +178,18 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 		t.Fatalf("event: %d %+v", code, one)
 	}
 	c.do("GET", "/v1/events/nope", nil, nil, false)
+	// A raw event (raw=true): in as XML, shown with its raw body.
+	c.contentType = "application/xml"
+	var rawEv struct{ ID string }
+	if code := c.do("POST", "/v1/event?raw=true&type=note.raw", `<order id="1"/>`, &rawEv, false); code != 202 {
+		t.Fatalf("raw event: %d", code)
+	}
+	c.do("POST", "/v1/event?raw=true&type=fanout.x", `<order/>`, nil, true)
+	c.contentType = ""
+	if code := c.do("GET", "/v1/events/"+rawEv.ID, nil, &one, false); code != 200 || one.Raw == nil || one.Raw.Text != `<order id="1"/>` {
+		t.Fatalf("raw event: %d %+v", code, one.Raw)
+	}
+	c.do("POST", "/v1/match", map[string]any{"match": map[string]any{"a": 1}, "content_type": "application/xml", "type": "note.raw"}, nil, false)
 
 	c.do("GET", "/v1/destinations", nil, nil, false)
 	c.do("GET", "/v1/destinations/"+dst.ID, nil, nil, false)

@@ -294,3 +294,43 @@ func TestRun_TransformRight(t *testing.T) {
 		t.Errorf("globex previewing with acme's destination: %d %s, want 404", status, got)
 	}
 }
+
+// TestRun_TransformRawEvent: a raw event's transformation sees its type and
+// no payload, and may change the request around the bytes, never the bytes:
+// they go out as they came, with their Content-Type, signed.
+func TestRun_TransformRawEvent(t *testing.T) {
+	t.Parallel()
+	base, _ := startRun(t, []string{"--data", t.TempDir()}, nil)
+	recv := newRequestReceiver(t)
+	const program = `function handler(webhook) {
+  webhook.headers["X-Saw"] = webhook.event.type + " " + JSON.stringify(webhook.payload);
+  webhook.path = "/raw";
+  webhook.payload = {"replaced": true};
+  return webhook;
+}`
+	var d struct{ ID, Secret string }
+	if code := call(t, "POST", base+"/v1/destinations", map[string]any{"url": recv.URL, "transform": program}, &d); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	recv.setSecret(t, d.Secret)
+	const xml = `<order id="7"/>`
+	code, id := sendRaw(t, base, "?raw=true&type=order.created", []byte(xml), "Content-Type", "application/xml")
+	if code != 202 {
+		t.Fatalf("raw event: %d", code)
+	}
+	eventually(t, "the raw delivery", 10*time.Second, func() bool { return len(recv.got(id)) > 0 })
+	got := recv.got(id)[0]
+	for _, c := range []struct{ what, got, want string }{
+		{"X-Saw", got.header.Get("X-Saw"), "order.created null"},
+		{"path", got.path, "/raw"},
+		{"Content-Type", got.header.Get("Content-Type"), "application/xml"},
+		{"body", got.body, xml},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %q, want %q", c.what, c.got, c.want)
+		}
+	}
+	if !got.signed {
+		t.Error("the raw body's signature does not verify")
+	}
+}

@@ -156,9 +156,15 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			}
 			body = bytes.Trim(in, " \t\r\n")
 		}
-		req := &webhook.Request{URL: d.URL, ID: id, Body: body, Header: d.Header(), Keys: d.Keys(now())}
+		stored := body
+		body, contentType, err := deliveryBody(body) // a raw event's bytes and type (rawbody.go)
+		if err != nil {
+			return Delivery{}, fmt.Errorf("%w: %v", dispatch.ErrPermanent, err)
+		}
+		req := &webhook.Request{URL: d.URL, ID: id, Body: body, ContentType: contentType,
+			Header: d.Header(), Keys: d.Keys(now())}
 		if d.Transform != "" {
-			cancelled, err := fns.transform(ctx, d, req) // transform.go
+			cancelled, err := fns.transform(ctx, d, req, EventFields(stored).Type) // transform.go
 			if err != nil {
 				return Delivery{}, err // a failed attempt, retried
 			}
@@ -191,7 +197,7 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		if err != nil {
 			return Fanout{}, err // the store failed: try again, never route to fewer
 		}
-		matching := dests.Matching(tenant, eventType, event, match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
+		matching := dests.Matching(tenant, eventType, filterPayload(event), match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
 		if only, ok := testTarget(info.Meta); ok {
 			matching = testDestination(dests, tenant, only) // a test-send: that one alone (portal.go)
 		} else if isNotice(eventType) {
@@ -237,6 +243,9 @@ type fields struct {
 // object once per key, 3.5x the time for a 200-byte event).
 func EventFields(event json.RawMessage) fields {
 	var f fields
+	if isRaw(event) {
+		return fields{Type: rawType(event)} // no id: its Idempotency-Key drops a repeat
+	}
 	var haveType, haveID bool
 	// gjson reads the event in place; what is kept of it is cloned.
 	gjson.Parse(unsafe.String(unsafe.SliceData(event), len(event))).ForEach(func(k, v gjson.Result) bool {

@@ -14,10 +14,16 @@ import (
 
 // EventView is an event and the state of its deliveries.
 type EventView struct {
-	ID         string          `json:"id"`
-	State      string          `json:"state"`
-	ReceivedAt time.Time       `json:"received_at"`
-	Error      string          `json:"error,omitempty"`
+	ID         string    `json:"id"`
+	State      string    `json:"state"`
+	ReceivedAt time.Time `json:"received_at"`
+	Error      string    `json:"error,omitempty"`
+	// Type is the type the event was routed by; Raw is the body of a raw
+	// event (rawbody.go), whose Event is null. Both come before Event: the
+	// console finds a JSON event's own text between "event" and
+	// "deliveries" when it is too deep for the browser's JSON.stringify.
+	Type       string          `json:"type,omitempty"`
+	Raw        *RawBody        `json:"raw,omitempty"`
 	Event      json.RawMessage `json:"event"`
 	Deliveries []DeliveryView  `json:"deliveries"`
 }
@@ -136,7 +142,10 @@ func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView
 		return nil, err
 	}
 	v := &EventView{ID: c.ID, State: eventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
-		Deliveries: make([]DeliveryView, 0, len(children))}
+		Type: c.Tag, Deliveries: make([]DeliveryView, 0, len(children))}
+	if raw := rawView(c.Input); raw != nil {
+		v.Event, v.Raw = nil, raw
+	}
 	if c.State == dispatch.StateFailed {
 		v.Error = c.Error
 	}

@@ -23,13 +23,22 @@ import (
 // answered. It returns the delivery's output when the handler cancelled it
 // (nothing is sent), and an error, retried like a destination's 5xx, when
 // the program failed: fixed meanwhile, the next attempt runs the new one.
-func (fns *functions) transform(ctx context.Context, d *destination.Destination, req *webhook.Request) (*Delivery, error) {
+//
+// A raw event (req.ContentType set) is handed to the handler without a
+// payload, and its bytes are sent as they came, whatever the handler made of
+// the payload: it may change the request around them only.
+func (fns *functions) transform(ctx context.Context, d *destination.Destination, req *webhook.Request, eventType string) (*Delivery, error) {
 	p, err := fns.transforms.Program(d.ID, d.Transform)
 	if err != nil {
 		return nil, fmt.Errorf("%w: transformation: %v", dispatch.ErrTemporary, err)
 	}
-	ev := transform.Event{ID: req.ID, Type: EventFields(req.Body).Type, Tenant: d.Owner()}
-	out, err := fns.transforms.Run(ctx, p, ev, transform.Request{URL: req.URL, Headers: d.Headers, Body: req.Body})
+	ev := transform.Event{ID: req.ID, Type: eventType, Tenant: d.Owner()}
+	in := transform.Request{URL: req.URL, Headers: d.Headers, Body: req.Body}
+	raw := req.ContentType != ""
+	if raw {
+		in.Body = nil // a null payload: its fields are not the handler's to read
+	}
+	out, err := fns.transforms.Run(ctx, p, ev, in)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", dispatch.ErrTemporary, err)
 	}
@@ -40,7 +49,10 @@ func (fns *functions) transform(ctx context.Context, d *destination.Destination,
 		}
 		return &Delivery{Cancelled: reason}, nil
 	}
-	req.Method, req.URL, req.Body = out.Request.Method, out.Request.URL, out.Request.Body
+	req.Method, req.URL = out.Request.Method, out.Request.URL
+	if !raw {
+		req.Body = out.Request.Body
+	}
 	req.Header = make(http.Header, len(out.Request.Headers))
 	for k, v := range out.Request.Headers {
 		req.Header.Set(k, v)

@@ -594,6 +594,7 @@
         lastState = ev.state;
         clear(head);
         clear(body);
+        if (ev.raw) { rawEventBody(ev, head, body); for (const d of ev.deliveries) body.append(await deliveryPanel(d)); return; }
         const compact = stringify(ev.event);
         const raw = compact === null ? rawEvent(text) : compact;
         const deep = compact === null;
@@ -625,8 +626,36 @@
     };
   }
 
-  function download(name, text) {
-    const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  // rawEventBody shows a raw event (sent with raw=true): its body as text
+  // (textContent: markup in it is shown, never run), or, when its bytes
+  // are not UTF-8, a note and a download of them.
+  function rawEventBody(ev, head, body) {
+    const raw = ev.raw;
+    head.append(el("h1", {}, "Event ", el("span", { class: "id", text: ev.id }), copyButton(ev.id)),
+      el("dl", { class: "facts" },
+        el("dt", { text: "State" }), el("dd", {}, badge(ev.state)),
+        el("dt", { text: "Type" }), el("dd", { class: "mono", text: ev.type || "—" }),
+        el("dt", { text: "Content-Type" }), el("dd", { class: "mono", id: "raw-content-type", text: raw.content_type }),
+        el("dt", { text: "Received" }), el("dd", {}, timeEl(ev.received_at, true)),
+        el("dt", { text: "Size" }), el("dd", { text: fmtBytes(raw.size) }),
+        ev.error ? el("dt", { text: "Error" }) : null, ev.error ? el("dd", { class: "error", text: ev.error }) : null));
+    const binary = raw.text === undefined || raw.text === "";
+    const bytes = () => binary ? Uint8Array.from(atob(raw.base64 || ""), (c) => c.charCodeAt(0)) : raw.text;
+    const pre = el("pre", { class: "payload", id: "payload" });
+    if (binary) pre.textContent = "Binary body (not UTF-8 text), " + fmtBytes(raw.size) + ": download it to see it.";
+    else pre.textContent = raw.text.length > LARGE ? raw.text.slice(0, LARGE) + "\n… (truncated: download it whole)" : raw.text;
+    body.append(el("div", { class: "spread" }, el("h2", { text: "Body" }), el("div", { class: "actions" },
+      binary ? null : copyButton(raw.text, "Copy"),
+      el("button", { type: "button", class: "secondary", text: "Download", onclick: () => download(ev.id + ".bin", bytes(), "application/octet-stream") }))),
+    el("p", { class: "muted small", text: "A raw event: delivered byte for byte with its Content-Type. Payload filters see no fields of it, only its type, tenant and time." }),
+    pre);
+    body.append(el("h2", { text: "Deliveries" }));
+    if (!ev.deliveries.length) body.append(el("p", { class: "muted", text: "No destination wanted this event when it arrived. A replay to a destination sends it." }));
+  }
+
+  function download(name, text, type) {
+    // A download, never a page: a raw body of text/html stays a file.
+    const url = URL.createObjectURL(new Blob([text], { type: type || "application/json" }));
     const a = el("a", { download: name });
     a.href = url; // a blob: URL of our own making
     document.body.append(a);

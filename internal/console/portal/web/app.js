@@ -619,10 +619,15 @@
     clear(main);
     let pretty = null;
     try { pretty = JSON.stringify(v.event, null, 2); } catch (_) { pretty = null; }
+    // A raw event (raw=true): its body as text, never markup; bytes that
+    // are not UTF-8 are named, not shown.
+    const raw = v.raw;
+    if (raw) pretty = raw.text ? raw.text : "(binary body, " + raw.size + " bytes)";
     main.append(back(), el("h1", { text: "Event" }),
       el("div", { class: "panel" }, el("dl", { class: "facts" },
         el("dt", { text: "Id" }), el("dd", { class: "id", text: v.id }),
         el("dt", { text: "State" }), el("dd", {}, badge(v.state)),
+        raw ? el("dt", { text: "Content-Type" }) : null, raw ? el("dd", { class: "mono", text: raw.content_type }) : null,
         el("dt", { text: "Received" }), el("dd", {}, timeEl(v.received_at)))),
       el("pre", { class: "payload", id: "payload", text: pretty === null ? "(too deep to show)" : pretty }),
       el("h2", { text: "Deliveries" }), deliveryTable(v.deliveries || [], false));
