@@ -40,7 +40,7 @@ func BenchmarkPublish(b *testing.B) {
 			for b.Loop() {
 				req := &webhook.Request{URL: d.URL, ID: "evt_1", Body: body, Header: d.Header(), Keys: d.Keys(time.Now())}
 				if d.Transform != "" {
-					if _, err := fns.transform(ctx, d, req); err != nil {
+					if _, err := fns.transform(ctx, d, req, EventFields(body).Type); err != nil {
 						b.Fatal(err)
 					}
 				}
