@@ -55,6 +55,7 @@ func Exercise(t *testing.T, open OpenFunc) {
 		{"RuntimeRetries", exerciseRuntimeRetries},
 		{"RuntimeGather", exerciseRuntimeGather},
 		{"RuntimeKeys", exerciseRuntimeKeys},
+		{"Order", exerciseOrder},
 	} {
 		t.Run(area.name, func(t *testing.T) {
 			t.Parallel()
