@@ -46,6 +46,9 @@ type Destination struct {
 	// tenant, time) it matches, among those Filter lets through: the
 	// filter language of package match.
 	Match *match.Filter `json:"match,omitempty"`
+	// Ordering, when set, delivers the events of one key one at a time,
+	// in order (see Ordering).
+	Ordering *Ordering `json:"ordering,omitempty"`
 	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
 	// rotation, signs too until PreviousSecretExpires.
 	Secret                string     `json:"secret"`
@@ -205,6 +208,11 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	}
 	if err := d.ValidateFilter(); err != nil {
 		return err
+	}
+	if d.Ordering != nil {
+		if err := d.Ordering.Validate(); err != nil {
+			return err
+		}
 	}
 	if d.Secret == "" {
 		d.Secret = webhook.GenerateSecret()

@@ -56,7 +56,11 @@ type Call struct {
 	// head final. So a failing head holds its sequence back until it
 	// succeeds or fails for good, and other sequences run meanwhile. A
 	// call that carries an order key never runs as a local call. Empty
-	// for a call that runs in no order.
+	// for a call that runs in no order. The order is that of the ids of
+	// the calls stored: a call stored once a later one of its sequence has
+	// started waits for its turn after the calls stored before it, so a
+	// producer that needs a strict order stores a sequence's calls one
+	// after the other (each once the previous is durable), or together.
 	OrderKey string
 	// OutOfOrder marks a call of an ordered key that runs outside its
 	// sequence: re-driven after it failed for good (its sequence moved on

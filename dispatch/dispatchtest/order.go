@@ -206,6 +206,10 @@ func (i seqItem) DispatchOrderKey() string { return i.Seq }
 // exerciseOrderRuntime runs ordered calls, some failing a few times, on
 // many workers, parents gathering them in batches: each sequence must run
 // one call at a time, and succeed in the order its calls were dispatched.
+// The parents are eager, as fanout's handleEvent: a parent that gathered
+// later, on a retry, would store its children after those of parents
+// dispatched after it, and the order of a sequence is that of its calls'
+// creation (see dispatch.Call.OrderKey).
 func exerciseOrderRuntime(t *testing.T, s dispatch.Store) {
 	ctx := context.Background()
 	const seqs, perSeq = 8, 12
@@ -237,7 +241,7 @@ func exerciseOrderRuntime(t *testing.T, s dispatch.Store) {
 	parent := dispatch.Func("orderedParent", func(ctx context.Context, in []seqItem) (int, error) {
 		out, err := child.Gather(ctx, in)
 		return len(out), err
-	})
+	}).Eager() // its children are stored with it: in the order parents are dispatched
 	rt := StartRuntime(t, dispatch.Config{Store: s, Workers: 16,
 		RetryPolicy: &dispatch.Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond}},
 		child, parent)
