@@ -4,7 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-		"strings"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
