@@ -213,7 +213,7 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/retry", nil, nil, false) // 409: not failed
 	c.do("POST", "/v1/deliveries/retry", map[string]any{"destination": dst.ID}, nil, false)
 	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/skip", nil, nil, false) // 409: in no ordered key
-	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys", nil, nil, false)      // 409: no ordering yet
+	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys", nil, nil, false)     // 409: no ordering yet
 	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"ordering": map[string]any{"key": "customer.id"}}, nil, false)
 	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys?blocked=true&limit=10", nil, nil, false)
 	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"ordering": map[string]any{}}, nil, false)
