@@ -908,6 +908,7 @@
       }));
     panel.append(actions);
     panel.append(el("div", { class: "slot" }));
+    if (d.ordering) panel.append(blockedKeys(d, panel));
 
     if (replays.length) {
       panel.append(el("h3", { text: "Replays" }), el("div", { class: "scroll" }, el("table", { class: "replays" },
@@ -922,6 +923,37 @@
           el("td", { class: "num", text: fmtNum(r.skipped, 0) })))))));
     }
     return panel;
+  }
+
+  // blockedKeys is the list of an ordered destination's blocked keys:
+  // those whose first delivery keeps failing, holding back the deliveries
+  // behind it. Each can be skipped (dead-lettered) so that its key moves on.
+  function blockedKeys(d, panel) {
+    const box = el("div", { class: "blocked-keys" }, el("h3", { text: "Blocked keys" }), el("p", { class: "muted small", text: "loading…" }));
+    const path = "/v1/destinations/" + encodeURIComponent(d.id);
+    api("GET", path + "/ordered-keys?blocked=true&limit=50").then((r) => {
+      const keys = r.keys || [];
+      const body = keys.length ? el("div", { class: "scroll" }, el("table", { class: "blocked" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Key" }), el("th", { text: "Head event" }), el("th", { class: "num", text: "Attempts" }),
+          el("th", { text: "Last error" }), el("th", { text: "Next attempt" }), el("th", { class: "num", text: "Waiting" }), el("th", {}))),
+        el("tbody", {}, keys.map((k) => el("tr", { "data-key": JSON.stringify(k.key) },
+          el("td", { class: "mono", text: JSON.stringify(k.key) }),
+          el("td", {}, el("a", { class: "mono", href: "#/events/" + encodeURIComponent(k.head.event_id), text: k.head.event_id })),
+          el("td", { class: "num", text: fmtNum(k.head.attempts, 0) }),
+          el("td", { class: "error small", text: k.head.last_error || "" }),
+          el("td", {}, k.head.next_attempt_at ? timeEl(k.head.next_attempt_at) : "now"),
+          el("td", { class: "num", text: fmtNum(k.queued, 0) }),
+          el("td", {}, el("button", {
+            type: "button", class: "secondary skip", text: "Skip",
+            title: "dead-letter this delivery so that the key moves on (it can be retried later, out of order)",
+            onclick: async (ev) => {
+              ev.target.disabled = true;
+              try { await api("POST", "/v1/deliveries/" + encodeURIComponent(k.head.id) + "/skip"); toast("Skipped: the key moves on"); refresh(true); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+            },
+          }))))))) : el("p", { class: "muted small", text: "None: every key's deliveries are going through." });
+      box.replaceChildren(box.firstChild, body);
+    }).catch((e) => box.replaceChildren(box.firstChild, el("p", { class: "error small", text: failMessage(e) })));
+    return box;
   }
 
   // livePanel is the destination's panel in the page now: the live
@@ -979,6 +1011,7 @@
       el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
       el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
+      el("dt", { text: "Ordering" }), el("dd", { class: d.ordering ? "mono" : "", text: d.ordering ? "one at a time per " + d.ordering.key : "none" }),
       el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
       el("dt", { text: "Headers" }), el("dd", { class: "mono headers" }, names.length ? names.map((k) => el("div", { text: `${k}: ${headers[k]}` })) : "none"),
       el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
