@@ -61,6 +61,8 @@ type Call struct {
 	// started waits for its turn after the calls stored before it, so a
 	// producer that needs a strict order stores a sequence's calls one
 	// after the other (each once the previous is durable), or together.
+	// A call must not wait (Gather) for a call of its own sequence: the
+	// child would wait for its parent, which waits for it.
 	OrderKey string
 	// OutOfOrder marks a call of an ordered key that runs outside its
 	// sequence: re-driven after it failed for good (its sequence moved on
