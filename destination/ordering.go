@@ -79,6 +79,9 @@ func (o *Ordering) OrderKey(payload []byte, eventType, tenant string) string {
 			v.Str = "default"
 		}
 	default:
+		if !gjson.ValidBytes(payload) {
+			return NoOrderKey // a payload that is not JSON has no fields
+		}
 		v = gjson.GetBytes(payload, orderPath(o.Key))
 	}
 	var key string
