@@ -651,6 +651,7 @@
     }) : null;
     panel.append(el("div", { class: "spread" },
       el("div", { class: "row" }, destLink(d.destination_id), badge(d.state), d.replay ? badge("replay", "replayed") : null,
+        full.out_of_order ? badge("replay", "out of order") : null,
         el("span", { class: "muted small", text: `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` })),
       retry));
     const steps = el("ol", { class: "timeline" });
@@ -666,6 +667,7 @@
         excerpt ? el("pre", { class: "excerpt", text: excerpt }) : null));
     }
     if (d.state === "pending" && d.next_attempt_at) steps.append(el("li", { class: "wait" }, "Next attempt ", timeEl(d.next_attempt_at, true)));
+    if (d.state === "pending" && full.queued) steps.append(el("li", { class: "wait" }, "Waiting for the deliveries before it of key ", el("span", { class: "mono", text: JSON.stringify(full.order_key) })));
     if (d.state === "delivered") steps.append(el("li", { class: "ok" }, "Delivered ", timeEl(d.delivered_at)));
     if (d.state === "failed") steps.append(el("li", { class: "bad" }, "Failed for good: a dead letter. ", d.last_error ? el("span", { class: "error small", text: d.last_error }) : null));
     panel.append(steps);
