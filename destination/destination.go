@@ -52,6 +52,9 @@ type Destination struct {
 	// and sent, or cancels it (package transform). The service compiles
 	// it when it is set; deliveries compile it once per process.
 	Transform string `json:"transform,omitempty"`
+	// Ordering, when set, delivers the events of one key one at a time,
+	// in order (see Ordering).
+	Ordering *Ordering `json:"ordering,omitempty"`
 	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
 	// rotation, signs too until PreviousSecretExpires.
 	Secret                string     `json:"secret"`
@@ -215,6 +218,11 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	}
 	if len(d.Transform) > transform.MaxSourceBytes {
 		return invalid("transform is longer than %d bytes", transform.MaxSourceBytes)
+	}
+	if d.Ordering != nil {
+		if err := d.Ordering.Validate(); err != nil {
+			return err
+		}
 	}
 	if d.Secret == "" {
 		d.Secret = webhook.GenerateSecret()

@@ -56,6 +56,7 @@ func Exercise(t *testing.T, open OpenFunc) {
 		{"RuntimeGather", exerciseRuntimeGather},
 		{"RuntimeKeys", exerciseRuntimeKeys},
 		{"Buckets", exerciseBuckets},
+		{"Order", exerciseOrder},
 	} {
 		t.Run(area.name, func(t *testing.T) {
 			t.Parallel()

@@ -230,6 +230,11 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("GET", "/v1/deliveries/"+dl.Deliveries[0].ID, nil, nil, false)
 	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/retry", nil, nil, false) // 409: not failed
 	c.do("POST", "/v1/deliveries/retry", map[string]any{"destination": dst.ID}, nil, false)
+	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/skip", nil, nil, false) // 409: in no ordered key
+	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys", nil, nil, false)     // 409: no ordering yet
+	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"ordering": map[string]any{"key": "customer.id"}}, nil, false)
+	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys?blocked=true&limit=10", nil, nil, false)
+	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"ordering": map[string]any{}}, nil, false)
 	c.do("GET", "/v1/stats", nil, nil, false)
 	c.do("GET", "/healthz", nil, nil, false)
 	c.do("GET", "/readyz", nil, nil, false)
@@ -303,6 +308,8 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("GET", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID, nil, nil, false)
 	c.do("POST", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID+"/retry", nil, nil, false)
 	c.do("POST", "/v1/tenants/acme/deliveries/retry", map[string]any{"destination": tdst.ID}, nil, false)
+	c.do("POST", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID+"/skip", nil, nil, false)
+	c.do("GET", "/v1/tenants/acme/destinations/"+tdst.ID+"/ordered-keys", nil, nil, false)
 	// The portal: a link, what its page reads, the event types, test-sends.
 	c.do("PUT", "/v1/tenants/acme", map[string]any{"portal_frame_ancestors": []string{"https://app.acme.example"}}, nil, false)
 	var link service.PortalLink

@@ -71,6 +71,8 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 		{"GET /v1/deliveries/{id}", service.RightRead, handleDeliveryGet(log, svc), true},
 		{"POST /v1/deliveries/{id}/retry", service.RightManage, handleDeliveryRetry(log, svc), true},
 		{"POST /v1/deliveries/retry", service.RightManage, handleDeliveryRetryMany(log, svc), true},
+		{"POST /v1/deliveries/{id}/skip", service.RightManage, handleDeliverySkip(log, svc), true},
+		{"GET /v1/destinations/{id}/ordered-keys", service.RightRead, handleOrderedKeys(log, svc), true},
 		{"GET /v1/stats", service.RightRead, handleStats(log, svc), false},
 		{"GET /v1/tenants", service.RightOperator, handleTenantList(log, svc), false},
 		{"GET /v1/tenants/{tenant}", service.RightOperator, handleTenantGet(log, svc), false},

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -37,7 +38,20 @@ type Message struct {
 	EventID       string          `json:"event_id,omitempty"`
 	DestinationID string          `json:"destination_id,omitempty"`
 	Event         json.RawMessage `json:"event,omitempty"`
+	// OrderKey is the event's key under its destination's ordering
+	// (destination.Ordering.OrderKey), "" without one. The runtime keeps
+	// it with the call (dispatch.Call.OrderKey), not in its input.
+	OrderKey string `json:"-"`
 }
+
+// DispatchOrderKey puts a delivery in its destination's sequence of its
+// key: the runtime runs the calls of one destination and order key one at
+// a time, in the order of their events' ids.
+func (m Message) DispatchOrderKey() string { return m.OrderKey }
+
+// OutOfOrderHeader marks a delivery of an ordered destination sent outside
+// its key's order: a re-drive or a replay, its key having moved on.
+const OutOfOrderHeader = "fanout-out-of-order"
 
 // DispatchKey keys a delivery by its destination: the runtime's limits,
 // pauses and breaker apply per destination.
@@ -173,6 +187,13 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			}
 		}
 		header, traced := req.Header, func(int, error) {}
+		if info.OutOfOrder {
+			// after the transformation: it cannot take the mark away
+			if header == nil {
+				header = make(http.Header, 1)
+			}
+			header.Set(OutOfOrderHeader, "true")
+		}
 		if fns.tracing != nil {
 			header, traced = fns.tracing.startSend(ctx, d, header) // the request's span, and its traceparent
 		}
@@ -206,6 +227,9 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		messages := make([]Message, len(matching))
 		for i, d := range matching {
 			messages[i] = Message{DestinationID: d.ID} // the event is this call's input: see Message
+			if d.Ordering != nil {
+				messages[i].OrderKey = d.Ordering.OrderKey(event, eventType, tenant)
+			}
 		}
 		deliveries, err := publishEvent.Gather(ctx, messages)
 		if err != nil {

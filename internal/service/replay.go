@@ -302,6 +302,8 @@ func (s *Service) replayPage(ctx context.Context, job replayJob) (ReplayCount, e
 			return ReplayCount{}, err
 		}
 		child.ParentID, child.Tag = c.Call.ID, tag
+		// A replay comes after its key's order moved on: out of it, marked.
+		child.OutOfOrder = d.Ordering != nil
 		children = append(children, child)
 		events = append(events, c.Call.ID)
 	}

@@ -45,6 +45,13 @@ type DeliveryView struct {
 	History       []attemptView `json:"attempt_history,omitempty"`
 	// Replay is the replay job that created the delivery, if one did.
 	Replay string `json:"replay,omitempty"`
+	// OrderKey is the delivery's key, when its destination has an
+	// ordering (see BlockedKeyView.Key); Queued says that it waits for the
+	// deliveries before it of that key; OutOfOrder that it is sent outside
+	// that order (re-driven or replayed).
+	OrderKey   json.RawMessage `json:"order_key,omitempty"`
+	Queued     bool            `json:"queued,omitempty"`
+	OutOfOrder bool            `json:"out_of_order,omitempty"`
 }
 
 // attemptView is one attempt of a delivery.
@@ -101,8 +108,12 @@ func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
 	if job, ok := strings.CutPrefix(c.Tag, "replay:"); ok {
 		v.Replay = job
 	}
+	v.OrderKey, v.Queued, v.OutOfOrder = orderKeyJSON(c.OrderKey), c.Queued(), c.OutOfOrder
 	switch c.State {
 	case dispatch.StatePending:
+		if v.Queued {
+			break // no time of its own: when the deliveries before it are done
+		}
 		at := c.RunAfter
 		v.NextAttemptAt = &at
 	case dispatch.StateDone:

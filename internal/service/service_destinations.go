@@ -22,7 +22,9 @@ type DestinationInput struct {
 	Enabled     *bool     `json:"enabled"`
 	Filter      *[]string `json:"filter"`
 	// Match is a payload filter; {} removes it.
-	Match          *json.RawMessage           `json:"match"`
+	Match *json.RawMessage `json:"match"`
+	// Ordering delivers the events of one key in order; {} removes it.
+	Ordering       *destination.Ordering      `json:"ordering"`
 	Secret         *string                    `json:"secret"`
 	MaxConcurrency *int                       `json:"max_concurrency"`
 	RateLimit      *destination.Throttle      `json:"rate_limit"`
@@ -83,6 +85,13 @@ func (in *DestinationInput) apply(d *destination.Destination) {
 		// A form that showed the masked secret posts back its mask:
 		// that keeps the secret.
 		d.Secret = destination.UnmaskSecret(*in.Secret, d.Secret)
+	}
+	if in.Ordering != nil {
+		d.Ordering = nil // {}: none
+		if *in.Ordering != (destination.Ordering{}) {
+			o := *in.Ordering
+			d.Ordering = &o
+		}
 	}
 	set(&d.MaxConcurrency, in.MaxConcurrency)
 	set(&d.RateLimit, in.RateLimit)

@@ -680,6 +680,7 @@
     }) : null;
     panel.append(el("div", { class: "spread" },
       el("div", { class: "row" }, destLink(d.destination_id), badge(d.state), d.replay ? badge("replay", "replayed") : null,
+        full.out_of_order ? badge("replay", "out of order") : null,
         el("span", { class: "muted small", text: `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` })),
       retry));
     const steps = el("ol", { class: "timeline" });
@@ -695,6 +696,7 @@
         excerpt ? el("pre", { class: "excerpt", text: excerpt }) : null));
     }
     if (d.state === "pending" && d.next_attempt_at) steps.append(el("li", { class: "wait" }, "Next attempt ", timeEl(d.next_attempt_at, true)));
+    if (d.state === "pending" && full.queued) steps.append(el("li", { class: "wait" }, "Waiting for the deliveries before it of key ", el("span", { class: "mono", text: JSON.stringify(full.order_key) })));
     if (d.state === "delivered") steps.append(el("li", { class: "ok" }, "Delivered ", timeEl(d.delivered_at)));
     if (d.state === "failed") steps.append(el("li", { class: "bad" }, "Failed for good: a dead letter. ", d.last_error ? el("span", { class: "error small", text: d.last_error }) : null));
     panel.append(steps);
@@ -1007,6 +1009,7 @@
       }));
     panel.append(actions);
     panel.append(el("div", { class: "slot" }));
+    if (d.ordering) panel.append(blockedKeys(d, panel));
 
     if (replays.length) {
       panel.append(el("h3", { text: "Replays" }), el("div", { class: "scroll" }, el("table", { class: "replays" },
@@ -1021,6 +1024,37 @@
           el("td", { class: "num", text: fmtNum(r.skipped, 0) })))))));
     }
     return panel;
+  }
+
+  // blockedKeys is the list of an ordered destination's blocked keys:
+  // those whose first delivery keeps failing, holding back the deliveries
+  // behind it. Each can be skipped (dead-lettered) so that its key moves on.
+  function blockedKeys(d, panel) {
+    const box = el("div", { class: "blocked-keys" }, el("h3", { text: "Blocked keys" }), el("p", { class: "muted small", text: "loading…" }));
+    const path = "/v1/destinations/" + encodeURIComponent(d.id);
+    api("GET", path + "/ordered-keys?blocked=true&limit=50").then((r) => {
+      const keys = r.keys || [];
+      const body = keys.length ? el("div", { class: "scroll" }, el("table", { class: "blocked" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Key" }), el("th", { text: "Head event" }), el("th", { class: "num", text: "Attempts" }),
+          el("th", { text: "Last error" }), el("th", { text: "Next attempt" }), el("th", { class: "num", text: "Waiting" }), el("th", {}))),
+        el("tbody", {}, keys.map((k) => el("tr", { "data-key": JSON.stringify(k.key) },
+          el("td", { class: "mono", text: JSON.stringify(k.key) }),
+          el("td", {}, el("a", { class: "mono", href: "#/events/" + encodeURIComponent(k.head.event_id), text: k.head.event_id })),
+          el("td", { class: "num", text: fmtNum(k.head.attempts, 0) }),
+          el("td", { class: "error small", text: k.head.last_error || "" }),
+          el("td", {}, k.head.next_attempt_at ? timeEl(k.head.next_attempt_at) : "now"),
+          el("td", { class: "num", text: fmtNum(k.queued, 0) }),
+          el("td", {}, el("button", {
+            type: "button", class: "secondary skip", text: "Skip",
+            title: "dead-letter this delivery so that the key moves on (it can be retried later, out of order)",
+            onclick: async (ev) => {
+              ev.target.disabled = true;
+              try { await api("POST", "/v1/deliveries/" + encodeURIComponent(k.head.id) + "/skip"); toast("Skipped: the key moves on"); refresh(true); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+            },
+          }))))))) : el("p", { class: "muted small", text: "None: every key's deliveries are going through." });
+      box.replaceChildren(box.firstChild, body);
+    }).catch((e) => box.replaceChildren(box.firstChild, el("p", { class: "error small", text: failMessage(e) })));
+    return box;
   }
 
   // livePanel is the destination's panel in the page now: the live
@@ -1079,6 +1113,7 @@
       el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
       el("dt", { text: "Throttle" }), el("dd", { class: "throttle", text: throttleText(d) }),
+      el("dt", { text: "Ordering" }), el("dd", { class: d.ordering ? "mono" : "", text: d.ordering ? "one at a time per " + d.ordering.key : "none" }),
       el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
       el("dt", { text: "Headers" }), el("dd", { class: "mono headers" }, names.length ? names.map((k) => el("div", { text: `${k}: ${headers[k]}` })) : "none"),
       el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
