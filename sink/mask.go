@@ -130,12 +130,19 @@ func (k *Kind) Mask(raw json.RawMessage) (json.RawMessage, error) {
 }
 
 // endpoint is what a config connects to, without its secrets: its URL
-// fields with passwords masked. A secret is kept for the same endpoint only.
+// fields without passwords. A secret is kept for the same endpoint only.
 func (k *Kind) endpoint(m map[string]json.RawMessage) string {
 	var b strings.Builder
 	for _, f := range k.URLs {
 		s, _ := stringField(m, f)
-		b.WriteString(maskURLs(s))
+		for _, u := range strings.Split(s, ",") {
+			u = strings.TrimSpace(u)
+			if before, _, after, ok := urlParts(u); ok {
+				u = before + after
+			}
+			b.WriteString(u)
+			b.WriteByte(',')
+		}
 		b.WriteByte('\n')
 	}
 	return b.String()
