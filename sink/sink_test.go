@@ -46,7 +46,7 @@ func (s *fakeSender) Send(ctx context.Context, m *Message) error {
 
 func (s *fakeSender) Close() error { s.closed.Store(true); return nil }
 
-func (c *fakeConfig) Target() string          { return RedactURL(c.URL) }
+func (c *fakeConfig) Target() string         { return RedactURL(c.URL) }
 func (c *fakeConfig) SecretValues() []string { return []string{c.Password, URLPassword(c.URL)} }
 func (c *fakeConfig) Open(ctx context.Context, env Env) (Sender, error) {
 	if c.f.gate != nil {
