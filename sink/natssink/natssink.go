@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -154,10 +155,15 @@ type Sender struct {
 	cfg *Config
 	env sink.Env
 
-	mu     sync.Mutex
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	cur    atomic.Pointer[conn] // the connection Send uses, without a lock
+	mu     sync.Mutex           // held to replace it
 	closed bool
+}
+
+// conn is a connection and its JetStream handle.
+type conn struct {
+	nc *nats.Conn
+	js jetstream.JetStream
 }
 
 // dialer adapts sink.Env to nats.CustomDialer.
@@ -166,13 +172,16 @@ type dialer struct{ env sink.Env }
 func (d dialer) Dial(network, addr string) (net.Conn, error) { return d.env.DialTimeout(network, addr) }
 
 func (s *Sender) conn(ctx context.Context) (jetstream.JetStream, error) {
+	if c := s.cur.Load(); c != nil && !c.nc.IsClosed() {
+		return c.js, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, sink.ErrClosed
 	}
-	if s.nc != nil && !s.nc.IsClosed() {
-		return s.js, nil
+	if c := s.cur.Load(); c != nil && !c.nc.IsClosed() {
+		return c.js, nil
 	}
 	opts := []nats.Option{
 		nats.Name("fanout"),
@@ -219,7 +228,7 @@ func (s *Sender) conn(ctx context.Context) (jetstream.JetStream, error) {
 		r.nc.Close()
 		return nil, s.classify(err)
 	}
-	s.nc, s.js = r.nc, js
+	s.cur.Store(&conn{nc: r.nc, js: js})
 	return js, nil
 }
 
@@ -284,8 +293,8 @@ func (s *Sender) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	if s.nc != nil {
-		s.nc.Close()
+	if c := s.cur.Load(); c != nil {
+		c.nc.Close() // a Send after this fails: the connection is closed
 	}
 	return nil
 }
