@@ -250,7 +250,14 @@ func (s *Sender) Send(ctx context.Context, m *sink.Message) error {
 		args = append(args, FieldHeaders, h)
 	}
 	args = append(args, FieldBody, m.Body)
-	err := add.Run(ctx, s.client, []string{s.cfg.Stream, MarkerKey(s.cfg.Stream, m.DeliveryID)}, args...).Err()
+	var err error
+	if s.window > 0 {
+		err = add.Run(ctx, s.client, []string{s.cfg.Stream, MarkerKey(s.cfg.Stream, m.DeliveryID)}, args...).Err()
+	} else {
+		// No marker: a plain XADD, which costs Redis less than a script.
+		err = s.client.XAdd(ctx, &redis.XAddArgs{Stream: s.cfg.Stream, MaxLen: s.cfg.MaxLen, Approx: !s.cfg.Exact,
+			Values: args[3:]}).Err()
+	}
 	if err != nil {
 		return s.classify(fmt.Errorf("adding to %s: %w", s.cfg.Target(), err))
 	}
