@@ -72,6 +72,10 @@ test: lint ## vet, gofmt, every test with the race detector (the crash tests too
 		echo "NOTE: the PostgreSQL tests (dispatch/dispatchpg, replicatest) will be SKIPPED: no initdb/postgres here; apt-get install postgresql, or set FANOUT_TEST_DATABASE_URL"
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 		echo "NOTE: the console's browser tests (TestConsole_Browser) will be SKIPPED: no Chromium here; apt-get install chromium"
+	@command -v redis-server >/dev/null 2>&1 || \
+		echo "NOTE: the Redis Streams tests (sink/redissink) will be SKIPPED: no redis-server here; apt-get install redis-server"
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || \
+		echo "NOTE: the RabbitMQ tests (sink/amqpsink) will be SKIPPED: no rabbitmq-server here; apt-get install rabbitmq-server"
 	@echo "go test -race -count=1 -timeout 10m ./...   (through internal/cmd/testsum)"
 	@bin=$$(mktemp -d) && $(GO) build -o $$bin/testsum ./internal/cmd/testsum && \
 		GO=$(GO) $$bin/testsum -race -count=1 -timeout 10m ./...; rc=$$?; rm -rf $$bin; exit $$rc
@@ -103,7 +107,7 @@ FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValida
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
 	./destination/match:FuzzMatch ./destination/match:FuzzCompile ./destination/transform:FuzzDecodeResult ./destination:FuzzOrderKey \
-	./cmd/fanout-load:FuzzReadResponse ./dispatch/internal/storeutil:FuzzDecodePlan
+	./cmd/fanout-load:FuzzReadResponse ./dispatch/internal/storeutil:FuzzDecodePlan ./sink/kinds:FuzzConfig
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s; FUZZPARALLEL workers), then keep what it found in testdata

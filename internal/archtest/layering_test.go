@@ -89,6 +89,15 @@ var rules = []rule{
 	{name: "the HTTP layer is below the app: it does not import it",
 		from: func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
 		to:   func(p string) bool { return under(p, "fanout/internal/app") }},
+	{name: "sink (the broker kinds) imports nothing under internal/ nor destination: destination is above it",
+		from: func(p string) bool { return under(p, "fanout/sink") },
+		to:   func(p string) bool { return under(p, "fanout/internal") || under(p, "fanout/destination") }},
+	{name: "no broker kind (their client libraries) is imported by the HTTP layer",
+		from: func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
+		to: func(p string) bool {
+			return under(p, "fanout/sink/natssink") || under(p, "fanout/sink/redissink") || under(p, "fanout/sink/amqpsink") ||
+				under(p, "fanout/sink/kafkasink") || under(p, "fanout/sink/kinds")
+		}},
 	{name: "the drivers are chosen by the app alone: no library package imports one",
 		from: func(p string) bool {
 			return under(p, "fanout/destination") || under(p, "fanout/webhook") || under(p, "fanout/internal/service") ||
