@@ -20,7 +20,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -139,7 +138,7 @@ func (s *Sender) Send(ctx context.Context, m *sink.Message) error {
 	if closed {
 		return sink.ErrClosed
 	}
-	if err := checkBody(m.Body); err != nil {
+	if err := awsbase.CheckText("SQS", m.Body); err != nil {
 		return err
 	}
 	attrs, err := awsbase.Attributes(m)
@@ -164,25 +163,6 @@ func (s *Sender) Send(ctx context.Context, m *sink.Message) error {
 	}
 	if awsbase.StringValue(out.MessageId) == "" {
 		return fmt.Errorf("%w: %s answered without a message id", dispatch.ErrTemporary, s.cfg.Target())
-	}
-	return nil
-}
-
-// checkBody refuses, for good, a body SQS cannot carry: empty, not UTF-8,
-// or with characters outside XML's (SQS's rule for message bodies).
-func checkBody(b []byte) error {
-	if len(b) == 0 {
-		return fmt.Errorf("%w: SQS takes no empty message: the event's body is empty", dispatch.ErrPermanent)
-	}
-	for i := 0; i < len(b); {
-		r, n := utf8.DecodeRune(b[i:])
-		if r == utf8.RuneError && n <= 1 {
-			return fmt.Errorf("%w: SQS takes text only: the event's body is not UTF-8 (byte %d)", dispatch.ErrPermanent, i)
-		}
-		if !(r == '\t' || r == '\n' || r == '\r' || r >= 0x20 && r <= 0xD7FF || r >= 0xE000 && r <= 0xFFFD || r >= 0x10000) {
-			return fmt.Errorf("%w: SQS refuses the character %U at byte %d of the event's body", dispatch.ErrPermanent, r, i)
-		}
-		i += n
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -439,6 +440,26 @@ func DedupID(deliveryID string) string { return GroupID(deliveryID, "") }
 func CheckGroup(field, g string) error {
 	if g != "" && (len(g) > 128 || !printableASCII(g)) {
 		return sink.Errorf(field, "at most 128 characters of printable ASCII, no spaces")
+	}
+	return nil
+}
+
+// CheckText refuses, for good, a body that service (SQS, SNS) cannot
+// carry as a message: empty, not UTF-8, or with characters outside XML's
+// (SQS's rule for message bodies, which SNS applies to deliveries to SQS).
+func CheckText(service string, b []byte) error {
+	if len(b) == 0 {
+		return fmt.Errorf("%w: %s takes no empty message: the event's body is empty", dispatch.ErrPermanent, service)
+	}
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return fmt.Errorf("%w: %s takes text only: the event's body is not UTF-8 (byte %d)", dispatch.ErrPermanent, service, i)
+		}
+		if !(r == '\t' || r == '\n' || r == '\r' || r >= 0x20 && r <= 0xD7FF || r >= 0xE000 && r <= 0xFFFD || r >= 0x10000) {
+			return fmt.Errorf("%w: %s refuses the character %U at byte %d of the event's body", dispatch.ErrPermanent, service, r, i)
+		}
+		i += n
 	}
 	return nil
 }
