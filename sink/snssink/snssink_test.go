@@ -191,7 +191,9 @@ func TestSend_Outcomes(t *testing.T) {
 		{"not allowed", func(*testing.T) string { return cfg(srv.NoPerm, topic) }, nil, sink.Retryable},
 		{"body not UTF-8", func(*testing.T) string { return cfg(srv.Admin, topic) },
 			&sink.Message{DeliveryID: "d", Body: []byte{0xc3, 0x28}}, sink.Permanent},
-		{"throttled", func(t *testing.T) string { return fakeCfg(fakeServer(t, 400, queryError("Throttling", "Rate exceeded"))) }, nil, sink.Retryable},
+		{"throttled", func(t *testing.T) string {
+			return fakeCfg(fakeServer(t, 400, queryError("Throttling", "Rate exceeded")))
+		}, nil, sink.Retryable},
 		{"500", func(t *testing.T) string { return fakeCfg(fakeServer(t, 500, queryError("InternalError", "oops"))) }, nil, sink.Retryable},
 		{"502 from a proxy", func(t *testing.T) string { return fakeCfg(fakeServer(t, 502, "<html>bad gateway</html>")) }, nil, sink.Retryable},
 	}
