@@ -236,6 +236,8 @@ var permanentCodes = map[string]bool{
 	"InvalidAction":                               true,
 	"InvalidSecurity":                             true,
 	"AWS.SimpleQueueService.UnsupportedOperation": true,
+	"NotAuthorizedForSourceException":             true,
+	"InvalidEventPatternException":                true,
 }
 
 // Codes retried whatever their HTTP status: AWS says "later" (throttling,
@@ -334,6 +336,17 @@ func Classify(err error, ambient bool, secrets ...string) error {
 	}
 	// What is left is the transport's: a connection refused or reset, a
 	// TLS failure, an answer that does not parse. Retried.
+	return sink.Retry(err, secrets...)
+}
+
+// ClassifyCode classifies a failure that AWS reported by its code alone,
+// as a batch API reports each entry's (EventBridge's PutEvents): permanent
+// for the codes of permanentCodes, retryable for any other (a code AWS
+// adds later is retried, and the retry budget ends it).
+func ClassifyCode(err error, code string, secrets ...string) error {
+	if permanentCodes[code] && !retryCodes[code] {
+		return sink.Fail(err, secrets...)
+	}
 	return sink.Retry(err, secrets...)
 }
 
