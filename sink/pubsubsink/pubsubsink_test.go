@@ -189,6 +189,12 @@ func TestGuard(t *testing.T) {
 // string (quoted, for a config).
 func serviceAccountKey(t *testing.T, email string) string {
 	t.Helper()
+	return keyOfType(t, "service_account", email)
+}
+
+// keyOfType is a key file of type typ, with a service account's fields.
+func keyOfType(t *testing.T, typ, email string) string {
+	t.Helper()
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +204,7 @@ func serviceAccountKey(t *testing.T, email string) string {
 		t.Fatal(err)
 	}
 	file, _ := json.Marshal(map[string]string{
-		"type": "service_account", "project_id": "shop", "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+		"type": typ, "project_id": "shop", "private_key_id": "0123456789abcdef0123456789abcdef01234567",
 		"private_key":  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
 		"client_email": email, "client_id": "1", "token_uri": "http://169.254.169.254/token",
 	})
@@ -289,6 +295,8 @@ func TestCredentials(t *testing.T) {
 func TestParse(t *testing.T) {
 	key := serviceAccountKey(t, "sa@shop.iam.gserviceaccount.com")
 	ext, _ := json.Marshal(`{"type":"external_account","credential_source":{"executable":{"command":"/bin/sh -c id"}}}`)
+	// A file of another type with every field of a service account key.
+	impersonated := keyOfType(t, "impersonated_service_account", "sa@shop.iam.gserviceaccount.com")
 	tests := []struct {
 		cfg   string
 		field string
@@ -302,6 +310,7 @@ func TestParse(t *testing.T) {
 		{`{"project_id":"shop","topic":"goog-x","emulator_host":"h:1"}`, "topic"},
 		{`{"project_id":"shop","topic":"orders"}`, "credentials_json"},
 		{`{"project_id":"shop","topic":"orders","credentials_json":` + string(ext) + `}`, "credentials_json"},
+		{`{"project_id":"shop","topic":"orders","credentials_json":` + impersonated + `}`, "credentials_json"},
 		{`{"project_id":"shop","topic":"orders","credentials_json":"{}"}`, "credentials_json"},
 		{`{"project_id":"shop","topic":"orders","credentials_json":"nope"}`, "credentials_json"},
 		{`{"project_id":"shop","topic":"orders","credentials_json":` + key + `,"emulator_host":"h:1"}`, "credentials_json"},
