@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -188,5 +189,107 @@ func TestRun_BrokerNATS(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRun_BrokerKindRights: a broker destination is an operator's unless
+// the operator grants its kind to a token; fanout's own cloud credentials
+// serve an operator's token only, and only with the flag.
+func TestRun_BrokerKindRights(t *testing.T) {
+	t.Parallel()
+	addr, _ := startNATS(t)
+	f := newTenantFixture(t, "--allow-ambient-aws")
+	natsDest := map[string]any{"type": "nats", "config": map[string]any{"url": "nats://" + addr, "subject": "events.acme"}}
+	ambient := map[string]any{"type": "sqs", "config": map[string]any{"queue_url": "http://127.0.0.1:1/123456789012/q",
+		"region": "us-east-1", "ambient_credentials": true}}
+	own := map[string]any{"type": "sqs", "config": map[string]any{"queue_url": "http://127.0.0.1:1/123456789012/q",
+		"region": "us-east-1", "access_key_id": "AKIAEXAMPLE", "secret_access_key": "secret-access-key-0123456789"}}
+
+	// acmeAll has manage but no kind: 403 naming the kind.
+	st, b := f.as(t, f.tokens["acmeAll"], "POST", "/v1/destinations", natsDest)
+	if st != 403 || !strings.Contains(b, `\"kinds\": [\"nats\"]`) {
+		t.Fatalf("a token without the kind: %d %s", st, b)
+	}
+	// Kinds are granted with manage only, and must exist.
+	for _, in := range []map[string]any{
+		{"name": "k", "rights": []string{"read"}, "tenant": "acme", "kinds": []string{"nats"}},
+		{"name": "k", "rights": []string{"manage"}, "tenant": "acme", "kinds": []string{"mqtt"}},
+	} {
+		if st, b := f.as(t, f.operator, "POST", "/v1/tokens", in); st != 400 {
+			t.Errorf("mint %v: %d %s, want 400", in, st, b)
+		}
+	}
+	var tok struct {
+		Token string
+		Kinds []string
+	}
+	f.must(t, 201, f.operator, "POST", "/v1/tokens", map[string]any{"name": "acme nats", "rights": []string{"read", "manage"},
+		"tenant": "acme", "kinds": []string{"nats", "sqs"}, "expires_in": "1h"}, &tok)
+	if !slices.Equal(tok.Kinds, []string{"nats", "sqs"}) {
+		t.Fatalf("minted kinds %v", tok.Kinds)
+	}
+	var d brokerDest
+	f.must(t, 201, tok.Token, "POST", "/v1/destinations", natsDest, &d)
+	if d.Tenant != "acme" {
+		t.Fatalf("the token's broker destination is of tenant %q", d.Tenant)
+	}
+	// The kind's token may create its own-credential SQS destination, not
+	// one with fanout's own credentials.
+	f.must(t, 201, tok.Token, "POST", "/v1/destinations", own, nil)
+	st, b = f.as(t, tok.Token, "POST", "/v1/destinations", ambient)
+	if st != 403 || !strings.Contains(b, "--allow-ambient-aws") {
+		t.Fatalf("a tenant's token asking for fanout's AWS credentials: %d %s", st, b)
+	}
+	// The operator may, for a tenant's destination too.
+	var amb brokerDest
+	f.must(t, 201, f.operator, "POST", "/v1/tenants/acme/destinations", ambient, &amb)
+	// acmeAll (no kind) may pause the broker destination, not change its
+	// config nor the ambient one's.
+	f.must(t, 200, f.tokens["acmeAll"], "PATCH", "/v1/destinations/"+d.ID, map[string]any{"paused": true}, nil)
+	st, b = f.as(t, f.tokens["acmeAll"], "PATCH", "/v1/destinations/"+d.ID,
+		map[string]any{"config": map[string]any{"url": "nats://" + addr, "subject": "events.other"}})
+	if st != 403 || !strings.Contains(b, "nats") {
+		t.Fatalf("a config change without the kind: %d %s", st, b)
+	}
+	st, b = f.as(t, tok.Token, "PATCH", "/v1/destinations/"+amb.ID, map[string]any{"config": map[string]any{
+		"queue_url": "http://127.0.0.1:2/123456789012/mine", "region": "us-east-1", "ambient_credentials": true}})
+	if st != 403 {
+		t.Fatalf("a tenant's token moving an ambient destination: %d %s", st, b)
+	}
+	// Another tenant's token, kind or not, finds none of acme's.
+	f.must(t, 404, f.tokens["globexAll"], "PATCH", "/v1/destinations/"+d.ID, map[string]any{"paused": false}, nil)
+	// A portal link grants kinds too.
+	var link struct{ URL string }
+	f.must(t, 201, f.operator, "POST", "/v1/tenants/acme/portal", map[string]any{"kinds": []string{"redis"}}, &link)
+	st, b = f.as(t, f.operator, "POST", "/v1/tenants/acme/portal", map[string]any{"access": "read", "kinds": []string{"redis"}})
+	if st != 400 {
+		t.Fatalf("a read portal with kinds: %d %s", st, b)
+	}
+}
+
+// TestRun_BrokerAmbientNeedsFlag: without --allow-ambient-aws, even the
+// operator cannot have fanout's own credentials used.
+func TestRun_BrokerAmbientNeedsFlag(t *testing.T) {
+	t.Parallel()
+	base, _ := startRun(t, []string{"--data", t.TempDir()}, nil)
+	st, b, _ := rawCall(t, "POST", base+"/v1/destinations", map[string]any{"type": "sqs", "config": map[string]any{
+		"queue_url": "http://127.0.0.1:1/123456789012/q", "region": "us-east-1", "ambient_credentials": true}})
+	if st != 400 || !strings.Contains(string(b), "--allow-ambient-aws") {
+		t.Fatalf("ambient credentials without the flag: %d %s", st, b)
+	}
+	for _, c := range []struct{ body, want string }{
+		{`{"type":"nats","config":{"url":"nats://127.0.0.1:1","subject":"a","bogus":1}}`, "config.bogus"},
+		{`{"type":"nats","config":{"url":"nats://127.0.0.1:1"}}`, "config.subject"},
+		{`{"type":"nats","url":"http://127.0.0.1:1/","config":{"url":"nats://127.0.0.1:1","subject":"a"}}`, "url is for webhooks"},
+		{`{"type":"nats"}`, "config is required"},
+		{`{"type":"mqtt","config":{}}`, "unknown destination type"},
+		{`{"url":"http://127.0.0.1:1/","config":{"subject":"a"}}`, "config is for broker"},
+		{`{"type":"webhook"}`, "url is required"},
+		{`{"type":"redis","config":{"url":"redis://127.0.0.1:1","stream":"s"},"transform":"function handler(w){return w}"}`, "transform applies to webhooks only"},
+	} {
+		st, b, _ := rawCall(t, "POST", base+"/v1/destinations", c.body)
+		if st != 400 || !strings.Contains(string(b), c.want) {
+			t.Errorf("%s: %d %s, want 400 with %q", c.body, st, b, c.want)
+		}
 	}
 }
