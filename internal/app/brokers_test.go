@@ -293,3 +293,48 @@ func TestRun_BrokerAmbientNeedsFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestRun_BrokerDownAndSecrets: a broker that refuses the password fails
+// the delivery for good, and neither the delivery's error nor the logs
+// hold the password; a broker that is down is retried and opens the
+// breaker as an HTTP destination does.
+func TestRun_BrokerDownAndSecrets(t *testing.T) {
+	t.Parallel()
+	addr, _ := startNATS(t)
+	base, stop, logs := startRunLogs(t, []string{"--addr", "127.0.0.1:0", "--allow-network", "127.0.0.0/8", "--data", t.TempDir(),
+		"--breaker-failures", "3", "--breaker-window", "0s", "--breaker-cooldown", "1h", "--retry-initial", "10ms", "--retry-max", "20ms"}, nil)
+	const wrong = "wrong-password-0123456789"
+	var bad brokerDest
+	call(t, "POST", base+"/v1/destinations", map[string]any{"type": "nats", "filter": []string{"bad"},
+		"config": map[string]any{"url": fmt.Sprintf("nats://fan:%s@%s", wrong, addr), "subject": "events.x"}}, &bad)
+	id := postEvent(t, base, `{"type":"bad"}`)
+	d := deliveryOf(t, base, id, "failed")
+	if d.LastError == "" || strings.Contains(d.LastError, wrong) {
+		t.Fatalf("last_error %q: empty or with the password", d.LastError)
+	}
+	_, b, _ := rawCall(t, "GET", base+"/v1/deliveries/"+d.ID, nil)
+	if strings.Contains(string(b), wrong) {
+		t.Fatalf("the delivery shows the password: %s", b)
+	}
+
+	// A broker that is not there: retried, then the breaker pauses it.
+	var down brokerDest
+	call(t, "POST", base+"/v1/destinations", map[string]any{"type": "nats", "filter": []string{"down"},
+		"config": map[string]any{"url": "nats://fan:" + wrong + "@127.0.0.1:1", "subject": "events.x"}}, &down)
+	id = postEvent(t, base, `{"type":"down"}`)
+	eventually(t, "the breaker pauses the broker destination", 15*time.Second, func() bool {
+		call(t, "GET", base+"/v1/destinations/"+down.ID, nil, &down)
+		return down.CircuitOpenUntil != nil && strings.Contains(down.Reason, "circuit breaker")
+	})
+	var ev service.EventView
+	call(t, "GET", base+"/v1/events/"+id, nil, &ev)
+	if len(ev.Deliveries) != 1 || ev.Deliveries[0].State == "failed" || ev.Deliveries[0].Attempts < 3 {
+		t.Fatalf("delivery %+v: want it retried and kept while the breaker is open", ev.Deliveries)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs(), wrong) || strings.Contains(down.Reason, wrong) || strings.Contains(ev.Deliveries[0].LastError, wrong) {
+		t.Fatalf("the password is in the logs, the reason or the error")
+	}
+}
