@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"fanout/destination"
 	"fanout/internal/service"
 	"fanout/sink"
+	"fanout/sink/kinds"
 )
 
 // Broker destinations end to end: events go in through run()'s API and come
@@ -336,5 +339,34 @@ func TestRun_BrokerDownAndSecrets(t *testing.T) {
 	}
 	if strings.Contains(logs(), wrong) || strings.Contains(down.Reason, wrong) || strings.Contains(ev.Deliveries[0].LastError, wrong) {
 		t.Fatalf("the password is in the logs, the reason or the error")
+	}
+}
+
+// TestREADME_BrokerExamples: every broker example of the README is a
+// config its kind accepts, and there is one per kind.
+func TestREADME_BrokerExamples(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := kinds.Registry(sink.Ambient{})
+	seen := map[string]bool{}
+	for _, m := range regexp.MustCompile(`/v1/destinations -d '(\{"type":[^']+)'`).FindAllStringSubmatch(string(b), -1) {
+		var in struct {
+			Type   string
+			Config json.RawMessage
+		}
+		if err := json.Unmarshal([]byte(m[1]), &in); err != nil {
+			t.Fatalf("%s: %v", m[1], err)
+		}
+		if _, err := reg.Parse(in.Type, in.Config); err != nil {
+			t.Errorf("README example %s: %v", m[1], err)
+		}
+		seen[in.Type] = true
+	}
+	for _, n := range reg.Names() {
+		if !seen[n] {
+			t.Errorf("the README has no example of a %s destination", n)
+		}
 	}
 }
