@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"fanout/destination"
 	"fanout/internal/service"
@@ -368,5 +370,45 @@ func TestREADME_BrokerExamples(t *testing.T) {
 		if !seen[n] {
 			t.Errorf("the README has no example of a %s destination", n)
 		}
+	}
+}
+
+// TestRun_BrokerKafka: events in, records out of a kfake cluster, with the
+// partition key from the event and fanout's headers.
+func TestRun_BrokerKafka(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	base, stop := startRun(t, []string{"--data", t.TempDir()}, nil)
+	addrs, _ := json.Marshal(c.ListenAddrs())
+	if st := call(t, "POST", base+"/v1/destinations", `{"type":"kafka","config":{"brokers":`+string(addrs)+`,"topic":"events","partition_key":"customer"}}`, nil); st != 201 {
+		t.Fatalf("create: %d", st)
+	}
+	body := `{"type":"order.paid","customer":"c-7"}`
+	d := deliveryOf(t, base, postEvent(t, base, body), "delivered")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("events"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var recs []*kgo.Record
+	for len(recs) == 0 && ctx.Err() == nil {
+		recs = append(recs, cl.PollFetches(ctx).Records()...)
+	}
+	if len(recs) != 1 || string(recs[0].Value) != body || string(recs[0].Key) != "c-7" {
+		t.Fatalf("records %v", recs)
+	}
+	headers := map[string]string{}
+	for _, h := range recs[0].Headers {
+		headers[h.Key] = string(h.Value)
+	}
+	checkHeaders(t, func(k string) string { return headers[k] }, d, "order.paid")
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
