@@ -88,6 +88,10 @@ crash: ## the crash and fault tests alone: the real binary, SIGKILLed and broken
 soak: ## kill fanout every few seconds under steady load for SOAK (default 10m), then check every delivery
 	FANOUT_SOAK=1 FANOUT_SOAK_DURATION=$${SOAK:-10m} $(GO) test -race -count=1 -timeout 3h -v -run '^TestSoak$$' ./crashtest
 
+.PHONY: throttle-fleet
+throttle-fleet: ## issue 21's throttle test at full length: 2 replicas on PostgreSQL hold 50/s ± 5 for 60s while 5,000 events wait (about 80s)
+	FANOUT_THROTTLE_SECONDS=$${THROTTLE_SECONDS:-60} $(GO) test -count=1 -timeout 10m -v -run '^TestReplicas_Throttle$$' ./replicatest
+
 .PHONY: lint
 lint: ## go vet, gofmt, staticcheck (pinned in go.mod as a tool) and go mod tidy -diff
 	$(GO) vet ./...
@@ -99,10 +103,10 @@ lint: ## go vet, gofmt, staticcheck (pinned in go.mod as a tool) and go mod tidy
 # Every fuzz target, as package:name.
 FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValidateEvent ./internal/service:FuzzEventFields ./internal/service:FuzzParseToken \
 	./internal/app:FuzzAPI ./internal/app:FuzzEventsQuery ./internal/app:FuzzReplayRequest \
-	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues \
+	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues ./internal/service:FuzzDecodeRaw \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
-	./destination/match:FuzzMatch ./destination/match:FuzzCompile \
+	./destination/match:FuzzMatch ./destination/match:FuzzCompile ./destination/transform:FuzzDecodeResult ./destination:FuzzOrderKey \
 	./cmd/fanout-load:FuzzReadResponse ./dispatch/internal/storeutil:FuzzDecodePlan ./sink/kinds:FuzzConfig
 
 .PHONY: fuzz

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"fanout/destination/match"
+	"fanout/destination/transform"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -46,6 +47,14 @@ type Destination struct {
 	// tenant, time) it matches, among those Filter lets through: the
 	// filter language of package match.
 	Match *match.Filter `json:"match,omitempty"`
+	// Transform, when set, is the source of a JavaScript
+	// handler(webhook) that changes each delivery before it is signed
+	// and sent, or cancels it (package transform). The service compiles
+	// it when it is set; deliveries compile it once per process.
+	Transform string `json:"transform,omitempty"`
+	// Ordering, when set, delivers the events of one key one at a time,
+	// in order (see Ordering).
+	Ordering *Ordering `json:"ordering,omitempty"`
 	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
 	// rotation, signs too until PreviousSecretExpires.
 	Secret                string     `json:"secret"`
@@ -56,8 +65,9 @@ type Destination struct {
 	// adapts to how the destination answers, and a slow or failing one
 	// soon gets few.
 	MaxConcurrency int `json:"max_concurrency"`
-	// RateLimit, when set, caps deliveries per second.
-	RateLimit float64 `json:"rate_limit,omitempty"`
+	// RateLimit, when set, throttles deliveries: so many per second,
+	// minute or hour, with a burst (see Throttle).
+	RateLimit Throttle `json:"rate_limit,omitzero"`
 	// Headers are added to every delivery.
 	Headers map[string]string `json:"headers,omitempty"`
 	// Retry replaces the default retry policy for this destination.
@@ -206,6 +216,14 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	if err := d.ValidateFilter(); err != nil {
 		return err
 	}
+	if len(d.Transform) > transform.MaxSourceBytes {
+		return invalid("transform is longer than %d bytes", transform.MaxSourceBytes)
+	}
+	if d.Ordering != nil {
+		if err := d.Ordering.Validate(); err != nil {
+			return err
+		}
+	}
 	if d.Secret == "" {
 		d.Secret = webhook.GenerateSecret()
 	}
@@ -223,8 +241,8 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 	if d.MaxConcurrency < 1 || d.MaxConcurrency > MaxConcurrency {
 		return invalid("max_concurrency must be between 1 and %d", MaxConcurrency)
 	}
-	if d.RateLimit < 0 || d.RateLimit > 1e6 {
-		return invalid("rate_limit must be between 0 (none) and 1000000 deliveries per second")
+	if err := d.RateLimit.validate(); err != nil {
+		return err
 	}
 	if len(d.Headers) > maxHeaders {
 		return invalid("more than %d headers", maxHeaders)

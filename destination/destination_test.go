@@ -94,7 +94,7 @@ func TestRegistry(t *testing.T) {
 	}
 
 	b := &destination.Destination{URL: "https://b.example/", Enabled: true, Filter: []string{"order.*"}, MaxConcurrency: 5,
-		RateLimit: 10}
+		RateLimit: destination.Throttle{Rate: 10}}
 	if err := r.Create(ctx, b); err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,9 @@ func FuzzValidate(f *testing.F) {
 		`{"url":"https://h/","retry":{"max_age":"72h"},"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}`,
 		`{"url":"https://h/","filter":["a*b"]}`,
 		`{"url":"https://h/","filter":["order.*","user.created"]}`,
+		`{"url":"https://h/","rate_limit":{"rate":100,"per":"minute","burst":10}}`,
+		`{"url":"https://h/","rate_limit":{"rate":3,"per":"second"}}`,
+		`{"url":"https://h/","rate_limit":{"rate":1,"per":"day","burts":2}}`,
 		`{"url":"ftp://h/"}`,
 		`{"url":"https://u:p@h/"}`,
 		`{"url":"https://h/","headers":{"Webhook-Id":"x"}}`,
@@ -55,8 +58,8 @@ func FuzzValidate(f *testing.F) {
 		if _, err := webhook.ParseSecret(d.Secret); err != nil || len(d.Keys(time.Now())) == 0 {
 			t.Fatalf("Validate accepted a destination without a usable signing key: %q (%v)", d.Secret, err)
 		}
-		if d.MaxConcurrency < 1 || d.MaxConcurrency > MaxConcurrency || d.RateLimit < 0 {
-			t.Fatalf("Validate accepted max_concurrency %d, rate_limit %g", d.MaxConcurrency, d.RateLimit)
+		if d.MaxConcurrency < 1 || d.MaxConcurrency > MaxConcurrency || d.RateLimit.Rate < 0 {
+			t.Fatalf("Validate accepted max_concurrency %d, rate_limit %g", d.MaxConcurrency, d.RateLimit.Rate)
 		}
 		if r := d.Retry; r != nil && (r.Initial < 0 || r.Max < 0 || r.MaxAge < 0 || r.MaxAge == 0 && r.MaxAttempts == 0) {
 			t.Fatalf("Validate accepted the retry policy %+v", *r)

@@ -289,8 +289,8 @@ func (r *Registry) KeyConfig(key string) dispatch.KeyConfig {
 	}
 	return dispatch.KeyConfig{
 		MaxConcurrency: d.MaxConcurrency,
-		Rate:           d.RateLimit,
-		Burst:          max(1, int(d.RateLimit)),
+		Rate:           d.RateLimit.PerSecond(),
+		Burst:          d.RateLimit.BurstOrDefault(),
 		Paused:         d.PausedAt(r.now()),
 		RetryPolicy:    d.Policy(r.policy),
 	}

@@ -108,6 +108,10 @@ func (r *Runtime) Attach(ctx context.Context, p *CallAttachParams) ([]AttachResu
 		if c.ParentID == "" {
 			return nil, fmt.Errorf("dispatch: attach a call of %s without a parent", c.Function)
 		}
+		if c.OrderKey != "" {
+			// Its turn in its sequence has passed: it runs now, marked.
+			c.OrderKey, c.OutOfOrder = "", true
+		}
 	}
 	if p.Now.IsZero() {
 		p.Now = r.clock.Now()

@@ -47,7 +47,7 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 		if err != nil {
 			return nil, fmt.Errorf("dispatch: new call id: %w", err)
 		}
-		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, Input: c.Input, DedupKey: c.DedupKey,
+		rows[i] = &Call{ID: id.String(), Function: c.Function, Key: c.Key, OrderKey: c.OrderKey, Input: c.Input, DedupKey: c.DedupKey,
 			Tag: c.Tag, Meta: c.Meta, RunAfter: now, CreatedAt: now}
 	}
 	// Run the first attempt of eager calls now, every one of them: a
@@ -62,7 +62,7 @@ func (r *Runtime) dispatch(ctx context.Context, calls []*Call) ([]string, error)
 	if r.running() {
 		runnable = runnable[:0:0]
 		for _, c := range rows {
-			if !r.funcs[c.Function].isEager() {
+			if !r.funcs[c.Function].isEager() || c.OrderKey != "" { // an ordered call waits for its turn
 				runnable = append(runnable, c)
 				continue
 			}
@@ -168,6 +168,9 @@ func (r *Runtime) leaseNew(calls []*Call, now time.Time) []*Call {
 	}
 	var leased []*Call
 	for _, c := range calls {
+		if c.OrderKey != "" {
+			continue // the store decides whether it is its sequence's head
+		}
 		if k, _ := r.reserveKey(c.Key, 1, now); k == 0 {
 			continue
 		}

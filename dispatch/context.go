@@ -52,6 +52,9 @@ type CallInfo struct {
 	CreatedAt time.Time
 	// Meta is the call's Meta (see Call.Meta); do not change it.
 	Meta []byte
+	// OrderKey and OutOfOrder are the call's (see Call.OrderKey).
+	OrderKey   string
+	OutOfOrder bool
 }
 
 // CallFromContext returns the call a durable function runs as.
@@ -62,7 +65,7 @@ func CallFromContext(ctx context.Context) (CallInfo, bool) {
 	}
 	c := cc.call
 	return CallInfo{ID: c.ID, ParentID: c.ParentID, Key: c.Key, Attempt: c.Attempt, Failures: c.Failures, CreatedAt: c.CreatedAt,
-		Meta: c.Meta}, true
+		Meta: c.Meta, OrderKey: c.OrderKey, OutOfOrder: c.OutOfOrder}, true
 }
 
 // ParentInput returns the Input of the parent of the call ctx runs: the

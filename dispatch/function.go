@@ -75,7 +75,7 @@ func (f *Function[I, O]) BuildCall(in I) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: encode input of %s: %w", f.name, err)
 	}
-	return &Call{Function: f.name, Key: keyOf(in), Input: input}, nil
+	return &Call{Function: f.name, Key: keyOf(in), OrderKey: orderKeyOf(in), Input: input}, nil
 }
 
 // Keyed is implemented by inputs that carry a key (see Call.Key): the calls
@@ -84,6 +84,20 @@ func (f *Function[I, O]) BuildCall(in I) (*Call, error) {
 // service gets its own concurrency limit, rate and circuit breaker.
 type Keyed interface {
 	DispatchKey() string
+}
+
+// OrderKeyed is implemented by inputs that put their call in a sequence
+// of its key (see Call.OrderKey): such calls of one key and order key run
+// one at a time, in the order of their ids. An empty order key is none.
+type OrderKeyed interface {
+	DispatchOrderKey() string
+}
+
+func orderKeyOf(v any) string {
+	if k, ok := v.(OrderKeyed); ok {
+		return k.DispatchOrderKey()
+	}
+	return ""
 }
 
 func keyOf(v any) string {
@@ -155,6 +169,7 @@ func (f *Function[I, O]) Gather(ctx context.Context, inputs []I) ([]O, error) {
 			ID:        childID(cc.call.ID, gather, i),
 			Function:  f.name,
 			Key:       keyOf(in),
+			OrderKey:  orderKeyOf(in),
 			Input:     input,
 			ParentID:  cc.call.ID,
 			Gather:    gather,

@@ -1,12 +1,14 @@
 package dispatch
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/time/rate"
 )
 
@@ -22,7 +24,9 @@ type KeyConfig struct {
 	// did). 0 means no cap but Workers.
 	MaxConcurrency int
 	// Rate, when positive, caps how many calls of the key start per
-	// second, Burst at once (default 1).
+	// second, Burst at once (default 1). With a store that keeps Buckets
+	// the cap holds for every process on the store together, else for
+	// each.
 	Rate  float64
 	Burst int
 	// Paused keys start nothing: their calls wait in the store, without
@@ -37,6 +41,10 @@ type KeyStatus struct {
 	InFlight int
 	Limit    float64
 	Failures int
+	// Throttled is when this process last found the key's rate exhausted
+	// while its calls waited (zero if never). Only a rate kept in the
+	// store's Buckets records it.
+	Throttled time.Time
 }
 
 // initialLimit is where a key's adaptive limit starts: enough for a key
@@ -62,6 +70,16 @@ type keyLimiter struct {
 	onTrip     func(key, reason string)
 	log        *slog.Logger
 
+	// With a store that has Buckets, a key's rate is the store's bucket:
+	// its feeder (bucket.go) takes tokens from it, and the limiter spends
+	// them. ctx ends the feeders, wg waits for them, onTokens wakes the
+	// scheduler. Set by Start; a nil ctx runs no feeder.
+	bucket   Buckets
+	clock    clockwork.Clock
+	ctx      context.Context
+	wg       sync.WaitGroup
+	onTokens func()
+
 	mu   sync.Mutex
 	keys map[string]*keyState
 }
@@ -80,6 +98,12 @@ type keyState struct {
 	limiter  *rate.Limiter
 	rate     float64
 	burst    int
+	// tokens are those of the store's bucket this process holds for the
+	// key (a shared rate); feed takes more; throttled is when the key last
+	// ran out of them with calls waiting.
+	tokens    int
+	feed      *feeder
+	throttled time.Time
 	// blocked says the key has runnable calls in the store that its
 	// concurrency limit held back: one of its calls returning wakes the
 	// scheduler once a batch fits (see returned).
@@ -114,7 +138,10 @@ func (kl *keyLimiter) room(key string, cfg KeyConfig, ks *keyState, want int, ba
 	if batch && room < want && room < limit/4 {
 		return 0 // see Runtime.reserveKeyBatch
 	}
-	if cfg.Rate > 0 {
+	if cfg.Rate > 0 && kl.bucket != nil {
+		ks.limiter = nil
+		room = min(room, ks.tokens)
+	} else if cfg.Rate > 0 {
 		burst := max(cfg.Burst, 1)
 		if ks.limiter == nil || ks.rate != cfg.Rate || ks.burst != burst {
 			ks.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), burst)
@@ -144,23 +171,42 @@ func (kl *keyLimiter) reserve(key string, n int, batch bool, now time.Time, p *p
 	if k < n && ks.limiter != nil && k < free {
 		wake = now.Add(time.Duration(float64(time.Second) / ks.rate))
 	}
+	if cfg.Rate > 0 && kl.bucket != nil {
+		if k < n && k == ks.tokens && k < free {
+			// Short of tokens: the feeder takes more from the store
+			// and wakes the scheduler; wake is in case it cannot.
+			ks.throttled = now
+			kl.kickFeeder(key, ks)
+			wake = now.Add(max(time.Duration(float64(feedChunk(cfg))/cfg.Rate*float64(time.Second)), 10*time.Millisecond))
+		}
+		ks.tokens -= k
+	}
 	ks.inflight += k
 	return k, wake
 }
 
-// release gives back n slots of a key.
+// release gives back n slots of a key, promised to calls that did not
+// start (and the tokens they took, if its rate is the store's).
 func (kl *keyLimiter) release(key string, n int) {
 	kl.mu.Lock()
-	kl.state(key).inflight -= n
+	ks := kl.state(key)
+	ks.inflight -= n
+	if ks.feed != nil {
+		ks.tokens += n
+	}
 	kl.mu.Unlock()
 }
 
-// releaseEach gives back the slot of each call in its key.
+// releaseEach gives back the slot of each call in its key (see release).
 func (kl *keyLimiter) releaseEach(calls []*Call) {
 	kl.mu.Lock()
 	defer kl.mu.Unlock()
 	for _, c := range calls {
-		kl.state(c.Key).inflight--
+		ks := kl.state(c.Key)
+		ks.inflight--
+		if ks.feed != nil {
+			ks.tokens++
+		}
 	}
 }
 
@@ -254,5 +300,5 @@ func (kl *keyLimiter) status(key string) KeyStatus {
 	kl.mu.Lock()
 	defer kl.mu.Unlock()
 	ks := kl.state(key)
-	return KeyStatus{InFlight: ks.inflight, Limit: ks.limit, Failures: ks.failures}
+	return KeyStatus{InFlight: ks.inflight, Limit: ks.limit, Failures: ks.failures, Throttled: ks.throttled}
 }

@@ -304,6 +304,11 @@ func (r *Runtime) Start(ctx context.Context) error {
 	r.loopCancel = cancel
 	r.runCtx, r.runCancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.backlog.Store(true) // whatever the store holds from before
+	if b, ok := r.store.(Buckets); ok {
+		r.keys.mu.Lock()
+		r.keys.bucket, r.keys.clock, r.keys.ctx, r.keys.onTokens = b, r.clock, loopCtx, r.signalBacklog
+		r.keys.mu.Unlock()
+	}
 	for range r.workers {
 		r.workersWG.Add(1)
 		go r.worker()
@@ -325,6 +330,7 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	r.stopping.Store(true)
 	r.loopCancel()
 	r.loops.Wait()
+	r.keys.wg.Wait()
 	close(r.quit)
 
 	finished := make(chan struct{})
@@ -366,6 +372,36 @@ func (r *Runtime) Redrive(ctx context.Context, ids []string) ([]string, error) {
 		r.signalBacklog()
 	}
 	return done, nil
+}
+
+// Fail ends a call that is pending (waiting for a retry, or queued in its
+// sequence) as failed for good, with reason as its error and the record of
+// an attempt that says so: an operator skips the head of a blocked sequence
+// (Call.OrderKey), which then moves on, as it does when a call is
+// dead-lettered. It reports false, changing nothing, when the call is not
+// pending (running now, final, or unknown): try again once its attempt
+// ended.
+func (r *Runtime) Fail(ctx context.Context, id, reason string) (bool, error) {
+	now := r.clock.Now()
+	c, err := r.store.CallTake(ctx, &CallTakeParams{ID: id, Owner: r.owner, Now: now, LeaseUntil: now.Add(r.leaseDuration)})
+	if err != nil || c == nil {
+		return false, err
+	}
+	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, State: StateFailed, Error: reason,
+		Status: StatusPermanent, Now: now, OrderKey: c.OrderKey,
+		Record: &Attempt{CallID: c.ID, Attempt: c.Attempt, Started: now, Status: StatusPermanent, Error: reason}}
+	res, err := r.store.CallFinish(ctx, p)
+	if err != nil {
+		// Taken and not finished: it runs again once its lease expires.
+		return false, err
+	}
+	if c.ParentID != "" {
+		r.results.forget(c.ParentID) // this outcome was not seen here
+	}
+	if res.Applied {
+		r.signalBacklog() // the next of its sequence, or its parent
+	}
+	return res.Applied, nil
 }
 
 // KeysChanged tells the runtime that key configurations changed (a key was

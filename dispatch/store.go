@@ -48,6 +48,27 @@ type Call struct {
 	// that each request one of many services can be keyed by the service.
 	// Empty for calls without one.
 	Key string
+	// OrderKey, on a call with a Key, puts it in a sequence (ordered
+	// delivery): of the calls of one Key and OrderKey that are not final,
+	// only the one with the lowest id, the head, may run; the others are
+	// stored pending but parked (RunAfter is Parked, see Queued), and
+	// the store unparks the next one in the transaction that makes the
+	// head final. So a failing head holds its sequence back until it
+	// succeeds or fails for good, and other sequences run meanwhile. A
+	// call that carries an order key never runs as a local call. Empty
+	// for a call that runs in no order. The order is that of the ids of
+	// the calls stored: a call stored once a later one of its sequence has
+	// started waits for its turn after the calls stored before it, so a
+	// producer that needs a strict order stores a sequence's calls one
+	// after the other (each once the previous is durable), or together.
+	// A call must not wait (Gather) for a call of its own sequence: the
+	// child would wait for its parent, which waits for it.
+	OrderKey string
+	// OutOfOrder marks a call of an ordered key that runs outside its
+	// sequence: re-driven after it failed for good (its sequence moved on
+	// when it failed), or attached after it ran (a replay). Its OrderKey is
+	// then empty; the application tells the receiver (fanout: a header).
+	OutOfOrder bool
 	// Input is the JSON encoding of the function's input, byte for byte.
 	Input []byte
 	State State
@@ -132,6 +153,18 @@ type Call struct {
 	parentAttempt int
 }
 
+// Parked is the RunAfter of a call that waits for its turn in its sequence
+// (Call.OrderKey): far enough ahead that no claim reaches it, and within
+// what both stores keep (Unix nanoseconds, PostgreSQL timestamps). A store
+// compares with it (>=), never for equality.
+var Parked = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Queued reports whether c waits for the calls before it in its sequence
+// (Call.OrderKey) to be final.
+func (c *Call) Queued() bool {
+	return c.OrderKey != "" && c.State == StatePending && !c.RunAfter.Before(Parked)
+}
+
 // Attempt is the record of one failed attempt of a call. A successful
 // attempt's record is the call itself: its Output and UpdatedAt.
 type Attempt struct {
@@ -196,12 +229,18 @@ type Store interface {
 	// after DedupSince is a duplicate: it is not stored, nor are the calls
 	// of the same insert whose ParentID is its id. The result has, for each
 	// call, its own id, or for a duplicate the id of the call it repeats.
+	//
+	// A pending call with an OrderKey is parked (RunAfter Parked) when
+	// another call of its Key and OrderKey is not final, stored before or
+	// with a lower id in the same insert; it keeps its RunAfter when it is
+	// its sequence's head. A call with an OrderKey is never given Local.
 	CallInsertMany(ctx context.Context, params *CallInsertParams) ([]string, error)
 
 	// CallClaim leases up to Limit runnable calls of one Key (pending,
 	// RunAfter <= Now, Function among Functions) to Owner until
 	// LeaseUntil, oldest RunAfter first, increments their Attempt and
-	// returns them running, each with its parent's Input in ParentInput.
+	// returns them running, each with its parent's Input in ParentInput
+	// and its OrderKey and OutOfOrder.
 	CallClaim(ctx context.Context, params *CallClaimParams) ([]*Call, error)
 
 	// CallKeys returns the keys that have runnable calls (pending, RunAfter
@@ -244,7 +283,9 @@ type Store interface {
 	// for it again; a call whose parent is pending or running (about to
 	// finish) is skipped, and a failed parent re-driven with its own
 	// children waits for them instead of running again (whatever the order
-	// of IDs). It returns the ids it re-drove, in the order of IDs.
+	// of IDs). It returns the ids it re-drove, in the order of IDs. A call
+	// with an OrderKey comes back out of its sequence, which moved on when
+	// it failed: its OrderKey is emptied and OutOfOrder set.
 	CallRedrive(ctx context.Context, params *CallRedriveParams) ([]string, error)
 
 	// CallAttach gives calls new children after they ran (see attach.go):
@@ -258,6 +299,22 @@ type Store interface {
 	// busy and gets nothing. The result says, per child in order, what
 	// was done.
 	CallAttach(ctx context.Context, params *CallAttachParams) ([]AttachResult, error)
+
+	// CallTake leases one pending call, whatever its RunAfter (a parked
+	// one included), to Owner until LeaseUntil, as a claim would, and
+	// returns it running; nil when it is not pending (running, final, or
+	// unknown). An operator uses it to end a call that is not running
+	// (Runtime.Skip).
+	CallTake(ctx context.Context, params *CallTakeParams) (*Call, error)
+
+	// CallOrderHeads returns, for the sequences of one Key (see
+	// Call.OrderKey) whose order key comes after After, in order-key order,
+	// up to Limit: the head of each (its lowest id not final, without its
+	// Input) and how many calls are queued behind it. With Blocked, only
+	// the sequences whose head has failed at least once and is not final
+	// (retrying, or running a retry). It costs a walk of the key's calls
+	// not final that carry an order key.
+	CallOrderHeads(ctx context.Context, params *CallOrderHeadsParams) ([]*OrderHead, error)
 
 	// CallGet returns the call with this id, or ErrNotFound.
 	CallGet(ctx context.Context, id string) (*Call, error)
@@ -465,6 +522,10 @@ type CallFinishParams struct {
 	// (at zero, it is resumed or finished as with a stored call's finish).
 	Local         *Call
 	ParentAttempt int
+	// OrderKey is the call's (Call.OrderKey): when this finish makes it
+	// final, the next call of its sequence is unparked (RunAfter Now) in
+	// the same transaction.
+	OrderKey string
 	// FinishParent, for a final child whose parent is top-level, finishes
 	// the parent done with ParentOutput instead of making it runnable, when
 	// this is the last child it waited for: its Attempt is incremented (the
@@ -503,6 +564,32 @@ type CallFinishResult struct {
 	// waited for and the parent was finished with ParentOutput
 	// (FinishParent); ParentResumed is then false.
 	ParentFinished bool
+}
+
+// CallTakeParams are the arguments of Store.CallTake.
+type CallTakeParams struct {
+	ID         string
+	Owner      string
+	Now        time.Time
+	LeaseUntil time.Time
+}
+
+// CallOrderHeadsParams are the arguments of Store.CallOrderHeads.
+type CallOrderHeadsParams struct {
+	Key     string
+	Blocked bool
+	// After is the cursor: only order keys greater than it.
+	After string
+	Limit int
+}
+
+// OrderHead is one sequence of Store.CallOrderHeads.
+type OrderHead struct {
+	OrderKey string
+	// Head is the sequence's first call not final, without its Input.
+	Head *Call
+	// Queued counts the calls parked behind it.
+	Queued int
 }
 
 // CallRedriveParams are the arguments of Store.CallRedrive.

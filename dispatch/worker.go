@@ -187,7 +187,7 @@ func (r *Runtime) retryStoreResult(ctx context.Context, c *Call, p *CallFinishPa
 func (r *Runtime) snooze(ctx context.Context, c *Call) {
 	now := r.clock.Now()
 	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID,
-		State: StatePending, Snooze: true, RunAfter: now, Now: now}
+		State: StatePending, Snooze: true, RunAfter: now, Now: now, OrderKey: c.OrderKey}
 	r.setLocal(p, c)
 	_, err := r.retryStoreResult(ctx, c, p)
 	if err != nil {
@@ -271,13 +271,16 @@ func (r *Runtime) finish(ctx context.Context, c *Call, output []byte, err error,
 	if p.State == StatePending {
 		r.noteDue(p.RunAfter)
 	}
+	if c.OrderKey != "" && p.State.Final() {
+		r.signalBacklog() // the next of its sequence is runnable now
+	}
 }
 
 // outcome classifies the result of an attempt: done, failed, or a retry
 // scheduled by the retry policy (the key's, if it has its own). A failure is
 // recorded as an attempt.
 func (r *Runtime) outcome(ctx context.Context, c *Call, output []byte, err error, started, now time.Time) *CallFinishParams {
-	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now}
+	p := &CallFinishParams{ID: c.ID, Attempt: c.Attempt, ParentID: c.ParentID, Now: now, OrderKey: c.OrderKey}
 	r.setLocal(p, c)
 	if err == nil {
 		p.State, p.Output, p.Status = StateDone, output, StatusOK

@@ -180,11 +180,17 @@ func (c *Client) Close() {
 
 // Request is one delivery attempt.
 type Request struct {
-	URL string
+	// Method is POST when empty (a destination's transformation may
+	// choose another).
+	Method string
+	URL    string
 	// ID is the webhook-id header: the same on every attempt, so that a
 	// receiver can drop a duplicate.
 	ID   string
 	Body []byte
+	// ContentType is the body's; "" is application/json (a raw event
+	// has its own).
+	ContentType string
 	// Header holds extra headers (a destination's own).
 	Header http.Header
 	// Keys sign the delivery (see Sign); none, no signature.
@@ -198,6 +204,17 @@ type Result struct {
 	Duration   time.Duration `json:"duration_ns"`
 	// Excerpt is the start of the response body, for the record.
 	Excerpt string `json:"excerpt,omitempty"`
+	// Cancelled, when set, says why nothing was sent: the destination's
+	// transformation cancelled the delivery (StatusCode is then 0).
+	Cancelled string `json:"cancelled,omitempty"`
+}
+
+// method is r's method, POST by default.
+func (r *Request) method() string {
+	if r.Method == "" {
+		return http.MethodPost
+	}
+	return r.Method
 }
 
 // Send makes one attempt. It returns the result whenever the destination
@@ -235,6 +252,14 @@ func (c *Client) Send(ctx context.Context, r *Request) (*Result, error) {
 	return c.sendDirect(ctx, r, u, h)
 }
 
+// contentType is the Content-Type of a request's body.
+func contentType(r *Request) string {
+	if r.ContentType != "" {
+		return r.ContentType
+	}
+	return "application/json"
+}
+
 // headers are the headers of one attempt.
 type headers struct {
 	userAgent, id, timestamp, signature string
@@ -244,14 +269,14 @@ type headers struct {
 // sendProxied sends through net/http, to the proxy p.
 func (c *Client) sendProxied(ctx context.Context, r *Request, h *headers, p *proxyRoute) (*Result, error) {
 	ctx = context.WithValue(ctx, proxyKey{}, p)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
+	req, err := http.NewRequestWithContext(ctx, r.method(), r.URL, bytes.NewReader(r.Body))
 	if err != nil {
 		return nil, fmt.Errorf("%w: bad destination URL: %v", dispatch.ErrPermanent, redactError(err))
 	}
 	for k, v := range h.extra {
 		req.Header[k] = v
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", contentType(r))
 	req.Header.Set("User-Agent", h.userAgent)
 	req.Header.Set("webhook-id", h.id)
 	req.Header.Set("webhook-timestamp", h.timestamp)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"sync"
 	"syscall"
@@ -112,13 +111,13 @@ func (c *Client) sendDirect(ctx context.Context, r *Request, u *url.URL, h *head
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(u.Scheme + "://" + u.Host + u.RequestURI())
-	req.Header.SetMethod(http.MethodPost)
+	req.Header.SetMethod(r.method())
 	for k, vs := range h.extra {
 		for _, v := range vs {
 			req.Header.Add(k, v)
 		}
 	}
-	req.Header.SetContentType("application/json")
+	req.Header.SetContentType(contentType(r))
 	req.Header.SetUserAgent(h.userAgent)
 	req.Header.Set("webhook-id", h.id)
 	req.Header.Set("webhook-timestamp", h.timestamp)

@@ -16,17 +16,22 @@ import (
 
 const claimColumns = `c.id, c.function, c.key, c.input, c.attempt, c.failures, c.run_after, c.budget_start, c.parent_id,
 	c.gather, c.idx, c.gathers, c.created_at, c.meta,
-	(SELECT p.input FROM calls p WHERE p.id = c.parent_id)`
+	(SELECT p.input FROM calls p WHERE p.id = c.parent_id), c.order_key, c.out_of_order`
 
 // scanClaimed makes a running call of a row of claimColumns.
 func scanClaimed(row pgx.Row) (*dispatch.Call, error) {
 	c := &dispatch.Call{State: dispatch.StateRunning}
 	var runAfter, budget, created int64
-	var parent *string
+	var parent, orderKey *string
+	var outOfOrder *bool
 	if err := row.Scan(&c.ID, &c.Function, &c.Key, &c.Input, &c.Attempt, &c.Failures, &runAfter, &budget, &parent,
-		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta, &c.ParentInput); err != nil {
+		&c.Gather, &c.Index, &c.Gathers, &created, &c.Meta, &c.ParentInput, &orderKey, &outOfOrder); err != nil {
 		return nil, err
 	}
+	if orderKey != nil {
+		c.OrderKey = *orderKey
+	}
+	c.OutOfOrder = outOfOrder != nil && *outOfOrder
 	c.RunAfter, c.BudgetStart, c.CreatedAt = fromNanos(runAfter), fromNanos(budget), fromNanos(created)
 	if parent != nil {
 		c.ParentID = *parent
@@ -347,4 +352,33 @@ func childIDs(ctx context.Context, tx *rtx, parents []string) (map[string]bool, 
 		have[id] = true
 	}
 	return have, err
+}
+
+// takeSQL leases one pending call ($1), whatever its run_after.
+const takeSQL = `UPDATE calls c SET state = 1, lease_owner = $2, lease_expires = $3, attempt = c.attempt + 1, updated_at = $4
+	WHERE c.id = $1 AND c.state = 0
+	RETURNING ` + claimColumns
+
+// CallTake implements dispatch.Store.
+func (s *Store) CallTake(ctx context.Context, p *dispatch.CallTakeParams) (*dispatch.Call, error) {
+	var c *dispatch.Call
+	op := &wop{key: p.ID}
+	op.queue = func(b *pgx.Batch) {
+		c = nil
+		b.Queue(takeSQL, p.ID, p.Owner, p.LeaseUntil.UnixNano(), p.Now.UnixNano()).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var err error
+				if c, err = scanClaimed(rows); err != nil {
+					return err
+				}
+				c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
+				op.wrote("calls updated", 1)
+			}
+			return rows.Err()
+		})
+	}
+	if err := s.w.do(ctx, op); err != nil {
+		return nil, fmt.Errorf("take call: %w", err)
+	}
+	return c, nil
 }

@@ -16,12 +16,12 @@ import (
 )
 
 // suspendSQL parks a running call ($4, fenced by its attempt $5) in a
-// Gather and stores its children (insertSQL's arrays, $1-$25 renumbered as
-// $6-$30), in one statement: one round trip, group-committed with the
+// Gather and stores its children (insertSQL's arrays, $1-$27 renumbered as
+// $6-$32), in one statement: one round trip, group-committed with the
 // writer's other operations. Local children (dispatch.Call.Local) are not
-// among the rows: the call keeps their plan ($33, of $34 children in all)
-// and is leased to their owner ($31) until $32; $35 is how many rows the
-// children have, $36-$38 the range of the gather's ids and the gather. It
+// among the rows: the call keeps their plan ($35, of $36 children in all)
+// and is leased to their owner ($33) until $34; $37 is how many rows the
+// children have, $38-$40 the range of the gather's ids and the gather. It
 // returns whether the call was parked and how many children were inserted.
 // When some children existed already (a repeat), waiting must be counted
 // from them under their locks, which this statement does not do: it then
@@ -30,25 +30,25 @@ import (
 // whose row is in the gather before the insert (a local one has none to
 // conflict with).
 var suspendSQL = `WITH me AS (
-		UPDATE calls SET state = 2, gathers = $1, waiting = $2, lease_owner = $31, lease_expires = $32, plan = $33,
-			plan_total = $34, updated_at = $3
+		UPDATE calls SET state = 2, gathers = $1, waiting = $2, lease_owner = $33, lease_expires = $34, plan = $35,
+			plan_total = $36, updated_at = $3
 		WHERE id = $4 AND state = 1 AND attempt = $5
 		RETURNING id
 	), ins AS (
 		INSERT INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires,
 			run_after, budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at,
-			tag, meta, plan, plan_total)
+			tag, meta, plan, plan_total, order_key, out_of_order)
 		SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[], $10::smallint[], $11::integer[], $12::integer[],
 			$13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::text[], $18::integer[], $19::integer[],
 			$20::integer[], $21::integer[], $22::bytea[], $23::text[], $24::smallint[], $25::bigint[], $26::bigint[],
-			$27::text[], $28::bytea[], $29::bytea[], $30::integer[])
+			$27::text[], $28::bytea[], $29::bytea[], $30::integer[], $31::text[], $32::boolean[])
 		WHERE EXISTS (SELECT 1 FROM me)
 		ON CONFLICT (id) DO NOTHING
 		RETURNING 1
 	), n AS (SELECT (SELECT count(*) FROM me) AS applied, (SELECT count(*) FROM ins) AS inserted,
-		CASE WHEN $33::bytea IS NULL THEN 0 ELSE (SELECT count(*) FROM calls
-			WHERE id > $36 AND id < $37 AND parent_id = $4 AND gather = $38) END AS existed)
-	SELECT applied, CASE WHEN applied > 0 AND (inserted < $35 OR existed > 0) THEN ('` + errChildrenExist + ` ' || inserted)::int END,
+		CASE WHEN $35::bytea IS NULL THEN 0 ELSE (SELECT count(*) FROM calls
+			WHERE id > $38 AND id < $39 AND parent_id = $4 AND gather = $40) END AS existed)
+	SELECT applied, CASE WHEN applied > 0 AND (inserted < $37 OR existed > 0) THEN ('` + errChildrenExist + ` ' || inserted)::int END,
 		inserted
 	FROM n`
 
@@ -73,7 +73,7 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 	args := append([]any{p.Gather + 1, len(p.Children), p.Now.UnixNano(), p.ID, p.Attempt}, cols.args()...)
 	args = append(args, owner, expires, plan, total, len(rows), gather, gather[:len(gather)-1]+"/", p.Gather)
 	var applied bool
-	op := &wop{key: p.ID, notify: cols.runnable > 0}
+	op := &wop{key: p.ID, notify: cols.runnable > 0 || len(cols.ordered) > 0}
 	op.queue = func(b *pgx.Batch) {
 		applied = false
 		b.Queue(suspendSQL, args...).QueryRow(func(row pgx.Row) error {
@@ -86,6 +86,7 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 			op.wrote("calls inserted", inserted)
 			return nil
 		})
+		queuePark(b, cols)
 	}
 	err := s.w.do(ctx, op)
 	if isChildrenExist(err) {
@@ -125,6 +126,15 @@ func (s *Store) suspendTx(ctx context.Context, p *dispatch.CallSuspendParams) (b
 		tag, err = tx.Exec(ctx, insertSQL+` ON CONFLICT (id) DO NOTHING`, cols.args()...)
 		if err != nil {
 			return err
+		}
+		if len(cols.ordered) > 0 {
+			runnable++ // a head, perhaps: wake the others to look
+			if _, err := tx.Exec(ctx, lockSQL, cols.sequences); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, parkSQL, cols.ordered); err != nil {
+				return err
+			}
 		}
 		if tag.RowsAffected() < int64(len(p.Children)) {
 			// Some children existed already: count those still to wait
@@ -395,13 +405,19 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 	res := &dispatch.CallFinishResult{}
 	// A finish lost in a server crash costs the call run again (see
 	// Config.SyncEveryCommit): lazy.
-	op := &wop{key: key, lazy: true}
+	unpark := p.OrderKey != "" && p.State.Final()
+	op := &wop{key: key, lazy: true, notify: unpark}
 	op.queue = func(b *pgx.Batch) {
 		*res = dispatch.CallFinishResult{}
 		op.notifyAfter = false
 		b.Queue(finishSQL, args...).QueryRow(func(row pgx.Row) error {
 			return scanFinish(row, p, res, op)
 		})
+		if unpark {
+			// The next of its sequence (see lockSQL).
+			b.Queue(unlockSQL, p.ID, p.OrderKey)
+			b.Queue(unparkSQL, p.ID, p.OrderKey, now)
+		}
 		if local == nil {
 			return
 		}
@@ -489,7 +505,8 @@ const redriveSQL = `WITH want AS (
 		WHERE p.id = k.parent_id AND p.state IN (2, 4)
 		RETURNING p.id
 	), me AS (
-		UPDATE calls c SET state = 0, failures = 0, budget_start = $2, run_after = $2, updated_at = $2
+		UPDATE calls c SET state = 0, failures = 0, budget_start = $2, run_after = $2, updated_at = $2,
+			out_of_order = CASE WHEN c.order_key IS NOT NULL THEN true ELSE c.out_of_order END, order_key = NULL
 		FROM f WHERE c.id = f.id AND (f.parent_id IS NULL OR f.parent_id IN (SELECT id FROM par))
 			AND c.id NOT IN (SELECT id FROM par)
 		RETURNING c.id, f.n

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"fanout/dispatch"
@@ -17,11 +19,11 @@ import (
 // one round trip, whatever the number of calls.
 const insertSQL = `INSERT INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires,
 		run_after, budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at,
-		tag, meta, plan, plan_total)
+		tag, meta, plan, plan_total, order_key, out_of_order)
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::integer[], $7::integer[],
 		$8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::integer[], $14::integer[],
 		$15::integer[], $16::integer[], $17::bytea[], $18::text[], $19::smallint[], $20::bigint[], $21::bigint[],
-		$22::text[], $23::bytea[], $24::bytea[], $25::integer[])`
+		$22::text[], $23::bytea[], $24::bytea[], $25::integer[], $26::text[], $27::boolean[])`
 
 // columns are calls laid out as insertSQL's arrays.
 type columns struct {
@@ -40,6 +42,14 @@ type columns struct {
 	// (see storeutil.SplitLocal); nil elsewhere.
 	plans      [][]byte
 	planTotals []*int32
+	// orderKeys and outOfOrder are dispatch.Call's OrderKey and
+	// OutOfOrder, nil when empty; sequences are the distinct sequences
+	// (key, order key) of the pending calls that carry one, and ordered
+	// their ids: those the insert may have to park (see parkSQL).
+	orderKeys  []*string
+	outOfOrder []*bool
+	sequences  []string
+	ordered    []string
 	// runnable counts the rows that anyone may claim now.
 	runnable int
 }
@@ -60,6 +70,7 @@ func toColumns(calls []*dispatch.Call, plans map[string]*storeutil.LocalPlan, no
 		created: make([]int64, n), updated: make([]int64, n),
 		tags: make([]*string, n), metas: make([][]byte, n),
 		plans: make([][]byte, n), planTotals: make([]*int32, n),
+		orderKeys: make([]*string, n), outOfOrder: make([]*bool, n),
 	}
 	for i, call := range calls {
 		c.ids[i], c.functions[i], c.keys[i] = call.ID, call.Function, call.Key
@@ -100,6 +111,18 @@ func toColumns(calls []*dispatch.Call, plans map[string]*storeutil.LocalPlan, no
 		if len(call.Meta) > 0 {
 			c.metas[i] = call.Meta
 		}
+		if call.OrderKey != "" {
+			k := call.OrderKey
+			c.orderKeys[i] = &k
+			if call.State == dispatch.StatePending {
+				c.ordered = append(c.ordered, call.ID)
+				c.sequences = append(c.sequences, sequence(call.Key, call.OrderKey))
+			}
+		}
+		if call.OutOfOrder {
+			t := true
+			c.outOfOrder[i] = &t
+		}
 		created := call.CreatedAt.UnixNano()
 		c.created[i], c.updated[i], c.budget[i] = created, call.UpdatedAt.UnixNano(), call.BudgetStart.UnixNano()
 		if call.UpdatedAt.IsZero() {
@@ -110,7 +133,7 @@ func toColumns(calls []*dispatch.Call, plans map[string]*storeutil.LocalPlan, no
 		}
 		c.runAfter[i] = call.RunAfter.UnixNano()
 		c.gather[i], c.idx[i], c.gathers[i], c.wt[i] = int32(call.Gather), int32(call.Index), int32(call.Gathers), int32(call.Waiting)
-		if call.State == dispatch.StatePending && !call.RunAfter.After(now) {
+		if call.State == dispatch.StatePending && !call.RunAfter.After(now) && call.OrderKey == "" {
 			c.runnable++
 		}
 	}
@@ -131,13 +154,15 @@ func (c *columns) add(o *columns) {
 	c.created, c.updated = append(c.created, o.created...), append(c.updated, o.updated...)
 	c.tags, c.metas = append(c.tags, o.tags...), append(c.metas, o.metas...)
 	c.plans, c.planTotals = append(c.plans, o.plans...), append(c.planTotals, o.planTotals...)
+	c.orderKeys, c.outOfOrder = append(c.orderKeys, o.orderKeys...), append(c.outOfOrder, o.outOfOrder...)
+	c.sequences, c.ordered = append(c.sequences, o.sequences...), append(c.ordered, o.ordered...)
 	c.runnable += o.runnable
 }
 
 func (c *columns) args() []any {
 	return []any{c.ids, c.functions, c.keys, c.inputs, c.states, c.attempts, c.failures, c.owners, c.expires,
 		c.runAfter, c.budget, c.parents, c.gather, c.idx, c.gathers, c.wt, c.outputs, c.errs, c.statuses,
-		c.created, c.updated, c.tags, c.metas, c.plans, c.planTotals}
+		c.created, c.updated, c.tags, c.metas, c.plans, c.planTotals, c.orderKeys, c.outOfOrder}
 }
 
 // notifySQL wakes the other processes: one notification per commit, sent
@@ -175,7 +200,20 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 		// The writer merges the rows of every insert of a batch into one
 		// statement (wop.rows).
 		cols := toColumns(rows, plans, time.Now())
-		err = s.w.do(ctx, &wop{key: calls[0].ID, notify: cols.runnable > 0, verify: exists, rows: cols})
+		op := &wop{key: calls[0].ID, notify: cols.runnable > 0 || len(cols.ordered) > 0, verify: exists, rows: cols}
+		if len(cols.ordered) > 0 {
+			// Its own statement, followed by the parking of its ordered
+			// calls (in the same group commit).
+			op.rows = nil
+			op.queue = func(b *pgx.Batch) {
+				b.Queue(insertSQL, cols.args()...).Exec(func(tag pgconn.CommandTag) error {
+					op.wrote("calls inserted", tag.RowsAffected())
+					return nil
+				})
+				queuePark(b, cols)
+			}
+		}
+		err = s.w.do(ctx, op)
 	} else {
 		stored := -1 // rows to store, once known
 		insert := func(ctx context.Context, tx *rtx) error {
@@ -196,7 +234,15 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 			if _, err := tx.Exec(ctx, insertSQL, cols.args()...); err != nil {
 				return err
 			}
-			if cols.runnable > 0 {
+			if len(cols.ordered) > 0 {
+				if _, err := tx.Exec(ctx, lockSQL, cols.sequences); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, parkSQL, cols.ordered); err != nil {
+					return err
+				}
+			}
+			if cols.runnable > 0 || len(cols.ordered) > 0 {
 				_, err = tx.Exec(ctx, notifySQL, s.channel)
 			}
 			return err
@@ -250,3 +296,56 @@ func dedup(ctx context.Context, tx *rtx, calls []*dispatch.Call, ids []string, s
 		return holder, err
 	})
 }
+
+// Ordered calls (dispatch.Call.OrderKey).
+//
+// Whether a new call is its sequence's head, and which call a finish
+// unparks, depends on the other calls of its sequence, which other
+// transactions (another replica's insert or finish) may be writing at
+// that moment, unseen under READ COMMITTED. So each such operation takes
+// a transaction-level advisory lock on the sequence, after its own
+// writes, and then looks in a statement of its own, whose snapshot is
+// taken once the lock is held: it sees every write of whoever held the
+// lock before, and whoever comes after sees its writes. An insert and a
+// finish of one sequence so never both miss each other (a call parked
+// behind a head that no one will unpark, or two heads).
+
+// sequence is the advisory lock's name of a sequence.
+func sequence(key, orderKey string) string { return key + "\x1f" + orderKey }
+
+// lockSQL takes the advisory locks of the sequences $1, in the order of
+// their hashes (a collision of two sequences serializes them, nothing
+// more).
+const lockSQL = `SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(s, 0) AS h
+	FROM unnest($1::text[]) s ORDER BY 1) l`
+
+// parkedNanos is dispatch.Parked as stored.
+var parkedNanos = strconv.FormatInt(dispatch.Parked.UnixNano(), 10)
+
+// parkSQL parks the pending calls among $1 (just inserted) that have a
+// call of their sequence not final before them: stored before, or with a
+// lower id.
+var parkSQL = `UPDATE calls c SET run_after = ` + parkedNanos + `
+	WHERE c.id = ANY($1::text[]) AND c.state = 0 AND c.order_key IS NOT NULL AND EXISTS (
+		SELECT 1 FROM calls o WHERE o.key = c.key AND o.order_key = c.order_key AND o.state IN (0, 1, 2)
+		AND o.id <> c.id AND (o.id < c.id OR o.id <> ALL($1::text[])))`
+
+// queuePark queues, after an insert of cols, the locks of their sequences
+// and the parking of their ordered calls.
+func queuePark(b *pgx.Batch, cols *columns) {
+	if len(cols.ordered) == 0 {
+		return
+	}
+	b.Queue(lockSQL, cols.sequences)
+	b.Queue(parkSQL, cols.ordered)
+}
+
+// unlockSQL takes the advisory lock of the sequence $2 of the key of call
+// $1; unparkSQL then makes its first call not final runnable at $3 if it
+// is parked: after a call of the sequence became final.
+const unlockSQL = `SELECT pg_advisory_xact_lock(hashtextextended((SELECT key FROM calls WHERE id = $1) || chr(31) || $2, 0))`
+
+var unparkSQL = `UPDATE calls SET run_after = $3
+	WHERE id = (SELECT o.id FROM calls o WHERE o.key = (SELECT c.key FROM calls c WHERE c.id = $1) AND o.order_key = $2
+		AND o.state IN (0, 1, 2) ORDER BY o.id LIMIT 1)
+	AND state = 0 AND run_after >= ` + parkedNanos

@@ -17,22 +17,23 @@ import (
 )
 
 const callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta, order_key, out_of_order`
 
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
 const childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta`
+	parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta, order_key, out_of_order`
 
 func scanCall(row pgx.Row, withInput bool) (*dispatch.Call, error) {
 	var c dispatch.Call
 	var runAfter, budget, created, updated int64
 	var leaseExpires *int64
-	var leaseOwner, parent, errText, tag *string
+	var leaseOwner, parent, errText, tag, orderKey *string
+	var outOfOrder *bool
 	var state, status int16
 	dest := []any{&c.ID, &c.Function, &c.Key, &c.Input, &state, &c.Attempt, &c.Failures, &runAfter, &budget,
 		&leaseOwner, &leaseExpires, &parent, &c.Gather, &c.Index, &c.Gathers, &c.Waiting,
-		&c.Output, &errText, &status, &created, &updated, &tag, &c.Meta}
+		&c.Output, &errText, &status, &created, &updated, &tag, &c.Meta, &orderKey, &outOfOrder}
 	if !withInput {
 		dest = slices.Delete(dest, 3, 4)
 	}
@@ -54,6 +55,10 @@ func scanCall(row pgx.Row, withInput bool) (*dispatch.Call, error) {
 	if tag != nil {
 		c.Tag = *tag
 	}
+	if orderKey != nil {
+		c.OrderKey = *orderKey
+	}
+	c.OutOfOrder = outOfOrder != nil && *outOfOrder
 	if leaseExpires != nil {
 		c.LeaseExpires = fromNanos(*leaseExpires)
 	}
@@ -385,6 +390,58 @@ func (s *Store) CallCounts(ctx context.Context) ([]dispatch.CallCount, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("count calls: %w", err)
+	}
+	return out, nil
+}
+
+// orderHeadsSQL walks calls_order for one key, from the order key $2 on:
+// each row that is the first of its sequence (the lowest id not final) is
+// a head; $3 keeps only heads that failed before (blocked ones).
+const orderHeadsSQL = `SELECT c.order_key, c.id, c.function, c.state, c.attempt, c.failures, c.run_after, c.error, c.status,
+		c.created_at, c.updated_at, c.parent_id,
+		(SELECT count(*) FROM calls q WHERE q.key = c.key AND q.order_key = c.order_key AND q.state IN (0, 1, 2) AND q.id > c.id)
+	FROM calls c
+	WHERE c.key = $1 AND c.order_key > $2 AND c.order_key IS NOT NULL AND c.state IN (0, 1, 2)
+	AND (NOT $3::boolean OR (c.failures > 0 AND c.state IN (0, 1)))
+	AND c.id = (SELECT min(h.id) FROM calls h
+		WHERE h.key = c.key AND h.order_key = c.order_key AND h.state IN (0, 1, 2))
+	ORDER BY c.order_key
+	LIMIT $4`
+
+// CallOrderHeads implements dispatch.Store.
+func (s *Store) CallOrderHeads(ctx context.Context, p *dispatch.CallOrderHeadsParams) ([]*dispatch.OrderHead, error) {
+	var out []*dispatch.OrderHead
+	err := s.read(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		out = out[:0]
+		rows, err := conn.Query(ctx, orderHeadsSQL, p.Key, p.After, p.Blocked, p.Limit)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			h := &dispatch.OrderHead{Head: &dispatch.Call{Key: p.Key}}
+			c := h.Head
+			var state, status int16
+			var runAfter, created, updated int64
+			var errText, parent *string
+			if err := rows.Scan(&h.OrderKey, &c.ID, &c.Function, &state, &c.Attempt, &c.Failures, &runAfter, &errText,
+				&status, &created, &updated, &parent, &h.Queued); err != nil {
+				return err
+			}
+			c.OrderKey, c.State, c.Status = h.OrderKey, dispatch.State(state), dispatch.Status(status)
+			if errText != nil {
+				c.Error = *errText
+			}
+			if parent != nil {
+				c.ParentID = *parent
+			}
+			c.RunAfter, c.CreatedAt, c.UpdatedAt = fromNanos(runAfter), fromNanos(created), fromNanos(updated)
+			out = append(out, h)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list sequences: %w", err)
 	}
 	return out, nil
 }

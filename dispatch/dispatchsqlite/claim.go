@@ -2,8 +2,10 @@ package dispatchsqlite
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -17,7 +19,7 @@ import (
 // parent's input (see dispatch.Call.ParentInput): a primary key probe of a
 // row the cache holds, in the writer, instead of a read per call later.
 var claimColumns = `id, function, key, input, attempt, failures, run_after, budget_start, ` + parentColumn + `, gather, idx, gathers, created_at, ` + metaColumn + `,
-	(SELECT p.input FROM calls p WHERE p.id = ` + parentColumn + `)`
+	(SELECT p.input FROM calls p WHERE p.id = ` + parentColumn + `), order_key, out_of_order`
 
 // claimed makes a running call of a row of claimColumns.
 func claimed(row []driver.Value) *dispatch.Call {
@@ -38,6 +40,8 @@ func claimed(row []driver.Value) *dispatch.Call {
 		CreatedAt:   fromNanos(asInt(row[12])),
 		Meta:        asBytes(row[13]),
 		ParentInput: asBytes(row[14]),
+		OrderKey:    asString(row[15]),
+		OutOfOrder:  asInt(row[16]) != 0,
 	}
 }
 
@@ -222,4 +226,28 @@ func childIDs(tx *wtx, parent string) (map[string]bool, error) {
 		return nil
 	})
 	return have, err
+}
+
+// CallTake implements dispatch.Store.
+func (s *Store) CallTake(ctx context.Context, p *dispatch.CallTakeParams) (*dispatch.Call, error) {
+	var c *dispatch.Call
+	err := s.w.do(ctx, func(tx *wtx) error {
+		c = nil
+		row, err := tx.queryRow(`UPDATE calls SET state = 1, lease_owner = ?, lease_expires = ?, attempt = attempt + 1,
+				updated_at = ?
+			WHERE id = ? AND state = 0 RETURNING `+claimColumns, p.Owner, p.LeaseUntil.UnixNano(), p.Now.UnixNano(), p.ID)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return nil
+		case err != nil:
+			return err
+		}
+		c = claimed(row)
+		c.LeaseOwner, c.LeaseExpires = p.Owner, p.LeaseUntil
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("take call: %w", err)
+	}
+	return c, nil
 }

@@ -31,6 +31,10 @@ func (s *Store) CallSuspend(ctx context.Context, p *dispatch.CallSuspendParams) 
 			return err
 		}
 		applied = true
+		stored, err := park(tx, stored)
+		if err != nil {
+			return err
+		}
 		inserted, err := insert(tx, stored, true, nil)
 		if err != nil {
 			return err
@@ -167,6 +171,9 @@ func finish(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResul
 	}
 	res.Applied = true
 	if err := recordAttempt(tx, p); err != nil {
+		return err
+	}
+	if err := unpark(tx, p); err != nil {
 		return err
 	}
 	if p.ParentID == "" || !p.State.Final() {
@@ -405,7 +412,10 @@ func (s *Store) CallRedrive(ctx context.Context, p *dispatch.CallRedriveParams) 
 					continue // the parent is about to finish: leave this call be
 				}
 			}
-			if _, err := tx.exec(`UPDATE calls SET state = 0, failures = 0, budget_start = ?, run_after = ?, updated_at = ?
+			// Out of its sequence, which moved on when it failed (its
+			// row left calls_order then): see dispatch.Call.OutOfOrder.
+			if _, err := tx.exec(`UPDATE calls SET state = 0, failures = 0, budget_start = ?, run_after = ?, updated_at = ?,
+					out_of_order = CASE WHEN order_key IS NOT NULL THEN 1 ELSE out_of_order END, order_key = NULL
 				WHERE id = ?`, now, now, now, id); err != nil {
 				return err
 			}

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,7 +18,7 @@ import (
 // statements cut the per-statement cost that dominates small rows.
 const insertChunk = 64
 
-const insertColumns = 24
+const insertColumns = 26
 
 // insertQueries holds the INSERT statements by row count (1..insertChunk),
 // plain and OR IGNORE, built once.
@@ -29,12 +31,12 @@ var insertQueries = func() (q [2][insertChunk + 1]string) {
 				b.WriteString("OR IGNORE ")
 			}
 			b.WriteString("INTO calls (id, function, key, input, state, attempt, failures, lease_owner, lease_expires, run_after, " +
-				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta, plan) VALUES ")
+				"budget_start, parent_id, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, meta, plan, order_key, out_of_order) VALUES ")
 			for i := range rows {
 				if i > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 			}
 			q[ignore][rows] = b.String()
 		}
@@ -58,7 +60,7 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*st
 		chunk := calls[start:min(start+insertChunk, len(calls))]
 		args = args[:0]
 		for _, c := range chunk {
-			var parent, owner, expires, output, errText, tag, meta, plan any
+			var parent, owner, expires, output, errText, tag, meta, plan, orderKey, outOfOrder any
 			if c.ParentID != "" {
 				parent = c.ParentID
 				if !strings.Contains(c.ParentID, ".") && strings.HasPrefix(c.ID, c.ParentID+".") {
@@ -80,6 +82,12 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*st
 			if c.Tag != "" {
 				tag = c.Tag
 			}
+			if c.OrderKey != "" {
+				orderKey = c.OrderKey
+			}
+			if c.OutOfOrder {
+				outOfOrder = 1
+			}
 			if len(c.Meta) > 0 && c.ParentID == "" {
 				meta = c.Meta // a child's is its root's: see metaColumn
 			}
@@ -96,7 +104,7 @@ func insert(tx *wtx, calls []*dispatch.Call, orIgnore bool, plans map[string]*st
 			}
 			args = append(args, c.ID, c.Function, c.Key, c.Input, int(c.State), c.Attempt, c.Failures, owner, expires,
 				runAfter, budget, parent, c.Gather, c.Index, c.Gathers, c.Waiting, output, errText, int(c.Status),
-				created, updated, tag, meta, plan)
+				created, updated, tag, meta, plan, orderKey, outOfOrder)
 		}
 		n, err := tx.exec(insertQuery(len(chunk), orIgnore), args...)
 		if err != nil {
@@ -131,7 +139,11 @@ func (s *Store) CallInsertMany(ctx context.Context, p *dispatch.CallInsertParams
 			}
 			rows = storeutil.WithoutLocal(rows)
 		}
-		_, err := insert(tx, rows, false, plans)
+		rows, err := park(tx, rows)
+		if err != nil {
+			return err
+		}
+		_, err = insert(tx, rows, false, plans)
 		return err
 	})
 	if err != nil {
@@ -156,4 +168,64 @@ func dedup(tx *wtx, calls []*dispatch.Call, ids []string, since time.Time) ([]*d
 			c.DedupKey, c.ID, c.CreatedAt.UnixNano())
 		return c.ID, err
 	})
+}
+
+// park returns calls with those that must wait for their turn in their
+// sequence (dispatch.Call.OrderKey) replaced by parked copies (RunAfter
+// dispatch.Parked): a pending call whose key and order key has a call not
+// final stored already, or before it among calls (which come in id order).
+// The calls given are left as they are, so that a replayed transaction
+// decides again. Calls in no sequence cost a look at their OrderKey.
+func park(tx *wtx, calls []*dispatch.Call) ([]*dispatch.Call, error) {
+	var out []*dispatch.Call
+	var seen map[[2]string]bool
+	for i, c := range calls {
+		if c.OrderKey == "" || c.State != dispatch.StatePending {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(calls)
+			seen = make(map[[2]string]bool)
+		}
+		seq := [2]string{c.Key, c.OrderKey}
+		wait := seen[seq]
+		if !wait {
+			seen[seq] = true
+			_, err := tx.queryRow(`SELECT 1 FROM calls INDEXED BY calls_order
+				WHERE key = ? AND order_key = ? AND state IN (0, 1, 2) LIMIT 1`, c.Key, c.OrderKey)
+			switch {
+			case err == nil:
+				wait = true
+			case !errors.Is(err, sql.ErrNoRows):
+				return nil, err
+			}
+		}
+		if wait {
+			parked := *c
+			parked.RunAfter = dispatch.Parked
+			out[i] = &parked
+		}
+	}
+	if out == nil {
+		return calls, nil
+	}
+	return out, nil
+}
+
+// unparkSQL makes the first call not final of the sequence ?2 of the key
+// of call ?1 runnable at ?3, if it is parked: run after a call of the
+// sequence became final, in the same transaction.
+var unparkSQL = `UPDATE calls SET run_after = ?3
+	WHERE id = (SELECT o.id FROM calls o INDEXED BY calls_order
+		WHERE o.key = (SELECT c.key FROM calls c WHERE c.id = ?1) AND o.order_key = ?2 AND o.state IN (0, 1, 2)
+		ORDER BY o.id LIMIT 1)
+	AND state = 0 AND run_after >= ` + strconv.FormatInt(dispatch.Parked.UnixNano(), 10)
+
+// unpark runs unparkSQL for a finish that made an ordered call final.
+func unpark(tx *wtx, p *dispatch.CallFinishParams) error {
+	if p.OrderKey == "" || !p.State.Final() {
+		return nil
+	}
+	_, err := tx.exec(unparkSQL, p.ID, p.OrderKey, p.Now.UnixNano())
+	return err
 }

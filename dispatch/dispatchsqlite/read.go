@@ -15,7 +15,8 @@ import (
 )
 
 var callColumns = `id, function, key, input, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
+	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn + `,
+	order_key, out_of_order`
 
 // parentOf reads the parent id of the row of table t. A child of a
 // top-level call stores ” (its parent is its id up to the first dot: a
@@ -43,14 +44,16 @@ func scanCall(scan func(...any) error, input bool) (*dispatch.Call, error) {
 	var c dispatch.Call
 	var runAfter, budget, created, updated int64
 	var leaseExpires sql.NullInt64
-	var leaseOwner, parent, errText, tag sql.NullString
+	var leaseOwner, parent, errText, tag, orderKey sql.NullString
+	var outOfOrder sql.NullBool
 	var state, status int
 	dest := []any{&c.ID, &c.Function, &c.Key}
 	if input {
 		dest = append(dest, &c.Input)
 	}
 	dest = append(dest, &state, &c.Attempt, &c.Failures, &runAfter, &budget, &leaseOwner, &leaseExpires, &parent,
-		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated, &tag, &c.Meta)
+		&c.Gather, &c.Index, &c.Gathers, &c.Waiting, &c.Output, &errText, &status, &created, &updated, &tag, &c.Meta,
+		&orderKey, &outOfOrder)
 	if err := scan(dest...); err != nil {
 		return nil, err
 	}
@@ -58,6 +61,7 @@ func scanCall(scan func(...any) error, input bool) (*dispatch.Call, error) {
 	c.RunAfter, c.BudgetStart = fromNanos(orElse(runAfter, updated)), fromNanos(orElse(budget, created))
 	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
 	c.LeaseOwner, c.ParentID, c.Error, c.Tag = leaseOwner.String, parent.String, errText.String, tag.String
+	c.OrderKey, c.OutOfOrder = orderKey.String, outOfOrder.Bool
 	if leaseExpires.Valid {
 		c.LeaseExpires = fromNanos(leaseExpires.Int64)
 	}
@@ -243,7 +247,8 @@ func scanCallRows(rows *sql.Rows) ([]*dispatch.Call, error) {
 // childColumns are those of callColumns but the input, which a parent never
 // needs and which is the bulk of a row.
 var childColumns = `id, function, key, state, attempt, failures, run_after, budget_start, lease_owner, lease_expires,
-	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn
+	` + parentColumn + `, gather, idx, gathers, waiting, output, error, status, created_at, updated_at, tag, ` + metaColumn + `,
+	order_key, out_of_order`
 
 // CallList implements dispatch.Store.
 func (s *Store) CallList(ctx context.Context, p *dispatch.CallListParams) ([]*dispatch.Call, error) {
@@ -382,4 +387,45 @@ func nonNil(b []byte) []byte {
 		return []byte{}
 	}
 	return b
+}
+
+// orderHeadsSQL walks calls_order for one key, from the order key ?2 on:
+// each row that is the first of its sequence (the lowest id not final) is
+// a head; ?3 keeps only heads that failed before (blocked ones).
+var orderHeadsSQL = `SELECT c.order_key, c.id, c.function, c.state, c.attempt, c.failures, c.run_after, c.error, c.status,
+		c.created_at, c.updated_at, ` + parentOf("c") + `,
+		(SELECT count(*) FROM calls q INDEXED BY calls_order WHERE q.key = c.key AND q.order_key = c.order_key
+			AND q.state IN (0, 1, 2) AND q.id > c.id)
+	FROM calls c INDEXED BY calls_order
+	WHERE c.key = ?1 AND c.order_key > ?2 AND c.order_key IS NOT NULL AND c.state IN (0, 1, 2)
+	AND (?3 = 0 OR (c.failures > 0 AND c.state IN (0, 1)))
+	AND c.id = (SELECT min(h.id) FROM calls h INDEXED BY calls_order
+		WHERE h.key = c.key AND h.order_key = c.order_key AND h.state IN (0, 1, 2))
+	ORDER BY c.order_key
+	LIMIT ?4`
+
+// CallOrderHeads implements dispatch.Store.
+func (s *Store) CallOrderHeads(ctx context.Context, p *dispatch.CallOrderHeadsParams) ([]*dispatch.OrderHead, error) {
+	rows, err := s.rdb.QueryContext(ctx, orderHeadsSQL, p.Key, p.After, p.Blocked, p.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list sequences: %w", err)
+	}
+	defer rows.Close()
+	var out []*dispatch.OrderHead
+	for rows.Next() {
+		h := &dispatch.OrderHead{Head: &dispatch.Call{Key: p.Key}}
+		c := h.Head
+		var state, status int
+		var runAfter, created, updated int64
+		var errText, parent sql.NullString
+		if err := rows.Scan(&h.OrderKey, &c.ID, &c.Function, &state, &c.Attempt, &c.Failures, &runAfter, &errText,
+			&status, &created, &updated, &parent, &h.Queued); err != nil {
+			return nil, fmt.Errorf("list sequences: %w", err)
+		}
+		c.OrderKey, c.State, c.Status, c.Error, c.ParentID = h.OrderKey, dispatch.State(state), dispatch.Status(status),
+			errText.String, parent.String
+		c.RunAfter, c.CreatedAt, c.UpdatedAt = fromNanos(orElse(runAfter, updated)), fromNanos(created), fromNanos(updated)
+		out = append(out, h)
+	}
+	return out, rows.Err()
 }

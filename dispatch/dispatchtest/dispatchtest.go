@@ -55,6 +55,8 @@ func Exercise(t *testing.T, open OpenFunc) {
 		{"RuntimeRetries", exerciseRuntimeRetries},
 		{"RuntimeGather", exerciseRuntimeGather},
 		{"RuntimeKeys", exerciseRuntimeKeys},
+		{"Buckets", exerciseBuckets},
+		{"Order", exerciseOrder},
 	} {
 		t.Run(area.name, func(t *testing.T) {
 			t.Parallel()

@@ -298,6 +298,23 @@ func TestConsole_Browser(t *testing.T) {
 	}
 	b.check("event pages")
 
+	// A raw event of text/html (raw=true): its body shows as text, with
+	// its Content-Type, and nothing in it runs.
+	const rawHTML = `<html><body><img src=x onerror=alert(4)><script>alert(5)</script>&lt;ok&gt;</body></html>`
+	var rawOut struct{ ID string }
+	if code := call(t, "POST", base+"/v1/event?raw=true&type=page.saved", rawHTML, &rawOut, append(auth, "Content-Type", "text/html; charset=utf-8")...); code != 202 {
+		t.Fatalf("post a raw text/html event: %d", code)
+	}
+	b.visit("#/events/" + rawOut.ID)
+	b.wait("the raw body as text", fmt.Sprintf(`(document.getElementById("payload")||{textContent:""}).textContent === %q && document.getElementById("raw-content-type").textContent === "text/html; charset=utf-8"`, rawHTML))
+	if js[bool](b, `!!document.querySelector("#main img, #main script, #payload *")`) {
+		t.Fatal("the raw text/html body became markup in the page")
+	}
+	if n := b.dialogs.Load(); n > 0 {
+		t.Fatalf("%d JavaScript dialogs opened: a raw body ran as script", n)
+	}
+	b.check("a raw event's page")
+
 	// Destinations: pause and resume, then a replay to a new destination
 	// of the events it missed.
 	b.visit("#/destinations/" + goodDst.ID)
@@ -337,8 +354,22 @@ func TestConsole_Browser(t *testing.T) {
 	if v := js[string](b, fmt.Sprintf(`document.querySelector('%s form.editing textarea[name=headers]').value`, sel)); !strings.Contains(v, `"…6789"`) || js[bool](b, shown) {
 		t.Fatalf("the edit form's headers: %q, want the value masked", v)
 	}
-	b.exec(fmt.Sprintf(`document.querySelector('%s form.editing input[name=description]').value = "orders service, edited"; document.querySelector('%s form.editing').requestSubmit()`, sel, sel))
+	// The same save sets a throttle: 100 a minute, a burst of 10.
+	b.exec(fmt.Sprintf(`(f => { f.querySelector('input[name=description]').value = "orders service, edited";
+		f.querySelector('input[name=rate_limit_rate]').value = "100"; f.querySelector('select[name=rate_limit_per]').value = "minute";
+		f.querySelector('input[name=rate_limit_burst]').value = "10"; f.requestSubmit() })(document.querySelector('%s form.editing'))`, sel))
 	b.wait("saved", fmt.Sprintf(`!document.querySelector('%s form.editing') && document.querySelector('%s summary').innerText.includes("edited")`, sel, sel))
+	var throttled struct {
+		RateLimit json.RawMessage `json:"rate_limit"`
+	}
+	if code := call(t, "GET", base+"/v1/destinations/"+goodDst.ID, nil, &throttled, auth...); code != 200 || string(throttled.RateLimit) != `{"rate":100,"per":"minute","burst":10}` {
+		t.Fatalf("after the edit form set a throttle: %d, rate_limit %s", code, throttled.RateLimit)
+	}
+	b.wait("the throttle shown", fmt.Sprintf(`document.querySelector('%s dd.throttle').textContent.startsWith("100 per minute, burst 10") && document.querySelector('%s .figures').innerText.includes("waiting on the throttle")`, sel, sel))
+	if code := call(t, "PATCH", base+"/v1/destinations/"+goodDst.ID, map[string]any{"rate_limit": 0}, nil, auth...); code != 200 {
+		t.Fatalf("remove the throttle: %d", code)
+	}
+	b.wait("no throttle shown", fmt.Sprintf(`document.querySelector('%s dd.throttle').textContent === "none"`, sel))
 	if s := secrets(); s.Secret != goodDst.Secret || s.Headers["Authorization"] != destAuth {
 		t.Fatalf("after the edit form was saved: %+v, want the secret and %q kept", s, destAuth)
 	}
@@ -433,7 +464,7 @@ func TestConsole_Browser(t *testing.T) {
 	b.exec(fmt.Sprintf(`document.querySelector('%s button.replay').click()`, sel))
 	b.wait("the replay form", fmt.Sprintf(`!!document.querySelector('%s form.replay-form')`, sel))
 	b.exec(fmt.Sprintf(`document.querySelector('%s form.replay-form button[type=submit]').click()`, sel))
-	b.wait("the count", `document.getElementById("confirm-dialog").open && document.getElementById("confirm-text").textContent.startsWith("4 stored events")`)
+	b.wait("the count", `document.getElementById("confirm-dialog").open && document.getElementById("confirm-text").textContent.startsWith("5 stored events")`)
 	b.exec(`document.getElementById("confirm-ok").click()`)
 	b.wait("the replay done", fmt.Sprintf(`!!document.querySelector('%s table.replays') && document.querySelector('%s table.replays').innerText.includes("done")`, sel, sel))
 	for _, id := range []string{paid, xss1, xss2, late} {

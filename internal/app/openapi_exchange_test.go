@@ -60,6 +60,8 @@ type openAPIClient struct {
 
 	mu   sync.Mutex
 	seen map[string]bool // "METHOD /path" of the operations answered
+	// contentType is the requests' when set, else application/json.
+	contentType string
 }
 
 // do sends a request (body is JSON-encoded unless a string) and decodes the
@@ -83,7 +85,11 @@ func (c *openAPIClient) do(method, path string, body, out any, bad bool) int {
 		c.t.Fatal(err)
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		ct := "application/json"
+		if c.contentType != "" {
+			ct = c.contentType
+		}
+		req.Header.Set("Content-Type", ct)
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -172,6 +178,18 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 		t.Fatalf("event: %d %+v", code, one)
 	}
 	c.do("GET", "/v1/events/nope", nil, nil, false)
+	// A raw event (raw=true): in as XML, shown with its raw body.
+	c.contentType = "application/xml"
+	var rawEv struct{ ID string }
+	if code := c.do("POST", "/v1/event?raw=true&type=note.raw", `<order id="1"/>`, &rawEv, false); code != 202 {
+		t.Fatalf("raw event: %d", code)
+	}
+	c.do("POST", "/v1/event?raw=true&type=fanout.x", `<order/>`, nil, true)
+	c.contentType = ""
+	if code := c.do("GET", "/v1/events/"+rawEv.ID, nil, &one, false); code != 200 || one.Raw == nil || one.Raw.Text != `<order id="1"/>` {
+		t.Fatalf("raw event: %d %+v", code, one.Raw)
+	}
+	c.do("POST", "/v1/match", map[string]any{"match": map[string]any{"a": 1}, "content_type": "application/xml", "type": "note.raw"}, nil, false)
 
 	c.do("GET", "/v1/destinations", nil, nil, false)
 	c.do("GET", "/v1/destinations/"+dst.ID, nil, nil, false)
@@ -212,6 +230,11 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("GET", "/v1/deliveries/"+dl.Deliveries[0].ID, nil, nil, false)
 	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/retry", nil, nil, false) // 409: not failed
 	c.do("POST", "/v1/deliveries/retry", map[string]any{"destination": dst.ID}, nil, false)
+	c.do("POST", "/v1/deliveries/"+dl.Deliveries[0].ID+"/skip", nil, nil, false) // 409: in no ordered key
+	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys", nil, nil, false)     // 409: no ordering yet
+	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"ordering": map[string]any{"key": "customer.id"}}, nil, false)
+	c.do("GET", "/v1/destinations/"+dst.ID+"/ordered-keys?blocked=true&limit=10", nil, nil, false)
+	c.do("PATCH", "/v1/destinations/"+dst.ID, map[string]any{"ordering": map[string]any{}}, nil, false)
 	c.do("GET", "/v1/stats", nil, nil, false)
 	c.do("GET", "/healthz", nil, nil, false)
 	c.do("GET", "/readyz", nil, nil, false)
@@ -221,6 +244,9 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("POST", "/v1/match", map[string]any{"filter": []string{"order.*"}, "match": map[string]any{"data.n": map[string]any{"$gte": 2}},
 		"event": map[string]any{"type": "order.paid", "data": map[string]any{"n": 1}}}, nil, false)
 	c.do("POST", "/v1/match", map[string]any{"match": map[string]any{"$bad": 1}, "event": map[string]any{}}, nil, false)
+	c.do("POST", "/v1/transform", map[string]any{"transform": "function handler(w) { w.method = 'PUT' }",
+		"event": map[string]any{"type": "order.paid"}}, nil, false)
+	c.do("POST", "/v1/transform", map[string]any{"transform": "function handler(w) {", "event": map[string]any{}}, nil, false)
 	var filtered struct{ ID string }
 	c.do("POST", "/v1/destinations", map[string]any{"url": recv.URL + "/filtered", "match": map[string]any{"n": map[string]any{"$gt": 1}}}, &filtered, false)
 	c.do("PATCH", "/v1/destinations/"+filtered.ID, map[string]any{"match": map[string]any{}}, nil, false)
@@ -261,6 +287,8 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	var tone service.EventView
 	c.do("GET", "/v1/tenants/acme/events/"+tev.ID, nil, &tone, false)
 	c.do("GET", "/v1/tenants/acme/events/"+ev.ID, nil, nil, false) // the default tenant's: 404
+	c.do("POST", "/v1/tenants/acme/transform", map[string]any{"transform": "function handler(w) { w.cancel = true }",
+		"event": map[string]any{}, "destination": tdst.ID}, nil, false)
 	c.do("POST", "/v1/tenants/acme/match", map[string]any{"match": map[string]any{"$tenant": "acme"}, "event": map[string]any{}}, nil, false)
 	c.do("GET", "/v1/tenants/acme/destinations", nil, nil, false)
 	c.do("GET", "/v1/tenants/acme/destinations/"+tdst.ID, nil, nil, false)
@@ -280,6 +308,8 @@ func TestOpenAPI_Exchanges(t *testing.T) {
 	c.do("GET", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID, nil, nil, false)
 	c.do("POST", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID+"/retry", nil, nil, false)
 	c.do("POST", "/v1/tenants/acme/deliveries/retry", map[string]any{"destination": tdst.ID}, nil, false)
+	c.do("POST", "/v1/tenants/acme/deliveries/"+tdl.Deliveries[0].ID+"/skip", nil, nil, false)
+	c.do("GET", "/v1/tenants/acme/destinations/"+tdst.ID+"/ordered-keys", nil, nil, false)
 	// The portal: a link, what its page reads, the event types, test-sends.
 	c.do("PUT", "/v1/tenants/acme", map[string]any{"portal_frame_ancestors": []string{"https://app.acme.example"}}, nil, false)
 	var link service.PortalLink

@@ -681,4 +681,22 @@ func TestRun_TenantEventState(t *testing.T) {
 			t.Fatalf("acme's history shows %q, want delivered", ev.State)
 		}
 	}
+	// A state filter selects by the state acme sees: the event is
+	// delivered for it, whatever the operator's destination is at.
+	for _, c := range []struct {
+		state string
+		want  bool
+	}{{"delivered", true}, {"delivering", false}, {"failed", false}, {"pending", false}} {
+		f.must(t, 200, f.tokens["acmeRead"], "GET", "/v1/events?state="+c.state, nil, &page)
+		found := false
+		for _, ev := range page.Events {
+			found = found || ev.ID == e.ID
+			if ev.State != c.state {
+				t.Errorf("state=%s lists an event acme sees %s", c.state, ev.State)
+			}
+		}
+		if found != c.want {
+			t.Errorf("state=%s: acme's history lists the event: %v, want %v", c.state, found, c.want)
+		}
+	}
 }

@@ -60,3 +60,43 @@ func handleDeliveryRetryMany(log *slog.Logger, svc *service.Service) http.Handle
 		return map[string]any{"retried": retried, "more": more}, err
 	})
 }
+
+// handleDeliverySkip dead-letters a waiting delivery of an ordered
+// destination, so that its key moves on.
+func handleDeliverySkip(log *slog.Logger, svc *service.Service) http.Handler {
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*service.DeliveryView, error) {
+		return svc.SkipDelivery(r.Context(), scope, r.PathValue("id"))
+	})
+}
+
+// handleOrderedKeys lists the keys of an ordered destination that have
+// deliveries to make; ?blocked=true those whose first delivery is failing.
+func handleOrderedKeys(log *slog.Logger, svc *service.Service) http.Handler {
+	type response struct {
+		Keys       []service.BlockedKeyView `json:"keys"`
+		NextCursor string                   `json:"next_cursor,omitempty"`
+	}
+	return scoped(log, svc, http.StatusOK, func(r *http.Request, scope service.Scope) (*response, error) {
+		q := r.URL.Query()
+		limit, err := queryLimit(q.Get("limit"), 100, 1000)
+		if err != nil {
+			return nil, err
+		}
+		blocked := false
+		switch q.Get("blocked") {
+		case "", "false":
+		case "true":
+			blocked = true
+		default:
+			return nil, badRequest("blocked must be true or false")
+		}
+		keys, next, err := svc.OrderedKeys(r.Context(), scope, r.PathValue("id"), blocked, q.Get("cursor"), limit)
+		if err != nil {
+			return nil, err
+		}
+		if keys == nil {
+			keys = []service.BlockedKeyView{}
+		}
+		return &response{Keys: keys, NextCursor: next}, nil
+	})
+}

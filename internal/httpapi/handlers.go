@@ -64,12 +64,15 @@ func Routes(log *slog.Logger, svc *service.Service, limits Limits) []route {
 		{"GET /v1/destinations/{id}/secret", service.RightViewSecret, handleDestinationSecret(log, svc), true},
 		{"POST /v1/destinations/{id}/replay", service.RightManage, handleReplayCreate(log, svc), true},
 		{"POST /v1/match", service.RightRead, handleMatchTest(log, svc), true},
+		{"POST /v1/transform", service.RightTransform, handleTransformTest(log, svc), true},
 		{"GET /v1/replays", service.RightRead, handleReplayList(log, svc), true},
 		{"GET /v1/replays/{id}", service.RightRead, handleReplayGet(log, svc), true},
 		{"GET /v1/deliveries", service.RightRead, handleDeliveryList(log, svc), true},
 		{"GET /v1/deliveries/{id}", service.RightRead, handleDeliveryGet(log, svc), true},
 		{"POST /v1/deliveries/{id}/retry", service.RightManage, handleDeliveryRetry(log, svc), true},
 		{"POST /v1/deliveries/retry", service.RightManage, handleDeliveryRetryMany(log, svc), true},
+		{"POST /v1/deliveries/{id}/skip", service.RightManage, handleDeliverySkip(log, svc), true},
+		{"GET /v1/destinations/{id}/ordered-keys", service.RightRead, handleOrderedKeys(log, svc), true},
 		{"GET /v1/stats", service.RightRead, handleStats(log, svc), false},
 		{"GET /v1/tenants", service.RightOperator, handleTenantList(log, svc), false},
 		{"GET /v1/tenants/{tenant}", service.RightOperator, handleTenantGet(log, svc), false},
@@ -152,10 +155,23 @@ func addRoutes(log *slog.Logger, auth *authenticator, mux *http.ServeMux, rs []r
 	}))
 }
 
-// handleEventPost accepts one event: a JSON object.
+// handleEventPost accepts one event: a JSON object, or with raw=true any
+// body, kept as it is with its Content-Type (api_raw.go).
 func handleEventPost(log *slog.Logger, svc *service.Service, limits Limits) http.Handler {
+	saveJSON := saveEvents(svc, decodeEvent)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ids, err := ingest(w, r, svc, limits, limits.MaxEventBytes, "--max-event-bytes", decodeEvent)
+		save := saveJSON
+		if r.URL.RawQuery != "" { // a JSON event's request has no query but a rare one: its path stays as it was
+			raw, err := rawRequested(r)
+			if err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			if raw != nil {
+				save = saveRaw(svc, raw)
+			}
+		}
+		ids, err := ingest(w, r, svc, limits, limits.MaxEventBytes, "--max-event-bytes", save)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -173,9 +189,13 @@ func handleBatchPost(log *slog.Logger, svc *service.Service, limits Limits) http
 	type response struct {
 		IDs []string `json:"ids"`
 	}
-	decode := func(body []byte) ([]json.RawMessage, error) { return decodeBatch(body, limits) }
+	save := saveEvents(svc, func(body []byte) ([]json.RawMessage, error) { return decodeBatch(body, limits) })
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ids, err := ingest(w, r, svc, limits, limits.MaxBatchBytes, "--max-batch-bytes", decode)
+		if r.URL.RawQuery != "" && r.URL.Query().Has("raw") {
+			writeError(w, r, log, badRequest("a batch is a JSON array of JSON events: send a raw event (raw=true) alone, to POST /v1/event"))
+			return
+		}
+		ids, err := ingest(w, r, svc, limits, limits.MaxBatchBytes, "--max-batch-bytes", save)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -185,13 +205,27 @@ func handleBatchPost(log *slog.Logger, svc *service.Service, limits Limits) http
 	})
 }
 
+// saver stores the events of a request's body under ctx, and returns their ids.
+type saver func(ctx context.Context, scope service.Scope, tenant string, body []byte, key string) ([]string, error)
+
+// saveEvents is the saver of JSON events: decode's, through svc.Ingest.
+func saveEvents(svc *service.Service, decode func([]byte) ([]json.RawMessage, error)) saver {
+	return func(ctx context.Context, scope service.Scope, tenant string, body []byte, key string) ([]string, error) {
+		events, err := decode(body)
+		if err != nil {
+			return nil, err
+		}
+		return svc.Ingest(ctx, scope, tenant, events, key)
+	}
+}
+
 // ingest reads a request's body, at most limit bytes (flag sets it),
 // decodes its events and stores them under the ingest timeout. A client
 // that hangs up does not cancel a commit under way: its events may be
 // stored, which is the at-least-once side of the bargain, never the lossy
 // one.
 func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits Limits, limit int64, flag string,
-	decode func([]byte) ([]json.RawMessage, error)) ([]string, error) {
+	save saver) ([]string, error) {
 	key, err := idempotencyKey(r)
 	if err != nil {
 		return nil, err
@@ -214,13 +248,9 @@ func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits
 	if err != nil {
 		return nil, err
 	}
-	events, err := decode(body)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limits.IngestTimeout)
 	defer cancel()
-	return svc.Ingest(ctx, scope, tenant, events, key)
+	return save(ctx, scope, tenant, body, key)
 }
 
 // decodeEvent checks a body of one event and returns the event: the JSON

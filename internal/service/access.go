@@ -30,12 +30,17 @@ const (
 	RightManage Right = "manage"
 	// RightViewSecret: a destination's secrets and header values, in full.
 	RightViewSecret Right = "view_secret"
+	// RightTransform: set or change a destination's transformation
+	// (JavaScript run on fanout's machine for each delivery), and test
+	// one (POST /v1/transform). An operator's by default: it grants it
+	// to a tenant's token.
+	RightTransform Right = "transform"
 	// RightOperator is no token's: tenants, tokens and portals.
 	RightOperator Right = "operator"
 )
 
 // Rights are the rights a token may be given, in the order they are shown.
-var Rights = []Right{RightIngest, RightRead, RightManage, RightViewSecret}
+var Rights = []Right{RightIngest, RightRead, RightManage, RightViewSecret, RightTransform}
 
 // Principal is who a request acts for.
 type Principal struct {
@@ -77,7 +82,7 @@ func (p *Principal) Scope() Scope {
 		return AllTenants()
 	}
 	s := Scope{all: p.AllTenants, tenant: p.Tenant, limited: true,
-		secrets: p.Has(RightViewSecret)}
+		secrets: p.Has(RightViewSecret), transform: p.Has(RightTransform)}
 	if p.AllTenants {
 		s.tenant = ""
 	}
@@ -95,12 +100,19 @@ type Scope struct {
 	// operator's, the service's own) may.
 	limited bool
 	secrets bool
+	// transform: a limited scope may set transformations only with
+	// RightTransform.
+	transform bool
 }
 
 // SeesSecrets reports whether the scope's principal may see secrets and
 // header values in full (view_secret): what a change it makes must not
 // hand to someone else (a new URL, a rotation's answer).
 func (s Scope) SeesSecrets() bool { return !s.limited || s.secrets }
+
+// MayTransform reports whether the scope's principal may set a
+// destination's transformation (RightTransform).
+func (s Scope) MayTransform() bool { return !s.limited || s.transform }
 
 // Limited reports whether the scope is a scoped token's.
 func (s Scope) Limited() bool { return s.limited }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"fanout/destination"
 	"fanout/destination/match"
+	"fanout/destination/transform"
 	"fanout/dispatch"
 	"fanout/webhook"
 )
@@ -36,7 +38,20 @@ type Message struct {
 	EventID       string          `json:"event_id,omitempty"`
 	DestinationID string          `json:"destination_id,omitempty"`
 	Event         json.RawMessage `json:"event,omitempty"`
+	// OrderKey is the event's key under its destination's ordering
+	// (destination.Ordering.OrderKey), "" without one. The runtime keeps
+	// it with the call (dispatch.Call.OrderKey), not in its input.
+	OrderKey string `json:"-"`
 }
+
+// DispatchOrderKey puts a delivery in its destination's sequence of its
+// key: the runtime runs the calls of one destination and order key one at
+// a time, in the order of their events' ids.
+func (m Message) DispatchOrderKey() string { return m.OrderKey }
+
+// OutOfOrderHeader marks a delivery of an ordered destination sent outside
+// its key's order: a re-drive or a replay, its key having moved on.
+const OutOfOrderHeader = "fanout-out-of-order"
 
 // DispatchKey keys a delivery by its destination: the runtime's limits,
 // pauses and breaker apply per destination.
@@ -120,12 +135,14 @@ type functions struct {
 	// tenantOf is the tenant of an event's key (Service sets it): ok is
 	// false for a tenant deleted since.
 	tenantOf func(ctx context.Context, key string) (tenant string, ok bool, err error)
+	// transforms runs destinations' transformations (transform.go).
+	transforms *transform.Engine
 }
 
 // NewFunctions returns the two functions over the destinations and the
 // client that sends to them; tracing is nil when traces are off.
 func NewFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time, tracing *Tracing) *functions {
-	fns := &functions{tracing: tracing}
+	fns := &functions{tracing: tracing, transforms: transform.NewEngine(transform.Limits{})}
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
 		info, _ := dispatch.CallFromContext(ctx)
 		if m.DestinationID == "" {
@@ -153,12 +170,35 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 			}
 			body = bytes.Trim(in, " \t\r\n")
 		}
-		header, traced := d.Header(), func(int, error) {}
+		stored := body
+		body, contentType, err := deliveryBody(body) // a raw event's bytes and type (rawbody.go)
+		if err != nil {
+			return Delivery{}, fmt.Errorf("%w: %v", dispatch.ErrPermanent, err)
+		}
+		req := &webhook.Request{URL: d.URL, ID: id, Body: body, ContentType: contentType,
+			Header: d.Header(), Keys: d.Keys(now())}
+		if d.Transform != "" {
+			cancelled, err := fns.transform(ctx, d, req, EventFields(stored).Type) // transform.go
+			if err != nil {
+				return Delivery{}, err // a failed attempt, retried
+			}
+			if cancelled != nil {
+				return *cancelled, nil // done, and nothing sent
+			}
+		}
+		header, traced := req.Header, func(int, error) {}
+		if info.OutOfOrder {
+			// after the transformation: it cannot take the mark away
+			if header == nil {
+				header = make(http.Header, 1)
+			}
+			header.Set(OutOfOrderHeader, "true")
+		}
 		if fns.tracing != nil {
 			header, traced = fns.tracing.startSend(ctx, d, header) // the request's span, and its traceparent
 		}
-		res, err := client.Send(ctx, &webhook.Request{URL: d.URL, ID: id, Body: body,
-			Header: header, Keys: d.Keys(now())})
+		req.Header = header
+		res, err := client.Send(ctx, req)
 		traced(answered(res), err)
 		if webhook.IsStatus(err, 410) {
 			dests.Gone(d.ID, "the destination answered 410 Gone at "+now().UTC().Format(time.RFC3339)+
@@ -178,7 +218,7 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		if err != nil {
 			return Fanout{}, err // the store failed: try again, never route to fewer
 		}
-		matching := dests.Matching(tenant, eventType, event, match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
+		matching := dests.Matching(tenant, eventType, filterPayload(event), match.Envelope{Type: eventType, Tenant: tenant, Time: info.CreatedAt})
 		if only, ok := testTarget(info.Meta); ok {
 			matching = testDestination(dests, tenant, only) // a test-send: that one alone (portal.go)
 		} else if isNotice(eventType) {
@@ -187,6 +227,9 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		messages := make([]Message, len(matching))
 		for i, d := range matching {
 			messages[i] = Message{DestinationID: d.ID} // the event is this call's input: see Message
+			if d.Ordering != nil {
+				messages[i].OrderKey = d.Ordering.OrderKey(event, eventType, tenant)
+			}
 		}
 		deliveries, err := publishEvent.Gather(ctx, messages)
 		if err != nil {
@@ -224,6 +267,9 @@ type fields struct {
 // object once per key, 3.5x the time for a 200-byte event).
 func EventFields(event json.RawMessage) fields {
 	var f fields
+	if isRaw(event) {
+		return fields{Type: rawType(event)} // no id: its Idempotency-Key drops a repeat
+	}
 	var haveType, haveID bool
 	// gjson reads the event in place; what is kept of it is cloned.
 	gjson.Parse(unsafe.String(unsafe.SliceData(event), len(event))).ForEach(func(k, v gjson.Result) bool {

@@ -110,6 +110,20 @@ var eventStatesByName = map[string][]dispatch.State{
 	"failed":     {dispatch.StateFailed},
 }
 
+// scopedStatesByName are the runtime states an event may be in when a
+// tenant sees it in each state (scopedState): its own deliveries may have
+// ended while the operator's all-tenant destinations are still at work
+// (waiting), or failed there (failed). A tenant's state filter scans
+// these and keeps the events whose state, as it sees it, is the one asked:
+// scanning by the event's own state would list events the operator's
+// destination failed as failed, and tell a tenant of them.
+var scopedStatesByName = map[string][]dispatch.State{
+	"pending":    {dispatch.StatePending, dispatch.StateRunning},
+	"delivering": {dispatch.StateWaiting},
+	"delivered":  {dispatch.StateWaiting, dispatch.StateDone, dispatch.StateFailed},
+	"failed":     {dispatch.StateWaiting, dispatch.StateFailed},
+}
+
 // typeFilter parses a comma-separated list of event types (exact, or
 // "prefix.*"; "*" is any) into tags and tag prefixes; any is true for "*".
 func typeFilter(s string) (tags, prefixes []string, anyType bool, err error) {
@@ -209,6 +223,9 @@ func (s *Service) scanParams(ctx context.Context, scope Scope, f EventFilter) (*
 			return nil, Invalid("state must be pending, delivering, delivered or failed, not %q", f.State)
 		}
 		p.States = states
+		if !scope.All() {
+			p.States = scopedStatesByName[f.State] // Events keeps those in f.State as the tenant sees it
+		}
 	}
 	if f.Destination != "" {
 		if _, err := s.Destination(scope, f.Destination); err != nil {
@@ -309,6 +326,9 @@ func (s *Service) Events(ctx context.Context, scope Scope, f EventFilter, cursor
 					return nil, err
 				}
 				e.State = scopedState(e.State, e.Deliveries)
+				if f.State != "" && e.State != f.State {
+					continue // in the state asked for the operator's destinations only
+				}
 			}
 			page.Events = append(page.Events, e)
 		}

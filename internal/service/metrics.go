@@ -294,6 +294,11 @@ var (
 		"Failed attempts in a row to a destination (the circuit breaker's count).", []string{"destination"}, nil)
 	descPaused = prometheus.NewDesc("fanout_destination_paused",
 		"1 if a destination's deliveries are held back (disabled, paused, or its breaker open).", []string{"destination"}, nil)
+	descThrottled = prometheus.NewDesc("fanout_destination_throttled",
+		"Deliveries to a destination waiting on its throttle (rate_limit): its backlog while this process found the throttle spent in the last 5 seconds, else 0.",
+		[]string{"destination"}, nil)
+	descThrottleRate = prometheus.NewDesc("fanout_destination_throttle_rate",
+		"A destination's throttle in deliveries per second, for every replica together on PostgreSQL (0: none).", []string{"destination"}, nil)
 	descReady = prometheus.NewDesc("fanout_ready",
 		"1 if this process is ready for traffic (/readyz answers 200), else 0.", nil, nil)
 )
@@ -301,7 +306,7 @@ var (
 func (c *fanoutCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAccepted, descAttempts, descClaimed, descLeased, descLocal, descRows, descCommits, descOps,
 		descReplays, descConnWaits, descFromMemory, descStoreUp, descBacklog, descBacklogAge, descInFlight, descLimit,
-		descFailures, descPaused, descReady} {
+		descFailures, descPaused, descReady, descThrottled, descThrottleRate} {
 		ch <- d
 	}
 }
@@ -368,6 +373,10 @@ func (c *fanoutCollector) Collect(ch chan<- prometheus.Metric) {
 			paused = 1
 		}
 		gauge(descPaused, paused, d.ID)
+		gauge(descThrottleRate, d.RateLimit.PerSecond(), d.ID)
+		if !at.IsZero() {
+			gauge(descThrottled, float64(throttleWaiting(d, ks, pending[d.ID], now)), d.ID)
+		}
 	}
 	c.m.forget(func(id string) bool { return exists[id] })
 }

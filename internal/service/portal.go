@@ -82,6 +82,10 @@ type PortalInput struct {
 	Access string `json:"access"`
 	// ExpiresIn is the link's life, "1h" by default, at most 24h.
 	ExpiresIn string `json:"expires_in"`
+	// Transform, on a "manage" portal, lets the tenant edit its
+	// destinations' transformations (RightTransform); without it the
+	// portal shows them read-only.
+	Transform bool `json:"transform"`
 }
 
 // PortalLink is a portal's URL, shown once: the token is in its fragment.
@@ -117,6 +121,12 @@ func (s *Service) CreatePortal(ctx context.Context, tenant string, in *PortalInp
 		}
 		life = d
 	}
+	if in.Transform {
+		if len(rights) == 1 {
+			return nil, Invalid("transform is for a manage portal: a read one changes nothing")
+		}
+		rights = append(rights, RightTransform)
+	}
 	if err := ValidTenantID(tenant); err != nil {
 		return nil, NotFound("no tenant with id %q", tenant)
 	}
@@ -125,7 +135,7 @@ func (s *Service) CreatePortal(ctx context.Context, tenant string, in *PortalInp
 		base = fallbackBase
 	}
 	access := PortalManage
-	if len(rights) == 1 {
+	if !slices.Contains(rights, RightManage) {
 		access = PortalRead
 	}
 	tok, err := s.MintToken(ctx, &TokenInput{Name: "portal (" + access + ")", Rights: rights, Tenant: tenant,

@@ -223,7 +223,8 @@ func (s *Service) replayEnvelope(ctx context.Context, d *destination.Destination
 	return env
 }
 
-// payloadOf returns a function that reads an event's payload when asked:
+// payloadOf returns a function that reads an event's payload when asked
+// (none of a raw event: filterPayload):
 // a replay reads none but those of operational events, which routing needs.
 func (s *Service) payloadOf(ctx context.Context, id string) func() ([]byte, bool) {
 	return func() ([]byte, bool) {
@@ -231,7 +232,7 @@ func (s *Service) payloadOf(ctx context.Context, id string) func() ([]byte, bool
 		if err != nil {
 			return nil, false
 		}
-		return c.Input, true
+		return filterPayload(c.Input), true
 	}
 }
 
@@ -301,6 +302,8 @@ func (s *Service) replayPage(ctx context.Context, job replayJob) (ReplayCount, e
 			return ReplayCount{}, err
 		}
 		child.ParentID, child.Tag = c.Call.ID, tag
+		// A replay comes after its key's order moved on: out of it, marked.
+		child.OutOfOrder = d.Ordering != nil
 		children = append(children, child)
 		events = append(events, c.Call.ID)
 	}

@@ -14,10 +14,16 @@ import (
 
 // EventView is an event and the state of its deliveries.
 type EventView struct {
-	ID         string          `json:"id"`
-	State      string          `json:"state"`
-	ReceivedAt time.Time       `json:"received_at"`
-	Error      string          `json:"error,omitempty"`
+	ID         string    `json:"id"`
+	State      string    `json:"state"`
+	ReceivedAt time.Time `json:"received_at"`
+	Error      string    `json:"error,omitempty"`
+	// Type is the type the event was routed by; Raw is the body of a raw
+	// event (rawbody.go), whose Event is null. Both come before Event: the
+	// console finds a JSON event's own text between "event" and
+	// "deliveries" when it is too deep for the browser's JSON.stringify.
+	Type       string          `json:"type,omitempty"`
+	Raw        *RawBody        `json:"raw,omitempty"`
 	Event      json.RawMessage `json:"event"`
 	Deliveries []DeliveryView  `json:"deliveries"`
 }
@@ -39,6 +45,13 @@ type DeliveryView struct {
 	History       []attemptView `json:"attempt_history,omitempty"`
 	// Replay is the replay job that created the delivery, if one did.
 	Replay string `json:"replay,omitempty"`
+	// OrderKey is the delivery's key, when its destination has an
+	// ordering (see BlockedKeyView.Key); Queued says that it waits for the
+	// deliveries before it of that key; OutOfOrder that it is sent outside
+	// that order (re-driven or replayed).
+	OrderKey   json.RawMessage `json:"order_key,omitempty"`
+	Queued     bool            `json:"queued,omitempty"`
+	OutOfOrder bool            `json:"out_of_order,omitempty"`
 }
 
 // attemptView is one attempt of a delivery.
@@ -95,8 +108,12 @@ func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
 	if job, ok := strings.CutPrefix(c.Tag, "replay:"); ok {
 		v.Replay = job
 	}
+	v.OrderKey, v.Queued, v.OutOfOrder = orderKeyJSON(c.OrderKey), c.Queued(), c.OutOfOrder
 	switch c.State {
 	case dispatch.StatePending:
+		if v.Queued {
+			break // no time of its own: when the deliveries before it are done
+		}
 		at := c.RunAfter
 		v.NextAttemptAt = &at
 	case dispatch.StateDone:
@@ -104,6 +121,10 @@ func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
 		v.DeliveredAt = &at
 		if out, ok := deliveryOutput(c); ok {
 			v.LastStatus = out.StatusCode
+			if out.Cancelled != "" {
+				// Its transformation cancelled it: done, nothing sent.
+				v.State, v.LastError, v.DeliveredAt = "cancelled", out.Cancelled, nil
+			}
 		}
 	}
 	return v
@@ -132,7 +153,10 @@ func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView
 		return nil, err
 	}
 	v := &EventView{ID: c.ID, State: eventState(c.State), ReceivedAt: c.CreatedAt, Event: json.RawMessage(c.Input),
-		Deliveries: make([]DeliveryView, 0, len(children))}
+		Type: c.Tag, Deliveries: make([]DeliveryView, 0, len(children))}
+	if raw := rawView(c.Input); raw != nil {
+		v.Event, v.Raw = nil, raw
+	}
 	if c.State == dispatch.StateFailed {
 		v.Error = c.Error
 	}
@@ -144,7 +168,7 @@ func (s *Service) Event(ctx context.Context, scope Scope, id string) (*EventView
 			switch dv.State {
 			case "failed":
 				n.Failed++
-			case "delivered":
+			case "delivered", "cancelled":
 				n.Delivered++
 			default:
 				n.Pending++
@@ -298,9 +322,13 @@ func (s *Service) Delivery(ctx context.Context, scope Scope, id string) (*Delive
 	}
 	// A success is recorded in the call itself, not as an attempt.
 	if out, ok := deliveryOutput(c); ok {
-		detail, _ := json.Marshal(webhook.AttemptDetail{StatusCode: out.StatusCode, Excerpt: out.Excerpt})
+		var detail []byte
+		if out.Cancelled == "" {
+			detail, _ = json.Marshal(webhook.AttemptDetail{StatusCode: out.StatusCode, Excerpt: out.Excerpt})
+		}
 		v.History = append(v.History, attemptView{Attempt: c.Attempt, StartedAt: c.UpdatedAt.Add(-out.Duration),
-			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode, Detail: detail})
+			DurationMS: float64(out.Duration.Microseconds()) / 1000, Status: out.StatusCode, Detail: detail,
+			Error: out.Cancelled})
 	}
 	return &v, nil
 }

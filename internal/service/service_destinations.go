@@ -9,6 +9,7 @@ import (
 
 	"fanout/destination"
 	"fanout/destination/match"
+	"fanout/destination/transform"
 	"fanout/webhook"
 )
 
@@ -21,16 +22,21 @@ type DestinationInput struct {
 	Enabled     *bool     `json:"enabled"`
 	Filter      *[]string `json:"filter"`
 	// Match is a payload filter; {} removes it.
-	Match          *json.RawMessage           `json:"match"`
+	Match *json.RawMessage `json:"match"`
+	// Ordering delivers the events of one key in order; {} removes it.
+	Ordering       *destination.Ordering      `json:"ordering"`
 	Secret         *string                    `json:"secret"`
 	MaxConcurrency *int                       `json:"max_concurrency"`
-	RateLimit      *float64                   `json:"rate_limit"`
+	RateLimit      *destination.Throttle      `json:"rate_limit"`
 	Headers        *map[string]string         `json:"headers"`
 	Retry          *destination.RetrySettings `json:"retry"`
 	Paused         *bool                      `json:"paused"`
 	// AllTenants, at creation only: the operator's destination of every
 	// tenant's events.
 	AllTenants *bool `json:"all_tenants"`
+	// Transform is a transformation's source; "" removes it. Setting or
+	// changing it needs RightTransform.
+	Transform *string `json:"transform"`
 	// compiled is Match, compiled by check.
 	compiled *match.Filter
 }
@@ -45,6 +51,11 @@ func (in *DestinationInput) check() error {
 			return Invalid("match: %v", err)
 		}
 		in.compiled = f
+	}
+	if in.Transform != nil && *in.Transform != "" {
+		if _, err := transform.Compile(*in.Transform); err != nil {
+			return Invalid("transform: %v", err)
+		}
 	}
 	if in.MaxConcurrency != nil && *in.MaxConcurrency < 1 {
 		return Invalid("max_concurrency must be between 1 and %d; leave it out for the default (%d)",
@@ -63,6 +74,7 @@ func (in *DestinationInput) apply(d *destination.Destination) {
 	}
 	set(&d.Enabled, in.Enabled)
 	set(&d.Filter, in.Filter)
+	set(&d.Transform, in.Transform)
 	if in.compiled != nil {
 		d.Match = in.compiled
 		if d.Match.String() == "{}" {
@@ -73,6 +85,13 @@ func (in *DestinationInput) apply(d *destination.Destination) {
 		// A form that showed the masked secret posts back its mask:
 		// that keeps the secret.
 		d.Secret = destination.UnmaskSecret(*in.Secret, d.Secret)
+	}
+	if in.Ordering != nil {
+		d.Ordering = nil // {}: none
+		if *in.Ordering != (destination.Ordering{}) {
+			o := *in.Ordering
+			d.Ordering = &o
+		}
 	}
 	set(&d.MaxConcurrency, in.MaxConcurrency)
 	set(&d.RateLimit, in.RateLimit)
@@ -178,6 +197,9 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 	if err := in.check(); err != nil {
 		return nil, err
 	}
+	if in.Transform != nil && *in.Transform != "" && !scope.MayTransform() {
+		return nil, noTransformRight()
+	}
 	d := &destination.Destination{Enabled: true, Tenant: tenant}
 	if in.AllTenants != nil && *in.AllTenants {
 		if !scope.All() {
@@ -224,6 +246,9 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 		if !scope.Allows(d.Owner()) {
 			return destination.ErrNotFound
 		}
+		if in.Transform != nil && *in.Transform != d.Transform && !scope.MayTransform() {
+			return errNoTransformRight // the same program sent back by a form is no change
+		}
 		oldURL, oldHeaders := d.URL, d.Headers
 		in.apply(d)
 		if !scope.SeesSecrets() && keepsHeadersForNewHost(oldURL, d.URL, oldHeaders, d.Headers) {
@@ -231,6 +256,9 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 		}
 		return nil
 	})
+	if errors.Is(err, errNoTransformRight) {
+		return nil, noTransformRight()
+	}
 	if errors.Is(err, errHeadersToNewHost) {
 		return nil, Forbidden("a new url (another host) would receive this destination's header values, which this token may not see: " +
 			"send headers again along with the url (their values, or {} for none), or use a token with view_secret")

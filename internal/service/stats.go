@@ -174,6 +174,9 @@ type destinationStat struct {
 	Limit        float64    `json:"concurrency_limit"`
 	MaxLimit     int        `json:"max_concurrency"`
 	Failures     int        `json:"failures_in_a_row"`
+	// Throttled is how many of its deliveries wait on its throttle
+	// (rate_limit): see throttleWaiting.
+	Throttled int64 `json:"throttled"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -199,7 +202,8 @@ func (s *Service) Stats(now time.Time) *StatsView {
 	for _, d := range s.Dests.List() {
 		ks := s.rt.KeyStatus(d.ID)
 		ds := destinationStat{ID: d.ID, URL: d.URL, Description: d.Description, State: "active", Reason: d.Reason,
-			Backlog: pending[d.ID], InFlight: ks.InFlight, Limit: ks.Limit, MaxLimit: d.MaxConcurrency, Failures: ks.Failures}
+			Backlog: pending[d.ID], InFlight: ks.InFlight, Limit: ks.Limit, MaxLimit: d.MaxConcurrency, Failures: ks.Failures,
+			Throttled: throttleWaiting(d, ks, pending[d.ID], now)}
 		switch {
 		case !d.Enabled:
 			ds.State = "disabled"

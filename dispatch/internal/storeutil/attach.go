@@ -48,7 +48,7 @@ func AttachRows(calls []*dispatch.Call, kept []int, parent string, gather int, m
 	rows := make([]*dispatch.Call, len(kept))
 	for j, i := range kept {
 		c := calls[i]
-		rows[j] = &dispatch.Call{ID: dispatch.ChildID(parent, gather, j), Function: c.Function, Key: c.Key,
+		rows[j] = &dispatch.Call{ID: dispatch.ChildID(parent, gather, j), Function: c.Function, Key: c.Key, OutOfOrder: c.OutOfOrder,
 			Input: c.Input, Tag: c.Tag, Meta: meta, ParentID: parent, Gather: gather, Index: j, RunAfter: now,
 			BudgetStart: now, CreatedAt: now, UpdatedAt: now}
 	}

@@ -594,6 +594,7 @@
         lastState = ev.state;
         clear(head);
         clear(body);
+        if (ev.raw) { rawEventBody(ev, head, body); for (const d of ev.deliveries) body.append(await deliveryPanel(d)); return; }
         const compact = stringify(ev.event);
         const raw = compact === null ? rawEvent(text) : compact;
         const deep = compact === null;
@@ -625,8 +626,36 @@
     };
   }
 
-  function download(name, text) {
-    const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  // rawEventBody shows a raw event (sent with raw=true): its body as text
+  // (textContent: markup in it is shown, never run), or, when its bytes
+  // are not UTF-8, a note and a download of them.
+  function rawEventBody(ev, head, body) {
+    const raw = ev.raw;
+    head.append(el("h1", {}, "Event ", el("span", { class: "id", text: ev.id }), copyButton(ev.id)),
+      el("dl", { class: "facts" },
+        el("dt", { text: "State" }), el("dd", {}, badge(ev.state)),
+        el("dt", { text: "Type" }), el("dd", { class: "mono", text: ev.type || "—" }),
+        el("dt", { text: "Content-Type" }), el("dd", { class: "mono", id: "raw-content-type", text: raw.content_type }),
+        el("dt", { text: "Received" }), el("dd", {}, timeEl(ev.received_at, true)),
+        el("dt", { text: "Size" }), el("dd", { text: fmtBytes(raw.size) }),
+        ev.error ? el("dt", { text: "Error" }) : null, ev.error ? el("dd", { class: "error", text: ev.error }) : null));
+    const binary = raw.text === undefined || raw.text === "";
+    const bytes = () => binary ? Uint8Array.from(atob(raw.base64 || ""), (c) => c.charCodeAt(0)) : raw.text;
+    const pre = el("pre", { class: "payload", id: "payload" });
+    if (binary) pre.textContent = "Binary body (not UTF-8 text), " + fmtBytes(raw.size) + ": download it to see it.";
+    else pre.textContent = raw.text.length > LARGE ? raw.text.slice(0, LARGE) + "\n… (truncated: download it whole)" : raw.text;
+    body.append(el("div", { class: "spread" }, el("h2", { text: "Body" }), el("div", { class: "actions" },
+      binary ? null : copyButton(raw.text, "Copy"),
+      el("button", { type: "button", class: "secondary", text: "Download", onclick: () => download(ev.id + ".bin", bytes(), "application/octet-stream") }))),
+    el("p", { class: "muted small", text: "A raw event: delivered byte for byte with its Content-Type. Payload filters see no fields of it, only its type, tenant and time." }),
+    pre);
+    body.append(el("h2", { text: "Deliveries" }));
+    if (!ev.deliveries.length) body.append(el("p", { class: "muted", text: "No destination wanted this event when it arrived. A replay to a destination sends it." }));
+  }
+
+  function download(name, text, type) {
+    // A download, never a page: a raw body of text/html stays a file.
+    const url = URL.createObjectURL(new Blob([text], { type: type || "application/json" }));
     const a = el("a", { download: name });
     a.href = url; // a blob: URL of our own making
     document.body.append(a);
@@ -651,6 +680,7 @@
     }) : null;
     panel.append(el("div", { class: "spread" },
       el("div", { class: "row" }, destLink(d.destination_id), badge(d.state), d.replay ? badge("replay", "replayed") : null,
+        full.out_of_order ? badge("replay", "out of order") : null,
         el("span", { class: "muted small", text: `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` })),
       retry));
     const steps = el("ol", { class: "timeline" });
@@ -666,6 +696,7 @@
         excerpt ? el("pre", { class: "excerpt", text: excerpt }) : null));
     }
     if (d.state === "pending" && d.next_attempt_at) steps.append(el("li", { class: "wait" }, "Next attempt ", timeEl(d.next_attempt_at, true)));
+    if (d.state === "pending" && full.queued) steps.append(el("li", { class: "wait" }, "Waiting for the deliveries before it of key ", el("span", { class: "mono", text: JSON.stringify(full.order_key) })));
     if (d.state === "delivered") steps.append(el("li", { class: "ok" }, "Delivered ", timeEl(d.delivered_at)));
     if (d.state === "failed") steps.append(el("li", { class: "bad" }, "Failed for good: a dead letter. ", d.last_error ? el("span", { class: "error small", text: d.last_error }) : null));
     panel.append(steps);
@@ -768,6 +799,61 @@
     };
   }
 
+  // transformEditor is the "Transformation" field of a destination's
+  // form: the program, an example event, and a live preview of the
+  // request the program makes of it (POST /v1/transform, as you type).
+  function transformEditor(d) {
+    const initial = (d && d.transform) || "";
+    const area = el("textarea", { name: "transform", class: "match transform", spellcheck: "false", rows: "10",
+      placeholder: "function handler(webhook) {\n  webhook.headers[\"X-Type\"] = webhook.event.type;\n  return webhook;\n}" }, initial);
+    const error = el("div", { class: "error small transform-error", role: "alert" });
+    const example = el("textarea", { name: "transform-example", class: "example", spellcheck: "false" }, EXAMPLE_EVENT);
+    const preview = el("div", { class: "transform-preview", "aria-live": "polite" });
+    let timer = null, seq = 0;
+    async function run() {
+      const mine = ++seq;
+      const src = area.value.trim();
+      if (!src) { clear(preview); preview.append(el("span", { class: "muted", text: "No transformation: events are sent as they came." })); return; }
+      let ev;
+      try { ev = JSON.parse(example.value); } catch (e) { clear(preview); preview.append(el("div", { class: "error small", text: "The example is not JSON: " + e.message })); return; }
+      try {
+        const r = await api("POST", "/v1/transform", { transform: area.value, event: ev, destination: d ? d.id : undefined });
+        if (mine !== seq) return; // a later keystroke's answer wins
+        clear(preview);
+        if (!r.ok) {
+          preview.append(el("div", { class: "error small preview-error", text: (r.timeout ? "Timed out: " : "Error: ") + r.error }));
+        } else if (r.cancelled) {
+          preview.append(el("strong", { class: "no-match preview-cancelled", text: "cancelled" + (r.reason ? ": " + r.reason : "") }));
+        } else {
+          const hs = Object.entries(r.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+          preview.append(el("pre", { class: "mono preview-request", text: `${r.method} ${r.url}\n${hs}${hs ? "\n" : ""}\n${r.body === undefined ? "" : stringify(r.body, 2)}` }));
+        }
+        preview.append(el("div", { class: "muted small", text: `ran in ${r.duration_ms} ms; nothing was sent` }));
+      } catch (e) {
+        if (mine !== seq) return;
+        clear(preview);
+        preview.append(el("div", { class: "error small", text: failMessage(e) }));
+      }
+    }
+    const later = () => { clearTimeout(timer); timer = setTimeout(run, 300); };
+    area.addEventListener("input", later);
+    example.addEventListener("input", later);
+    const panel = el("details", { class: "transform-test" }, el("summary", { text: "Live preview on an example event" }),
+      el("label", {}, "Example event (JSON)", example), preview);
+    panel.addEventListener("toggle", () => { if (panel.open) run(); });
+    return {
+      node: el("div", { class: "wide transform-editor" },
+        el("label", {}, "Transformation (JavaScript: function handler(webhook) { ... }; empty: none)", area), error, panel),
+      changed() { return area.value.trim() !== initial.trim(); },
+      value() { return area.value.trim() ? area.value : ""; },
+      fail(e) {
+        if (!(e instanceof APIError && (e.status === 400 || e.status === 403) && /\btransform/.test(e.message))) return false;
+        error.textContent = e.message;
+        return true;
+      },
+    };
+  }
+
   pages.destinations = function (parts) {
     const focus = parts[0] || "";
     state.revealed.clear();
@@ -839,6 +925,20 @@
     return String(v || "").split(",").map((s) => s.trim()).filter(Boolean);
   }
 
+  // throttleOf reads rate_limit, a number per second or {rate, per, burst}.
+  function throttleOf(d) {
+    const r = d.rate_limit;
+    if (!r) return null;
+    if (typeof r === "number") return { rate: r, per: "second", burst: 0 };
+    return { rate: r.rate, per: r.per || "second", burst: r.burst || 0 };
+  }
+
+  function throttleText(d) {
+    const t = throttleOf(d);
+    if (!t) return "none";
+    return `${t.rate} per ${t.per}, ` + (t.burst ? `burst ${t.burst}` : "burst of one second's worth") + " (all replicas together on PostgreSQL)";
+  }
+
   function destinationPanel(d, h, replays, open) {
     const stateName = !d.enabled ? "disabled" : d.paused ? "paused" : h && h.state === "breaker" ? "breaker" : "active";
     const panel = el("details", { class: "panel destination", "data-id": d.id, open: open.has(d.id) });
@@ -850,6 +950,7 @@
       `backlog ${h ? fmtNum(h.backlog, 0) : "—"}`, " · ",
       `in flight ${h ? h.in_flight : "—"} / limit ${h ? fmtNum(h.concurrency_limit, 0) : "—"} (max ${d.max_concurrency})`, " · ",
       `failures in a row ${h ? h.failures_in_a_row : "—"}`,
+      throttleOf(d) ? el("span", { class: "throttled" }, ` · waiting on the throttle ${h ? fmtNum(h.throttled, 0) : "—"}`) : null,
       d.circuit_open_until ? el("span", {}, " · breaker open until ", timeEl(d.circuit_open_until)) : null);
     panel.append(figs);
     if (d.reason) panel.append(el("div", { class: "banner warn", text: d.reason }));
@@ -908,6 +1009,7 @@
       }));
     panel.append(actions);
     panel.append(el("div", { class: "slot" }));
+    if (d.ordering) panel.append(blockedKeys(d, panel));
 
     if (replays.length) {
       panel.append(el("h3", { text: "Replays" }), el("div", { class: "scroll" }, el("table", { class: "replays" },
@@ -922,6 +1024,37 @@
           el("td", { class: "num", text: fmtNum(r.skipped, 0) })))))));
     }
     return panel;
+  }
+
+  // blockedKeys is the list of an ordered destination's blocked keys:
+  // those whose first delivery keeps failing, holding back the deliveries
+  // behind it. Each can be skipped (dead-lettered) so that its key moves on.
+  function blockedKeys(d, panel) {
+    const box = el("div", { class: "blocked-keys" }, el("h3", { text: "Blocked keys" }), el("p", { class: "muted small", text: "loading…" }));
+    const path = "/v1/destinations/" + encodeURIComponent(d.id);
+    api("GET", path + "/ordered-keys?blocked=true&limit=50").then((r) => {
+      const keys = r.keys || [];
+      const body = keys.length ? el("div", { class: "scroll" }, el("table", { class: "blocked" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Key" }), el("th", { text: "Head event" }), el("th", { class: "num", text: "Attempts" }),
+          el("th", { text: "Last error" }), el("th", { text: "Next attempt" }), el("th", { class: "num", text: "Waiting" }), el("th", {}))),
+        el("tbody", {}, keys.map((k) => el("tr", { "data-key": JSON.stringify(k.key) },
+          el("td", { class: "mono", text: JSON.stringify(k.key) }),
+          el("td", {}, el("a", { class: "mono", href: "#/events/" + encodeURIComponent(k.head.event_id), text: k.head.event_id })),
+          el("td", { class: "num", text: fmtNum(k.head.attempts, 0) }),
+          el("td", { class: "error small", text: k.head.last_error || "" }),
+          el("td", {}, k.head.next_attempt_at ? timeEl(k.head.next_attempt_at) : "now"),
+          el("td", { class: "num", text: fmtNum(k.queued, 0) }),
+          el("td", {}, el("button", {
+            type: "button", class: "secondary skip", text: "Skip",
+            title: "dead-letter this delivery so that the key moves on (it can be retried later, out of order)",
+            onclick: async (ev) => {
+              ev.target.disabled = true;
+              try { await api("POST", "/v1/deliveries/" + encodeURIComponent(k.head.id) + "/skip"); toast("Skipped: the key moves on"); refresh(true); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+            },
+          }))))))) : el("p", { class: "muted small", text: "None: every key's deliveries are going through." });
+      box.replaceChildren(box.firstChild, body);
+    }).catch((e) => box.replaceChildren(box.firstChild, el("p", { class: "error small", text: failMessage(e) })));
+    return box;
   }
 
   // livePanel is the destination's panel in the page now: the live
@@ -976,9 +1109,11 @@
       el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
       el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
       el("dt", { text: "Payload filter" }), el("dd", { class: "match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none" })),
+      el("dt", { text: "Transformation" }), el("dd", { class: "transform" }, d.transform ? el("pre", { class: "match transform-source", text: d.transform }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
-      el("dt", { text: "Rate limit" }), el("dd", { text: d.rate_limit ? `${d.rate_limit}/s` : "none" }),
+      el("dt", { text: "Throttle" }), el("dd", { class: "throttle", text: throttleText(d) }),
+      el("dt", { text: "Ordering" }), el("dd", { class: d.ordering ? "mono" : "", text: d.ordering ? "one at a time per " + d.ordering.key : "none" }),
       el("dt", { text: "Retry" }), el("dd", { class: "mono", text: d.retry ? JSON.stringify(d.retry) : "default" }),
       el("dt", { text: "Headers" }), el("dd", { class: "mono headers" }, names.length ? names.map((k) => el("div", { text: `${k}: ${headers[k]}` })) : "none"),
       el("dt", { text: "Events" }), el("dd", {}, el("a", { href: "#/events?destination=" + encodeURIComponent(d.id), text: "its events" }), " · ",
@@ -1006,12 +1141,15 @@
 
   function editForm(d, panel) {
     const slot = slotOf(panel);
+    const th = throttleOf(d);
     const form = el("form", { class: "stack editing" },
       el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", value: d.url, required: true })),
       el("label", {}, "Description", el("input", { name: "description", value: d.description || "" })),
       el("label", {}, "Filter (comma-separated)", el("input", { name: "filter", value: (d.filter || []).join(", ") })),
       el("label", {}, "Max concurrency (1-1024)", el("input", { name: "max_concurrency", type: "number", min: "1", max: "1024", value: String(d.max_concurrency) })),
-      el("label", {}, "Rate limit (per second, 0: none)", el("input", { name: "rate_limit", type: "number", min: "0", step: "any", value: String(d.rate_limit || 0) })),
+      el("label", {}, "Throttle: deliveries (0: none)", el("input", { name: "rate_limit_rate", type: "number", min: "0", step: "any", value: String(th ? th.rate : 0) })),
+      el("label", {}, "per", el("select", { name: "rate_limit_per" }, ["second", "minute", "hour"].map((p) => el("option", { value: p, text: p, selected: th ? th.per === p : p === "second" })))),
+      el("label", {}, "Burst (0: one second's worth)", el("input", { name: "rate_limit_burst", type: "number", min: "0", step: "1", value: String(th ? th.burst : 0) })),
       el("label", { class: "wide" }, "Headers (JSON object; values shown masked, and a value left masked keeps the stored one)",
         el("textarea", { name: "headers" }, d.headers ? JSON.stringify(d.headers, null, 2) : "{}")),
       el("div", { class: "wide" }, el("button", {
@@ -1033,7 +1171,8 @@
       })),
       el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")));
     const matchEd = matchEditor(d, () => splitList(form.querySelector("input[name=filter]").value));
-    form.append(matchEd.node,
+    const transformEd = transformEditor(d);
+    form.append(matchEd.node, transformEd.node,
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
     form.addEventListener("submit", async (ev) => {
@@ -1046,12 +1185,14 @@
       try {
         await api("PATCH", "/v1/destinations/" + encodeURIComponent(d.id), withRaw({
           url: fd.get("url"), description: fd.get("description"), filter: splitList(fd.get("filter")),
-          max_concurrency: Number(fd.get("max_concurrency")), rate_limit: Number(fd.get("rate_limit")), headers, retry,
+          max_concurrency: Number(fd.get("max_concurrency")), headers, retry,
+          rate_limit: Number(fd.get("rate_limit_rate")) ? { rate: Number(fd.get("rate_limit_rate")), per: fd.get("rate_limit_per"), burst: Number(fd.get("rate_limit_burst")) } : 0,
+          transform: transformEd.changed() ? transformEd.value() : undefined, // left as it was: not sent
         }, { match: matchEd.changed() ? m.raw || "{}" : null })); // cleared: {} removes it
         toast("Saved");
         clear(slot);
         refresh(true);
-      } catch (e) { if (!matchEd.fail(e)) toast(failMessage(e), true); }
+      } catch (e) { if (!matchEd.fail(e) && !transformEd.fail(e)) toast(failMessage(e), true); }
     });
     slot.append(form);
   }

@@ -342,6 +342,13 @@
     };
     for (const [k, v] of Object.entries((d && d.headers) || {})) addHeader(k, v);
     const matchEd = matchEditor(d, () => chosenTypes());
+    // The transformation: edited only with the right transform (which the
+    // operator grants); shown read-only otherwise.
+    const initialT = (d && d.transform) || "";
+    const transformArea = state.transform ? el("textarea", { name: "transform", id: "transform", spellcheck: "false", rows: "8" }, initialT) : null;
+    const transformNode = state.transform
+      ? el("label", { class: "wide" }, "Transformation (JavaScript: function handler(webhook) { ... }; empty: none)", transformArea)
+      : (initialT ? el("div", { class: "wide field" }, "Transformation (set by your provider)", el("pre", { class: "match", id: "transform-readonly", text: initialT })) : null);
     const error = el("div", {});
     const save = el("button", { type: "submit", text: d ? "Save" : "Create endpoint" });
     const form = el("form", { class: "stack panel", id: "endpoint-form" },
@@ -350,7 +357,7 @@
       el("div", { class: "wide field" }, "Events to receive",
         el("label", { class: "row" }, all, el("span", { text: "All events" })), boxes,
         el("label", {}, "Other types (comma-separated, prefix.* for a family)", extra)),
-      matchEd.node,
+      matchEd.node, transformNode,
       el("div", { class: "wide field" }, "Headers sent with each request", headers,
         el("div", {}, el("button", { type: "button", class: "secondary", text: "Add header", onclick: () => addHeader() }))),
       el("div", { class: "wide" }, error, el("div", { class: "actions" }, save)));
@@ -376,7 +383,8 @@
       // A new endpoint gets the filter typed; a changed one the filter if
       // it changed, {} when it was cleared (which removes it).
       const raw = d ? (matchEd.changed() ? m.raw || "{}" : null) : m.raw;
-      const body = withRaw({ url: url.value.trim(), description: desc.value, filter, headers: hs }, { match: raw });
+      const transform = transformArea && transformArea.value.trim() !== initialT.trim() ? transformArea.value : undefined;
+      const body = withRaw({ url: url.value.trim(), description: desc.value, filter, headers: hs, transform }, { match: raw });
       act(save, async () => {
         try { await submit(body); } catch (err) { if (!matchEd.fail(err)) error.append(errorBox(err)); throw err; }
       });
@@ -426,6 +434,7 @@
       el("dt", { text: "Id" }), el("dd", { class: "id", text: d.id }),
       el("dt", { text: "Description" }), el("dd", { text: d.description || "—" }),
       el("dt", { text: "Events" }), el("dd", { text: d.filter && d.filter.length ? d.filter.join(", ") : "all" }),
+      el("dt", { text: "Transformation" }), el("dd", { id: "endpoint-transform" }, d.transform ? el("pre", { class: "match", text: d.transform }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Payload filter" }), el("dd", { id: "endpoint-match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none: every event of these types" })),
       el("dt", { text: "Headers" }), el("dd", { text: Object.keys(d.headers || {}).join(", ") || "—" }),
       el("dt", { text: "Signing secret" }), el("dd", { class: "mono", text: d.secret }),
@@ -610,10 +619,15 @@
     clear(main);
     let pretty = null;
     try { pretty = JSON.stringify(v.event, null, 2); } catch (_) { pretty = null; }
+    // A raw event (raw=true): its body as text, never markup; bytes that
+    // are not UTF-8 are named, not shown.
+    const raw = v.raw;
+    if (raw) pretty = raw.text ? raw.text : "(binary body, " + raw.size + " bytes)";
     main.append(back(), el("h1", { text: "Event" }),
       el("div", { class: "panel" }, el("dl", { class: "facts" },
         el("dt", { text: "Id" }), el("dd", { class: "id", text: v.id }),
         el("dt", { text: "State" }), el("dd", {}, badge(v.state)),
+        raw ? el("dt", { text: "Content-Type" }) : null, raw ? el("dd", { class: "mono", text: raw.content_type }) : null,
         el("dt", { text: "Received" }), el("dd", {}, timeEl(v.received_at)))),
       el("pre", { class: "payload", id: "payload", text: pretty === null ? "(too deep to show)" : pretty }),
       el("h2", { text: "Deliveries" }), deliveryTable(v.deliveries || [], false));
@@ -653,6 +667,7 @@
     }
     state.info = info;
     state.manage = (info.rights || []).includes("manage");
+    state.transform = state.manage && (info.rights || []).includes("transform");
     const b = info.branding || {};
     if (b.name) { document.getElementById("brand-name").textContent = b.name; document.title = b.name + " · Webhooks"; }
     if (b.accent && /^#[0-9a-fA-F]{6}$/.test(b.accent)) document.documentElement.style.setProperty("--accent", b.accent);

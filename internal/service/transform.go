@@ -1,0 +1,172 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"fanout/destination"
+	"fanout/destination/transform"
+	"fanout/dispatch"
+	"fanout/webhook"
+)
+
+// Transformations: a destination's JavaScript handler(webhook), run by
+// package transform on each delivery before it is signed, so that the
+// signature covers what is sent. Setting one is an operator's right
+// (RightTransform), which an operator may grant a tenant's token.
+
+// transform runs d's transformation on req and changes req to what it
+// answered. It returns the delivery's output when the handler cancelled it
+// (nothing is sent), and an error, retried like a destination's 5xx, when
+// the program failed: fixed meanwhile, the next attempt runs the new one.
+//
+// A raw event (req.ContentType set) is handed to the handler without a
+// payload, and its bytes are sent as they came, whatever the handler made of
+// the payload: it may change the request around them only.
+func (fns *functions) transform(ctx context.Context, d *destination.Destination, req *webhook.Request, eventType string) (*Delivery, error) {
+	p, err := fns.transforms.Program(d.ID, d.Transform)
+	if err != nil {
+		return nil, fmt.Errorf("%w: transformation: %v", dispatch.ErrTemporary, err)
+	}
+	ev := transform.Event{ID: req.ID, Type: eventType, Tenant: d.Owner()}
+	in := transform.Request{URL: req.URL, Headers: d.Headers, Body: req.Body}
+	raw := req.ContentType != ""
+	if raw {
+		in.Body = nil // a null payload: its fields are not the handler's to read
+	}
+	out, err := fns.transforms.Run(ctx, p, ev, in)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", dispatch.ErrTemporary, err)
+	}
+	if out.Cancelled {
+		reason := "cancelled by the destination's transformation"
+		if out.Reason != "" {
+			reason += ": " + out.Reason
+		}
+		return &Delivery{Cancelled: reason}, nil
+	}
+	req.Method, req.URL = out.Request.Method, out.Request.URL
+	if !raw {
+		req.Body = out.Request.Body
+	}
+	req.Header = make(http.Header, len(out.Request.Headers))
+	for k, v := range out.Request.Headers {
+		req.Header.Set(k, v)
+	}
+	return nil, nil
+}
+
+// TransformTest is the body of POST /v1/transform: a program and an
+// example event, and the destination it would run for (its URL and
+// headers, masked as the caller sees them) or a URL and headers.
+type TransformTest struct {
+	Transform   string            `json:"transform"`
+	Event       json.RawMessage   `json:"event"`
+	Destination string            `json:"destination"`
+	URL         string            `json:"url"`
+	Headers     map[string]string `json:"headers"`
+}
+
+// TransformPreview is what a program made of the example: the request
+// fanout would sign and send, its cancellation, or why it failed.
+type TransformPreview struct {
+	OK        bool              `json:"ok"`
+	Error     string            `json:"error,omitempty"`
+	Line      int               `json:"line,omitempty"`
+	Column    int               `json:"column,omitempty"`
+	Timeout   bool              `json:"timeout,omitempty"`
+	Cancelled bool              `json:"cancelled,omitempty"`
+	Reason    string            `json:"reason,omitempty"`
+	Method    string            `json:"method,omitempty"`
+	URL       string            `json:"url,omitempty"`
+	Headers   map[string]string `json:"headers,omitempty"`
+	// Body is the body as JSON (what a handler's payload always is);
+	// null when the handler removed it.
+	Body       json.RawMessage `json:"body,omitempty"`
+	DurationMS float64         `json:"duration_ms"`
+}
+
+// exampleURL is the URL of a test without a destination.
+const exampleURL = "https://receiver.example/webhook"
+
+// TestTransform runs a program on an example event, as a delivery of it
+// would, without sending anything: the console's live preview. A program
+// that fails is an answer (OK false, the error and its line), not an
+// error; a test that is not one (no program, an event that is not a JSON
+// object, a destination out of scope) is.
+func (s *Service) TestTransform(ctx context.Context, scope Scope, in *TransformTest) (*TransformPreview, error) {
+	if in.Transform == "" {
+		return nil, Invalid("transform is required: the program to run")
+	}
+	if len(in.Event) == 0 || !json.Valid(in.Event) || firstByte(in.Event) != '{' {
+		return nil, Invalid("event is required: an example event, a JSON object")
+	}
+	req := transform.Request{URL: in.URL, Headers: in.Headers, Body: in.Event}
+	tenant := scope.Tenant()
+	if in.Destination != "" {
+		d, err := s.Destination(scope, in.Destination) // masked: the preview shows no secret
+		if err != nil {
+			return nil, err
+		}
+		req.URL, req.Headers, tenant = d.URL, d.Headers, d.Owner()
+	}
+	if req.URL == "" {
+		req.URL = exampleURL
+	}
+	if err := destination.ValidateURL(req.URL, nil); err != nil {
+		return nil, Invalid("%v", err)
+	}
+	if tenant == "" && scope.All() {
+		tenant = DefaultTenant
+	}
+	start := time.Now()
+	preview := func(err error) *TransformPreview {
+		p := &TransformPreview{Error: err.Error(), DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+		var se *transform.SyntaxError
+		var re *transform.RunError
+		if errors.As(err, &se) {
+			p.Line, p.Column = se.Line, se.Column
+		}
+		if errors.As(err, &re) {
+			p.Timeout = re.Timeout
+		}
+		return p
+	}
+	p, err := transform.Compile(in.Transform)
+	if err != nil {
+		return preview(err), nil
+	}
+	ev := transform.Event{ID: "evt_preview", Type: EventFields(in.Event).Type, Tenant: tenant}
+	out, err := s.fns.transforms.Run(ctx, p, ev, req)
+	if err != nil {
+		return preview(err), nil
+	}
+	res := &TransformPreview{OK: true, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	if out.Cancelled {
+		res.Cancelled, res.Reason = true, out.Reason
+		return res, nil
+	}
+	res.Method, res.URL, res.Headers, res.Body = out.Request.Method, out.Request.URL, out.Request.Headers, out.Request.Body
+	return res, nil
+}
+
+func firstByte(b []byte) byte {
+	for _, c := range b {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return c
+		}
+	}
+	return 0
+}
+
+// errNoTransformRight is a change of a transformation by a token without
+// RightTransform.
+var errNoTransformRight = errors.New("no transform right")
+
+func noTransformRight() error {
+	return Forbidden("setting or changing a transformation needs the right %q: an operator's, which an operator may grant a tenant's token (POST /v1/tokens)", RightTransform)
+}
