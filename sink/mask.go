@@ -130,7 +130,7 @@ func (k *Kind) Mask(raw json.RawMessage) (json.RawMessage, error) {
 }
 
 // endpoint is what a config connects to, without its secrets: its URL
-// fields without passwords. A secret is kept for the same endpoint only.
+// fields without passwords, and its Address fields. A secret is kept for the same endpoint only.
 func (k *Kind) endpoint(m map[string]json.RawMessage) string {
 	var b strings.Builder
 	for _, f := range k.URLs {
@@ -142,6 +142,13 @@ func (k *Kind) endpoint(m map[string]json.RawMessage) string {
 			}
 			b.WriteString(u)
 			b.WriteByte(',')
+		}
+		b.WriteByte('\n')
+	}
+	for _, f := range k.Address {
+		var compact bytes.Buffer
+		if v, ok := m[f]; ok && json.Compact(&compact, v) == nil {
+			b.Write(compact.Bytes())
 		}
 		b.WriteByte('\n')
 	}

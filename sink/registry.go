@@ -26,6 +26,10 @@ type Kind struct {
 	// URLs are the top-level config fields that hold a connection URL, or
 	// several separated by commas, whose password is a secret.
 	URLs []string
+	// Address are the other top-level config fields that say where, and
+	// how, the credentials go (Kafka's brokers, TLS and SASL mechanism): a
+	// masked secret is kept only while they and the URLs stay the same.
+	Address []string
 	// Parse decodes a config strictly (DecodeStrict) and validates it; its
 	// errors are *ConfigError.
 	Parse func(raw json.RawMessage) (Config, error)

@@ -252,6 +252,13 @@ func TestRedactString(t *testing.T) {
 	if err := Fail(inner, "sekrit"); OutcomeOf(err) != Permanent || strings.Contains(err.Error(), "sekrit") {
 		t.Fatalf("Fail = %v", err)
 	}
+	plain := errors.New("auth failed for token sekrit-token")
+	if err := Retry(plain, "sekrit-token"); OutcomeOf(err) != Retryable || strings.Contains(err.Error(), "sekrit") {
+		t.Fatalf("Retry = %v", err)
+	}
+	if err := Fail(plain, "sekrit-token"); OutcomeOf(err) != Permanent || strings.Contains(err.Error(), "sekrit") {
+		t.Fatalf("Fail = %v", err)
+	}
 }
 
 func TestMaskUnmask(t *testing.T) {
@@ -296,6 +303,18 @@ func TestMaskUnmask(t *testing.T) {
 		if !errors.As(err, &ce) || (ce.Field != "url" && ce.Field != "password") {
 			t.Fatalf("moved with masked secrets: %v, want a config error", err)
 		}
+	}
+	// The same with the password in its own field and a URL without
+	// one: the host changed, the masked password is refused.
+	plainStored := `{"url":"nats://h:4222","password":"another-secret-5678"}`
+	_, err = k.Unmask(json.RawMessage(`{"url":"nats://evil:4222","password":"…5678"}`), json.RawMessage(plainStored))
+	var pe *ConfigError
+	if !errors.As(err, &pe) || pe.Field != "password" {
+		t.Fatalf("new host, masked password: %v, want a config error on password", err)
+	}
+	if back, err := k.Unmask(json.RawMessage(`{"url":"nats://h:4222","password":"…5678"}`), json.RawMessage(plainStored)); err != nil ||
+		!strings.Contains(string(back), "another-secret-5678") {
+		t.Fatalf("same host, masked password: %s %v", back, err)
 	}
 	// A mask with nothing stored is refused too.
 	_, err = k.Unmask(json.RawMessage(`{"url":"nats://h","password":"…5678"}`), nil)

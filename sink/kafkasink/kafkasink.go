@@ -39,6 +39,7 @@ var Kind = &sink.Kind{
 	Name:      "kafka",
 	Delivered: "every in-sync replica of the partition has the record (idempotent producer, acks=all)",
 	Secrets:   []string{"password"},
+	Address:   []string{"brokers", "tls", "sasl", "username"},
 	Parse:     Parse,
 }
 

@@ -252,6 +252,30 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// TestUnmask: a masked password posted back is the stored one, unless
+// the change would send it elsewhere or otherwise (other brokers, no TLS,
+// a weaker mechanism, another user).
+func TestUnmask(t *testing.T) {
+	stored := `{"brokers":["k1:9092"],"topic":"t","tls":true,"sasl":"scram-sha-512","username":"u","password":"long-password-1234"}`
+	masked, err := Kind.Mask(json.RawMessage(stored))
+	if err != nil || strings.Contains(string(masked), "long-password") {
+		t.Fatalf("Mask = %s, %v", masked, err)
+	}
+	back, err := Kind.Unmask(json.RawMessage(strings.Replace(string(masked), `"topic":"t"`, `"topic":"t2"`, 1)), json.RawMessage(stored))
+	if err != nil || !strings.Contains(string(back), "long-password-1234") {
+		t.Fatalf("another topic: %s, %v", back, err)
+	}
+	for _, change := range [][2]string{
+		{`["k1:9092"]`, `["evil:9092"]`}, {`"tls":true`, `"tls":false`}, {`"scram-sha-512"`, `"plain"`}, {`"username":"u"`, `"username":"v"`},
+	} {
+		_, err := Kind.Unmask(json.RawMessage(strings.Replace(string(masked), change[0], change[1], 1)), json.RawMessage(stored))
+		var ce *sink.ConfigError
+		if !errors.As(err, &ce) || ce.Field != "password" {
+			t.Errorf("%s -> %s with the masked password: %v, want refused", change[0], change[1], err)
+		}
+	}
+}
+
 func TestParse(t *testing.T) {
 	tests := []struct{ cfg, field string }{
 		{`{"brokers":["h:9092"],"topic":"t"}`, ""},
