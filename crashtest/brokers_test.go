@@ -449,7 +449,7 @@ func TestBrokers_KillUnderLoad(t *testing.T) {
 	readers := []brokerReader{&natsReader{js: ns.client(t)}, &redisReader{c: rc}}
 	copies := []*brokerCopies{newBrokerCopies(), newBrokerCopies()}
 	for i, r := range readers {
-		waitInBroker(t, r, copies[i], ids, 2*time.Minute)
+		waitInBroker(t, r, copies[i], ids, time.Minute)
 	}
 	drain := time.Since(drainStart)
 	// Every call done, then the brokers hold exactly the events stored.
