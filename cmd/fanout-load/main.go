@@ -81,6 +81,8 @@ type options struct {
 	cpuProfile  string
 	keepData    bool
 
+	brokers string
+
 	tenants      bool
 	tenantsA     int64
 	tenantsBRate float64
@@ -123,6 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.tenants, "tenants", false, "the tenant-fairness scenario: B sends --tenants-b-rate events/s for -d alone, then beside A sending --tenants-a-events in batches to a destination answering in --sink-latency (2s); B's ingest->delivery p99 compared (tenants.go; needs --fanout)")
 	fs.Int64Var(&o.tenantsA, "tenants-a-events", 200000, "events tenant A sends in the --tenants scenario")
 	fs.Float64Var(&o.tenantsBRate, "tenants-b-rate", 50, "single events per second tenant B sends in the --tenants scenario")
+	fs.StringVar(&o.brokers, "brokers", "", "the broker scenario: for each of these kinds (comma-separated: nats, kafka, amqp, redis, redis-nodedup), fanout's deliveries/s into the broker (one destination of the kind, -n events, default 20,000) against the broker driven directly by the tool at -c publishers, medians of --runs (brokers.go; needs --fanout)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.BoolVar(&o.keepData, "keep-data", false, "keep the started fanout's data directory (its path is printed), to look into the store afterwards")
 	if err := fs.Parse(args); err != nil {
@@ -146,6 +149,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.backlog > 0 {
 		return runBacklog(ctx, &o, stdout, stderr)
+	}
+	if o.brokers != "" {
+		return runBrokers(ctx, &o, stdout, stderr)
 	}
 	if o.tenants {
 		return runTenants(ctx, &o, stdout, stderr)
