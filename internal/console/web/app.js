@@ -976,7 +976,7 @@
   // selector, then a webhook's URL or a broker kind's config form.
   // read() is the body's part (url, or type and config); fail(err) marks
   // the field an API error names; reset() empties it (a new one).
-  function typeFields(d, idPrefix) {
+  function typeFields(d, idPrefix, onType) {
     const K = window.FanoutKinds;
     const initial = typeOf(d);
     const kinds = offeredKinds();
@@ -1013,7 +1013,7 @@
       box.append(form.node);
       if (same && form.hasMasks()) box.append(el("div", { class: "actions" }, reveal));
     }
-    select.addEventListener("change", () => show(select.value));
+    select.addEventListener("change", () => { show(select.value); if (onType) onType(select.value); });
     show(initial);
     return {
       node: el("div", { class: "wide type-row" }, el("label", {}, "Type", select), box),
@@ -1075,7 +1075,7 @@
       d.enabled
         ? act("Disable", "secondary", async () => { await api("PATCH", path, { enabled: false }); toast("Disabled"); })
         : act("Enable", "", async () => { await api("PATCH", path, { enabled: true }); toast("Enabled"); }),
-      el("button", { type: "button", class: "secondary", text: "Edit", onclick: () => editForm(d, panel) }),
+      el("button", { type: "button", class: "secondary edit", text: "Edit", onclick: () => editForm(d, panel) }),
       el("button", { type: "button", class: "secondary replay", text: "Replay…", onclick: () => replayForm(d, panel) }),
       broker ? null : act("Rotate secret", "secondary rotate", async () => {
         const nd = await api("POST", path + "/rotate-secret");
@@ -1250,7 +1250,9 @@
   function editForm(d, panel) {
     const slot = slotOf(panel);
     const th = throttleOf(d);
-    const where = typeFields(d, "edit-" + d.id);
+    // A broker destination gets the event as it was accepted: no
+    // transformation (the API refuses one), so its editor goes.
+    const where = typeFields(d, "edit-" + d.id, (type) => { transformEd.node.hidden = type !== "webhook"; });
     const form = el("form", { class: "stack editing" },
       where.node,
       el("label", {}, "Description", el("input", { name: "description", value: d.description || "" })),
@@ -1281,6 +1283,7 @@
       el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")));
     const matchEd = matchEditor(d, () => splitList(form.querySelector("input[name=filter]").value));
     const transformEd = transformEditor(d);
+    transformEd.node.hidden = typeOf(d) !== "webhook";
     form.append(matchEd.node, transformEd.node,
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
