@@ -702,10 +702,12 @@
     for (const a of full.attempt_history || []) {
       let excerpt = "";
       if (a.detail && typeof a.detail === "object" && a.detail.excerpt) excerpt = a.detail.excerpt;
-      const ok = a.status >= 200 && a.status < 300 && !a.error;
+      // A broker destination's attempt has no HTTP status: without an
+      // error, the broker took the message.
+      const ok = !a.error && (!a.status || (a.status >= 200 && a.status < 300));
       steps.append(el("li", { class: ok ? "ok" : "bad" },
         el("strong", { text: `Attempt ${a.attempt}` }), " · ", timeEl(a.started_at), " · ", fmtMS(a.duration_ms), " · ",
-        a.status ? el("span", { class: ok ? "" : "error", text: `HTTP ${a.status}` }) : null,
+        a.status ? el("span", { class: ok ? "" : "error", text: `HTTP ${a.status}` }) : ok ? el("span", { text: "accepted by the broker" }) : null,
         a.error ? el("div", { class: "error small", text: a.error }) : null,
         excerpt ? el("pre", { class: "excerpt", text: excerpt }) : null));
     }

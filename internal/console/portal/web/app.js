@@ -676,7 +676,8 @@
       try { detail = a.detail ? (typeof a.detail === "string" ? JSON.parse(a.detail) : a.detail) : null; } catch (_) { detail = null; }
       ol.append(el("li", { class: "attempt" },
         el("div", {}, el("strong", { text: "Attempt " + a.attempt }), " · ", timeEl(a.started_at), ` · ${Math.round(a.duration_ms)} ms`),
-        el("div", {}, a.status ? el("span", { class: "badge " + (a.status < 300 ? "delivered" : "failed"), text: "HTTP " + a.status }) : null,
+        el("div", {}, a.status ? el("span", { class: "badge " + (a.status < 300 ? "delivered" : "failed"), text: "HTTP " + a.status })
+          : a.error ? null : el("span", { class: "badge delivered", text: "accepted" }), // a broker endpoint's: no HTTP status
           a.error ? el("span", { class: "error", text: " " + a.error }) : null),
         detail && detail.excerpt ? el("pre", { class: "excerpt", text: detail.excerpt }) : null));
     }
