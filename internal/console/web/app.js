@@ -25,7 +25,6 @@
     // answered, shown once, until Done or another page.
     revealed: new Map(),
     rotated: new Map(),
-    kinds: null, // the broker kinds the server offers, when it says
   };
 
   // ---------- DOM helpers: text only ----------
@@ -966,14 +965,6 @@
     return `${t.rate} per ${t.per}, ` + (t.burst ? `burst ${t.burst}` : "burst of one second's worth") + " (all replicas together on PostgreSQL)";
   }
 
-  // offeredKinds are the destination types the console offers: every kind
-  // it has a form for, narrowed to those the server lists when it does.
-  function offeredKinds() {
-    const all = window.FanoutKinds.list;
-    const served = state.kinds;
-    return served ? all.filter((k) => k.name === "webhook" || served.includes(k.name)) : all;
-  }
-
   // typeFields is where a destination sends, in its form: the type
   // selector, then a webhook's URL or a broker kind's config form.
   // read() is the body's part (url, or type and config); fail(err) marks
@@ -981,7 +972,9 @@
   function typeFields(d, idPrefix, onType) {
     const K = window.FanoutKinds;
     const initial = typeOf(d);
-    const kinds = offeredKinds();
+    // Every kind: the API says which this token may not create (a 403
+    // naming the kind, shown under the form).
+    const kinds = window.FanoutKinds.list.slice();
     if (!kinds.some((k) => k.name === initial)) kinds.push({ name: initial, label: K.label(initial) });
     const select = el("select", { name: "type", id: idPrefix + "-type", "aria-label": "destination type" },
       kinds.map((k) => el("option", { value: k.name, text: k.label, selected: k.name === initial })));
