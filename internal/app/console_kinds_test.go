@@ -122,7 +122,7 @@ func TestConsole_KindForms(t *testing.T) {
 		"rabbitmq":    `{"url":"amqp://u:long-password-1@127.0.0.1:5672/vh","exchange":"events","routing_key":"events.{type}","password":"amqp-password-0123","mandatory":false,"channels":4}`,
 		"kafka":       `{"brokers":["127.0.0.1:9092","127.0.0.2:9092"],"topic":"events","partition_key":"data.customer","tls":true,"sasl":"scram-sha-256","username":"u","password":"kafka-password-0123"}`,
 		"sqs":         `{"queue_url":"https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo",` + aws + `,"message_group_id":"g"}`,
-		"sns":         `{"topic_arn":"arn:aws:sns:eu-west-1:123456789012:orders",` + aws + `,"subject":"Orders","message_group_id":"g"}`,
+		"sns":         `{"topic_arn":"arn:aws:sns:eu-west-1:123456789012:orders.fifo",` + aws + `,"subject":"Orders","message_group_id":"g"}`,
 		"eventbridge": `{"event_bus":"orders",` + aws + `,"source":"shop","detail_type":"Order","envelope":true}`,
 		"s3":          `{"bucket":"my-events",` + aws + `,"key_template":"x/{event_id}","storage_class":"STANDARD_IA","path_style":false}`,
 		"pubsub":      `{"project_id":"my-project","topic":"orders","emulator_host":"127.0.0.1:8085","ordering":true}`,
