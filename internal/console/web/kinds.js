@@ -216,7 +216,7 @@
       input.addEventListener("input", () => { input.removeAttribute("aria-invalid"); err.textContent = ""; });
       inputs.set(f.name, { f, input, initial: f.type === "bool" ? input.checked : input.value });
       const text = f.label + (f.required ? " *" : "");
-      const note = f.secret ? el("span", { class: "muted small" }, cfg[f.name] ? " shown masked; left as it is, the stored value stays" : " write-only") : null;
+      const note = f.secret ? el("span", { class: "note" }, cfg[f.name] ? " (masked: left as it is, the stored one stays)" : " (write-only)") : null;
       const box = f.type === "bool"
         ? el("label", { class: "row check" + (f.wide ? " wide" : ""), for: id }, input, el("span", { text }), err)
         : el("label", { class: f.wide ? "wide" : null, for: id }, el("span", {}, text, note), input, err);
@@ -325,13 +325,16 @@
     return { node, read, fail, reveal, hasMasks, kind: kind.name };
   }
 
-  // facts are a config's fields as definition-list rows: name, then the
-  // value as text (secrets as the API masked them, or full when given).
+  // configRows are a config's fields as rows: name, then the value as
+  // text (secrets as the API masked them, or full when given), in the
+  // form's order, fields it does not know last.
   function configRows(kindName, cfg) {
     const kind = byName.get(kindName);
-    const labels = new Map(((kind && kind.fields) || []).map((f) => [f.name, f]));
+    const fields = (kind && kind.fields) || [];
+    const labels = new Map(fields.map((f) => [f.name, f]));
+    const order = (k) => { const i = fields.findIndex((f) => f.name === k); return i < 0 ? fields.length : i; };
     const rows = [];
-    for (const [k, v] of Object.entries(cfg || {})) {
+    for (const [k, v] of Object.entries(cfg || {}).sort(([a], [b]) => order(a) - order(b))) {
       const f = labels.get(k);
       const text = Array.isArray(v) ? v.join(", ") : typeof v === "object" && v !== null ? JSON.stringify(v) : String(v);
       rows.push(el("div", { class: "cfg-row", "data-field": k },
