@@ -21,6 +21,7 @@ import (
 	"fanout/destination/match"
 	"fanout/destination/transform"
 	"fanout/dispatch"
+	"fanout/sink"
 	"fanout/webhook"
 )
 
@@ -33,8 +34,22 @@ type Destination struct {
 	Tenant string `json:"tenant,omitempty"`
 	// AllTenants destinations are the operator's: they get the events of
 	// every tenant (an audit log, a data lake), and no tenant sees them.
-	AllTenants  bool   `json:"all_tenants,omitempty"`
-	URL         string `json:"url"`
+	AllTenants bool `json:"all_tenants,omitempty"`
+	// Type is the destination's kind: TypeWebhook (an HTTP endpoint at
+	// URL; a document stored without a type is one) or a broker kind of
+	// package sink ("nats", "kafka", "sqs"...), whose address and
+	// credentials are in Config.
+	Type string `json:"type"`
+	URL  string `json:"url,omitempty"`
+	// Config is a broker destination's config, the JSON object its kind
+	// parses (sink.Kind.Parse); nil for a webhook. Its credentials are
+	// write-only: Masked shows it masked by its kind.
+	Config json.RawMessage `json:"config,omitempty"`
+	// Target and Delivered are shown, not stored: where a broker
+	// destination's messages go (its address, without secrets) and what
+	// a delivery to it means. The registry sets them (see describe).
+	Target      string `json:"target,omitempty"`
+	Delivered   string `json:"delivered,omitempty"`
 	Description string `json:"description,omitempty"`
 	// Enabled destinations get events; a disabled one gets no new events
 	// and its pending deliveries wait until it is enabled again.
@@ -91,6 +106,24 @@ type Destination struct {
 	// Version is the stored version, for updates that must not overwrite a
 	// change made meanwhile.
 	Version int64 `json:"version"`
+	// maskedConfig is Config as Masked shows it, set by the registry.
+	maskedConfig json.RawMessage
+}
+
+// TypeWebhook is the type of an HTTP destination, the default.
+const TypeWebhook = "webhook"
+
+// IsBroker reports whether the destination is a broker kind's, not a
+// webhook.
+func (d *Destination) IsBroker() bool { return d.Type != "" && d.Type != TypeWebhook }
+
+// Address is where the destination's deliveries go, for lists: a
+// webhook's URL, a broker destination's Target (without secrets).
+func (d *Destination) Address() string {
+	if d.IsBroker() {
+		return d.Target
+	}
+	return d.URL
 }
 
 // RetrySettings are a destination's own retry schedule: they amend the
@@ -206,10 +239,72 @@ func (d *Destination) ValidateFilter() error {
 
 // Validate checks a destination and fills defaults. guard, when set, refuses
 // URLs whose host is an address it blocks (a name is checked at dial time).
+// It knows no broker kind: the registry validates with its kinds
+// (ValidateKinds).
 func (d *Destination) Validate(guard *webhook.Guard) error {
-	if err := ValidateURL(d.URL, guard); err != nil {
-		return err
+	_, err := d.ValidateKinds(guard, nil)
+	return err
+}
+
+// ValidateKinds checks a destination of any type, a broker kind's config by
+// its kind in kinds (nil: webhooks only), fills defaults, and returns the
+// parsed config of a broker destination (nil for a webhook). A broker's
+// addresses are checked by the guard when they are dialed: clusters hand
+// out further addresses at run time.
+func (d *Destination) ValidateKinds(guard *webhook.Guard, kinds *sink.Registry) (sink.Config, error) {
+	if d.Type == "" {
+		d.Type = TypeWebhook
 	}
+	var cfg sink.Config
+	if d.IsBroker() {
+		var err error
+		if cfg, err = d.validateBroker(kinds); err != nil {
+			return nil, err
+		}
+	} else {
+		if len(d.Config) > 0 {
+			return nil, invalid("config is for broker destinations (a type such as nats or sqs); a webhook has url, headers and secret")
+		}
+		if err := ValidateURL(d.URL, guard); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, d.validateRest()
+}
+
+// validateBroker checks what differs for a broker destination: no url, no
+// signing secret, no transformation, a config its kind accepts.
+func (d *Destination) validateBroker(kinds *sink.Registry) (sink.Config, error) {
+	if kinds == nil {
+		return nil, invalid("type %q: this fanout delivers to webhooks only", d.Type)
+	}
+	if _, err := kinds.Kind(d.Type); err != nil {
+		return nil, invalid("%v", err)
+	}
+	switch {
+	case d.URL != "":
+		return nil, invalid("url is for webhooks: a %s destination's address is in its config", d.Type)
+	case len(d.Config) == 0 || string(d.Config) == "null":
+		return nil, invalid("config is required for a %s destination", d.Type)
+	case d.Transform != "":
+		return nil, invalid("transform applies to webhooks only: a %s destination gets the event as it was accepted", d.Type)
+	case d.Secret != "" || d.PreviousSecret != "":
+		return nil, invalid("secret signs webhook deliveries: a %s destination has none", d.Type)
+	}
+	for k := range d.Headers {
+		if strings.HasPrefix(strings.ToLower(k), "fanout-") {
+			return nil, invalid("header %s: fanout-* headers are set by fanout and cannot be overridden", k)
+		}
+	}
+	cfg, err := kinds.Parse(d.Type, d.Config)
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	return cfg, nil
+}
+
+// validateRest checks the fields every type has.
+func (d *Destination) validateRest() error {
 	if len(d.Description) > 1000 {
 		return invalid("description is longer than 1000 characters")
 	}
@@ -224,10 +319,10 @@ func (d *Destination) Validate(guard *webhook.Guard) error {
 			return err
 		}
 	}
-	if d.Secret == "" {
+	if d.Secret == "" && !d.IsBroker() {
 		d.Secret = webhook.GenerateSecret()
 	}
-	if _, err := webhook.ParseSecret(d.Secret); err != nil {
+	if _, err := webhook.ParseSecret(d.Secret); err != nil && !d.IsBroker() {
 		return invalid("secret: %v", err)
 	}
 	if d.PreviousSecret != "" {

@@ -1,6 +1,7 @@
 package destination
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"time"
@@ -65,6 +66,7 @@ func (d *Destination) Masked() *Destination {
 	m.Secret = MaskSecret(d.Secret)
 	m.PreviousSecret = MaskSecret(d.PreviousSecret)
 	m.Filter = slices.Clone(d.Filter)
+	m.Config = d.maskedConfig // nil unless the registry masked it: never the stored one
 	if d.Headers != nil {
 		m.Headers = make(map[string]string, len(d.Headers))
 		for k, v := range d.Headers {
@@ -81,6 +83,8 @@ type Secrets struct {
 	PreviousSecret        string            `json:"previous_secret,omitempty"`
 	PreviousSecretExpires *time.Time        `json:"previous_secret_expires_at,omitempty"`
 	Headers               map[string]string `json:"headers"`
+	// Config is a broker destination's config with its credentials.
+	Config json.RawMessage `json:"config,omitempty"`
 }
 
 // Secrets returns the destination's secrets and header values in full.
@@ -89,7 +93,8 @@ func (d *Destination) Secrets() *Secrets {
 	for k, v := range d.Headers {
 		h[k] = v
 	}
-	return &Secrets{Secret: d.Secret, PreviousSecret: d.PreviousSecret, PreviousSecretExpires: d.PreviousSecretExpires, Headers: h}
+	return &Secrets{Secret: d.Secret, PreviousSecret: d.PreviousSecret, PreviousSecretExpires: d.PreviousSecretExpires, Headers: h,
+		Config: d.Config}
 }
 
 // UnmaskSecret is the secret a change sets: the stored one when the change

@@ -1,6 +1,7 @@
 package destination
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 
 	"fanout/destination/match"
 	"fanout/dispatch"
+	"fanout/sink"
 	"fanout/webhook"
 )
 
@@ -40,6 +42,8 @@ type Registry struct {
 	cooldown time.Duration
 	grace    time.Duration
 	changed  func()
+	kinds    *sink.Registry
+	forget   func(id string)
 
 	refreshMu sync.Mutex // one refresh at a time
 	mu        sync.RWMutex
@@ -76,8 +80,16 @@ type Config struct {
 	// Changed is called after the cache changed (the runtime then looks for
 	// deliveries a change released).
 	Changed func()
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// Kinds are the broker kinds destinations may have; nil: webhooks
+	// only.
+	Kinds *sink.Registry
+	// Forget is called with the id of a broker destination that was
+	// deleted or whose type or config changed, here or on another
+	// replica: its pooled connection (sink.Pool.Forget) is to be closed.
+	Forget func(id string)
+
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // NewRegistry returns an empty registry; call Refresh to load it.
@@ -85,6 +97,7 @@ func NewRegistry(cfg Config) *Registry {
 	r := &Registry{
 		store: cfg.Store, guard: cfg.Guard, now: cfg.Now, log: cfg.Logger, policy: cfg.Policy,
 		cooldown: cfg.BreakerCooldown, grace: cfg.SecretGrace, changed: cfg.Changed,
+		kinds: cfg.Kinds, forget: cfg.Forget,
 		byID: map[string]*Destination{}, versions: map[string]int64{},
 	}
 	if r.now == nil {
@@ -138,12 +151,16 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	byID := make(map[string]*Destination, len(docs))
 	versions := make(map[string]int64, len(docs))
 	sorted := make([]*Destination, 0, len(docs))
+	r.mu.RLock()
+	old := r.byID
+	r.mu.RUnlock()
 	for _, doc := range docs {
 		d, err := fromDoc(doc)
 		if err != nil {
 			r.log.Error("a stored destination does not decode; skipping it", "id", doc.ID, "err", err)
 			continue
 		}
+		r.describe(d, old[d.ID])
 		byID[d.ID], versions[d.ID] = d, d.Version
 		sorted = append(sorted, d)
 	}
@@ -154,11 +171,47 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	}
 	r.byID, r.sorted, r.versions, r.index = byID, sorted, versions, newTypeIndex(sorted)
 	r.mu.Unlock()
+	if r.forget != nil {
+		for id, o := range old {
+			if n := byID[id]; o.IsBroker() && (n == nil || n.Type != o.Type || !bytes.Equal(n.Config, o.Config)) {
+				r.forget(id) // deleted, or connects elsewhere now
+			}
+		}
+	}
 	if changed && r.changed != nil {
 		r.changed()
 	}
 	return nil
 }
+
+// describe sets what a broker destination shows and does not store: its
+// target, what delivered means, its masked config; prev, the same
+// destination as last loaded, spares parsing an unchanged config again.
+func (r *Registry) describe(d, prev *Destination) {
+	if !d.IsBroker() || r.kinds == nil {
+		return
+	}
+	if prev != nil && prev.Type == d.Type && bytes.Equal(prev.Config, d.Config) && prev.maskedConfig != nil {
+		d.Target, d.Delivered, d.maskedConfig = prev.Target, prev.Delivered, prev.maskedConfig
+		return
+	}
+	k, err := r.kinds.Kind(d.Type)
+	if err != nil {
+		return
+	}
+	d.Delivered = k.Delivered
+	if cfg, err := k.Parse(d.Config); err == nil {
+		d.Target = cfg.Target()
+	}
+	if m, err := k.Mask(d.Config); err == nil {
+		d.maskedConfig = m
+	} else {
+		d.maskedConfig = json.RawMessage(`{}`) // never the stored config
+	}
+}
+
+// Kinds are the broker kinds the registry accepts, nil for none.
+func (r *Registry) Kinds() *sink.Registry { return r.kinds }
 
 func fromDoc(doc *dispatch.Doc) (*Destination, error) {
 	var d Destination
@@ -166,11 +219,17 @@ func fromDoc(doc *dispatch.Doc) (*Destination, error) {
 		return nil, err
 	}
 	d.ID, d.Version, d.CreatedAt, d.UpdatedAt = doc.ID, doc.Version, doc.CreatedAt, doc.UpdatedAt
+	if d.Type == "" {
+		d.Type = TypeWebhook // stored before destinations had types
+	}
+	d.Target, d.Delivered = "", ""
 	return &d, nil
 }
 
 func toDoc(d *Destination) (*dispatch.Doc, error) {
-	data, err := json.Marshal(d)
+	stored := *d
+	stored.Target, stored.Delivered = "", "" // shown, not stored
+	data, err := json.Marshal(&stored)
 	if err != nil {
 		return nil, err
 	}
@@ -301,9 +360,10 @@ func (r *Registry) Create(ctx context.Context, d *Destination) error {
 	if d.ID == "" {
 		d.ID = NewID()
 	}
-	if err := d.Validate(r.guard); err != nil {
+	if _, err := d.ValidateKinds(r.guard, r.kinds); err != nil {
 		return err
 	}
+	r.describe(d, nil)
 	now := r.now().UTC()
 	d.CreatedAt, d.UpdatedAt, d.Version = now, now, 1
 	doc, err := toDoc(d)
@@ -346,9 +406,10 @@ func (r *Registry) Update(ctx context.Context, id string, apply func(d *Destinat
 			until := r.now().UTC().Add(r.grace)
 			d.PreviousSecret, d.PreviousSecretExpires = oldSecret, &until
 		}
-		if err := d.Validate(r.guard); err != nil {
+		if _, err := d.ValidateKinds(r.guard, r.kinds); err != nil {
 			return nil, err
 		}
+		r.describe(d, nil)
 		d.UpdatedAt = r.now().UTC()
 		next, err := toDoc(d)
 		if err != nil {

@@ -42,6 +42,10 @@ type Message struct {
 	Key string
 	// Headers are the destination's own, added to each message.
 	Headers map[string]string
+	// Time is when the event was accepted (zero: unknown), for kinds that
+	// file messages by date (s3's {date}): a retry the next day files the
+	// event where the first attempt did.
+	Time time.Time
 }
 
 // The names under which a message carries fanout's own attributes, in the

@@ -32,6 +32,8 @@ import (
 	"fanout/internal/console"
 	"fanout/internal/httpapi"
 	"fanout/internal/service"
+	"fanout/sink"
+	"fanout/sink/kinds"
 	"fanout/webhook"
 )
 
@@ -167,6 +169,8 @@ type app struct {
 	dests  *destination.Registry
 	rt     *dispatch.Runtime
 	svc    *service.Service
+	// brokers keeps the connections of broker destinations.
+	brokers *sink.Pool
 	// tracing is nil when traces are off.
 	tracing *service.Tracing
 	// commits is who is told of the store's group commits (its OnCommit),
@@ -225,9 +229,11 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 		Guard: guard, Proxy: proxy})
 	policy := cfg.retryPolicy()
 
+	brokers := kinds.Registry(cfg.ambient)
+	a.brokers = sink.NewPool(brokers, sink.GuardedEnv(guard, cfg.deliveryTimeout))
 	a.dests = destination.NewRegistry(destination.Config{
 		Store: a.store, Guard: guard, Policy: policy, BreakerCooldown: cfg.breakerCooldown, SecretGrace: cfg.secretGrace,
-		Logger: log,
+		Logger: log, Kinds: brokers, Forget: a.brokers.Forget,
 		Changed: func() {
 			if a.rt != nil {
 				a.rt.KeysChanged() // a destination resumed or was raised: look for what it held back
@@ -242,6 +248,7 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 	}
 
 	fns := service.NewFunctions(a.dests, a.client, time.Now, a.tracing)
+	fns.UseBrokers(a.brokers)
 	a.rt, err = dispatch.New(&dispatch.Config{
 		Store:           a.store,
 		Workers:         cfg.workers,
@@ -358,6 +365,9 @@ func (a *app) close() {
 	}
 	if a.client != nil {
 		a.client.Close()
+	}
+	if a.brokers != nil {
+		_ = a.brokers.Close() // after the runtime stopped: no delivery uses them
 	}
 	if a.demo != nil {
 		a.demo.close()

@@ -19,6 +19,7 @@ import (
 	"fanout/dispatch"
 	"fanout/internal/httpapi"
 	"fanout/internal/service"
+	"fanout/sink"
 	"fanout/webhook"
 )
 
@@ -45,6 +46,7 @@ type config struct {
 	logFormat        string
 	debugAddr        string
 	allowNetworks    []netip.Prefix
+	ambient          sink.Ambient
 	dedupWindow      time.Duration
 	breakerFailures  int
 	breakerWindow    time.Duration
@@ -112,6 +114,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return err
 	})
 	envOf["allow-network"] = "FANOUT_ALLOW_NETWORKS"
+	fs.BoolVar(&cfg.ambient.AWS, "allow-ambient-aws", false, "let broker destinations an operator's token creates use fanout's own AWS credentials (environment, shared files, instance role) with \"ambient_credentials\": true; never a tenant's")
+	fs.BoolVar(&cfg.ambient.Google, "allow-ambient-google", false, "let broker destinations an operator's token creates use fanout's own Google application default credentials with \"ambient_credentials\": true; never a tenant's")
 	// Tokens are checked in validate, after parsing: the flag package
 	// would repeat a refused value in its message, and a token is a secret.
 	fs.Func("api-token", "a `token` the API requires as \"Authorization: Bearer <token>\" (all but /healthz and /metrics); repeat the flag to accept several while rotating (the environment, better than a flag that ps shows, takes a comma-separated list)", func(v string) error {

@@ -96,7 +96,9 @@ var rules = []rule{
 		from: func(p string) bool { return under(p, "fanout/internal/httpapi") || under(p, "fanout/internal/console") },
 		to: func(p string) bool {
 			return under(p, "fanout/sink/natssink") || under(p, "fanout/sink/redissink") || under(p, "fanout/sink/amqpsink") ||
-				under(p, "fanout/sink/kafkasink") || under(p, "fanout/sink/kinds")
+				under(p, "fanout/sink/kafkasink") || under(p, "fanout/sink/kinds") || under(p, "fanout/sink/sqssink") ||
+				under(p, "fanout/sink/snssink") || under(p, "fanout/sink/ebsink") || under(p, "fanout/sink/s3sink") ||
+				under(p, "fanout/sink/pubsubsink")
 		}},
 	{name: "the drivers are chosen by the app alone: no library package imports one",
 		from: func(p string) bool {

@@ -57,6 +57,10 @@ type Principal struct {
 	Rights     []Right
 	Tenant     string
 	AllTenants bool
+	// Kinds are the broker destination kinds ("nats", "sqs") the token
+	// may create and reconfigure: an operator's right, granted kind by
+	// kind (a broker destination connects from fanout's network).
+	Kinds []string
 }
 
 // Operator is the principal of an operator token.
@@ -82,7 +86,7 @@ func (p *Principal) Scope() Scope {
 		return AllTenants()
 	}
 	s := Scope{all: p.AllTenants, tenant: p.Tenant, limited: true,
-		secrets: p.Has(RightViewSecret), transform: p.Has(RightTransform)}
+		secrets: p.Has(RightViewSecret), transform: p.Has(RightTransform), kinds: p.Kinds}
 	if p.AllTenants {
 		s.tenant = ""
 	}
@@ -103,6 +107,9 @@ type Scope struct {
 	// transform: a limited scope may set transformations only with
 	// RightTransform.
 	transform bool
+	// kinds: the broker kinds a limited scope may create and
+	// reconfigure.
+	kinds []string
 }
 
 // SeesSecrets reports whether the scope's principal may see secrets and
@@ -113,6 +120,11 @@ func (s Scope) SeesSecrets() bool { return !s.limited || s.secrets }
 // MayTransform reports whether the scope's principal may set a
 // destination's transformation (RightTransform).
 func (s Scope) MayTransform() bool { return !s.limited || s.transform }
+
+// MayKind reports whether the scope's principal may create or
+// reconfigure a broker destination of kind k: an operator may, a scoped
+// token when it was granted k.
+func (s Scope) MayKind(k string) bool { return !s.limited || slices.Contains(s.kinds, k) }
 
 // Limited reports whether the scope is a scoped token's.
 func (s Scope) Limited() bool { return s.limited }

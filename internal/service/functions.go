@@ -18,6 +18,7 @@ import (
 	"fanout/destination/match"
 	"fanout/destination/transform"
 	"fanout/dispatch"
+	"fanout/sink"
 	"fanout/webhook"
 )
 
@@ -38,6 +39,10 @@ type Message struct {
 	EventID       string          `json:"event_id,omitempty"`
 	DestinationID string          `json:"destination_id,omitempty"`
 	Event         json.RawMessage `json:"event,omitempty"`
+	// Tenant is the event's tenant, for a broker destination of every
+	// tenant only (a tenant's own destination is its events' tenant):
+	// the message carries it.
+	Tenant string `json:"tenant,omitempty"`
 	// OrderKey is the event's key under its destination's ordering
 	// (destination.Ordering.OrderKey), "" without one. The runtime keeps
 	// it with the call (dispatch.Call.OrderKey), not in its input.
@@ -63,17 +68,24 @@ func (m Message) DispatchKey() string { return m.DestinationID }
 // client sent. The destination is left out: it is the call's key, which
 // the runtime stores as such (see Message).
 func (m Message) MarshalJSON() ([]byte, error) {
-	if m.EventID == "" && len(m.Event) == 0 {
+	if m.EventID == "" && len(m.Event) == 0 && m.Tenant == "" {
 		return []byte("{}"), nil
 	}
-	out := make([]byte, 0, len(`{"event_id":"","event":}`)+len(m.EventID)+len(m.Event)+8)
+	out := make([]byte, 0, len(`{"event_id":"","tenant":"","event":}`)+len(m.EventID)+len(m.Tenant)+len(m.Event)+8)
 	out = append(out, '{')
 	if m.EventID != "" {
 		out = append(out, `"event_id":`...)
 		out = appendJSONString(out, m.EventID)
 	}
+	if m.Tenant != "" {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, `"tenant":`...)
+		out = appendJSONString(out, m.Tenant)
+	}
 	if len(m.Event) > 0 {
-		if m.EventID != "" {
+		if len(out) > 1 {
 			out = append(out, ',')
 		}
 		out = append(out, `"event":`...)
@@ -89,8 +101,8 @@ func (m *Message) UnmarshalJSON(b []byte) error {
 	if !gjson.ValidBytes(b) {
 		return errors.New("message is not valid JSON")
 	}
-	r := gjson.GetManyBytes(b, "event_id", "destination_id", "event")
-	*m = Message{EventID: r[0].Str, DestinationID: r[1].Str}
+	r := gjson.GetManyBytes(b, "event_id", "destination_id", "event", "tenant")
+	*m = Message{EventID: r[0].Str, DestinationID: r[1].Str, Tenant: r[3].Str}
 	if r[2].Exists() && r[2].Type != gjson.Null {
 		m.Event = json.RawMessage(r[2].Raw)
 	}
@@ -137,6 +149,8 @@ type functions struct {
 	tenantOf func(ctx context.Context, key string) (tenant string, ok bool, err error)
 	// transforms runs destinations' transformations (transform.go).
 	transforms *transform.Engine
+	// brokers sends to broker destinations (brokers.go); nil: none.
+	brokers *sink.Pool
 }
 
 // NewFunctions returns the two functions over the destinations and the
@@ -174,6 +188,9 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		body, contentType, err := deliveryBody(body) // a raw event's bytes and type (rawbody.go)
 		if err != nil {
 			return Delivery{}, fmt.Errorf("%w: %v", dispatch.ErrPermanent, err)
+		}
+		if d.IsBroker() {
+			return fns.sendBroker(ctx, d, info, m, id, stored, body, contentType) // brokers.go
 		}
 		req := &webhook.Request{URL: d.URL, ID: id, Body: body, ContentType: contentType,
 			Header: d.Header(), Keys: d.Keys(now())}
@@ -227,6 +244,9 @@ func NewFunctions(dests *destination.Registry, client *webhook.Client, now func(
 		messages := make([]Message, len(matching))
 		for i, d := range matching {
 			messages[i] = Message{DestinationID: d.ID} // the event is this call's input: see Message
+			if d.AllTenants && d.IsBroker() {
+				messages[i].Tenant = tenant // a message says whose event it is
+			}
 			if d.Ordering != nil {
 				messages[i].OrderKey = d.Ordering.OrderKey(event, eventType, tenant)
 			}

@@ -521,10 +521,10 @@ func (n *Notifier) StateNotice(d *destination.Destination, last, next *Announced
 		Time: next.Since}
 	switch next.State {
 	case "ok":
-		e.Data = recoveredNotice{DestinationID: d.ID, URL: webhook.RedactURL(d.URL), Description: d.Description, PreviousState: last.State,
+		e.Data = recoveredNotice{DestinationID: d.ID, URL: noticeAddress(d), Description: d.Description, PreviousState: last.State,
 			DownSince: last.Since, DownSeconds: next.Since.Sub(last.Since).Seconds()}
 	default:
-		dn := DestinationNotice{DestinationID: d.ID, URL: webhook.RedactURL(d.URL), Description: d.Description, Trigger: trigger,
+		dn := DestinationNotice{DestinationID: d.ID, URL: noticeAddress(d), Description: d.Description, Trigger: trigger,
 			Reason: truncate(reason, noticeReasonMaxBytes), Since: next.Since}
 		if next.State == "paused" && d.CircuitOpenUntil != nil {
 			until := d.CircuitOpenUntil.UTC()
@@ -541,10 +541,19 @@ func (n *Notifier) Summary(id string, w *FailureWindow) Notice {
 	data := FailedNotice{DestinationID: id, Count: w.Count, WindowStart: w.start.UTC(),
 		WindowEnd: w.start.Add(n.Window).UTC(), LastError: w.lastError, First: w.First}
 	if d, ok := n.Dests.Get(id); ok {
-		data.URL, data.Description = webhook.RedactURL(d.URL), d.Description
+		data.URL, data.Description = noticeAddress(d), d.Description
 	}
 	e := noticeEvent{Type: NoticeFailed, Time: time.Now().UTC(), Data: data,
 		ID: "fanout:" + id + ":failed:" + w.start.UTC().Format("20060102T150405.000Z") + ":" + n.Process}
 	b, _ := json.Marshal(e)
 	return Notice{Type: NoticeFailed, Event: b}
+}
+
+// noticeAddress is where d delivers, as a notice says it: a webhook's URL
+// redacted, a broker destination's target (which has no secret).
+func noticeAddress(d *destination.Destination) string {
+	if d.IsBroker() {
+		return d.Target
+	}
+	return webhook.RedactURL(d.URL)
 }

@@ -86,6 +86,9 @@ type PortalInput struct {
 	// destinations' transformations (RightTransform); without it the
 	// portal shows them read-only.
 	Transform bool `json:"transform"`
+	// Kinds, on a "manage" portal, lets the tenant create broker
+	// destinations of these kinds (see TokenInput.Kinds).
+	Kinds []string `json:"kinds"`
 }
 
 // PortalLink is a portal's URL, shown once: the token is in its fragment.
@@ -127,6 +130,9 @@ func (s *Service) CreatePortal(ctx context.Context, tenant string, in *PortalInp
 		}
 		rights = append(rights, RightTransform)
 	}
+	if len(in.Kinds) > 0 && !slices.Contains(rights, RightManage) {
+		return nil, Invalid("kinds is for a manage portal: a read one creates nothing")
+	}
 	if err := ValidTenantID(tenant); err != nil {
 		return nil, NotFound("no tenant with id %q", tenant)
 	}
@@ -139,7 +145,7 @@ func (s *Service) CreatePortal(ctx context.Context, tenant string, in *PortalInp
 		access = PortalRead
 	}
 	tok, err := s.MintToken(ctx, &TokenInput{Name: "portal (" + access + ")", Rights: rights, Tenant: tenant,
-		ExpiresIn: life.String()})
+		Kinds: in.Kinds, ExpiresIn: life.String()})
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +162,8 @@ type PortalInfo struct {
 	Branding  Branding   `json:"branding"`
 	Rights    []Right    `json:"rights"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Kinds are the broker kinds the portal may create.
+	Kinds []string `json:"kinds,omitempty"`
 }
 
 // PortalInfo answers the page of a token of one tenant; an operator's token
@@ -171,7 +179,7 @@ func (s *Service) PortalInfo(ctx context.Context, p *Principal) (*PortalInfo, er
 	var out PortalInfo
 	out.Tenant.ID, out.Tenant.Name = t.ID, t.Name
 	out.Branding = s.portal.Branding
-	out.Rights = p.Rights
+	out.Rights, out.Kinds = p.Rights, p.Kinds
 	if tok, err := s.TokenByID(ctx, p.Token); err == nil {
 		out.ExpiresAt = tok.ExpiresAt
 	} else if !errors.Is(err, ErrNotFound) {

@@ -103,7 +103,7 @@ func (s *Service) deliveryView(c *dispatch.Call) DeliveryView {
 	v := DeliveryView{ID: c.ID, EventID: c.ParentID, DestinationID: c.Key, State: deliveryState(c.State),
 		Attempts: c.Attempt, LastError: c.Error, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
 	if d, ok := s.Dests.Get(c.Key); ok {
-		v.URL = d.URL
+		v.URL = d.Address()
 	}
 	if job, ok := strings.CutPrefix(c.Tag, "replay:"); ok {
 		v.Replay = job

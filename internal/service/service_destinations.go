@@ -1,6 +1,8 @@
 package service
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +12,7 @@ import (
 	"fanout/destination"
 	"fanout/destination/match"
 	"fanout/destination/transform"
+	"fanout/sink"
 	"fanout/webhook"
 )
 
@@ -17,6 +20,11 @@ import (
 // /v1/destinations send it: a field that is absent is left as it is (or
 // defaulted, on creation).
 type DestinationInput struct {
+	// Type is the destination's kind, at creation only: "webhook" (the
+	// default) or a broker kind; Config is a broker's config.
+	Type   *string          `json:"type"`
+	Config *json.RawMessage `json:"config"`
+
 	URL         *string   `json:"url"`
 	Description *string   `json:"description"`
 	Enabled     *bool     `json:"enabled"`
@@ -191,10 +199,17 @@ func (s *Service) DestinationSecrets(scope Scope, id string) (*destination.Secre
 // says otherwise; one of every tenant (all_tenants) needs scope to be all.
 // The answer shows its secret and headers in full.
 func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant string, in *DestinationInput) (*destination.Destination, error) {
-	if in.URL == nil {
+	typ := destination.TypeWebhook
+	if in.Type != nil && *in.Type != "" {
+		typ = *in.Type
+	}
+	if typ == destination.TypeWebhook && in.URL == nil {
 		return nil, Invalid("url is required")
 	}
 	if err := in.check(); err != nil {
+		return nil, err
+	}
+	if err := s.checkKind(scope, typ); err != nil {
 		return nil, err
 	}
 	if in.Transform != nil && *in.Transform != "" && !scope.MayTransform() {
@@ -226,6 +241,10 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 		}
 	}
 	in.apply(d)
+	d.Type = typ
+	if err := s.setConfig(scope, d, in, nil); err != nil {
+		return nil, err
+	}
 	if err := s.Dests.Create(ctx, d); err != nil {
 		return nil, destinationError(d.ID, err)
 	}
@@ -249,9 +268,22 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 		if in.Transform != nil && *in.Transform != d.Transform && !scope.MayTransform() {
 			return errNoTransformRight // the same program sent back by a form is no change
 		}
-		oldURL, oldHeaders := d.URL, d.Headers
+		if in.Type != nil && cmp.Or(*in.Type, destination.TypeWebhook) != d.Type {
+			return Invalid("type is set when a destination is created, and kept: create a %s destination instead", *in.Type)
+		}
+		oldAddr, oldHeaders, oldConfig := d.URL, d.Headers, d.Config
+		if d.IsBroker() {
+			oldAddr = "broker://" + d.Target
+		}
 		in.apply(d)
-		if !scope.SeesSecrets() && keepsHeadersForNewHost(oldURL, d.URL, oldHeaders, d.Headers) {
+		if err := s.setConfig(scope, d, in, oldConfig); err != nil {
+			return err
+		}
+		newAddr := d.URL
+		if d.IsBroker() {
+			newAddr = "broker://" + d.Target // the header values go with each message to where it connects
+		}
+		if !scope.SeesSecrets() && keepsHeadersForNewHost(oldAddr, newAddr, oldHeaders, d.Headers) {
 			return errHeadersToNewHost
 		}
 		return nil
@@ -271,6 +303,65 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 
 var errHeadersToNewHost = errors.New("header values to a new host")
 
+// checkKind refuses a destination type scope may not create: an unknown
+// one (400), a broker kind the token was not granted (403).
+func (s *Service) checkKind(scope Scope, typ string) error {
+	if typ == destination.TypeWebhook {
+		return nil
+	}
+	kinds := s.Dests.Kinds()
+	if kinds == nil {
+		return Invalid("type %q: this fanout delivers to webhooks only", typ)
+	}
+	if _, err := kinds.Kind(typ); err != nil {
+		return Invalid("%v", err)
+	}
+	if !scope.MayKind(typ) {
+		return Forbidden("a %s destination connects to a broker from fanout's network: an operator's right, "+
+			"which this token was not granted (an operator mints one with \"kinds\": [%q])", typ, typ)
+	}
+	return nil
+}
+
+// setConfig sets the config a change sends to broker destination d, whose
+// stored config was stored (nil on creation): a credential sent back
+// masked is the stored one, for the same address only (the kind's
+// Unmask). A new config needs the kind's right, and one that asks for
+// fanout's own cloud credentials (ambient) an operator: a tenant's
+// destination never acts with fanout's identity. The registry then
+// validates it.
+func (s *Service) setConfig(scope Scope, d *destination.Destination, in *DestinationInput, stored json.RawMessage) error {
+	if in.Config == nil {
+		return nil
+	}
+	if !d.IsBroker() || s.Dests.Kinds() == nil {
+		d.Config = *in.Config // a webhook with a config: Validate says why not
+		return nil
+	}
+	cfg, err := s.Dests.Kinds().Unmask(d.Type, *in.Config, stored)
+	if err != nil {
+		return Invalid("%v", err)
+	}
+	d.Config = cfg
+	if stored != nil && bytes.Equal(cfg, stored) {
+		return nil // sent back as it was: no change
+	}
+	if !scope.MayKind(d.Type) {
+		return Forbidden("changing a %s destination's config is an operator's right, which this token was not granted "+
+			"(an operator mints one with \"kinds\": [%q])", d.Type, d.Type)
+	}
+	parsed, err := s.Dests.Kinds().Parse(d.Type, cfg)
+	if err != nil {
+		return Invalid("%v", err)
+	}
+	if flag := sink.AmbientFlag(parsed); flag != "" && scope.Limited() {
+		return Forbidden("config.ambient_credentials: fanout's own cloud credentials (%s) serve destinations an operator's token creates, "+
+			"never a token's: give the destination its own credentials", flag)
+	}
+	d.Target = parsed.Target()
+	return nil
+}
+
 // MaxTenantDestinations bounds the destinations a tenant's token may
 // create for it: routing asks each of a tenant's destinations about every
 // event of that tenant (and its payload filter), so that the number is
@@ -282,7 +373,7 @@ const MaxTenantDestinations = 500
 // set for: a token that may not read them could otherwise point the
 // destination at its own server and receive them with every delivery.
 func keepsHeadersForNewHost(oldURL, newURL string, oldHeaders, newHeaders map[string]string) bool {
-	if len(oldHeaders) == 0 || sameOrigin(oldURL, newURL) {
+	if len(oldHeaders) == 0 || oldURL == newURL || sameOrigin(oldURL, newURL) {
 		return false
 	}
 	for k, v := range newHeaders {

@@ -201,7 +201,7 @@ func (s *Service) Stats(now time.Time) *StatsView {
 	}
 	for _, d := range s.Dests.List() {
 		ks := s.rt.KeyStatus(d.ID)
-		ds := destinationStat{ID: d.ID, URL: d.URL, Description: d.Description, State: "active", Reason: d.Reason,
+		ds := destinationStat{ID: d.ID, URL: d.Address(), Description: d.Description, State: "active", Reason: d.Reason,
 			Backlog: pending[d.ID], InFlight: ks.InFlight, Limit: ks.Limit, MaxLimit: d.MaxConcurrency, Failures: ks.Failures,
 			Throttled: throttleWaiting(d, ks, pending[d.ID], now)}
 		switch {

@@ -37,11 +37,14 @@ const tokenPrefix = "fo_"
 
 // Token is a scoped token as the API shows it: never its secret, but once.
 type Token struct {
-	ID          string     `json:"id"`
-	Name        string     `json:"name"`
-	Rights      []Right    `json:"rights"`
-	Tenant      string     `json:"tenant,omitempty"`
-	AllTenants  bool       `json:"all_tenants,omitempty"`
+	ID         string  `json:"id"`
+	Name       string  `json:"name"`
+	Rights     []Right `json:"rights"`
+	Tenant     string  `json:"tenant,omitempty"`
+	AllTenants bool    `json:"all_tenants,omitempty"`
+	// Kinds are the broker destination kinds the token may create and
+	// reconfigure (with manage).
+	Kinds       []string   `json:"kinds,omitempty"`
 	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
 	CreatedAt   time.Time  `json:"created_at"`
 	Fingerprint string     `json:"fingerprint"` // the token's first characters, to recognise it
@@ -63,6 +66,10 @@ type TokenInput struct {
 	// it every tenant. One of them is required.
 	Tenant     string `json:"tenant"`
 	AllTenants bool   `json:"all_tenants"`
+	// Kinds grants broker destination kinds ("nats", "sqs"): without
+	// one, a token may not create a destination of that kind nor change
+	// one's config. It needs the manage right.
+	Kinds []string `json:"kinds"`
 	// ExpiresIn ("720h") or ExpiresAt; neither: it does not expire.
 	ExpiresIn string     `json:"expires_in"`
 	ExpiresAt *time.Time `json:"expires_at"`
@@ -88,6 +95,10 @@ func (s *Service) MintToken(ctx context.Context, in *TokenInput) (*Token, error)
 		if !slices.Contains(rights, r) {
 			rights = append(rights, r)
 		}
+	}
+	kinds, err := s.grantKinds(in.Kinds, rights)
+	if err != nil {
+		return nil, err
 	}
 	switch {
 	case in.AllTenants && in.Tenant != "":
@@ -129,7 +140,7 @@ func (s *Service) MintToken(ctx context.Context, in *TokenInput) (*Token, error)
 	secretText := base64.RawURLEncoding.EncodeToString(secret[:])
 	raw := tokenPrefix + strings.TrimPrefix(id, "tok_") + "_" + secretText
 	t := storedToken{Token: Token{ID: id, Name: in.Name, Rights: rights, Tenant: in.Tenant, AllTenants: in.AllTenants,
-		ExpiresAt: expires, CreatedAt: now, Fingerprint: raw[:len(tokenPrefix)+8]}, Hash: hashSecret(secretText)}
+		Kinds: kinds, ExpiresAt: expires, CreatedAt: now, Fingerprint: raw[:len(tokenPrefix)+8]}, Hash: hashSecret(secretText)}
 	data, err := json.Marshal(t)
 	if err != nil {
 		return nil, err
@@ -140,6 +151,31 @@ func (s *Service) MintToken(ctx context.Context, in *TokenInput) (*Token, error)
 	out := t.Token
 	out.Token = raw
 	return &out, nil
+}
+
+// grantKinds checks the broker kinds a token is to be granted: known ones,
+// and only with the manage right, without which they grant nothing.
+func (s *Service) grantKinds(names []string, rights []Right) ([]string, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	if !slices.Contains(rights, RightManage) {
+		return nil, Invalid("kinds lets a token create broker destinations: it needs the %s right", RightManage)
+	}
+	known := s.Dests.Kinds()
+	out := make([]string, 0, len(names))
+	for _, k := range names {
+		if known == nil {
+			return nil, Invalid("kinds: this fanout delivers to webhooks only")
+		}
+		if _, err := known.Kind(k); err != nil {
+			return nil, Invalid("kinds: %q is not a broker kind; known: %s", k, strings.Join(known.Names(), ", "))
+		}
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
 }
 
 func hashSecret(secret string) string {
@@ -256,5 +292,5 @@ func (s *Service) Authenticate(ctx context.Context, raw string) (*Principal, err
 	if t.ExpiresAt != nil && !s.now().Before(*t.ExpiresAt) {
 		return nil, ErrBadToken
 	}
-	return &Principal{Token: t.ID, Rights: t.Rights, Tenant: t.Tenant, AllTenants: t.AllTenants}, nil
+	return &Principal{Token: t.ID, Rights: t.Rights, Tenant: t.Tenant, AllTenants: t.AllTenants, Kinds: t.Kinds}, nil
 }

@@ -23,7 +23,7 @@ func FuzzConfig(f *testing.F) {
 			f.Add(kind, c)
 		}
 	}
-	reg := Registry()
+	reg := Registry(sink.Ambient{})
 	f.Fuzz(func(t *testing.T, kind, raw string) {
 		k, err := reg.Kind(kind)
 		if err != nil {
@@ -55,11 +55,11 @@ func FuzzConfig(f *testing.F) {
 }
 
 func TestAll(t *testing.T) {
-	names := Registry().Names()
-	if !slices.Equal(names, []string{"kafka", "nats", "rabbitmq", "redis"}) {
+	names := Registry(sink.Ambient{}).Names()
+	if !slices.Equal(names, []string{"eventbridge", "kafka", "nats", "pubsub", "rabbitmq", "redis", "s3", "sns", "sqs"}) {
 		t.Fatalf("kinds %v", names)
 	}
-	for _, k := range All() {
+	for _, k := range All(sink.Ambient{}) {
 		if k.Delivered == "" || k.Parse == nil {
 			t.Errorf("%s: says nothing of what delivered means, or cannot parse", k.Name)
 		}

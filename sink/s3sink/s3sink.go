@@ -63,9 +63,9 @@ type Config struct {
 	// KeyTemplate is the objects' key, with placeholders: {event_id},
 	// {delivery_id} (one of the two is required), {type}, {tenant},
 	// {date} (2006-01-02), {year}, {month}, {day}, {hour}. The date is
-	// the attempt's, in UTC (sink.Message carries no event time yet): a
-	// retry across midnight with a dated key writes a second object under
-	// the next day's prefix. Default DefaultKeyTemplate.
+	// the event's (sink.Message.Time, when fanout accepted it), in UTC, so
+	// that a retry across midnight writes the same object; the attempt's
+	// when the message has no time. Default DefaultKeyTemplate.
 	KeyTemplate string `json:"key_template,omitempty"`
 	// PathStyle addresses the bucket in the path (host/bucket/key) rather
 	// than the host (bucket.host/key): for MinIO, LocalStack, moto. It
@@ -214,7 +214,11 @@ func (s *Sender) Send(ctx context.Context, m *sink.Message) error {
 	if closed {
 		return sink.ErrClosed
 	}
-	key := s.cfg.Key(m, s.now())
+	at := m.Time
+	if at.IsZero() {
+		at = s.now()
+	}
+	key := s.cfg.Key(m, at)
 	if len(key) > 1024 {
 		return fmt.Errorf("%w: the object key is %d bytes long, S3 takes at most 1024: shorten key_template", dispatch.ErrPermanent, len(key))
 	}
