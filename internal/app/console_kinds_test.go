@@ -10,6 +10,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"fanout/sink"
 	"fanout/sink/amqpsink"
 	"fanout/sink/ebsink"
 	"fanout/sink/kafkasink"
@@ -85,7 +86,7 @@ func TestConsole_KindForms(t *testing.T) {
 	if err := json.Unmarshal([]byte(js[string](b, `JSON.stringify(Object.fromEntries(FanoutKinds.list.filter(k => k.fields).map(k => [k.name, k.fields.map(f => f.name)])))`)), &formFields); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range kinds.All() {
+	for _, k := range kinds.All(sink.Ambient{}) {
 		typ, ok := configs[k.Name]
 		if !ok {
 			t.Errorf("kind %s: this test does not know its Config type: add it", k.Name)
@@ -127,8 +128,8 @@ func TestConsole_KindForms(t *testing.T) {
 		"s3":          `{"bucket":"my-events",` + aws + `,"key_template":"x/{event_id}","storage_class":"STANDARD_IA","path_style":false}`,
 		"pubsub":      `{"project_id":"my-project","topic":"orders","emulator_host":"127.0.0.1:8085","ordering":true}`,
 	}
-	reg := kinds.Registry()
-	for _, k := range kinds.All() {
+	reg := kinds.Registry(sink.Ambient{})
+	for _, k := range kinds.All(sink.Ambient{}) {
 		raw, ok := full[k.Name]
 		if !ok {
 			t.Errorf("kind %s: no full config in this test", k.Name)

@@ -50,7 +50,9 @@ func TestPortal_Brokers(t *testing.T) {
 	setField(b, "#endpoint-nats-password", nb.pass)
 	setField(b, "#endpoint-form input[name=description]", `acme <img src=x onerror=alert(1)> stream`)
 	b.mu.Lock()
-	b.allow = func(p string) bool { return strings.HasPrefix(p, "network") && (strings.Contains(p, "400") || strings.Contains(p, "403")) }
+	b.allow = func(p string) bool {
+		return strings.HasPrefix(p, "network") && (strings.Contains(p, "400") || strings.Contains(p, "403"))
+	}
 	b.mu.Unlock()
 	b.exec(`document.getElementById("endpoint-form").requestSubmit()`)
 	b.wait("the subject marked", `document.getElementById("endpoint-nats-subject").getAttribute("aria-invalid") === "true" &&
@@ -97,7 +99,9 @@ func TestPortal_Brokers(t *testing.T) {
 	b.screenshot("endpoint-broker-edit")
 	b.exec(`document.getElementById("endpoint-form").requestSubmit()`)
 	b.wait("saved", `location.hash === "#/endpoints/`+id+`" && (document.getElementById("endpoint-target")||{textContent:""}).textContent.includes("events.acme2")`)
-	var stored struct{ Config struct{ Subject, User, Password string } }
+	var stored struct {
+		Config struct{ Subject, User, Password string }
+	}
 	f.must(t, 200, f.tokens["acmeAll"], "GET", "/v1/destinations/"+id+"/secret", nil, &stored)
 	if stored.Config.Password != nb.pass || stored.Config.Subject != "events.acme2" {
 		t.Fatalf("after the edit the stored config is %+v", stored.Config)
