@@ -24,6 +24,17 @@ import (
 //go:embed web
 var files embed.FS
 
+// KindsScript is kinds.js, the forms of the destination kinds, which the
+// tenant portal serves too: one copy, so that the console and the portal
+// never disagree on a kind's fields.
+func KindsScript() []byte {
+	b, err := files.ReadFile("web/kinds.js")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	return b
+}
+
 // Policy is the console's Content-Security-Policy.
 const Policy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; font-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; " +

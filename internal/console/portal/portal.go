@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"fanout/internal/console"
 )
 
 //go:embed web
@@ -64,6 +66,7 @@ func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant string) []
 	}
 	static := http.FileServerFS(web)
 	logo := Origin(logoURL)
+	kindsJS := console.KindsScript()
 	mux.Handle("GET /portal/{tenant}/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tenant := r.PathValue("tenant")
 		list := ancestors(r, tenant)
@@ -82,6 +85,12 @@ func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant string) []
 		rest := ""
 		if len(parts) == 4 {
 			rest = parts[3]
+		}
+		if rest == "kinds.js" {
+			// The console's own (see console.KindsScript).
+			h.Set("Content-Type", "text/javascript; charset=utf-8")
+			_, _ = w.Write(kindsJS)
+			return
 		}
 		r2 := r.Clone(r.Context())
 		r2.URL.Path, r2.URL.RawPath = "/"+rest, ""

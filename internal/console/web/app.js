@@ -320,13 +320,26 @@
     await loadDestinations();
     const sel = wanted || select.value;
     clear(select);
-    select.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || d.url })));
+    select.append(el("option", { value: "", text: "any" }), state.destinations.map((d) => el("option", { value: d.id, text: d.description || whereOf(d) })));
     select.value = sel;
   }
   function destName(id) {
     const d = state.destinations.find((x) => x.id === id);
-    return d ? (d.description || d.url) : id;
+    return d ? (d.description || whereOf(d)) : id;
   }
+
+  // whereOf is where a destination sends: a webhook's URL, a broker
+  // destination's target (which the API gives without secrets). d may be
+  // an entry of /v1/stats, which names the destination by id only.
+  function whereOf(d) {
+    if (!d) return "";
+    if (d.url || d.target) return d.url || d.target;
+    const known = state.destinations.find((x) => x.id === d.id);
+    return known ? known.url || known.target || "" : "";
+  }
+
+  // typeOf is a destination's type: "webhook" when the API says none.
+  function typeOf(d) { return (d && d.type) || "webhook"; }
   function destLink(id) {
     return el("a", { href: "#/destinations/" + encodeURIComponent(id), title: id, text: destName(id) });
   }
@@ -414,7 +427,7 @@
         ], [times, ser.backlog]);
         clear(health);
         const rows = s.destinations.map((d) => el("tr", {},
-          el("td", {}, destLink(d.id), el("div", { class: "muted small mono", text: d.url })),
+          el("td", {}, destLink(d.id), el("div", { class: "muted small mono", text: whereOf(d) })),
           el("td", {}, badge(d.state, d.state === "breaker" ? "breaker open" : d.state),
             d.breaker_until ? el("div", { class: "small muted" }, "until ", timeEl(d.breaker_until)) : null,
             d.reason ? el("div", { class: "small muted", text: d.reason }) : null),
@@ -688,10 +701,12 @@
     for (const a of full.attempt_history || []) {
       let excerpt = "";
       if (a.detail && typeof a.detail === "object" && a.detail.excerpt) excerpt = a.detail.excerpt;
-      const ok = a.status >= 200 && a.status < 300 && !a.error;
+      // A broker destination's attempt has no HTTP status: without an
+      // error, the broker took the message.
+      const ok = !a.error && (!a.status || (a.status >= 200 && a.status < 300));
       steps.append(el("li", { class: ok ? "ok" : "bad" },
         el("strong", { text: `Attempt ${a.attempt}` }), " · ", timeEl(a.started_at), " · ", fmtMS(a.duration_ms), " · ",
-        a.status ? el("span", { class: ok ? "" : "error", text: `HTTP ${a.status}` }) : null,
+        a.status ? el("span", { class: ok ? "" : "error", text: `HTTP ${a.status}` }) : ok ? el("span", { text: "accepted by the broker" }) : null,
         a.error ? el("div", { class: "error small", text: a.error }) : null,
         excerpt ? el("pre", { class: "excerpt", text: excerpt }) : null));
     }
@@ -865,25 +880,36 @@
     let replays = [];
     const open = new Set(focus ? [focus] : []);
 
-    const create = el("form", { class: "stack", id: "create-destination" },
-      el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/hooks" })),
+    const create = el("form", { class: "stack", id: "create-destination" });
+    const where = typeFields(null, "new");
+    create.append(where.node,
       el("label", {}, "Filter (event types, comma-separated)", el("input", { name: "filter", placeholder: "order.*, user.created" })),
       el("label", {}, "Description", el("input", { name: "description", maxlength: "1000" })));
     const createMatch = matchEditor(null, () => splitList(create.querySelector("input[name=filter]").value));
-    create.append(createMatch.node, el("div", {}, el("button", { type: "submit", text: "Add destination" })));
+    const createError = el("div", { class: "wide form-error error", role: "alert" });
+    create.append(createMatch.node, createError, el("div", {}, el("button", { type: "submit", text: "Add destination" })));
     create.addEventListener("submit", async (ev) => {
       ev.preventDefault();
+      createError.textContent = "";
       const fd = new FormData(create);
       const m = createMatch.read();
       if (!m) return;
+      let target;
+      try { target = where.read(); } catch (e) { toast(e.message, true); return; }
       try {
-        const d = await api("POST", "/v1/destinations", withRaw({ url: fd.get("url"), description: fd.get("description") || undefined, filter: splitList(fd.get("filter")) }, { match: m.raw }));
+        const d = await api("POST", "/v1/destinations", withRaw(Object.assign(target, { description: fd.get("description") || undefined, filter: splitList(fd.get("filter")) }), { match: m.raw }));
         create.reset();
+        where.reset();
         open.add(d.id);
-        state.rotated.set(d.id, { secret: d.secret }); // the creation's answer: its secret, shown once
+        // The creation's answer: a webhook's signing secret, shown once.
+        if (typeOf(d) === "webhook" && d.secret) state.rotated.set(d.id, { secret: d.secret });
         toast("Added " + d.id);
         refresh(true);
-      } catch (e) { if (!createMatch.fail(e)) toast(failMessage(e), true); }
+      } catch (e) {
+        if (createMatch.fail(e) || where.fail(e)) return;
+        createError.textContent = failMessage(e);
+        toast(failMessage(e), true);
+      }
     });
     top.append(el("details", { class: "panel" }, el("summary", { text: "Add a destination" }), create));
 
@@ -939,12 +965,72 @@
     return `${t.rate} per ${t.per}, ` + (t.burst ? `burst ${t.burst}` : "burst of one second's worth") + " (all replicas together on PostgreSQL)";
   }
 
+  // typeFields is where a destination sends, in its form: the type
+  // selector, then a webhook's URL or a broker kind's config form.
+  // read() is the body's part (url, or type and config); fail(err) marks
+  // the field an API error names; reset() empties it (a new one).
+  function typeFields(d, idPrefix, onType) {
+    const K = window.FanoutKinds;
+    const initial = typeOf(d);
+    // Every kind: the API says which this token may not create (a 403
+    // naming the kind, shown under the form).
+    const kinds = window.FanoutKinds.list.slice();
+    if (!kinds.some((k) => k.name === initial)) kinds.push({ name: initial, label: K.label(initial) });
+    const select = el("select", { name: "type", id: idPrefix + "-type", "aria-label": "destination type" },
+      kinds.map((k) => el("option", { value: k.name, text: k.label, selected: k.name === initial })));
+    const box = el("div", { class: "wide type-fields" });
+    let form = null; // the config form of the type shown
+    let url = null;
+    const reveal = el("button", {
+      type: "button", class: "secondary reveal-config", text: "Reveal secrets",
+      title: "put the stored values in place of the masked ones",
+      onclick: async (ev) => {
+        try {
+          const s = await readSecrets(d);
+          const n = form.reveal(s.config || {});
+          ev.target.disabled = true;
+          if (!n) toast("No masked value left to reveal");
+        } catch (e) { toast(failMessage(e), true); }
+      },
+    });
+    function show(type) {
+      clear(box);
+      form = null;
+      url = null;
+      if (type === "webhook") {
+        url = el("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/hooks", value: d && d.url ? d.url : "" });
+        box.append(el("label", {}, "URL", url));
+        return;
+      }
+      // The stored config belongs to the stored type only.
+      const same = d && typeOf(d) === type;
+      form = K.configForm(type, same ? d.config : null, { idPrefix, delivered: same ? d.delivered : "" });
+      box.append(form.node);
+      if (same && form.hasMasks()) box.append(el("div", { class: "actions" }, reveal));
+    }
+    select.addEventListener("change", () => { show(select.value); if (onType) onType(select.value); });
+    show(initial);
+    return {
+      node: el("div", { class: "wide type-row" }, el("label", {}, "Type", select), box),
+      read() {
+        if (select.value === "webhook") return { type: d && initial !== "webhook" ? "webhook" : undefined, url: url.value };
+        return { type: select.value, config: form.read() };
+      },
+      fail(e) { return !!form && form.fail(e); },
+      reset() { select.value = initial; show(initial); },
+    };
+  }
+
   function destinationPanel(d, h, replays, open) {
     const stateName = !d.enabled ? "disabled" : d.paused ? "paused" : h && h.state === "breaker" ? "breaker" : "active";
     const panel = el("details", { class: "panel destination", "data-id": d.id, open: open.has(d.id) });
     panel.addEventListener("toggle", () => { if (panel.open) open.add(d.id); else open.delete(d.id); });
-    const url = /^https?:\/\//i.test(d.url) ? el("a", { href: d.url, rel: "noreferrer noopener", target: "_blank", class: "mono", text: d.url }) : el("span", { class: "mono", text: d.url });
-    panel.append(el("summary", {}, el("strong", { text: d.description || d.id }), " ", badge(stateName, stateName === "breaker" ? "breaker open" : stateName), " ", url));
+    const broker = typeOf(d) !== "webhook";
+    // A broker's target is text: it is no link, whatever it looks like.
+    const url = broker ? el("span", { class: "mono target", text: d.target || "" })
+      : /^https?:\/\//i.test(d.url) ? el("a", { href: d.url, rel: "noreferrer noopener", target: "_blank", class: "mono", text: d.url }) : el("span", { class: "mono", text: d.url });
+    panel.append(el("summary", {}, el("strong", { text: d.description || d.id }), " ", badge(stateName, stateName === "breaker" ? "breaker open" : stateName), " ",
+      broker ? el("span", { class: "badge kind", "data-type": typeOf(d), text: window.FanoutKinds.label(typeOf(d)) }) : null, broker ? " " : null, url));
 
     const figs = el("div", { class: "figures small muted" },
       `backlog ${h ? fmtNum(h.backlog, 0) : "—"}`, " · ",
@@ -984,9 +1070,9 @@
       d.enabled
         ? act("Disable", "secondary", async () => { await api("PATCH", path, { enabled: false }); toast("Disabled"); })
         : act("Enable", "", async () => { await api("PATCH", path, { enabled: true }); toast("Enabled"); }),
-      el("button", { type: "button", class: "secondary", text: "Edit", onclick: () => editForm(d, panel) }),
+      el("button", { type: "button", class: "secondary edit", text: "Edit", onclick: () => editForm(d, panel) }),
       el("button", { type: "button", class: "secondary replay", text: "Replay…", onclick: () => replayForm(d, panel) }),
-      act("Rotate secret", "secondary rotate", async () => {
+      broker ? null : act("Rotate secret", "secondary rotate", async () => {
         const nd = await api("POST", path + "/rotate-secret");
         // The one answer that shows the new secret: shown once, here.
         state.revealed.delete(d.id);
@@ -1080,15 +1166,16 @@
       const p = livePanel(panel, d.id);
       p.querySelector("dl.facts").replaceWith(destinationFacts(d, p));
     };
+    const toggle = async (ev) => {
+      ev.preventDefault();
+      if (shown) { state.revealed.delete(d.id); redraw(); return; }
+      ev.target.disabled = true;
+      try { state.revealed.set(d.id, await readSecrets(d)); redraw(); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
+    };
     const reveal = el("button", {
       type: "button", class: "copy reveal", text: shown ? "hide" : "reveal",
       title: shown ? "mask the secret and header values again" : "show the secret and header values in full",
-      onclick: async (ev) => {
-        ev.preventDefault();
-        if (shown) { state.revealed.delete(d.id); redraw(); return; }
-        ev.target.disabled = true;
-        try { state.revealed.set(d.id, await readSecrets(d)); redraw(); } catch (e) { toast(failMessage(e), true); ev.target.disabled = false; }
-      },
+      onclick: toggle,
     });
     // Copy reads the secret when it is not shown: the page holds a mask.
     const copy = el("button", {
@@ -1105,12 +1192,28 @@
       },
     });
     const names = Object.keys(headers);
+    const broker = typeOf(d) !== "webhook";
+    // A broker destination signs nothing: its secrets are its config's,
+    // masked as the API gives them, or in full once revealed.
+    const config = shown && shown.config ? shown.config : d.config;
+    const kindRows = broker ? [
+      el("dt", { text: "Type" }), el("dd", { class: "kind" }, window.FanoutKinds.label(typeOf(d)), " ", el("span", { class: "muted small mono", text: typeOf(d) })),
+      el("dt", { text: "Target" }), el("dd", { class: "mono target", text: d.target || "" }),
+      el("dt", { text: "Delivered" }), el("dd", { class: "delivered", text: d.delivered ? "when " + d.delivered : "—" }),
+      el("dt", { text: "Config" }), el("dd", { class: "config" + (shown ? " revealed" : "") }, window.FanoutKinds.configRows(typeOf(d), config),
+        el("div", {}, el("button", {
+          type: "button", class: "copy reveal", text: shown ? "hide" : "reveal",
+          title: shown ? "mask the secrets again" : "show the config's secrets and the header values in full",
+          onclick: toggle,
+        }))),
+    ] : null;
     return el("dl", { class: "facts" },
       el("dt", { text: "Id" }), el("dd", {}, el("span", { class: "id", text: d.id }), copyButton(d.id)),
+      kindRows,
       el("dt", { text: "Filter" }), el("dd", { class: "mono", text: (d.filter || []).join(", ") || "every event" }),
       el("dt", { text: "Payload filter" }), el("dd", { class: "match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Transformation" }), el("dd", { class: "transform" }, d.transform ? el("pre", { class: "match transform-source", text: d.transform }) : el("span", { class: "muted", text: "none" })),
-      el("dt", { text: "Secret" }), el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
+      broker ? null : el("dt", { text: "Secret" }), broker ? null : el("dd", {}, el("span", { class: "id secret" + (shown ? " revealed" : ""), text: secret }), reveal, copy,
         d.previous_secret_expires_at ? el("span", { class: "muted small" }, " the previous one signs too until ", timeEl(d.previous_secret_expires_at)) : null),
       el("dt", { text: "Throttle" }), el("dd", { class: "throttle", text: throttleText(d) }),
       el("dt", { text: "Ordering" }), el("dd", { class: d.ordering ? "mono" : "", text: d.ordering ? "one at a time per " + d.ordering.key : "none" }),
@@ -1142,8 +1245,11 @@
   function editForm(d, panel) {
     const slot = slotOf(panel);
     const th = throttleOf(d);
+    // A broker destination gets the event as it was accepted: no
+    // transformation (the API refuses one), so its editor goes.
+    const where = typeFields(d, "edit-" + d.id, (type) => { transformEd.node.hidden = type !== "webhook"; });
     const form = el("form", { class: "stack editing" },
-      el("label", { class: "wide" }, "URL", el("input", { name: "url", type: "url", value: d.url, required: true })),
+      where.node,
       el("label", {}, "Description", el("input", { name: "description", value: d.description || "" })),
       el("label", {}, "Filter (comma-separated)", el("input", { name: "filter", value: (d.filter || []).join(", ") })),
       el("label", {}, "Max concurrency (1-1024)", el("input", { name: "max_concurrency", type: "number", min: "1", max: "1024", value: String(d.max_concurrency) })),
@@ -1172,6 +1278,7 @@
       el("label", { class: "wide" }, "Retry (JSON: initial, max, max_age, max_attempts; {} for the default)", el("textarea", { name: "retry" }, d.retry ? JSON.stringify(d.retry) : "{}")));
     const matchEd = matchEditor(d, () => splitList(form.querySelector("input[name=filter]").value));
     const transformEd = transformEditor(d);
+    transformEd.node.hidden = typeOf(d) !== "webhook";
     form.append(matchEd.node, transformEd.node,
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Save" }),
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => { clear(slot); } })));
@@ -1182,9 +1289,11 @@
       try { headers = JSON.parse(fd.get("headers") || "{}"); retry = JSON.parse(fd.get("retry") || "{}"); } catch (e) { toast("Headers and retry must be JSON: " + e.message, true); return; }
       const m = matchEd.read();
       if (!m) return;
+      let target;
+      try { target = where.read(); } catch (e) { toast(e.message, true); return; }
       try {
         await api("PATCH", "/v1/destinations/" + encodeURIComponent(d.id), withRaw({
-          url: fd.get("url"), description: fd.get("description"), filter: splitList(fd.get("filter")),
+          ...target, description: fd.get("description"), filter: splitList(fd.get("filter")),
           max_concurrency: Number(fd.get("max_concurrency")), headers, retry,
           rate_limit: Number(fd.get("rate_limit_rate")) ? { rate: Number(fd.get("rate_limit_rate")), per: fd.get("rate_limit_per"), burst: Number(fd.get("rate_limit_burst")) } : 0,
           transform: transformEd.changed() ? transformEd.value() : undefined, // left as it was: not sent
@@ -1192,7 +1301,7 @@
         toast("Saved");
         clear(slot);
         refresh(true);
-      } catch (e) { if (!matchEd.fail(e) && !transformEd.fail(e)) toast(failMessage(e), true); }
+      } catch (e) { if (!matchEd.fail(e) && !transformEd.fail(e) && !where.fail(e)) toast(failMessage(e), true); }
     });
     slot.append(form);
   }

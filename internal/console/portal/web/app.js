@@ -199,6 +199,24 @@
 
   function back(text, href) { return el("p", {}, el("a", { href: href || "#/", text: "← " + (text || "Endpoints") })); }
 
+  // typeOf is an endpoint's type: "webhook" when the API says none; a
+  // broker endpoint (NATS, Kafka, SQS...) has a target instead of a URL.
+  function typeOf(d) { return (d && d.type) || "webhook"; }
+  function isBroker(d) { return typeOf(d) !== "webhook"; }
+  function whereOf(d) { return (isBroker(d) ? d.target : d.url) || ""; }
+
+  // offeredKinds are the types a new endpoint may have: webhook, and the
+  // broker kinds the operator granted this link's token, as GET
+  // /v1/portal lists them (none when it lists nothing: the server
+  // refuses the others with a 403, shown as it says).
+  function offeredKinds(d) {
+    const K = window.FanoutKinds;
+    const granted = (state.info && (state.info.kinds || state.info.destination_types)) || [];
+    const list = K.list.filter((k) => k.name === "webhook" || granted.includes(k.name));
+    if (d && !list.some((k) => k.name === typeOf(d))) list.push({ name: typeOf(d), label: K.label(typeOf(d)) });
+    return list;
+  }
+
   function endpointState(d) {
     if (!d.enabled) return "disabled";
     if (d.paused || d.circuit_open_until) return "paused";
@@ -216,7 +234,8 @@
     const list = el("div", { id: "endpoints" });
     for (const d of destinations) {
       list.append(el("a", { class: "panel endpoint", href: "#/endpoints/" + encodeURIComponent(d.id), "data-id": d.id },
-        el("div", { class: "spread" }, el("span", { class: "url", text: d.url }), badge(endpointState(d))),
+        el("div", { class: "spread" }, el("span", { class: "url" }, isBroker(d) ? el("span", { class: "badge kind", text: window.FanoutKinds.label(typeOf(d)) }) : null,
+          isBroker(d) ? " " : null, whereOf(d)), badge(endpointState(d))),
         d.description ? el("div", { text: d.description }) : null,
         el("div", { class: "muted small" }, "Events: ", d.filter && d.filter.length ? d.filter.join(", ") : "all", d.match ? " · with a payload filter" : "")));
     }
@@ -321,7 +340,37 @@
   // typed in), headers. Header values come masked from the API; sent back
   // as they are, the stored values are kept.
   function endpointForm(d, submit) {
-    const url = el("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/webhooks", value: d ? d.url : "" });
+    const K = window.FanoutKinds;
+    const url = el("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/webhooks", value: d && d.url ? d.url : "" });
+    const kinds = offeredKinds(d);
+    const initialType = typeOf(d);
+    const typeSel = el("select", { name: "type", id: "endpoint-type", "aria-label": "endpoint type" },
+      kinds.map((k) => el("option", { value: k.name, text: k.label, selected: k.name === initialType })));
+    const where = el("div", { class: "wide", id: "endpoint-where" });
+    let cfgForm = null;
+    const showType = (type) => {
+      clear(where);
+      cfgForm = null;
+      if (type === "webhook") {
+        url.required = true;
+        where.append(el("label", {}, "Endpoint URL", url));
+        return;
+      }
+      url.required = false;
+      const same = d && typeOf(d) === type;
+      cfgForm = K.configForm(type, same ? d.config : null, { idPrefix: "endpoint", delivered: same ? d.delivered : "" });
+      where.append(cfgForm.node);
+      if (same && cfgForm.hasMasks()) {
+        where.append(el("p", { class: "muted small", text: "Secrets are shown masked: left as they are, the stored ones stay (for the same address only)." }));
+      }
+    };
+    typeSel.addEventListener("change", () => {
+      showType(typeSel.value);
+      // A broker endpoint gets the event as it was accepted: no
+      // transformation.
+      if (transformNode) transformNode.hidden = typeSel.value !== "webhook";
+    });
+    showType(initialType);
     const desc = el("input", { name: "description", value: d && d.description ? d.description : "" });
     const chosen = new Set(d && d.filter ? d.filter : []);
     const all = el("input", { type: "checkbox", name: "all-types", checked: chosen.size === 0 });
@@ -349,10 +398,12 @@
     const transformNode = state.transform
       ? el("label", { class: "wide" }, "Transformation (JavaScript: function handler(webhook) { ... }; empty: none)", transformArea)
       : (initialT ? el("div", { class: "wide field" }, "Transformation (set by your provider)", el("pre", { class: "match", id: "transform-readonly", text: initialT })) : null);
+    if (transformNode) transformNode.hidden = initialType !== "webhook";
     const error = el("div", {});
     const save = el("button", { type: "submit", text: d ? "Save" : "Create endpoint" });
     const form = el("form", { class: "stack panel", id: "endpoint-form" },
-      el("label", { class: "wide" }, "Endpoint URL", url),
+      kinds.length > 1 ? el("label", { class: "wide" }, "Type", typeSel) : null,
+      where,
       el("label", { class: "wide" }, "Description", desc),
       el("div", { class: "wide field" }, "Events to receive",
         el("label", { class: "row" }, all, el("span", { text: "All events" })), boxes,
@@ -383,10 +434,25 @@
       // A new endpoint gets the filter typed; a changed one the filter if
       // it changed, {} when it was cleared (which removes it).
       const raw = d ? (matchEd.changed() ? m.raw || "{}" : null) : m.raw;
-      const transform = transformArea && transformArea.value.trim() !== initialT.trim() ? transformArea.value : undefined;
-      const body = withRaw({ url: url.value.trim(), description: desc.value, filter, headers: hs, transform }, { match: raw });
+      const transform = transformArea && typeSel.value === "webhook" && transformArea.value.trim() !== initialT.trim() ? transformArea.value : undefined;
+      let target;
+      if (typeSel.value === "webhook") {
+        target = { url: url.value.trim() };
+        if (initialType !== "webhook") target.type = "webhook";
+      } else {
+        try { target = { type: typeSel.value, config: cfgForm.read() }; } catch (err) { error.append(errorBox(err)); return; }
+      }
+      const body = withRaw(Object.assign(target, { description: desc.value, filter, headers: hs, transform }), { match: raw });
       act(save, async () => {
-        try { await submit(body); } catch (err) { if (!matchEd.fail(err)) error.append(errorBox(err)); throw err; }
+        try {
+          await submit(body);
+        } catch (err) {
+          if (!matchEd.fail(err)) {
+            if (cfgForm) cfgForm.fail(err);
+            error.append(errorBox(err));
+          }
+          throw err;
+        }
       });
     });
     return form;
@@ -397,7 +463,7 @@
     clear(main);
     main.append(back(), el("h1", { text: "Add endpoint" }), endpointForm(null, async (body) => {
       const d = await api("POST", "/v1/destinations", body);
-      state.secret.set(d.id, { secret: d.secret, what: "created" });
+      if (!isBroker(d) && d.secret) state.secret.set(d.id, { secret: d.secret, what: "created" });
       location.hash = "#/endpoints/" + encodeURIComponent(d.id);
     }));
   }
@@ -418,7 +484,7 @@
     const d = await api("GET", path);
     clear(main);
     const st = endpointState(d);
-    main.append(back(), el("div", { class: "spread" }, el("h1", { class: "mono", id: "endpoint-url", text: d.url }), badge(st)));
+    main.append(back(), el("div", { class: "spread" }, el("h1", { class: "mono", id: "endpoint-url", text: whereOf(d) }), badge(st)));
     const shown = state.secret.get(d.id);
     if (shown) {
       // A secret is shown once: here, after its creation or rotation.
@@ -432,12 +498,18 @@
     }
     main.append(el("div", { class: "panel" }, el("dl", { class: "facts" },
       el("dt", { text: "Id" }), el("dd", { class: "id", text: d.id }),
+      isBroker(d) ? [
+        el("dt", { text: "Type" }), el("dd", { id: "endpoint-kind", text: window.FanoutKinds.label(typeOf(d)) }),
+        el("dt", { text: "Target" }), el("dd", { class: "mono", id: "endpoint-target", text: d.target || "" }),
+        el("dt", { text: "Delivered" }), el("dd", { id: "endpoint-delivered", text: d.delivered ? "when " + d.delivered : "—" }),
+        el("dt", { text: "Settings" }), el("dd", { class: "config", id: "endpoint-config" }, window.FanoutKinds.configRows(typeOf(d), d.config)),
+      ] : null,
       el("dt", { text: "Description" }), el("dd", { text: d.description || "—" }),
       el("dt", { text: "Events" }), el("dd", { text: d.filter && d.filter.length ? d.filter.join(", ") : "all" }),
       el("dt", { text: "Transformation" }), el("dd", { id: "endpoint-transform" }, d.transform ? el("pre", { class: "match", text: d.transform }) : el("span", { class: "muted", text: "none" })),
       el("dt", { text: "Payload filter" }), el("dd", { id: "endpoint-match" }, d.match ? el("pre", { class: "match", text: prettyMatch(d.match) }) : el("span", { class: "muted", text: "none: every event of these types" })),
       el("dt", { text: "Headers" }), el("dd", { text: Object.keys(d.headers || {}).join(", ") || "—" }),
-      el("dt", { text: "Signing secret" }), el("dd", { class: "mono", text: d.secret }),
+      isBroker(d) ? null : el("dt", { text: "Signing secret" }), isBroker(d) ? null : el("dd", { class: "mono", text: d.secret }),
       d.reason ? el("dt", { text: "Disabled because" }) : null, d.reason ? el("dd", { text: d.reason }) : null,
       el("dt", { text: "Created" }), el("dd", {}, timeEl(d.created_at)))));
     if (state.manage) {
@@ -457,12 +529,13 @@
         route();
       }) });
       const del = el("button", { type: "button", class: "danger", text: "Delete", onclick: () => act(del, async () => {
-        if (!await confirmDialog("Delete this endpoint?", d.url + " will receive nothing more.", "Delete")) return;
+        if (!await confirmDialog("Delete this endpoint?", whereOf(d) + " will receive nothing more.", "Delete")) return;
         await api("DELETE", path);
         toast("Deleted");
         location.hash = "#/";
       }) });
-      actions.append(rotate, del);
+      if (!isBroker(d)) actions.append(rotate);
+      actions.append(del);
       main.append(actions);
       main.append(testForm(d));
     }
@@ -603,7 +676,8 @@
       try { detail = a.detail ? (typeof a.detail === "string" ? JSON.parse(a.detail) : a.detail) : null; } catch (_) { detail = null; }
       ol.append(el("li", { class: "attempt" },
         el("div", {}, el("strong", { text: "Attempt " + a.attempt }), " · ", timeEl(a.started_at), ` · ${Math.round(a.duration_ms)} ms`),
-        el("div", {}, a.status ? el("span", { class: "badge " + (a.status < 300 ? "delivered" : "failed"), text: "HTTP " + a.status }) : null,
+        el("div", {}, a.status ? el("span", { class: "badge " + (a.status < 300 ? "delivered" : "failed"), text: "HTTP " + a.status })
+          : a.error ? null : el("span", { class: "badge delivered", text: "accepted" }), // a broker endpoint's: no HTTP status
           a.error ? el("span", { class: "error", text: " " + a.error }) : null),
         detail && detail.excerpt ? el("pre", { class: "excerpt", text: detail.excerpt }) : null));
     }
