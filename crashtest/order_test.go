@@ -1,12 +1,16 @@
 package crashtest
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,18 +19,31 @@ import (
 )
 
 // orderSink is the receiver of TestCrash_OrderedKillUnderLoad: it refuses a
-// fifth of the attempts with a 503 and records, per key, the sequence
+// share of the attempts with a 503 and records, per key, the sequence
 // numbers it accepted, in arrival order, with the run of fanout (epoch)
-// that was alive when each arrived.
+// that sent each.
+//
+// The run is the connection's, taken when it is accepted, not the one
+// alive when its request is answered: a request that the killed process
+// sent just before its SIGKILL may be answered after the next run began
+// (a loaded machine schedules the handler late), and counting it in that
+// run made its resend by that run (the 2xx never reached the dead process)
+// look like a delivery sent twice by one process. A process's connections
+// are its own, so the connection tells which run sent a request; nextRun
+// makes sure every connection of a killed process was accepted before the
+// epoch moves on.
 type orderSink struct {
 	*httptest.Server
-	epoch atomic.Int64
-	mu    sync.Mutex
-	got   map[string][]arrival
-	// inFlight counts requests of a key being answered: more than one
-	// is a breach of one-at-a-time whatever the epoch.
+	epoch  atomic.Int64
+	refuse float64 // the share of attempts answered 503
+	mu     sync.Mutex
+	got    map[string][]arrival
+	// inFlight counts the requests of a key being answered, per run: more
+	// than one of one run is a breach of one-at-a-time.
 	inFlight map[string]int
 	overlaps []string
+	// late counts the requests answered 2xx after their run ended.
+	late int
 }
 
 type arrival struct {
@@ -34,9 +51,16 @@ type arrival struct {
 	epoch int64
 }
 
-func newOrderSink(t *testing.T) *orderSink {
-	s := &orderSink{got: map[string][]arrival{}, inFlight: map[string]int{}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// connEpoch is the context key of the epoch of a request's connection.
+type connEpoch struct{}
+
+func newOrderSink(t *testing.T, refuse float64) *orderSink {
+	s := &orderSink{refuse: refuse, got: map[string][]arrival{}, inFlight: map[string]int{}}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/accepted" {
+			w.WriteHeader(http.StatusNoContent) // nextRun's own connection
+			return
+		}
 		var e struct {
 			K string `json:"k"`
 			N int    `json:"n"`
@@ -45,26 +69,105 @@ func newOrderSink(t *testing.T) *orderSink {
 			w.WriteHeader(400)
 			return
 		}
-		epoch := s.epoch.Load()
+		epoch := r.Context().Value(connEpoch{}).(int64)
+		run := fmt.Sprintf("%s@%d", e.K, epoch)
 		s.mu.Lock()
-		s.inFlight[e.K]++
-		if s.inFlight[e.K] > 1 && s.epoch.Load() == epoch {
-			s.overlaps = append(s.overlaps, fmt.Sprintf("%s/%d", e.K, e.N))
+		if s.inFlight[run]++; s.inFlight[run] > 1 {
+			s.overlaps = append(s.overlaps, fmt.Sprintf("%s/%d", run, e.N))
 		}
 		s.mu.Unlock()
 		time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		s.inFlight[e.K]--
-		if rand.Float64() < 0.2 {
+		s.inFlight[run]--
+		if rand.Float64() < s.refuse {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
+		}
+		if epoch != s.epoch.Load() {
+			s.late++
 		}
 		s.got[e.K] = append(s.got[e.K], arrival{e.N, epoch})
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	// Called by the server's accept loop, in the order of the listen
+	// queue, before it accepts the next connection.
+	s.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, connEpoch{}, s.epoch.Load())
+	}
+	s.Start()
 	t.Cleanup(s.Close)
 	return s
+}
+
+// nextRun moves the sink to the next run of fanout, once the last one is
+// dead: a connection of its own, answered, was accepted after every
+// connection queued before it, those of the dead process included, which
+// so keep their run.
+func (s *orderSink) nextRun(t *testing.T) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := c.Get(s.URL + "/accepted")
+	if err != nil {
+		t.Fatalf("the sink's own request: %v", err)
+	}
+	resp.Body.Close()
+	s.epoch.Add(1)
+}
+
+// TestOrderSink_RunOfConnection: a request counts in the run of fanout
+// that opened its connection, even when it is answered after the next run
+// began: the requests a killed process had sent (here on connections
+// opened before nextRun, answered after it) are of its run, and its
+// successor's resends of the next.
+func TestOrderSink_RunOfConnection(t *testing.T) {
+	t.Parallel()
+	s := newOrderSink(t, 0)
+	addr := s.Listener.Addr().String()
+	// The killed process's connections, with requests not yet answered.
+	old := make([]net.Conn, 20)
+	for i := range old {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		old[i] = c
+	}
+	s.nextRun(t)
+	post := func(c net.Conn, key string) {
+		t.Helper()
+		body := fmt.Sprintf(`{"k":%q,"n":0}`, key)
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(body), body)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("%s: %d", key, resp.StatusCode)
+		}
+	}
+	for i, c := range old {
+		post(c, fmt.Sprintf("k%d", i))
+	}
+	// The next run sends them again, on its own connections.
+	for i := range old {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		post(c, fmt.Sprintf("k%d", i))
+		c.Close()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range old {
+		key := fmt.Sprintf("k%d", i)
+		if got, want := s.got[key], []arrival{{0, 0}, {0, 1}}; !slices.Equal(got, want) {
+			t.Errorf("%s: %v, want %v (the first in the run of its connection, the second in the next)", key, got, want)
+		}
+	}
 }
 
 // TestCrash_OrderedKillUnderLoad: a destination ordered by a key of the
@@ -79,7 +182,7 @@ func newOrderSink(t *testing.T) *orderSink {
 func TestCrash_OrderedKillUnderLoad(t *testing.T) {
 	t.Parallel()
 	const keys, perKey, batchKeys = 1000, 10, 250
-	recv := newOrderSink(t)
+	recv := newOrderSink(t, 0.2)
 	data := t.TempDir()
 	args := fanoutArgs(data, nil, fastRetries...)
 	var mu sync.Mutex
@@ -131,7 +234,7 @@ func TestCrash_OrderedKillUnderLoad(t *testing.T) {
 		time.Sleep(time.Duration(50+rand.IntN(200)) * time.Millisecond)
 		mu.Lock()
 		p.Kill(t)
-		recv.epoch.Add(1)
+		recv.nextRun(t)
 		p = startFanout(t, args)
 		mu.Unlock()
 	}
@@ -195,6 +298,6 @@ func TestCrash_OrderedKillUnderLoad(t *testing.T) {
 	if len(recv.overlaps) > 0 {
 		t.Errorf("%d deliveries arrived while another of their key was being answered, in one run: %v", len(recv.overlaps), recv.overlaps[:min(10, len(recv.overlaps))])
 	}
-	t.Logf("%d keys x %d events, %d kills: %d deliveries again (%d runs resumed after a restart), %d gaps, %d backward steps within a run",
-		keys, perKey, kills(5), repeats, resumed, gaps, backwards)
+	t.Logf("%d keys x %d events, %d kills: %d deliveries again (%d runs resumed after a restart, %d answered after their run ended), %d gaps, %d backward steps within a run",
+		keys, perKey, kills(5), repeats, resumed, recv.late, gaps, backwards)
 }

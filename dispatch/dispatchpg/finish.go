@@ -416,7 +416,7 @@ func (s *Store) CallFinish(ctx context.Context, p *dispatch.CallFinishParams) (*
 		if unpark {
 			// The next of its sequence (see lockSQL).
 			b.Queue(unlockSQL, p.ID, p.OrderKey)
-			b.Queue(unparkSQL, p.ID, p.OrderKey, now)
+			b.Queue(unparkSQL, p.ID, p.OrderKey, now, p.Attempt)
 		}
 		if local == nil {
 			return

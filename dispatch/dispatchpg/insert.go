@@ -342,10 +342,16 @@ func queuePark(b *pgx.Batch, cols *columns) {
 
 // unlockSQL takes the advisory lock of the sequence $2 of the key of call
 // $1; unparkSQL then makes its first call not final runnable at $3 if it
-// is parked: after a call of the sequence became final.
+// is parked: after a call of the sequence became final. Both are queued
+// with the finish, before its answer is known: unparkSQL looks for call $1
+// final at attempt $4, so that a finish refused as stale (an attempt taken
+// over after its lease expired) unparks nothing while the call runs again
+// (a call parked with a lower id than a running head would then run beside
+// it).
 const unlockSQL = `SELECT pg_advisory_xact_lock(hashtextextended((SELECT key FROM calls WHERE id = $1) || chr(31) || $2, 0))`
 
 var unparkSQL = `UPDATE calls SET run_after = $3
 	WHERE id = (SELECT o.id FROM calls o WHERE o.key = (SELECT c.key FROM calls c WHERE c.id = $1) AND o.order_key = $2
 		AND o.state IN (0, 1, 2) ORDER BY o.id LIMIT 1)
-	AND state = 0 AND run_after >= ` + parkedNanos
+	AND state = 0 AND run_after >= ` + parkedNanos + `
+	AND EXISTS (SELECT 1 FROM calls f WHERE f.id = $1 AND f.state IN (3, 4) AND f.attempt = $4)`

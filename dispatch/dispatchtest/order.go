@@ -117,6 +117,39 @@ func exerciseOrder(t *testing.T, open OpenFunc) {
 		}
 	})
 
+	t.Run("HeadOfDeadProcess", func(t *testing.T) {
+		t.Parallel()
+		s := open(t, t.Name())
+		mustInsert(t, s, ordered("y2", "A"))
+		first := mustClaimKey(t, s, "d", T0, 10)
+		// Its process dies: the lease expires and is released. A call
+		// with a lower id (another replica's clock) is stored meanwhile,
+		// parked behind it.
+		later := T0.Add(2 * time.Minute)
+		if n, err := s.CallLeaseRelease(ctx, &dispatch.CallLeaseReleaseParams{Now: later}); err != nil || n != 1 {
+			t.Fatalf("release the dead process's lease: %d, %v", n, err)
+		}
+		mustInsert(t, s, ordered("y1", "A"), ordered("y3", "A"))
+		again := mustClaimKey(t, s, "d", later, 10)
+		if !slices.Equal(ids(again), []string{"y2"}) {
+			t.Fatalf("claimed %v after y2's lease was released, want [y2]: it keeps its turn", ids(again))
+		}
+		// The dead process's attempt ends late: refused, it must leave the
+		// sequence as it is (y2 runs again; y1 waits for it).
+		stale := &dispatch.CallFinishParams{ID: "y2", Attempt: first[0].Attempt, State: dispatch.StateDone,
+			Status: dispatch.StatusOK, Now: later, OrderKey: "A"}
+		if res := mustFinish(t, s, stale); res.Applied {
+			t.Fatal("the finish of an attempt taken over was applied")
+		}
+		if more := mustClaimKey(t, s, "d", later, 10); len(more) != 0 {
+			t.Fatalf("claimed %v while y2 runs again, after a stale finish of it; want none", ids(more))
+		}
+		finishOrdered(t, s, again[0], dispatch.StateDone, later)
+		if next := mustClaimKey(t, s, "d", later, 10); !slices.Equal(ids(next), []string{"y1"}) {
+			t.Fatalf("claimed %v after y2, want [y1]", ids(next))
+		}
+	})
+
 	t.Run("SuspendedChildren", func(t *testing.T) {
 		t.Parallel()
 		s := open(t, t.Name())
