@@ -580,6 +580,11 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context, conn *pg
 // writeTx runs fn in a transaction (see write), and counts the rows it
 // wrote once it committed.
 func (s *Store) writeTx(ctx context.Context, fn func(ctx context.Context, tx *rtx) error) error {
+	return retryDeadlock(func() error { return s.writeTxOnce(ctx, fn) })
+}
+
+// writeTxOnce is writeTx without its retry of a deadlock's victim.
+func (s *Store) writeTxOnce(ctx context.Context, fn func(ctx context.Context, tx *rtx) error) error {
 	return s.write(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		if err := s.hooks.before(); err != nil {
 			return err

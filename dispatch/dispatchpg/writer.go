@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -262,8 +263,42 @@ func (w *writer) settle(op *wop, lost error) error {
 	return err
 }
 
-// run sends ops as one batch, one implicit transaction.
+// run sends ops as one batch, one implicit transaction, again when the
+// server chose it as a deadlock's victim (see retryDeadlock).
 func (w *writer) run(ops []*wop) error {
+	return retryDeadlock(func() error { return w.runOnce(ops) })
+}
+
+// deadlockRetries bounds how many times a transaction that PostgreSQL
+// rolled back to break a deadlock is run again.
+const deadlockRetries = 5
+
+// retryDeadlock runs fn, and again, after a short random pause, while it
+// fails with a deadlock (SQLSTATE 40P01). Ordered calls take an advisory
+// lock per sequence after their rows' writes (insert.go), in the order of
+// a group commit's operations: two transactions that touch two sequences
+// in opposite orders wait on each other, and PostgreSQL rolls one back
+// whole, so running it again is safe and, the other one having gone
+// through, soon succeeds.
+func retryDeadlock(fn func() error) error {
+	var err error
+	for i := range deadlockRetries {
+		if err = fn(); !isDeadlock(err) {
+			return err
+		}
+		time.Sleep(time.Duration(1+rand.IntN(5<<i)) * time.Millisecond)
+	}
+	return err
+}
+
+// isDeadlock reports whether err is PostgreSQL's deadlock_detected.
+func isDeadlock(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "40P01"
+}
+
+// runOnce sends ops as one batch, one implicit transaction.
+func (w *writer) runOnce(ops []*wop) error {
 	ctx, cancel := context.WithTimeout(context.Background(), w.s.timeout)
 	defer cancel()
 	conn, err := w.s.pool.Acquire(ctx)
