@@ -301,7 +301,11 @@ func (k *awsKit) drain(t *testing.T, queueURL string, want int) []sqstypes.Messa
 	}
 	receive(1)
 	if len(got) != want {
-		t.Fatalf("%d messages in %s, want %d: %+v", len(got), queueURL, want, got)
+		bodies := make([]string, len(got))
+		for i, m := range got {
+			bodies[i] = aws.ToString(m.Body) + " (delivery " + sqsAttr(m)(sink.HeaderDeliveryID) + ")"
+		}
+		t.Fatalf("%d messages in %s, want %d: %q", len(got), queueURL, want, bodies)
 	}
 	return got
 }
