@@ -63,10 +63,26 @@ const (
 func createBroker(t *testing.T, base string, in map[string]any) brokerDest {
 	t.Helper()
 	var d brokerDest
-	if st, b, _ := rawCall(t, "POST", base+"/v1/destinations", in); st != 201 {
+	st, b, _ := rawCall(t, "POST", base+"/v1/destinations", in)
+	if st != 201 {
 		t.Fatalf("create %v: %d %s", in["type"], st, b)
-	} else if err := json.Unmarshal(b, &d); err != nil {
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
 		t.Fatal(err)
+	}
+	// A broker destination signs nothing: no secret field, in the
+	// creation's answer nor in a read.
+	_, got, _ := rawCall(t, "GET", base+"/v1/destinations/"+d.ID, nil)
+	var fields, created map[string]json.RawMessage
+	_ = json.Unmarshal(got, &fields)
+	_ = json.Unmarshal(b, &created)
+	for _, k := range []string{"secret", "previous_secret"} {
+		if _, ok := fields[k]; ok {
+			t.Errorf("GET of a %v destination shows %s: %s", in["type"], k, got)
+		}
+		if _, ok := created[k]; ok {
+			t.Errorf("the creation of a %v destination shows %s: %s", in["type"], k, b)
+		}
 	}
 	return d
 }
