@@ -72,7 +72,7 @@ type Destination struct {
 	Ordering *Ordering `json:"ordering,omitempty"`
 	// Secret signs deliveries (Standard Webhooks). PreviousSecret, after a
 	// rotation, signs too until PreviousSecretExpires.
-	Secret                string     `json:"secret"`
+	Secret                string     `json:"secret,omitempty"` // none on a broker destination
 	PreviousSecret        string     `json:"previous_secret,omitempty"`
 	PreviousSecretExpires *time.Time `json:"previous_secret_expires_at,omitempty"`
 	// MaxConcurrency caps deliveries in flight to this destination, per

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"fanout/destination"
+	"fanout/internal/mototest"
+	"fanout/internal/rabbittest"
 	"fanout/internal/service"
 
 	"go.uber.org/goleak"
@@ -28,14 +30,21 @@ import (
 // must stop everything it started. The exceptions are the cleaners of
 // fasthttp's client (webhook's direct deliveries): they sleep, and end on
 // their own once their host has no connection left, which Close ensures;
-// fasthttp has no way to stop them sooner.
+// fasthttp has no way to stop them sooner. The broker servers the tests
+// share (moto_server, RabbitMQ: slow to start, so one per run, started by
+// the first test that needs one) stop after the tests.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*Client).mCleaner"),
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
 		// The Pub/Sub client's opencensus starts its worker when the
 		// package loads, and never stops it.
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"))
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.Cleanup(func(code int) {
+			mototest.Stop()
+			rabbittest.Stop()
+			os.Exit(code)
+		}))
 }
 
 // startRun starts run() on a free loopback port, with the SSRF guard letting

@@ -38,6 +38,8 @@ type Span struct {
 	Attributes map[string]string
 	Resource   map[string]string
 	StatusCode tracepb.Status_StatusCode
+	// StatusMessage is the description of an error status.
+	StatusMessage string
 }
 
 // Receiver is the server; URL is its base (the OTLP endpoint).
@@ -146,6 +148,7 @@ func (r *Receiver) add(msg *coltracepb.ExportTraceServiceRequest, header map[str
 					ParentSpanID: hex.EncodeToString(s.GetParentSpanId()), Name: s.GetName(), Kind: s.GetKind(),
 					Start: time.Unix(0, int64(s.GetStartTimeUnixNano())), End: time.Unix(0, int64(s.GetEndTimeUnixNano())),
 					Attributes: attributes(s.GetAttributes()), Resource: res, StatusCode: s.GetStatus().GetCode(),
+					StatusMessage: s.GetStatus().GetMessage(),
 				})
 			}
 		}

@@ -43,12 +43,12 @@ func (f *functions) sendBroker(ctx context.Context, d *destination.Destination, 
 	if d.Ordering == nil {
 		msg.Key = "" // the kind's own key (Kafka's partition_key) then applies
 	}
-	header, traced := http.Header(nil), func(int, error) {}
+	header, traced := http.Header(nil), func(error) {}
 	if info.OutOfOrder {
 		header = http.Header{OutOfOrderHeader: {"true"}}
 	}
 	if f.tracing != nil {
-		header, traced = f.tracing.startSend(ctx, d, header) // the span of the send, and its traceparent
+		header, traced = f.tracing.startPublish(ctx, d, info.ID, header) // the span of the send, and its traceparent
 	}
 	if len(header) > 0 && msg.Headers == nil {
 		msg.Headers = make(map[string]string, len(header))
@@ -58,7 +58,7 @@ func (f *functions) sendBroker(ctx context.Context, d *destination.Destination, 
 	}
 	start := time.Now()
 	err := f.brokers.Send(ctx, sink.Target{ID: d.ID, Version: d.Version, Type: d.Type, Config: d.Config}, msg)
-	traced(0, err)
+	traced(err)
 	if err != nil {
 		return Delivery{}, err
 	}

@@ -360,6 +360,60 @@ func (t *Tracing) startSend(ctx context.Context, d *destination.Destination, hea
 	}
 }
 
+// startPublish starts the PRODUCER span of a send to broker destination d,
+// the child of the delivery attempt's span, and returns header with its
+// traceparent added (the kinds carry it among the message's headers, so
+// that a consumer can continue the trace) and the function that ends it
+// with the send's error. It follows OpenTelemetry's messaging conventions:
+// named "publish <kind>" (the kind is the low-cardinality part; the
+// convention's "{operation} {destination}" would make a span name per
+// queue), messaging.system the kind (the convention's well-known value
+// where it has one: aws_sqs, gcp_pubsub...), messaging.destination.name
+// the destination's target, which its kind writes without credentials.
+func (t *Tracing) startPublish(ctx context.Context, d *destination.Destination, deliveryID string, header http.Header) (http.Header, func(err error)) {
+	call, ok := dispatch.CallFromContext(ctx)
+	if !ok {
+		return header, func(error) {}
+	}
+	_, attempt := t.AttemptIdentity(call.Meta, call.ParentID, call.ID, call.Attempt, d.ID)
+	ctx = trace.ContextWithRemoteSpanContext(ctx, attempt)
+	attrs := []attribute.KeyValue{semconv.MessagingSystemKey.String(messagingSystem(d.Type)),
+		semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("publish"),
+		semconv.MessagingDestinationName(d.Target), semconv.MessagingMessageID(deliveryID),
+		attribute.String("fanout.destination.id", d.ID), attribute.String("fanout.destination.type", d.Type),
+		attribute.Int("fanout.delivery.attempt", call.Attempt)}
+	ctx, span := t.tracer.Start(ctx, "publish "+d.Type, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	if header == nil {
+		header = http.Header{}
+	}
+	t.prop.Inject(ctx, propagation.HeaderCarrier(header))
+	return header, func(err error) {
+		if err != nil {
+			// A kind's errors carry no credential (sink.Redact).
+			span.SetAttributes(semconv.ErrorTypeKey.String(errorClass(err)))
+			span.SetStatus(codes.Error, truncate(err.Error(), 256))
+		}
+		span.End()
+	}
+}
+
+// messagingSystem is messaging.system for a destination kind: the
+// convention's well-known value where there is one, the kind's name
+// otherwise.
+func messagingSystem(kind string) string {
+	switch kind {
+	case "sqs":
+		return semconv.MessagingSystemAWSSQS.Value.AsString()
+	case "pubsub":
+		return semconv.MessagingSystemGCPPubSub.Value.AsString()
+	case "rabbitmq":
+		return semconv.MessagingSystemRabbitMQ.Value.AsString()
+	case "kafka":
+		return semconv.MessagingSystemKafka.Value.AsString()
+	}
+	return kind
+}
+
 // errorClass names the class of a delivery error for error.type.
 func errorClass(err error) string {
 	return strings.ReplaceAll(dispatch.ErrorStatus(err).String(), " ", "_")

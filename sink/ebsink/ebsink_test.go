@@ -17,9 +17,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
+	"fanout/internal/mototest"
 	"fanout/sink"
 	"fanout/sink/internal/awsbase"
-	"fanout/sink/internal/mototest"
 )
 
 func TestMain(m *testing.M) { mototest.Main(m) }

@@ -14,9 +14,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"fanout/internal/mototest"
 	"fanout/sink"
 	"fanout/sink/internal/awsbase"
-	"fanout/sink/internal/mototest"
 )
 
 func TestMain(m *testing.M) { mototest.Main(m) }

@@ -14,8 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
+	"fanout/internal/mototest"
 	"fanout/sink"
-	"fanout/sink/internal/mototest"
 )
 
 func TestMain(m *testing.M) { mototest.Main(m) }

@@ -1,7 +1,7 @@
 // Package mototest runs moto_server, Python moto's fake of the AWS APIs, for
-// the tests of the AWS kinds: one server per package run, on a free
-// loopback port, started by the first test that needs it and stopped by
-// Main. Its IAM authentication is on, so that a wrong key is refused as AWS
+// the tests of the AWS kinds (sink's and the app's end-to-end tests): one
+// server per package run, on a free loopback port, started by the first
+// test that needs it and stopped by Main (or Stop). Its IAM authentication is on, so that a wrong key is refused as AWS
 // refuses it: the tests sign with a user that may do everything (Admin) or
 // one that may do nothing (NoPerm). Without moto_server (pip cannot install
 // it on CI), the tests skip, saying so.
@@ -91,10 +91,17 @@ func Need(t testing.TB) *Server {
 // Main runs the package's tests and stops the server after them.
 func Main(m *testing.M) {
 	code := m.Run()
+	Stop()
+	os.Exit(code)
+}
+
+// Stop stops the package's server, if a test started one: for a TestMain
+// that does more than Main.
+func Stop() {
 	if srv != nil {
 		srv.stop()
+		srv = nil
 	}
-	os.Exit(code)
 }
 
 func (s *Server) stop() {
