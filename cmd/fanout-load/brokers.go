@@ -569,7 +569,7 @@ func findBin(name string, dirs ...string) string {
 	return p
 }
 
-func (b *rabbitBroker) kind() string  { return "amqp" }
+func (b *rabbitBroker) kind() string  { return "rabbitmq" }
 func (b *rabbitBroker) label() string { return "RabbitMQ" }
 func (b *rabbitBroker) close() {
 	if b.conn != nil {
