@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 )
@@ -79,6 +80,9 @@ func DecodeStrict(raw json.RawMessage, v any) error {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '{' {
 		return &ConfigError{Msg: "want a JSON object"}
+	}
+	if err := exactNames(raw, v); err != nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -182,4 +186,59 @@ func (r *Registry) Unmask(typ string, sent, stored json.RawMessage) (json.RawMes
 		return nil, err
 	}
 	return k.Unmask(sent, stored)
+}
+
+// exactNames refuses a field of raw whose name is not exactly one of v's
+// (a struct): encoding/json matches names without regard to case, but the
+// masking and the check that a kept secret stays at its address (mask.go)
+// read the exact names, so "Password" would be stored and shown unmasked,
+// and "Endpoint_URL" would move a destination without its address seeming
+// to change.
+func exactNames(raw json.RawMessage, v any) error {
+	t := reflect.TypeOf(v)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return nil
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(raw, &top) != nil {
+		return nil // Decode says why
+	}
+	names := map[string]bool{}
+	jsonNames(t, names)
+	for k := range top {
+		if names[k] {
+			continue
+		}
+		for n := range names {
+			if strings.EqualFold(n, k) {
+				return &ConfigError{Field: k, Msg: fmt.Sprintf("unknown field: names are case-sensitive (%s)", n)}
+			}
+		}
+		return &ConfigError{Field: k, Msg: "unknown field"}
+	}
+	return nil
+}
+
+// jsonNames adds the JSON names of struct type t's fields to names, those
+// of its embedded structs included.
+func jsonNames(t reflect.Type, names map[string]bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch {
+		case name == "-":
+		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct:
+			jsonNames(f.Type, names)
+		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct:
+			jsonNames(f.Type.Elem(), names)
+		case !f.IsExported():
+		case name == "":
+			names[f.Name] = true
+		default:
+			names[name] = true
+		}
+	}
 }

@@ -31,6 +31,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dlclark/regexp2"
 	"github.com/dop251/goja"
 	"github.com/dop251/goja/parser"
 	"github.com/tidwall/gjson"
@@ -290,6 +291,18 @@ func run(ctx context.Context, p *Program, input []byte, timeout time.Duration) (
 }
 
 var errTimeout = errors.New("time limit")
+
+// A regular expression that goja cannot hand to Go's regexp (a
+// lookahead, a back-reference, a named group) runs in regexp2, which
+// backtracks: a pattern like /(?=a)^(a+)+$/ takes time exponential in its
+// input, inside one built-in call that Runtime.Interrupt cannot stop. So
+// every match is bounded by regexp2's own timeout, set before goja
+// compiles any pattern (regexp2 reads it at compile). A match that times
+// out is "no match" to goja, which would be a wrong answer, not a failure;
+// the bound is the longest a run may last (compileTimeout), so that a
+// match cut short always belongs to a run whose own time limit has fired,
+// and which fails as a timeout at its next step.
+func init() { regexp2.DefaultMatchTimeout = compileTimeout }
 
 // trim bounds an error message that goes into an attempt's record.
 func trim(s string) string {

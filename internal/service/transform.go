@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"fanout/destination"
@@ -33,7 +34,7 @@ func (fns *functions) transform(ctx context.Context, d *destination.Destination,
 		return nil, fmt.Errorf("%w: transformation: %v", dispatch.ErrTemporary, err)
 	}
 	ev := transform.Event{ID: req.ID, Type: eventType, Tenant: d.Owner()}
-	in := transform.Request{URL: req.URL, Headers: d.Headers, Body: req.Body}
+	in := transform.Request{URL: req.URL, Headers: maskedHeaders(d.Headers), Body: req.Body}
 	raw := req.ContentType != ""
 	if raw {
 		in.Body = nil // a null payload: its fields are not the handler's to read
@@ -55,9 +56,36 @@ func (fns *functions) transform(ctx context.Context, d *destination.Destination,
 	}
 	req.Header = make(http.Header, len(out.Request.Headers))
 	for k, v := range out.Request.Headers {
-		req.Header.Set(k, v)
+		req.Header.Set(k, unmaskHeader(d.Headers, k, v))
 	}
 	return nil, nil
+}
+
+// maskedHeaders are a destination's header values as a handler reads
+// them: masked, as every view shows them. Header values are write-only
+// (view_secret), and a handler could otherwise hand them to whoever may
+// read the delivery: in the error it throws or its cancellation's reason.
+func maskedHeaders(h map[string]string) map[string]string {
+	if h == nil {
+		return nil
+	}
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		out[k] = destination.MaskHeader(v)
+	}
+	return out
+}
+
+// unmaskHeader is the value sent for header name that a handler answered
+// as v: the stored value of that header when v is its mask (the handler
+// kept it), else v.
+func unmaskHeader(stored map[string]string, name, v string) string {
+	for k, sv := range stored {
+		if strings.EqualFold(k, name) && sv != "" && v == destination.MaskHeader(sv) {
+			return sv
+		}
+	}
+	return v
 }
 
 // TransformTest is the body of POST /v1/transform: a program and an

@@ -83,6 +83,12 @@ func (c *Config) validate() error {
 		if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
 			return sink.Errorf("url", "%s: a NATS URL has no path or query", sink.RedactURL(s))
 		}
+		// nats.go reads a userinfo without a password as a token, which
+		// the config's masking (user:password@) would show to anyone who
+		// may read the destination.
+		if _, hasPassword := u.User.Password(); u.User != nil && !hasPassword {
+			return sink.Errorf("url", "%s: a token in the URL would be shown with the destination: set it in token", sink.RedactURL(s))
+		}
 	}
 	if err := checkSubject(c.Subject); err != nil {
 		return sink.Errorf("subject", "%v", err)
