@@ -75,7 +75,7 @@ test: lint ## vet, gofmt, every test with the race detector (the crash tests too
 	@command -v redis-server >/dev/null 2>&1 || \
 		echo "NOTE: the Redis Streams tests (sink/redissink) will be SKIPPED: no redis-server here; apt-get install redis-server"
 	@command -v nats-server >/dev/null 2>&1 || \
-		echo "NOTE: the broker fault tests (crashtest TestBrokers_*) will be SKIPPED: no nats-server here; apt-get install nats-server"
+		echo "NOTE: the NATS tests (sink/natssink, internal/app's NATS broker tests, crashtest TestBrokers_*) will be SKIPPED: no nats-server here; apt-get install nats-server"
 	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || \
 		echo "NOTE: the RabbitMQ tests (sink/amqpsink) will be SKIPPED: no rabbitmq-server here; apt-get install rabbitmq-server"
 	@echo "go test -race -count=1 -timeout 10m ./...   (through internal/cmd/testsum)"

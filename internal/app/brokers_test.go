@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"fanout/destination"
+	"fanout/internal/natstest"
 	"fanout/internal/service"
 	"fanout/sink"
 	"fanout/sink/kinds"
@@ -33,23 +33,13 @@ import (
 // log line may hold it.
 const natsPassword = "nats-pw-0123456789abcdef"
 
-// startNATS starts an embedded NATS server with JetStream (file storage)
+// startNATS starts Debian's nats-server with JetStream (file storage)
 // and a user with natsPassword, and a stream EVENTS on "events.>".
 func startNATS(t *testing.T) (addr string, js jetstream.JetStream) {
 	t.Helper()
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true, DisableJetStreamBanner: true, Username: "fan", Password: natsPassword}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready in 10s")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	addr = s.Addr().String()
-	nc, err := nats.Connect("nats://"+addr, nats.UserInfo("fan", natsPassword))
+	s := natstest.Start(t, natstest.Options{User: "fan", Password: natsPassword})
+	addr = s.Addr
+	nc, err := nats.Connect(s.URL, nats.UserInfo("fan", natsPassword))
 	if err != nil {
 		t.Fatal(err)
 	}

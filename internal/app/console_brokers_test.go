@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"fanout/internal/natstest"
 )
 
-// natsBroker is an embedded NATS server with JetStream (file storage in
+// natsBroker is Debian's nats-server with JetStream (file storage in
 // t.TempDir()) on a free loopback port, with one user, and a stream
 // EVENTS that captures "events.>".
 type natsBroker struct {
@@ -27,20 +28,7 @@ type natsBroker struct {
 func startNATSBroker(t *testing.T) *natsBroker {
 	t.Helper()
 	nb := &natsBroker{user: "fanout", pass: "nats-pass-0123456789-wxyz"}
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		Username: nb.user, Password: nb.pass,
-		NoLog: true, NoSigs: true, DisableJetStreamBanner: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready in 10s")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nb.url = fmt.Sprintf("nats://%s", s.Addr())
+	nb.url = natstest.Start(t, natstest.Options{User: nb.user, Password: nb.pass}).URL
 	nc, err := nats.Connect(nb.url, nats.UserInfo(nb.user, nb.pass))
 	if err != nil {
 		t.Fatal(err)

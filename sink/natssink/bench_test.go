@@ -9,17 +9,18 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"fanout/internal/natstest"
 	"fanout/sink"
 )
 
 // BenchmarkThroughput compares the sink with JetStream driven directly by
 // nats.go, in the same run and the same way: concurrent publishers, each
 // waiting for its PubAck (as the runtime's deliveries do), Nats-Msg-Id set,
-// to a file-storage stream of an embedded server. msgs/s is the figure;
+// to a file-storage stream of Debian's nats-server. msgs/s is the figure;
 // the ratio of sink to direct goes to docs/BENCHMARKS.md.
 func BenchmarkThroughput(b *testing.B) {
-	srv := startServer(b, nil)
-	js, _ := stream(b, srv.ClientURL(), jetstream.StreamConfig{})
+	srv := natstest.Start(b, natstest.Options{})
+	js, _ := stream(b, srv.URL, jetstream.StreamConfig{})
 	body := []byte(`{"type":"order.paid","id":"evt_0123456789","data":{"order":"o-1","amount":4200,"currency":"EUR","customer":"c-42","note":"a payload of about two hundred bytes, as the load tool sends"}}`)
 	var seq atomic.Int64
 	b.Run("direct", func(b *testing.B) {
@@ -45,7 +46,7 @@ func BenchmarkThroughput(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	})
 	b.Run("sink", func(b *testing.B) {
-		s := open(b, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.bench"}`, srv.ClientURL()))
+		s := open(b, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.bench"}`, srv.URL))
 		b.SetParallelism(16)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {

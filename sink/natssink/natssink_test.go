@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"fanout/internal/natstest"
 	"fanout/sink"
 	"fanout/webhook"
 )
@@ -22,29 +22,6 @@ import (
 // as --allow-network 127.0.0.0/8 would.
 func loopback() sink.Env {
 	return sink.GuardedEnv(webhook.NewGuard([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}), 5*time.Second)
-}
-
-// startServer starts an embedded NATS server with JetStream (file
-// storage in t.TempDir()) on a free loopback port.
-func startServer(t testing.TB, tweak func(*server.Options)) *server.Server {
-	t.Helper()
-	opts := &server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true, DisableJetStreamBanner: true,
-	}
-	if tweak != nil {
-		tweak(opts)
-	}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready in 10s")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s
 }
 
 // stream creates a stream that captures "events.>" and returns a
@@ -104,9 +81,9 @@ func ctx10(t testing.TB) context.Context {
 }
 
 func TestSend_MessageOutAndDuplicateDropped(t *testing.T) {
-	srv := startServer(t, nil)
-	_, st := stream(t, srv.ClientURL(), jetstream.StreamConfig{Duplicates: time.Minute})
-	s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.orders","stream":"EVENTS"}`, srv.ClientURL()))
+	srv := natstest.Start(t, natstest.Options{})
+	_, st := stream(t, srv.URL, jetstream.StreamConfig{Duplicates: time.Minute})
+	s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.orders","stream":"EVENTS"}`, srv.URL))
 	ctx := ctx10(t)
 
 	if err := s.Send(ctx, msg("dlv_1")); err != nil {
@@ -152,14 +129,13 @@ func TestSend_Retryable(t *testing.T) {
 		run  func(t *testing.T) error
 	}{
 		{"server stopped", func(t *testing.T) error {
-			srv := startServer(t, nil)
-			stream(t, srv.ClientURL(), jetstream.StreamConfig{})
-			s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.x"}`, srv.ClientURL()))
+			srv := natstest.Start(t, natstest.Options{})
+			stream(t, srv.URL, jetstream.StreamConfig{})
+			s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.x"}`, srv.URL))
 			if err := s.Send(ctx10(t), msg("a")); err != nil {
 				t.Fatal(err)
 			}
-			srv.Shutdown()
-			srv.WaitForShutdown()
+			srv.Stop(t)
 			return s.Send(ctx10(t), msg("b"))
 		}},
 		{"nothing listening", func(t *testing.T) error {
@@ -177,17 +153,17 @@ func TestSend_Retryable(t *testing.T) {
 			return err
 		}},
 		{"stream full", func(t *testing.T) error {
-			srv := startServer(t, nil)
-			stream(t, srv.ClientURL(), jetstream.StreamConfig{MaxMsgs: 1, Discard: jetstream.DiscardNew})
-			s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.x"}`, srv.ClientURL()))
+			srv := natstest.Start(t, natstest.Options{})
+			stream(t, srv.URL, jetstream.StreamConfig{MaxMsgs: 1, Discard: jetstream.DiscardNew})
+			s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.x"}`, srv.URL))
 			if err := s.Send(ctx10(t), msg("a")); err != nil {
 				t.Fatal(err)
 			}
 			return s.Send(ctx10(t), msg("b"))
 		}},
 		{"no stream captures the subject", func(t *testing.T) error {
-			srv := startServer(t, nil)
-			s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.x"}`, srv.ClientURL()))
+			srv := natstest.Start(t, natstest.Options{})
+			s := open(t, loopback(), fmt.Sprintf(`{"url":%q,"subject":"events.x"}`, srv.URL))
 			return s.Send(ctx10(t), msg("a"))
 		}},
 	}
@@ -203,9 +179,9 @@ func TestSend_Retryable(t *testing.T) {
 }
 
 func TestSend_Permanent(t *testing.T) {
-	srv := startServer(t, func(o *server.Options) { o.Username, o.Password = "fanout", "s3cret-passw0rd" })
-	stream(t, srv.ClientURL(), jetstream.StreamConfig{}, nats.UserInfo("fanout", "s3cret-passw0rd"))
-	addr := strings.TrimPrefix(srv.ClientURL(), "nats://")
+	srv := natstest.Start(t, natstest.Options{User: "fanout", Password: "s3cret-passw0rd"})
+	stream(t, srv.URL, jetstream.StreamConfig{}, nats.UserInfo("fanout", "s3cret-passw0rd"))
+	addr := srv.Addr
 
 	c, err := Parse(json.RawMessage(`{"url":"nats://fanout:wr0ng-passw0rd@` + addr + `","subject":"events.x"}`))
 	if err != nil {
@@ -267,10 +243,10 @@ func TestRedact(t *testing.T) {
 // good, unless the operator allowed its network; it sits in the dialer, so
 // a loopback server is refused too when loopback is not allowed.
 func TestGuard(t *testing.T) {
-	srv := startServer(t, nil)
-	stream(t, srv.ClientURL(), jetstream.StreamConfig{})
+	srv := natstest.Start(t, natstest.Options{})
+	stream(t, srv.URL, jetstream.StreamConfig{})
 	strict := sink.GuardedEnv(webhook.NewGuard(nil), 2*time.Second)
-	for _, url := range []string{"nats://169.254.169.254:4222", "nats://10.1.2.3:4222", "nats://u:pw-pw-pw-pw@[fd00:ec2::254]:4222", srv.ClientURL()} {
+	for _, url := range []string{"nats://169.254.169.254:4222", "nats://10.1.2.3:4222", "nats://u:pw-pw-pw-pw@[fd00:ec2::254]:4222", srv.URL} {
 		c, err := Parse(json.RawMessage(`{"url":"` + url + `","subject":"events.x"}`))
 		if err != nil {
 			t.Fatal(err)
@@ -284,7 +260,7 @@ func TestGuard(t *testing.T) {
 		}
 	}
 	// Allowed, the same server takes the message.
-	s := open(t, loopback(), `{"url":"`+srv.ClientURL()+`","subject":"events.x"}`)
+	s := open(t, loopback(), `{"url":"`+srv.URL+`","subject":"events.x"}`)
 	if err := s.Send(ctx10(t), msg("a")); err != nil {
 		t.Fatal(err)
 	}

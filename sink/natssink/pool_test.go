@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"fanout/internal/natstest"
 	"fanout/sink"
 )
 
@@ -15,13 +16,13 @@ import (
 // leave the config alone, closed on the server's side too when the
 // destination changes or is deleted.
 func TestPool(t *testing.T) {
-	srv := startServer(t, nil)
-	stream(t, srv.ClientURL(), jetstream.StreamConfig{}) // one client of the test's own
-	base := srv.NumClients()
+	srv := natstest.Start(t, natstest.Options{})
+	stream(t, srv.URL, jetstream.StreamConfig{}) // one client of the test's own
+	base := srv.NumClients(t)
 	p := sink.NewPool(sink.NewRegistry(Kind), loopback())
 	defer p.Close()
 	cfg := func(subject string) json.RawMessage {
-		return json.RawMessage(fmt.Sprintf(`{"url":%q,"subject":%q}`, srv.ClientURL(), subject))
+		return json.RawMessage(fmt.Sprintf(`{"url":%q,"subject":%q}`, srv.URL, subject))
 	}
 	ctx := ctx10(t)
 	for v := int64(1); v <= 3; v++ {
@@ -29,7 +30,7 @@ func TestPool(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := srv.NumClients() - base; n != 1 {
+	if n := srv.NumClients(t) - base; n != 1 {
 		t.Fatalf("%d connections for one destination, want 1", n)
 	}
 	old, release, err := p.Acquire(ctx, sink.Target{ID: "d1", Version: 3, Type: "nats", Config: cfg("events.a")})
@@ -43,17 +44,17 @@ func TestPool(t *testing.T) {
 	if err := old.Send(ctx, msg("c")); err == nil {
 		t.Fatal("the sender of the old config still sends")
 	}
-	waitClients(t, srv.NumClients, base+1)
+	waitClients(t, srv, base+1)
 	p.Forget("d1")
-	waitClients(t, srv.NumClients, base)
+	waitClients(t, srv, base)
 }
 
-func waitClients(t *testing.T, n func() int, want int) {
+func waitClients(t *testing.T, srv *natstest.Server, want int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for n() != want {
+	for srv.NumClients(t) != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d clients, want %d", n(), want)
+			t.Fatalf("%d clients, want %d", srv.NumClients(t), want)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
