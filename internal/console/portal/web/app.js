@@ -102,8 +102,15 @@
     constructor(status, message) { super(message); this.status = status; }
   }
 
+  // routeGen counts navigations. A read that answers after the page
+  // changed is Stale: the view that asked for it must not draw over the
+  // page the user went to (route drops it).
+  let routeGen = 0;
+  class Stale extends Error {}
+
   // A body that is a string is sent as it is: JSON text (see withRaw).
   async function api(method, path, body) {
+    const gen = routeGen;
     const headers = { Accept: "application/json" };
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = "Bearer " + token;
@@ -121,6 +128,7 @@
       throw new APIError(401, (data && data.error) || "unauthorized");
     }
     if (!res.ok) throw new APIError(res.status, (data && data.error) || res.statusText);
+    if (method === "GET" && gen !== routeGen) throw new Stale("the page changed while this was read");
     return data;
   }
 
@@ -176,6 +184,7 @@
   ];
 
   async function route() {
+    routeGen++;
     state.refresh = null;
     const h = location.hash || "#/";
     for (const [re, view] of routes) {
@@ -187,6 +196,7 @@
           await view(...m.slice(1).map(decodeURIComponent));
         } catch (err) {
           if (err instanceof APIError && err.status === 401) return;
+          if (err instanceof Stale) return; // another route() draws the page now
           clear(main);
           main.append(el("p", {}, el("a", { href: "#/", text: "← Endpoints" })), errorBox(err));
         }
