@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime/debug"
 
+	"fanout/destination/transform"
 	"fanout/internal/app"
 )
 
@@ -23,6 +24,9 @@ import (
 const defaultMemoryLimit = 96 << 20
 
 func main() {
+	// Started again as a transformation worker, fanout runs programs for
+	// its parent and nothing else (destination/transform).
+	transform.WorkerMain()
 	// Ingest allocates briskly and keeps little (a live heap of 10-30 MiB
 	// under load): collecting four times less often than Go's default buys
 	// throughput for a few tens of MiB, and a soft limit keeps those tens

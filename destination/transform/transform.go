@@ -5,16 +5,19 @@
 //
 // Programs run in goja (a JavaScript interpreter in pure Go), in a fresh
 // Runtime per run, with nothing of the host exposed: no I/O, no timers, no
-// require or import, no eval. What a run may cost is bounded where goja
-// lets it be: the program's length (MaxSourceBytes), the input
-// (MaxInputBytes), the time (Limits.Timeout, through Runtime.Interrupt,
-// which stops the program between two JavaScript steps), the depth of its
-// calls, and the size of what it returns (MaxOutputBytes). goja has no
-// memory cap: what a program allocates within its time is not bounded,
-// and neither is a single built-in call (a String.prototype.repeat, a
-// JSON.stringify of a huge value), which the interrupt stops only when it
-// returns. That is why setting a transformation is an operator's right,
-// which an operator may grant a tenant.
+// require or import, no eval. goja bounds what it can: the program's
+// length (MaxSourceBytes), the input (MaxInputBytes), the time
+// (Limits.Timeout, through Runtime.Interrupt, which stops the program
+// between two JavaScript steps), the depth of its calls, and the size of
+// what it returns (MaxOutputBytes). It bounds neither memory nor a single
+// built-in call (a sort of an array of four billion holes, a backtracking
+// regular expression), and either can take a whole process down or hold a
+// core. So fanout runs programs in worker processes of its own (Isolation,
+// pool.go, worker.go): a worker's memory is capped by the kernel, a run
+// that outlives its limit by killGrace has its worker killed, and what
+// dies is the worker, never fanout. Setting a transformation is still an
+// operator's right, which an operator may grant a tenant: a program costs
+// a worker's CPU for its time limit on every delivery.
 //
 // The handler's answer is read back as JSON (DecodeResult) and checked
 // there, not in JavaScript: whatever the program did to its globals, the
@@ -24,6 +27,7 @@ package transform
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/url"
@@ -63,6 +67,10 @@ const (
 type Limits struct {
 	// Timeout bounds one run (default DefaultTimeout).
 	Timeout time.Duration
+	// Isolation, when set, runs programs in worker processes; nil runs
+	// them in this process, which only the package's own tests and a
+	// worker itself should do.
+	Isolation *Isolation
 }
 
 // SyntaxError is a program that does not compile, or has no handler.
@@ -92,6 +100,7 @@ func (e *RunError) Error() string { return "transformation: " + e.Message }
 // at once.
 type Program struct {
 	source string
+	sum    [32]byte // sha256 of source: its name in a worker
 	prg    *goja.Program
 	pool   sync.Pool // of *instance
 }
@@ -99,24 +108,9 @@ type Program struct {
 // Source is the program's text.
 func (p *Program) Source() string { return p.source }
 
-// Compile compiles a program and checks that it defines handler, running
-// its top level once (within a second): a program that
-// throws there, or loops, would fail every delivery.
-func Compile(src string) (*Program, error) {
-	p, err := compile(src)
-	if err != nil {
-		return nil, err
-	}
-	_, err = run(context.Background(), p, nil, compileTimeout)
-	var re *RunError
-	if errors.As(err, &re) {
-		return nil, &SyntaxError{Message: re.Message}
-	}
-	return p, err
-}
-
-// compile parses and compiles src, without running it.
-func compile(src string) (*Program, error) {
+// Parse parses and compiles src, without running any of it: a syntax
+// error is found, a missing handler is not (Engine.Compile finds it).
+func Parse(src string) (*Program, error) {
 	if strings.TrimSpace(src) == "" {
 		return nil, &SyntaxError{Message: "the program is empty: it must define function handler(webhook)"}
 	}
@@ -141,7 +135,7 @@ func compile(src string) (*Program, error) {
 		}
 		return nil, &SyntaxError{Message: err.Error()}
 	}
-	return &Program{source: src, prg: prg}, nil
+	return &Program{source: src, sum: sha256.Sum256([]byte(src)), prg: prg}, nil
 }
 
 // glue calls the handler with the webhook (its JSON, parsed in the
@@ -345,6 +339,8 @@ type Outcome struct {
 // destination (and its source); it is safe for concurrent use.
 type Engine struct {
 	timeout time.Duration
+	// workers runs programs; nil runs them in this process.
+	workers *pool
 	mu      sync.RWMutex
 	cache   map[string]*Program
 }
@@ -358,7 +354,38 @@ func NewEngine(l Limits) *Engine {
 	if l.Timeout <= 0 {
 		l.Timeout = DefaultTimeout
 	}
-	return &Engine{timeout: l.Timeout, cache: map[string]*Program{}}
+	e := &Engine{timeout: l.Timeout, cache: map[string]*Program{}}
+	if l.Isolation != nil {
+		e.workers = newPool(*l.Isolation)
+	}
+	return e
+}
+
+// Close stops the engine's workers; a run in progress fails.
+func (e *Engine) Close() {
+	if e.workers != nil {
+		e.workers.close()
+	}
+}
+
+// Compile parses src and runs its top level once, to check that it
+// defines handler (within compileTimeout): a program that throws there,
+// or loops, would fail every delivery. Its errors are *SyntaxError.
+func (e *Engine) Compile(ctx context.Context, src string) (*Program, error) {
+	p, err := Parse(src)
+	if err != nil {
+		return nil, err
+	}
+	if e.workers != nil {
+		_, err = e.workers.call(ctx, opCheck, p, nil, compileTimeout)
+	} else {
+		_, err = run(ctx, p, nil, compileTimeout)
+	}
+	var re *RunError
+	if errors.As(err, &re) {
+		return nil, &SyntaxError{Message: re.Message}
+	}
+	return p, err
 }
 
 // Program returns key's program of src, compiled once for as long as key
@@ -371,7 +398,7 @@ func (e *Engine) Program(key, src string) (*Program, error) {
 	if p != nil && p.source == src {
 		return p, nil
 	}
-	p, err := compile(src)
+	p, err := Parse(src)
 	if err != nil {
 		return nil, err
 	}
@@ -395,14 +422,20 @@ func (e *Engine) Run(ctx context.Context, p *Program, ev Event, req Request) (*O
 	if err != nil {
 		return nil, err
 	}
-	out, err := run(ctx, p, input, e.timeout)
+	var out []byte
+	if e.workers != nil {
+		out, err = e.workers.call(ctx, opRun, p, input, e.timeout)
+	} else {
+		var s string
+		if s, err = run(ctx, p, input, e.timeout); err == nil {
+			err = checkOutput(s)
+		}
+		out = []byte(s)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if len(out) > MaxOutputBytes {
-		return nil, &RunError{Message: fmt.Sprintf("the handler's answer is %d bytes of JSON, over the limit of %d", len(out), MaxOutputBytes)}
-	}
-	res, err := DecodeResult([]byte(out))
+	res, err := DecodeResult(out)
 	if err != nil {
 		return nil, &RunError{Message: err.Error()}
 	}
@@ -422,6 +455,14 @@ func (e *Engine) Run(ctx context.Context, p *Program, ev Event, req Request) (*O
 		return nil, &RunError{Message: fmt.Sprintf("the URL would be longer than %d bytes", maxURLBytes)}
 	}
 	return &Outcome{Request: Request{Method: res.Method, URL: final, Headers: res.Headers, Body: res.Payload}}, nil
+}
+
+// checkOutput refuses a handler's answer over MaxOutputBytes.
+func checkOutput(s string) error {
+	if len(s) > MaxOutputBytes {
+		return &RunError{Message: fmt.Sprintf("the handler's answer is %d bytes of JSON, over the limit of %d", len(s), MaxOutputBytes)}
+	}
+	return nil
 }
 
 // setPath sets u's path to p, a path as written in a URL: kept as it is

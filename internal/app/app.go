@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"fanout/destination"
+	"fanout/destination/transform"
 	"fanout/dispatch"
 	"fanout/dispatch/dispatchpg"
 	"fanout/dispatch/dispatchsqlite"
@@ -171,6 +172,8 @@ type app struct {
 	svc    *service.Service
 	// brokers keeps the connections of broker destinations.
 	brokers *sink.Pool
+	// transforms runs transformations, in worker processes.
+	transforms *transform.Engine
 	// tracing is nil when traces are off.
 	tracing *service.Tracing
 	// commits is who is told of the store's group commits (its OnCommit),
@@ -249,6 +252,9 @@ func newApp(ctx context.Context, cfg *config, getenv func(string) string, log *s
 
 	fns := service.NewFunctions(a.dests, a.client, time.Now, a.tracing)
 	fns.UseBrokers(a.brokers)
+	a.transforms = transform.NewEngine(transform.Limits{Isolation: &transform.Isolation{
+		Workers: cfg.transformWorkers, Memory: cfg.transformMemory}})
+	fns.UseTransforms(a.transforms)
 	a.rt, err = dispatch.New(&dispatch.Config{
 		Store:           a.store,
 		Workers:         cfg.workers,
@@ -368,6 +374,9 @@ func (a *app) close() {
 	}
 	if a.brokers != nil {
 		_ = a.brokers.Close() // after the runtime stopped: no delivery uses them
+	}
+	if a.transforms != nil {
+		a.transforms.Close()
 	}
 	if a.demo != nil {
 		a.demo.close()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"net/url"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"fanout/destination"
+	"fanout/destination/transform"
 	"fanout/dispatch"
 	"fanout/internal/httpapi"
 	"fanout/internal/service"
@@ -62,6 +64,8 @@ type config struct {
 	tenantRate       float64
 	tenantBurst      int
 	tenantFair       int64
+	transformWorkers int
+	transformMemory  int64
 	portal           service.Branding
 	// spanExporter, set by tests only, replaces the OTLP exporter when
 	// tracing is on.
@@ -136,6 +140,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.Float64Var(&cfg.tenantRate, "tenant-ingest-rate", 0, "events per second each tenant may send to this process, unless the tenant has its own ingest_rate; past it, 429 with Retry-After (0: no limit)")
 	cfg.tenantFair = 64 << 10
 	fs.Var((*byteSize)(&cfg.tenantFair), "tenant-fair-bytes", "ingest request bytes in flight that tenants share while more than one sends (`SIZE`): each may have this divided by the tenants sending (at least 16KiB), and its other requests wait their turn, bodies unread; a tenant alone is never held back (0: no sharing)")
+	fs.IntVar(&cfg.transformWorkers, "transform-workers", runtime.GOMAXPROCS(0), "transformations that may run at once, each in a worker process of its own (fanout started again), started when first needed and kept")
+	cfg.transformMemory = transform.DefaultWorkerMemory
+	fs.Var((*byteSize)(&cfg.transformMemory), "transform-memory", "the memory each transformation worker may use (`SIZE`, at least 32MiB): a program that needs more fails its delivery attempt and its worker is replaced")
 	fs.IntVar(&cfg.tenantBurst, "tenant-ingest-burst", 0, "events a tenant may send at once above --tenant-ingest-rate (0: as many as one second's rate)")
 	fs.DurationVar(&cfg.dedupWindow, "dedup-window", 24*time.Hour, "how long an event's id or Idempotency-Key is remembered to drop a repeat")
 	fs.IntVar(&cfg.breakerFailures, "breaker-failures", 50, "failed attempts in a row that open a destination's circuit breaker (0: never)")
@@ -207,7 +214,10 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 func (c *config) validate() error {
 	var errs []error
 	if c.tenantRate < 0 || c.tenantRate > 1e6 || c.tenantBurst < 0 || c.tenantFair < 0 {
-		errs = append(errs, fmt.Errorf("--tenant-ingest-rate must be between 0 (no limit) and 1000000, and --tenant-ingest-burst and --tenant-fair-requests at least 0"))
+		errs = append(errs, fmt.Errorf("--tenant-ingest-rate must be between 0 (no limit) and 1000000, and --tenant-ingest-burst and --tenant-fair-bytes at least 0"))
+	}
+	if c.transformWorkers < 1 || c.transformWorkers > 256 || c.transformMemory < 32<<20 {
+		errs = append(errs, fmt.Errorf("--transform-workers must be between 1 and 256, and --transform-memory at least 32MiB"))
 	}
 	positive := map[string]time.Duration{
 		"--delivery-timeout": c.deliveryTimeout, "--ingest-timeout": c.limits.IngestTimeout,

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"fanout/destination"
+	"fanout/destination/transform"
 	"fanout/internal/mototest"
 	"fanout/internal/rabbittest"
 	"fanout/internal/service"
@@ -34,6 +35,7 @@ import (
 // share (moto_server, RabbitMQ: slow to start, so one per run, started by
 // the first test that needs one) stop after the tests.
 func TestMain(m *testing.M) {
+	transform.WorkerMain() // transformations run in this binary, started again
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*Client).mCleaner"),
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),

@@ -276,6 +276,18 @@ func TestRun_TransformRight(t *testing.T) {
 			t.Errorf("%s %s without the right: %d %s, want 403 naming the right transform", tc.method, tc.path, status, got)
 		}
 	}
+	// Nothing of a program sent without the right runs: its top level,
+	// which would throw at the check, is not reached before the 403.
+	throws := "throw new Error('the top level ran'); function handler(w) {}"
+	for _, tc := range []struct{ method, path string }{{"POST", "/v1/destinations"}, {"PATCH", "/v1/destinations/" + f.destA}} {
+		if status, got := f.as(t, plain, tc.method, tc.path, map[string]any{"url": f.recvA.URL + "/3", "transform": throws}); status != 403 {
+			t.Errorf("%s %s of a program that throws, without the right: %d %s, want 403 before it runs", tc.method, tc.path, status, got)
+		}
+	}
+	if status, got := f.as(t, granted, "POST", "/v1/destinations", map[string]any{"url": f.recvA.URL + "/3", "transform": throws}); status != 400 ||
+		!strings.Contains(got, "the top level ran") {
+		t.Errorf("the same program with the right: %d %s, want 400 naming its error", status, got)
+	}
 	f.must(t, 200, granted, "PATCH", "/v1/destinations/"+f.destA, map[string]any{"transform": src}, nil)
 	f.must(t, 201, granted, "POST", "/v1/destinations", map[string]any{"url": f.recvA.URL + "/2", "transform": src}, nil)
 	f.must(t, 200, granted, "POST", "/v1/transform", map[string]any{"transform": src, "event": map[string]any{}}, nil)

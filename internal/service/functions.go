@@ -147,7 +147,8 @@ type functions struct {
 	// tenantOf is the tenant of an event's key (Service sets it): ok is
 	// false for a tenant deleted since.
 	tenantOf func(ctx context.Context, key string) (tenant string, ok bool, err error)
-	// transforms runs destinations' transformations (transform.go).
+	// transforms runs destinations' transformations (transform.go); nil:
+	// this process runs none.
 	transforms *transform.Engine
 	// brokers sends to broker destinations (brokers.go); nil: none.
 	brokers *sink.Pool
@@ -156,7 +157,7 @@ type functions struct {
 // NewFunctions returns the two functions over the destinations and the
 // client that sends to them; tracing is nil when traces are off.
 func NewFunctions(dests *destination.Registry, client *webhook.Client, now func() time.Time, tracing *Tracing) *functions {
-	fns := &functions{tracing: tracing, transforms: transform.NewEngine(transform.Limits{})}
+	fns := &functions{tracing: tracing}
 	publishEvent := dispatch.Func("publishEvent", func(ctx context.Context, m Message) (Delivery, error) {
 		info, _ := dispatch.CallFromContext(ctx)
 		if m.DestinationID == "" {

@@ -61,7 +61,9 @@ func (in *DestinationInput) check() error {
 		in.compiled = f
 	}
 	if in.Transform != nil && *in.Transform != "" {
-		if _, err := transform.Compile(*in.Transform); err != nil {
+		// Its syntax only: running it (checkTransform) waits for the
+		// caller's right to set it.
+		if _, err := transform.Parse(*in.Transform); err != nil {
 			return Invalid("transform: %v", err)
 		}
 	}
@@ -212,8 +214,13 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 	if err := s.checkKind(scope, typ); err != nil {
 		return nil, err
 	}
-	if in.Transform != nil && *in.Transform != "" && !scope.MayTransform() {
-		return nil, noTransformRight()
+	if in.Transform != nil && *in.Transform != "" {
+		if !scope.MayTransform() {
+			return nil, noTransformRight()
+		}
+		if err := s.checkTransform(ctx, *in.Transform); err != nil {
+			return nil, err
+		}
 	}
 	d := &destination.Destination{Enabled: true, Tenant: tenant}
 	if in.AllTenants != nil && *in.AllTenants {
@@ -260,6 +267,14 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 	}
 	if in.AllTenants != nil {
 		return nil, Invalid("all_tenants is set when a destination is created, and kept")
+	}
+	// A caller without the right may send back the program it read (a
+	// form does), which is no change and is not run; the update refuses
+	// any other.
+	if in.Transform != nil && *in.Transform != "" && scope.MayTransform() {
+		if err := s.checkTransform(ctx, *in.Transform); err != nil {
+			return nil, err
+		}
 	}
 	d, err := s.Dests.Update(ctx, id, func(d *destination.Destination) error {
 		if !scope.Allows(d.Owner()) {

@@ -29,6 +29,9 @@ import (
 // payload, and its bytes are sent as they came, whatever the handler made of
 // the payload: it may change the request around them only.
 func (fns *functions) transform(ctx context.Context, d *destination.Destination, req *webhook.Request, eventType string) (*Delivery, error) {
+	if fns.transforms == nil {
+		return nil, fmt.Errorf("%w: destination %s has a transformation, and this process runs none", dispatch.ErrTemporary, d.ID)
+	}
 	p, err := fns.transforms.Program(d.ID, d.Transform)
 	if err != nil {
 		return nil, fmt.Errorf("%w: transformation: %v", dispatch.ErrTemporary, err)
@@ -59,6 +62,25 @@ func (fns *functions) transform(ctx context.Context, d *destination.Destination,
 		req.Header.Set(k, unmaskHeader(d.Headers, k, v))
 	}
 	return nil, nil
+}
+
+// UseTransforms lets deliveries, checks and previews run transformations
+// with e (in worker processes: see package transform); without it, a
+// delivery of a destination with one fails, and so does setting one.
+func (fns *functions) UseTransforms(e *transform.Engine) { fns.transforms = e }
+
+// checkTransform runs src's top level in a worker, to refuse with a 400 a
+// program that would fail every delivery (no handler, a throw, a loop).
+// It runs only for a caller with RightTransform: what anyone else sends
+// is refused before any of it runs.
+func (s *Service) checkTransform(ctx context.Context, src string) error {
+	if s.fns.transforms == nil {
+		return Invalid("transform: this process runs no transformations")
+	}
+	if _, err := s.fns.transforms.Compile(ctx, src); err != nil {
+		return Invalid("transform: %v", err)
+	}
+	return nil
 }
 
 // maskedHeaders are a destination's header values as a handler reads
@@ -164,7 +186,10 @@ func (s *Service) TestTransform(ctx context.Context, scope Scope, in *TransformT
 		}
 		return p
 	}
-	p, err := transform.Compile(in.Transform)
+	if s.fns.transforms == nil {
+		return nil, Invalid("this process runs no transformations")
+	}
+	p, err := s.fns.transforms.Compile(ctx, in.Transform)
 	if err != nil {
 		return preview(err), nil
 	}

@@ -29,10 +29,17 @@ func BenchmarkPublish(b *testing.B) {
 	defer srv.Close()
 	client := webhook.NewClient(webhook.Config{})
 	defer client.Close()
-	// A time limit no run reaches on a busy machine: this measures cost.
-	fns := &functions{transforms: transform.NewEngine(transform.Limits{Timeout: time.Second})}
+	// A time limit no run reaches on a busy machine: this measures cost,
+	// of a run in this process and in a worker (what fanout does).
+	local := &functions{transforms: transform.NewEngine(transform.Limits{Timeout: time.Second})}
+	isolated := &functions{transforms: transform.NewEngine(transform.Limits{Timeout: time.Second,
+		Isolation: &transform.Isolation{Workers: 1}})}
+	defer isolated.transforms.Close()
 	body := []byte(`{"type":"order.paid","id":"o_1","data":{"id":"o_1","amount":1250,"currency":"EUR","customer":{"id":"c_1","email":"a@example.com"},"items":[{"sku":"A1","qty":2},{"sku":"B2","qty":1}]}}`)
-	for _, tc := range []struct{ name, src string }{{"plain", ""}, {"transform", smallTransform}} {
+	for _, tc := range []struct {
+		name, src string
+		fns       *functions
+	}{{"plain", "", nil}, {"transform-in-process", smallTransform, local}, {"transform", smallTransform, isolated}} {
 		d := &destination.Destination{ID: "dst_bench", URL: srv.URL + "/hook", Secret: webhook.GenerateSecret(), Enabled: true,
 			Transform: tc.src}
 		b.Run(tc.name, func(b *testing.B) {
@@ -40,7 +47,7 @@ func BenchmarkPublish(b *testing.B) {
 			for b.Loop() {
 				req := &webhook.Request{URL: d.URL, ID: "evt_1", Body: body, Header: d.Header(), Keys: d.Keys(time.Now())}
 				if d.Transform != "" {
-					if _, err := fns.transform(ctx, d, req, EventFields(body).Type); err != nil {
+					if _, err := tc.fns.transform(ctx, d, req, EventFields(body).Type); err != nil {
 						b.Fatal(err)
 					}
 				}
