@@ -2,11 +2,13 @@ package replicatest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,6 +127,9 @@ func TestReplicas_FrozenWithLocalCalls(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for a frozen replica's 30s lease to expire; skipped with -short")
 	}
+	if _, err := os.Stat("/proc/self/task"); err != nil {
+		t.Skip("needs /proc to see that a replica stopped by SIGSTOP has stopped")
+	}
 	t.Parallel() // mostly waiting
 	const events = 20
 	dbURL := pgtest.NewURL(t)
@@ -159,10 +164,15 @@ func TestReplicas_FrozenWithLocalCalls(t *testing.T) {
 
 	// Freeze A with its deliveries in flight; the sink then answers them,
 	// to a process that cannot read the answers.
+	stop := time.Now()
 	if err := a.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("SIGSTOP %s: %v", a.Name, err)
 	}
+	if err := waitStopped(a.Cmd.Process.Pid, 10*time.Second); err != nil {
+		t.Fatalf("%s after SIGSTOP: %v", a.Name, err)
+	}
 	frozen := time.Now()
+	t.Logf("%s seen stopped %v after SIGSTOP (polled every 100ms)", a.Name, frozen.Sub(stop).Round(time.Microsecond))
 	sink.letGo()
 
 	// B takes over once A's leases expire (30s) and sends every delivery
@@ -177,7 +187,14 @@ func TestReplicas_FrozenWithLocalCalls(t *testing.T) {
 		return k
 	}
 	if !waitFor(90*time.Second, func() bool { return resent() == events }) {
-		t.Fatalf("%d of %d deliveries sent again 90s after %s froze", resent(), events, a.Name)
+		var not []string
+		for _, id := range ids {
+			if n := sink.count(id); n < 2 {
+				not = append(not, fmt.Sprintf("event %s sent %d time(s), its calls: %s", id, n, describeCalls(dbURL, id)))
+			}
+		}
+		t.Fatalf("%d of %d deliveries sent again 90s after %s froze; not sent again:\n%s",
+			resent(), events, a.Name, strings.Join(not, "\n"))
 	}
 	takenOver := time.Since(frozen)
 	line := b.WaitLog(t, 10*time.Second, "calls whose lease expired run again")
@@ -280,4 +297,80 @@ func TestReplicas_FrozenWithLocalCalls(t *testing.T) {
 
 	t.Logf("%s: %s", a.Name, a.stop(t))
 	t.Logf("%s: %s", b.Name, b.stop(t))
+}
+
+// waitStopped waits until every thread of process pid is stopped, for up
+// to timeout. SIGSTOP does not stop a process by the time kill(2) returns:
+// the signal is queued, and the threads stop once the kernel runs them
+// again, which on a busy machine may be milliseconds later. Until then the
+// process runs: a replica would read the answers the sink gives once it is
+// told the replica is frozen, and store them, and those deliveries would
+// not be sent again.
+func waitStopped(pid int, timeout time.Duration) error {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	var running []string
+	ok := waitFor(timeout, func() bool {
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			running = []string{err.Error()}
+			return false
+		}
+		running = running[:0]
+		for _, task := range tasks {
+			stat, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+			if err != nil {
+				continue // the thread exited
+			}
+			// pid (comm) state ...: comm may hold spaces and parentheses.
+			fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+			if len(fields) == 0 {
+				running = append(running, task.Name()+": unreadable stat")
+				continue
+			}
+			switch fields[0] {
+			case "T", "t", "Z", "X": // stopped, traced, exited
+			default:
+				running = append(running, task.Name()+" in state "+fields[0])
+			}
+		}
+		return len(running) == 0
+	})
+	if !ok {
+		return fmt.Errorf("threads not stopped after %v: %s", timeout, strings.Join(running, ", "))
+	}
+	return nil
+}
+
+// describeCalls says in what state the calls of an event are, the event's
+// and its children's: of a delivery not sent again, whether it was lost
+// (in a plan still, or stored pending and never run) or finished before
+// its replica froze.
+func describeCalls(dbURL, event string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT id, state, attempt, coalesce(lease_owner, ''), plan IS NOT NULL, waiting
+		FROM calls WHERE id = $1 OR parent_id = $1 ORDER BY id`, event)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for rows.Next() {
+		var id, owner string
+		var state int16
+		var attempt, waiting int32
+		var plan bool
+		if err := rows.Scan(&id, &state, &attempt, &owner, &plan, &waiting); err != nil {
+			return err.Error()
+		}
+		out = append(out, fmt.Sprintf("%s state %d attempt %d lease %q plan %v waiting %d", id, state, attempt, owner, plan, waiting))
+	}
+	if err := rows.Err(); err != nil {
+		return err.Error()
+	}
+	return strings.Join(out, "; ")
 }
