@@ -1,9 +1,10 @@
 // fanout tenant portal: plain JavaScript on fanout's JSON API, no build
 // step. The operator hands a customer a link
-// /portal/<tenant>/#token=<token>: the token is in the fragment, which no
+// /portal/<tenant>/<page key>/#token=<token>: the token is in the fragment, which no
 // browser sends to a server or puts in a Referer. On load the page moves
-// it into this tab's sessionStorage and clears the address; a token in
-// the query string is never read. Every request carries it as
+// it into this tab's sessionStorage and clears the address's fragment and
+// query, not its path: the page key in it is what lets a reload of a
+// framed portal be framed again. A token in the query string is never read. Every request carries it as
 // Authorization: Bearer, and the API, not this page, keeps the tenant to
 // its own endpoints, events and deliveries.
 //
