@@ -72,7 +72,7 @@ func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant, key strin
 	}
 	static := http.FileServerFS(web)
 	logo := Origin(logoURL)
-	kindsJS := console.KindsScript()
+	shared := console.SharedScripts()
 	mux.Handle("GET /portal/{tenant}/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The file is what follows /portal/{tenant}/ and the page key
 		// if any (the same files for every tenant and key).
@@ -105,10 +105,10 @@ func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant, key strin
 			http.Redirect(w, r, key+"/", http.StatusFound)
 			return
 		}
-		if rest == "kinds.js" {
-			// The console's own (see console.KindsScript).
+		if js, ok := shared[rest]; ok {
+			// The console's own (see console.SharedScripts).
 			h.Set("Content-Type", "text/javascript; charset=utf-8")
-			_, _ = w.Write(kindsJS)
+			_, _ = w.Write(js)
 			return
 		}
 		r2 := r.Clone(r.Context())

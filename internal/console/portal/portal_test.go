@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"fanout/internal/console"
 )
 
 // TestMount_AsksOnlyForAKeyedPage: the frame ancestors are asked for the
@@ -58,6 +60,33 @@ func TestMount_AsksOnlyForAKeyedPage(t *testing.T) {
 		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/portal/acme/pk_good", nil))
 		if loc := rec.Header().Get("Location"); loc != "/portal/acme/pk_good/" {
 			t.Fatalf("a key without its slash is sent to %q, want /portal/acme/pk_good/", loc)
+		}
+	}
+}
+
+// TestMount_SharedScripts: the portal serves the console's kinds.js and
+// filters.js, byte for byte, with a page key in its path or without, and
+// its page loads them.
+func TestMount_SharedScripts(t *testing.T) {
+	mux := http.NewServeMux()
+	Mount(mux, func(*http.Request, string, string) []string { return nil }, "pk_", "")
+	page := httptest.NewRecorder()
+	mux.ServeHTTP(page, httptest.NewRequest("GET", "/portal/acme/", nil))
+	shared := console.SharedScripts()
+	for _, name := range []string{"kinds.js", "filters.js"} {
+		if len(shared[name]) == 0 {
+			t.Fatalf("console.SharedScripts has no %s", name)
+		}
+		if !strings.Contains(page.Body.String(), `<script src="`+name+`" defer></script>`) {
+			t.Fatalf("the portal's page does not load %s", name)
+		}
+		for _, path := range []string{"/portal/acme/" + name, "/portal/acme/pk_key/" + name} {
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+			if rec.Code != 200 || rec.Body.String() != string(shared[name]) ||
+				!strings.HasPrefix(rec.Header().Get("Content-Type"), "text/javascript") || rec.Header().Get("X-Content-Type-Options") != "nosniff" {
+				t.Fatalf("GET %s: %d, %d bytes as %q, want the console's %d bytes", path, rec.Code, rec.Body.Len(), rec.Header().Get("Content-Type"), len(shared[name]))
+			}
 		}
 	}
 }
