@@ -103,7 +103,7 @@ lint: ## go vet, gofmt, staticcheck (pinned in go.mod as a tool) and go mod tidy
 	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run make tidy"; exit 1; }
 
 # Every fuzz target, as package:name.
-FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValidateEvent ./internal/service:FuzzEventFields ./internal/service:FuzzParseToken \
+FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValidateEvent ./internal/service:FuzzEventFields ./internal/service:FuzzMessageUnmarshal ./internal/service:FuzzParseToken \
 	./internal/app:FuzzAPI ./internal/app:FuzzEventsQuery ./internal/app:FuzzReplayRequest \
 	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues ./internal/service:FuzzDecodeRaw \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \

@@ -63,6 +63,11 @@ func TestPortal_Browser(t *testing.T) {
 	if got := js[string](b, `location.href`); strings.Contains(got, "token") {
 		t.Fatalf("the address still holds the token: %s", got)
 	}
+	// It keeps its path, page key included: a reload (in a frame too)
+	// opens the page its link opened.
+	if got, want := js[string](b, `location.pathname`), strings.SplitN(strings.TrimPrefix(link.URL, f.base), "#", 2)[0]; got != want {
+		t.Fatalf("the address's path is %s, want the link's %s", got, want)
+	}
 	if got := js[string](b, `sessionStorage.getItem("fanout-portal-token")`); got != token {
 		t.Fatalf("session storage holds %q", got)
 	}

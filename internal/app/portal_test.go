@@ -3,6 +3,8 @@ package app
 import (
 	"net/http"
 	"net/url"
+	"path"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -56,10 +58,12 @@ func TestRun_PortalLink(t *testing.T) {
 	before := time.Now()
 	link, token := f.portalLink(t, "acme", nil)
 	u, _ := url.Parse(link.URL)
-	if u.Path != "/portal/acme/" || u.RawQuery != "" || !strings.HasPrefix(u.Fragment, "token=") {
-		t.Fatalf("portal URL %s: want /portal/acme/ with the token in the fragment only", link.URL)
+	if dir, key := path.Split(strings.TrimSuffix(u.Path, "/")); dir != "/portal/acme/" || !strings.HasPrefix(key, "pk_") ||
+		!strings.HasSuffix(u.Path, "/") || u.RawQuery != "" || !strings.HasPrefix(u.Fragment, "token=") {
+		t.Fatalf("portal URL %s: want /portal/acme/<page key>/ with the token in the fragment only", link.URL)
 	}
-	if token == "" || strings.Contains(strings.Split(link.URL, "#")[0], token) || !strings.HasPrefix(link.URL, f.base+"/") {
+	// Neither the token nor its secret is in what is sent to a server.
+	if token == "" || len(token) < 30 || strings.Contains(strings.Split(link.URL, "#")[0], token[len("fo_")+17:]) || !strings.HasPrefix(link.URL, f.base+"/") {
 		t.Fatalf("portal URL %s (base %s): the token must be in the fragment only", link.URL, f.base)
 	}
 	if d := link.ExpiresAt.Sub(before); d < 59*time.Minute || d > 61*time.Minute {
@@ -135,7 +139,7 @@ func TestRun_PortalNeedsOperatorToken(t *testing.T) {
 	if status := call(t, "POST", base+"/v1/tenants/default/portal", map[string]any{"access": "read"}, &link, auth...); status != 201 {
 		t.Fatalf("POST a portal: %d", status)
 	}
-	if !strings.HasPrefix(link.URL, "https://hooks.example.com/fanout/portal/default/#token=fo_") {
+	if !strings.HasPrefix(link.URL, "https://hooks.example.com/fanout/portal/default/pk_") || !strings.Contains(link.URL, "/#token=fo_") {
 		t.Fatalf("portal URL %s: want it on --public-url", link.URL)
 	}
 }
@@ -239,7 +243,10 @@ func TestRun_PortalTestSend(t *testing.T) {
 }
 
 // TestRun_PortalFrameAncestors: a tenant's portal may be framed by the
-// origins its operator lists, by no one without; the console never.
+// origins its operator lists, by no one without; the console never. The
+// page answers them only to the path of a live link of that tenant (its
+// page key): to anyone else, whatever the tenant, existing or not, it
+// answers the same page, headers and body, framed by no one.
 func TestRun_PortalFrameAncestors(t *testing.T) {
 	t.Parallel()
 	f := newTenantFixture(t, "--portal-logo-url", "https://CDN.logos.example/acme.svg")
@@ -253,31 +260,99 @@ func TestRun_PortalFrameAncestors(t *testing.T) {
 			t.Fatalf("portal_frame_ancestors %q: %d %s, want 400", bad, status, body)
 		}
 	}
-	head := func(path string) http.Header {
-		resp, err := http.Get(f.base + path) // no token: the portal's files are open
+	f.must(t, 200, f.operator, "PUT", "/v1/tenants/globex", map[string]any{"portal_frame_ancestors": []string{"https://app.globex.example"}}, nil)
+
+	type answer struct {
+		status int
+		header http.Header
+		body   string
+	}
+	get := func(path string) answer {
+		t.Helper()
+		status, body, h := rawCall(t, "GET", f.base+path, nil) // no token: the portal's files are open
+		h.Del("Date")
+		return answer{status, h, string(body)}
+	}
+	pathOf := func(link service.PortalLink) string {
+		u, err := url.Parse(link.URL)
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("GET %s: %d", path, resp.StatusCode)
+		return u.Path
+	}
+	keyOf := func(link service.PortalLink) string { return path.Base(pathOf(link)) }
+	acme, _ := f.portalLink(t, "acme", nil)
+	acmeRead, _ := f.portalLink(t, "acme", map[string]any{"access": "read"})
+	globex, _ := f.portalLink(t, "globex", nil)
+	revoked, _ := f.portalLink(t, "acme", nil)
+	f.must(t, 204, f.operator, "DELETE", "/v1/tokens/"+revoked.TokenID, nil, nil)
+	expired, _ := f.portalLink(t, "acme", map[string]any{"expires_in": "1s"})
+
+	// The links: each framed by its own tenant's origins only.
+	for _, c := range []struct {
+		name string
+		link service.PortalLink
+		want string
+	}{
+		{"acme's link", acme, "https://app.acme.example https://dash.acme.example:8443"},
+		{"acme's read link", acmeRead, "https://app.acme.example https://dash.acme.example:8443"},
+		{"globex's link", globex, "https://app.globex.example"},
+	} {
+		a := get(pathOf(c.link))
+		csp := a.header.Get("Content-Security-Policy")
+		if a.status != 200 || !strings.HasSuffix(csp, "; frame-ancestors "+c.want) || !strings.Contains(csp, "script-src 'self';") ||
+			!strings.Contains(csp, "; img-src 'self' data: https://cdn.logos.example;") || a.header.Get("X-Frame-Options") != "" ||
+			a.header.Get("Referrer-Policy") != "no-referrer" || !strings.Contains(a.body, `<script src="app.js"`) {
+			t.Fatalf("%s: %d, CSP %q, X-Frame-Options %q, Referrer-Policy %q", c.name, a.status, csp, a.header.Get("X-Frame-Options"), a.header.Get("Referrer-Policy"))
 		}
-		return resp.Header
 	}
-	h := head("/portal/acme/")
-	if csp := h.Get("Content-Security-Policy"); !strings.HasSuffix(csp, "; frame-ancestors https://app.acme.example https://dash.acme.example:8443") ||
-		!strings.Contains(csp, "script-src 'self';") || !strings.Contains(csp, "; img-src 'self' data: https://cdn.logos.example;") || h.Get("X-Frame-Options") != "" || h.Get("Referrer-Policy") != "no-referrer" {
-		t.Fatalf("acme's portal: CSP %q, X-Frame-Options %q, Referrer-Policy %q", csp, h.Get("X-Frame-Options"), h.Get("Referrer-Policy"))
+
+	// Everything else is one answer: that of a tenant that does not exist.
+	for time.Now().Before(expired.ExpiresAt.Add(50 * time.Millisecond)) {
+		time.Sleep(50 * time.Millisecond)
 	}
-	for _, path := range []string{"/portal/globex/", "/portal/globex/app.js", "/portal/nobody/", "/console/"} {
-		h := head(path)
-		if csp := h.Get("Content-Security-Policy"); !strings.HasSuffix(csp, "; frame-ancestors 'none'") || h.Get("X-Frame-Options") != "DENY" {
-			t.Fatalf("%s: CSP %q, X-Frame-Options %q: want frame-ancestors 'none' and DENY", path, csp, h.Get("X-Frame-Options"))
+	want := get("/portal/nobody/")
+	if csp := want.header.Get("Content-Security-Policy"); want.status != 200 || !strings.HasSuffix(csp, "; frame-ancestors 'none'") ||
+		want.header.Get("X-Frame-Options") != "DENY" || !strings.Contains(want.body, `<script src="app.js"`) {
+		t.Fatalf("a tenant that does not exist: %d, CSP %q, X-Frame-Options %q", want.status, csp, want.header.Get("X-Frame-Options"))
+	}
+	keyA, keyG := keyOf(acme), keyOf(globex)
+	tampered := keyA[:len(keyA)-1] + map[bool]string{true: "B", false: "A"}[strings.HasSuffix(keyA, "A")]
+	for _, c := range []struct{ name, path string }{
+		{"acme, which exists, without a key", "/portal/acme/"},
+		{"globex without a key", "/portal/globex/"},
+		{"the default tenant without a key", "/portal/default/"},
+		{"a tenant that does not exist with acme's key", "/portal/nobody/" + keyA + "/"},
+		{"acme with globex's key", "/portal/acme/" + keyG + "/"},
+		{"globex with acme's key", "/portal/globex/" + keyA + "/"},
+		{"acme's key, altered", "/portal/acme/" + tampered + "/"},
+		{"acme's key with globex's token id", "/portal/acme/" + keyG[:len("pk_")+16] + keyA[len("pk_")+16:] + "/"},
+		{"the key of no token", "/portal/acme/pk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAA/"},
+		{"a key of the wrong shape", "/portal/acme/pk_x/"},
+		{"a revoked link", pathOf(revoked)},
+		{"an expired link", pathOf(expired)},
+		{"an id that is no tenant's", "/portal/a%2Fb/"},
+	} {
+		got := get(c.path)
+		if got.status != want.status || !reflect.DeepEqual(got.header, want.header) || got.body != want.body {
+			t.Fatalf("%s (%s): %d %v, want the answer of a tenant that does not exist: %d %v", c.name, c.path, got.status, got.header, want.status, want.header)
 		}
 	}
+	// The page's files are framed by no one, with a key or without.
+	for _, p := range []string{pathOf(acme) + "app.js", "/portal/acme/app.js", "/console/"} {
+		a := get(p)
+		if csp := a.header.Get("Content-Security-Policy"); a.status != 200 || !strings.HasSuffix(csp, "; frame-ancestors 'none'") || a.header.Get("X-Frame-Options") != "DENY" {
+			t.Fatalf("%s: %d, CSP %q, X-Frame-Options %q: want frame-ancestors 'none' and DENY", p, a.status, csp, a.header.Get("X-Frame-Options"))
+		}
+	}
+	// A key without its slash is sent to the page, the fragment kept.
+	if a := get(strings.TrimSuffix(pathOf(acme), "/")); a.status != 200 || a.header.Get("X-Frame-Options") != "" {
+		t.Fatalf("acme's link without its last slash: %d, X-Frame-Options %q", a.status, a.header.Get("X-Frame-Options"))
+	}
+
 	// Removing them removes them.
 	f.must(t, 200, f.operator, "PUT", "/v1/tenants/acme", map[string]any{"portal_frame_ancestors": []string{}}, nil)
-	if h := head("/portal/acme/"); h.Get("X-Frame-Options") != "DENY" {
-		t.Fatalf("acme's portal after its origins were removed: X-Frame-Options %q", h.Get("X-Frame-Options"))
+	if a := get(pathOf(acme)); a.header.Get("X-Frame-Options") != "DENY" {
+		t.Fatalf("acme's portal after its origins were removed: X-Frame-Options %q", a.header.Get("X-Frame-Options"))
 	}
 }

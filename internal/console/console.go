@@ -24,15 +24,21 @@ import (
 //go:embed web
 var files embed.FS
 
-// KindsScript is kinds.js, the forms of the destination kinds, which the
-// tenant portal serves too: one copy, so that the console and the portal
-// never disagree on a kind's fields.
-func KindsScript() []byte {
-	b, err := files.ReadFile("web/kinds.js")
-	if err != nil {
-		panic(err) // the embedded tree is fixed at build time
+// SharedScripts are the console's scripts that the tenant portal serves
+// too, by name: kinds.js (the forms of the destination kinds) and
+// filters.js (the payload filter field and its test). One copy of each, so
+// that the console and the portal never disagree on a kind's fields or on
+// how a filter is sent and tried.
+func SharedScripts() map[string][]byte {
+	out := map[string][]byte{}
+	for _, name := range []string{"kinds.js", "filters.js"} {
+		b, err := files.ReadFile("web/" + name)
+		if err != nil {
+			panic(err) // the embedded tree is fixed at build time
+		}
+		out[name] = b
 	}
-	return b
+	return out
 }
 
 // Policy is the console's Content-Security-Policy.

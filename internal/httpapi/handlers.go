@@ -115,8 +115,10 @@ func NewHandler(log *slog.Logger, svc *service.Service, limits Limits, tokens []
 	svc.TrackRoutes(patterns)
 	mux := http.NewServeMux()
 	console.Mount(mux)
-	portal.Mount(mux, func(r *http.Request, tenant string) []string { return svc.PortalFrameAncestors(r.Context(), tenant) },
-		svc.PortalBranding().LogoURL)
+	frameAncestors := func(r *http.Request, tenant, key string) []string {
+		return svc.PortalFrameAncestors(r.Context(), tenant, key)
+	}
+	portal.Mount(mux, frameAncestors, service.PortalPageKeyPrefix, svc.PortalBranding().LogoURL)
 	addRoutes(log, newAuthenticator(svc, tokens), mux, rs)
 	bodies := boundBodies(newBodyBudget(limits.MaxInflightBytes, limits.MaxEventBytes, bodyWait), mux)
 	if len(tokens) > 0 {

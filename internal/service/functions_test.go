@@ -123,6 +123,84 @@ func FuzzEventFields(f *testing.F) {
 	})
 }
 
+// FuzzMessageUnmarshal checks Message.UnmarshalJSON, which reads every
+// delivery's stored input with gjson, against a reference on
+// encoding/json's token stream: never a panic; an error exactly for what
+// is not JSON; for JSON, the first top-level "event_id", "destination_id"
+// and "tenant" that are strings (decoded; anything else reads as ""), the
+// first top-level "event" as written (null or absent: none), nothing for
+// what is not an object; and what it read is written back and read again
+// the same by MarshalJSON (the destination, the call's key, is left out).
+func FuzzMessageUnmarshal(f *testing.F) {
+	for _, s := range []string{`{}`, `{"event_id":"evt_1","destination_id":"dst_1","tenant":"acme","event":{"type":"a","n":1.50e2}}`,
+		`{"event":null}`, `{"event": [1, {"x":"<&>"}] , "tenant":7}`, `{"tenant":"a","tenant":"b"}`, `{"event_\u0069d":"escaped key"}`,
+		`{"Event_ID":"case","x":{"event_id":"nested"}}`, `["event_id","x"]`, `"event_id"`, `{"tenant":"\ud800\u00e9\n"}`, `{"event":`, ` {"event" : "s" } `} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got Message
+		err := got.UnmarshalJSON(data)
+		if !utf8.Valid(data) {
+			return // stored inputs are UTF-8: encoding/json and gjson differ on the rest, which nothing stores
+		}
+		if (err == nil) != json.Valid(data) {
+			t.Fatalf("UnmarshalJSON(%q): error %v, but json.Valid says %v", data, err, json.Valid(data))
+		}
+		if err != nil {
+			return
+		}
+		var want Message
+		dec := json.NewDecoder(bytes.NewReader(data))
+		if tok, err := dec.Token(); err != nil {
+			t.Fatal(err)
+		} else if tok == json.Delim('{') {
+			seen := map[string]bool{}
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var raw json.RawMessage
+				if err := dec.Decode(&raw); err != nil {
+					t.Fatal(err)
+				}
+				key := k.(string)
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
+				var str string
+				_ = json.Unmarshal(raw, &str) // "" for what is not a string
+				switch key {
+				case "event_id":
+					want.EventID = str
+				case "destination_id":
+					want.DestinationID = str
+				case "tenant":
+					want.Tenant = str
+				case "event":
+					if string(raw) != "null" {
+						want.Event = raw
+					}
+				}
+			}
+		}
+		if got.EventID != want.EventID || got.DestinationID != want.DestinationID || got.Tenant != want.Tenant ||
+			!bytes.Equal(got.Event, want.Event) || got.OrderKey != "" {
+			t.Fatalf("UnmarshalJSON(%q) = %+v (event %q), want %+v (event %q)", data, got, got.Event, want, want.Event)
+		}
+		b, err := got.MarshalJSON()
+		if err != nil || !json.Valid(b) {
+			t.Fatalf("MarshalJSON(%+v) = %q, %v: not JSON", got, b, err)
+		}
+		var back Message
+		if err := back.UnmarshalJSON(b); err != nil || back.EventID != got.EventID || back.Tenant != got.Tenant ||
+			!bytes.Equal(back.Event, got.Event) || back.DestinationID != "" {
+			t.Fatalf("%+v written as %q reads back as %+v (%v)", got, b, back, err)
+		}
+	})
+}
+
 func TestFanout_MarshalJSON(t *testing.T) {
 	t.Parallel()
 	for _, n := range []int{0, 2, 1234} {

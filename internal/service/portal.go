@@ -2,6 +2,10 @@ package service
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +19,8 @@ import (
 	"fanout/dispatch"
 )
 
-// The tenant portal: a page (served by the HTTP layer at /portal/{tenant}/)
+// The tenant portal: a page (served by the HTTP layer at
+// /portal/{tenant}/{page key}/)
 // that an operator hands to a customer, with a short-lived token of that
 // customer's tenant in the fragment of its URL. The page is the console
 // restricted to one tenant: everything it does goes through the same API
@@ -99,10 +104,11 @@ type PortalLink struct {
 }
 
 // CreatePortal mints a token of tenant for a portal and returns the link to
-// hand to the tenant's customer: <base>/portal/<tenant>/#token=<token>,
+// hand to the tenant's customer: <base>/portal/<tenant>/<page key>/#token=<token>,
 // base being --public-url, else fallbackBase (where the operator reached
 // fanout). The token travels in the fragment, which browsers send to no
-// server and put in no Referer. Its rights are read, or read and manage for
+// server and put in no Referer; the page key (see pageKey) lets the page
+// alone be framed by the tenant's portal_frame_ancestors. Its rights are read, or read and manage for
 // a "manage" portal; never view_secret: a portal sees a secret once, in the
 // answer of a creation or a rotation. It is an ordinary scoped token:
 // listed by GET /v1/tokens, revoked by DELETE /v1/tokens/{id}, and gone
@@ -149,7 +155,12 @@ func (s *Service) CreatePortal(ctx context.Context, tenant string, in *PortalInp
 	if err != nil {
 		return nil, err
 	}
-	link := strings.TrimSuffix(base, "/") + "/portal/" + url.PathEscape(tenant) + "/#token=" + url.QueryEscape(tok.Token)
+	id, secret, ok := parseToken(tok.Token)
+	if !ok {
+		return nil, fmt.Errorf("portal: minted token %s is not shaped as a token", tok.ID)
+	}
+	link := strings.TrimSuffix(base, "/") + "/portal/" + url.PathEscape(tenant) + "/" + pageKey(id, hashSecret(secret)) +
+		"/#token=" + url.QueryEscape(tok.Token)
 	return &PortalLink{URL: link, TokenID: tok.ID, ExpiresAt: *tok.ExpiresAt}, nil
 }
 
@@ -188,11 +199,73 @@ func (s *Service) PortalInfo(ctx context.Context, p *Principal) (*PortalInfo, er
 	return &out, nil
 }
 
-// PortalFrameAncestors are the origins that may frame tenant's portal; none
-// for a tenant that does not exist (the page is served all the same: it
-// holds no data, and a 404 would tell who is a tenant).
-func (s *Service) PortalFrameAncestors(ctx context.Context, tenant string) []string {
-	if ValidTenantID(tenant) != nil {
+// The page key. A portal's frame-ancestors tell that its tenant exists and
+// which origins embed it, so the page answers them only to the holder of a
+// live link of that tenant; to anyone else, whatever tenant id the address
+// names, the same page with frame-ancestors 'none'. The token cannot say
+// it: it travels in the fragment, which no browser sends, and a framed
+// page is loaded without cookies. So the link's path carries a page key,
+// /portal/<tenant>/pk_<token id>_<mac>/, the mac derived (one-way) from the
+// token's stored hash: it names the token and proves that fanout minted
+// the link, acts nothing in the API, and can be in an access log. The
+// page keeps its path when it clears the fragment, so a reload in a frame
+// is framed again, until the token expires or is revoked.
+
+// pageKeyPrefix starts a page key: a path segment so shaped is a key, not
+// one of the page's files (PortalPageKeyPrefix for the HTTP layer).
+const pageKeyPrefix = "pk_"
+
+// PortalPageKeyPrefix starts the path segment of a portal link that is its
+// page key.
+const PortalPageKeyPrefix = pageKeyPrefix
+
+// pageKey is the page key of the token id whose secret hashes to hash.
+func pageKey(id, hash string) string {
+	sum := sha256.Sum256([]byte("fanout portal page key\x00" + hash))
+	return pageKeyPrefix + strings.TrimPrefix(id, "tok_") + "_" + base64.RawURLEncoding.EncodeToString(sum[:16])
+}
+
+// parsePageKey returns the token id a page key names; ok is false for
+// anything not shaped as one (no store is read for it).
+func parsePageKey(key string) (id string, ok bool) {
+	rest, ok := strings.CutPrefix(key, pageKeyPrefix)
+	if !ok || len(rest) != 16+1+22 || rest[16] != '_' {
+		return "", false
+	}
+	if _, err := hex.DecodeString(rest[:16]); err != nil {
+		return "", false
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(rest[17:]); err != nil {
+		return "", false
+	}
+	return "tok_" + rest[:16], true
+}
+
+// PortalFrameAncestors are the origins that may frame the portal page of
+// tenant opened with the page key key: the tenant's portal_frame_ancestors
+// if key is that of a live token of that tenant (not expired, not
+// revoked), none otherwise, nor when the store fails (the page is served
+// all the same, and alike: it holds no data, and any other answer would
+// tell who is a tenant). Without a well-shaped key, nothing is read: the
+// time of the answer does not depend on the tenant either.
+func (s *Service) PortalFrameAncestors(ctx context.Context, tenant, key string) []string {
+	id, ok := parsePageKey(key)
+	if !ok || ValidTenantID(tenant) != nil {
+		return nil
+	}
+	doc, err := s.store.DocGet(ctx, TokenDocKind, id)
+	if err != nil {
+		return nil
+	}
+	tok, err := decodeToken(doc)
+	if err != nil || tok.Hash == "" {
+		return nil
+	}
+	// Compared in constant time: timing tells nothing of the mac.
+	if subtle.ConstantTimeCompare([]byte(pageKey(tok.ID, tok.Hash)), []byte(key)) != 1 {
+		return nil
+	}
+	if tok.AllTenants || tok.Tenant != tenant || (tok.ExpiresAt != nil && !s.now().Before(*tok.ExpiresAt)) {
 		return nil
 	}
 	t, err := s.tenants.get(ctx, tenant)

@@ -1,13 +1,15 @@
 // Package portal is the tenant portal's page: the console restricted to one
 // tenant, for the operator's customers. Its files are embedded in the
-// binary and served at /portal/{tenant}/, open without a token (they hold
+// binary and served at /portal/{tenant}/{page key}/, open without a token (they hold
 // no data: the page reads the token from its address's fragment, keeps it
 // in the tab's session storage, and sends it with each API request). Like
 // the console, it puts everything it shows in the page as text, and its
 // Content-Security-Policy forbids inline scripts and every origin but
 // fanout's own (and the operator's logo); unlike the console, a tenant's
 // portal may be framed by the origins the operator lists for that tenant
-// (its portal_frame_ancestors), none by default.
+// (its portal_frame_ancestors), none by default, when it is opened with
+// the page key of a live link of that tenant (see
+// service.PortalFrameAncestors); by no one otherwise.
 package portal
 
 import (
@@ -55,21 +57,39 @@ func Origin(raw string) string {
 	return "https://" + strings.ToLower(u.Host)
 }
 
-// Mount mounts the portal at /portal/{tenant}/; ancestors says which
-// origins may frame a tenant's portal (none for a tenant that does not
-// exist: the page is served alike, so that it tells no one who is a
-// tenant), logoURL is the operator's logo ("" for none).
-func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant string) []string, logoURL string) {
+// Mount mounts the portal at /portal/{tenant}/{page key}/, the path of a
+// link (service.CreatePortal), and at /portal/{tenant}/, that of the links
+// minted before page keys. ancestors says which origins may frame the page
+// of tenant opened with key: it is asked for the page alone (not for its
+// scripts and styles, which no one frames), and only when the path holds
+// something shaped as a key (keyPrefix), so that the answer to a path
+// without one reads nothing and is the same, headers and body, for every
+// tenant id, existing or not. logoURL is the operator's logo ("" for none).
+func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant, key string) []string, keyPrefix, logoURL string) {
 	web, err := fs.Sub(files, "web")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
 	static := http.FileServerFS(web)
 	logo := Origin(logoURL)
-	kindsJS := console.KindsScript()
+	shared := console.SharedScripts()
 	mux.Handle("GET /portal/{tenant}/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tenant := r.PathValue("tenant")
-		list := ancestors(r, tenant)
+		// The file is what follows /portal/{tenant}/ and the page key
+		// if any (the same files for every tenant and key).
+		// Split as escaped: an escaped slash in the tenant is not
+		// taken for the end of the tenant's segment.
+		rest := ""
+		if parts := strings.SplitN(r.URL.EscapedPath(), "/", 4); len(parts) == 4 {
+			rest = parts[3]
+		}
+		key, slash := "", true
+		if first, after, found := strings.Cut(rest, "/"); strings.HasPrefix(first, keyPrefix) {
+			key, rest, slash = first, after, found
+		}
+		var list []string
+		if key != "" && rest == "" && slash {
+			list = ancestors(r, r.PathValue("tenant"), key)
+		}
 		h := w.Header()
 		h.Set("Content-Security-Policy", Policy(list, logo))
 		if len(list) == 0 {
@@ -79,17 +99,16 @@ func Mount(mux *http.ServeMux, ancestors func(r *http.Request, tenant string) []
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		h.Set("Cache-Control", "no-cache")
-		// The file is what follows /portal/{tenant}/ (the same files for
-		// every tenant).
-		parts := strings.SplitN(r.URL.Path, "/", 4)
-		rest := ""
-		if len(parts) == 4 {
-			rest = parts[3]
+		if !slash {
+			// A key without its slash (the browser keeps the address's
+			// fragment across a redirect without one).
+			http.Redirect(w, r, key+"/", http.StatusFound)
+			return
 		}
-		if rest == "kinds.js" {
-			// The console's own (see console.KindsScript).
+		if js, ok := shared[rest]; ok {
+			// The console's own (see console.SharedScripts).
 			h.Set("Content-Type", "text/javascript; charset=utf-8")
-			_, _ = w.Write(kindsJS)
+			_, _ = w.Write(js)
 			return
 		}
 		r2 := r.Clone(r.Context())

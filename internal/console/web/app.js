@@ -722,97 +722,16 @@
 
   // ---------- payload filters ----------
 
-  const EXAMPLE_EVENT = '{"type":"order.paid","data":{"amount":150}}';
-
-  function prettyMatch(m) {
-    const s = m ? stringify(m, 2) : null;
-    return s === null ? "" : s;
-  }
-
-  // withRaw is JSON.stringify(obj) with more members given as JSON text
-  // (null ones left out), sent as typed: a filter's numbers keep every
-  // digit, which JSON.parse then stringify would round (12345678901234567891).
-  function withRaw(obj, raw) {
-    let s = JSON.stringify(obj);
-    for (const [k, v] of Object.entries(raw)) {
-      if (v !== null && v !== undefined) s = s.slice(0, -1) + (s.length > 2 ? "," : "") + JSON.stringify(k) + ":" + v + "}";
-    }
-    return s;
-  }
-
-  // lastPayload is the payload of the destination's last event (or the
-  // last event at all), pretty-printed, to test a filter on; null if none
-  // or too large to be an example.
-  async function lastPayload(d) {
-    const list = await api("GET", "/v1/events?limit=1" + (d ? "&destination=" + encodeURIComponent(d.id) : ""));
-    const e = list.events && list.events[0];
-    if (!e || e.size > 4096) return null;
-    return stringify((await api("GET", "/v1/events/" + encodeURIComponent(e.id))).event, 2);
-  }
-
-  // matchEditor is the "Payload filter" field of a destination's form,
-  // the API's refusal shown under it, and a panel that asks POST /v1/match
-  // whether an example event would match the form's type filter (types())
-  // and payload filter, and why not.
-  function matchEditor(d, types) {
-    const initial = prettyMatch(d && d.match);
-    const area = el("textarea", { name: "match", class: "match", spellcheck: "false", placeholder: '{"data.amount": {"$gte": 100}}' }, initial);
-    const error = el("div", { class: "error small match-error", role: "alert" });
-    const example = el("textarea", { name: "example", class: "example", spellcheck: "false" }, EXAMPLE_EVENT);
-    const result = el("div", { class: "match-result", "aria-live": "polite" });
-    const test = el("details", { class: "match-test" }, el("summary", { text: "Test on an example event" }),
-      el("label", {}, "Example event (JSON, as it would be posted)", example),
-      el("div", { class: "actions" }, el("button", { type: "button", class: "secondary test-match", text: "Test", onclick: (ev) => run(ev.target) })),
-      result);
-    let prefilled = false;
-    test.addEventListener("toggle", async () => {
-      if (!test.open || prefilled) return;
-      prefilled = true;
-      try {
-        const p = await lastPayload(d);
-        if (p && example.value === EXAMPLE_EVENT) example.value = p;
-      } catch (_) { /* keep the example */ }
-    });
-    // read is the filter as typed, checked to be JSON: {raw: null} when
-    // empty, null (and why, under it) when it is not JSON.
-    function read() {
-      error.textContent = "";
-      const raw = area.value.trim();
-      if (!raw) return { raw: null };
-      try { JSON.parse(raw); } catch (e) { error.textContent = "The payload filter is not JSON: " + e.message; return null; }
-      return { raw };
-    }
-    async function run(button) {
-      clear(result);
-      const m = read();
-      if (!m) return;
-      const ev = example.value.trim();
-      try { JSON.parse(ev); } catch (e) { result.append(el("div", { class: "error small", text: "The example is not JSON: " + e.message })); return; }
-      button.disabled = true;
-      try {
-        const r = await api("POST", "/v1/match", withRaw({ filter: types() }, { match: m.raw, event: ev }));
-        result.append(el("strong", { class: r.matches ? "matches" : "no-match", text: r.matches ? "matches" : "does not match" }),
-          r.reasons && r.reasons.length ? el("ul", { class: "reasons" }, r.reasons.map((x) => el("li", { text: x }))) : null);
-      } catch (e) {
-        result.append(el("div", { class: "error small", text: failMessage(e) }));
-      } finally { button.disabled = false; }
-    }
-    return {
-      node: el("div", { class: "wide match-editor" },
-        el("label", {}, "Payload filter (JSON, as in the API: {\"data.amount\": {\"$gte\": 100}}; empty: none)", area), error, test),
-      read,
-      // changed: the filter differs from the one shown at first (left
-      // as it was, it is not sent: the stored one stays, every digit).
-      changed() { return area.value.trim() !== initial.trim(); },
-      // fail shows the API's refusal of the filter under it; false when
-      // the refusal is about something else.
-      fail(e) {
-        if (!(e instanceof APIError && e.status === 400 && /^match\b/.test(e.message))) return false;
-        error.textContent = e.message;
-        return true;
-      },
-    };
-  }
+  // The payload filter field and its test: filters.js, shared with the
+  // tenant portal.
+  const { EXAMPLE_EVENT, prettyMatch, withRaw } = window.FanoutFilters;
+  const { matchEditor } = window.FanoutFilters.make({
+    api, el, clear, APIError,
+    nodeClass: "wide match-editor",
+    filterLabel: "Payload filter (JSON, as in the API: {\"data.amount\": {\"$gte\": 100}}; empty: none)",
+    exampleLabel: "Example event (JSON, as it would be posted)",
+    errorText: failMessage,
+  });
 
   // transformEditor is the "Transformation" field of a destination's
   // form: the program, an example event, and a live preview of the

@@ -1,9 +1,10 @@
 // fanout tenant portal: plain JavaScript on fanout's JSON API, no build
 // step. The operator hands a customer a link
-// /portal/<tenant>/#token=<token>: the token is in the fragment, which no
+// /portal/<tenant>/<page key>/#token=<token>: the token is in the fragment, which no
 // browser sends to a server or puts in a Referer. On load the page moves
-// it into this tab's sessionStorage and clears the address; a token in
-// the query string is never read. Every request carries it as
+// it into this tab's sessionStorage and clears the address's fragment and
+// query, not its path: the page key in it is what lets a reload of a
+// framed portal be framed again. A token in the query string is never read. Every request carries it as
 // Authorization: Bearer, and the API, not this page, keeps the tenant to
 // its own endpoints, events and deliveries.
 //
@@ -254,96 +255,16 @@
 
   // ---------- payload filters ----------
 
-  const EXAMPLE_EVENT = '{"type":"order.paid","data":{"amount":150}}';
-
-  function stringify(v, indent) {
-    try { return JSON.stringify(v, null, indent); } catch (_) { return null; }
-  }
-  function prettyMatch(m) {
-    const s = m ? stringify(m, 2) : null;
-    return s === null ? "" : s;
-  }
-
-  // withRaw is JSON.stringify(obj) with more members given as JSON text
-  // (null ones left out), sent as typed: a filter's numbers keep every
-  // digit, which JSON.parse then stringify would round (12345678901234567891).
-  function withRaw(obj, raw) {
-    let s = JSON.stringify(obj);
-    for (const [k, v] of Object.entries(raw)) {
-      if (v !== null && v !== undefined) s = s.slice(0, -1) + (s.length > 2 ? "," : "") + JSON.stringify(k) + ":" + v + "}";
-    }
-    return s;
-  }
-
-  // lastPayload is the payload of the endpoint's last event (or the
-  // tenant's last event), pretty-printed, to test a filter on; null if
-  // none or too large to be an example.
-  async function lastPayload(d) {
-    const list = await api("GET", "/v1/events?limit=1" + (d ? "&destination=" + encodeURIComponent(d.id) : ""));
-    const e = list.events && list.events[0];
-    if (!e || e.size > 4096) return null;
-    return stringify((await api("GET", "/v1/events/" + encodeURIComponent(e.id))).event, 2);
-  }
-
-  // matchEditor is the "Payload filter" field of the endpoint form, the
-  // API's refusal shown under it, and a panel that asks POST /v1/match
-  // whether an example event would match the form's event types (types())
-  // and payload filter, and why not.
-  function matchEditor(d, types) {
-    const initial = prettyMatch(d && d.match);
-    const area = el("textarea", { name: "match", id: "match", spellcheck: "false", placeholder: '{"data.amount": {"$gte": 100}}' }, initial);
-    const error = el("div", { class: "error small", id: "match-error", role: "alert" });
-    const example = el("textarea", { name: "example", id: "match-example", spellcheck: "false" }, EXAMPLE_EVENT);
-    const result = el("div", { id: "match-result", "aria-live": "polite" });
-    const button = el("button", { type: "button", class: "secondary", id: "match-test", text: "Test", onclick: () => run() });
-    const test = el("details", { class: "match-test", id: "match-test-panel" }, el("summary", { text: "Test on an example event" }),
-      el("label", {}, "Example event (JSON, as it would be sent to you)", example),
-      el("div", { class: "actions" }, button), result);
-    let prefilled = false;
-    test.addEventListener("toggle", async () => {
-      if (!test.open || prefilled) return;
-      prefilled = true;
-      try {
-        const p = await lastPayload(d);
-        if (p && example.value === EXAMPLE_EVENT) example.value = p;
-      } catch (_) { /* keep the example */ }
-    });
-    function read() {
-      error.textContent = "";
-      const raw = area.value.trim();
-      if (!raw) return { raw: null };
-      try { JSON.parse(raw); } catch (e) { error.textContent = "The payload filter is not JSON: " + e.message; return null; }
-      return { raw };
-    }
-    async function run() {
-      clear(result);
-      const m = read();
-      if (!m) return;
-      const ev = example.value.trim();
-      try { JSON.parse(ev); } catch (e) { result.append(el("div", { class: "error small", text: "The example is not JSON: " + e.message })); return; }
-      button.disabled = true;
-      try {
-        const r = await api("POST", "/v1/match", withRaw({ filter: types() }, { match: m.raw, event: ev }));
-        result.append(el("strong", { class: r.matches ? "matches" : "no-match", text: r.matches ? "matches" : "does not match" }),
-          r.reasons && r.reasons.length ? el("ul", { class: "reasons" }, r.reasons.map((x) => el("li", { text: x }))) : null);
-      } catch (err) {
-        if (!(err instanceof APIError && err.status === 401)) result.append(el("div", { class: "error small", text: err.message || String(err) }));
-      } finally { button.disabled = false; }
-    }
-    return {
-      node: el("div", { class: "wide field match-editor" },
-        el("label", {}, "Payload filter (optional): only the events whose content matches, as JSON, e.g. {\"data.amount\": {\"$gte\": 100}}", area), error, test),
-      read,
-      changed() { return area.value.trim() !== initial.trim(); },
-      // fail shows the API's refusal of the filter under it; false when
-      // the refusal is about something else.
-      fail(err) {
-        if (!(err instanceof APIError && err.status === 400 && /^match\b/.test(err.message))) return false;
-        error.textContent = err.message;
-        return true;
-      },
-    };
-  }
+  // The payload filter field and its test: the console's filters.js.
+  const { prettyMatch, withRaw } = window.FanoutFilters;
+  const { matchEditor } = window.FanoutFilters.make({
+    api, el, clear, APIError,
+    ids: true,
+    nodeClass: "wide field match-editor",
+    filterLabel: "Payload filter (optional): only the events whose content matches, as JSON, e.g. {\"data.amount\": {\"$gte\": 100}}",
+    exampleLabel: "Example event (JSON, as it would be sent to you)",
+    errorText: (err) => (err instanceof APIError && err.status === 401 ? "" : err.message || String(err)),
+  });
 
   // endpointForm is the form of a new endpoint or of a change: url,
   // description, the event types (from the tenant's own events, and any
