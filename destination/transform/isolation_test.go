@@ -29,7 +29,7 @@ func TestIsolation_OutOfMemory(t *testing.T) {
 		t.Skip("no hard memory limit on this platform")
 	}
 	e, p := isolated(t, Limits{Timeout: 5 * time.Second}, Isolation{Workers: 1, Memory: 128 << 20})
-	good, err := e.Compile(context.Background(), "function handler(w) { w.method = 'PUT' }")
+	good, err := e.Program("dst_good", "function handler(w) { w.method = 'PUT' }")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestIsolation_OutOfMemory(t *testing.T) {
 		"function handler(w) { var a = []; for (;;) a.push('x'.repeat(1 << 24) + a.length) }",
 		"function handler(w) { var s = 'x'; for (;;) s = s + s }",
 	} {
-		prog, err := Parse(src)
+		prog, err := e.Program("dst_hungry", src)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +65,7 @@ func TestIsolation_OutOfMemory(t *testing.T) {
 		}
 	}
 	// The top level runs in a worker too, when a program is checked.
-	_, err = e.Compile(context.Background(), "new ArrayBuffer(2 ** 31); function handler(w) {}")
+	err = e.Compile(context.Background(), "new ArrayBuffer(2 ** 31); function handler(w) {}")
 	var se *SyntaxError
 	if !errors.As(err, &se) || !strings.Contains(err.Error(), "out of memory") {
 		t.Errorf("a top level out of memory: %v; want a SyntaxError saying so", err)
@@ -93,7 +93,7 @@ func TestIsolation_Uninterruptible(t *testing.T) {
 		var err error
 		if strings.HasPrefix(src, "function") {
 			var prog *Program
-			if prog, err = Parse(src); err != nil {
+			if prog, err = e.Program("dst_spin", src); err != nil {
 				t.Fatal(err)
 			}
 			_, err = e.Run(context.Background(), prog, Event{ID: "e"}, order)
@@ -102,7 +102,7 @@ func TestIsolation_Uninterruptible(t *testing.T) {
 				t.Errorf("%s: %v; want a timeout that killed the worker", src, err)
 			}
 		} else {
-			_, err = e.Compile(context.Background(), src)
+			err = e.Compile(context.Background(), src)
 			if err == nil || !strings.Contains(err.Error(), "killed") {
 				t.Errorf("%s: %v; want a check stopped by killing its worker", src, err)
 			}
@@ -123,7 +123,7 @@ func TestIsolation_Parallel(t *testing.T) {
 	e, p := isolated(t, slow, Isolation{Workers: 2})
 	var progs []*Program
 	for _, m := range []string{"PUT", "PATCH", "DELETE", "POST"} {
-		prog, err := e.Compile(context.Background(), "function handler(w) { w.method = '"+m+"'; w.headers['X-N'] = w.event.id }")
+		prog, err := e.Program("dst_"+m, "function handler(w) { w.method = '"+m+"'; w.headers['X-N'] = w.event.id }")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +153,7 @@ func TestIsolation_NotAWorker(t *testing.T) {
 	e, _ := isolated(t, slow, Isolation{Workers: 1, Command: func() (*exec.Cmd, error) {
 		return exec.Command("/bin/sh", "-c", "echo 'usage: something else'; sleep 60"), nil
 	}})
-	prog, _ := Parse("function handler(w) {}")
+	prog, _ := e.Program("dst_1", "function handler(w) {}")
 	start := time.Now()
 	_, err := e.Run(context.Background(), prog, Event{ID: "e"}, order)
 	if err == nil || !strings.Contains(err.Error(), "WorkerMain") {
@@ -169,7 +169,7 @@ func TestIsolation_NotAWorker(t *testing.T) {
 func TestIsolation_Close(t *testing.T) {
 	t.Parallel()
 	e := NewEngine(Limits{Timeout: time.Minute, Isolation: &Isolation{Workers: 1}})
-	prog, _ := Parse("function handler(w) { for (;;) {} }")
+	prog, _ := e.Program("dst_1", "function handler(w) { for (;;) {} }")
 	done := make(chan error, 1)
 	go func() {
 		_, err := e.Run(context.Background(), prog, Event{ID: "e"}, order)
@@ -200,7 +200,7 @@ func TestIsolation_Close(t *testing.T) {
 func TestIsolation_Context(t *testing.T) {
 	t.Parallel()
 	e, _ := isolated(t, Limits{Timeout: time.Minute}, Isolation{Workers: 1})
-	prog, _ := Parse("function handler(w) { var a = []; a.length = 4294967295; a.indexOf(1) }")
+	prog, _ := e.Program("dst_1", "function handler(w) { var a = []; a.length = 4294967295; a.indexOf(1) }")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -213,13 +213,13 @@ func TestIsolation_Context(t *testing.T) {
 // FuzzWorkerFrames: whatever a frame holds, decoding it fails or gives
 // back what was encoded.
 func FuzzWorkerFrames(f *testing.F) {
-	f.Add(encodeRequest(opRun, time.Second, [32]byte{1}, "function handler(w) {}", []byte(`{"a":1}`)))
+	f.Add(encodeRequest(opRun, time.Second, [32]byte{1}, "dst_1", "function handler(w) {}", []byte(`{"a":1}`)))
 	f.Add(encodeError(&SyntaxError{Line: 3, Column: 4, Message: "bad"}))
 	f.Add(encodeError(&RunError{Timeout: true, Message: "slow"}))
 	f.Add([]byte{statusOK, '{', '}'})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if r, err := decodeRequest(b); err == nil {
-			again := encodeRequest(r.op, r.timeout, r.key, r.source, r.input)
+			again := encodeRequest(r.op, r.timeout, r.id, r.name, r.source, r.input)
 			if string(again) != string(b) {
 				t.Fatalf("request %x re-encodes as %x", b, again)
 			}
@@ -237,4 +237,108 @@ func FuzzWorkerFrames(f *testing.F) {
 			t.Fatalf("run error %x re-encodes differently", b)
 		}
 	})
+}
+
+// TestIsolation_ProgramsApart: two destinations with the same program
+// text, and a preview of it, never share a runtime in a worker: globals a
+// handler leaves behind stay with its own destination (the review's
+// finding: a program that keeps the last payload handed it to another
+// tenant's preview of the same text).
+func TestIsolation_ProgramsApart(t *testing.T) {
+	t.Parallel()
+	e, _ := isolated(t, slow, Isolation{Workers: 1})
+	const src = "var last = null; function handler(w) { var prev = last; last = w.payload; w.payload = {prev: prev} }"
+	victim, _ := e.Program("dst_victim", src)
+	other, _ := e.Program("dst_other", src)
+	secret := Request{URL: order.URL, Body: []byte(`{"secret":"victim-card-4242"}`)}
+	probe := Request{URL: order.URL, Body: []byte(`{}`)}
+	for range 2 {
+		if _, err := e.Run(context.Background(), victim, Event{ID: "e1"}, secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := e.Run(context.Background(), victim, Event{ID: "e2"}, probe)
+	if err != nil || !strings.Contains(string(out.Request.Body), "victim-card") {
+		t.Fatalf("the victim's own runtime: %s %v; want its last payload (a warm runtime)", out.Request.Body, err)
+	}
+	for name, run := range map[string]func() (*Outcome, error){
+		"another destination": func() (*Outcome, error) { return e.Run(context.Background(), other, Event{ID: "e3"}, probe) },
+		"a preview":           func() (*Outcome, error) { return e.Preview(context.Background(), src, Event{ID: "e4"}, probe) },
+	} {
+		out, err := run()
+		if err != nil || string(out.Request.Body) != `{"prev":null}` {
+			t.Errorf("%s with the same text: %s %v; want a runtime of its own", name, out.Request.Body, err)
+		}
+	}
+}
+
+// TestIsolation_Busy: previews take at most half the workers, and a run
+// that finds none free in time is ErrBusy, not a wait without end.
+func TestIsolation_Busy(t *testing.T) {
+	t.Parallel()
+	e, _ := isolated(t, Limits{Timeout: 20 * time.Second}, Isolation{Workers: 1})
+	spin := "function handler(w) { for (;;) {} }"
+	hold, _ := e.Program("dst_spin", spin)
+	started := make(chan struct{})
+	go func() {
+		close(started)
+		_, _ = e.Preview(context.Background(), spin, Event{ID: "e"}, order)
+	}()
+	<-started
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	if _, err := e.Preview(context.Background(), spin, Event{ID: "e"}, order); !errors.Is(err, ErrBusy) || time.Since(start) > time.Second {
+		t.Errorf("a second preview with one worker: %v after %v; want ErrBusy at once", err, time.Since(start))
+	}
+	start = time.Now()
+	_, err := e.Run(context.Background(), hold, Event{ID: "e"}, order)
+	if !errors.Is(err, ErrBusy) || time.Since(start) < workerWait || time.Since(start) > workerWait+5*time.Second {
+		t.Errorf("a run while the one worker spins: %v after %v; want ErrBusy after %v", err, time.Since(start), workerWait)
+	}
+}
+
+// TestIsolation_LateKill: a run whose context ends as its answer arrives
+// leaves a kill on its way to the worker; the worker must not serve the
+// next run (the review's finding: 1-4 % of the runs after a cancelled one
+// failed with "stopped"). Not parallel: it sets the package's test hook.
+func TestIsolation_LateKill(t *testing.T) {
+	e, p := isolated(t, slow, Isolation{Workers: 1})
+	prog, _ := e.Program("dst_1", "function handler(w) {}")
+	innocent, _ := e.Program("dst_2", "function handler(w) { w.method = 'PUT' }")
+	ctx, cancel := context.WithCancel(context.Background())
+	testHookAnswered = func(c context.Context) {
+		if c == ctx {
+			cancel() // the context ends just as the answer came
+		}
+	}
+	t.Cleanup(func() { testHookAnswered = nil })
+	_, _ = e.Run(ctx, prog, Event{ID: "e"}, order)
+	time.Sleep(100 * time.Millisecond) // the kill lands, wherever the worker is
+	if out, err := e.Run(context.Background(), innocent, Event{ID: "e"}, order); err != nil || out.Request.Method != "PUT" {
+		t.Errorf("the run after a cancelled one: %+v %v", out, err)
+	}
+	if n := p.starts.Load(); n != 2 {
+		t.Errorf("%d workers started; want 2 (the one the late kill was for was not used again)", n)
+	}
+}
+
+// TestIsolation_HugeEnvelope: a payload within its bound, with a type
+// that JSON escaping makes six times longer, is refused before it reaches
+// a worker, which stays up (the review's finding: the frame over the
+// worker's limit killed it on every attempt).
+func TestIsolation_HugeEnvelope(t *testing.T) {
+	t.Parallel()
+	e, p := isolated(t, slow, Isolation{Workers: 1})
+	prog, _ := e.Program("dst_1", "function handler(w) {}")
+	if _, err := e.Run(context.Background(), prog, Event{ID: "e"}, order); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.Run(context.Background(), prog, Event{ID: "e", Type: strings.Repeat("<", 300<<10)}, order)
+	var re *RunError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "over the limit") {
+		t.Errorf("a huge type: %v; want a RunError naming the limit", err)
+	}
+	if _, err := e.Run(context.Background(), prog, Event{ID: "e"}, order); err != nil || p.starts.Load() != 1 {
+		t.Errorf("after it: %v, %d workers started; want the same worker", err, p.starts.Load())
+	}
 }

@@ -1,7 +1,9 @@
 package transform
 
 import (
+	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
 )
 
@@ -22,4 +24,43 @@ const hardMemoryLimit = true
 // it ends (a SIGKILL leaves no time to stop workers).
 func tieToParent(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
+
+// keepInheritedFiles marks close-on-exec every file descriptor above 2 of
+// this process: those fanout opens are already, but those it was started
+// with (a supervisor's sockets, a shell's pipes) are not, and a worker
+// that runs tenants' programs has no business holding them.
+func keepInheritedFiles() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+}
+
+// lowerPriority makes a worker nicer than fanout by 10 (Linux's nice
+// applies per thread: each of the worker's threads, and the threads they
+// start inherit it), so that a program spinning until its worker is
+// killed yields the CPU to fanout's own work.
+func lowerPriority() {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		// The raw system call answers 20 - nice.
+		cur, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
+		if err != nil {
+			continue
+		}
+		_ = syscall.Setpriority(syscall.PRIO_PROCESS, tid, min(20-cur+10, 19))
+	}
 }

@@ -13,3 +13,7 @@ const hardMemoryLimit = false
 
 // tieToParent: a worker notices its parent's end when its input closes.
 func tieToParent(*exec.Cmd) {}
+
+func keepInheritedFiles() {}
+
+func lowerPriority() {}

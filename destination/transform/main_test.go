@@ -13,8 +13,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// Compile compiles src in this process, as the tests of the rules of a
-// run (not of its isolation) do.
+// Compile checks and compiles src in this process, as the tests of the
+// rules of a run (not of its isolation) do.
 func Compile(src string) (*Program, error) {
-	return NewEngine(Limits{}).Compile(context.Background(), src)
+	e := NewEngine(Limits{})
+	if err := e.Compile(context.Background(), src); err != nil {
+		return nil, err
+	}
+	return e.Program("dst_test", src)
 }

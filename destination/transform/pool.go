@@ -95,13 +95,18 @@ func selfCommand() (*exec.Cmd, error) {
 
 var errClosed = errors.New("transformations stopped: fanout is shutting down")
 
-// call runs one request on a worker: it waits for a free one (or ctx),
-// sends the request, and kills the worker if no answer comes within its
-// deadline.
-func (p *pool) call(ctx context.Context, op byte, prog *Program, input []byte, timeout time.Duration) ([]byte, error) {
+// call runs one request on a worker: it waits for a free one (at most
+// wait, then ErrBusy; or until ctx ends), sends the request, and kills the
+// worker if no answer comes within its deadline.
+func (p *pool) call(ctx context.Context, op byte, prog *Program, input []byte, timeout, wait time.Duration) ([]byte, error) {
+	timer := time.NewTimer(wait)
 	select {
 	case <-p.tokens:
+		timer.Stop()
+	case <-timer.C:
+		return nil, ErrBusy
 	case <-ctx.Done():
+		timer.Stop()
 		return nil, &RunError{Message: fmt.Sprintf("stopped while waiting for a free worker: %v", ctx.Err())}
 	}
 	defer func() { p.tokens <- struct{}{} }()
@@ -139,6 +144,7 @@ func (p *pool) start() (*workerProc, error) {
 	// fanout's, but a Command's): Wait then gives up on them.
 	cmd.WaitDelay = time.Second
 	tieToParent(cmd)
+	keepInheritedFiles() // fanout's own are close-on-exec already
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -218,6 +224,9 @@ func (p *pool) close() {
 	}
 }
 
+// testHookAnswered, set by a test, runs as a worker's answer arrives.
+var testHookAnswered func(context.Context)
+
 // Why a worker was killed.
 const (
 	reasonNone int32 = iota
@@ -253,33 +262,47 @@ func (w *workerProc) kill(reason int32) {
 // this worker has not been sent it, or asks for it.
 func (w *workerProc) call(ctx context.Context, op byte, prog *Program, input []byte, timeout time.Duration, memory int64) ([]byte, error) {
 	deadline := time.AfterFunc(timeout+killGrace, func() { w.kill(reasonTimeout) })
-	defer deadline.Stop()
 	stop := context.AfterFunc(ctx, func() { w.kill(reasonContext) })
-	defer stop()
 	for attempt := 0; ; attempt++ {
 		src := ""
-		if !w.known[prog.sum] || attempt > 0 {
+		if op != opRun || !w.known[prog.id] || attempt > 0 {
 			src = prog.source
 		}
-		answer, err := w.roundTrip(encodeRequest(op, timeout, prog.sum, src, input))
+		req := encodeRequest(op, timeout, prog.id, prog.name, src, input)
+		if len(req) > maxFrame { // the engine bounds what it sends: a bug, not the worker's fault
+			deadline.Stop()
+			stop()
+			return nil, &RunError{Message: fmt.Sprintf("a request of %d bytes, over %d", len(req), maxFrame)}
+		}
+		answer, err := w.roundTrip(req)
 		if err != nil {
 			deadline.Stop()
 			stop()
 			return nil, w.failed(ctx, err, timeout, memory)
 		}
+		if testHookAnswered != nil {
+			testHookAnswered(ctx)
+		}
 		out, needSource, err := decodeAnswer(answer)
-		if needSource && attempt == 0 {
+		if needSource && attempt == 0 && op == opRun {
 			continue
+		}
+		// A kill that fired as the answer came (the deadline, the
+		// context) may land on the process at any time from now: the
+		// worker must not serve another run.
+		if stoppedTimer, stoppedCtx := deadline.Stop(), stop(); !stoppedTimer || !stoppedCtx {
+			w.dead = true
 		}
 		if needSource || errors.Is(err, errBadFrame) {
 			w.dead = true
-			w.kill(reasonNone)
 			return nil, &RunError{Message: "the transformation's worker answered out of turn; it was stopped"}
 		}
-		if len(w.known) >= workerCacheSize {
-			clear(w.known) // the worker forgets as many; it may ask again
+		if op == opRun {
+			if len(w.known) >= workerCacheSize {
+				clear(w.known) // the worker forgets as many; it may ask again
+			}
+			w.known[prog.id] = true
 		}
-		w.known[prog.sum] = true
 		return out, err
 	}
 }

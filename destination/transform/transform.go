@@ -27,7 +27,9 @@ package transform
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -96,46 +98,87 @@ type RunError struct {
 
 func (e *RunError) Error() string { return "transformation: " + e.Message }
 
-// Program is a compiled transformation; it runs in any number of runtimes
-// at once.
+// Program is a transformation, named: in this process it is compiled
+// once and runs in any number of runtimes at once; in workers, each
+// compiles it once under its id.
 type Program struct {
 	source string
-	sum    [32]byte // sha256 of source: its name in a worker
-	prg    *goja.Program
-	pool   sync.Pool // of *instance
+	// name is whose program it is: a destination's id, or a fresh random
+	// name for a check or a preview. A worker keeps a program's runtimes
+	// (and whatever globals a handler leaves in them) under id, a hash of
+	// name and source, so that two destinations with the same text never
+	// share a runtime.
+	name string
+	id   [32]byte
+	prg  *goja.Program // nil until compiled in this process
+	pool sync.Pool     // of *instance
 }
 
 // Source is the program's text.
 func (p *Program) Source() string { return p.source }
 
-// Parse parses and compiles src, without running any of it: a syntax
-// error is found, a missing handler is not (Engine.Compile finds it).
-func Parse(src string) (*Program, error) {
+// programID is the id of name's program of src.
+func programID(name, src string) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write([]byte(src))
+	var id [32]byte
+	h.Sum(id[:0])
+	return id
+}
+
+// newProgram is name's program of src, not compiled.
+func newProgram(name, src string) *Program {
+	return &Program{source: src, name: name, id: programID(name, src)}
+}
+
+// freshName names a program that nothing else shares (a check, a preview).
+func freshName() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "preview-" + hex.EncodeToString(b[:])
+}
+
+// CheckSource refuses what is no program at all (empty, or too long),
+// without parsing it: parsing (goja's compiler takes time more than
+// linear in some sources) is left to whoever may run it.
+func CheckSource(src string) error {
 	if strings.TrimSpace(src) == "" {
-		return nil, &SyntaxError{Message: "the program is empty: it must define function handler(webhook)"}
+		return &SyntaxError{Message: "the program is empty: it must define function handler(webhook)"}
 	}
 	if len(src) > MaxSourceBytes {
-		return nil, &SyntaxError{Message: fmt.Sprintf("the program is %d bytes, over the limit of %d", len(src), MaxSourceBytes)}
+		return &SyntaxError{Message: fmt.Sprintf("the program is %d bytes, over the limit of %d", len(src), MaxSourceBytes)}
 	}
-	ast, err := parser.ParseFile(nil, "transform.js", src, 0, parser.WithDisableSourceMaps)
+	return nil
+}
+
+// compile parses and compiles p's source in this process, without
+// running any of it: a syntax error is found, a missing handler is not.
+func compile(p *Program) error {
+	if err := CheckSource(p.source); err != nil {
+		return err
+	}
+	ast, err := parser.ParseFile(nil, "transform.js", p.source, 0, parser.WithDisableSourceMaps)
 	if err != nil {
 		var list parser.ErrorList
 		if errors.As(err, &list) && len(list) > 0 {
 			e := list[0]
-			return nil, &SyntaxError{Line: e.Position.Line, Column: e.Position.Column, Message: e.Message}
+			return &SyntaxError{Line: e.Position.Line, Column: e.Position.Column, Message: e.Message}
 		}
-		return nil, &SyntaxError{Message: err.Error()}
+		return &SyntaxError{Message: err.Error()}
 	}
 	prg, err := goja.CompileAST(ast, false)
 	if err != nil {
 		var ce *goja.CompilerSyntaxError
 		if errors.As(err, &ce) && ce.File != nil {
 			pos := ce.File.Position(ce.Offset)
-			return nil, &SyntaxError{Line: pos.Line, Column: pos.Column, Message: ce.Message}
+			return &SyntaxError{Line: pos.Line, Column: pos.Column, Message: ce.Message}
 		}
-		return nil, &SyntaxError{Message: err.Error()}
+		return &SyntaxError{Message: err.Error()}
 	}
-	return &Program{source: src, sum: sha256.Sum256([]byte(src)), prg: prg}, nil
+	p.prg = prg
+	return nil
 }
 
 // glue calls the handler with the webhook (its JSON, parsed in the
@@ -341,13 +384,25 @@ type Engine struct {
 	timeout time.Duration
 	// workers runs programs; nil runs them in this process.
 	workers *pool
-	mu      sync.RWMutex
-	cache   map[string]*Program
+	// previews holds a slot per preview running: previews may take half
+	// of the workers, deliveries always have the rest.
+	previews chan struct{}
+	mu       sync.RWMutex
+	cache    map[string]*Program
 }
 
 // maxCached bounds the compiled programs kept: past it the cache starts
 // over, and programs are compiled again as they are used.
 const maxCached = 10000
+
+// workerWait bounds how long a run waits for a free worker before it is
+// ErrBusy: longer than a run or a check may hold one.
+const workerWait = compileTimeout + killGrace + time.Second
+
+// ErrBusy is a run that found no free worker in time: every worker is
+// running other programs. A delivery should wait and try again, without
+// counting it as a failure of its destination.
+var ErrBusy = errors.New("every transformation worker is busy")
 
 // NewEngine returns an engine.
 func NewEngine(l Limits) *Engine {
@@ -357,6 +412,7 @@ func NewEngine(l Limits) *Engine {
 	e := &Engine{timeout: l.Timeout, cache: map[string]*Program{}}
 	if l.Isolation != nil {
 		e.workers = newPool(*l.Isolation)
+		e.previews = make(chan struct{}, max(1, e.workers.iso.Workers/2))
 	}
 	return e
 }
@@ -368,29 +424,59 @@ func (e *Engine) Close() {
 	}
 }
 
-// Compile parses src and runs its top level once, to check that it
-// defines handler (within compileTimeout): a program that throws there,
-// or loops, would fail every delivery. Its errors are *SyntaxError.
-func (e *Engine) Compile(ctx context.Context, src string) (*Program, error) {
-	p, err := Parse(src)
-	if err != nil {
-		return nil, err
+// Compile checks src as a destination's program: it parses it and runs
+// its top level once (within compileTimeout), to find a program that does
+// not define handler, or throws or loops there, which would fail every
+// delivery. Its errors are *SyntaxError, or ErrBusy.
+func (e *Engine) Compile(ctx context.Context, src string) error {
+	p := newProgram(freshName(), src)
+	if err := CheckSource(src); err != nil {
+		return err
 	}
+	var err error
 	if e.workers != nil {
-		_, err = e.workers.call(ctx, opCheck, p, nil, compileTimeout)
-	} else {
+		_, err = e.workers.call(ctx, opCheck, p, nil, compileTimeout, workerWait)
+	} else if err = compile(p); err == nil {
 		_, err = run(ctx, p, nil, compileTimeout)
 	}
 	var re *RunError
 	if errors.As(err, &re) {
-		return nil, &SyntaxError{Message: re.Message}
+		return &SyntaxError{Message: re.Message}
 	}
-	return p, err
+	return err
 }
 
-// Program returns key's program of src, compiled once for as long as key
-// keeps that source (a destination's id: each new version of the
-// destination with the same transformation reuses it).
+// Preview runs src on req for ev, as a delivery would, in a runtime of its
+// own: its check (a *SyntaxError) and its run (a *RunError) in one go, or
+// ErrBusy when as many previews run already as may.
+func (e *Engine) Preview(ctx context.Context, src string, ev Event, req Request) (*Outcome, error) {
+	if err := CheckSource(src); err != nil {
+		return nil, err
+	}
+	p := newProgram(freshName(), src)
+	if e.workers == nil {
+		if err := e.Compile(ctx, src); err != nil {
+			return nil, err
+		}
+		if err := compile(p); err != nil {
+			return nil, err
+		}
+		return e.Run(ctx, p, ev, req)
+	}
+	select {
+	case e.previews <- struct{}{}:
+		defer func() { <-e.previews }()
+	default:
+		return nil, ErrBusy
+	}
+	return e.run(ctx, p, ev, req, opPreview)
+}
+
+// Program returns key's program of src (a destination's id: each new
+// version of the destination with the same transformation reuses it),
+// compiled once in this process, or named for the workers, which compile
+// it there. A syntax error in this process is an error here; in workers,
+// it is the error of each run.
 func (e *Engine) Program(key, src string) (*Program, error) {
 	e.mu.RLock()
 	p := e.cache[key]
@@ -398,9 +484,14 @@ func (e *Engine) Program(key, src string) (*Program, error) {
 	if p != nil && p.source == src {
 		return p, nil
 	}
-	p, err := Parse(src)
-	if err != nil {
+	p = newProgram(key, src)
+	if err := CheckSource(src); err != nil {
 		return nil, err
+	}
+	if e.workers == nil {
+		if err := compile(p); err != nil {
+			return nil, err
+		}
 	}
 	e.mu.Lock()
 	if len(e.cache) >= maxCached {
@@ -411,9 +502,14 @@ func (e *Engine) Program(key, src string) (*Program, error) {
 	return p, nil
 }
 
-// Run runs p's handler on req for ev. An error is a *RunError: the
-// program failed, or answered something fanout will not send.
+// Run runs p's handler on req for ev. An error is a *RunError (the
+// program failed, or answered something fanout will not send), a
+// *SyntaxError (in a worker, a program that does not compile), or ErrBusy.
 func (e *Engine) Run(ctx context.Context, p *Program, ev Event, req Request) (*Outcome, error) {
+	return e.run(ctx, p, ev, req, opRun)
+}
+
+func (e *Engine) run(ctx context.Context, p *Program, ev Event, req Request, op byte) (*Outcome, error) {
 	base, err := url.Parse(req.URL)
 	if err != nil || base.Host == "" {
 		return nil, &RunError{Message: "the destination's URL is not absolute"}
@@ -424,7 +520,7 @@ func (e *Engine) Run(ctx context.Context, p *Program, ev Event, req Request) (*O
 	}
 	var out []byte
 	if e.workers != nil {
-		out, err = e.workers.call(ctx, opRun, p, input, e.timeout)
+		out, err = e.workers.call(ctx, op, p, input, e.timeout, workerWait)
 	} else {
 		var s string
 		if s, err = run(ctx, p, input, e.timeout); err == nil {
@@ -512,5 +608,14 @@ func encodeInput(ev Event, req Request, base *url.URL) ([]byte, error) {
 	b = appendJSON(b, ev)
 	b = append(b, `,"cancel":false,"payload":`...)
 	b = append(b, body...)
-	return append(b, '}'), nil
+	b = append(b, '}')
+	if len(b) > maxInput {
+		// A huge type or header values around a payload within its bound.
+		return nil, &RunError{Message: fmt.Sprintf("the webhook handed to the program would be %d bytes, over the limit of %d", len(b), maxInput)}
+	}
+	return b, nil
 }
+
+// maxInput bounds the whole webhook a handler is handed: the payload
+// (MaxInputBytes) and what goes around it.
+const maxInput = MaxInputBytes + 256<<10

@@ -3,7 +3,6 @@ package transform
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -25,10 +24,13 @@ import (
 // The protocol is private to one build of fanout (parent and worker are
 // the same executable): frames of a 4-byte big-endian length and a body.
 //
-//	request:  op (1 byte: opRun or opCheck), timeout in ms (4), the
-//	          program's key (sha256 of its source, 32), then the source and
-//	          the input, each as a 4-byte length and its bytes; the source
-//	          is empty when the parent believes the worker has it.
+//	request:  op (1 byte), timeout in ms (4), the program's id (32), then
+//	          its name, its source and the input, each as a 4-byte length
+//	          and its bytes. opRun names a destination's program, which the
+//	          worker keeps compiled under its id: the source is empty when
+//	          the parent believes the worker has it. opCheck (the top level
+//	          only) and opPreview (the top level and the handler) carry
+//	          their source, and the worker keeps nothing of them.
 //	response: status (1 byte), then by status: the handler's answer (JSON)
 //	          for statusOK; nothing for statusNeedSource; line and column
 //	          (4 each) and a message for statusSyntax; a timeout flag (1)
@@ -44,8 +46,9 @@ const WorkerEnv = "FANOUT_TRANSFORM_WORKER"
 const workerHello = "fanout-transform-worker/1\n"
 
 const (
-	opRun   byte = 1 // run the handler on the input
-	opCheck byte = 2 // run the top level only (Engine.Compile)
+	opRun     byte = 1 // run a destination's handler on the input
+	opCheck   byte = 2 // run a program's top level only (Engine.Compile)
+	opPreview byte = 3 // run a program once, kept nowhere (Engine.Preview)
 
 	statusOK         byte = 0
 	statusNeedSource byte = 1
@@ -53,9 +56,12 @@ const (
 	statusRun        byte = 3
 )
 
-// maxFrame bounds a frame either way: the input and the source with their
-// envelope, or an answer over MaxOutputBytes (which the parent refuses).
-const maxFrame = MaxInputBytes + MaxSourceBytes + 64<<10
+// maxFrame bounds a frame either way: the input, the source and a name
+// with their envelope, or an answer (at most MaxOutputBytes and a status).
+const maxFrame = maxInput + MaxSourceBytes + maxName + 64
+
+// maxName bounds a program's name (a destination's id).
+const maxName = 1 << 10
 
 // workerCacheSize bounds the programs a worker keeps compiled; past it the
 // worker starts over and asks its parent for sources again.
@@ -72,6 +78,7 @@ func WorkerMain() {
 		return
 	}
 	limit, _ := strconv.ParseInt(v, 10, 64)
+	lowerPriority()
 	if err := limitMemory(limit); err != nil {
 		fmt.Fprintf(os.Stderr, "transform worker: %v\n", err)
 		os.Exit(3)
@@ -114,69 +121,68 @@ func serveWorker(r io.Reader, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		p := programs[req.key]
-		if p == nil && req.source != "" {
-			if sha256.Sum256([]byte(req.source)) != req.key {
-				return errors.New("a program whose key is not its source's")
-			}
-			p, err = Parse(req.source)
-			if err != nil {
-				if err := writeFrame(out, encodeError(err)); err != nil {
-					return err
-				}
-				continue
-			}
-			if len(programs) >= workerCacheSize {
-				clear(programs)
-			}
-			programs[req.key] = p
-		}
-		if p == nil {
-			if err := writeFrame(out, []byte{statusNeedSource}); err != nil {
-				return err
-			}
-			continue
-		}
-		var answer []byte
-		switch req.op {
-		case opCheck:
-			_, err = run(context.Background(), p, nil, req.timeout)
-			if err == nil {
-				answer = []byte{statusOK}
-			}
-		default:
-			var s string
-			s, err = run(context.Background(), p, req.input, req.timeout)
-			if err == nil {
-				err = checkOutput(s)
-			}
-			if err == nil {
-				answer = append([]byte{statusOK}, s...)
-			}
-		}
-		if err != nil {
-			answer = encodeError(err)
-		}
-		if err := writeFrame(out, answer); err != nil {
+		if err := writeFrame(out, answer(programs, req)); err != nil {
 			return err
 		}
 	}
+}
+
+// answer runs one request; programs are the destinations' programs this
+// worker keeps compiled.
+func answer(programs map[[32]byte]*Program, req *request) []byte {
+	var p *Program
+	if req.op == opRun {
+		p = programs[req.id]
+	}
+	if p == nil {
+		if req.source == "" {
+			return []byte{statusNeedSource}
+		}
+		p = newProgram(req.name, req.source)
+		if p.id != req.id {
+			return encodeError(&RunError{Message: "the program's id is not its name's and source's"})
+		}
+		if err := compile(p); err != nil {
+			return encodeError(err)
+		}
+		if req.op == opRun {
+			if len(programs) >= workerCacheSize {
+				clear(programs)
+			}
+			programs[req.id] = p
+		}
+	}
+	input := req.input
+	if req.op == opCheck {
+		input = nil // run the top level only
+	}
+	s, err := run(context.Background(), p, input, req.timeout)
+	if err == nil {
+		err = checkOutput(s)
+	}
+	if err != nil {
+		return encodeError(err)
+	}
+	return append([]byte{statusOK}, s...)
 }
 
 // request is a worker's request, decoded.
 type request struct {
 	op      byte
 	timeout time.Duration
-	key     [32]byte
+	id      [32]byte
+	name    string
 	source  string
 	input   []byte
 }
 
-func encodeRequest(op byte, timeout time.Duration, key [32]byte, source string, input []byte) []byte {
-	b := make([]byte, 0, 1+4+32+4+len(source)+4+len(input))
+func encodeRequest(op byte, timeout time.Duration, id [32]byte, name, source string, input []byte) []byte {
+	b := make([]byte, 0, 1+4+32+4+len(name)+4+len(source)+4+len(input))
 	b = append(b, op)
 	b = binary.BigEndian.AppendUint32(b, uint32(timeout.Milliseconds()))
-	b = append(b, key[:]...)
+	b = append(b, id[:]...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(name)))
+	b = append(b, name...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(source)))
 	b = append(b, source...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(input)))
@@ -190,8 +196,15 @@ func decodeRequest(b []byte) (*request, error) {
 		return nil, errBadFrame
 	}
 	r := &request{op: b[0], timeout: time.Duration(binary.BigEndian.Uint32(b[1:5])) * time.Millisecond}
-	copy(r.key[:], b[5:37])
+	if r.op < opRun || r.op > opPreview {
+		return nil, errBadFrame
+	}
+	copy(r.id[:], b[5:37])
 	b = b[37:]
+	name, b, ok := cut(b)
+	if !ok {
+		return nil, errBadFrame
+	}
 	src, b, ok := cut(b)
 	if !ok {
 		return nil, errBadFrame
@@ -200,9 +213,9 @@ func decodeRequest(b []byte) (*request, error) {
 	if !ok || len(b) != 0 {
 		return nil, errBadFrame
 	}
-	r.source, r.input = string(src), input
-	if r.op == opRun && r.input == nil {
-		r.input = []byte{} // a run always has an input (run tells them apart by nil)
+	r.name, r.source, r.input = string(name), string(src), input
+	if r.input == nil {
+		r.input = []byte{} // not nil: run tells a check from a run by a nil input
 	}
 	return r, nil
 }
@@ -267,6 +280,9 @@ func decodeAnswer(b []byte) (out []byte, needSource bool, err error) {
 }
 
 func writeFrame(w *bufio.Writer, body []byte) error {
+	if len(body) > maxFrame {
+		return fmt.Errorf("a frame of %d bytes, over %d", len(body), maxFrame)
+	}
 	var n [4]byte
 	binary.BigEndian.PutUint32(n[:], uint32(len(body)))
 	if _, err := w.Write(n[:]); err != nil {

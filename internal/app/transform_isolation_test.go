@@ -70,3 +70,28 @@ func TestRun_TransformOutOfMemory(t *testing.T) {
 	calm := send(`{"type":"t"}`)
 	eventually(t, "the next event delivered", 20*time.Second, func() bool { return len(recv.got(calm)) == 1 })
 }
+
+// TestRun_TransformPreviewsBusy: previews may hold half the workers (one
+// of one here); a preview past that is told to come back (429 with
+// Retry-After), while the one running answers as usual.
+func TestRun_TransformPreviewsBusy(t *testing.T) {
+	t.Parallel()
+	base, _ := startRun(t, []string{"--data", t.TempDir(), "--transform-workers", "1"}, nil)
+	// A built-in that goja cannot interrupt: it holds its worker until
+	// the worker is killed, a second past the time limit.
+	spin := map[string]any{"transform": "function handler(w) { var a = []; a.length = 4294967295; a.indexOf(1) }", "event": map[string]any{}}
+	first := make(chan service.TransformPreview, 1)
+	go func() {
+		var p service.TransformPreview
+		call(t, "POST", base+"/v1/transform", spin, &p)
+		first <- p
+	}()
+	time.Sleep(300 * time.Millisecond)
+	status, body, header := rawCall(t, "POST", base+"/v1/transform", spin)
+	if status != 429 || header.Get("Retry-After") != "1" || !strings.Contains(string(body), "busy") {
+		t.Errorf("a preview while the only worker runs one: %d %s (Retry-After %q), want 429 saying the workers are busy", status, body, header.Get("Retry-After"))
+	}
+	if p := <-first; p.OK || !p.Timeout || !strings.Contains(p.Error, "killed") {
+		t.Errorf("the preview that ran: %+v, want stopped by killing its worker", p)
+	}
+}

@@ -61,9 +61,9 @@ func (in *DestinationInput) check() error {
 		in.compiled = f
 	}
 	if in.Transform != nil && *in.Transform != "" {
-		// Its syntax only: running it (checkTransform) waits for the
-		// caller's right to set it.
-		if _, err := transform.Parse(*in.Transform); err != nil {
+		// Its length only: parsing and running it (checkTransform, in a
+		// worker) wait for the caller's right to set it.
+		if err := transform.CheckSource(*in.Transform); err != nil {
 			return Invalid("transform: %v", err)
 		}
 	}

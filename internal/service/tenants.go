@@ -283,9 +283,14 @@ func (ts *tenants) allow(t *storedTenant, n int) (ok bool, wait time.Duration) {
 type ErrTooMany struct {
 	Tenant     string
 	RetryAfter time.Duration
+	// Message, when set, says what else there was too much of.
+	Message string
 }
 
 func (e *ErrTooMany) Error() string {
+	if e.Message != "" {
+		return e.Message
+	}
 	return fmt.Sprintf("tenant %q sent more events than its ingest rate allows; nothing was stored, send again in %s",
 		e.Tenant, e.RetryAfter.Round(time.Millisecond))
 }

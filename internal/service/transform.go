@@ -43,6 +43,11 @@ func (fns *functions) transform(ctx context.Context, d *destination.Destination,
 		in.Body = nil // a null payload: its fields are not the handler's to read
 	}
 	out, err := fns.transforms.Run(ctx, p, ev, in)
+	if errors.Is(err, transform.ErrBusy) {
+		// Not the destination's failure: it waits its turn without
+		// spending an attempt (nor counting toward its breaker).
+		return nil, dispatch.Snooze(time.Second)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", dispatch.ErrTemporary, err)
 	}
@@ -77,11 +82,20 @@ func (s *Service) checkTransform(ctx context.Context, src string) error {
 	if s.fns.transforms == nil {
 		return Invalid("transform: this process runs no transformations")
 	}
-	if _, err := s.fns.transforms.Compile(ctx, src); err != nil {
+	err := s.fns.transforms.Compile(ctx, src)
+	if errors.Is(err, transform.ErrBusy) {
+		return errTransformsBusy
+	}
+	if err != nil {
 		return Invalid("transform: %v", err)
 	}
 	return nil
 }
+
+// errTransformsBusy: every transformation worker is taken (by deliveries,
+// or previews have their half): a check or a preview is asked again later.
+var errTransformsBusy = &ErrTooMany{RetryAfter: time.Second,
+	Message: "every transformation worker is busy running programs; send it again in a second"}
 
 // maskedHeaders are a destination's header values as a handler reads
 // them: masked, as every view shows them. Header values are write-only
@@ -189,12 +203,11 @@ func (s *Service) TestTransform(ctx context.Context, scope Scope, in *TransformT
 	if s.fns.transforms == nil {
 		return nil, Invalid("this process runs no transformations")
 	}
-	p, err := s.fns.transforms.Compile(ctx, in.Transform)
-	if err != nil {
-		return preview(err), nil
-	}
 	ev := transform.Event{ID: "evt_preview", Type: EventFields(in.Event).Type, Tenant: tenant}
-	out, err := s.fns.transforms.Run(ctx, p, ev, req)
+	out, err := s.fns.transforms.Preview(ctx, in.Transform, ev, req)
+	if errors.Is(err, transform.ErrBusy) {
+		return nil, errTransformsBusy
+	}
 	if err != nil {
 		return preview(err), nil
 	}
