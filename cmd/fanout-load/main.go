@@ -86,6 +86,10 @@ type options struct {
 	tenants      bool
 	tenantsA     int64
 	tenantsBRate float64
+	tenantsANice int
+	// tenantsAChild, set in a child of this tool, is the base URL to send
+	// A's events to (tenants.go).
+	tenantsAChild string
 }
 
 type stringList []string
@@ -124,6 +128,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&o.steady, "backlog-steady", 0, "events of the backlog scenario's steady-state phase, before the pause (0: a tenth of --backlog, at least 20,000)")
 	fs.BoolVar(&o.tenants, "tenants", false, "the tenant-fairness scenario: B sends --tenants-b-rate events/s for -d alone, then beside A sending --tenants-a-events in batches to a destination answering in --sink-latency (2s); B's ingest->delivery p99 compared (tenants.go; needs --fanout)")
 	fs.Int64Var(&o.tenantsA, "tenants-a-events", 200000, "events tenant A sends in the --tenants scenario")
+	fs.IntVar(&o.tenantsANice, "tenants-a-nice", 0, "in the --tenants scenario, send A's events from a process of their own run at this nice (1-19), standing in for a producer on another machine, so that A's client does not take the CPU from B's client and sinks or from fanout (0: A's client is part of this process)")
+	fs.StringVar(&o.tenantsAChild, "tenants-a-child", "", "(internal) send A's events to this base URL and print what was accepted as JSON")
 	fs.Float64Var(&o.tenantsBRate, "tenants-b-rate", 50, "single events per second tenant B sends in the --tenants scenario")
 	fs.StringVar(&o.brokers, "brokers", "", "the broker scenario: for each of these kinds (comma-separated: nats, kafka, amqp, redis, redis-nodedup), fanout's deliveries/s into the broker (one destination of the kind, -n events, default 20,000) against the broker driven directly by the tool at -c publishers, medians of --runs (brokers.go; needs --fanout)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this file")
@@ -152,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.brokers != "" {
 		return runBrokers(ctx, &o, stdout, stderr)
+	}
+	if o.tenantsAChild != "" {
+		return runTenantsAChild(ctx, &o, stdout)
 	}
 	if o.tenants {
 		return runTenants(ctx, &o, stdout, stderr)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"syscall"
@@ -221,7 +224,13 @@ func tenantsPhaseOnce(ctx context.Context, o *options, beside bool, stderr io.Wr
 		return nil, err
 	}
 	var ad *driver
-	if beside {
+	var aChild *exec.Cmd
+	var aOut bytes.Buffer
+	if beside && o.tenantsANice > 0 {
+		if aChild, err = tenantsAChildCmd(o, base, &aOut, stderr); err != nil {
+			return nil, err
+		}
+	} else if beside {
 		if ad, err = newTenantDriver(base, "A", o, o.batch, o.tenantsA, 0, o.concurrency); err != nil {
 			return nil, err
 		}
@@ -236,9 +245,20 @@ func tenantsPhaseOnce(ctx context.Context, o *options, beside bool, stderr io.Wr
 	cpu0 := server.cpuSeconds()
 	start := time.Now()
 	stopB := progress(stderr, o.progress, name+" B", &bd.sent, &skB.delivered)
-	var stopA func()
+	stopA := func() {}
 	aDone := make(chan time.Time, 1)
-	if beside {
+	var aErr error
+	switch {
+	case aChild != nil:
+		if err := aChild.Start(); err != nil {
+			stopB()
+			return nil, err
+		}
+		go func() {
+			aErr = aChild.Wait()
+			aDone <- time.Now()
+		}()
+	case beside:
 		stopA = progress(stderr, o.progress, name+" A", &ad.sent, &skA.delivered)
 		go func() {
 			ad.run(ctx, start.Add(24*time.Hour))
@@ -283,11 +303,19 @@ func tenantsPhaseOnce(ctx context.Context, o *options, beside bool, stderr io.Wr
 		p.BMax = ms(lat[len(lat)-1])
 	}
 	if beside {
-		p.AAccepted = ad.sent.Load()
-		p.AErrors = ad.errors
+		if aChild != nil {
+			var res tenantsAResult
+			if err := json.Unmarshal(aOut.Bytes(), &res); err != nil || aErr != nil {
+				return nil, fmt.Errorf("A's sender: %v, %v: %q", aErr, err, aOut.String())
+			}
+			p.AAccepted, p.AErrors, p.AAckP99 = res.Accepted, res.Errors, res.AckP99
+		} else {
+			p.AAccepted = ad.sent.Load()
+			p.AErrors = ad.errors
+			p.AAckP99 = ms(percentile(sortDurations(ad.acks), 99))
+		}
 		p.AIngestSeconds = aEnd.Sub(start).Seconds()
 		p.AIngestPerSec = float64(p.AAccepted) / p.AIngestSeconds
-		p.AAckP99 = ms(percentile(sortDurations(ad.acks), 99))
 		p.ADelivered = skA.delivered.Load()
 		e.mu.Lock()
 		during, after := splitAt(e.latencies, int(aEnd.Sub(start).Seconds()*o.tenantsBRate))
@@ -453,4 +481,39 @@ func median(v []float64) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// tenantsAResult is what a child sending A's events reports.
+type tenantsAResult struct {
+	Accepted int64          `json:"accepted"`
+	Errors   map[string]int `json:"errors"`
+	AckP99   float64        `json:"ack_p99_ms"`
+}
+
+// tenantsAChildCmd is this tool started again to send A's events under
+// nice: the producer of a real tenant runs on its own machine, and on a
+// machine of two cores A's 64 clients in this process would take CPU
+// from B's client and sinks, whose times are the measure, and from fanout.
+func tenantsAChildCmd(o *options, base string, stdout *bytes.Buffer, stderr io.Writer) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("nice", "-n", strconv.Itoa(o.tenantsANice), self, "--tenants-a-child", base,
+		"--token", o.token, "--batch", strconv.Itoa(o.batch), "--tenants-a-events", strconv.FormatInt(o.tenantsA, 10),
+		"-c", strconv.Itoa(o.concurrency), "--size", strconv.Itoa(o.eventSize), "--client", o.client)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	return cmd, nil
+}
+
+// runTenantsAChild sends A's events to o.tenantsAChild and prints what was
+// accepted (the child side of --tenants-a-nice).
+func runTenantsAChild(ctx context.Context, o *options, stdout io.Writer) error {
+	ad, err := newTenantDriver(o.tenantsAChild, "A", o, o.batch, o.tenantsA, 0, o.concurrency)
+	if err != nil {
+		return err
+	}
+	ad.run(ctx, time.Now().Add(24*time.Hour))
+	return json.NewEncoder(stdout).Encode(tenantsAResult{Accepted: ad.sent.Load(), Errors: ad.errors,
+		AckP99: ms(percentile(sortDurations(ad.acks), 99))})
 }
