@@ -27,7 +27,7 @@ const insertChunk = 64
 // (each taking the connection's mutex), more than the rest of the row: a
 // chunk binds only the columns some row of it needs. The literal stores
 // exactly what binding the value would (NULL for nil, integer 0 for 0, text
-// '' for ""), so reads cannot tell the two apart.
+// the empty text for ""), so reads cannot tell the two apart.
 type insertColumn struct {
 	name    string
 	literal literal

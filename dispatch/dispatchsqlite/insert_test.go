@@ -17,7 +17,7 @@ import (
 // written as literals) and with the wide statement that binds every
 // column, each shape alone and all in one chunk, and compares the stored
 // rows column by column, type included: a literal that stands for a value
-// it does not store (an empty blob for NULL, '' for NULL, NULL for 0) shows
+// it does not store (an empty blob for NULL, empty text for NULL, NULL for 0) shows
 // here.
 func TestInsert_NarrowStoresWhatWideDoes(t *testing.T) {
 	now := time.Unix(1_700_000_000, 123456789)
