@@ -162,10 +162,10 @@ func finish(tx *wtx, p *dispatch.CallFinishParams, res *dispatch.CallFinishResul
 			return err
 		}
 	}
-	n, err := tx.exec(`UPDATE calls SET state = ?1, output = ?2, error = ?3, status = ?4, run_after = ?5,
-			failures = failures + ?6, lease_owner = NULL, lease_expires = NULL, updated_at = ?7
-		WHERE id = ?8 AND state = 1 AND attempt = ?9 AND (?10 = '' OR lease_owner = ?10)`,
-		int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt, localOwner(p))
+	n, err := tx.exec(`UPDATE calls SET state = ?, output = ?, error = ?, status = ?, run_after = ?,
+			failures = failures + ?, lease_owner = NULL, lease_expires = NULL, updated_at = ?
+		WHERE id = ? AND state = 1 AND attempt = ? AND (? = '' OR lease_owner = ?)`,
+		int(p.State), output, errText, int(p.Status), runAfter, failed, now, p.ID, p.Attempt, localOwner(p), localOwner(p))
 	if err != nil || n == 0 {
 		return err
 	}

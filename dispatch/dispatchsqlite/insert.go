@@ -21,13 +21,13 @@ const insertChunk = 64
 
 // insertColumn is a column an insert writes, and the literal an INSERT
 // statement holds in its place when no row of its chunk has another value
-// for it (bound: none, every row has its own value). Most of a typical
+// for it ("" for a column every row has its own value of). Most of a typical
 // row's values are these (an event has no lease, no output, no parent...),
 // and every value bound costs modernc's driver several calls into SQLite
 // (each taking the connection's mutex), more than the rest of the row: a
 // chunk binds only the columns some row of it needs. The literal stores
-// exactly what binding the value would (NULL for nil, integer 0 for 0, the
-// empty text for ""), so reads cannot tell the two apart.
+// exactly what binding the value would (NULL for nil, integer 0 for 0, text
+// the empty text for ""), so reads cannot tell the two apart.
 type insertColumn struct {
 	name    string
 	literal literal

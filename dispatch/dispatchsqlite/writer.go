@@ -415,26 +415,10 @@ func (w *writer) execRaw(query string) error {
 	return err
 }
 
-// execTx runs a statement of transaction control (BEGIN, COMMIT,
-// SAVEPOINT...), prepared once: they act when stepped, and each commit
-// runs two or more of them. (Not a PRAGMA: some act when prepared.)
-func (w *writer) execTx(query string) error {
-	s, ok := w.stmts[query]
-	if !ok {
-		var err error
-		if s, err = w.conn.PrepareContext(context.Background(), query); err != nil {
-			return err
-		}
-		w.stmts[query] = s
-	}
-	_, err := s.(driver.StmtExecContext).ExecContext(context.Background(), nil)
-	return err
-}
-
 func (w *writer) run1(ops []*op, savepoints bool) error {
 	tx := &wtx{w: w, ctx: context.Background(), rows: make(map[string]int64)}
 	began := time.Now()
-	if err := w.execTx("BEGIN IMMEDIATE"); err != nil {
+	if err := w.execRaw("BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	for _, o := range ops {
@@ -450,7 +434,7 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 			}
 			continue
 		}
-		if err := w.execTx("SAVEPOINT op"); err != nil {
+		if err := w.execRaw("SAVEPOINT op"); err != nil {
 			w.rollback()
 			return fmt.Errorf("savepoint: %w", err)
 		}
@@ -458,17 +442,17 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 		if err := o.fn(tx); err != nil {
 			o.err = err
 			tx.rows = before // rolled back: it wrote nothing
-			if err := w.execTx("ROLLBACK TO op"); err != nil {
+			if err := w.execRaw("ROLLBACK TO op"); err != nil {
 				w.rollback()
 				return fmt.Errorf("rollback to savepoint: %w", err)
 			}
 		}
-		if err := w.execTx("RELEASE op"); err != nil {
+		if err := w.execRaw("RELEASE op"); err != nil {
 			w.rollback()
 			return fmt.Errorf("release savepoint: %w", err)
 		}
 	}
-	if err := w.execTx("COMMIT"); err != nil {
+	if err := w.execRaw("COMMIT"); err != nil {
 		w.rollback()
 		for _, o := range ops {
 			o.err = nil
@@ -486,7 +470,7 @@ func (w *writer) run1(ops []*op, savepoints bool) error {
 }
 
 func (w *writer) rollback() {
-	if err := w.execTx("ROLLBACK"); err != nil {
+	if err := w.execRaw("ROLLBACK"); err != nil {
 		// "no transaction is active" after SQLite rolled back by itself
 		// (an I/O error, a full disk) is expected.
 		w.log.Debug("rollback", "err", err)
