@@ -89,11 +89,13 @@ func boundColumns(row []driver.Value) uint32 {
 	return mask
 }
 
-// maxInsertMasks bounds the column sets a writer keeps statements for
-// (each has up to 2*insertChunk of them); a chunk of another set is written
-// by the wide statement. A workload has a few: fanout's events, its stored
-// deliveries, its local calls' rows.
-const maxInsertMasks = 16
+// maxNarrowInserts bounds the INSERT statements of fewer than every column
+// a writer prepares: a statement of 64 rows holds up to 200 KiB of SQLite's
+// memory (all 64 sizes of one column set, 4-6 MiB). Past it, a chunk of a shape not prepared yet is written by the
+// wide statement (2*insertChunk of them at most, as before). fanout's loads
+// use a few column sets: its events, its stored deliveries, its local
+// calls' rows.
+const maxNarrowInserts = 128
 
 // insertShape names an INSERT statement: the columns it binds, its rows,
 // whether it is OR IGNORE.
@@ -104,22 +106,22 @@ type insertShape struct {
 }
 
 // insertQuery returns the INSERT statement of rows rows that binds the
-// columns of mask (perhaps more: then all of them) and the mask it binds.
-// Statements are built once per writer.
+// columns of mask, or all of them, and the mask it binds. Statements are
+// built once per writer.
 func (tx *wtx) insertQuery(rows int, orIgnore bool, mask uint32) (string, uint32) {
 	w := tx.w
 	if w.wideInserts {
 		mask = allColumns
 	}
-	if _, ok := w.insertMasks[mask]; !ok {
-		if len(w.insertMasks) >= maxInsertMasks {
-			mask = allColumns
-		}
-		w.insertMasks[mask] = struct{}{}
-	}
 	shape := insertShape{mask, rows, orIgnore}
 	if q, ok := w.inserts[shape]; ok {
 		return q, mask
+	}
+	if mask != allColumns {
+		if w.narrowInserts >= maxNarrowInserts {
+			return tx.insertQuery(rows, orIgnore, allColumns)
+		}
+		w.narrowInserts++
 	}
 	var b strings.Builder
 	b.WriteString("INSERT ")

@@ -119,16 +119,8 @@ func TestInsert_NarrowStoresWhatWideDoes(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if !wide {
-			narrow := 0
-			for m := range s.w.insertMasks {
-				if m != allColumns {
-					narrow++
-				}
-			}
-			if narrow == 0 {
-				t.Fatal("no narrow statement was used")
-			}
+		if !wide && s.w.narrowInserts == 0 {
+			t.Fatal("no narrow statement was used")
 		}
 		cols := make([]string, len(insertCols))
 		for i, c := range insertCols {
@@ -161,5 +153,57 @@ func TestInsert_NarrowStoresWhatWideDoes(t *testing.T) {
 		if g := got[id]; g != w {
 			t.Errorf("%s:\nnarrow %s\nwide   %s", id, g, w)
 		}
+	}
+}
+
+// TestInsert_NarrowStatementsBounded: past maxNarrowInserts statements of
+// fewer than every column, a new shape gets the wide statement, and the
+// shapes prepared before keep theirs.
+func TestInsert_NarrowStatementsBounded(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "fanout.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var required uint32
+	for i, c := range insertCols {
+		if c.literal == bound {
+			required |= 1 << i
+		}
+	}
+	// Shapes of three column sets, 1 to insertChunk rows each.
+	shape := func(i int) (rows int, mask uint32) {
+		return 1 + i%insertChunk, required | 1<<(2+i/insertChunk)
+	}
+	var got []uint32
+	err = s.w.do(ctx, func(tx *wtx) error {
+		for i := range maxNarrowInserts + 10 {
+			rows, mask := shape(i)
+			_, m := tx.insertQuery(rows, false, mask)
+			got = append(got, m)
+		}
+		rows, mask := shape(0)
+		_, m := tx.insertQuery(rows, false, mask)
+		got = append(got, m)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range got {
+		_, want := shape(i)
+		switch {
+		case i == len(got)-1:
+			_, want = shape(0) // prepared before the bound
+		case i >= maxNarrowInserts:
+			want = allColumns
+		}
+		if m != want {
+			t.Errorf("shape %d: mask %x, want %x", i, m, want)
+		}
+	}
+	if s.w.narrowInserts != maxNarrowInserts {
+		t.Errorf("narrow statements %d, want %d", s.w.narrowInserts, maxNarrowInserts)
 	}
 }

@@ -52,12 +52,12 @@ type writer struct {
 
 	// Statements prepared once on conn. Only the writer goroutine uses them.
 	stmts map[string]driver.Stmt
-	// The INSERT statements of calls built so far, and the column sets
-	// they bind (see insertQuery); wideInserts binds every column, for
-	// tests.
-	inserts     map[insertShape]string
-	insertMasks map[uint32]struct{}
-	wideInserts bool
+	// The INSERT statements of calls built so far, and how many of them
+	// bind fewer than every column (see insertQuery); wideInserts binds
+	// every column, for tests.
+	inserts       map[insertShape]string
+	narrowInserts int
+	wideInserts   bool
 
 	commits atomic.Int64
 	opsDone atomic.Int64
@@ -114,21 +114,20 @@ type op struct {
 
 func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 	return &writer{
-		durable:     "FULL",
-		mode:        "FULL",
-		syncWithin:  lazySyncWithin,
-		gatherLazy:  lazyGather,
-		companyGap:  companyGap,
-		sqlConn:     conn,
-		maxBatch:    maxBatch,
-		log:         log,
-		ops:         make(chan *op, maxBatch),
-		stop:        make(chan struct{}),
-		done:        make(chan struct{}),
-		stmts:       make(map[string]driver.Stmt),
-		inserts:     make(map[insertShape]string),
-		insertMasks: make(map[uint32]struct{}),
-		kinds:       make(map[string]string),
+		durable:    "FULL",
+		mode:       "FULL",
+		syncWithin: lazySyncWithin,
+		gatherLazy: lazyGather,
+		companyGap: companyGap,
+		sqlConn:    conn,
+		maxBatch:   maxBatch,
+		log:        log,
+		ops:        make(chan *op, maxBatch),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		stmts:      make(map[string]driver.Stmt),
+		inserts:    make(map[insertShape]string),
+		kinds:      make(map[string]string),
 	}
 }
 
