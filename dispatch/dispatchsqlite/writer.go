@@ -52,6 +52,12 @@ type writer struct {
 
 	// Statements prepared once on conn. Only the writer goroutine uses them.
 	stmts map[string]driver.Stmt
+	// The INSERT statements of calls built so far, and how many of them
+	// bind fewer than every column (see insertQuery); wideInserts binds
+	// every column, for tests.
+	inserts       map[insertShape]string
+	narrowInserts int
+	wideInserts   bool
 
 	commits atomic.Int64
 	opsDone atomic.Int64
@@ -120,6 +126,7 @@ func newWriter(conn *sql.Conn, maxBatch int, log *slog.Logger) *writer {
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 		stmts:      make(map[string]driver.Stmt),
+		inserts:    make(map[insertShape]string),
 		kinds:      make(map[string]string),
 	}
 }
@@ -523,11 +530,16 @@ func (tx *wtx) named(args []any) []driver.NamedValue {
 
 // exec runs a statement and returns how many rows it changed.
 func (tx *wtx) exec(query string, args ...any) (int64, error) {
+	return tx.execNamed(query, tx.named(args))
+}
+
+// execNamed is exec of arguments that are driver values already.
+func (tx *wtx) execNamed(query string, args []driver.NamedValue) (int64, error) {
 	s, err := tx.stmt(query)
 	if err != nil {
 		return 0, err
 	}
-	res, err := s.(driver.StmtExecContext).ExecContext(tx.ctx, tx.named(args))
+	res, err := s.(driver.StmtExecContext).ExecContext(tx.ctx, args)
 	if err != nil {
 		return 0, err
 	}
