@@ -25,18 +25,16 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, limit+1))
 		}
 	}()
-	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge,
-		Message: fmt.Sprintf("request body is larger than the limit of %d bytes (%s)", limit, flag)}
 	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
 	case "", "identity":
 	case "gzip", "x-gzip":
-		return readGzip(w, r, limit, tooLarge)
+		return readGzip(w, r, limit, flag)
 	default:
 		return nil, &apiError{Status: http.StatusUnsupportedMediaType,
 			Message: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed or gzip", enc)}
 	}
 	if r.ContentLength > limit {
-		return nil, tooLarge
+		return nil, tooLarge(limit, flag)
 	}
 	hold := holdOf(r)
 	body := http.MaxBytesReader(w, r.Body, limit)
@@ -60,7 +58,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe) || int64(len(b)) > limit:
-		return nil, tooLarge
+		return nil, tooLarge(limit, flag)
 	case err == errBodyBusy:
 		return nil, errBodyBusy
 	case err != nil:
@@ -71,18 +69,26 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, flag string) 
 	return b, nil
 }
 
+// tooLarge is the answer to a body over limit, set by flag. It is built
+// only when it is the answer: formatting it for every request that fits
+// cost an allocation per single event.
+func tooLarge(limit int64, flag string) *apiError {
+	return &apiError{Status: http.StatusRequestEntityTooLarge,
+		Message: fmt.Sprintf("request body is larger than the limit of %d bytes (%s)", limit, flag)}
+}
+
 // readGzip reads a gzip request body. The limit holds for the body as sent
 // and again for it decompressed, so that a small bomb cannot fill memory;
 // what is stored and delivered is the decompressed JSON.
-func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *apiError) ([]byte, error) {
+func readGzip(w http.ResponseWriter, r *http.Request, limit int64, flag string) ([]byte, error) {
 	if r.ContentLength > limit {
-		return nil, tooLarge
+		return nil, tooLarge(limit, flag)
 	}
 	hold := holdOf(r)
 	zr, err := gzip.NewReader(http.MaxBytesReader(w, r.Body, limit))
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return nil, tooLarge
+		return nil, tooLarge(limit, flag)
 	}
 	if err != nil {
 		return nil, badRequest("request body is not valid gzip: %v", err)
@@ -90,14 +96,14 @@ func readGzip(w http.ResponseWriter, r *http.Request, limit int64, tooLarge *api
 	b, err := hold.readAll(r.Context(), io.LimitReader(zr, limit+1), limit+1)
 	switch {
 	case errors.As(err, &mbe):
-		return nil, tooLarge
+		return nil, tooLarge(limit, flag)
 	case err == errBodyBusy:
 		return nil, errBodyBusy
 	case err != nil:
 		return nil, badRequest("request body is not valid gzip: %v", err)
 	case int64(len(b)) > limit:
 		return nil, &apiError{Status: http.StatusRequestEntityTooLarge,
-			Message: "decompressed " + tooLarge.Message}
+			Message: "decompressed " + tooLarge(limit, flag).Message}
 	case len(b) == 0:
 		return nil, badRequest("request body is empty")
 	}

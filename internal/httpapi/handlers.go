@@ -239,9 +239,7 @@ func ingest(w http.ResponseWriter, r *http.Request, svc *service.Service, limits
 	tenant := tenantOf(r, scope)
 	// The tenant's turn, before its body costs anything (fairgate.go); a
 	// client that gives up meanwhile gives its turn up.
-	wait, cancelWait := context.WithTimeout(r.Context(), limits.IngestTimeout)
-	leave, err := svc.EnterIngest(wait, scope, tenant, r.ContentLength)
-	cancelWait()
+	leave, err := svc.EnterIngest(r.Context(), limits.IngestTimeout, scope, tenant, r.ContentLength)
 	if err != nil {
 		return nil, err
 	}

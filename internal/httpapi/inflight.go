@@ -197,23 +197,24 @@ func boundBodies(budget *bodyBudget, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r) // no body to hold
 			return
 		}
-		h := &bodyHold{budget: budget, deadline: time.Now().Add(budget.wait)}
-		defer h.release()
-		r.Body = &heldBody{ReadCloser: r.Body, hold: h}
+		b := &heldBody{ReadCloser: r.Body, hold: bodyHold{budget: budget, deadline: time.Now().Add(budget.wait)}}
+		defer b.hold.release()
+		r.Body = b
 		next.ServeHTTP(w, r)
 	})
 }
 
-// heldBody is a request body with its request's hold.
+// heldBody is a request body with its request's hold, in one allocation
+// (a request of a single event makes few, and each counts).
 type heldBody struct {
 	io.ReadCloser
-	hold *bodyHold
+	hold bodyHold
 }
 
 // holdOf returns the hold of r's body, or nil (no bound).
 func holdOf(r *http.Request) *bodyHold {
 	if b, ok := r.Body.(*heldBody); ok {
-		return b.hold
+		return &b.hold
 	}
 	return nil
 }

@@ -91,8 +91,8 @@ func (t *gateTenant) fits(n, s int64) bool {
 
 // enter waits until the tenant of key may have a request of n bytes (-1:
 // not told) in flight, and returns the function that ends it; an error is
-// ctx's.
-func (g *fairGate) enter(ctx context.Context, key string, n int64) (leave func(), err error) {
+// ctx's, or context.DeadlineExceeded after waiting timeout.
+func (g *fairGate) enter(ctx context.Context, timeout time.Duration, key string, n int64) (leave func(), err error) {
 	if g == nil || g.budget <= 0 {
 		return func() {}, nil
 	}
@@ -115,6 +115,8 @@ func (g *fairGate) enter(ctx context.Context, key string, n int64) (leave func()
 	ready := make(chan struct{})
 	t.waiters = append(t.waiters, gateWaiter{bytes: n, ready: ready})
 	g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	select {
 	case <-ready:
 		return func() { g.leave(key, n) }, nil

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -32,25 +33,35 @@ func TestFairGate(t *testing.T) {
 	ctx := context.Background()
 	var leaveA []func()
 	for range 20 { // alone: 20 batches of 4 KiB at once, more than any share
-		leave, err := g.enter(ctx, "a", 4*kib)
+		leave, err := g.enter(ctx, time.Minute, "a", 4*kib)
 		if err != nil {
 			t.Fatal(err)
 		}
 		leaveA = append(leaveA, leave)
 	}
-	leaveB, err := g.enter(ctx, "b", 200) // another tenant: through at once
+	leaveB, err := g.enter(ctx, time.Minute, "b", 200) // another tenant: through at once
 	if err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
 	defer cancel()
-	if _, err := g.enter(short, "a", 4*kib); err == nil {
+	if _, err := g.enter(short, time.Minute, "a", 4*kib); err == nil {
 		t.Fatal("a went past its share (32 of 64 KiB with b sending) with 80 KiB in flight")
+	}
+	// The gate's own timeout ends a wait that ctx would let go on.
+	long, cancelLong := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelLong()
+	start := time.Now()
+	if _, err := g.enter(long, 30*time.Millisecond, "a", 4*kib); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a waiting past the gate's timeout: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the gate's timeout of 30ms ended the wait after %v", d)
 	}
 	// b's single events, 64 of them, fit its share at once.
 	var leaveSmall []func()
 	for range 64 {
-		leave, err := g.enter(short, "b", 200)
+		leave, err := g.enter(short, time.Minute, "b", 200)
 		if err != nil {
 			t.Fatalf("b's single events held back: %v", err)
 		}
@@ -61,7 +72,7 @@ func TestFairGate(t *testing.T) {
 	}
 	admitted := make(chan func(), 1)
 	go func() {
-		leave, err := g.enter(ctx, "a", 4*kib)
+		leave, err := g.enter(ctx, time.Minute, "a", 4*kib)
 		if err != nil {
 			t.Error(err)
 		}
@@ -88,7 +99,7 @@ func TestFairGate(t *testing.T) {
 	clock.add(2 * activeWindow)
 	var more []func()
 	for range 30 {
-		leave, err := g.enter(ctx, "a", 4*kib)
+		leave, err := g.enter(ctx, time.Minute, "a", 4*kib)
 		if err != nil {
 			t.Fatalf("a held back after b stopped: %v", err)
 		}
@@ -110,13 +121,13 @@ func TestFairGate(t *testing.T) {
 		t.Errorf("a has %d in flight after every leave", n)
 	}
 	// A request over the share goes when its tenant has nothing in flight.
-	leaveB, err = g.enter(ctx, "b", 200)
+	leaveB, err = g.enter(ctx, time.Minute, "b", 200)
 	if err != nil {
 		t.Fatal(err)
 	}
 	soon, cancelSoon := context.WithTimeout(ctx, time.Second)
 	defer cancelSoon()
-	huge, err := g.enter(soon, "a", 1<<20)
+	huge, err := g.enter(soon, time.Minute, "a", 1<<20)
 	if err != nil {
 		t.Fatalf("a request over the share, nothing else in flight: %v", err)
 	}
@@ -124,7 +135,7 @@ func TestFairGate(t *testing.T) {
 	leaveB()
 	// No budget: nothing is shared.
 	var none *fairGate
-	if _, err := none.enter(short, "x", 1<<30); err != nil {
+	if _, err := none.enter(short, time.Minute, "x", 1<<30); err != nil {
 		t.Fatal(err)
 	}
 }

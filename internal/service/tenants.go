@@ -154,14 +154,9 @@ func decodeTenant(doc *dispatch.Doc) (*storedTenant, error) {
 // replica is found at once. The default tenant always exists: a stored one
 // carries its settings, else it has none.
 func (ts *tenants) get(ctx context.Context, id string) (*storedTenant, error) {
-	ts.mu.RLock()
-	t := ts.byID[id]
-	ts.mu.RUnlock()
+	t := ts.cached(id)
 	if t != nil {
 		return t, nil
-	}
-	if id == DefaultTenant {
-		return implicitDefault, nil // changed elsewhere: seen at the next refresh
 	}
 	doc, err := ts.store.DocGet(ctx, TenantDocKind, id)
 	if errors.Is(err, dispatch.ErrNotFound) {
@@ -177,6 +172,17 @@ func (ts *tenants) get(ctx context.Context, id string) (*storedTenant, error) {
 	ts.byID[t.ID], ts.byKey[t.Key] = t, t.ID
 	ts.mu.Unlock()
 	return t, nil
+}
+
+// cached returns tenant id as known without asking the store, or nil.
+func (ts *tenants) cached(id string) *storedTenant {
+	ts.mu.RLock()
+	t := ts.byID[id]
+	ts.mu.RUnlock()
+	if t == nil && id == DefaultTenant {
+		return implicitDefault // changed elsewhere: seen at the next refresh
+	}
+	return t
 }
 
 // run reloads the tenants every interval until ctx ends: changes made on
