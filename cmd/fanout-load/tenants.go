@@ -306,7 +306,7 @@ func tenantsPhaseOnce(ctx context.Context, o *options, beside bool, stderr io.Wr
 		if aChild != nil {
 			var res tenantsAResult
 			if err := json.Unmarshal(aOut.Bytes(), &res); err != nil || aErr != nil {
-				return nil, fmt.Errorf("A's sender: %v, %v: %q", aErr, err, aOut.String())
+				return nil, fmt.Errorf("the sender of tenant A's events: %v, %v: %q", aErr, err, aOut.String())
 			}
 			p.AAccepted, p.AErrors, p.AAckP99 = res.Accepted, res.Errors, res.AckP99
 		} else {
