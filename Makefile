@@ -108,7 +108,7 @@ FUZZ_TARGETS := ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzValida
 	./internal/service:FuzzDecodeTraceMeta ./internal/service:FuzzParseKeyValues ./internal/service:FuzzDecodeRaw \
 	./webhook:FuzzParseRetryAfter ./webhook:FuzzDrain ./webhook:FuzzParseSecret \
 	./webhook:FuzzParseNetworks ./webhook:FuzzVerify ./webhook:FuzzGuardCheck ./destination:FuzzValidate \
-	./destination/match:FuzzMatch ./destination/match:FuzzCompile ./destination/transform:FuzzDecodeResult ./destination:FuzzOrderKey \
+	./destination/match:FuzzMatch ./destination/match:FuzzCompile ./destination/transform:FuzzDecodeResult ./destination/transform:FuzzWorkerFrames ./destination:FuzzOrderKey \
 	./cmd/fanout-load:FuzzReadResponse ./dispatch/internal/storeutil:FuzzDecodePlan ./sink/kinds:FuzzConfig
 
 .PHONY: fuzz
