@@ -206,8 +206,9 @@ func (s *Service) PortalInfo(ctx context.Context, p *Principal) (*PortalInfo, er
 // it: it travels in the fragment, which no browser sends, and a framed
 // page is loaded without cookies. So the link's path carries a page key,
 // /portal/<tenant>/pk_<token id>_<mac>/, the mac derived (one-way) from the
-// token's stored hash: it names the token and proves that fanout minted
-// the link, acts nothing in the API, and can be in an access log. The
+// token's stored hash: it names the token and shows that whoever made the
+// link had the token or the store (see pageKey), grants nothing in the
+// API, and can be in an access log. The
 // page keeps its path when it clears the fragment, so a reload in a frame
 // is framed again, until the token expires or is revoked.
 
@@ -219,7 +220,11 @@ const pageKeyPrefix = "pk_"
 // page key.
 const PortalPageKeyPrefix = pageKeyPrefix
 
-// pageKey is the page key of the token id whose secret hashes to hash.
+// pageKey is the page key of the token id whose secret hashes to hash. It
+// is derived from stored data, not from a secret of the server: whoever
+// reads the store can compute it, and learns nothing the store does not
+// already show (tenants, their frame ancestors); whoever does not cannot,
+// since the hash is of 32 random bytes. It grants nothing in the API.
 func pageKey(id, hash string) string {
 	sum := sha256.Sum256([]byte("fanout portal page key\x00" + hash))
 	return pageKeyPrefix + strings.TrimPrefix(id, "tok_") + "_" + base64.RawURLEncoding.EncodeToString(sum[:16])

@@ -342,18 +342,23 @@ func (s *Service) EnterIngest(ctx context.Context, timeout time.Duration, scope 
 		return nil, NotFound("no tenant with id %q", tenant)
 	}
 	t := s.tenants.cached(tenant)
+	wait := timeout
 	if t == nil {
-		load, cancel := context.WithTimeout(ctx, timeout)
+		// The load and the gate share one timeout: what the load took,
+		// the gate's queue does not get again.
+		deadline := time.Now().Add(timeout)
+		load, cancel := context.WithDeadline(ctx, deadline)
 		t, err = s.tenants.get(load, tenant)
 		cancel()
 		if err != nil {
 			return nil, err
 		}
+		wait = time.Until(deadline)
 	}
 	if !s.tenants.any() {
 		return func() {}, nil // the default tenant alone: no one to share with, no gate's lock to take
 	}
-	return s.gate.enter(ctx, timeout, t.Key, bytes)
+	return s.gate.enter(ctx, wait, t.Key, bytes)
 }
 
 // Ingest stores events atomically, each as a handleEvent call, and returns
