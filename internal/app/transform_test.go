@@ -302,6 +302,13 @@ func TestRun_TransformRight(t *testing.T) {
 	if status, got := f.as(t, tok.Token, "PATCH", "/v1/destinations/"+f.destA, map[string]any{"transform": src}); status != 404 {
 		t.Errorf("globex setting acme's transformation: %d %s, want 404", status, got)
 	}
+	// Nor does globex get a worker to run its program on acme's account:
+	// the 404 comes before any check.
+	for _, tc := range []struct{ method, path string }{{"PATCH", "/v1/destinations/" + f.destA}, {"POST", "/v1/tenants/acme/destinations"}} {
+		if status, got := f.as(t, tok.Token, tc.method, tc.path, map[string]any{"url": f.recvA.URL + "/4", "transform": throws}); status != 404 {
+			t.Errorf("globex %s %s with a program that throws: %d %s, want 404 before it runs", tc.method, tc.path, status, got)
+		}
+	}
 	if status, got := f.as(t, tok.Token, "POST", "/v1/transform", map[string]any{"transform": src, "event": map[string]any{}, "destination": f.destA}); status != 404 {
 		t.Errorf("globex previewing with acme's destination: %d %s, want 404", status, got)
 	}

@@ -214,13 +214,8 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 	if err := s.checkKind(scope, typ); err != nil {
 		return nil, err
 	}
-	if in.Transform != nil && *in.Transform != "" {
-		if !scope.MayTransform() {
-			return nil, noTransformRight()
-		}
-		if err := s.checkTransform(ctx, *in.Transform); err != nil {
-			return nil, err
-		}
+	if in.Transform != nil && *in.Transform != "" && !scope.MayTransform() {
+		return nil, noTransformRight()
 	}
 	d := &destination.Destination{Enabled: true, Tenant: tenant}
 	if in.AllTenants != nil && *in.AllTenants {
@@ -245,6 +240,13 @@ func (s *Service) CreateDestination(ctx context.Context, scope Scope, tenant str
 			if n >= MaxTenantDestinations {
 				return nil, Conflict("tenant %s has %d destinations, the most a tenant may create (an operator may add more)", tenant, n)
 			}
+		}
+	}
+	// Last of the checks: a worker runs the program's top level, which is
+	// not spent on a request refused anyway.
+	if in.Transform != nil && *in.Transform != "" {
+		if err := s.checkTransform(ctx, *in.Transform); err != nil {
+			return nil, err
 		}
 	}
 	in.apply(d)
@@ -272,6 +274,9 @@ func (s *Service) UpdateDestination(ctx context.Context, scope Scope, id string,
 	// form does), which is no change and is not run; the update refuses
 	// any other.
 	if in.Transform != nil && *in.Transform != "" && scope.MayTransform() {
+		if _, err := s.destination(scope, id); err != nil {
+			return nil, err // not the caller's: no program of its runs
+		}
 		if err := s.checkTransform(ctx, *in.Transform); err != nil {
 			return nil, err
 		}
