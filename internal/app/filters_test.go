@@ -39,17 +39,10 @@ func TestRun_PayloadFilters(t *testing.T) {
 	if code := call(t, "POST", base+"/v1/destinations", `{"url":"`+all.URL+`"}`, nil); code != 201 {
 		t.Fatalf("create: %d", code)
 	}
-	send := func(body string) string {
-		var out struct{ ID string }
-		if code := call(t, "POST", base+"/v1/event", body, &out); code != 202 {
-			t.Fatalf("POST %s: %d", body, code)
-		}
-		return out.ID
-	}
-	yes := send(`{"type":"order.paid","data":{"amount":150,"currency":"EUR"}}`)
-	small := send(`{"type":"order.paid","data":{"amount":50,"currency":"EUR"}}`)
-	yen := send(`{"type":"order.paid","data":{"amount":150,"currency":"JPY"}}`)
-	other := send(`{"type":"user.created","data":{"amount":150,"currency":"EUR"}}`)
+	yes := postEvent(t, base, `{"type":"order.paid","data":{"amount":150,"currency":"EUR"}}`)
+	small := postEvent(t, base, `{"type":"order.paid","data":{"amount":50,"currency":"EUR"}}`)
+	yen := postEvent(t, base, `{"type":"order.paid","data":{"amount":150,"currency":"JPY"}}`)
+	other := postEvent(t, base, `{"type":"user.created","data":{"amount":150,"currency":"EUR"}}`)
 	eventually(t, "the unfiltered destination has all four", 10*time.Second, func() bool {
 		for _, id := range []string{yes, small, yen, other} {
 			if _, ok := all.has(id); !ok {

@@ -40,14 +40,7 @@ func TestRun_TransformOutOfMemory(t *testing.T) {
 		"retry": map[string]any{"max_attempts": 2, "initial": "10ms", "max": "10ms"}}, &d); code != 201 {
 		t.Fatalf("create: %d", code)
 	}
-	send := func(body string) string {
-		var out struct{ ID string }
-		if code := call(t, "POST", base+"/v1/event", body, &out); code != 202 {
-			t.Fatalf("POST %s: %d", body, code)
-		}
-		return out.ID
-	}
-	id := send(`{"type":"t","hungry":true}`)
+	id := postEvent(t, base, `{"type":"t","hungry":true}`)
 	var ev service.EventView
 	var dv service.DeliveryView
 	eventually(t, "the hungry delivery failed", 30*time.Second, func() bool {
@@ -67,7 +60,7 @@ func TestRun_TransformOutOfMemory(t *testing.T) {
 		}
 	}
 	// The same destination goes on: an event the program leaves alone.
-	calm := send(`{"type":"t"}`)
+	calm := postEvent(t, base, `{"type":"t"}`)
 	eventually(t, "the next event delivered", 20*time.Second, func() bool { return len(recv.got(calm)) == 1 })
 }
 

@@ -115,15 +115,8 @@ func TestRun_Transformations(t *testing.T) {
 	}
 	recv.setSecret(t, d.Secret)
 
-	send := func(body string) string {
-		var out struct{ ID string }
-		if code := call(t, "POST", base+"/v1/event", body, &out); code != 202 {
-			t.Fatalf("POST %s: %d", body, code)
-		}
-		return out.ID
-	}
-	paid := send(`{"type":"order.paid","data":{"id":"o 42","amount":1250}}`)
-	test := send(`{"type":"order.test","data":{"id":"o_43","amount":1}}`)
+	paid := postEvent(t, base, `{"type":"order.paid","data":{"id":"o 42","amount":1250}}`)
+	test := postEvent(t, base, `{"type":"order.test","data":{"id":"o_43","amount":1}}`)
 	eventually(t, "the transformed delivery", 10*time.Second, func() bool { return len(recv.got(paid)) > 0 })
 	got := recv.got(paid)[0]
 	for _, c := range []struct{ what, got, want string }{
@@ -168,7 +161,7 @@ func TestRun_Transformations(t *testing.T) {
 		"retry":     map[string]any{"max_attempts": 2, "initial": "10ms", "max": "10ms"}}, &ld); code != 201 {
 		t.Fatalf("create the looping destination: %d", code)
 	}
-	spin := send(`{"type":"loop.spin","spin":true}`)
+	spin := postEvent(t, base, `{"type":"loop.spin","spin":true}`)
 	eventually(t, "the looping delivery failed", 20*time.Second, func() bool {
 		call(t, "GET", base+"/v1/events/"+spin, nil, &ev)
 		for _, d := range ev.Deliveries {
@@ -190,14 +183,14 @@ func TestRun_Transformations(t *testing.T) {
 	if n := len(loop.got(spin)); n != 0 {
 		t.Errorf("the receiver got the event whose transformation failed %d times", n)
 	}
-	calm := send(`{"type":"loop.calm"}`)
+	calm := postEvent(t, base, `{"type":"loop.calm"}`)
 	eventually(t, "the same destination's next event", 10*time.Second, func() bool { return len(loop.got(calm)) == 1 })
 
 	// PATCH "" removes the transformation: the event goes as it was sent.
 	if code := call(t, "PATCH", base+"/v1/destinations/"+d.ID, map[string]any{"transform": ""}, nil); code != 200 {
 		t.Fatalf("PATCH transform \"\": %d", code)
 	}
-	plain := send(`{"type":"order.paid","data":{"id":"o_44"}}`)
+	plain := postEvent(t, base, `{"type":"order.paid","data":{"id":"o_44"}}`)
 	eventually(t, "the plain delivery", 10*time.Second, func() bool { return len(recv.got(plain)) == 1 })
 	if g := recv.got(plain)[0]; g.method != "POST" || g.path != "/hooks" || g.query != "v=1" || g.body != `{"type":"order.paid","data":{"id":"o_44"}}` || !g.signed {
 		t.Errorf("without a transformation: %+v", g)
