@@ -99,15 +99,12 @@ var errClosed = errors.New("transformations stopped: fanout is shutting down")
 // wait, then ErrBusy; or until ctx ends), sends the request, and kills the
 // worker if no answer comes within its deadline.
 func (p *pool) call(ctx context.Context, op byte, prog *Program, input []byte, timeout, wait time.Duration) ([]byte, error) {
-	timer := time.NewTimer(wait)
 	select {
-	case <-p.tokens:
-		timer.Stop()
-	case <-timer.C:
-		return nil, ErrBusy
-	case <-ctx.Done():
-		timer.Stop()
-		return nil, &RunError{Message: fmt.Sprintf("stopped while waiting for a free worker: %v", ctx.Err())}
+	case <-p.tokens: // a free worker: no timer to arm, as for most runs
+	default:
+		if err := p.waitToken(ctx, wait); err != nil {
+			return nil, err
+		}
 	}
 	defer func() { p.tokens <- struct{}{} }()
 	if p.closed.Load() {
@@ -129,6 +126,21 @@ func (p *pool) call(ctx context.Context, op byte, prog *Program, input []byte, t
 		p.idle <- w // never blocks: a worker is idle or held by one token
 	}
 	return out, err
+}
+
+// waitToken waits for a run's token, at most wait (then ErrBusy), or until
+// ctx ends.
+func (p *pool) waitToken(ctx context.Context, wait time.Duration) error {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-p.tokens:
+		return nil
+	case <-timer.C:
+		return ErrBusy
+	case <-ctx.Done():
+		return &RunError{Message: fmt.Sprintf("stopped while waiting for a free worker: %v", ctx.Err())}
+	}
 }
 
 // start starts a worker and waits for its hello.
